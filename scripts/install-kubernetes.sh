@@ -128,7 +128,7 @@ log "apt-get source kubernetes into $SCRATCH"
 (cd "$SCRATCH" && apt-get -q source kubernetes >"$SCRATCH/source.log" 2>&1) || { cat "$SCRATCH/source.log" >&2; die "apt-get source failed"; }
 SRC="$(find "$SCRATCH" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)"
 [ -n "$SRC" ] && [ -f "$SRC/Makefile" ] || die "kubernetes source tree not found in $SCRATCH"
-case "$SRC" in *"kubernetes-$K8S_VERSION"*) ;; *) die "unexpected source version: $SRC (wanted $K8S_VERSION)";; esac
+case "$(basename "$SRC")" in kubernetes-*"$K8S_VERSION") ;; *) die "unexpected source version: $SRC (wanted $K8S_VERSION)";; esac
 log "source at $SRC"
 
 # The vendored reflect2 1.0.1 is broken under Go >= 1.18 (random SIGSEGV in kube-apiserver).

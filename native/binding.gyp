@@ -1,0 +1,23 @@
+{
+  "targets": [
+    {
+      "target_name": "kstreams",
+      "sources": [
+        "src/addon.cc",
+        "src/errors.cc",
+        "src/engine.cc",
+        "src/engine_binding.cc",
+        "src/interception.cc",
+        "src/interception_binding.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "bpf/.output"
+      ],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],
+      "cflags": ["-fvisibility=hidden", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-fvisibility=hidden", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-lbpf", "-lelf", "-lz", "-lpthread"]
+    }
+  ]
+}
