@@ -1,0 +1,263 @@
+// Applies one StreamPath spec to one network namespace: a stream engine (splice/tee, in C threads) whose
+// listener receives the tapped port's new connections through an sk_lookup interception. Shared by the
+// `kstreams` CLI and the in-pod agent, so both attach, update and detach the same way.
+import { existsSync } from 'node:fs';
+import type { StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
+import type {
+  EngineConfig,
+  EngineStats,
+  InterceptionConfig,
+  MirrorConfig,
+} from '../../../native/lib/types.js';
+import { AttachError, classifyNativeError } from './errors.js';
+import { planTransform } from './transform.js';
+import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets.js';
+
+/** The part of native/lib's Engine this module uses. */
+export interface EngineHandle {
+  readonly listenerFd: number;
+  stats(): EngineStats;
+  updateMirrors(mirrors: MirrorConfig[]): void | Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** The part of native/lib's Interception this module uses. */
+export interface InterceptionHandle {
+  detach(): void | Promise<void>;
+}
+
+/** How the data plane is started; tests inject fakes, production uses native/lib. */
+export interface DataPlane {
+  startEngine(config: EngineConfig): EngineHandle | Promise<EngineHandle>;
+  attachInterception(config: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle>;
+}
+
+/** Counters in the shape of the StreamPath status (and the agent's report). */
+export interface AttachmentCounters {
+  /** Connections the engine accepted (intercepted) since attach. */
+  connections: number;
+  /** Client -> app bytes delivered to the app: the stream that is mirrored. */
+  bytesPrimary: number;
+  /** Bytes written to all mirror targets. */
+  bytesMirrored: number;
+  /** Primary bytes that sampled mirror connections did not get (cut or failed connects), all targets. */
+  bytesDropped: number;
+  targets: TargetCounters[];
+}
+
+export interface Attachment {
+  readonly name: string;
+  /** The port currently tapped. */
+  readonly port: number;
+  stats(): AttachmentCounters;
+  /** Applies a changed spec live: new mirror set and sampling in place, a new port or pipe size by re-attaching. */
+  update(spec: StreamPathSpec): Promise<void>;
+  /** Interception first (new connections go straight to the app again), then the engine. Idempotent. */
+  detach(): Promise<void>;
+}
+
+export interface AttachOptions {
+  /** StreamPath name, for messages. */
+  name: string;
+  spec: StreamPathSpec;
+  /** /run/netns/NAME or /proc/PID/ns/net; undefined: the caller's namespace. */
+  netnsPath?: string;
+  /** Resolves Service targets (the agent asks the API). Without it, Service targets are refused. */
+  resolve?: ServiceResolver;
+  /** Resolves host names in `address` targets. Default: dns.lookup (/etc/hosts, then the system resolver). */
+  lookup?: HostLookup;
+  dataPlane?: DataPlane;
+  /** Default 2000. */
+  mirrorConnectTimeoutMs?: number;
+}
+
+export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
+
+/** native/lib, loaded on first use so that commands which never attach do not need the built addon. */
+export async function nativeDataPlane(): Promise<DataPlane> {
+  // The specifier is a variable until native/lib/index.ts lands, so that this file compiles before it.
+  const specifier = '../../../native/lib/index.js';
+  const lib = (await import(specifier)) as {
+    Engine: { start(c: EngineConfig): EngineHandle | Promise<EngineHandle> };
+    Interception: { attach(c: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle> };
+  };
+  return {
+    startEngine: (c) => lib.Engine.start(c),
+    attachInterception: (c) => lib.Interception.attach(c),
+  };
+}
+
+function zeroTargets(mirrors: MirrorConfig[]): TargetCounters[] {
+  return mirrors.map((m) => ({
+    name: m.name,
+    connectionsMirrored: 0,
+    connectionsCut: 0,
+    connectFailures: 0,
+    bytesMirrored: 0,
+    bytesDropped: 0,
+  }));
+}
+
+/** Maps engine counters to the API's counters shape; `base` carries totals across engine restarts. */
+export function toCounters(s: EngineStats, base?: AttachmentCounters): AttachmentCounters {
+  const targets: TargetCounters[] = s.targets.map((t) => {
+    const prev = base?.targets.find((b) => b.name === t.name);
+    return {
+      name: t.name,
+      connectionsMirrored: t.connectionsMirrored + (prev?.connectionsMirrored ?? 0),
+      connectionsCut: t.connectionsCut + (prev?.connectionsCut ?? 0),
+      connectFailures: t.connectFailures + (prev?.connectFailures ?? 0),
+      bytesMirrored: t.bytesMirrored + (prev?.bytesMirrored ?? 0),
+      bytesDropped: t.bytesDropped + (prev?.bytesDropped ?? 0),
+    };
+  });
+  // Totals include targets that were removed since (their bytes were mirrored or dropped all the same).
+  const sum = (k: 'bytesMirrored' | 'bytesDropped') =>
+    s.targets.reduce((a, t) => a + t[k], 0) + (base?.[k] ?? 0);
+  return {
+    connections: s.connectionsAccepted + (base?.connections ?? 0),
+    bytesPrimary: s.bytesClientToApp + (base?.bytesPrimary ?? 0),
+    bytesMirrored: sum('bytesMirrored'),
+    bytesDropped: sum('bytesDropped'),
+    targets,
+  };
+}
+
+function engineConfig(spec: StreamPathSpec, mirrors: MirrorConfig[], opts: AttachOptions): EngineConfig {
+  return {
+    ...(opts.netnsPath !== undefined ? { netnsPath: opts.netnsPath } : {}),
+    upstream: 'original-destination',
+    mirrors,
+    pipeSize: spec.mirror.pipeSize,
+    mirrorConnectTimeoutMs: opts.mirrorConnectTimeoutMs ?? DEFAULT_MIRROR_CONNECT_TIMEOUT_MS,
+  };
+}
+
+async function startEngine(dp: DataPlane, config: EngineConfig, netnsPath?: string): Promise<EngineHandle> {
+  try {
+    return await dp.startEngine(config);
+  } catch (err) {
+    throw classifyNativeError(err, 'starting the stream engine', netnsPath);
+  }
+}
+
+async function intercept(dp: DataPlane, port: number, engine: EngineHandle, netnsPath?: string): Promise<InterceptionHandle> {
+  try {
+    return await dp.attachInterception({
+      ...(netnsPath !== undefined ? { netnsPath } : {}),
+      port,
+      listenerFd: engine.listenerFd,
+    });
+  } catch (err) {
+    throw classifyNativeError(err, `intercepting port ${port}`, netnsPath);
+  }
+}
+
+async function stopQuietly(engine: EngineHandle): Promise<void> {
+  try {
+    await engine.stop();
+  } catch {
+    // Rolling back after an earlier failure: that failure is the one worth reporting.
+  }
+}
+
+export async function attachStreamPath(opts: AttachOptions): Promise<Attachment> {
+  const { netnsPath } = opts;
+  if (netnsPath !== undefined && !existsSync(netnsPath)) {
+    throw new AttachError('NetnsNotFound', `network namespace ${netnsPath} does not exist`);
+  }
+  // Everything that can be refused without touching the kernel is checked before anything is started.
+  planTransform(opts.spec.transform);
+  const resolveOpts = {
+    ...(opts.lookup ? { lookup: opts.lookup } : {}),
+    ...(opts.resolve ? { resolveService: opts.resolve } : {}),
+  };
+  let spec = opts.spec;
+  let mirrors = await resolveMirrors(spec, resolveOpts);
+  const dp = opts.dataPlane ?? (await nativeDataPlane());
+
+  let engine = await startEngine(dp, engineConfig(spec, mirrors, opts), netnsPath);
+  let interception: InterceptionHandle;
+  try {
+    interception = await intercept(dp, spec.port, engine, netnsPath);
+  } catch (err) {
+    await stopQuietly(engine);
+    throw err;
+  }
+
+  // Counters of engines replaced by update(): the attachment's totals survive a pipe size change.
+  let carried: AttachmentCounters | undefined;
+  let detached: Promise<void> | undefined;
+  let final: AttachmentCounters | undefined;
+  // update() and detach() must not interleave: both swap the engine or the interception.
+  let queue: Promise<unknown> = Promise.resolve();
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = queue.then(fn, fn);
+    queue = run.catch(() => undefined);
+    return run;
+  };
+
+  const attachment: Attachment = {
+    name: opts.name,
+    get port() {
+      return spec.port;
+    },
+    stats() {
+      if (final) return final;
+      try {
+        return toCounters(engine.stats(), carried);
+      } catch {
+        return carried ?? { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0, targets: zeroTargets(mirrors) };
+      }
+    },
+    update(next) {
+      return serial(async () => {
+        if (detached) throw new AttachError('DataPlaneError', `StreamPath ${opts.name} is detached; attach it again`);
+        planTransform(next.transform);
+        const nextMirrors = await resolveMirrors(next, resolveOpts);
+        if (next.mirror.pipeSize !== spec.mirror.pipeSize) {
+          // The pipe size is fixed per engine: start a new one, steer new connections to it, then retire
+          // the old one. Connections on the old engine end when it stops.
+          const fresh = await startEngine(dp, engineConfig(next, nextMirrors, opts), netnsPath);
+          let freshInterception: InterceptionHandle;
+          try {
+            freshInterception = await intercept(dp, next.port, fresh, netnsPath);
+          } catch (err) {
+            await stopQuietly(fresh);
+            throw err;
+          }
+          const old = { engine, interception };
+          await old.interception.detach();
+          const settled = toCounters(old.engine.stats(), carried);
+          await old.engine.stop();
+          carried = settled;
+          engine = fresh;
+          interception = freshInterception;
+        } else {
+          await engine.updateMirrors(nextMirrors);
+          if (next.port !== spec.port) {
+            // New interception first, then the old one goes: no window in which the new port is untapped.
+            const moved = await intercept(dp, next.port, engine, netnsPath);
+            const old = interception;
+            interception = moved;
+            await old.detach();
+          }
+        }
+        spec = next;
+        mirrors = nextMirrors;
+      });
+    },
+    detach() {
+      detached ??= serial(async () => {
+        try {
+          await interception.detach();
+        } finally {
+          final = attachment.stats();
+          await engine.stop();
+        }
+      });
+      return detached;
+    },
+  };
+  return attachment;
+}

@@ -1,0 +1,74 @@
+// One error type for everything that can stop a StreamPath from attaching. The reason doubles as a
+// condition reason for the in-pod agent and picks the exit code of the `kstreams` CLI, so both surfaces
+// say the same thing about the same failure.
+
+export type AttachReason =
+  /** A field of the spec cannot be applied as written (names the field). */
+  | 'InvalidSpec'
+  /** spec.transform is set but this version has no in-kernel transforms. */
+  | 'TransformUnsupported'
+  /** A mirror target's name or Service could not be turned into an address. */
+  | 'TargetUnresolvable'
+  /** The network namespace to attach in does not exist. */
+  | 'NetnsNotFound'
+  /** The process lacks CAP_BPF / CAP_NET_ADMIN (or the equivalent root). */
+  | 'InsufficientPrivileges'
+  /** The kernel lacks sk_lookup, sockmap, BTF or the bpf() syscall. */
+  | 'KernelFeatureMissing'
+  /** Anything else the data plane reported. */
+  | 'DataPlaneError';
+
+export class AttachError extends Error {
+  override readonly name = 'AttachError';
+
+  constructor(
+    readonly reason: AttachReason,
+    message: string,
+    /** The spec field at fault, e.g. `spec.mirror.targets[0].address`, when there is one. */
+    readonly field?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+const PRIVILEGE_CODES = new Set(['EPERM', 'EACCES']);
+const KERNEL_CODES = new Set(['ENOSYS', 'EOPNOTSUPP', 'ENOTSUP', 'EKSTREAMS_NO_FEATURE', 'EKSTREAMS_KERNEL']);
+
+/**
+ * Turns an error thrown by native/lib into an AttachError whose reason says what the operator of the
+ * machine has to do: grant privileges, use another kernel, create the namespace, or read the message.
+ */
+export function classifyNativeError(err: unknown, step: string, netnsPath?: string): AttachError {
+  if (err instanceof AttachError) return err;
+  const e = err as { code?: unknown; message?: unknown; syscall?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const detail = typeof e?.message === 'string' ? e.message : String(err);
+  if (PRIVILEGE_CODES.has(code)) {
+    return new AttachError(
+      'InsufficientPrivileges',
+      `${step} was refused (${code}): ${detail}; run as root or grant CAP_BPF and CAP_NET_ADMIN`,
+      undefined,
+      { cause: err },
+    );
+  }
+  if (KERNEL_CODES.has(code) || code.startsWith('EKSTREAMS_NO_')) {
+    if (code === 'EKSTREAMS_NO_ADDON') {
+      return new AttachError('DataPlaneError', `${step} failed: ${detail}`, undefined, { cause: err });
+    }
+    return new AttachError(
+      'KernelFeatureMissing',
+      `${step} failed, the kernel lacks a feature (${code}): ${detail}; run \`kstreams check\` for details`,
+      undefined,
+      { cause: err },
+    );
+  }
+  if (code === 'ENOENT' && netnsPath && (e?.syscall === 'open' || e?.syscall === 'setns')) {
+    return new AttachError('NetnsNotFound', `network namespace ${netnsPath} is gone: ${detail}`, undefined, {
+      cause: err,
+    });
+  }
+  return new AttachError('DataPlaneError', `${step} failed${code ? ` (${code})` : ''}: ${detail}`, undefined, {
+    cause: err,
+  });
+}
