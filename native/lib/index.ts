@@ -1,0 +1,4 @@
+// The public face of native/: the rest of the code reaches the addon only through here.
+export * from './types.js';
+export { Interception, DEFAULT_BYPASS_SOURCE, type InterceptionCounters } from './interception.js';
+export { probeKernelFeatures, describeKernelProbe, type RawKernelProbe } from './kernel.js';
