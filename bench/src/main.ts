@@ -1,0 +1,103 @@
+// npm run bench [-- --quick] [-- --bytes 4G --runs 5] ...: runs every path side by side, prints the
+// tables and targets, and writes bench/results/<date>.md and .json.
+import { Command, InvalidArgumentError } from 'commander';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { machineFacts } from './machine.js';
+import { ALL_PATHS } from './paths.js';
+import { consoleReport, markdownReport, targets } from './report.js';
+import { Bench, type BenchOptions } from './run.js';
+import { parseSize } from './stats.js';
+
+const repoRoot = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../../' : '../../', import.meta.url));
+
+function size(v: string): number {
+  try {
+    return parseSize(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${v} is not a positive integer`);
+  return n;
+}
+
+const program = new Command('bench')
+  .description('KStreams side-by-side benchmark: direct, Node, socat, HAProxy and KStreams in one network namespace')
+  .option('--quick', 'smoke run in about a minute: 512 MiB, 1 run, 5000 round trips (explicit options win)')
+  .option('--bytes <size>', 'bytes per bulk transfer (e.g. 2G, 512M)', size)
+  .option('--runs <n>', 'runs per path; the table shows medians', positiveInt)
+  .option('--rr <n>', 'round trips on the single connection (the concurrent test splits them)', positiveInt)
+  .option('--conns <n>', 'connections of the concurrent request/response test', positiveInt, 4)
+  .option('--size <bytes>', 'request and response size', positiveInt, 64)
+  .option('--pipe-size <size>', 'kernel pipe size for HAProxy (tune.pipesize) and KStreams', size, 1 << 20)
+  .option('--socat-buffer <size>', 'socat -b copy buffer', size, 256 * 1024)
+  .option('--only <ids>', `comma-separated path ids (direct is always run): ${ALL_PATHS.map((p) => p.id).join(', ')}`)
+  .option('--out <dir>', 'where results are written', join(repoRoot, 'bench/results'))
+  .option('--no-write', 'print only, write no results file')
+  .option('-q, --silent', 'no progress lines');
+
+program.parse();
+const cli = program.opts<{
+  quick?: boolean;
+  bytes?: number;
+  runs?: number;
+  rr?: number;
+  conns: number;
+  size: number;
+  pipeSize: number;
+  socatBuffer: number;
+  only?: string;
+  out: string;
+  write: boolean;
+  silent?: boolean;
+}>();
+
+const only = cli.only?.split(',').map((s) => s.trim()).filter(Boolean);
+const unknown = only?.filter((id) => !ALL_PATHS.some((p) => p.id === id)) ?? [];
+if (unknown.length) program.error(`unknown path id(s): ${unknown.join(', ')}; known: ${ALL_PATHS.map((p) => p.id).join(', ')}`);
+
+const options: BenchOptions = {
+  bytes: cli.bytes ?? (cli.quick ? 512 * 2 ** 20 : 2 * 2 ** 30),
+  runs: cli.runs ?? (cli.quick ? 1 : 3),
+  rrCount: cli.rr ?? (cli.quick ? 5000 : 20000),
+  rrConns: cli.conns,
+  rrSize: cli.size,
+  pipeSize: cli.pipeSize,
+  socatBuffer: cli.socatBuffer,
+  quick: cli.quick ?? false,
+  ...(only ? { only } : {}),
+};
+
+const log = cli.silent ? () => undefined : (line: string) => process.stderr.write(`${line}\n`);
+const facts = machineFacts();
+const bench = new Bench(options, log);
+
+// Ctrl-C or a kill: stop what we started (by pid), delete the namespace and temp files, then exit.
+let interrupted = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\n${signal}: cleaning up\n`);
+    void bench.cleanup().finally(() => process.exit(130));
+  });
+}
+
+const run = await bench.run();
+facts.loadAfter = loadavg()[0] ?? 0;
+process.stdout.write(`\n${consoleReport(run, facts)}\n`);
+
+if (cli.write) {
+  mkdirSync(cli.out, { recursive: true });
+  const stamp = run.startedAt.slice(0, 16).replace(/:/g, '-');
+  const base = join(cli.out, `${stamp}${options.quick ? '-quick' : ''}`);
+  writeFileSync(`${base}.md`, markdownReport(run, facts));
+  writeFileSync(`${base}.json`, `${JSON.stringify({ machine: facts, ...run, targets: targets(run) }, null, 2)}\n`);
+  process.stderr.write(`\nwrote ${relative(process.cwd(), base)}.md and .json\n`);
+}

@@ -1,0 +1,196 @@
+// The data paths the bench compares. Each starts fresh for every measurement, in the bench's namespace,
+// between a client and a server that are already listening, and says which port the client must use.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { EngineConfig, EngineStats } from '../../native/lib/types.js';
+import type { Netns } from '../../sidecar/src/netns.js';
+import { nodeProgram, start, type Proc } from './procs.js';
+
+export type PathKind = 'direct' | 'proxy' | 'mirror';
+
+export interface PathContext {
+  ns: Netns;
+  /** Private temp directory of this bench run (generated configs). */
+  tmpDir: string;
+  /** A port nobody in the namespace uses yet (the namespace is ours, so a counter is enough). */
+  nextPort(): number;
+  /** Kernel pipe size for the splice-based proxies (HAProxy tune.pipesize, KStreams pipeSize). */
+  pipeSize: number;
+  /** socat's copy buffer (-b). */
+  socatBuffer: number;
+  startTimeoutMs: number;
+}
+
+export interface StartedPath {
+  /** Where the client connects. */
+  port: number;
+  /** The proxy process (none for direct). */
+  proc?: Proc;
+  /** Whether the proxy forks per connection (its children's CPU and memory count too). */
+  forks: boolean;
+  /** Stops the proxy by pid; the KStreams runner reports the engine's counters on the way out. */
+  stop(): Promise<EngineStats | undefined>;
+}
+
+export interface PathSpec {
+  id: string;
+  label: string;
+  kind: PathKind;
+  /** Which baseline family it belongs to (ratios are taken against these). */
+  family: 'direct' | 'node' | 'socat' | 'haproxy' | 'kstreams';
+  start(ctx: PathContext, upstreamPort: number, mirrorPort: number | undefined): Promise<StartedPath>;
+}
+
+const host = '127.0.0.1';
+
+async function readyPort(proc: Proc, timeoutMs: number): Promise<number> {
+  const line = await proc.waitLine((l) => l.startsWith('{'), timeoutMs);
+  const msg = JSON.parse(line) as { port?: number; error?: string };
+  if (msg.error !== undefined || msg.port === undefined) {
+    await proc.stop();
+    throw new Error(msg.error ?? `${proc.name} said ${line}`);
+  }
+  return msg.port;
+}
+
+function plainStop(proc: Proc): () => Promise<undefined> {
+  return async () => {
+    await proc.stop();
+    return undefined;
+  };
+}
+
+const direct: PathSpec = {
+  id: 'direct',
+  label: 'direct (client -> server)',
+  kind: 'direct',
+  family: 'direct',
+  start: async (_ctx, upstreamPort) => ({ port: upstreamPort, forks: false, stop: async () => undefined }),
+};
+
+function nodePipe(withMirror: boolean): PathSpec {
+  return {
+    id: withMirror ? 'node-mirror' : 'node',
+    label: withMirror ? 'Node stream.pipe + JS mirror' : 'Node stream.pipe proxy',
+    kind: withMirror ? 'mirror' : 'proxy',
+    family: 'node',
+    start: async (ctx, upstreamPort, mirrorPort) => {
+      const prog = nodeProgram('./proxies/node-proxy.js');
+      const args = [...prog.args, String(upstreamPort)];
+      if (withMirror) args.push(String(mirrorPort));
+      const proc = start(ctx.ns, 'node proxy', prog.command, args);
+      const port = await readyPort(proc, ctx.startTimeoutMs);
+      return { port, proc, forks: false, stop: plainStop(proc) };
+    },
+  };
+}
+
+const socat: PathSpec = {
+  id: 'socat',
+  label: 'socat (read/write loop)',
+  kind: 'proxy',
+  family: 'socat',
+  start: async (ctx, upstreamPort) => {
+    const port = ctx.nextPort();
+    // fork: one child per connection, like socat is run as a proxy; -t: time to finish the other
+    // direction after one side's EOF, long enough for the server's reply to a half-close.
+    const proc = start(ctx.ns, 'socat', 'socat', [
+      '-t',
+      '10',
+      '-b',
+      String(ctx.socatBuffer),
+      `TCP4-LISTEN:${port},bind=${host},reuseaddr,fork,backlog=1024`,
+      `TCP4:${host}:${upstreamPort}`,
+    ]);
+    return { port, proc, forks: true, stop: plainStop(proc) };
+  },
+};
+
+const haproxy: PathSpec = {
+  id: 'haproxy',
+  label: 'HAProxy mode tcp + splice',
+  kind: 'proxy',
+  family: 'haproxy',
+  start: async (ctx, upstreamPort) => {
+    const port = ctx.nextPort();
+    const cfg = join(ctx.tmpDir, `haproxy-${port}.cfg`);
+    writeFileSync(
+      cfg,
+      [
+        'global',
+        '  nbthread 1',
+        '  maxconn 4096',
+        `  tune.pipesize ${ctx.pipeSize}`,
+        'defaults',
+        '  mode tcp',
+        '  timeout connect 5s',
+        '  timeout client 60s',
+        '  timeout server 60s',
+        '  option splice-request',
+        '  option splice-response',
+        'listen bench',
+        `  bind ${host}:${port}`,
+        `  server app ${host}:${upstreamPort}`,
+        '',
+      ].join('\n'),
+    );
+    // -db: foreground, no daemon, so the pid we hold is the process doing the work.
+    const proc = start(ctx.ns, 'haproxy', 'haproxy', ['-db', '-f', cfg]);
+    return { port, proc, forks: false, stop: plainStop(proc) };
+  },
+};
+
+function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
+  const labels = {
+    proxy: 'KStreams proxy (splice)',
+    mirror: 'KStreams mirror (splice+tee)',
+    'mirror-sklookup': 'KStreams mirror via sk_lookup',
+  };
+  return {
+    id: variant === 'proxy' ? 'kstreams' : `kstreams-${variant}`,
+    label: labels[variant],
+    kind: variant === 'proxy' ? 'proxy' : 'mirror',
+    family: 'kstreams',
+    start: async (ctx, upstreamPort, mirrorPort) => {
+      const intercept = variant === 'mirror-sklookup';
+      const engine: EngineConfig = {
+        netnsPath: ctx.ns.path,
+        listen: { host, port: 0 },
+        upstream: intercept ? 'original-destination' : { host, port: upstreamPort },
+        mirrors:
+          variant === 'proxy' || mirrorPort === undefined
+            ? []
+            : [{ name: 'sink', host, port: mirrorPort, samplingPercent: 100 }],
+        pipeSize: ctx.pipeSize,
+        mirrorConnectTimeoutMs: 2000,
+        threads: 1,
+      };
+      const prog = nodeProgram('./runners/kstreams-runner.js');
+      const config = JSON.stringify(intercept ? { engine, interceptPort: upstreamPort } : { engine });
+      const proc = start(ctx.ns, 'kstreams runner', prog.command, [...prog.args, config]);
+      const listenPort = await readyPort(proc, ctx.startTimeoutMs);
+      return {
+        // With interception the client uses the server's real port; sk_lookup steers it to the engine.
+        port: intercept ? upstreamPort : listenPort,
+        proc,
+        forks: false,
+        stop: async () => {
+          await proc.stop(5000);
+          const line = proc.lines.find((l) => l.includes('"stats"'));
+          return line ? (JSON.parse(line) as { stats: EngineStats }).stats : undefined;
+        },
+      };
+    },
+  };
+}
+
+export const ALL_PATHS: PathSpec[] = [
+  direct,
+  nodePipe(false),
+  socat,
+  haproxy,
+  kstreams('proxy'),
+  nodePipe(true),
+  kstreams('mirror'),
+  kstreams('mirror-sklookup'),
+];
