@@ -1,6 +1,7 @@
 // One error type for everything that can stop a StreamPath from attaching. The reason doubles as a
 // condition reason for the in-pod agent and picks the exit code of the `kstreams` CLI, so both surfaces
 // say the same thing about the same failure.
+import { existsSync } from 'node:fs';
 
 export type AttachReason =
   /** A field of the spec cannot be applied as written (names the field). */
@@ -33,7 +34,9 @@ export class AttachError extends Error {
 }
 
 const PRIVILEGE_CODES = new Set(['EPERM', 'EACCES']);
-const KERNEL_CODES = new Set(['ENOSYS', 'EOPNOTSUPP', 'ENOTSUP', 'EKSTREAMS_NO_FEATURE', 'EKSTREAMS_KERNEL']);
+// EKSTREAMS_BPF_LOAD: the verifier or the kernel refused our program, which on a supported kernel means a
+// missing feature rather than a bug the user could fix.
+const KERNEL_CODES = new Set(['ENOSYS', 'EOPNOTSUPP', 'ENOTSUP', 'EKSTREAMS_BPF_LOAD', 'EKSTREAMS_NO_FEATURE', 'EKSTREAMS_KERNEL']);
 
 /**
  * Turns an error thrown by native/lib into an AttachError whose reason says what the operator of the
@@ -63,7 +66,7 @@ export function classifyNativeError(err: unknown, step: string, netnsPath?: stri
       { cause: err },
     );
   }
-  if (code === 'ENOENT' && netnsPath && (e?.syscall === 'open' || e?.syscall === 'setns')) {
+  if (code === 'ENOENT' && netnsPath && !existsSync(netnsPath)) {
     return new AttachError('NetnsNotFound', `network namespace ${netnsPath} is gone: ${detail}`, undefined, {
       cause: err,
     });

@@ -1,0 +1,168 @@
+// The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
+import { existsSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
+import { checkCommand } from './check.js';
+import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
+import { loadStreamPath } from './load.js';
+import { runCommand } from './run.js';
+
+const EXAMPLES = `Examples:
+  kstreams example > sp.yaml                 write the embedded default StreamPath, then edit it
+  kstreams validate -f sp.yaml               parse and check a StreamPath without attaching
+  kstreams check                             can this machine and user run the data plane?
+  sudo kstreams run -f sp.yaml --netns app   mirror port spec.port of network namespace "app"
+  kubectl get sp checkout-shadow -o yaml | kstreams validate -f -`;
+
+const RUN_HELP = `
+Applies spec.port and spec.mirror of the StreamPath to a port on this machine, without Kubernetes.
+spec.selector and metadata.namespace are ignored locally: the namespace given with --netns (default:
+the one kstreams runs in) plays the role of the pod. New connections to spec.port in that namespace are
+steered to the kstreams stream engine, which forwards them to the app unchanged and tees the client's
+bytes to every mirror target (spec.mirror.targets[].address, host:port; names are resolved once at start).
+Service targets need a cluster: give address: host:port instead. spec.transform is refused in this version.
+
+One StreamPath per file: a file with several YAML documents (---) is refused.
+
+While running:
+  stderr  "attached ..." once, then live counters redrawn about once a second when stderr is a terminal
+  stdout  with --json-interval N: one JSON line {"type":"counters",...} every N seconds
+  SIGHUP  re-reads the file and applies the changed spec live (mirror targets, sampling, port, pipe size)
+On SIGINT (Ctrl-C) or SIGTERM kstreams detaches (new connections reach the app directly again), prints
+the final counters as one JSON object {"type":"summary", connections, bytesPrimary, bytesMirrored,
+bytesDropped, targets: [...]} on stdout and exits 0. A second signal exits at once with 1.
+
+${EXIT_CODES_HELP}
+
+Examples:
+  sudo kstreams run -f sp.yaml --netns app
+  sudo kstreams run -f - --netns /proc/4242/ns/net --json-interval 5 < sp.yaml`;
+
+function positiveSeconds(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0 || n > 86_400) {
+    throw new InvalidArgumentError('must be a number of seconds, greater than 0 (e.g. 1 or 0.5)');
+  }
+  return n;
+}
+
+function fileOption(): Option {
+  return new Option('-f, --file <path>', 'StreamPath YAML file, - for stdin').makeOptionMandatory();
+}
+
+/** The in-pod agent (sidecar/src/agent/main.ts) is started as `kstreams agent` once it exists. */
+function agentModuleUrl(): URL | undefined {
+  for (const ext of ['js', 'ts']) {
+    const url = new URL(`../agent/main.${ext}`, import.meta.url);
+    if (existsSync(url)) return url;
+  }
+  return undefined;
+}
+
+export function buildProgram(version: string): Command {
+  const program = new Command('kstreams')
+    .description('In-kernel TCP traffic mirroring: apply a StreamPath to a local port, validate one, check this machine.')
+    .version(version, '-V, --version')
+    .helpCommand(false)
+    .showSuggestionAfterError(true)
+    .addHelpText('after', `\n${EXIT_CODES_HELP}\n\nErrors are one line on stderr: kstreams: <what happened, to what, what to do next>\n\n${EXAMPLES}`);
+
+  program
+    .command('run')
+    .description('attach a StreamPath to a port in a network namespace until SIGINT/SIGTERM')
+    .addOption(fileOption())
+    .option('--netns <name|path>', 'network namespace: a name under /run/netns (ip netns) or a path such as /proc/PID/ns/net (default: the current one)')
+    .option('--json-interval <seconds>', 'also print the counters as a JSON line on stdout every <seconds>', positiveSeconds)
+    .addHelpText('after', RUN_HELP)
+    .action(async (o: { file: string; netns?: string; jsonInterval?: number }) => {
+      process.exitCode = await runCommand({
+        file: o.file,
+        ...(o.netns !== undefined ? { netns: o.netns } : {}),
+        ...(o.jsonInterval !== undefined ? { jsonInterval: o.jsonInterval } : {}),
+      });
+    });
+
+  program
+    .command('validate')
+    .description('parse a StreamPath file and report every invalid field; attaches nothing')
+    .addOption(fileOption())
+    .action(async (o: { file: string }) => {
+      const sp = await loadStreamPath(o.file);
+      const notes: string[] = [];
+      if (sp.spec.transform) notes.push('spec.transform is valid but `kstreams run` refuses it in this version');
+      if (sp.spec.mirror.targets.some((t) => t.service)) notes.push('service targets need a cluster (`kstreams run` refuses them)');
+      process.stdout.write(
+        `${o.file === '-' ? '<stdin>' : o.file}: valid StreamPath ${sp.metadata.name ?? '(no name)'} (port ${sp.spec.port}, ${sp.spec.mirror.targets.length} mirror target(s))${notes.length ? `; note: ${notes.join('; ')}` : ''}\n`,
+      );
+    });
+
+  program
+    .command('check')
+    .description('check kernel features (bpf, BTF, sk_lookup, sockmap) and privileges; exit 0 when ready, 4 when not')
+    .option('--json', 'print the report as JSON')
+    .action(async (o: { json?: boolean }) => {
+      process.exitCode = await checkCommand(o);
+    });
+
+  program
+    .command('example')
+    .description('print the embedded default StreamPath (a starting point for run -f)')
+    .action(() => {
+      process.stdout.write(EXAMPLE_STREAMPATH_YAML);
+    });
+
+  const agentUrl = agentModuleUrl();
+  if (agentUrl) {
+    program
+      .command('agent')
+      .description('run the in-pod agent (inside an injected pod; configured by its environment)')
+      .helpOption(false)
+      .allowUnknownOption(true)
+      .allowExcessArguments(true)
+      .argument('[args...]')
+      .action(async (args: string[]) => {
+        const mod = (await import(agentUrl.href)) as { main?: (argv: string[]) => unknown };
+        if (typeof mod.main !== 'function') {
+          throw new CliError(EXIT.runtime, 'the agent module exports no main(argv); this build is broken, reinstall kstreams');
+        }
+        const code = await mod.main(args);
+        if (typeof code === 'number') process.exitCode = code;
+      });
+  }
+
+  // Commander's own errors (unknown option, missing -f) become our one-line format with exit code 2.
+  const configure = (cmd: Command) => {
+    cmd.exitOverride();
+    cmd.configureOutput({
+      outputError: (str, write) => {
+        const what = oneLine(str.replace(/^error:\s*/, ''));
+        const where = cmd === program ? 'kstreams --help' : `kstreams ${cmd.name()} --help`;
+        write(`kstreams: ${what}; see ${where}\n`);
+      },
+    });
+    cmd.commands.forEach(configure);
+  };
+  configure(program);
+  return program;
+}
+
+/** Parses argv, runs the command, and returns the exit code; never throws. */
+export async function main(argv: string[], version: string): Promise<number> {
+  const program = buildProgram(version);
+  if (argv.length <= 2) {
+    process.stderr.write('kstreams: no command given; try kstreams example, validate, check or run (see kstreams --help)\n');
+    return EXIT.usage;
+  }
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version end here too, successfully.
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    const e = toCliError(err);
+    process.stderr.write(`kstreams: ${oneLine(e.message)}\n`);
+    return e.exitCode;
+  }
+}

@@ -1,0 +1,137 @@
+// `kstreams run`: attach one StreamPath to a port until SIGINT/SIGTERM, then detach and print a summary.
+import { attachStreamPath, type Attachment, type AttachmentCounters } from '../dataplane/attach.js';
+import { CliError, EXIT, oneLine, toCliError } from './errors.js';
+import { LiveBlock, renderLive, type Summary } from './live.js';
+import { loadStreamPath } from './load.js';
+import { resolveNetns } from './netns.js';
+import { currentPrivileges } from './privileges.js';
+
+export interface RunOptions {
+  file: string;
+  netns?: string;
+  jsonInterval?: number;
+}
+
+function writeStdout(text: string): Promise<void> {
+  return new Promise((resolve) => process.stdout.write(text, () => resolve()));
+}
+
+function note(message: string): void {
+  process.stderr.write(`kstreams: ${oneLine(message)}\n`);
+}
+
+/** Resolves with the exit code once the attachment is detached after a signal. */
+export async function runCommand(opts: RunOptions): Promise<number> {
+  const sp = await loadStreamPath(opts.file);
+  const name = sp.metadata.name ?? 'streampath';
+  const netnsPath = opts.netns !== undefined ? resolveNetns(opts.netns) : undefined;
+  const netnsLabel = opts.netns !== undefined ? `netns ${opts.netns}` : 'the current netns';
+  const privileges = currentPrivileges(netnsPath !== undefined);
+  if (privileges.problems.length) {
+    throw new CliError(
+      EXIT.privileges,
+      `cannot attach ${name} to port ${sp.spec.port}: ${privileges.problems.join('; ')}; run as root or grant these capabilities`,
+    );
+  }
+
+  // Signals are taken over before attaching: a Ctrl-C during attach must still detach what was attached.
+  let stopRequested: (signal: NodeJS.Signals) => void = () => {};
+  const stopped = new Promise<NodeJS.Signals>((resolve) => {
+    stopRequested = resolve;
+  });
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      note(`${signal} again: exiting before detach finished; the kernel falls back to the app when this process is gone`);
+      process.exit(EXIT.runtime);
+    }
+    stopRequested(signal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let attachment: Attachment;
+  try {
+    attachment = await attachStreamPath({
+      name,
+      spec: sp.spec,
+      ...(netnsPath !== undefined ? { netnsPath } : {}),
+    });
+  } catch (err) {
+    throw toCliError(err, `cannot attach ${name} to port ${sp.spec.port} in ${netnsLabel}`);
+  }
+  const started = Date.now();
+  note(
+    `attached ${name}: port ${sp.spec.port} in ${netnsLabel} is mirrored to ${sp.spec.mirror.targets.length} target(s); stop with Ctrl-C (SIGINT) or SIGTERM, reload the file with SIGHUP`,
+  );
+
+  const timers: NodeJS.Timeout[] = [];
+  const live = process.stderr.isTTY ? new LiveBlock(process.stderr) : undefined;
+  const safeStats = (): AttachmentCounters | undefined => {
+    try {
+      return attachment.stats();
+    } catch {
+      return undefined;
+    }
+  };
+  if (live) {
+    const draw = () => {
+      const c = safeStats();
+      if (c) live.draw(renderLive({ name, port: attachment.port, netns: netnsLabel, startedAt: started }, c, Date.now()));
+    };
+    draw();
+    timers.push(setInterval(draw, 1000));
+  }
+  if (opts.jsonInterval !== undefined) {
+    timers.push(
+      setInterval(() => {
+        const c = safeStats();
+        if (c) process.stdout.write(`${JSON.stringify({ type: 'counters', streamPath: name, port: attachment.port, ...c })}\n`);
+      }, opts.jsonInterval * 1000),
+    );
+  }
+
+  // SIGHUP re-reads the file and applies the edit live, like the agent does for a StreamPath edit.
+  const onHup = () => {
+    if (opts.file === '-') {
+      note('SIGHUP ignored: the StreamPath came from stdin, there is no file to re-read');
+      return;
+    }
+    loadStreamPath(opts.file)
+      .then((next) => attachment.update(next.spec))
+      .then(() => note(`reloaded ${opts.file}: now port ${attachment.port}`))
+      .catch((err: unknown) => note(`reload of ${opts.file} failed, keeping the previous spec: ${toCliError(err).message}`));
+  };
+  process.on('SIGHUP', onHup);
+
+  const signal = await stopped;
+  for (const t of timers) clearInterval(t);
+  live?.clear();
+  process.off('SIGHUP', onHup);
+
+  let exitCode: number = EXIT.ok;
+  let detachError: CliError | undefined;
+  try {
+    await attachment.detach();
+  } catch (err) {
+    detachError = toCliError(err, `detaching ${name} after ${signal}`);
+    exitCode = detachError.exitCode === EXIT.ok ? EXIT.runtime : detachError.exitCode;
+  }
+  const stoppedAt = Date.now();
+  const summary: Summary = {
+    type: 'summary',
+    streamPath: name,
+    port: attachment.port,
+    netns: opts.netns ?? 'current',
+    startedAt: new Date(started).toISOString(),
+    stoppedAt: new Date(stoppedAt).toISOString(),
+    seconds: Math.round((stoppedAt - started) / 100) / 10,
+    ...attachment.stats(),
+  };
+  await writeStdout(`${JSON.stringify(summary, null, process.stdout.isTTY ? 2 : undefined)}\n`);
+  if (detachError) note(detachError.message);
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+  return exitCode;
+}
