@@ -1,0 +1,247 @@
+// The HTTPS server every operator replica runs (not only the leader): POST <path> for AdmissionReviews,
+// GET /healthz. Bodies are capped, header and request times bounded, TLS hot-reloaded.
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
+import { VersionApi, type KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';
+import type { CertKeyPem } from './certs.js';
+import type { WebhookConfig } from './config.js';
+import { computePodPatch, parseServerVersion, useNativeSidecar, type ServerVersion } from './patch.js';
+import { MountedTls, SelfManagedTls, type TlsSource } from './tls-source.js';
+
+export interface StartWebhookOptions {
+  config: WebhookConfig;
+  kube: KubeConfig;
+  logger: Logger;
+  registry: Registry;
+  /** The apiserver's version; read from /version when absent. Picks native sidecars or the postStart wait. */
+  serverVersion?: ServerVersion | { major?: string; minor?: string };
+  /** Where the serving cert comes from; by default chosen by config.tls.mode. */
+  tlsSource?: TlsSource;
+}
+
+export interface RunningWebhook {
+  port: number;
+  tls: TlsSource;
+  close(): Promise<void>;
+}
+
+const METRIC = {
+  requests: 'kstreams_webhook_admission_requests_total',
+  duration: 'kstreams_webhook_admission_duration_seconds',
+  certExpiry: 'kstreams_webhook_certificate_expiry_timestamp_seconds',
+} as const;
+
+type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge };
+
+/** Registers once per registry: a second server in the same process (tests, restarts) reuses them. */
+function metricsIn(registry: Registry): Metrics {
+  const existing = registry.getSingleMetric(METRIC.requests);
+  if (existing) {
+    return {
+      requests: existing as Counter<'result' | 'reason'>,
+      duration: registry.getSingleMetric(METRIC.duration) as Histogram<'result'>,
+      certExpiry: registry.getSingleMetric(METRIC.certExpiry) as Gauge,
+    };
+  }
+  return {
+    requests: new Counter({
+      name: METRIC.requests,
+      help: 'AdmissionReviews answered by the webhook, by result (patched, allowed, invalid) and reason',
+      labelNames: ['result', 'reason'],
+      registers: [registry],
+    }),
+    duration: new Histogram({
+      name: METRIC.duration,
+      help: 'Time from the first byte of an admission request to its answer',
+      labelNames: ['result'],
+      buckets: [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [registry],
+    }),
+    certExpiry: new Gauge({
+      name: METRIC.certExpiry,
+      help: 'notAfter of the serving certificate in use, as a Unix timestamp',
+      registers: [registry],
+    }),
+  };
+}
+
+async function resolveServerVersion(opts: StartWebhookOptions): Promise<ServerVersion | undefined> {
+  if (opts.serverVersion) {
+    const v = opts.serverVersion;
+    return typeof v.major === 'number' ? (v as ServerVersion) : parseServerVersion(v);
+  }
+  try {
+    return parseServerVersion(await opts.kube.makeApiClient(VersionApi).getCode());
+  } catch (e) {
+    opts.logger.warn({ err: (e as Error).message }, 'cannot read the apiserver version; injecting classic sidecars');
+    return undefined;
+  }
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, close = false): void {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(payload),
+    ...(close ? { connection: 'close' } : {}),
+  });
+  res.end(payload);
+}
+
+function statusBody(code: number, reason: string, message: string) {
+  return { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason, code, message };
+}
+
+export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWebhook> {
+  const { config, logger } = opts;
+  const log = logger.child({ component: 'webhook' });
+  const metrics = metricsIn(opts.registry);
+  const version = await resolveServerVersion(opts);
+  const native = useNativeSidecar(config.sidecar.nativeSidecar, version);
+  const tls: TlsSource =
+    opts.tlsSource ??
+    (config.tls.mode === 'self-managed'
+      ? new SelfManagedTls({ config, kube: opts.kube, logger: log })
+      : new MountedTls({ tls: config.tls, logger: log }));
+  const pem = await tls.start();
+  const setExpiry = (p: CertKeyPem) => {
+    try {
+      metrics.certExpiry.set(Date.parse(new X509Certificate(p.certPem).validTo) / 1000);
+    } catch {
+      // A cert Node cannot parse would already have failed setSecureContext.
+    }
+  };
+  setExpiry(pem);
+
+  const mutate = (pod: unknown, namespace: string) => computePodPatch(pod, { name: namespace }, config, version);
+
+  const observe = (started: bigint, result: AdmissionOutcome['result'] | { kind: 'invalid'; reason: string }) => {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    metrics.requests.inc({ result: result.kind, reason: result.reason });
+    metrics.duration.observe({ result: result.kind }, seconds);
+  };
+
+  const handleMutate = (req: IncomingMessage, res: ServerResponse) => {
+    const started = process.hrtime.bigint();
+    const reject = (status: number, reason: string, message: string) => {
+      observe(started, { kind: 'invalid', reason });
+      log.warn({ status, reason, remote: req.socket.remoteAddress }, message);
+      sendJson(res, status, statusBody(status, reason, message), true);
+    };
+    const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+    if (contentType !== 'application/json') {
+      req.resume();
+      return reject(415, 'UnsupportedMediaType', `content-type must be application/json, got ${JSON.stringify(contentType ?? '')}`);
+    }
+    const declared = Number(req.headers['content-length'] ?? '0');
+    const tooLarge = `request body exceeds the webhook's limit of ${config.maxBodyBytes} bytes`;
+    if (declared > config.maxBodyBytes) {
+      // Drain instead of resetting, so the client reads the 413; requestTimeout bounds the drain.
+      req.resume();
+      return reject(413, 'RequestEntityTooLarge', tooLarge);
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let over = false;
+    req.on('data', (chunk: Buffer) => {
+      if (over) return;
+      size += chunk.length;
+      if (size > config.maxBodyBytes) {
+        over = true;
+        chunks.length = 0;
+        reject(413, 'RequestEntityTooLarge', tooLarge);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('error', () => {
+      // Client went away or the request timed out: nothing to answer.
+    });
+    req.on('end', () => {
+      if (over || res.headersSent) return;
+      const outcome = handleAdmissionReview(Buffer.concat(chunks, size).toString('utf8'), mutate);
+      observe(started, outcome.result);
+      if (outcome.result.kind === 'invalid') log.warn({ status: outcome.status, reason: outcome.result.reason }, 'malformed AdmissionReview');
+      else log.debug({ ...outcome.request, result: outcome.result }, 'admission');
+      sendJson(res, outcome.status, outcome.body, outcome.status >= 400);
+    });
+  };
+
+  const server: Server = createServer(
+    {
+      key: pem.keyPem,
+      cert: pem.certPem,
+      minVersion: 'TLSv1.2',
+      requestTimeout: config.requestTimeoutMs,
+      headersTimeout: config.headersTimeoutMs,
+      keepAliveTimeout: config.keepAliveTimeoutMs,
+    },
+    (req, res) => {
+      try {
+        const path = (req.url ?? '/').split('?')[0];
+        if (path === config.path) {
+          if (req.method !== 'POST') {
+            req.resume();
+            return sendJson(res, 405, statusBody(405, 'MethodNotAllowed', `use POST on ${config.path}`));
+          }
+          return handleMutate(req, res);
+        }
+        req.resume();
+        if (path === '/healthz' && (req.method === 'GET' || req.method === 'HEAD')) {
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          return res.end('ok');
+        }
+        sendJson(res, 404, statusBody(404, 'NotFound', `no such path; the webhook serves POST ${config.path} and GET /healthz`));
+      } catch (e) {
+        log.error({ err: (e as Error).message }, 'webhook request handler failed');
+        if (!res.headersSent) sendJson(res, 500, statusBody(500, 'InternalError', 'internal error'), true);
+      }
+    },
+  );
+  server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
+
+  tls.onChange((next) => {
+    try {
+      server.setSecureContext({ key: next.keyPem, cert: next.certPem, minVersion: 'TLSv1.2' });
+      setExpiry(next);
+      log.info('webhook TLS context reloaded');
+    } catch (e) {
+      log.error({ err: (e as Error).message }, 'new webhook certificate rejected; still serving the previous one');
+    }
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  log.info({ port, host: config.host, path: config.path, nativeSidecar: native, version }, 'webhook listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    tls,
+    close() {
+      closing ??= (async () => {
+        await tls.stop();
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          // Keep-alive connections from the apiserver would hold close() open.
+          server.closeIdleConnections();
+          const t = setTimeout(() => server.closeAllConnections(), 2000);
+          t.unref();
+          server.once('close', () => clearTimeout(t));
+        });
+      })();
+      return closing;
+    },
+  };
+}

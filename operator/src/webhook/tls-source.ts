@@ -1,0 +1,379 @@
+// Where the serving cert comes from, and how a running server learns that it changed.
+//  - SelfManagedTls: a Secret in the operator's namespace shared by every replica. Each replica creates it
+//    if absent, rotates it before expiry (optimistic concurrency: a 409 means another replica won, re-read),
+//    keeps the MutatingWebhookConfiguration's caBundle in step, and watches the Secret so that a rotation
+//    done by any replica reaches every replica's TLS context.
+//  - MountedTls (cert-manager): files in a mounted Secret volume, re-read periodically; the caBundle is
+//    cert-manager's CA injector's business.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AdmissionregistrationV1Api, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import {
+  bundleFromSecretData,
+  bundleToSecretData,
+  caBundlePem,
+  decideRotation,
+  fingerprint,
+  rotateBundle,
+  servingSANs,
+  type CertKeyPem,
+  type TlsBundle,
+} from './certs.js';
+import type { CertManagerTls, SelfManagedTls as SelfManagedTlsConfig, WebhookConfig } from './config.js';
+import { ensureWebhookConfiguration } from './webhook-configuration.js';
+
+export interface Clock {
+  now(): number;
+}
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+export const systemClock: Clock = { now: () => Date.now() };
+export const systemTimers: Timers = {
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+export interface TlsSource {
+  /** Resolves with the first usable cert/key; rejects with a message saying what is wrong. */
+  start(): Promise<CertKeyPem>;
+  /** Called with every new cert/key after start(). */
+  onChange(listener: (pem: CertKeyPem) => void): void;
+  stop(): Promise<void>;
+}
+
+/** setTimeout takes at most 2^31-1 ms; longer waits are re-checked at the resync anyway. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function isStatus(e: unknown, code: number): boolean {
+  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code;
+}
+
+function errMessage(e: unknown): string {
+  if (typeof e === 'object' && e !== null && 'body' in e) {
+    const body = (e as { body?: unknown }).body;
+    const msg = typeof body === 'string' ? body : JSON.stringify(body);
+    return `${(e as { code?: unknown }).code ?? ''} ${msg}`.trim();
+  }
+  return e instanceof Error ? e.message : String(e);
+}
+
+export interface ReconcileResult {
+  /** What happened to the Secret. */
+  secret: 'unchanged' | 'created' | 'rotated-cert' | 'rotated-ca' | 'adopted-peer';
+  webhookConfiguration: 'created' | 'updated' | 'unchanged' | 'unmanaged' | 'failed';
+  servingFingerprint: string;
+}
+
+export class SelfManagedTls implements TlsSource {
+  private readonly core: CoreV1Api;
+  private readonly admission: AdmissionregistrationV1Api;
+  private readonly tls: SelfManagedTlsConfig;
+  private readonly sans: string[];
+  private listeners: Array<(pem: CertKeyPem) => void> = [];
+  private served: CertKeyPem | undefined;
+  private lastCaBundle: string | undefined;
+  private timer: unknown;
+  private watchAbort: AbortController | undefined;
+  private stopped = false;
+  private chain: Promise<unknown> = Promise.resolve();
+  private watchFailures = 0;
+
+  constructor(
+    private readonly opts: {
+      config: WebhookConfig;
+      kube: KubeConfig;
+      logger: Logger;
+      clock?: Clock;
+      timers?: Timers;
+    },
+  ) {
+    if (opts.config.tls.mode !== 'self-managed') throw new Error('SelfManagedTls needs tls.mode self-managed');
+    this.tls = opts.config.tls;
+    this.core = opts.kube.makeApiClient(CoreV1Api);
+    this.admission = opts.kube.makeApiClient(AdmissionregistrationV1Api);
+    this.sans = servingSANs(opts.config.serviceName, opts.config.namespace, this.tls.extraSANs);
+  }
+
+  private get clock(): Clock {
+    return this.opts.clock ?? systemClock;
+  }
+  private get timers(): Timers {
+    return this.opts.timers ?? systemTimers;
+  }
+  private get log(): Logger {
+    return this.opts.logger;
+  }
+
+  onChange(listener: (pem: CertKeyPem) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async start(): Promise<CertKeyPem> {
+    let rv: string | undefined;
+    try {
+      rv = (await this.reconcile()).resourceVersion;
+    } catch (e) {
+      throw new Error(
+        `webhook TLS: cannot get Secret ${this.opts.config.namespace}/${this.tls.secretName}: ${errMessage(e)}. ` +
+          `The operator needs get/create/update/watch on secrets in its namespace.`,
+      );
+    }
+    void this.watch(rv);
+    if (!this.served) throw new Error('webhook TLS: no serving cert after reconcile');
+    return this.served;
+  }
+
+  /**
+   * Level-triggered: read the Secret, create or rotate it when needed, serve what it holds, put its CA
+   * bundle into the MutatingWebhookConfiguration, schedule the next check. Calls are serialised.
+   */
+  reconcile(): Promise<ReconcileResult & { resourceVersion?: string }> {
+    const run = this.chain.then(() => this.reconcileOnce());
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  private async reconcileOnce(): Promise<ReconcileResult & { resourceVersion?: string }> {
+    const { namespace } = this.opts.config;
+    const name = this.tls.secretName;
+    let outcome: ReconcileResult['secret'] = 'unchanged';
+    let secret: V1Secret | undefined;
+    let bundle: TlsBundle | undefined;
+    for (let attempt = 0; ; attempt++) {
+      if (attempt >= 5) throw new Error(`Secret ${namespace}/${name}: still conflicting after 5 attempts`);
+      secret = undefined;
+      try {
+        secret = await this.core.readNamespacedSecret({ name, namespace });
+      } catch (e) {
+        if (!isStatus(e, 404)) throw e;
+      }
+      bundle = bundleFromSecretData(secret?.data);
+      const nowMs = this.clock.now();
+      const decision = decideRotation(bundle, { nowMs, rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans });
+      if (decision.action === 'none') break;
+      const next = await rotateBundle(bundle, decision, {
+        nowMs,
+        caValiditySeconds: this.tls.caValiditySeconds,
+        certValiditySeconds: this.tls.certValiditySeconds,
+        sans: this.sans,
+        caCommonName: `kstreams-webhook-ca@${Math.floor(nowMs / 1000)}`,
+      });
+      const body: V1Secret = {
+        apiVersion: 'v1',
+        kind: 'Secret',
+        type: 'kubernetes.io/tls',
+        metadata: {
+          ...(secret?.metadata ?? {}),
+          name,
+          namespace,
+          labels: { ...(secret?.metadata?.labels ?? {}), 'app.kubernetes.io/managed-by': 'kstreams-operator' },
+        },
+        data: bundleToSecretData(next),
+      };
+      const existed = secret !== undefined;
+      try {
+        if (secret) secret = await this.core.replaceNamespacedSecret({ name, namespace, body });
+        else secret = await this.core.createNamespacedSecret({ namespace, body });
+      } catch (e) {
+        // Another replica created or rotated it first: adopt theirs on the next pass.
+        if (isStatus(e, 409)) {
+          outcome = 'adopted-peer';
+          continue;
+        }
+        // A Secret of another type cannot change type in place.
+        if (secret && isStatus(e, 422)) {
+          throw new Error(`Secret ${namespace}/${name} cannot be updated (${errMessage(e)}); delete it and the operator recreates it`);
+        }
+        throw e;
+      }
+      bundle = next;
+      outcome = !existed ? 'created' : decision.action === 'new-ca' ? 'rotated-ca' : 'rotated-cert';
+      this.log.info({ secret: `${namespace}/${name}`, why: decision.why, outcome }, 'webhook TLS: issued new certificate');
+      break;
+    }
+    if (!bundle) throw new Error('unreachable: no bundle after reconcile');
+    this.serve(bundle);
+    const webhookConfiguration = await this.syncWebhookConfiguration(bundle);
+    this.scheduleCheck(bundle);
+    const result: ReconcileResult & { resourceVersion?: string } = {
+      secret: outcome,
+      webhookConfiguration,
+      servingFingerprint: fingerprint(bundle.serving.certPem),
+    };
+    if (secret?.metadata?.resourceVersion) result.resourceVersion = secret.metadata.resourceVersion;
+    return result;
+  }
+
+  private serve(bundle: TlsBundle): void {
+    if (this.served && this.served.certPem === bundle.serving.certPem && this.served.keyPem === bundle.serving.keyPem) return;
+    const first = this.served === undefined;
+    this.served = { ...bundle.serving };
+    if (first) return;
+    this.log.info({ fingerprint: fingerprint(bundle.serving.certPem) }, 'webhook TLS: serving a new certificate');
+    for (const l of this.listeners) l(this.served);
+  }
+
+  private async syncWebhookConfiguration(bundle: TlsBundle): Promise<ReconcileResult['webhookConfiguration']> {
+    if (!this.opts.config.manageWebhookConfiguration) return 'unmanaged';
+    const pem = caBundlePem(bundle);
+    try {
+      const r = await ensureWebhookConfiguration(this.admission, this.opts.config, pem);
+      this.lastCaBundle = pem;
+      if (r !== 'unchanged') this.log.info({ name: this.opts.config.webhookConfigurationName, result: r }, 'webhook configuration written');
+      return r;
+    } catch (e) {
+      // Serving goes on; the next check retries. Without RBAC for it, the chart must carry the caBundle.
+      this.log.error({ err: errMessage(e) }, `cannot write MutatingWebhookConfiguration ${this.opts.config.webhookConfigurationName}`);
+      return 'failed';
+    }
+  }
+
+  private scheduleCheck(bundle: TlsBundle): void {
+    if (this.stopped) return;
+    if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
+    const nowMs = this.clock.now();
+    const decision = decideRotation(bundle, { nowMs, rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans });
+    const resyncMs = this.tls.resyncSeconds * 1000;
+    const untilRotation = decision.action === 'none' ? Math.max(0, decision.nextCheckAtMs - nowMs) : 0;
+    const delay = Math.min(resyncMs, untilRotation + 1000, MAX_TIMER_MS);
+    this.timer = this.timers.setTimeout(() => {
+      this.timer = undefined;
+      this.reconcile().catch((e) => {
+        this.log.error({ err: errMessage(e) }, 'webhook TLS: periodic check failed; retrying at the next resync');
+        if (this.served) this.timer = this.timers.setTimeout(() => void this.reconcile().catch(() => undefined), resyncMs);
+      });
+    }, delay);
+  }
+
+  /** Watches the one Secret by name; on every event serve what it holds; reconnect with backoff. */
+  private async watch(resourceVersion: string | undefined): Promise<void> {
+    if (this.stopped) return;
+    const { namespace } = this.opts.config;
+    const name = this.tls.secretName;
+    const w = new Watch(this.opts.kube);
+    const query: Record<string, string | boolean> = { fieldSelector: `metadata.name=${name}`, allowWatchBookmarks: true };
+    if (resourceVersion) query.resourceVersion = resourceVersion;
+    let reconnecting = false;
+    const reconnect = (why: string) => {
+      if (this.stopped || reconnecting) return;
+      reconnecting = true;
+      this.watchFailures++;
+      const backoff = Math.min(30_000, 250 * 2 ** Math.min(this.watchFailures, 7)) * (0.5 + Math.random() / 2);
+      this.log.debug({ why, backoffMs: Math.round(backoff) }, 'webhook TLS: secret watch ended; re-reading and re-watching');
+      this.timers.setTimeout(() => {
+        // Relist semantics: a fresh read (and repair) gives the resourceVersion to watch from.
+        this.reconcile().then(
+          (r) => void this.watch(r.resourceVersion),
+          (e) => {
+            this.log.warn({ err: errMessage(e) }, 'webhook TLS: re-read of the Secret failed');
+            reconnecting = false;
+            reconnect('re-read failed');
+          },
+        );
+      }, backoff);
+    };
+    try {
+      this.watchAbort = await w.watch(
+        `/api/v1/namespaces/${namespace}/secrets`,
+        query,
+        (phase, obj: V1Secret) => {
+          if (this.stopped) return;
+          this.watchFailures = 0;
+          if (phase === 'BOOKMARK' || phase === 'ERROR') {
+            if (phase === 'ERROR') reconnect(`watch error ${JSON.stringify(obj)}`);
+            return;
+          }
+          const bundle = phase === 'DELETED' ? undefined : bundleFromSecretData(obj.data);
+          const usable =
+            bundle &&
+            decideRotation(bundle, { nowMs: this.clock.now(), rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans })
+              .action === 'none';
+          if (bundle && usable) {
+            this.serve(bundle);
+            if (caBundlePem(bundle) !== this.lastCaBundle) void this.syncWebhookConfiguration(bundle);
+            this.scheduleCheck(bundle);
+          } else {
+            // Deleted, damaged or due: repair it (create-if-absent / rotate, conflicts handled).
+            this.reconcile().catch((e) => this.log.error({ err: errMessage(e) }, 'webhook TLS: repair failed'));
+          }
+        },
+        (err) => reconnect(err ? errMessage(err) : 'closed by server'),
+      );
+    } catch (e) {
+      reconnect(errMessage(e));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
+    this.watchAbort?.abort();
+    await this.chain;
+  }
+}
+
+/** cert-manager (or any tool) writes tls.crt/tls.key into a mounted Secret; re-read it periodically. */
+export class MountedTls implements TlsSource {
+  private listeners: Array<(pem: CertKeyPem) => void> = [];
+  private current: CertKeyPem | undefined;
+  private timer: unknown;
+  private stopped = false;
+
+  constructor(
+    private readonly opts: { tls: CertManagerTls; logger: Logger; timers?: Timers },
+  ) {}
+
+  onChange(listener: (pem: CertKeyPem) => void): void {
+    this.listeners.push(listener);
+  }
+
+  private async read(): Promise<CertKeyPem> {
+    const { certDir, certFile, keyFile } = this.opts.tls;
+    const [certPem, keyPem] = await Promise.all([readFile(join(certDir, certFile), 'utf8'), readFile(join(certDir, keyFile), 'utf8')]);
+    return { certPem, keyPem };
+  }
+
+  async start(): Promise<CertKeyPem> {
+    try {
+      this.current = await this.read();
+    } catch (e) {
+      throw new Error(
+        `webhook TLS (cert-manager mode): cannot read ${this.opts.tls.certFile}/${this.opts.tls.keyFile} in ${this.opts.tls.certDir}: ` +
+          `${(e as Error).message}. Is the cert-manager Certificate's Secret mounted there?`,
+      );
+    }
+    this.schedule();
+    return this.current;
+  }
+
+  /** Re-reads the files now; returns true when they changed. */
+  async reload(): Promise<boolean> {
+    const next = await this.read();
+    if (this.current && next.certPem === this.current.certPem && next.keyPem === this.current.keyPem) return false;
+    this.current = next;
+    for (const l of this.listeners) l(next);
+    return true;
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    const timers = this.opts.timers ?? systemTimers;
+    this.timer = timers.setTimeout(() => {
+      this.reload()
+        .catch((e) => this.opts.logger.warn({ err: (e as Error).message }, 'webhook TLS: cannot re-read mounted cert; keeping the old one'))
+        .finally(() => this.schedule());
+    }, this.opts.tls.reloadSeconds * 1000);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== undefined) (this.opts.timers ?? systemTimers).clearTimeout(this.timer);
+  }
+}
