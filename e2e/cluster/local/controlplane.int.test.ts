@@ -1,0 +1,96 @@
+// Smoke test of the shared control plane started by test/integration-setup.ts.
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { CoreV1Api, KubeConfig, VersionApi } from '@kubernetes/client-node';
+import { describe, expect, inject, it } from 'vitest';
+import { httpGet } from './controlplane.js';
+import { cleanupStale, procStartTime } from './processes.js';
+
+const kubeconfig = inject('kubeconfig');
+
+describe.skipIf(!kubeconfig)('local control plane', () => {
+  const kc = new KubeConfig();
+  kc.loadFromFile(kubeconfig);
+
+  it('is Kubernetes 1.20 and the kubeconfig points at the provided server', async () => {
+    expect(kc.getCurrentCluster()?.server).toBe(inject('apiServer'));
+    const v = await kc.makeApiClient(VersionApi).getCode();
+    expect(v.gitVersion).toMatch(/^v1\.20\./);
+  });
+
+  it('creates a namespace and a ConfigMap and reads it back', async () => {
+    const core = kc.makeApiClient(CoreV1Api);
+    // Without kube-controller-manager a deleted namespace never finishes terminating: use fresh names.
+    const ns = `smoke-${randomBytes(4).toString('hex')}`;
+    await core.createNamespace({ body: { metadata: { name: ns } } });
+    await core.createNamespacedConfigMap({
+      namespace: ns,
+      body: { metadata: { name: 'hello', labels: { app: 'smoke' } }, data: { greeting: 'hi', n: '42' } },
+    });
+    const cm = await core.readNamespacedConfigMap({ name: 'hello', namespace: ns });
+    expect(cm.data).toEqual({ greeting: 'hi', n: '42' });
+    expect(cm.metadata?.labels?.app).toBe('smoke');
+    const list = await core.listNamespacedConfigMap({ namespace: ns, labelSelector: 'app=smoke' });
+    expect(list.items.map((i) => i.metadata?.name)).toEqual(['hello']);
+    await core.deleteNamespace({ name: ns });
+  });
+
+  it('serves /metrics to the admin token and refuses anonymous access (RBAC)', async () => {
+    const ca = readFileSync(inject('apiServerCaFile'));
+    const server = inject('apiServer');
+    const admin = await httpGet(`${server}/metrics`, { ca, token: inject('adminToken') });
+    expect(admin.status).toBe(200);
+    expect(admin.body).toContain('apiserver_request_total');
+    const anonymous = await httpGet(`${server}/metrics`, { ca });
+    expect(anonymous.status).toBe(403);
+  });
+
+  it('has the admission webhook plugins enabled', async () => {
+    const ca = readFileSync(inject('apiServerCaFile'));
+    const r = await httpGet(`${inject('apiServer')}/metrics`, { ca, token: inject('adminToken') });
+    // The admission controller metrics carry one series per enabled plugin once it has admitted a request.
+    expect(r.body).toMatch(/apiserver_admission_controller_admission_duration_seconds_count\{name="MutatingAdmissionWebhook"/);
+    expect(r.body).toMatch(/apiserver_admission_controller_admission_duration_seconds_count\{name="ValidatingAdmissionWebhook"/);
+  });
+});
+
+describe.skipIf(!kubeconfig)('local control plane lifecycle', () => {
+  it('dies with a SIGKILLed parent, and a later run removes what was left', async () => {
+    const here = dirname(fileURLToPath(import.meta.url));
+    const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'cli.ts')], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const line = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: child.stdout }).once('line', resolve);
+      child.once('exit', (code) => reject(new Error(`cli exited ${code}: ${stderr}`)));
+    });
+    const info = JSON.parse(line) as { dir: string; pids: Array<{ name: string; pid: number }> };
+    expect(info.pids.map((p) => p.name)).toEqual(['etcd', 'kube-apiserver']);
+    for (const p of info.pids) expect(procStartTime(p.pid)).toBeDefined();
+
+    child.kill('SIGKILL');
+    const isGone = (pid: number) => {
+      try {
+        return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') ?? true;
+      } catch {
+        return true;
+      }
+    };
+    const deadline = Date.now() + 10_000;
+    while (!info.pids.every((p) => isGone(p.pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(info.pids.filter((p) => !isGone(p.pid))).toEqual([]);
+
+    // SIGKILL leaves the temp dir; the next start (cleanupStale) removes it. The shared control plane's dir
+    // is left alone because its owner (the vitest main process) is alive.
+    expect(existsSync(info.dir)).toBe(true);
+    await cleanupStale(dirname(info.dir), 'kstreams-cp-');
+    expect(existsSync(info.dir)).toBe(false);
+    expect(existsSync(inject('kubeconfig'))).toBe(true);
+  });
+});
