@@ -99,8 +99,8 @@ const socat: PathSpec = {
       '10',
       '-b',
       String(ctx.socatBuffer),
-      `TCP4-LISTEN:${port},bind=${host},reuseaddr,fork,backlog=1024`,
-      `TCP4:${host}:${upstreamPort}`,
+      `TCP4-LISTEN:${port},bind=${host},reuseaddr,fork,backlog=1024,nodelay`,
+      `TCP4:${host}:${upstreamPort},nodelay`,
     ]);
     return { port, proc, forks: true, stop: plainStop(proc) };
   },

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Netns } from '../../sidecar/src/netns.js';
 import type { EngineStats } from '../../native/lib/types.js';
 import { ALL_PATHS, type PathContext, type PathSpec, type StartedPath } from './paths.js';
-import { ProcessWatch, systemBusyTicks, USER_HZ } from './procfs.js';
+import { ProcessWatch, processTicks, systemBusyTicks, USER_HZ } from './procfs.js';
 import { runToEnd, start, type Proc } from './procs.js';
 import { median } from './stats.js';
 
@@ -33,6 +33,12 @@ export interface BulkSample {
   gbps: number;
   sysCpuSeconds: number;
   sysCpuPerGB: number;
+  /**
+   * CPU of the path's own processes (client, server, proxy, mirror sink): unlike the system-wide figure it
+   * does not count what other work on a shared machine did meanwhile.
+   */
+  pathCpuSeconds: number;
+  pathCpuPerGB: number;
   proxyCpuSeconds?: number;
   proxyCpuPerGB?: number;
   peakRssBytes?: number;
@@ -64,6 +70,7 @@ export interface RrSample {
 export interface PathMedians {
   gbps?: number;
   sysCpuPerGB?: number;
+  pathCpuPerGB?: number;
   proxyCpuPerGB?: number;
   peakRssMB?: number;
   mirrorFraction?: number;
@@ -161,7 +168,9 @@ export class Bench {
             const s = await this.bulkOnce(ctx, tools, spec);
             res.bulk.push(s);
             const mirror = s.mirrorBytes !== undefined ? `, mirror got ${((100 * s.mirrorBytes) / s.bytes).toFixed(1)}%` : '';
-            this.log(`run ${run}/${o.runs} bulk ${spec.id}: ${s.gbps.toFixed(2)} GB/s, ${s.sysCpuPerGB.toFixed(2)} CPU s/GB${mirror}`);
+            this.log(
+              `run ${run}/${o.runs} bulk ${spec.id}: ${s.gbps.toFixed(2)} GB/s, CPU s/GB ${s.sysCpuPerGB.toFixed(2)} system, ${s.pathCpuPerGB.toFixed(2)} path${mirror}`,
+            );
           } catch (err) {
             res.errors.push(`bulk run ${run}: ${(err as Error).message}`);
             this.log(`run ${run}/${o.runs} bulk ${spec.id}: FAILED ${(err as Error).message}`);
@@ -227,10 +236,11 @@ export class Bench {
       await runToEnd(ctx.ns, 'probe', tools.bulk, [host, String(path.port), '0', '--retry-ms', '15000'], 20_000);
       const watch = path.proc ? new ProcessWatch(path.proc.pid, path.forks) : undefined;
       watch?.begin();
+      const serverTicks0 = (processTicks(sink.proc.pid) ?? 0) + (mirror ? (processTicks(mirror.proc.pid) ?? 0) : 0);
       const ticks0 = systemBusyTicks();
       const out = await runToEnd(ctx.ns, 'bulk client', tools.bulk, [host, String(path.port), String(bytes)], 60_000 + bytes / 20e3);
       const ticks1 = systemBusyTicks();
-      const client = JSON.parse(out) as { bytes: number; seconds: number };
+      const client = JSON.parse(out) as { bytes: number; seconds: number; cpuSeconds: number };
       if (mirror) {
         // The mirror may finish a moment after the primary; its lag is not part of the primary's time.
         for (let i = 0; i < 30 && sinkTotal(mirror.proc) < bytes; i++) await sleep(100);
@@ -238,6 +248,7 @@ export class Bench {
         await sleep(100); // lets a forked per-connection proxy exit and be reaped, so its CPU is counted
       }
       const proxy = watch?.end();
+      const serverTicks1 = (processTicks(sink.proc.pid) ?? 0) + (mirror ? (processTicks(mirror.proc.pid) ?? 0) : 0);
       engineStats = await path.stop();
       path = undefined;
       if (mirror) await sleep(50);
@@ -249,7 +260,11 @@ export class Bench {
         gbps: gb / client.seconds,
         sysCpuSeconds,
         sysCpuPerGB: sysCpuSeconds / gb,
+        pathCpuSeconds: 0,
+        pathCpuPerGB: 0,
       };
+      sample.pathCpuSeconds = client.cpuSeconds + (serverTicks1 - serverTicks0) / USER_HZ + (proxy?.cpuSeconds ?? 0);
+      sample.pathCpuPerGB = sample.pathCpuSeconds / gb;
       if (proxy) {
         sample.proxyCpuSeconds = proxy.cpuSeconds;
         sample.proxyCpuPerGB = proxy.cpuSeconds / gb;
@@ -301,6 +316,7 @@ function medians(r: PathResult): PathMedians {
   };
   set('gbps', median(r.bulk.map((s) => s.gbps)));
   set('sysCpuPerGB', median(r.bulk.map((s) => s.sysCpuPerGB)));
+  set('pathCpuPerGB', median(r.bulk.map((s) => s.pathCpuPerGB)));
   set('proxyCpuPerGB', median(r.bulk.map((s) => s.proxyCpuPerGB)));
   const rss = [...r.bulk.map((s) => s.peakRssBytes), ...r.rr.map((s) => s.peakRssBytes)].filter((x): x is number => x !== undefined);
   if (rss.length > 0) m.peakRssMB = Math.max(...rss) / 2 ** 20;

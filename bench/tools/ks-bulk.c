@@ -1,8 +1,10 @@
 // Bulk sender: ks-bulk HOST PORT BYTES [--retry-ms N] [--chunk BYTES]
 // Connects (retrying while the path starts), writes BYTES, half-closes, and waits for ks-server's 8-byte
 // count: the elapsed time covers every byte reaching the server, not just leaving this socket buffer.
-// Prints one JSON line {"bytes","ackBytes","seconds"}; exits 3 when the server counted something else
+// Prints one JSON line {"bytes","ackBytes","seconds","cpuSeconds"}; exits 3 when the server counted something else
 // (a proxy lost or invented bytes), so a broken path can never be reported as a fast one.
+#include <sys/resource.h>
+
 #include "common.h"
 
 int main(int argc, char **argv) {
@@ -40,8 +42,14 @@ int main(int argc, char **argv) {
             r < 0 ? ": " : "", r < 0 ? strerror(errno) : "");
     return 3;
   }
-  printf("{\"bytes\":%llu,\"ackBytes\":%llu,\"seconds\":%.6f}\n", (unsigned long long)bytes,
-         (unsigned long long)got, t1 - t0);
+  // The sender's own CPU (user + system, including softirq work done in its context on loopback): part
+  // of the cost of the path that the bench adds up per process.
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+               (double)ru.ru_stime.tv_usec / 1e6;
+  printf("{\"bytes\":%llu,\"ackBytes\":%llu,\"seconds\":%.6f,\"cpuSeconds\":%.6f}\n", (unsigned long long)bytes,
+         (unsigned long long)got, t1 - t0, cpu);
   fflush(stdout);
   close(fd);
   return got == bytes ? 0 : 3;

@@ -1,6 +1,7 @@
 // The user-level baseline: a Node.js stream.pipe TCP proxy, optionally with a user-space mirror copy.
 //   node node-proxy.js UPSTREAM_PORT [MIRROR_PORT]
-// Listens on 127.0.0.1 (a free port) and prints {"port":N} once ready. Half-close is kept (allowHalfOpen)
+// Listens on 127.0.0.1 (a free port) and prints {"port":N} once ready. TCP_NODELAY everywhere, as a proxy
+// written with care would do (HAProxy does the same), so small messages are not held back by Nagle. Half-close is kept (allowHalfOpen)
 // so a client's FIN travels to the server and the server's reply still comes back, as with a real proxy.
 // The mirror gets every chunk the client sends (written from user space) and is cut, never waited for,
 // when more than MIRROR_BACKLOG bytes are queued for it: the same promise KStreams makes.
@@ -17,7 +18,7 @@ if (!Number.isInteger(upstreamPort) || upstreamPort <= 0) {
 }
 
 function attachMirror(client: net.Socket, port: number): void {
-  const mirror = net.connect({ host, port });
+  const mirror = net.connect({ host, port, noDelay: true });
   let cut = false;
   const cutMirror = (): void => {
     cut = true;
@@ -38,8 +39,8 @@ function attachMirror(client: net.Socket, port: number): void {
   });
 }
 
-const server = net.createServer({ allowHalfOpen: true }, (client) => {
-  const upstream = net.connect({ host, port: upstreamPort, allowHalfOpen: true });
+const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
+  const upstream = net.connect({ host, port: upstreamPort, allowHalfOpen: true, noDelay: true });
   const fail = (): void => {
     client.destroy();
     upstream.destroy();
