@@ -48,12 +48,23 @@ static __always_inline void count(__u32 slot)
 
 static __always_inline int from_bypass_source(const struct bpf_sk_lookup *ctx)
 {
-	if (ctx->family == KS_AF_INET)
-		return bypass_v4_enabled && ctx->remote_ip4 == bypass_v4;
-	if (ctx->family == KS_AF_INET6)
-		return bypass_v6_enabled && ctx->remote_ip6[0] == bypass_v6[0] &&
-		       ctx->remote_ip6[1] == bypass_v6[1] && ctx->remote_ip6[2] == bypass_v6[2] &&
-		       ctx->remote_ip6[3] == bypass_v6[3];
+	/*
+	 * Loaded unconditionally, one field at a time: behind a branch clang folds these into one
+	 * "ctx + offset" pointer, and the verifier rejects dereferencing a modified ctx pointer. Reading
+	 * remote_ip6 on an IPv4 lookup is fine: the kernel's ctx rewrite yields zeros.
+	 */
+	__u32 family = ctx->family;
+	__u32 remote4 = ctx->remote_ip4;
+	__u32 remote6_0 = ctx->remote_ip6[0];
+	__u32 remote6_1 = ctx->remote_ip6[1];
+	__u32 remote6_2 = ctx->remote_ip6[2];
+	__u32 remote6_3 = ctx->remote_ip6[3];
+
+	if (family == KS_AF_INET)
+		return bypass_v4_enabled && remote4 == bypass_v4;
+	if (family == KS_AF_INET6)
+		return bypass_v6_enabled && remote6_0 == bypass_v6[0] && remote6_1 == bypass_v6[1] &&
+		       remote6_2 == bypass_v6[2] && remote6_3 == bypass_v6[3];
 	return 0;
 }
 

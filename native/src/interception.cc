@@ -33,10 +33,16 @@ static int LibbpfPrint(enum libbpf_print_level level, const char* format, va_lis
     if (level == LIBBPF_WARN) return vfprintf(stderr, format, args);
     return 0;
   }
-  char buffer[1024];
-  int n = vsnprintf(buffer, sizeof buffer, format, args);
-  if (n < 0) return n;
-  activeCapture->Append(buffer, static_cast<size_t>(n) < sizeof buffer ? static_cast<size_t>(n) : sizeof buffer - 1);
+  // One call can carry a whole verifier log, whose last lines say why: size the buffer to fit it.
+  va_list again;
+  va_copy(again, args);
+  int n = vsnprintf(nullptr, 0, format, args);
+  if (n > 0) {
+    std::string buffer(static_cast<size_t>(n) + 1, '\0');
+    vsnprintf(buffer.data(), buffer.size(), format, again);
+    activeCapture->Append(buffer.data(), static_cast<size_t>(n));
+  }
+  va_end(again);
   return n;
 }
 
@@ -118,7 +124,9 @@ bool CheckListener(int listenerFd, int netnsFd, const std::string& netnsName, In
   Fd socketNs;
   socketNs.fd = ioctl(listenerFd, SIOCGSKNS);
   if (socketNs.fd < 0) {
-    Fail(failure, errno, "ioctl", what + ": cannot tell its network namespace (SIOCGSKNS)");
+    int err = errno;
+    Fail(failure, err, "ioctl",
+         what + ": cannot tell its network namespace (SIOCGSKNS)" + (err == EPERM ? kCapsHint : ""));
     return false;
   }
   struct stat a, b;
@@ -181,7 +189,8 @@ std::unique_ptr<InterceptionLink> InterceptionLink::Attach(const InterceptionOpt
   int rc = sk_lookup_bpf__load(self->skel_);
   if (rc) {
     int err = -rc;
-    if (err == EPERM || err == EACCES)
+    // EACCES here is the verifier rejecting the program; only EPERM is about privileges.
+    if (err == EPERM)
       Fail(failure, err, "bpf", WithLog("loading the sk_lookup program for " + portName + " was refused" + kCapsHint, log));
     else
       FailCoded(failure, "EKSTREAMS_BPF_LOAD", err, "bpf",
