@@ -179,6 +179,8 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       requestTimeout: config.requestTimeoutMs,
       headersTimeout: config.headersTimeoutMs,
       keepAliveTimeout: config.keepAliveTimeoutMs,
+      // Node enforces requestTimeout/headersTimeout only at this interval (30 s by default).
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 2))),
     },
     (req, res) => {
       try {
