@@ -1,0 +1,83 @@
+// The agent's whole configuration, parsed once at start-up from the environment the webhook (or a test)
+// gives it, then passed in. Nothing else in the agent reads process.env.
+import { z } from 'zod';
+import { DEFAULT_AGENT_PORT } from '../../../operator/src/api/agent.js';
+
+const intFromEnv = (def: number, min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max))
+    .optional()
+    .transform((v) => v ?? def);
+
+/** Environment variables the agent reads, and the config field each one becomes. */
+export const AGENT_ENV = {
+  podName: 'POD_NAME',
+  podNamespace: 'POD_NAMESPACE',
+  podUid: 'POD_UID',
+  port: 'KSTREAMS_AGENT_PORT',
+  bindAddress: 'KSTREAMS_AGENT_BIND',
+  netnsPath: 'KSTREAMS_NETNS',
+  logLevel: 'KSTREAMS_LOG_LEVEL',
+  resyncSeconds: 'KSTREAMS_RESYNC_SECONDS',
+  statsIntervalSeconds: 'KSTREAMS_STATS_INTERVAL_SECONDS',
+  shutdownTimeoutSeconds: 'KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS',
+} as const;
+
+export const AgentConfigSchema = z.strictObject({
+  /** The pod this agent serves (downward API metadata.name). */
+  podName: z.string().min(1, 'is required (downward API metadata.name)'),
+  /** Its namespace (downward API metadata.namespace): the StreamPaths of this namespace are watched. */
+  podNamespace: z.string().min(1, 'is required (downward API metadata.namespace)'),
+  /** Its uid (downward API metadata.uid): a pod recreated under the same name is not mistaken for ours. */
+  podUid: z.string().min(1).optional(),
+  /** Port of /healthz, /readyz, /metrics and /v1/report. 0 picks a free port (tests). */
+  port: intFromEnv(DEFAULT_AGENT_PORT, 0, 65535),
+  bindAddress: z.string().min(1).optional().transform((v) => v ?? '0.0.0.0'),
+  /**
+   * Network namespace to program, e.g. /run/netns/NAME: for running outside the pod (tests, a node-level
+   * agent). Unset inside a pod: the agent's own namespace, which is the pod's.
+   */
+  netnsPath: z.string().startsWith('/', 'must be an absolute path such as /run/netns/NAME').optional(),
+  logLevel: z
+    .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
+    .optional()
+    .transform((v) => v ?? 'info'),
+  /** Every resync the agent re-converges from its cache and retries StreamPaths that failed to attach. */
+  resyncSeconds: intFromEnv(60, 1, 86_400),
+  /** How often counters are sampled for /metrics and for spotting unreachable targets. */
+  statsIntervalSeconds: intFromEnv(5, 1, 3600),
+  /** SIGTERM: how long detaching may take before the agent exits anyway (keep below the pod's grace period). */
+  shutdownTimeoutSeconds: intFromEnv(20, 1, 3600),
+});
+
+export type AgentConfig = z.output<typeof AgentConfigSchema>;
+
+export class AgentConfigError extends Error {
+  override readonly name = 'AgentConfigError';
+  constructor(readonly problems: string[]) {
+    super(`invalid agent configuration:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+/** Parses the agent's environment; throws AgentConfigError naming each bad variable. */
+export function loadAgentConfig(env: Record<string, string | undefined>): AgentConfig {
+  const raw: Record<string, string | undefined> = {};
+  for (const [field, variable] of Object.entries(AGENT_ENV)) {
+    const v = env[variable];
+    // An empty variable is what a pod spec produces for "not set"; treat it as unset.
+    if (v !== undefined && v !== '') raw[field] = v;
+  }
+  const r = AgentConfigSchema.safeParse(raw);
+  if (r.success) return r.data;
+  throw new AgentConfigError(
+    r.error.issues.map((i) => {
+      const field = String(i.path[0] ?? '');
+      const variable = (AGENT_ENV as Record<string, string>)[field] ?? field;
+      return `${variable}: ${i.message}`;
+    }),
+  );
+}

@@ -1,0 +1,140 @@
+// Prometheus metrics of one agent, on a registry of its own (no global state: tests run several agents in
+// one process). Data-plane counters are read at scrape time from the attachments, so a scrape always sees
+// the kernel's latest totals; they are Prometheus counters, and a re-attach shows up as a counter reset.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { WatchLifecycle } from './watch.js';
+
+export interface AgentMetrics {
+  registry: Registry;
+  watchEvent(resource: string, event: WatchLifecycle): void;
+  convergeDone(result: 'ok' | 'error', seconds: number): void;
+}
+
+/** `snapshot` returns the per-StreamPath reports; it is called once per scrape. */
+export function createMetrics(opts: {
+  snapshot: () => Promise<AgentStreamPathReport[]>;
+  ready: () => boolean;
+  defaultMetrics?: boolean;
+}): AgentMetrics {
+  const registry = new Registry();
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'kstreams_agent_' });
+
+  // One snapshot per scrape, shared by every metric's collect().
+  let pending: Promise<AgentStreamPathReport[]> | undefined;
+  const reports = () => {
+    pending ??= opts.snapshot().finally(() => {
+      setImmediate(() => (pending = undefined));
+    });
+    return pending;
+  };
+
+  const perStreamPath = (
+    name: string,
+    help: string,
+    pick: (r: AgentStreamPathReport) => number,
+  ) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['streampath'] as const,
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const r of await reports()) this.inc({ streampath: r.name }, pick(r));
+      },
+    });
+  perStreamPath('kstreams_agent_connections_total', 'Connections intercepted on the tapped port', (r) => r.connections);
+  perStreamPath('kstreams_agent_bytes_primary_total', 'Client-to-app bytes delivered to the app', (r) => r.bytesPrimary);
+  perStreamPath('kstreams_agent_bytes_mirrored_total', 'Bytes written to all mirror targets', (r) => r.bytesMirrored);
+  perStreamPath('kstreams_agent_bytes_dropped_total', 'Primary bytes that sampled mirror connections did not get', (r) => r.bytesDropped);
+
+  const perTarget = (
+    name: string,
+    help: string,
+    pick: (t: AgentStreamPathReport['targets'][number]) => number,
+  ) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['streampath', 'target'] as const,
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const r of await reports()) {
+          for (const t of r.targets) this.inc({ streampath: r.name, target: t.name }, pick(t));
+        }
+      },
+    });
+  perTarget('kstreams_agent_target_connections_mirrored_total', 'Primary connections mirrored to this target', (t) => t.connectionsMirrored);
+  perTarget('kstreams_agent_target_connections_cut_total', 'Mirror connections cut because the target could not keep up', (t) => t.connectionsCut);
+  perTarget('kstreams_agent_target_connect_failures_total', 'Mirror connections that failed to connect', (t) => t.connectFailures);
+  perTarget('kstreams_agent_target_bytes_mirrored_total', 'Bytes written to this target', (t) => t.bytesMirrored);
+  perTarget('kstreams_agent_target_bytes_dropped_total', 'Primary bytes this target did not get', (t) => t.bytesDropped);
+
+  new Gauge({
+    name: 'kstreams_agent_streampath_attached',
+    help: '1 when the StreamPath is attached to this pod, 0 when it selects the pod but is not attached',
+    labelNames: ['streampath'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const r of await reports()) this.set({ streampath: r.name }, r.attached ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'kstreams_agent_streampath_generation',
+    help: 'metadata.generation of the StreamPath the agent has applied (or last tried)',
+    labelNames: ['streampath'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const r of await reports()) this.set({ streampath: r.name }, r.generation);
+    },
+  });
+  new Gauge({
+    name: 'kstreams_agent_streampath_problem',
+    help: '1 for each StreamPath that has a problem, labelled by its reason',
+    labelNames: ['streampath', 'reason'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const r of await reports()) if (r.problem) this.set({ streampath: r.name, reason: r.problem.reason }, 1);
+    },
+  });
+  new Gauge({
+    name: 'kstreams_agent_ready',
+    help: '1 once the first sync is done and the kernel offers what the data plane needs',
+    registers: [registry],
+    collect() {
+      this.set(opts.ready() ? 1 : 0);
+    },
+  });
+
+  const watchEvents = new Counter({
+    name: 'kstreams_agent_watch_events_total',
+    help: 'Watch lifecycle events (listed, connected, added, updated, deleted, error, restart)',
+    labelNames: ['resource', 'event'] as const,
+    registers: [registry],
+  });
+  const converges = new Counter({
+    name: 'kstreams_agent_converge_total',
+    help: 'Converge passes of the data plane towards the selected StreamPaths',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+  const convergeSeconds = new Counter({
+    name: 'kstreams_agent_converge_seconds_total',
+    help: 'Time spent converging',
+    registers: [registry],
+  });
+
+  return {
+    registry,
+    watchEvent: (resource, event) => watchEvents.inc({ resource, event }),
+    convergeDone: (result, seconds) => {
+      converges.inc({ result });
+      convergeSeconds.inc(seconds);
+    },
+  };
+}
