@@ -3,8 +3,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { machineFacts } from './machine.js';
 import { ALL_PATHS } from './paths.js';
 import { consoleReport, markdownReport, targets } from './report.js';
@@ -38,6 +38,7 @@ const program = new Command('bench')
   .option('--pipe-size <size>', 'kernel pipe size for HAProxy (tune.pipesize) and KStreams', size, 1 << 20)
   .option('--socat-buffer <size>', 'socat -b copy buffer', size, 256 * 1024)
   .option('--only <ids>', `comma-separated path ids (direct is always run): ${ALL_PATHS.map((p) => p.id).join(', ')}`)
+  .option('--engine-lib <module>', 'load the KStreams engine from this module instead of native/lib (compare builds)')
   .option('--out <dir>', 'where results are written', join(repoRoot, 'bench/results'))
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
@@ -53,6 +54,7 @@ const cli = program.opts<{
   pipeSize: number;
   socatBuffer: number;
   only?: string;
+  engineLib?: string;
   out: string;
   write: boolean;
   silent?: boolean;
@@ -72,6 +74,7 @@ const options: BenchOptions = {
   socatBuffer: cli.socatBuffer,
   quick: cli.quick ?? false,
   ...(only ? { only } : {}),
+  ...(cli.engineLib ? { engineLib: pathToFileURL(resolve(cli.engineLib)).href } : {}),
 };
 
 const log = cli.silent ? () => undefined : (line: string) => process.stderr.write(`${line}\n`);

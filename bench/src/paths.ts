@@ -19,6 +19,8 @@ export interface PathContext {
   /** socat's copy buffer (-b). */
   socatBuffer: number;
   startTimeoutMs: number;
+  /** Module the KStreams runner loads instead of native/lib (an absolute path or file URL). */
+  engineLib?: string;
 }
 
 export interface StartedPath {
@@ -166,7 +168,11 @@ function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
         threads: 1,
       };
       const prog = nodeProgram('./runners/kstreams-runner.js');
-      const config = JSON.stringify(intercept ? { engine, interceptPort: upstreamPort } : { engine });
+      const config = JSON.stringify({
+        engine,
+        ...(intercept ? { interceptPort: upstreamPort } : {}),
+        ...(ctx.engineLib ? { nativeLib: ctx.engineLib } : {}),
+      });
       const proc = start(ctx.ns, 'kstreams runner', prog.command, [...prog.args, config]);
       const listenPort = await readyPort(proc, ctx.startTimeoutMs);
       return {

@@ -25,6 +25,8 @@ export interface BenchOptions {
   /** Path ids to run (direct is always added: every ratio needs it). Undefined: all. */
   only?: string[];
   quick: boolean;
+  /** Module the KStreams runner loads instead of native/lib (compare another engine build). */
+  engineLib?: string;
 }
 
 export interface BulkSample {
@@ -158,6 +160,7 @@ export class Bench {
       pipeSize: o.pipeSize,
       socatBuffer: o.socatBuffer,
       startTimeoutMs: 15_000,
+      ...(o.engineLib ? { engineLib: o.engineLib } : {}),
     };
     try {
       for (let run = 1; run <= o.runs; run++) {
@@ -167,7 +170,11 @@ export class Bench {
           try {
             const s = await this.bulkOnce(ctx, tools, spec);
             res.bulk.push(s);
-            const mirror = s.mirrorBytes !== undefined ? `, mirror got ${((100 * s.mirrorBytes) / s.bytes).toFixed(1)}%` : '';
+            const cuts = s.engineStats?.targets.reduce((n, t) => n + t.connectionsCut, 0);
+            const mirror =
+              s.mirrorBytes !== undefined
+                ? `, mirror got ${((100 * s.mirrorBytes) / s.bytes).toFixed(1)}%${cuts ? ` (engine counted ${cuts} cut)` : ''}`
+                : '';
             this.log(
               `run ${run}/${o.runs} bulk ${spec.id}: ${s.gbps.toFixed(2)} GB/s, CPU s/GB ${s.sysCpuPerGB.toFixed(2)} system, ${s.pathCpuPerGB.toFixed(2)} path${mirror}`,
             );

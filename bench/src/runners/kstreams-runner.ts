@@ -10,6 +10,8 @@ interface RunnerConfig {
   engine: EngineConfig;
   /** Attach sk_lookup interception for this port (connections to it are steered to the engine). */
   interceptPort?: number;
+  /** Another build of native/lib to load (bench --engine-lib), to compare engine versions side by side. */
+  nativeLib?: string;
 }
 
 // The subset of native/lib the runner uses, typed here so the bench builds whatever state native/ is in.
@@ -35,10 +37,10 @@ async function main(): Promise<void> {
   const config = JSON.parse(process.argv[2] ?? '') as RunnerConfig;
   // A computed specifier: the engine is loaded at run time, and a missing engine is a row's error, not a
   // build failure of the bench.
-  const libPath = '../../../native/lib/index.js';
+  const libPath = config.nativeLib ?? '../../../native/lib/index.js';
   const lib = (await import(libPath)) as Partial<NativeLib>;
   if (!lib.Engine || !lib.Interception) {
-    throw new Error('native/lib exports no Engine/Interception: the engine is not there yet in this checkout');
+    throw new Error(`${libPath} exports no Engine/Interception: the engine is not there yet in this checkout`);
   }
   const engine = await lib.Engine.start(config.engine);
   let interception: InterceptionLike | undefined;
