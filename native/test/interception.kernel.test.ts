@@ -257,6 +257,14 @@ describe('sk_lookup interception', () => {
     await eventually(() => expectGone(ready, pod));
   });
 
+  it('when the listener closes but the program stays attached, connections reach the app', async () => {
+    const { steer } = await startSteer();
+    expect((await greet(veth.bAddress, APP_PORT)).via).toBe('listener');
+    expect(await steer.ask('close-listener')).toEqual({ closed: true });
+    expect(await greet(veth.bAddress, APP_PORT)).toMatchObject({ via: 'app', localPort: APP_PORT });
+    expect((await steer.ask('counters'))['counters']).toEqual({ steered: 1, bypassed: 0, noListener: 1, assignFailed: 0 });
+  });
+
   it('detach() closes every link, program and map fd it opened, and is idempotent', async () => {
     const { steer, ready } = await startSteer();
     expectAttached(ready, pod);
