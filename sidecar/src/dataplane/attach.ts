@@ -75,15 +75,24 @@ export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
 
 /** native/lib, loaded on first use so that commands which never attach do not need the built addon. */
 export async function nativeDataPlane(): Promise<DataPlane> {
-  // The specifier is a variable until native/lib/index.ts lands, so that this file compiles before it.
+  // The specifier is a variable until native/lib/index.ts exports Engine, so that this file compiles before it.
   const specifier = '../../../native/lib/index.js';
-  const lib = (await import(specifier)) as {
-    Engine: { start(c: EngineConfig): EngineHandle | Promise<EngineHandle> };
-    Interception: { attach(c: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle> };
+  let lib: {
+    Engine?: { start(c: EngineConfig): EngineHandle | Promise<EngineHandle> };
+    Interception?: { attach(c: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle> };
   };
+  try {
+    lib = (await import(specifier)) as typeof lib;
+  } catch (err) {
+    throw new AttachError('DataPlaneError', `loading the native data plane failed: ${(err as Error).message}`, undefined, { cause: err });
+  }
+  const { Engine, Interception } = lib;
+  if (!Engine || !Interception) {
+    throw new AttachError('DataPlaneError', 'this build of native/lib has no stream engine or interception; rebuild with npm run build');
+  }
   return {
-    startEngine: (c) => lib.Engine.start(c),
-    attachInterception: (c) => lib.Interception.attach(c),
+    startEngine: (c) => Engine.start(c),
+    attachInterception: (c) => Interception.attach(c),
   };
 }
 
