@@ -30,8 +30,8 @@ export const INVALID_CASES: InvalidCase[] = [
   { name: 'port 0', mutate: (s) => (s['port'] = 0), mentions: /spec\.port/ },
   { name: 'port above 65535', mutate: (s) => (s['port'] = 70000), mentions: /spec\.port/ },
   { name: 'port as a name', mutate: (s) => (s['port'] = 'http'), mentions: /spec\.port/ },
-  { name: 'port missing', mutate: (s) => delete s['port'], mentions: /spec\.port/ },
-  { name: 'selector missing', mutate: (s) => delete s['selector'], mentions: /spec\.selector/ },
+  { name: 'port missing', mutate: (s) => delete s['port'], mentions: /spec\.port/, kubectlMentions: /StreamPath\.spec\): missing required field "port"/ },
+  { name: 'selector missing', mutate: (s) => delete s['selector'], mentions: /spec\.selector/, kubectlMentions: /StreamPath\.spec\): missing required field "selector"/ },
   {
     name: 'selector with an unknown operator',
     mutate: (s) => (s['selector'] = { matchExpressions: [{ key: 'app', operator: 'Like', values: ['x'] }] }),
@@ -42,7 +42,7 @@ export const INVALID_CASES: InvalidCase[] = [
     mutate: (s) => (s['selector'] = { matchLabels: { app: 'check out' } }),
     mentions: /spec\.selector\.matchLabels\.app/,
   },
-  { name: 'mirror missing', mutate: (s) => delete s['mirror'], mentions: /spec\.mirror/ },
+  { name: 'mirror missing', mutate: (s) => delete s['mirror'], mentions: /spec\.mirror/, kubectlMentions: /StreamPath\.spec\): missing required field "mirror"/ },
   { name: 'empty targets', mutate: (s) => (s['mirror'].targets = []), mentions: /spec\.mirror\.targets/ },
   {
     name: 'more than 16 targets',
@@ -61,6 +61,7 @@ export const INVALID_CASES: InvalidCase[] = [
     name: 'service without a port',
     mutate: (s) => (s['mirror'].targets = [{ service: { name: 'staging' } }]),
     mentions: /spec\.mirror\.targets\[0\]\.service\.port/,
+    kubectlMentions: /spec\.mirror\.targets\[0\]\.service\): missing required field "port"/,
   },
   {
     name: 'service name not a DNS label',

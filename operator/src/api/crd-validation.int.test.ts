@@ -1,0 +1,87 @@
+// Applies every invalid StreamPath of the shared table to a real kube-apiserver, the way users do
+// (kubectl apply) and the way controllers do (a direct API create), and checks that each is rejected with
+// a message naming the field.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { ApiException, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
+import YAML from 'yaml';
+import { DEFAULT_BIN_DIR } from '../../../e2e/cluster/local/controlplane.js';
+import { INVALID_CASES, validSpec } from './invalid-streampaths.js';
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from './streampath.js';
+
+const crdFile = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
+const kubectlBin = `${process.env['KSTREAMS_K8S_BIN'] ?? DEFAULT_BIN_DIR}/kubectl`;
+const namespace = `crd-validation-${process.pid}`;
+
+function kubectl(args: string[], input?: string) {
+  const r = spawnSync(kubectlBin, ['--kubeconfig', inject('kubeconfig'), ...args], { input, encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function manifest(name: string, spec: unknown): Record<string, unknown> {
+  return { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, spec };
+}
+
+// Kubernetes 1.20 names list items without their index (spec.mirror.targets.address): accept both.
+const withoutIndex = (r: RegExp) => new RegExp(r.source.replaceAll('\\[0\\]', '(\\[0\\])?'));
+
+const slug = (s: string) => s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+
+describe('the StreamPath CRD on a real apiserver', () => {
+  let api: CustomObjectsApi;
+
+  beforeAll(async () => {
+    const kc = new KubeConfig();
+    kc.loadFromFile(inject('kubeconfig'));
+    api = kc.makeApiClient(CustomObjectsApi);
+    await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: namespace } } });
+    const applied = kubectl(['apply', '-f', crdFile]);
+    expect(applied.stderr).toBe('');
+    const established = kubectl(['wait', '--for=condition=Established', '--timeout=60s', `crd/${PLURAL}.${GROUP}`]);
+    expect(established.code, established.stderr).toBe(0);
+  });
+
+  it('accepts a valid StreamPath through kubectl and fills in the defaults', () => {
+    const r = kubectl(['apply', '-f', '-'], YAML.stringify(manifest('valid', validSpec())));
+    expect(r.code, r.stderr).toBe(0);
+    const got = kubectl(['get', 'sp', 'valid', '-n', namespace, '-o', 'json']);
+    const spec = JSON.parse(got.stdout).spec;
+    expect(spec.mirror.onOverflow).toBe('cut');
+    expect(spec.mirror.pipeSize).toBe(1024 * 1024);
+    const table = kubectl(['get', 'streampaths', '-n', namespace]);
+    expect(table.stdout.split('\n')[0]).toMatch(/NAME\s+PORT\s+PODS\s+CONNECTIONS\s+MIRRORED\s+DROPPED\s+READY\s+AGE/);
+  });
+
+  it.each(INVALID_CASES)('kubectl apply rejects $name, naming the field', (c) => {
+    const spec = validSpec();
+    c.mutate(spec);
+    const r = kubectl(['apply', '-f', '-'], YAML.stringify(manifest(`k-${slug(c.name)}`, spec)));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(withoutIndex(c.kubectlMentions ?? c.mentions));
+  });
+
+  it.each(INVALID_CASES.filter((c) => c.serverRejects !== false))(
+    'the apiserver itself rejects $name with 422 naming the field',
+    async (c) => {
+      const spec = validSpec();
+      c.mutate(spec);
+      const err = await api
+        .createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL, body: manifest(`s-${slug(c.name)}`, spec) })
+        .then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(ApiException);
+      const e = err as ApiException<string>;
+      expect(e.code).toBe(422);
+      expect(String(e.body)).toMatch(withoutIndex(c.mentions));
+    },
+  );
+
+  it('prunes unknown fields on a direct API create (kubectl and the CLI reject them before)', async () => {
+    const spec: Record<string, any> = validSpec();
+    spec['bogus'] = 1;
+    const created = (await api.createNamespacedCustomObject({
+      group: GROUP, version: VERSION, namespace, plural: PLURAL, body: manifest('pruned', spec),
+    })) as { spec: Record<string, unknown> };
+    expect(created.spec).not.toHaveProperty('bogus');
+  });
+});
