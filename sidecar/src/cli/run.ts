@@ -66,7 +66,9 @@ export async function runCommand(opts: RunOptions): Promise<number> {
     `attached ${name}: port ${sp.spec.port} in ${netnsLabel} is mirrored to ${sp.spec.mirror.targets.length} target(s); stop with Ctrl-C (SIGINT) or SIGTERM, reload the file with SIGHUP`,
   );
 
-  const timers: NodeJS.Timeout[] = [];
+  // The engine's threads and the BPF link hold no reference on Node's event loop: without this timer the
+  // process would end right here, detaching everything.
+  const timers: NodeJS.Timeout[] = [setInterval(() => {}, 1 << 30)];
   const live = process.stderr.isTTY ? new LiveBlock(process.stderr) : undefined;
   const safeStats = (): AttachmentCounters | undefined => {
     try {
