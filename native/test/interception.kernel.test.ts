@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Netns, link, cleanupAll, type Link } from '../../sidecar/src/netns.js';
 import { Interception } from '../lib/interception.js';
-import { probeKernelFeatures } from '../lib/kernel.js';
+import { describeKernelProbe, probeKernelFeatures } from '../lib/kernel.js';
 import type { NativeError } from '../lib/types.js';
 
 const fixture = resolve(dirname(fileURLToPath(import.meta.url)), 'fixtures/interception-fixture.ts');
@@ -184,6 +184,25 @@ describe('sk_lookup interception', () => {
 
   it('the kernel offers what interception needs', () => {
     expect(probeKernelFeatures()).toEqual({ bpfSyscall: true, btf: true, skLookup: true, sockmap: true, problems: [] });
+  });
+
+  it('says in words what a kernel or a sandbox lacks', () => {
+    const features = describeKernelProbe({
+      bpfSyscall: false,
+      bpfSyscallError: 'EPERM',
+      btf: false,
+      skLookup: false,
+      skLookupError: null,
+      sockmap: false,
+      sockmapError: 'EPERM',
+    });
+    expect(features).toMatchObject({ bpfSyscall: false, btf: false, skLookup: false, sockmap: false });
+    expect(features.problems).toEqual([
+      expect.stringMatching(/^BPF syscall: the kernel refused \(EPERM\); the sidecar needs CAP_BPF and CAP_NET_ADMIN/),
+      expect.stringMatching(/CONFIG_DEBUG_INFO_BTF/),
+      expect.stringMatching(/sk_lookup programs are not supported \(Linux 5\.9\+ needed\)/),
+      expect.stringMatching(/^SOCKMAP: the kernel refused \(EPERM\)/),
+    ]);
   });
 
   it('without interception, the app answers on its port', async () => {
