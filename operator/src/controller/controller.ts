@@ -1,0 +1,283 @@
+// The leader's machinery: three informers (StreamPaths, Pods, Namespaces) feed one reconcile queue; the
+// agent poller feeds it too. Pod and Namespace events are mapped to the StreamPaths that select them.
+import type { Logger } from 'pino';
+import { GROUP, PLURAL, VERSION } from '../api/streampath.js';
+import type { Clock } from '../clock.js';
+import type { OperatorConfig } from '../config.js';
+import { Backoff } from '../kube/backoff.js';
+import { EventRecorder } from '../kube/events.js';
+import { Informer, InformerLifecycle } from '../kube/informer.js';
+import { podKey, sameLabels, sameSlimPod, selectorMatches, slimNamespace, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+import type { KubeTransport } from '../kube/rest.js';
+import type { OperatorMetrics } from '../observability/metrics.js';
+import { AgentPoller, httpAgentFetcher, type AgentFetcher } from './agents.js';
+import { WorkQueue } from './queue.js';
+import { Reconciler, type StreamPathObject } from './reconciler.js';
+
+export interface ControllerDeps {
+  config: OperatorConfig;
+  transport: KubeTransport;
+  clock: Clock;
+  log: Logger;
+  metrics: OperatorMetrics;
+  random?: () => number;
+  agentFetcher?: AgentFetcher;
+}
+
+function spKey(sp: { metadata: { namespace: string; name: string } }): string {
+  return `${sp.metadata.namespace}/${sp.metadata.name}`;
+}
+
+/** Drops what the operator never reads (managedFields are often half of an object's size). */
+function slimStreamPath(raw: Record<string, unknown>): StreamPathObject {
+  const sp = raw as unknown as StreamPathObject & { metadata: { managedFields?: unknown; annotations?: unknown } };
+  const { managedFields: _m, annotations: _a, ...metadata } = sp.metadata;
+  return { ...sp, metadata };
+}
+
+export class Controller {
+  readonly streamPaths: Informer<StreamPathObject>;
+  readonly pods: Informer<SlimPod>;
+  readonly namespaces: Informer<SlimNamespace>;
+  readonly queue: WorkQueue;
+  readonly agents: AgentPoller;
+  readonly reconciler: Reconciler;
+  /** namespace -> pod name -> pod, so a reconcile looks only at its own namespace. */
+  private readonly podsByNamespace = new Map<string, Map<string, SlimPod>>();
+  /** namespace -> StreamPath keys, to map pod events to StreamPaths. */
+  private readonly spByNamespace = new Map<string, Set<string>>();
+  private readonly abort = new AbortController();
+  private pollerLoop: Promise<void> | undefined;
+  private started = false;
+
+  constructor(private readonly d: ControllerDeps) {
+    const { config, transport, clock, log, metrics } = d;
+    const informerBackoff = () => new Backoff({ initialMs: 500, maxMs: 30_000, random: d.random });
+    const lifecycle = (resource: string) => (event: InformerLifecycle, detail: { error?: unknown; delayMs?: number; count?: number }) => {
+      metrics.recordLifecycle(resource, event);
+      if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired) {
+        log.warn({ resource, event, delayMs: detail.delayMs, err: detail.error }, `${resource} informer: ${event}, retrying after backoff`);
+      } else if (event === InformerLifecycle.Listed) {
+        metrics.informerObjects.set({ resource }, detail.count ?? 0);
+        log.debug({ resource, count: detail.count }, `${resource} listed`);
+      }
+    };
+    this.streamPaths = new Informer<StreamPathObject>({
+      name: PLURAL,
+      transport,
+      path: `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+      transform: slimStreamPath,
+      key: spKey,
+      // The operator's own status writes come back as events; only a new resourceVersion is news.
+      equal: (a, b) => a.metadata.resourceVersion === b.metadata.resourceVersion,
+      clock,
+      backoff: informerBackoff(),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: lifecycle(PLURAL),
+    });
+    this.pods = new Informer<SlimPod>({
+      name: 'pods',
+      transport,
+      path: '/api/v1/pods',
+      transform: slimPod,
+      key: podKey,
+      equal: sameSlimPod,
+      clock,
+      backoff: informerBackoff(),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: lifecycle('pods'),
+    });
+    this.namespaces = new Informer<SlimNamespace>({
+      name: 'namespaces',
+      transport,
+      path: '/api/v1/namespaces',
+      transform: slimNamespace,
+      key: (n) => n.name,
+      equal: (a, b) => sameLabels(a.labels, b.labels),
+      clock,
+      backoff: informerBackoff(),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: lifecycle('namespaces'),
+    });
+
+    this.agents = new AgentPoller({
+      clock,
+      intervalMs: config.agent.pollIntervalMs,
+      timeoutMs: config.agent.timeoutMs,
+      concurrency: config.agent.concurrency,
+      fetch: d.agentFetcher ?? httpAgentFetcher,
+      onChange: (pod) => this.enqueueForPod(pod),
+      onPoll: (outcome) => metrics.agentPolls.inc({ outcome }),
+    });
+
+    const events = new EventRecorder({
+      transport,
+      clock,
+      component: 'kstreams-operator',
+      instance: config.identity,
+      onEmit: (type) => metrics.eventsEmitted.inc({ type }),
+      onError: (err) => log.warn({ err }, 'could not create an Event'),
+    });
+
+    this.reconciler = new Reconciler({
+      transport,
+      clock,
+      log,
+      events,
+      getStreamPath: (key) => this.streamPaths.get(key),
+      storeStreamPath: (obj) => this.storeWritten(obj),
+      podsInNamespace: (ns) => this.podsByNamespace.get(ns)?.values() ?? [],
+      getNamespace: (name) => this.namespaces.get(name),
+      observe: (pod) => this.agents.observe(pod),
+      detachTimeoutMs: config.detachTimeoutMs,
+      detachRecheckMs: Math.min(config.agent.pollIntervalMs, 5_000),
+      onStatusWrite: () => metrics.statusWrites.inc(),
+      onResult: (result) => metrics.reconcileTotal.inc({ result }),
+    });
+
+    this.queue = new WorkQueue({
+      concurrency: config.reconcileConcurrency,
+      clock,
+      retryInitialMs: config.retryInitialMs,
+      retryMaxMs: config.retryMaxMs,
+      random: d.random,
+      process: async (key, signal) => {
+        const end = metrics.reconcileDuration.startTimer();
+        try {
+          const r = await this.reconciler.reconcile(key, signal);
+          end({ result: 'ok' });
+          return r;
+        } catch (err) {
+          end({ result: 'error' });
+          throw err;
+        }
+      },
+      onError: (key, err, retryInMs) => {
+        metrics.reconcileErrors.inc();
+        metrics.reconcileTotal.inc({ result: 'error' });
+        log.warn({ streamPath: key, err, retryInMs }, 'reconcile failed, retrying with backoff');
+      },
+      onDepth: (depth) => metrics.queueDepth.set(depth),
+    });
+
+    this.wireHandlers();
+  }
+
+  private wireHandlers(): void {
+    this.streamPaths.on({
+      add: (sp) => {
+        this.indexStreamPath(sp, true);
+        this.enqueue(spKey(sp));
+      },
+      update: (_old, sp) => this.enqueue(spKey(sp)),
+      delete: (sp) => {
+        this.indexStreamPath(sp, false);
+        this.reconciler.forget(spKey(sp));
+      },
+      resync: () => {
+        this.reconciler.forgetAll();
+        for (const sp of this.streamPaths.list()) this.enqueue(spKey(sp));
+      },
+    });
+    this.pods.on({
+      add: (pod) => {
+        this.indexPod(pod, true);
+        this.agents.update(pod);
+        this.enqueueForPod(pod);
+      },
+      update: (old, pod) => {
+        this.indexPod(pod, true);
+        this.agents.update(pod);
+        this.enqueueForPod(pod, old);
+      },
+      delete: (pod) => {
+        this.indexPod(pod, false);
+        this.agents.remove(pod);
+        this.enqueueForPod(pod);
+      },
+    });
+    const nsChanged = (ns: SlimNamespace) => {
+      for (const key of this.spByNamespace.get(ns.name) ?? []) this.enqueue(key);
+    };
+    this.namespaces.on({ add: nsChanged, update: (_o, ns) => nsChanged(ns), delete: nsChanged });
+  }
+
+  private storeWritten(obj: StreamPathObject): void {
+    // Write-through: the next reconcile of this key compares against what was just written, even before
+    // the watch event arrives, so it does not write the same status twice.
+    this.streamPaths.upsertLocal(slimStreamPath(obj as unknown as Record<string, unknown>));
+  }
+
+  private indexStreamPath(sp: StreamPathObject, present: boolean): void {
+    const ns = sp.metadata.namespace;
+    let set = this.spByNamespace.get(ns);
+    if (present) {
+      if (!set) this.spByNamespace.set(ns, (set = new Set()));
+      set.add(spKey(sp));
+    } else if (set) {
+      set.delete(spKey(sp));
+      if (set.size === 0) this.spByNamespace.delete(ns);
+    }
+  }
+
+  private indexPod(pod: SlimPod, present: boolean): void {
+    let byName = this.podsByNamespace.get(pod.namespace);
+    if (present) {
+      if (!byName) this.podsByNamespace.set(pod.namespace, (byName = new Map()));
+      byName.set(pod.name, pod);
+    } else if (byName) {
+      byName.delete(pod.name);
+      if (byName.size === 0) this.podsByNamespace.delete(pod.namespace);
+    }
+  }
+
+  /** StreamPaths whose selector matches the pod now or before the change (a relabel leaves one, joins another). */
+  private enqueueForPod(pod: SlimPod, old?: SlimPod): void {
+    for (const key of this.spByNamespace.get(pod.namespace) ?? []) {
+      const sp = this.streamPaths.get(key);
+      if (!sp) continue;
+      const selector = (sp.spec as { selector?: Parameters<typeof selectorMatches>[0] } | undefined)?.selector;
+      // A deleting StreamPath waits on agents of any pod, so it hears about every pod of its namespace.
+      if (sp.metadata.deletionTimestamp || selectorMatches(selector, pod.labels) || (old && selectorMatches(selector, old.labels))) {
+        this.enqueue(key);
+      }
+    }
+  }
+
+  private enqueue(key: string): void {
+    this.queue.add(key);
+  }
+
+  /** Starts the informers and the agent poller; reconciles begin once every cache holds a full list. */
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.queue.pause();
+    this.namespaces.start();
+    this.pods.start();
+    this.streamPaths.start();
+    this.pollerLoop = this.agents.run(this.abort.signal);
+    await Promise.race([
+      Promise.all([this.namespaces.whenSynced(), this.pods.whenSynced(), this.streamPaths.whenSynced()]),
+      new Promise<void>((resolve) => this.abort.signal.addEventListener('abort', () => resolve(), { once: true })),
+    ]);
+    if (this.abort.signal.aborted) return;
+    this.d.log.info(
+      { streamPaths: this.streamPaths.size, pods: this.pods.size, namespaces: this.namespaces.size },
+      'caches synced, reconciling',
+    );
+    this.queue.resume();
+  }
+
+  get synced(): boolean {
+    return this.streamPaths.synced && this.pods.synced && this.namespaces.synced;
+  }
+
+  /** Stops at once: no reconcile starts and in-flight ones see their signal aborted before any write. */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.queue.stop();
+    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop()]);
+    await this.pollerLoop?.catch(() => {});
+  }
+}

@@ -1,0 +1,230 @@
+// Reconcile of one StreamPath, level-triggered: read the caches, compute the desired status, write only
+// the difference. A reconcile whose inputs did not change since the last one is skipped outright; one whose
+// result equals the stored status makes no write at all.
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { FINALIZER } from '../api/agent.js';
+import { API_VERSION, GROUP, KIND, PLURAL, StreamPathSpecSchema, VERSION, formatIssues, type Condition, type LabelSelector, type StreamPathStatus } from '../api/streampath.js';
+import { AbortError, type Clock } from '../clock.js';
+import type { EventRecorder, EventType, InvolvedObject } from '../kube/events.js';
+import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+import { isStatus, type KubeTransport } from '../kube/rest.js';
+import type { ProcessResult } from './queue.js';
+import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, sameStatus, stableStringify, type AgentObservation } from './status.js';
+
+/** A StreamPath as kept in the cache: the raw object (spec validated at reconcile time). */
+export interface StreamPathObject {
+  apiVersion: string;
+  kind: string;
+  metadata: {
+    name: string;
+    namespace: string;
+    uid: string;
+    generation?: number;
+    resourceVersion?: string;
+    finalizers?: string[];
+    deletionTimestamp?: string;
+    labels?: Record<string, string>;
+  };
+  spec?: Record<string, unknown>;
+  status?: StreamPathStatus;
+}
+
+export function streamPathPath(namespace: string, name?: string): string {
+  const base = `/apis/${GROUP}/${VERSION}/namespaces/${encodeURIComponent(namespace)}/${PLURAL}`;
+  return name ? `${base}/${encodeURIComponent(name)}` : base;
+}
+
+export interface ReconcilerDeps {
+  transport: KubeTransport;
+  clock: Clock;
+  log: Logger;
+  events: EventRecorder;
+  getStreamPath(key: string): StreamPathObject | undefined;
+  /** Replaces the cached object by a newer one the operator just wrote (write-through cache). */
+  storeStreamPath(obj: StreamPathObject): void;
+  podsInNamespace(namespace: string): Iterable<SlimPod>;
+  getNamespace(name: string): SlimNamespace | undefined;
+  observe(pod: SlimPod): AgentObservation | undefined;
+  detachTimeoutMs: number;
+  /** While waiting for agents to detach, look again this often. */
+  detachRecheckMs: number;
+  onStatusWrite?: () => void;
+  onResult?: (result: 'changed' | 'unchanged' | 'skipped') => void;
+}
+
+export class Reconciler {
+  /** Inputs of the last successful reconcile per key: equal inputs mean nothing to do. */
+  private readonly memo = new Map<string, string>();
+
+  constructor(private readonly d: ReconcilerDeps) {}
+
+  /** Forget what was reconciled, so the next pass compares against the stored status again (resync). */
+  forgetAll(): void {
+    this.memo.clear();
+  }
+
+  forget(key: string): void {
+    this.memo.delete(key);
+  }
+
+  async reconcile(key: string, signal: AbortSignal): Promise<ProcessResult | void> {
+    const sp = this.d.getStreamPath(key);
+    if (!sp) {
+      this.memo.delete(key);
+      return;
+    }
+    if (sp.metadata.deletionTimestamp) return this.reconcileDelete(key, sp, signal);
+
+    const { namespace } = sp.metadata;
+    const generation = sp.metadata.generation ?? 0;
+    const parsed = StreamPathSpecSchema.safeParse(sp.spec);
+    const selector: LabelSelector | undefined = parsed.success ? parsed.data.selector : undefined;
+    const pods = [...this.d.podsInNamespace(namespace)];
+    const ns = this.d.getNamespace(namespace);
+
+    const fingerprint = this.fingerprint(sp, pods.filter((p) => selectorMatches(selector, p.labels)), ns);
+    const hasFinalizer = sp.metadata.finalizers?.includes(FINALIZER) ?? false;
+    if (hasFinalizer && sp.status?.observedGeneration === generation && this.memo.get(key) === fingerprint) {
+      this.d.onResult?.('skipped');
+      return;
+    }
+
+    let current = sp;
+    if (!hasFinalizer) {
+      const updated = await this.patchFinalizers(current, [...(current.metadata.finalizers ?? []), FINALIZER], signal);
+      if (!updated) return;
+      current = updated;
+    }
+
+    const { status } = computeStatus({
+      name: sp.metadata.name,
+      namespace,
+      generation,
+      selector,
+      specErrors: parsed.success ? undefined : formatIssues(parsed.error, 'spec'),
+      pods,
+      namespaceObject: ns,
+      observe: (p) => this.d.observe(p),
+      previous: current.status,
+      now: this.d.clock.now(),
+    });
+
+    if (sameStatus(current.status, status)) {
+      this.memo.set(key, fingerprint);
+      this.d.onResult?.('unchanged');
+      return;
+    }
+    if (signal.aborted) throw new AbortError('leadership lost: status not written');
+    let written: StreamPathObject;
+    try {
+      written = await this.d.transport.request<StreamPathObject>('PATCH', `${streamPathPath(namespace, sp.metadata.name)}/status`, {
+        body: { status },
+        patch: 'merge',
+      });
+    } catch (err) {
+      if (isStatus(err, 404)) return; // deleted meanwhile: the delete event ends it
+      throw err;
+    }
+    this.d.onStatusWrite?.();
+    const ready = status.conditions?.find((c) => c.type === CONDITION_READY);
+    this.d.log.info({ streamPath: key, generation, ready: ready?.status, reason: ready?.reason, podsSelected: status.podsSelected, podsAttached: status.podsAttached }, 'status written');
+    this.d.storeStreamPath(written);
+    this.memo.set(key, fingerprint);
+    this.d.onResult?.('changed');
+    await this.emitTransitions(sp, current.status?.conditions ?? [], status.conditions ?? []);
+  }
+
+  /** Everything a status depends on, hashed: the object's generation and finalizers, the selected pods, their reports. */
+  private fingerprint(sp: StreamPathObject, pods: SlimPod[], ns: SlimNamespace | undefined): string {
+    const h = createHash('sha1');
+    h.update(stableStringify({ uid: sp.metadata.uid, g: sp.metadata.generation, f: sp.metadata.finalizers ?? [], nsl: ns?.labels ?? null }));
+    const sorted = [...pods].sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const p of sorted) {
+      h.update(stableStringify(p));
+      const obs = this.d.observe(p);
+      if (obs) h.update(stableStringify({ r: obs.report ?? null, e: obs.error ?? null }));
+    }
+    return h.digest('hex');
+  }
+
+  private async reconcileDelete(key: string, sp: StreamPathObject, signal: AbortSignal): Promise<ProcessResult | void> {
+    this.memo.delete(key);
+    const finalizers = sp.metadata.finalizers ?? [];
+    if (!finalizers.includes(FINALIZER)) return;
+    // Agents watch StreamPaths themselves and detach when one is deleting; the operator only waits until
+    // none reports it attached any more (the last known report counts while an agent is unreachable).
+    const stillAttached: string[] = [];
+    for (const pod of this.d.podsInNamespace(sp.metadata.namespace)) {
+      const entry = this.d.observe(pod)?.report?.streamPaths.find((s) => s.name === sp.metadata.name);
+      if (entry?.attached) stillAttached.push(pod.name);
+    }
+    const remaining = finalizers.filter((f) => f !== FINALIZER);
+    if (stillAttached.length === 0) {
+      if (await this.patchFinalizers(sp, remaining, signal)) {
+        this.d.log.info({ streamPath: key }, 'detached everywhere: finalizer removed');
+      }
+      return;
+    }
+    const waited = this.d.clock.now() - Date.parse(sp.metadata.deletionTimestamp!);
+    if (waited >= this.d.detachTimeoutMs) {
+      const msg = `agents of ${stillAttached.length} pod(s) (${stillAttached.slice(0, 3).join(', ')}) still report this StreamPath attached after ${Math.round(waited / 1000)} s; removing the finalizer anyway: check those pods' kstreams-sidecar logs`;
+      this.d.log.warn({ streamPath: key, pods: stillAttached }, msg);
+      await this.event(sp, 'Warning', 'DetachTimedOut', msg);
+      await this.patchFinalizers(sp, remaining, signal);
+      return;
+    }
+    return { requeueAfterMs: Math.min(this.d.detachRecheckMs, this.d.detachTimeoutMs - waited) };
+  }
+
+  /**
+   * Sets metadata.finalizers with optimistic locking (resourceVersion in the merge patch): a concurrent
+   * change makes it fail with 409 and the queue retries with fresh data. Returns the updated object.
+   */
+  private async patchFinalizers(sp: StreamPathObject, finalizers: string[], signal: AbortSignal): Promise<StreamPathObject | undefined> {
+    if (signal.aborted) throw new AbortError('leadership lost: finalizers not written');
+    try {
+      const updated = await this.d.transport.request<StreamPathObject>('PATCH', streamPathPath(sp.metadata.namespace, sp.metadata.name), {
+        body: { metadata: { resourceVersion: sp.metadata.resourceVersion, finalizers } },
+        patch: 'merge',
+      });
+      this.d.storeStreamPath(updated);
+      return updated;
+    } catch (err) {
+      if (isStatus(err, 404)) return undefined;
+      throw err;
+    }
+  }
+
+  private involved(sp: StreamPathObject): InvolvedObject {
+    return {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      name: sp.metadata.name,
+      namespace: sp.metadata.namespace,
+      uid: sp.metadata.uid,
+      resourceVersion: sp.metadata.resourceVersion,
+    };
+  }
+
+  private async event(sp: StreamPathObject, type: EventType, reason: string, message: string): Promise<void> {
+    await this.d.events.record(this.involved(sp), type, reason, message);
+  }
+
+  /** Events say what changed: Ready gained, a problem appeared or changed, a problem went away. */
+  private async emitTransitions(sp: StreamPathObject, before: Condition[], after: Condition[]): Promise<void> {
+    const find = (list: Condition[], type: string) => list.find((c) => c.type === type);
+    const readyBefore = find(before, CONDITION_READY);
+    const readyAfter = find(after, CONDITION_READY);
+    const degBefore = find(before, CONDITION_DEGRADED);
+    const degAfter = find(after, CONDITION_DEGRADED);
+    if (degAfter?.status === 'True' && (degBefore?.status !== 'True' || degBefore.reason !== degAfter.reason)) {
+      await this.event(sp, 'Warning', degAfter.reason, degAfter.message);
+    } else if (degAfter?.status === 'False' && degBefore?.status === 'True') {
+      await this.event(sp, 'Normal', 'Recovered', `no longer degraded (was ${degBefore.reason})`);
+    }
+    if (readyAfter?.status === 'True' && readyBefore?.status !== 'True') {
+      await this.event(sp, 'Normal', readyAfter.reason, readyAfter.message);
+    }
+  }
+}

@@ -1,0 +1,256 @@
+// The heart of the reconcile, as a pure function: from a StreamPath, the pods of its namespace, the
+// namespace's labels and the agents' last reports, compute the status the StreamPath should have.
+// Nothing here does I/O, so every condition rule is unit-tested with plain objects.
+import type { AgentReport, AgentStreamPathReport } from '../api/agent.js';
+import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../api/agent.js';
+import type { Condition, LabelSelector, StreamPathStatus, TargetCounters } from '../api/streampath.js';
+import { namespaceInjectionEnabled, selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+
+export const CONDITION_READY = 'Ready';
+export const CONDITION_DEGRADED = 'Degraded';
+
+/** Reasons of the Degraded condition, most important first (the first one found names the condition). */
+export const Reason = {
+  InvalidSpec: 'InvalidSpec',
+  NoPodsMatched: 'NoPodsMatched',
+  PodsNotInjected: 'PodsNotInjected',
+  AgentUnreachable: 'AgentUnreachable',
+  ProgramRejected: 'ProgramRejected',
+  TargetUnreachable: 'TargetUnreachable',
+  AgentNotReady: 'AgentNotReady',
+  /** Ready=False without a problem: agents have not attached the current generation yet. */
+  Attaching: 'Attaching',
+  Attached: 'Attached',
+  AsExpected: 'AsExpected',
+} as const;
+
+const REASON_ORDER: string[] = [
+  Reason.InvalidSpec,
+  Reason.NoPodsMatched,
+  Reason.PodsNotInjected,
+  Reason.AgentUnreachable,
+  Reason.ProgramRejected,
+  Reason.TargetUnreachable,
+  Reason.AgentNotReady,
+];
+
+/** What the operator last learned from one pod's agent. */
+export interface AgentObservation {
+  report?: AgentReport;
+  /** Why the last poll failed (the last good report, if any, is kept in `report`). */
+  error?: string;
+  /** Clock time of the last poll. */
+  at: number;
+}
+
+export interface StatusInput {
+  name: string;
+  namespace: string;
+  generation: number;
+  selector: LabelSelector | undefined;
+  /** Set when the spec does not parse: the status says so and nothing else is computed. */
+  specErrors?: string[];
+  pods: Iterable<SlimPod>;
+  namespaceObject: SlimNamespace | undefined;
+  observe: (pod: SlimPod) => AgentObservation | undefined;
+  previous: StreamPathStatus | undefined;
+  now: number;
+}
+
+export interface StatusResult {
+  status: StreamPathStatus;
+  /** Pods whose agent reports this StreamPath attached (any generation): what delete waits for. */
+  attachedAnyGeneration: string[];
+}
+
+interface Problem {
+  reason: string;
+  pods: string[];
+  detail: string[];
+}
+
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function listNames(names: string[], max = 3): string {
+  const shown = names.slice(0, max).join(', ');
+  return names.length > max ? `${shown} and ${names.length - max} more` : shown;
+}
+
+function mergeTargets(into: Map<string, TargetCounters>, targets: TargetCounters[]): void {
+  for (const t of targets) {
+    const cur = into.get(t.name);
+    if (!cur) into.set(t.name, { ...t });
+    else {
+      cur.connectionsMirrored += t.connectionsMirrored;
+      cur.connectionsCut += t.connectionsCut;
+      cur.connectFailures += t.connectFailures;
+      cur.bytesMirrored += t.bytesMirrored;
+      cur.bytesDropped += t.bytesDropped;
+    }
+  }
+}
+
+function condition(type: string, status: Condition['status'], reason: string, message: string, generation: number, previous: StreamPathStatus | undefined, now: number): Condition {
+  const prev = previous?.conditions?.find((c) => c.type === type);
+  return {
+    type,
+    status,
+    reason,
+    message,
+    observedGeneration: generation,
+    // The transition time moves only when the status flips, as kubectl and alerting expect.
+    lastTransitionTime: prev && prev.status === status ? prev.lastTransitionTime : formatTime(now),
+  };
+}
+
+export function computeStatus(input: StatusInput): StatusResult {
+  const { name, namespace, generation, previous, now } = input;
+  const problems = new Map<string, Problem>();
+  const addProblem = (reason: string, pod: string | undefined, detail: string) => {
+    let p = problems.get(reason);
+    if (!p) problems.set(reason, (p = { reason, pods: [], detail: [] }));
+    if (pod && !p.pods.includes(pod)) p.pods.push(pod);
+    if (detail && !p.detail.includes(detail)) p.detail.push(detail);
+  };
+
+  let selected = 0;
+  let attached = 0;
+  let waiting = 0;
+  const attachedAnyGeneration: string[] = [];
+  const notInjected: SlimPod[] = [];
+  const totals = { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0 };
+  const targets = new Map<string, TargetCounters>();
+
+  if (input.specErrors?.length) {
+    addProblem(Reason.InvalidSpec, undefined, input.specErrors.join('; '));
+  } else {
+    for (const pod of input.pods) {
+      if (pod.namespace !== namespace || pod.deleting || !selectorMatches(input.selector, pod.labels)) continue;
+      selected++;
+      if (!pod.injected) {
+        notInjected.push(pod);
+        continue;
+      }
+      if (!pod.podIP) {
+        waiting++;
+        continue;
+      }
+      const obs = input.observe(pod);
+      const entry: AgentStreamPathReport | undefined = obs?.report?.streamPaths.find((s) => s.name === name);
+      if (entry) {
+        totals.connections += entry.connections;
+        totals.bytesPrimary += entry.bytesPrimary;
+        totals.bytesMirrored += entry.bytesMirrored;
+        totals.bytesDropped += entry.bytesDropped;
+        mergeTargets(targets, entry.targets);
+        if (entry.attached) attachedAnyGeneration.push(pod.name);
+      }
+      if (!obs) {
+        waiting++;
+        continue;
+      }
+      if (obs.error) {
+        addProblem(Reason.AgentUnreachable, pod.name, obs.error);
+        continue;
+      }
+      if (entry?.problem) addProblem(entry.problem.reason, pod.name, entry.problem.message);
+      for (const t of entry?.targets ?? []) {
+        if (t.connectFailures > 0 && t.connectionsMirrored === 0) {
+          addProblem(Reason.TargetUnreachable, pod.name, `target ${t.name}: ${t.connectFailures} connect failures, no connection mirrored`);
+        }
+      }
+      if (entry?.attached && entry.generation === generation) attached++;
+      else if (!entry?.problem) {
+        if (obs.report && !obs.report.ready) addProblem(Reason.AgentNotReady, pod.name, 'the agent reports its data plane not ready');
+        else waiting++;
+      }
+    }
+    if (selected === 0) {
+      addProblem(Reason.NoPodsMatched, undefined, `no running pod in namespace ${namespace} matches spec.selector`);
+    }
+    if (notInjected.length > 0) {
+      const names = notInjected.map((p) => p.name);
+      const optedOut = notInjected.filter((p) => p.optedOut).map((p) => p.name);
+      const detail: string[] = [];
+      if (!namespaceInjectionEnabled(input.namespaceObject)) {
+        detail.push(
+          `namespace ${namespace} is not labelled ${INJECT_NAMESPACE_LABEL}=${INJECT_NAMESPACE_VALUE}: ` +
+            `run kubectl label ns ${namespace} ${INJECT_NAMESPACE_LABEL}=${INJECT_NAMESPACE_VALUE}, then recreate the pods`,
+        );
+      } else if (optedOut.length === names.length) {
+        detail.push(`the pods opt out with the label ${INJECT_POD_LABEL}=false`);
+      } else {
+        detail.push('they were created before injection was enabled or while the webhook was unavailable: recreate them (kubectl rollout restart)');
+      }
+      for (const d of detail) addProblem(Reason.PodsNotInjected, undefined, d);
+      const p = problems.get(Reason.PodsNotInjected)!;
+      p.pods = names;
+    }
+  }
+
+  const ordered = [...problems.values()].sort((a, b) => {
+    const ia = REASON_ORDER.indexOf(a.reason);
+    const ib = REASON_ORDER.indexOf(b.reason);
+    return (ia < 0 ? REASON_ORDER.length : ia) - (ib < 0 ? REASON_ORDER.length : ib) || a.reason.localeCompare(b.reason);
+  });
+  const describe = (p: Problem): string => {
+    const who = p.pods.length ? `${p.pods.length} pod(s) (${listNames(p.pods)})` : '';
+    const what: Record<string, string> = {
+      [Reason.PodsNotInjected]: `${who} selected but without the kstreams sidecar`,
+      [Reason.AgentUnreachable]: `the agent of ${who} does not answer`,
+      [Reason.TargetUnreachable]: `${who} cannot reach a mirror target`,
+      [Reason.ProgramRejected]: `the data plane of ${who} rejected a program`,
+    };
+    const head = what[p.reason] ?? (who ? `${who}: ${p.reason}` : '');
+    return [head, listNames(p.detail, 2)].filter(Boolean).join(': ');
+  };
+
+  const conditions: Condition[] = [];
+  const first = ordered[0];
+  if (first) {
+    const message = ordered.map(describe).join('; ');
+    conditions.push(condition(CONDITION_READY, 'False', first.reason, message, generation, previous, now));
+    conditions.push(condition(CONDITION_DEGRADED, 'True', first.reason, message, generation, previous, now));
+  } else if (attached > 0 && waiting === 0) {
+    conditions.push(condition(CONDITION_READY, 'True', Reason.Attached, `${attached} of ${selected} selected pod(s) attached`, generation, previous, now));
+    conditions.push(condition(CONDITION_DEGRADED, 'False', Reason.AsExpected, 'no problem reported', generation, previous, now));
+  } else {
+    conditions.push(
+      condition(CONDITION_READY, 'False', Reason.Attaching, `${attached} of ${selected} selected pod(s) attached; waiting for ${waiting} agent(s) to attach generation ${generation}`, generation, previous, now),
+    );
+    conditions.push(condition(CONDITION_DEGRADED, 'False', Reason.AsExpected, 'no problem reported', generation, previous, now));
+  }
+
+  return {
+    status: {
+      observedGeneration: generation,
+      podsSelected: selected,
+      podsAttached: attached,
+      connections: totals.connections,
+      bytesPrimary: totals.bytesPrimary,
+      bytesMirrored: totals.bytesMirrored,
+      bytesDropped: totals.bytesDropped,
+      targets: [...targets.values()].sort((a, b) => a.name.localeCompare(b.name)),
+      conditions,
+    },
+    attachedAnyGeneration,
+  };
+}
+
+/** Deep equality that ignores key order (the apiserver returns objects with sorted keys). */
+export function stableStringify(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableStringify).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const entries = Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${stableStringify(x)}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+export function sameStatus(a: StreamPathStatus | undefined, b: StreamPathStatus | undefined): boolean {
+  return stableStringify(a ?? {}) === stableStringify(b ?? {});
+}

@@ -1,0 +1,150 @@
+import { describe, expect, it } from 'vitest';
+import { FakeClock, flushMicrotasks } from '../clock.js';
+import { Backoff } from './backoff.js';
+import { Informer, InformerLifecycle } from './informer.js';
+import { ApiError, type KubeTransport, type WatchEvent } from './rest.js';
+
+type Obj = { metadata: { name: string; resourceVersion: string }; v?: number };
+
+/** A scripted apiserver: list answers from `items`, each watch runs the next script step. */
+class FakeServer implements KubeTransport {
+  items: Obj[] = [];
+  listRv = '10';
+  lists: string[] = [];
+  watches: Record<string, string>[] = [];
+  steps: ((emit: (e: WatchEvent) => void, signal: AbortSignal) => Promise<void>)[] = [];
+
+  async request<T>(method: string, path: string): Promise<T> {
+    this.lists.push(`${method} ${path}`);
+    return { metadata: { resourceVersion: this.listRv }, items: this.items } as T;
+  }
+
+  async watch(_path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void> {
+    this.watches.push(query);
+    const step = this.steps.shift();
+    if (step) return step(onEvent, signal);
+    // No more script: hang until aborted, like an idle watch.
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+  }
+}
+
+const obj = (name: string, rv: string, v = 0): Obj => ({ metadata: { name, resourceVersion: rv }, v });
+
+function makeInformer(server: FakeServer, clock: FakeClock, events: InformerLifecycle[], delays: number[]) {
+  const inf = new Informer<Obj>({
+    name: 'things',
+    transport: server,
+    path: '/api/v1/things',
+    transform: (raw) => raw as unknown as Obj,
+    key: (o) => o.metadata.name,
+    equal: (a, b) => a.v === b.v,
+    clock,
+    backoff: new Backoff({ initialMs: 1000, maxMs: 8000, jitter: 0, random: () => 0 }),
+    resyncPeriodMs: 60_000,
+    watchTimeoutSeconds: () => 300,
+    onLifecycle: (e, d) => {
+      events.push(e);
+      if (d.delayMs !== undefined) delays.push(d.delayMs);
+    },
+  });
+  return inf;
+}
+
+describe('Informer', () => {
+  it('lists, then watches from the list resourceVersion and applies events', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    server.items = [obj('a', '5'), obj('b', '6')];
+    server.steps.push(async (emit) => {
+      emit({ type: 'ADDED', object: obj('c', '11') as never });
+      emit({ type: 'MODIFIED', object: obj('a', '12', 1) as never });
+      emit({ type: 'MODIFIED', object: obj('b', '13', 0) as never }); // nothing we keep changed
+      emit({ type: 'DELETED', object: obj('b', '14') as never });
+      emit({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '20' } } as never });
+    });
+    const seen: string[] = [];
+    const events: InformerLifecycle[] = [];
+    const inf = makeInformer(server, clock, events, []);
+    inf.on({ add: (o) => seen.push(`add ${o.metadata.name}`), update: (_o, n) => seen.push(`update ${n.metadata.name}`), delete: (o) => seen.push(`delete ${o.metadata.name}`) });
+    inf.start();
+    await inf.whenSynced();
+    await flushMicrotasks();
+    expect(seen).toEqual(['add a', 'add b', 'add c', 'update a', 'delete b']);
+    expect([...inf.list()].map((o) => o.metadata.name).sort()).toEqual(['a', 'c']);
+    expect(server.watches[0]!.resourceVersion).toBe('10');
+    // the first watch ended normally: resumed from the bookmark, no relist, no backoff
+    await flushMicrotasks();
+    expect(server.watches[1]!.resourceVersion).toBe('20');
+    expect(server.lists).toHaveLength(1);
+    expect(events).toContain(InformerLifecycle.WatchClosed);
+    await inf.stop();
+  });
+
+  it('on 410 Gone relists after a jittered backoff, and delivers deletes missed meanwhile', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    server.items = [obj('a', '5'), obj('b', '6')];
+    server.steps.push(async (emit) => emit({ type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old resource version: 10 (50)' } as never }));
+    const events: InformerLifecycle[] = [];
+    const delays: number[] = [];
+    const deleted: string[] = [];
+    const inf = makeInformer(server, clock, events, delays);
+    inf.on({ delete: (o) => deleted.push(o.metadata.name) });
+    inf.start();
+    await inf.whenSynced();
+    await flushMicrotasks();
+    expect(events).toContain(InformerLifecycle.Expired);
+    expect(clock.pending()).toContain(1000); // the first backoff step
+    // b was deleted while the watch was down; the relist must notice
+    server.items = [obj('a', '5')];
+    server.listRv = '60';
+    await clock.advance(999);
+    expect(server.lists).toHaveLength(1); // not before the backoff delay
+    await clock.advance(1);
+    expect(server.lists).toHaveLength(2);
+    expect(deleted).toEqual(['b']);
+    expect(server.watches.at(-1)!.resourceVersion).toBe('60');
+    await inf.stop();
+  });
+
+  it('backs off exponentially while the apiserver keeps failing, then recovers', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    const fail = async () => {
+      throw new ApiError(503, 'GET', '/api/v1/things', '{"message":"unavailable"}');
+    };
+    server.steps.push(fail, fail, fail, fail, fail);
+    const events: InformerLifecycle[] = [];
+    const delays: number[] = [];
+    const inf = makeInformer(server, clock, events, delays);
+    inf.start();
+    await inf.whenSynced();
+    for (let i = 0; i < 5; i++) {
+      await flushMicrotasks();
+      await clock.advance(clock.pending()[0]!);
+    }
+    await flushMicrotasks();
+    expect(delays).toEqual([1000, 2000, 4000, 8000, 8000]);
+    expect(events.filter((e) => e === InformerLifecycle.Failed)).toHaveLength(5);
+    // a failed watch keeps the resourceVersion: resumed, not relisted
+    expect(server.lists).toHaveLength(1);
+    expect(server.watches.at(-1)!.resourceVersion).toBe('10');
+    await inf.stop();
+  });
+
+  it('calls resync() every resync period once synced', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    const events: InformerLifecycle[] = [];
+    const inf = makeInformer(server, clock, events, []);
+    let resyncs = 0;
+    inf.on({ resync: () => resyncs++ });
+    inf.start();
+    await inf.whenSynced();
+    await clock.advance(60_000);
+    await clock.advance(60_000);
+    expect(resyncs).toBe(2);
+    await inf.stop();
+    expect(events.at(-1)).toBe(InformerLifecycle.Stopped);
+  });
+});

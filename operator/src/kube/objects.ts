@@ -1,0 +1,111 @@
+// What the operator keeps of Pods and Namespaces, and label selector matching.
+import { AGENT_PORT_ANNOTATION, DEFAULT_AGENT_PORT, INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL, INJECTED_ANNOTATION } from '../api/agent.js';
+import type { LabelSelector } from '../api/streampath.js';
+
+/** A pod as the operator needs it: a few hundred bytes instead of the full object. */
+export interface SlimPod {
+  namespace: string;
+  name: string;
+  uid: string;
+  labels: Record<string, string>;
+  podIP?: string;
+  /** Carries the webhook's injected annotation (so runs the agent sidecar). */
+  injected: boolean;
+  agentPort: number;
+  /** Opted out by the pod label kstreams.io/inject=false. */
+  optedOut: boolean;
+  deleting: boolean;
+}
+
+export interface SlimNamespace {
+  name: string;
+  labels: Record<string, string>;
+}
+
+interface RawMeta {
+  name?: string;
+  namespace?: string;
+  uid?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  deletionTimestamp?: string;
+}
+
+export function slimPod(raw: Record<string, unknown>): SlimPod {
+  const meta = (raw.metadata ?? {}) as RawMeta;
+  const status = (raw.status ?? {}) as { podIP?: string };
+  const annotations = meta.annotations ?? {};
+  const labels = meta.labels ?? {};
+  const port = Number(annotations[AGENT_PORT_ANNOTATION]);
+  const pod: SlimPod = {
+    namespace: meta.namespace ?? '',
+    name: meta.name ?? '',
+    uid: meta.uid ?? '',
+    labels,
+    injected: annotations[INJECTED_ANNOTATION] !== undefined,
+    agentPort: Number.isInteger(port) && port > 0 && port < 65536 ? port : DEFAULT_AGENT_PORT,
+    optedOut: labels[INJECT_POD_LABEL] === 'false',
+    deleting: meta.deletionTimestamp !== undefined,
+  };
+  if (status.podIP) pod.podIP = status.podIP;
+  return pod;
+}
+
+export function slimNamespace(raw: Record<string, unknown>): SlimNamespace {
+  const meta = (raw.metadata ?? {}) as RawMeta;
+  return { name: meta.name ?? '', labels: meta.labels ?? {} };
+}
+
+export function podKey(p: { namespace: string; name: string }): string {
+  return `${p.namespace}/${p.name}`;
+}
+
+export function sameSlimPod(a: SlimPod, b: SlimPod): boolean {
+  return (
+    a.uid === b.uid &&
+    a.podIP === b.podIP &&
+    a.injected === b.injected &&
+    a.agentPort === b.agentPort &&
+    a.optedOut === b.optedOut &&
+    a.deleting === b.deleting &&
+    sameLabels(a.labels, b.labels)
+  );
+}
+
+export function sameLabels(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  return ka.every((k) => a[k] === b[k]);
+}
+
+export function namespaceInjectionEnabled(ns: SlimNamespace | undefined): boolean {
+  return ns?.labels[INJECT_NAMESPACE_LABEL] === INJECT_NAMESPACE_VALUE;
+}
+
+/** Kubernetes label selector semantics, except that an empty selector selects nothing (see the API docs). */
+export function selectorMatches(selector: LabelSelector | undefined, labels: Record<string, string>): boolean {
+  if (!selector) return false;
+  const ml = Object.entries(selector.matchLabels ?? {});
+  const me = selector.matchExpressions ?? [];
+  if (ml.length === 0 && me.length === 0) return false;
+  for (const [k, v] of ml) if (labels[k] !== v) return false;
+  for (const e of me) {
+    const has = Object.prototype.hasOwnProperty.call(labels, e.key);
+    const v = labels[e.key];
+    switch (e.operator) {
+      case 'In':
+        if (!has || !(e.values ?? []).includes(v!)) return false;
+        break;
+      case 'NotIn':
+        if (has && (e.values ?? []).includes(v!)) return false;
+        break;
+      case 'Exists':
+        if (!has) return false;
+        break;
+      case 'DoesNotExist':
+        if (has) return false;
+        break;
+    }
+  }
+  return true;
+}

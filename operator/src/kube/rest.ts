@@ -1,0 +1,193 @@
+// A small REST transport to the apiserver: one keep-alive HTTPS agent for every request (client-node 1.4
+// builds a fresh agent per call, which costs a TLS handshake each time at 10k-object scale), credentials
+// taken from a client-node KubeConfig, and streaming watches read line by line.
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
+import { createInterface } from 'node:readline';
+import { KubeConfig } from '@kubernetes/client-node';
+
+export class ApiError extends Error {
+  constructor(
+    public readonly statusCode: number,
+    public readonly method: string,
+    public readonly path: string,
+    public readonly body: string,
+  ) {
+    let detail = body;
+    try {
+      const status = JSON.parse(body) as { message?: string };
+      if (status.message) detail = status.message;
+    } catch {
+      // not a Status object: keep the raw body
+    }
+    super(`${method} ${path}: HTTP ${statusCode}: ${detail.slice(0, 500)}`);
+    this.name = 'ApiError';
+  }
+}
+
+export function isStatus(err: unknown, code: number): boolean {
+  return err instanceof ApiError && err.statusCode === code;
+}
+
+export type PatchType = 'merge' | 'json' | 'strategic';
+const PATCH_CONTENT_TYPE: Record<PatchType, string> = {
+  merge: 'application/merge-patch+json',
+  json: 'application/json-patch+json',
+  strategic: 'application/strategic-merge-patch+json',
+};
+
+export interface WatchEvent {
+  type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+  object: Record<string, unknown>;
+}
+
+/** What the operator needs from the apiserver; wrapped in tests to count writes. */
+export interface KubeTransport {
+  request<T = unknown>(method: string, path: string, opts?: { body?: unknown; patch?: PatchType; timeoutMs?: number }): Promise<T>;
+  /** Streams watch events until the server closes the stream (resolves) or it fails (rejects). */
+  watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void>;
+}
+
+export class KubeRest implements KubeTransport {
+  private readonly agent: HttpAgent | HttpsAgent;
+  private readonly base: URL;
+  private readonly tls: Pick<RequestOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>;
+  private headers: Record<string, string> = {};
+  private headersAt = 0;
+
+  private constructor(
+    /** The credentials this transport was built from (the webhook's client-node APIs use them too). */
+    readonly kubeConfig: KubeConfig,
+    server: string,
+    tls: KubeRest['tls'],
+  ) {
+    this.base = new URL(server);
+    this.tls = tls;
+    const agentOpts = { keepAlive: true, maxSockets: 64, ...tls };
+    this.agent = this.base.protocol === 'https:' ? new HttpsAgent(agentOpts) : new HttpAgent({ keepAlive: true, maxSockets: 64 });
+  }
+
+  /** From a kubeconfig path, or in-cluster credentials, or the default loading rules. */
+  static async create(kubeconfig?: string): Promise<KubeRest> {
+    const kc = new KubeConfig();
+    if (kubeconfig) kc.loadFromFile(kubeconfig);
+    else kc.loadFromDefault();
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster: set KUBECONFIG or run in a pod with a service account');
+    const opts: RequestOptions = {};
+    await kc.applyToHTTPSOptions(opts);
+    const tls = {
+      ca: opts.ca,
+      cert: opts.cert,
+      key: opts.key,
+      rejectUnauthorized: cluster.skipTLSVerify ? false : undefined,
+      servername: cluster.tlsServerName,
+    };
+    const rest = new KubeRest(kc, cluster.server, tls);
+    await rest.authHeaders();
+    return rest;
+  }
+
+  // Tokens may rotate (projected service account tokens, exec plugins): refresh the headers every minute.
+  private async authHeaders(): Promise<Record<string, string>> {
+    if (Date.now() - this.headersAt > 60_000) {
+      const opts: { headers?: Record<string, string> } = { headers: {} };
+      await this.kubeConfig.applyToHTTPSOptions(opts as RequestOptions);
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(opts.headers ?? {})) headers[k] = String(v);
+      this.headers = headers;
+      this.headersAt = Date.now();
+    }
+    return this.headers;
+  }
+
+  private async open(method: string, path: string, body: string | undefined, contentType: string | undefined, signal?: AbortSignal, timeoutMs?: number): Promise<IncomingMessage> {
+    const headers: Record<string, string> = { ...(await this.authHeaders()), Accept: 'application/json' };
+    if (body !== undefined) {
+      headers['Content-Type'] = contentType ?? 'application/json';
+      headers['Content-Length'] = String(Buffer.byteLength(body));
+    }
+    const url = new URL(path, this.base);
+    const doRequest = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    return new Promise<IncomingMessage>((resolve, reject) => {
+      const req = doRequest(url, { method, headers, agent: this.agent, signal, ...this.tls }, resolve);
+      if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  async request<T>(method: string, path: string, opts: { body?: unknown; patch?: PatchType; timeoutMs?: number } = {}): Promise<T> {
+    const body = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    const res = await this.open(method, path, body, opts.patch ? PATCH_CONTENT_TYPE[opts.patch] : undefined, undefined, opts.timeoutMs ?? 30_000);
+    const chunks: Buffer[] = [];
+    for await (const c of res) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    if ((res.statusCode ?? 0) >= 300) throw new ApiError(res.statusCode ?? 0, method, path, text);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  async watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void> {
+    const qs = new URLSearchParams({ ...query, watch: 'true' }).toString();
+    const full = `${path}?${qs}`;
+    const res = await this.open('GET', full, undefined, undefined, signal);
+    if ((res.statusCode ?? 0) !== 200) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      throw new ApiError(res.statusCode ?? 0, 'GET', full, Buffer.concat(chunks).toString('utf8'));
+    }
+    // Aborting must end the line loop even when the socket is idle.
+    const onAbort = () => res.destroy();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const lines = createInterface({ input: res, crlfDelay: Infinity });
+    try {
+      for await (const line of lines) {
+        if (!line) continue;
+        onEvent(JSON.parse(line) as WatchEvent);
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      lines.close();
+      res.destroy();
+    }
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+/** Wraps a transport and counts what goes through it: the "zero writes when nothing changed" test and metrics use it. */
+export class CountingTransport implements KubeTransport {
+  readonly counts = new Map<string, number>();
+  writes = 0;
+  constructor(
+    private readonly inner: KubeTransport,
+    private readonly onRequest?: (method: string, path: string, outcome: string) => void,
+  ) {}
+
+  async request<T>(method: string, path: string, opts?: { body?: unknown; patch?: PatchType; timeoutMs?: number }): Promise<T> {
+    const key = `${method} ${path.split('?')[0]}`;
+    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    if (method !== 'GET') this.writes++;
+    try {
+      const r = await this.inner.request<T>(method, path, opts);
+      this.onRequest?.(method, path, 'ok');
+      return r;
+    } catch (err) {
+      this.onRequest?.(method, path, err instanceof ApiError ? String(err.statusCode) : 'error');
+      throw err;
+    }
+  }
+
+  watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void> {
+    return this.inner.watch(path, query, onEvent, signal);
+  }
+
+  /** Writes whose path contains `fragment`. */
+  writesTo(fragment: string): number {
+    let n = 0;
+    for (const [k, v] of this.counts) if (!k.startsWith('GET ') && k.includes(fragment)) n += v;
+    return n;
+  }
+}
