@@ -35,11 +35,20 @@ export function desiredWebhook(config: WebhookConfig, caBundlePem: string | unde
   };
 }
 
+/** JSON with sorted keys: the client's deserializer orders fields its own way. */
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, val: unknown) =>
+    val && typeof val === 'object' && !Array.isArray(val)
+      ? Object.fromEntries(Object.entries(val as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : val,
+  );
+}
+
 /** Fields we set, compared after the apiserver filled in its defaults. */
 function sameWebhook(have: V1MutatingWebhook | undefined, want: V1MutatingWebhook): boolean {
   if (!have) return false;
   const pick = (w: V1MutatingWebhook) =>
-    JSON.stringify([
+    canonical([
       w.name,
       w.admissionReviewVersions,
       w.clientConfig.url,
