@@ -259,6 +259,10 @@ export class Bench {
       engineStats = await path.stop();
       path = undefined;
       if (mirror) await sleep(50);
+      // With sk_lookup the client dials the server's own port: a broken interception would measure direct.
+      if (engineStats && engineStats.bytesClientToApp < client.bytes) {
+        throw new Error(`the engine moved ${engineStats.bytesClientToApp} of ${client.bytes} bytes: traffic bypassed it`);
+      }
       const sysCpuSeconds = (ticks1 - ticks0) / USER_HZ;
       const gb = client.bytes / GB;
       const sample: BulkSample = {
@@ -305,6 +309,12 @@ export class Bench {
         await runToEnd(ctx.ns, 'ks-rr', tools.rr, [host, port, String(perConn), '--conns', String(o.rrConns), ...rrArgs], 120_000),
       ) as RrResult;
       const proxy = watch?.end();
+      const engineStats = await path.stop();
+      path = undefined;
+      const expected = 2 + o.rrConns; // probe, single, concurrent
+      if (engineStats && engineStats.connectionsAccepted < expected) {
+        throw new Error(`the engine accepted ${engineStats.connectionsAccepted} of ${expected} connections: traffic bypassed it`);
+      }
       const sample: RrSample = { single, concurrent };
       if (proxy) sample.peakRssBytes = proxy.peakRssBytes;
       return sample;
