@@ -1,0 +1,127 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentReport } from '../api/agent.js';
+import type { SlimNamespace, SlimPod } from '../kube/objects.js';
+import { computeStatus, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
+
+const NOW = Date.parse('2026-01-01T00:00:00Z');
+const pod = (name: string, extra: Partial<SlimPod> = {}): SlimPod => ({
+  namespace: 'shop',
+  name,
+  uid: `uid-${name}`,
+  labels: { app: 'checkout' },
+  injected: true,
+  podIP: `10.0.0.${name.length}`,
+  agentPort: 15090,
+  optedOut: false,
+  deleting: false,
+  ...extra,
+});
+const labelled: SlimNamespace = { name: 'shop', labels: { 'kstreams.io/inject': 'enabled' } };
+const report = (p: SlimPod, entry: Partial<AgentReport['streamPaths'][number]> = {}): AgentReport => ({
+  pod: { namespace: p.namespace, name: p.name },
+  ready: true,
+  streamPaths: [
+    {
+      name: 'shadow',
+      generation: 3,
+      attached: true,
+      connections: 2,
+      bytesPrimary: 1000,
+      bytesMirrored: 900,
+      bytesDropped: 100,
+      targets: [{ name: 't1', connectionsMirrored: 2, connectionsCut: 0, connectFailures: 0, bytesMirrored: 900, bytesDropped: 100 }],
+      ...entry,
+    },
+  ],
+});
+
+function input(pods: SlimPod[], observations: Record<string, AgentObservation> = {}, extra: Partial<StatusInput> = {}): StatusInput {
+  return {
+    name: 'shadow',
+    namespace: 'shop',
+    generation: 3,
+    selector: { matchLabels: { app: 'checkout' } },
+    pods,
+    namespaceObject: labelled,
+    observe: (p) => observations[p.name],
+    previous: undefined,
+    now: NOW,
+    ...extra,
+  };
+}
+const cond = (s: ReturnType<typeof computeStatus>, type: string) => s.status.conditions!.find((c) => c.type === type)!;
+
+describe('computeStatus', () => {
+  it('when no pod matches, it is Degraded with NoPodsMatched', () => {
+    const r = computeStatus(input([pod('a', { labels: { app: 'other' } })]));
+    expect(r.status.podsSelected).toBe(0);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.NoPodsMatched, observedGeneration: 3 });
+    expect(cond(r, 'Degraded')).toMatchObject({ status: 'True', reason: Reason.NoPodsMatched });
+  });
+
+  it('when matching pods lack the sidecar in an unlabelled namespace, it says to label the namespace', () => {
+    const r = computeStatus(input([pod('a', { injected: false })], {}, { namespaceObject: { name: 'shop', labels: {} } }));
+    const d = cond(r, 'Degraded');
+    expect(d).toMatchObject({ status: 'True', reason: Reason.PodsNotInjected });
+    expect(d.message).toContain('kubectl label ns shop kstreams.io/inject=enabled');
+    expect(d.message).toContain('(a)');
+  });
+
+  it('when all agents attached the current generation, it is Ready and sums counters per target', () => {
+    const a = pod('a');
+    const b = pod('bb');
+    const r = computeStatus(input([a, b], { a: { report: report(a), at: NOW }, bb: { report: report(b), at: NOW } }));
+    expect(r.status).toMatchObject({ podsSelected: 2, podsAttached: 2, connections: 4, bytesPrimary: 2000, bytesMirrored: 1800, bytesDropped: 200 });
+    expect(r.status.targets).toEqual([{ name: 't1', connectionsMirrored: 4, connectionsCut: 0, connectFailures: 0, bytesMirrored: 1800, bytesDropped: 200 }]);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'True', reason: Reason.Attached });
+    expect(cond(r, 'Degraded')).toMatchObject({ status: 'False' });
+  });
+
+  it('when an agent still runs an older generation, it is not Ready yet (Attaching)', () => {
+    const a = pod('a');
+    const r = computeStatus(input([a], { a: { report: report(a, { generation: 2 }), at: NOW } }));
+    expect(r.status.podsAttached).toBe(0);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.Attaching });
+    expect(r.attachedAnyGeneration).toEqual(['a']);
+  });
+
+  it('reports unreachable agents, rejected programs and unreachable targets', () => {
+    const a = pod('a');
+    const b = pod('bb');
+    const c = pod('ccc');
+    const r = computeStatus(
+      input([a, b, c], {
+        a: { error: 'connect ECONNREFUSED', at: NOW },
+        bb: { report: report(b, { attached: false, problem: { reason: 'ProgramRejected', message: 'verifier: invalid access' } }), at: NOW },
+        ccc: { report: report(c, { targets: [{ name: 't1', connectionsMirrored: 0, connectionsCut: 0, connectFailures: 5, bytesMirrored: 0, bytesDropped: 0 }] }), at: NOW },
+      }),
+    );
+    const d = cond(r, 'Degraded');
+    expect(d.reason).toBe(Reason.AgentUnreachable);
+    expect(d.message).toContain('ECONNREFUSED');
+    expect(d.message).toContain('verifier: invalid access');
+    expect(d.message).toContain('target t1: 5 connect failures');
+    expect(cond(r, 'Ready').status).toBe('False');
+  });
+
+  it('keeps lastTransitionTime while a condition keeps its status, and is equal to itself', () => {
+    const a = pod('a');
+    const obs = { a: { report: report(a), at: NOW } };
+    const first = computeStatus(input([a], obs));
+    const second = computeStatus(input([a], obs, { previous: first.status, now: NOW + 60_000 }));
+    expect(sameStatus(first.status, second.status)).toBe(true);
+    const third = computeStatus(input([a], {}, { previous: first.status, now: NOW + 60_000 }));
+    expect(cond(third, 'Ready').lastTransitionTime).toBe('2026-01-01T00:01:00Z');
+  });
+
+  it('ignores pods of other namespaces and deleting pods', () => {
+    const r = computeStatus(input([pod('a', { namespace: 'other' }), pod('b', { deleting: true })]));
+    expect(r.status.podsSelected).toBe(0);
+  });
+
+  it('an invalid spec says which field is wrong', () => {
+    const r = computeStatus(input([pod('a')], {}, { specErrors: ['spec.port: Too big'] }));
+    expect(cond(r, 'Degraded')).toMatchObject({ reason: Reason.InvalidSpec });
+    expect(cond(r, 'Degraded').message).toContain('spec.port');
+  });
+});
