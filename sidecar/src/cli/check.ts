@@ -1,21 +1,15 @@
 // `kstreams check`: can this machine and this process run the data plane?
-import type { KernelFeatures } from '../../../native/lib/types.js';
+import { probeKernelFeatures, type KernelFeatures } from '../../../native/lib/index.js';
 import { CliError, EXIT } from './errors.js';
 import { currentPrivileges } from './privileges.js';
 
 async function probe(): Promise<KernelFeatures> {
-  // A variable specifier keeps this compiling until native/lib/kernel.ts is committed.
-  const specifier = '../../../native/lib/kernel.js';
-  let lib: { probeKernelFeatures(): KernelFeatures | Promise<KernelFeatures> };
   try {
-    lib = (await import(specifier)) as typeof lib;
+    return probeKernelFeatures();
   } catch (err) {
-    throw new CliError(EXIT.runtime, `cannot load the kernel probe: ${(err as Error).message}; build it with npm run build`);
-  }
-  try {
-    return await lib.probeKernelFeatures();
-  } catch (err) {
-    throw new CliError(EXIT.runtime, `probing kernel features failed: ${(err as Error).message}`);
+    const e = err as { code?: string; message?: string };
+    const hint = e.code === 'EKSTREAMS_NO_ADDON' ? '' : '; see kstreams check --help';
+    throw new CliError(EXIT.runtime, `probing kernel features failed: ${e.message ?? String(err)}${hint}`);
   }
 }
 

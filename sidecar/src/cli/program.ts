@@ -1,5 +1,4 @@
 // The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
-import { existsSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
 import { checkCommand } from './check.js';
@@ -48,15 +47,6 @@ function positiveSeconds(value: string): number {
 
 function fileOption(): Option {
   return new Option('-f, --file <path>', 'StreamPath YAML file, - for stdin').makeOptionMandatory();
-}
-
-/** The in-pod agent (sidecar/src/agent/main.ts) is started as `kstreams agent` once it exists. */
-function agentModuleUrl(): URL | undefined {
-  for (const ext of ['js', 'ts']) {
-    const url = new URL(`../agent/main.${ext}`, import.meta.url);
-    if (existsSync(url)) return url;
-  }
-  return undefined;
 }
 
 export function buildProgram(version: string): Command {
@@ -111,24 +101,26 @@ export function buildProgram(version: string): Command {
       process.stdout.write(EXAMPLE_STREAMPATH_YAML);
     });
 
-  const agentUrl = agentModuleUrl();
-  if (agentUrl) {
-    program
-      .command('agent')
-      .description('run the in-pod agent (inside an injected pod; configured by its environment)')
-      .helpOption(false)
-      .allowUnknownOption(true)
-      .allowExcessArguments(true)
-      .argument('[args...]')
-      .action(async (args: string[]) => {
-        const mod = (await import(agentUrl.href)) as { main?: (argv: string[]) => unknown };
-        if (typeof mod.main !== 'function') {
-          throw new CliError(EXIT.runtime, 'the agent module exports no main(argv); this build is broken, reinstall kstreams');
-        }
-        const code = await mod.main(args);
-        if (typeof code === 'number') process.exitCode = code;
-      });
-  }
+  program
+    .command('agent')
+    .description('run the in-pod agent (inside an injected pod; configured by its KSTREAMS_* environment)')
+    .action(async () => {
+      // Loaded only here: the agent brings the Kubernetes client, which the other commands do not need.
+      const [{ runAgent }, { AgentConfigError, loadAgentConfig }] = await Promise.all([
+        import('../agent/main.js'),
+        import('../agent/config.js'),
+      ]);
+      let config;
+      try {
+        config = loadAgentConfig(process.env);
+      } catch (err) {
+        if (err instanceof AgentConfigError) throw new CliError(EXIT.usage, `agent: ${err.problems.join('; ')}; set these environment variables`);
+        throw err;
+      }
+      await runAgent(config);
+      // The agent exits from its own SIGTERM/SIGINT handler once it has detached everything.
+      await new Promise<never>(() => {});
+    });
 
   // Commander's own errors (unknown option, missing -f) become our one-line format with exit code 2.
   const configure = (cmd: Command) => {

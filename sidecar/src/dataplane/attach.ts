@@ -9,6 +9,9 @@ import type {
   InterceptionConfig,
   MirrorConfig,
 } from '../../../native/lib/types.js';
+// Engine is not in the native/lib barrel yet; switch to index.js when it is.
+import { Engine } from '../../../native/lib/engine.js';
+import { Interception } from '../../../native/lib/index.js';
 import { AttachError, classifyNativeError } from './errors.js';
 import { planTransform } from './transform.js';
 import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets.js';
@@ -73,28 +76,14 @@ export interface AttachOptions {
 
 export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
 
-/** native/lib, loaded on first use so that commands which never attach do not need the built addon. */
-export async function nativeDataPlane(): Promise<DataPlane> {
-  // The specifier is a variable until native/lib/index.ts exports Engine, so that this file compiles before it.
-  const specifier = '../../../native/lib/index.js';
-  let lib: {
-    Engine?: { start(c: EngineConfig): EngineHandle | Promise<EngineHandle> };
-    Interception?: { attach(c: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle> };
-  };
-  try {
-    lib = (await import(specifier)) as typeof lib;
-  } catch (err) {
-    throw new AttachError('DataPlaneError', `loading the native data plane failed: ${(err as Error).message}`, undefined, { cause: err });
-  }
-  const { Engine, Interception } = lib;
-  if (!Engine || !Interception) {
-    throw new AttachError('DataPlaneError', 'this build of native/lib has no stream engine or interception; rebuild with npm run build');
-  }
-  return {
-    startEngine: (c) => Engine.start(c),
-    attachInterception: (c) => Interception.attach(c),
-  };
-}
+/**
+ * native/lib. Importing it does not load kstreams.node (the addon is loaded on the first start/attach), so
+ * commands that never attach work without a built addon.
+ */
+export const nativeDataPlane: DataPlane = {
+  startEngine: (c) => Engine.start(c),
+  attachInterception: (c) => Interception.attach(c),
+};
 
 function zeroTargets(mirrors: MirrorConfig[]): TargetCounters[] {
   return mirrors.map((m) => ({
@@ -183,7 +172,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
   };
   let spec = opts.spec;
   let mirrors = await resolveMirrors(spec, resolveOpts);
-  const dp = opts.dataPlane ?? (await nativeDataPlane());
+  const dp = opts.dataPlane ?? nativeDataPlane;
 
   let engine = await startEngine(dp, engineConfig(spec, mirrors, opts), netnsPath);
   let interception: InterceptionHandle;
