@@ -4,7 +4,7 @@
 // Prints {"port":N,"listenFd":N} once the engine listens (and interception is attached, if asked), and on
 // SIGTERM prints {"stats": EngineStats} after stopping, so the bench can report what the mirror got.
 // Any failure prints {"error": "..."} and exits 1: the bench shows that reason in place of the row.
-import type { EngineConfig, EngineStats, Endpoint, InterceptionConfig } from '../../../native/lib/types.js';
+import type { EngineConfig, InterceptionConfig } from '../../../native/lib/types.js';
 
 interface RunnerConfig {
   engine: EngineConfig;
@@ -14,20 +14,8 @@ interface RunnerConfig {
   nativeLib?: string;
 }
 
-// The subset of native/lib the runner uses, typed here so the bench builds whatever state native/ is in.
-interface EngineLike {
-  readonly listenAddress: Endpoint;
-  readonly listenerFd: number;
-  stats(): EngineStats | Promise<EngineStats>;
-  stop(): void | Promise<void>;
-}
-interface InterceptionLike {
-  detach(): void | Promise<void>;
-}
-interface NativeLib {
-  Engine: { start(config: EngineConfig): EngineLike | Promise<EngineLike> };
-  Interception: { attach(config: InterceptionConfig): InterceptionLike | Promise<InterceptionLike> };
-}
+// What the runner needs of native/lib; another build given with --engine-lib must offer the same.
+type NativeLib = Pick<typeof import('../../../native/lib/index.js'), 'Engine' | 'Interception'>;
 
 function say(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
@@ -35,20 +23,20 @@ function say(value: unknown): void {
 
 async function main(): Promise<void> {
   const config = JSON.parse(process.argv[2] ?? '') as RunnerConfig;
-  // A computed specifier: the engine is loaded at run time, and a missing engine is a row's error, not a
-  // build failure of the bench.
-  const libPath = config.nativeLib ?? '../../../native/lib/index.js';
-  const lib = (await import(libPath)) as Partial<NativeLib>;
+  // The addon loads here, in the runner, so a missing or broken engine is a row's error, not the bench's.
+  const lib: Partial<NativeLib> = config.nativeLib
+    ? ((await import(config.nativeLib)) as Partial<NativeLib>)
+    : await import('../../../native/lib/index.js');
   if (!lib.Engine || !lib.Interception) {
-    throw new Error(`${libPath} exports no Engine/Interception: the engine is not there yet in this checkout`);
+    throw new Error(`${config.nativeLib ?? 'native/lib'} exports no Engine/Interception`);
   }
-  const engine = await lib.Engine.start(config.engine);
-  let interception: InterceptionLike | undefined;
+  const engine = lib.Engine.start(config.engine);
+  let interception: ReturnType<NativeLib['Interception']['attach']> | undefined;
   try {
     if (config.interceptPort !== undefined) {
       const attach: InterceptionConfig = { port: config.interceptPort, listenerFd: engine.listenerFd };
       if (config.engine.netnsPath) attach.netnsPath = config.engine.netnsPath;
-      interception = await lib.Interception.attach(attach);
+      interception = lib.Interception.attach(attach);
     }
   } catch (err) {
     await engine.stop();
@@ -62,8 +50,8 @@ async function main(): Promise<void> {
     stopping = true;
     void (async () => {
       try {
-        const stats = await engine.stats();
-        if (interception) await interception.detach();
+        const stats = engine.stats();
+        if (interception) interception.detach();
         await engine.stop();
         say({ stats });
         clearInterval(keepAlive);
