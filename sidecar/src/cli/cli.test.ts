@@ -188,11 +188,13 @@ describe('renderLive', () => {
         bytesMirrored: 2048,
         bytesDropped: 0,
         targets: [{ name: 'staging', connectionsMirrored: 3, connectionsCut: 0, connectFailures: 0, bytesMirrored: 2048, bytesDropped: 0 }],
+        connectionsActive: 1,
+        appConnectFailures: 2,
       },
       61_000,
     );
     expect(lines[0]).toContain('up 1m01s');
-    expect(lines[1]).toContain('connections 3');
+    expect(lines[1]).toContain('connections 3 (1 open, 2 refused by the app)');
     expect(lines[1]).toContain('primary 2.0 KiB');
     expect(lines[2]).toMatch(/-> staging: 3 conns, 2\.0 KiB mirrored/);
   });

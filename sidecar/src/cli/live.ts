@@ -30,7 +30,7 @@ export interface LiveHeader {
 export function renderLive(h: LiveHeader, c: AttachmentCounters, now: number): string[] {
   const lines = [
     `kstreams: ${h.name} on port ${h.port} in ${h.netns}, up ${formatDuration(now - h.startedAt)} (Ctrl-C to stop)`,
-    `  connections ${c.connections}   primary ${formatBytes(c.bytesPrimary)}   mirrored ${formatBytes(c.bytesMirrored)}   dropped ${formatBytes(c.bytesDropped)}`,
+    `  connections ${c.connections} (${c.connectionsActive} open${c.appConnectFailures ? `, ${c.appConnectFailures} refused by the app` : ''})   primary ${formatBytes(c.bytesPrimary)}   mirrored ${formatBytes(c.bytesMirrored)}   dropped ${formatBytes(c.bytesDropped)}`,
   ];
   for (const t of c.targets) {
     lines.push(

@@ -117,6 +117,8 @@ describe('attachStreamPath', () => {
       bytesMirrored: 90,
       bytesDropped: 10,
       targets: [{ name: '10.0.0.2:8080', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, bytesMirrored: 90, bytesDropped: 10 }],
+      connectionsActive: 0,
+      appConnectFailures: 0,
     };
     expect(a.stats()).toEqual(expected);
     await a.detach();

@@ -46,6 +46,10 @@ export interface AttachmentCounters {
   /** Primary bytes that sampled mirror connections did not get (cut or failed connects), all targets. */
   bytesDropped: number;
   targets: TargetCounters[];
+  /** Not in the StreamPath status; for the CLI and logs. Connections open now. */
+  connectionsActive: number;
+  /** Not in the StreamPath status. Intercepted connections the app refused: those clients got a reset. */
+  appConnectFailures: number;
 }
 
 export interface Attachment {
@@ -118,6 +122,8 @@ export function toCounters(s: EngineStats, base?: AttachmentCounters): Attachmen
     bytesMirrored: sum('bytesMirrored'),
     bytesDropped: sum('bytesDropped'),
     targets,
+    connectionsActive: s.connectionsActive,
+    appConnectFailures: s.upstreamConnectFailures + (base?.appConnectFailures ?? 0),
   };
 }
 
@@ -205,7 +211,17 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
       try {
         return toCounters(engine.stats(), carried);
       } catch {
-        return carried ?? { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0, targets: zeroTargets(mirrors) };
+        return (
+          carried ?? {
+            connections: 0,
+            bytesPrimary: 0,
+            bytesMirrored: 0,
+            bytesDropped: 0,
+            targets: zeroTargets(mirrors),
+            connectionsActive: 0,
+            appConnectFailures: 0,
+          }
+        );
       }
     },
     update(next) {
