@@ -169,7 +169,7 @@ export interface Scene {
   /** Writes the embedded default StreamPath, pointed at staging, and returns its path. */
   writeStreamPath(name?: string): string;
   /** One request from the client namespace; resolves with the HTTP status code. */
-  curl(path: string, opts?: { body?: string; header?: string }): Promise<number>;
+  curl(path: string, opts?: { body?: string; header?: string; port?: number }): Promise<number>;
   destroy(): Promise<void>;
 }
 
@@ -216,7 +216,7 @@ export async function startScene(port = 8080): Promise<Scene> {
         const args = ['-sS', '-o', '/dev/null', '--max-time', '10', '-w', '%{http_code}'];
         if (opts.header) args.push('-H', opts.header);
         if (opts.body !== undefined) args.push('--data-binary', opts.body);
-        args.push(`http://${clientLink.bAddress}:${port}${path}`);
+        args.push(`http://${clientLink.bAddress}:${opts.port ?? port}${path}`);
         const child = client.spawn('curl', args);
         let out = '';
         let err = '';
