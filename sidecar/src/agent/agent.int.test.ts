@@ -152,7 +152,8 @@ describe('the agent against a real apiserver and kernel', () => {
     scene = await startScene(PORT);
     secondTarget = await HttpServer.start(scene.staging, 'staging-2', SECOND_TARGET_PORT);
 
-    const [cmd, ...args] = nodeScript('agent/main.js', []);
+    // The production entry point: the `kstreams agent` subcommand the webhook puts in the sidecar.
+    const [cmd, ...args] = nodeScript('cli/main.js', ['agent']);
     agent = new AgentProcess(
       spawn(cmd!, args, {
         cwd: repoRoot,
