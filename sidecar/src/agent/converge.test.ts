@@ -330,7 +330,10 @@ describe('problemFromError', () => {
       reason: 'InsufficientPrivileges',
       message: expect.stringMatching(/CAP_BPF/),
     });
-    expect(problemFromError(Object.assign(new Error('x'), { code: 'EKSTREAMS_VERIFIER' }), 'attach').reason).toBe('ProgramRejected');
+    expect(problemFromError(Object.assign(new Error('x'), { code: 'EKSTREAMS_BPF_LOAD' }), 'attach').reason).toBe('ProgramRejected');
+    const wrapped = new Error('intercepting port 8080 failed', { cause: Object.assign(new Error('verifier'), { code: 'EKSTREAMS_BPF_LOAD' }) });
+    expect(problemFromError(Object.assign(wrapped, { reason: 'DataPlaneError' }), 'attach').reason).toBe('ProgramRejected');
+    expect(problemFromError(Object.assign(new Error('x'), { code: 'EKSTREAMS_NO_SK_LOOKUP' }), 'attach').reason).toBe('KernelFeatureMissing');
     expect(problemFromError(Object.assign(new Error('x'), { code: 'ECONNREFUSED' }), 'attach').reason).toBe('TargetUnreachable');
     expect(problemFromError(new Error('x'), 'update').reason).toBe('UpdateFailed');
     expect(problemFromError('weird', 'attach')).toEqual({ reason: 'AttachFailed', message: 'weird' });

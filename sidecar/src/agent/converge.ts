@@ -74,18 +74,19 @@ const ZERO: AttachmentStats = { connections: 0, bytesPrimary: 0, bytesMirrored: 
 
 /** A condition reason and a message for an error thrown by the data plane. */
 export function problemFromError(err: unknown, action: 'attach' | 'update' | 'detach'): Problem {
-  const e = err as { reason?: unknown; code?: unknown; message?: unknown };
+  const e = err as { reason?: unknown; code?: unknown; message?: unknown; cause?: { code?: unknown } };
   const message = typeof e?.message === 'string' ? e.message : String(err);
+  const code = typeof e?.code === 'string' ? e.code : typeof e?.cause?.code === 'string' ? e.cause.code : '';
+  // The kernel refusing our program is worth its own reason, whatever generic reason it was wrapped in.
+  if (code === 'EKSTREAMS_BPF_LOAD') return { reason: Reasons.ProgramRejected, message };
   if (typeof e?.reason === 'string' && /^[A-Z][A-Za-z]+$/.test(e.reason)) return { reason: e.reason, message };
-  const code = typeof e?.code === 'string' ? e.code : '';
   if (code === 'EPERM' || code === 'EACCES') {
     return {
       reason: Reasons.InsufficientPrivileges,
       message: `${message}; the sidecar needs CAP_BPF and CAP_NET_ADMIN`,
     };
   }
-  if (code === 'EKSTREAMS_VERIFIER' || code === 'EKSTREAMS_PROGRAM') return { reason: Reasons.ProgramRejected, message };
-  if (code === 'ENOSYS' || code === 'EOPNOTSUPP' || code.startsWith('EKSTREAMS_NO_')) {
+  if (code === 'ENOSYS' || code === 'EOPNOTSUPP' || code === 'EKSTREAMS_KERNEL' || code.startsWith('EKSTREAMS_NO_')) {
     return { reason: Reasons.KernelFeatureMissing, message };
   }
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ETIMEDOUT') {
