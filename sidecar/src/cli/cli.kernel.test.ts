@@ -1,10 +1,11 @@
 // `kstreams run` as a real process against real namespaces: traffic reaches the app through the engine,
 // staging gets the same request bytes, SIGINT prints the right counters and exits 0, and afterwards no
-// sk_lookup link of ours is left on the app's namespace and the client reaches the app directly.
+// sk_lookup link of ours is left on the app's namespace and the client reaches the app directly. Also:
+// SIGHUP applies an edited file, SIGTERM stops like SIGINT, and SIGKILL fails open.
 import { spawnSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CliRun, startScene, waitFor, type Scene } from '../demo/scenario.js';
+import { CliRun, HttpServer, startScene, waitFor, type Scene } from '../demo/scenario.js';
 
 const PROGRAM_NAME = 'kstreams_steer';
 
@@ -98,5 +99,51 @@ describe('kstreams run on a real kernel', () => {
     expect(last.requestLine).toBe('GET /direct HTTP/1.1');
     expect(last.remote!.startsWith(`${scene.clientAddress}:`)).toBe(true);
     expect(scene.stagingServer.requests()).toHaveLength(N);
+  });
+
+  it('applies an edited file on SIGHUP and exits 0 on SIGTERM', async () => {
+    const staging2 = await HttpServer.start(scene.staging, 'staging2', 8081);
+    const file = scene.writeStreamPath('reload');
+    cli = CliRun.start(file, scene.app.name);
+    await cli.attached();
+    const run = cli;
+
+    writeFileSync(file, readFileSync(file, 'utf8').replace(`${scene.stagingAddress}:8080`, `${scene.stagingAddress}:8081`).replace('name: staging', 'name: staging2'));
+    run.child.kill('SIGHUP');
+    await waitFor('the reload to be applied', () => run.stderr.includes('kstreams: reloaded '));
+    expect(await scene.curl('/after-reload')).toBe(200);
+    await waitFor('staging2 to get the mirrored request', () => staging2.requests().some((r) => r.requestLine === 'GET /after-reload HTTP/1.1'));
+    expect(scene.stagingServer.requests().map((r) => r.requestLine)).not.toContain('GET /after-reload HTTP/1.1');
+
+    // An invalid edit is reported and the running spec stays.
+    writeFileSync(file, readFileSync(file, 'utf8').replace('port: 8080', 'port: 0'));
+    run.child.kill('SIGHUP');
+    await waitFor('the bad reload to be reported', () => run.stderr.includes('failed, keeping the previous spec'));
+    expect(run.stderr).toMatch(/spec\.port: /);
+    expect(run.running).toBe(true);
+
+    run.child.kill('SIGTERM');
+    const code = await run.exited;
+    expect(code).toBe(0);
+    const summary = JSON.parse(run.stdoutLines.find((l) => l.includes('"type":"summary"'))!) as { connections: number; targets: { name: string }[] };
+    expect(summary.connections).toBe(1);
+    expect(summary.targets.map((t) => t.name)).toEqual(['staging2']);
+    expect(skLookupLinks(scene.app.path)).toEqual([]);
+  });
+
+  it('fails open when killed with SIGKILL: no link left, the client reaches the app directly', async () => {
+    cli = CliRun.start(scene.writeStreamPath('killed'), scene.app.name);
+    await cli.attached();
+    expect(skLookupLinks(scene.app.path)).toHaveLength(1);
+    expect(await scene.curl('/before-kill')).toBe(200);
+    expect(scene.appServer.requests().at(-1)!.remote!.startsWith(`${scene.clientAddress}:`)).toBe(false);
+
+    await cli.kill();
+    // The link goes with the process's file descriptors; the kernel releases it asynchronously.
+    await waitFor('the kernel to release the link', () => skLookupLinks(scene.app.path).length === 0, 10_000);
+    expect(await scene.curl('/after-kill')).toBe(200);
+    const last = scene.appServer.requests().at(-1)!;
+    expect(last.requestLine).toBe('GET /after-kill HTTP/1.1');
+    expect(last.remote!.startsWith(`${scene.clientAddress}:`)).toBe(true);
   });
 });
