@@ -136,10 +136,16 @@ export class KubeRest implements KubeTransport {
       for await (const c of res) chunks.push(c as Buffer);
       throw new ApiError(res.statusCode ?? 0, 'GET', full, Buffer.concat(chunks).toString('utf8'));
     }
-    // Aborting must end the line loop even when the socket is idle.
-    const onAbort = () => res.destroy();
-    signal.addEventListener('abort', onAbort, { once: true });
     const lines = createInterface({ input: res, crlfDelay: Infinity });
+    // A destroyed response emits 'close' but never 'end', which readline waits for: close both on abort,
+    // or the line loop would hang on an idle watch.
+    const onAbort = () => {
+      lines.close();
+      res.destroy();
+    };
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    res.once('close', () => lines.close());
     try {
       for await (const line of lines) {
         if (!line) continue;

@@ -1,0 +1,160 @@
+// Helpers for the operator's integration tests and bench against the real apiserver: CRD install,
+// fresh namespaces, pods that can exist without a controller-manager, and a fake-but-real agent.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, type AgentReport } from '../api/agent.js';
+import { API_VERSION, KIND, type StreamPathSpecInput } from '../api/streampath.js';
+import { streamPathPath, type StreamPathObject } from '../controller/reconciler.js';
+import { isStatus, type KubeTransport } from '../kube/rest.js';
+
+export const CRD_FILE = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
+
+/** Polls `check` until it returns a truthy value or the deadline passes (then fails with `what`). */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined | false>, timeoutMs = 15_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** Installs the committed CRD (idempotent) and waits until the apiserver serves it. */
+export async function installCrd(kube: KubeTransport): Promise<void> {
+  const crd = parseYaml(readFileSync(CRD_FILE, 'utf8')) as { metadata: { name: string } };
+  try {
+    await kube.request('POST', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions', { body: crd });
+  } catch (err) {
+    if (!isStatus(err, 409)) throw err;
+  }
+  await eventually('the StreamPath CRD to be established', async () => {
+    const got = await kube.request<{ status?: { conditions?: { type: string; status: string }[] } }>('GET', `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${crd.metadata.name}`);
+    return got.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True');
+  });
+  await eventually('streampaths to be served', async () => {
+    await kube.request('GET', '/apis/kstreams.io/v1alpha1/streampaths?limit=1');
+    return true;
+  });
+}
+
+export function freshName(prefix: string): string {
+  return `${prefix}-${randomBytes(4).toString('hex')}`;
+}
+
+/** A fresh namespace (deleted namespaces never finish terminating without a controller-manager). */
+export async function createNamespace(kube: KubeTransport, name: string, labels: Record<string, string> = {}): Promise<void> {
+  await kube.request('POST', '/api/v1/namespaces', { body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } } });
+  // Pods are admitted only when their ServiceAccount exists; no controller creates `default` here.
+  await kube.request('POST', `/api/v1/namespaces/${name}/serviceaccounts`, { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } });
+}
+
+export interface TestPodOptions {
+  labels: Record<string, string>;
+  /** Injected pods carry the webhook's annotation and the agent port. */
+  agentPort?: number;
+}
+
+export function podManifest(name: string, o: TestPodOptions): Record<string, unknown> {
+  const annotations: Record<string, string> = {};
+  if (o.agentPort !== undefined) {
+    annotations[INJECTED_ANNOTATION] = 'test';
+    annotations[AGENT_PORT_ANNOTATION] = String(o.agentPort);
+  }
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, labels: o.labels, annotations },
+    spec: { automountServiceAccountToken: false, containers: [{ name: 'app', image: 'busybox:test', imagePullPolicy: 'Never' }] },
+  };
+}
+
+export async function createPod(kube: KubeTransport, namespace: string, name: string, o: TestPodOptions & { podIP?: string }): Promise<void> {
+  await kube.request('POST', `/api/v1/namespaces/${namespace}/pods`, { body: podManifest(name, o) });
+  // No kubelet runs: set the pod IP ourselves, through the status subresource as a kubelet would.
+  if (o.podIP) {
+    await kube.request('PATCH', `/api/v1/namespaces/${namespace}/pods/${name}/status`, {
+      body: { status: { podIP: o.podIP, podIPs: [{ ip: o.podIP }] } },
+      patch: 'merge',
+    });
+  }
+}
+
+export async function createStreamPath(kube: KubeTransport, namespace: string, name: string, spec: StreamPathSpecInput): Promise<StreamPathObject> {
+  return kube.request<StreamPathObject>('POST', streamPathPath(namespace), { body: { apiVersion: API_VERSION, kind: KIND, metadata: { name }, spec } });
+}
+
+export async function getStreamPath(kube: KubeTransport, namespace: string, name: string): Promise<StreamPathObject | undefined> {
+  try {
+    return await kube.request<StreamPathObject>('GET', streamPathPath(namespace, name));
+  } catch (err) {
+    if (isStatus(err, 404)) return undefined;
+    throw err;
+  }
+}
+
+export function condition(sp: StreamPathObject | undefined, type: string) {
+  return sp?.status?.conditions?.find((c) => c.type === type);
+}
+
+export function exampleSpec(app: string, port = 8080): StreamPathSpecInput {
+  return { selector: { matchLabels: { app } }, port, mirror: { targets: [{ address: '127.0.0.1:9' }] } };
+}
+
+/** A real HTTP server that answers GET /v1/report like the sidecar agent, with a report the test edits. */
+export class FakeAgent {
+  report: AgentReport;
+  requests = 0;
+  private server: Server | undefined;
+  port = 0;
+
+  constructor(namespace: string, pod: string) {
+    this.report = { pod: { namespace, name: pod }, ready: true, streamPaths: [] };
+  }
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => {
+      this.requests++;
+      if (req.url !== '/v1/report') return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.report));
+    });
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  attach(name: string, generation: number, counters: Partial<AgentReport['streamPaths'][number]> = {}): void {
+    this.report.streamPaths = this.report.streamPaths.filter((s) => s.name !== name);
+    this.report.streamPaths.push({
+      name,
+      generation,
+      attached: true,
+      connections: 3,
+      bytesPrimary: 3000,
+      bytesMirrored: 2500,
+      bytesDropped: 500,
+      targets: [{ name: '127.0.0.1:9', connectionsMirrored: 3, connectionsCut: 1, connectFailures: 0, bytesMirrored: 2500, bytesDropped: 500 }],
+      ...counters,
+    });
+  }
+
+  detach(name: string): void {
+    this.report.streamPaths = this.report.streamPaths.filter((s) => s.name !== name);
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => {
+      if (!this.server) return r();
+      this.server.close(() => r());
+      this.server.closeAllConnections();
+    });
+  }
+}
