@@ -1,0 +1,65 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createCA, issueServingCert, type CertKeyPem } from './certs.js';
+import { CertManagerTlsSchema } from './config.js';
+import { MountedTls, type Timers } from './tls-source.js';
+
+/** Timers that fire only when the test says so. */
+function manualTimers() {
+  const pending = new Map<number, () => void>();
+  let next = 0;
+  const timers: Timers = {
+    setTimeout: (fn) => {
+      pending.set(++next, fn);
+      return next;
+    },
+    clearTimeout: (h) => void pending.delete(h as number),
+  };
+  return { timers, pending };
+}
+
+async function mint(): Promise<CertKeyPem> {
+  const ca = await createCA({ commonName: 't', nowMs: Date.now(), validitySeconds: 3600 });
+  return issueServingCert({ ca, sans: ['127.0.0.1'], nowMs: Date.now(), validitySeconds: 3600 });
+}
+
+describe('MountedTls (cert-manager mode)', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('serves the mounted cert and reports a changed one at the next reload', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kstreams-webhook-tls-'));
+    dirs.push(dir);
+    const first = await mint();
+    writeFileSync(join(dir, 'tls.crt'), first.certPem);
+    writeFileSync(join(dir, 'tls.key'), first.keyPem);
+    const { timers, pending } = manualTimers();
+    const src = new MountedTls({ tls: CertManagerTlsSchema.parse({ mode: 'cert-manager', certDir: dir }), logger: pino({ level: 'silent' }), timers });
+    const seen: CertKeyPem[] = [];
+    src.onChange((p) => seen.push(p));
+    expect(await src.start()).toEqual(first);
+    expect(pending.size).toBe(1);
+    expect(await src.reload()).toBe(false);
+
+    const second = await mint();
+    writeFileSync(join(dir, 'tls.crt'), second.certPem);
+    writeFileSync(join(dir, 'tls.key'), second.keyPem);
+    expect(await src.reload()).toBe(true);
+    expect(seen).toEqual([second]);
+    await src.stop();
+    expect(pending.size).toBe(0);
+  });
+
+  it('says where it looked when the files are missing', async () => {
+    const src = new MountedTls({
+      tls: CertManagerTlsSchema.parse({ mode: 'cert-manager', certDir: '/nonexistent/kstreams' }),
+      logger: pino({ level: 'silent' }),
+    });
+    await expect(src.start()).rejects.toThrow(/cannot read tls.crt\/tls.key in \/nonexistent\/kstreams.*mounted/);
+  });
+});
