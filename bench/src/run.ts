@@ -168,7 +168,7 @@ export class Bench {
           const res = results[i] as PathResult;
           if (res.errors.length >= 2) continue; // a path that cannot start is not retried all night
           try {
-            const s = await this.bulkOnce(ctx, tools, spec);
+            const s = await this.retryOnce(`run ${run}/${o.runs} bulk ${spec.id}`, () => this.bulkOnce(ctx, tools, spec));
             res.bulk.push(s);
             const cuts = s.engineStats?.targets.reduce((n, t) => n + t.connectionsCut, 0);
             const mirror =
@@ -187,7 +187,7 @@ export class Bench {
           const res = results[i] as PathResult;
           if (res.errors.length >= 2) continue;
           try {
-            const s = await this.rrOnce(ctx, tools, spec);
+            const s = await this.retryOnce(`run ${run}/${o.runs} 64B ${spec.id}`, () => this.rrOnce(ctx, tools, spec));
             res.rr.push(s);
             this.log(`run ${run}/${o.runs} 64B ${spec.id}: p50 ${s.single.p50Us.toFixed(1)} us, p99 ${s.single.p99Us.toFixed(1)} us`);
           } catch (err) {
@@ -211,6 +211,20 @@ export class Bench {
     this.ns = undefined;
     if (this.tmpDir) rmSync(this.tmpDir, { recursive: true, force: true });
     this.tmpDir = undefined;
+  }
+
+  /**
+   * One more try, a few seconds later, for a measurement that failed: on a shared checkout the addon may be
+   * rebuilt under us, and one lost measurement should not empty a row. A second failure is the row's error.
+   */
+  private async retryOnce<T>(what: string, measure: () => Promise<T>): Promise<T> {
+    try {
+      return await measure();
+    } catch (err) {
+      this.log(`${what}: failed (${(err as Error).message.slice(0, 200)}), retrying once`);
+      await sleep(3000);
+      return measure();
+    }
   }
 
   private track(p: Proc): Proc {
