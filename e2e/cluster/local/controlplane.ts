@@ -349,6 +349,9 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       `--kubelet-client-certificate=${join(pki, 'apiserver-kubelet-client.crt')}`,
       `--kubelet-client-key=${join(pki, 'apiserver-kubelet-client.key')}`,
       '--kubelet-preferred-address-types=Hostname,InternalIP',
+      // Endpoints may not be loopback: with a 127.0.0.1 advertise address the reconciler would only log
+      // errors every 10 s. (No kube-proxy here anyway: pods reach the apiserver by address, not Service.)
+      ...(bind === '127.0.0.1' || bind === '0.0.0.0' ? ['--endpoint-reconciler-type=none'] : []),
       '--profiling=false',
       '--logtostderr=true',
       '--v=1',

@@ -74,7 +74,13 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  * Removes harness temp dirs (`<parent>/<prefix>*`) left by runs whose owner process is gone, killing the
  * processes their pidfile lists first (only those whose /proc start time still matches).
  */
-export async function cleanupStale(parent: string, prefix: string, log: (m: string) => void = () => {}): Promise<void> {
+export async function cleanupStale(
+  parent: string,
+  prefix: string,
+  log: (m: string) => void = () => {},
+  /** Runs after the listed processes are dead, before the dir is removed (e.g. unmount, undo host changes). */
+  beforeRemove?: (dir: string) => Promise<void>,
+): Promise<void> {
   let entries: string[];
   try {
     entries = readdirSync(parent).filter((e) => e.startsWith(prefix));
@@ -113,6 +119,7 @@ export async function cleanupStale(parent: string, prefix: string, log: (m: stri
     for (const v of live) if (alive(v.pid, v.start)) killGroup(v.pid, 'SIGKILL');
     const deadline2 = Date.now() + 5000;
     while (live.some((v) => alive(v.pid, v.start)) && Date.now() < deadline2) await sleep(100);
+    if (beforeRemove) await beforeRemove(dir).catch((e: unknown) => log(`cleanup of ${dir} failed: ${String(e)}`));
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -172,10 +179,16 @@ export class ProcessGroup {
   async stopProcess(p: ManagedProcess, graceMs = 10_000): Promise<void> {
     if (!p.hasExited()) {
       killGroup(p.pid, 'SIGTERM');
-      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
-      if ((await Promise.race([p.exited, timer])) === 'timeout') {
+      // A ref'd timer: it also keeps the event loop alive while we wait (the child handles are unref'd).
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), graceMs)));
+      const first = await Promise.race([p.exited, timeout]);
+      clearTimeout(timer);
+      if (first === 'timeout') {
         killGroup(p.pid, 'SIGKILL');
+        const keepAlive = setInterval(() => {}, 1000);
         await p.exited;
+        clearInterval(keepAlive);
       }
     }
     // Anything the daemon forked into its group.
