@@ -53,45 +53,37 @@ async function demo(): Promise<string[]> {
   const file = s.writeStreamPath('demo-shadow');
   out(indent(readFileSync(file, 'utf8')));
 
-  section(`4. kstreams run -f ${file} --netns ${s.app.name} --json-interval 1`);
-  cli = CliRun.start(file, s.app.name, ['--json-interval', '1']);
+  section(`4. kstreams run -f ${file} --netns ${s.app.name} --json-interval 0.25`);
+  cli = CliRun.start(file, s.app.name, ['--json-interval', '0.25']);
   await cli.attached();
   out(indent(cli.stderr));
 
   section(`5. Traffic: ${REQUESTS} requests from the client (every 5th a POST with a body), live counters`);
-  let shown = 0;
-  const live = setInterval(() => {
-    const c = cli?.lastCounters();
-    const n = cli?.stdoutLines.length ?? 0;
-    if (c && n !== shown) {
-      shown = n;
-      out(`  [live] ${countersLine(c)}`);
-    }
-  }, 250);
   const statuses: number[] = [];
-  try {
-    for (let i = 1; i <= REQUESTS; i++) {
-      const post = i % 5 === 0;
-      statuses.push(
-        await s.curl(`/orders/${i}`, {
-          header: `X-Demo-Request: ${i}`,
-          ...(post ? { body: JSON.stringify({ order: i, items: ['book', 'lamp'], note: 'x'.repeat(200) }) } : {}),
-        }),
-      );
-    }
-    // Mirroring is asynchronous to the primary: wait until staging logged every request and closed every
-    // connection (it counts bytes on close), with a deadline.
-    await waitFor('staging to see every mirrored request', () => s.stagingServer.closedConnections().length >= REQUESTS, 20_000).catch(
-      () => undefined,
+  // kstreams prints its counters 4 times a second (--json-interval 0.25); show them every 10 requests.
+  const showLive = async (label: string) => {
+    const run = cli!;
+    const seen = run.stdoutLines.length;
+    await waitFor('a fresh counters line from kstreams', () => run.stdoutLines.length > seen, 5_000).catch(() => undefined);
+    const c = run.lastCounters();
+    if (c) out(`  [live] ${label.padEnd(14)} ${countersLine(c)}`);
+  };
+  for (let i = 1; i <= REQUESTS; i++) {
+    const post = i % 5 === 0;
+    statuses.push(
+      await s.curl(`/orders/${i}`, {
+        header: `X-Demo-Request: ${i}`,
+        ...(post ? { body: JSON.stringify({ order: i, items: ['book', 'lamp'], note: 'x'.repeat(200) }) } : {}),
+      }),
     );
-    // And one more counters line from kstreams after the last request, for the live view.
-    const linesNow = cli.stdoutLines.length;
-    await waitFor('a fresh counters line', () => (cli?.stdoutLines.length ?? 0) > linesNow, 5_000).catch(() => undefined);
-  } finally {
-    clearInterval(live);
+    if (i % 10 === 0) await showLive(`${i} requests`);
   }
-  const lastLive = cli.lastCounters();
-  if (lastLive) out(`  [live] ${countersLine(lastLive)}`);
+  // Mirroring is asynchronous to the primary: wait until staging logged every request and closed every
+  // connection (it counts bytes on close), with a deadline.
+  await waitFor('staging to see every mirrored request', () => s.stagingServer.closedConnections().length >= REQUESTS, 20_000).catch(
+    () => undefined,
+  );
+  await showLive('settled');
   check(statuses.every((c) => c === 200), `all ${REQUESTS} requests answered 200 by the app`);
 
   section('6. Staging saw the same requests as the app');
