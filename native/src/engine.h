@@ -48,6 +48,10 @@ struct Config {
   SockAddr listen;        // family 0: dual-stack [::]:0
   bool upstreamOriginalDestination = false;
   SockAddr upstream;      // when !upstreamOriginalDestination
+  // Bound (with IP_FREEBIND) as the source of upstream connections of its own family. 127.0.0.6 also
+  // reaches the pod's non-loopback addresses (local routes go through lo). An IPv6 upstream is left
+  // unbound unless this is an IPv6 address: the interception must then tell our connections apart
+  // another way (e.g. by the engine's socket cookie or a v6 source such as ::1 for loopback apps).
   std::string upstreamSource = "127.0.0.6";
   std::vector<MirrorTarget> mirrors;
   uint32_t pipeSize = 1 << 20;
