@@ -32,7 +32,8 @@ export function machineFacts(): MachineFacts {
     node: process.version,
     haproxy: firstLine('haproxy', ['-v'], (l) => l.find((x) => x.startsWith('HAProxy version'))),
     socat: firstLine('socat', ['-V'], (l) => l.find((x) => x.startsWith('socat version'))),
-    gitCommit: firstLine('git', ['rev-parse', '--short', 'HEAD'], (l) => l[0]),
+    // --dirty: a shared checkout often has work in progress, and the numbers are of that tree.
+    gitCommit: firstLine('git', ['describe', '--always', '--dirty'], (l) => l[0]),
     loadBefore: loadavg()[0] ?? 0,
   };
 }

@@ -52,7 +52,9 @@ export function bulkTable(run: BenchRun): string {
       fmtX(ratio(m.gbps, nodePeer(run, p)?.median.gbps)),
       fmtX(ratio(m.gbps, haproxy)),
       fmtX(ratio(m.gbps, socat)),
-      m.mirrorFraction === undefined ? '-' : `${(100 * m.mirrorFraction).toFixed(1)}%`,
+      m.mirrorFraction === undefined
+        ? '-'
+        : `${(100 * m.mirrorFraction).toFixed(1)}%${m.mirrorShortRuns ? ` (${m.mirrorShortRuns}/${p.bulk.length} cut)` : ''}`,
     ];
   });
   return table(

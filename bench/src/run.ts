@@ -76,6 +76,8 @@ export interface PathMedians {
   proxyCpuPerGB?: number;
   peakRssMB?: number;
   mirrorFraction?: number;
+  /** Bulk runs whose mirror got less than the whole stream. */
+  mirrorShortRuns?: number;
   p50Us?: number;
   p99Us?: number;
   concurrentP99Us?: number;
@@ -352,6 +354,7 @@ function medians(r: PathResult): PathMedians {
   const rss = [...r.bulk.map((s) => s.peakRssBytes), ...r.rr.map((s) => s.peakRssBytes)].filter((x): x is number => x !== undefined);
   if (rss.length > 0) m.peakRssMB = Math.max(...rss) / 2 ** 20;
   set('mirrorFraction', median(r.bulk.map((s) => (s.mirrorBytes === undefined ? undefined : s.mirrorBytes / s.bytes))));
+  if (r.kind === 'mirror') m.mirrorShortRuns = r.bulk.filter((s) => (s.mirrorBytes ?? 0) < s.bytes).length;
   set('p50Us', median(r.rr.map((s) => s.single.p50Us)));
   set('p99Us', median(r.rr.map((s) => s.single.p99Us)));
   set('concurrentP99Us', median(r.rr.map((s) => s.concurrent.p99Us)));
