@@ -61,7 +61,8 @@ function expectOneLineError(r: Result, code: number, pattern: RegExp): void {
   expect(r.stderr).toMatch(pattern);
 }
 
-describe('kstreams CLI', () => {
+// Each case starts node + tsx (1-2 s, more when the whole unit suite runs beside it on 2 cores).
+describe('kstreams CLI', { timeout: 60_000 }, () => {
   it('validates the embedded example, read from stdin', async () => {
     const ex = await kstreams(['example']);
     expect(ex.code).toBe(0);
