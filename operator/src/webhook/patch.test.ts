@@ -40,6 +40,8 @@ describe('computePodPatch', () => {
       );
       expect(sidecar.restartPolicy).toBeUndefined();
       expect(patched.spec.initContainers).toBeUndefined();
+      // kubectl logs/exec keep defaulting to the app, not the sidecar now first.
+      expect(patched.metadata?.annotations?.['kubectl.kubernetes.io/default-container']).toBe('app');
     });
 
     it('appends the sidecar without a hook when the app need not wait', () => {
@@ -62,6 +64,7 @@ describe('computePodPatch', () => {
       expect(sidecar.startupProbe.httpGet).toEqual({ path: '/readyz', port: 15090, scheme: 'HTTP' });
       expect(sidecar.lifecycle).toBeUndefined();
       expect(patched.spec.containers?.map((c) => c.name)).toEqual(['app']);
+      expect(patched.metadata?.annotations?.['kubectl.kubernetes.io/default-container']).toBeUndefined();
     });
 
     it('creates initContainers when the pod has none', () => {
@@ -93,7 +96,11 @@ describe('computePodPatch', () => {
     expect(s.readinessProbe.httpGet.path).toBe('/readyz');
     expect(s.livenessProbe.httpGet.path).toBe('/healthz');
     expect(s.resources).toEqual(config.sidecar.resources);
-    expect(patched.metadata?.annotations).toEqual({ [INJECTED_ANNOTATION]: INJECTOR_VERSION, [AGENT_PORT_ANNOTATION]: '15090' });
+    expect(patched.metadata?.annotations).toEqual({
+      [INJECTED_ANNOTATION]: INJECTOR_VERSION,
+      [AGENT_PORT_ANNOTATION]: '15090',
+      'kubectl.kubernetes.io/default-container': 'app',
+    });
   });
 
   it('is privileged only when the config asks, and then without contradicting allowPrivilegeEscalation', () => {

@@ -79,6 +79,8 @@ function hasContainerNamed(list: unknown, name: string): boolean {
 }
 
 const AGENT_PORT_NAME = 'kstreams-agent';
+/** Honoured by kubectl logs/exec/attach since 1.21 (older kubectl ignores it). */
+export const DEFAULT_CONTAINER_ANNOTATION = 'kubectl.kubernetes.io/default-container';
 
 /**
  * The sidecar container. Why these privileges: the agent loads eBPF programs (CAP_BPF) and attaches an
@@ -197,6 +199,11 @@ export function computePodPatch(
   if (typeof annotations[INJECTED_ANNOTATION] !== 'string') wanted[INJECTED_ANNOTATION] = INJECTOR_VERSION;
   if (typeof annotations[AGENT_PORT_ANNOTATION] !== 'string')
     wanted[AGENT_PORT_ANNOTATION] = String(config.sidecar.agentPort);
+  // With the sidecar first in containers, kubectl logs/exec would pick it by default: point them at the app.
+  if (!present && !native && config.sidecar.holdApplicationUntilAttached && Array.isArray(spec.containers)) {
+    const app = spec.containers.find((c): c is Obj => isObj(c) && typeof c.name === 'string' && c.name !== '');
+    if (app && typeof annotations[DEFAULT_CONTAINER_ANNOTATION] !== 'string') wanted[DEFAULT_CONTAINER_ANNOTATION] = app.name as string;
+  }
   if (Object.keys(wanted).length > 0) {
     if (pod.metadata === undefined) patch.push({ op: 'add', path: '/metadata', value: { annotations: wanted } });
     else if (metadata.annotations === undefined) patch.push({ op: 'add', path: '/metadata/annotations', value: wanted });

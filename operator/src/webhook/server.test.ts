@@ -143,6 +143,18 @@ describe('webhook HTTPS server', () => {
     expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
   });
 
+  it('refuses to start on a port in use, saying which', async () => {
+    const second = startWebhook({
+      config: { ...config, port: hook.port },
+      kube: new KubeConfig(),
+      logger: pino({ level: 'silent' }),
+      registry,
+      serverVersion: { major: 1, minor: 20 },
+      tlsSource: await StaticTls.create(),
+    });
+    await expect(second).rejects.toThrow(new RegExp(`cannot listen on 127.0.0.1:${hook.port}: .*EADDRINUSE`));
+  });
+
   it('hot-reloads a new certificate for new connections', async () => {
     const before = await servedFingerprint(hook.port, tls.caPem);
     expect(before).toBe(fingerprint(tls.pem.certPem));

@@ -216,13 +216,19 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     }
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (e) {
+    // Do not leave the Secret watch and timers of the TLS source running behind a server that never was.
+    await tls.stop();
+    throw new Error(`webhook cannot listen on ${config.host}:${config.port}: ${(e as Error).message}`);
+  }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   log.info({ port, host: config.host, path: config.path, nativeSidecar: native, version }, 'webhook listening');
