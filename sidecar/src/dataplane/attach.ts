@@ -9,9 +9,7 @@ import type {
   InterceptionConfig,
   MirrorConfig,
 } from '../../../native/lib/types.js';
-// Engine is not in the native/lib barrel yet; switch to index.js when it is.
-import { Engine } from '../../../native/lib/engine.js';
-import { Interception } from '../../../native/lib/index.js';
+import { Engine, Interception } from '../../../native/lib/index.js';
 import { AttachError, classifyNativeError } from './errors.js';
 import { planTransform } from './transform.js';
 import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets.js';
