@@ -1,0 +1,458 @@
+// The Helm chart with the real helm v4 binary (scripts/install-helm.sh): lint, the rendered objects for
+// every value that changes them, the values schema refusing bad input, and an install into the real
+// kube-apiserver 1.20 of the integration run (no kubelet: pods stay Pending, so no --wait).
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
+import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';
+import { CRD_SOURCE } from './generate.js';
+import { CHART_DIR, findObject, helmBinary, KUBECTL, mustRun, renderChart, run, type K8sObject } from './testing/helm.js';
+
+type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+// helm keeps a cache, config and data dir: give it throwaway ones instead of ~/.cache/helm etc.
+const helmHome = mkdtempSync(join(tmpdir(), 'kstreams-helm-'));
+const helmEnv: NodeJS.ProcessEnv = {
+  ...process.env,
+  HELM_CACHE_HOME: join(helmHome, 'cache'),
+  HELM_CONFIG_HOME: join(helmHome, 'config'),
+  HELM_DATA_HOME: join(helmHome, 'data'),
+};
+afterAll(() => rmSync(helmHome, { recursive: true, force: true }));
+
+const render = (values: Record<string, unknown> = {}, namespace = 'kstreams-system') => renderChart(values, { namespace, env: helmEnv });
+const helm = (args: string[]) => run(helmBinary(), args, helmEnv);
+
+/** The operator's config as the operator itself parses it (strict zod schema), from the rendered ConfigMap. */
+function operatorConfig(objects: K8sObject[]): OperatorConfig {
+  const cm = findObject(objects, 'ConfigMap') as Obj;
+  return parseConfig({ ...parseYaml(cm.data['config.yaml'] as string), identity: 'kstreams-test-pod' });
+}
+
+function webhookEntry(objects: K8sObject[]): Obj {
+  const mwc = findObject(objects, 'MutatingWebhookConfiguration') as Obj;
+  expect(mwc.webhooks).toHaveLength(1);
+  return mwc.webhooks[0];
+}
+
+function rulesOf(objects: K8sObject[], kind: 'ClusterRole' | 'Role', name: string): Obj[] {
+  return (findObject(objects, kind, name) as Obj).rules;
+}
+
+function operatorContainer(objects: K8sObject[]): Obj {
+  return (findObject(objects, 'Deployment') as Obj).spec.template.spec.containers[0];
+}
+
+describe('helm lint', () => {
+  it('passes --strict with the default values and with cert-manager TLS', async () => {
+    const r = await helm(['lint', '--strict', CHART_DIR]);
+    expect(r.stderr + r.stdout).toContain('0 chart(s) failed');
+    expect(r.code).toBe(0);
+    const cm = await helm(['lint', '--strict', CHART_DIR, '--set', 'webhook.tls.mode=cert-manager']);
+    expect(cm.code, cm.stderr + cm.stdout).toBe(0);
+  });
+});
+
+describe('the chart rendered with its default values', () => {
+  let objects: K8sObject[];
+  beforeAll(async () => {
+    objects = await render();
+  });
+
+  it('holds the CRD, operator, webhook, RBAC and PDB, and nothing for cert-manager', () => {
+    const kinds = objects.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+    expect(kinds).toEqual(
+      [
+        'ClusterRole/kstreams-operator',
+        'ClusterRole/kstreams-sidecar',
+        'ClusterRoleBinding/kstreams-operator',
+        'ConfigMap/kstreams-config',
+        'CustomResourceDefinition/streampaths.kstreams.io',
+        'Deployment/kstreams',
+        'MutatingWebhookConfiguration/kstreams-sidecar-injector',
+        'PodDisruptionBudget/kstreams',
+        'Role/kstreams-operator',
+        'RoleBinding/kstreams-operator',
+        'Service/kstreams-metrics',
+        'Service/kstreams-webhook',
+        'ServiceAccount/kstreams',
+      ].sort(),
+    );
+    for (const o of objects) expect(o.metadata.labels?.['app.kubernetes.io/instance'], `${o.kind} labels`).toBe('kstreams');
+  });
+
+  it('renders the CRD as crds/streampath.yaml, plus Helm labels and the keep policy', () => {
+    const crd = findObject(objects, 'CustomResourceDefinition') as Obj;
+    const source = parseYaml(readFileSync(CRD_SOURCE, 'utf8')) as Obj;
+    expect(crd.metadata.annotations).toEqual({ 'helm.sh/resource-policy': 'keep' });
+    expect(crd.metadata.labels).toMatchObject({ ...source.metadata.labels, 'app.kubernetes.io/managed-by': 'Helm' });
+    const strip = (o: Obj) => ({ ...o, metadata: { name: o.metadata.name } });
+    expect(strip(crd)).toEqual(strip(source));
+  });
+
+  it('gives the operator a config its own zod schema accepts, with the sidecar on the same image', () => {
+    const config = operatorConfig(objects);
+    expect(config.namespace).toBe('kstreams-system');
+    expect(config.webhook).toMatchObject({
+      namespace: 'kstreams-system',
+      serviceName: 'kstreams-webhook',
+      servicePort: 443,
+      webhookConfigurationName: 'kstreams-sidecar-injector',
+      manageWebhookConfiguration: true,
+      failurePolicy: 'Ignore',
+      tls: { mode: 'self-managed', secretName: 'kstreams-webhook-tls' },
+    });
+    expect(config.webhook.sidecar.image).toBe(operatorContainer(objects).image);
+    expect(operatorContainer(objects).image).toBe('kstreams/kstreams:0.1.0');
+    expect(config.webhook.sidecar.privileged).toBe(false);
+  });
+
+  it('renders exactly the webhook the operator computes, without a caBundle (the operator patches it)', () => {
+    const config = operatorConfig(objects);
+    const entry = webhookEntry(objects);
+    expect(entry).toEqual(JSON.parse(JSON.stringify(desiredWebhook(config.webhook, undefined))));
+    expect(entry.clientConfig.caBundle).toBeUndefined();
+    expect(entry.failurePolicy).toBe('Ignore');
+    expect(entry.timeoutSeconds).toBeLessThanOrEqual(10);
+    expect(entry.namespaceSelector).toEqual({
+      matchLabels: { 'kstreams.io/inject': 'enabled' },
+      matchExpressions: [
+        { key: 'kubernetes.io/metadata.name', operator: 'NotIn', values: ['kstreams-system', 'kube-node-lease', 'kube-public', 'kube-system'] },
+      ],
+    });
+    expect(entry.objectSelector).toEqual({ matchExpressions: [{ key: 'kstreams.io/inject', operator: 'NotIn', values: ['false'] }] });
+    const mwc = findObject(objects, 'MutatingWebhookConfiguration');
+    expect(mwc.metadata.annotations?.['cert-manager.io/inject-ca-from']).toBeUndefined();
+  });
+
+  it('runs 2 restricted replicas spread by preferred anti-affinity, probed on /healthz and /readyz', () => {
+    const deployment = findObject(objects, 'Deployment') as Obj;
+    const pod = deployment.spec.template;
+    expect(deployment.spec.replicas).toBe(2);
+    expect(deployment.spec.selector.matchLabels).toEqual({
+      'app.kubernetes.io/name': 'kstreams',
+      'app.kubernetes.io/instance': 'kstreams',
+      'app.kubernetes.io/component': 'operator',
+    });
+    expect(pod.metadata.labels).toMatchObject(deployment.spec.selector.matchLabels);
+    expect(pod.metadata.annotations['checksum/config']).toMatch(/^[0-9a-f]{64}$/);
+    const anti = pod.spec.affinity.podAntiAffinity;
+    expect(anti.requiredDuringSchedulingIgnoredDuringExecution).toBeUndefined();
+    expect(anti.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm).toEqual({
+      topologyKey: 'kubernetes.io/hostname',
+      labelSelector: { matchLabels: deployment.spec.selector.matchLabels },
+    });
+    expect(pod.spec.serviceAccountName).toBe('kstreams');
+    expect(pod.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    const c = operatorContainer(objects);
+    expect(c.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+    expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'http-metrics' });
+    expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'http-metrics' });
+    expect(c.resources.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
+    expect(c.resources.limits.memory).toBeDefined();
+    expect(c.ports).toEqual([
+      { name: 'https-webhook', containerPort: 9443, protocol: 'TCP' },
+      { name: 'http-metrics', containerPort: 8080, protocol: 'TCP' },
+    ]);
+    const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
+    expect(env).toEqual({ KSTREAMS_OPERATOR_CONFIG: '/etc/kstreams/config/config.yaml', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace' });
+    expect(c.volumeMounts).toEqual([{ name: 'config', mountPath: '/etc/kstreams/config', readOnly: true }]);
+  });
+
+  it('maps the webhook Service 443 to the webhook port, and a PDB keeps one replica', () => {
+    const svc = findObject(objects, 'Service', 'kstreams-webhook') as Obj;
+    expect(svc.spec.ports).toEqual([{ name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' }]);
+    const metrics = findObject(objects, 'Service', 'kstreams-metrics') as Obj;
+    expect(metrics.spec.ports[0]).toMatchObject({ port: 8080, targetPort: 'http-metrics' });
+    const pdb = findObject(objects, 'PodDisruptionBudget') as Obj;
+    expect(pdb.spec.minAvailable).toBe(1);
+    expect(pdb.spec.selector.matchLabels).toEqual((findObject(objects, 'Deployment') as Obj).spec.selector.matchLabels);
+  });
+
+  it('grants least privilege: reads cluster-wide, writes only StreamPaths, Events, its Lease, its Secret and its webhook', () => {
+    expect(rulesOf(objects, 'ClusterRole', 'kstreams-operator')).toEqual([
+      { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch', 'update', 'patch'] },
+      { apiGroups: ['kstreams.io'], resources: ['streampaths/status'], verbs: ['get', 'update', 'patch'] },
+      { apiGroups: ['kstreams.io'], resources: ['streampaths/finalizers'], verbs: ['update'] },
+      { apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+      {
+        apiGroups: ['admissionregistration.k8s.io'],
+        resources: ['mutatingwebhookconfigurations'],
+        resourceNames: ['kstreams-sidecar-injector'],
+        verbs: ['get', 'update', 'patch'],
+      },
+    ]);
+    const role = findObject(objects, 'Role', 'kstreams-operator') as Obj;
+    expect(role.metadata.namespace).toBe('kstreams-system');
+    expect(role.rules).toEqual([
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'watch', 'create', 'update'] },
+    ]);
+    expect(rulesOf(objects, 'ClusterRole', 'kstreams-sidecar')).toEqual([
+      { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+    ]);
+    for (const kind of ['ClusterRoleBinding', 'RoleBinding'] as const) {
+      expect((findObject(objects, kind, 'kstreams-operator') as Obj).subjects).toEqual([
+        { kind: 'ServiceAccount', name: 'kstreams', namespace: 'kstreams-system' },
+      ]);
+    }
+  });
+});
+
+describe('values that change the rendered chart', () => {
+  it('crds.install=false leaves the CRD out; crds.keep=false lets uninstall delete it', async () => {
+    const without = await render({ 'crds.install': false });
+    expect(without.filter((o) => o.kind === 'CustomResourceDefinition')).toEqual([]);
+    const notKept = findObject(await render({ 'crds.keep': false }), 'CustomResourceDefinition');
+    expect(notKept.metadata.annotations).toBeUndefined();
+  });
+
+  it('tls.mode=cert-manager: a self-signed Issuer, a Certificate, the CA injector annotation, the Secret mounted, no caBundle rights', async () => {
+    const objects = await render({ 'webhook.tls.mode': 'cert-manager' }, 'ops');
+    const cert = findObject(objects, 'Certificate') as Obj;
+    const issuer = findObject(objects, 'Issuer') as Obj;
+    expect(issuer.spec).toEqual({ selfSigned: {} });
+    expect(cert.spec.issuerRef).toEqual({ name: issuer.metadata.name, kind: 'Issuer', group: 'cert-manager.io' });
+    expect(cert.spec.dnsNames).toEqual(['kstreams-webhook', 'kstreams-webhook.ops', 'kstreams-webhook.ops.svc', 'kstreams-webhook.ops.svc.cluster.local']);
+    const mwc = findObject(objects, 'MutatingWebhookConfiguration');
+    expect(mwc.metadata.annotations).toEqual({ 'cert-manager.io/inject-ca-from': `ops/${cert.metadata.name}` });
+    expect(webhookEntry(objects).clientConfig.caBundle).toBeUndefined();
+
+    const config = operatorConfig(objects);
+    expect(config.webhook.tls).toMatchObject({ mode: 'cert-manager', certDir: '/etc/kstreams/webhook-tls' });
+    expect(config.webhook.manageWebhookConfiguration).toBe(false);
+    const deployment = findObject(objects, 'Deployment') as Obj;
+    expect(deployment.spec.template.spec.volumes).toContainEqual({ name: 'webhook-tls', secret: { secretName: cert.spec.secretName } });
+    expect(operatorContainer(objects).volumeMounts).toContainEqual({ name: 'webhook-tls', mountPath: '/etc/kstreams/webhook-tls', readOnly: true });
+    // cert-manager owns the Secret and the caBundle: the operator gets neither right.
+    const clusterRules = JSON.stringify(rulesOf(objects, 'ClusterRole', 'kstreams-operator'));
+    expect(clusterRules).not.toContain('mutatingwebhookconfigurations');
+    expect(JSON.stringify(rulesOf(objects, 'Role', 'kstreams-operator'))).not.toContain('secrets');
+    expect(webhookEntry(objects)).toEqual(JSON.parse(JSON.stringify(desiredWebhook(config.webhook, undefined))));
+  });
+
+  it('tls.mode=cert-manager with an issuerRef uses that issuer and creates none', async () => {
+    const objects = await render({ 'webhook.tls.mode': 'cert-manager', 'webhook.tls.certManager.issuerRef': { kind: 'ClusterIssuer', name: 'corp-ca' } });
+    expect(objects.filter((o) => o.kind === 'Issuer')).toEqual([]);
+    expect((findObject(objects, 'Certificate') as Obj).spec.issuerRef).toEqual({ name: 'corp-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' });
+  });
+
+  it('replicaCount sets the replicas; with a single replica there is no PDB to block drains', async () => {
+    const three = await render({ replicaCount: 3 });
+    expect((findObject(three, 'Deployment') as Obj).spec.replicas).toBe(3);
+    expect((findObject(three, 'PodDisruptionBudget') as Obj).spec.minAvailable).toBe(1);
+    const one = await render({ replicaCount: 1 });
+    expect((findObject(one, 'Deployment') as Obj).spec.replicas).toBe(1);
+    expect(one.filter((o) => o.kind === 'PodDisruptionBudget')).toEqual([]);
+  });
+
+  it('sidecar.privileged and sidecar.image reach the operator config that builds the pod patch', async () => {
+    const config = operatorConfig(
+      await render({ 'sidecar.privileged': true, 'sidecar.image': { repository: 'registry.local/kstreams-agent', tag: 'dev', pullPolicy: 'Never' } }),
+    );
+    expect(config.webhook.sidecar).toMatchObject({ privileged: true, image: 'registry.local/kstreams-agent:dev', imagePullPolicy: 'Never' });
+    const defaults = operatorConfig(await render({ 'image.tag': '1.2.3', 'image.pullPolicy': 'Always' }));
+    expect(defaults.webhook.sidecar).toMatchObject({ privileged: false, image: 'kstreams/kstreams:1.2.3', imagePullPolicy: 'Always' });
+  });
+
+  it('webhook.excludedNamespaces joins the always-excluded ones, in the selector and in the operator config', async () => {
+    const objects = await render({ 'webhook.excludedNamespaces': ['legacy', 'aaa-batch'], 'webhook.failurePolicy': 'Fail', 'webhook.timeoutSeconds': 3 });
+    const entry = webhookEntry(objects);
+    expect(entry.namespaceSelector.matchExpressions[0].values).toEqual(['aaa-batch', 'kstreams-system', 'kube-node-lease', 'kube-public', 'kube-system', 'legacy']);
+    expect(entry).toMatchObject({ failurePolicy: 'Fail', timeoutSeconds: 3 });
+    const config = operatorConfig(objects);
+    expect(config.webhook.excludedNamespaces).toEqual(['legacy', 'aaa-batch']);
+    expect(entry).toEqual(JSON.parse(JSON.stringify(desiredWebhook(config.webhook, undefined))));
+  });
+
+  it('sidecar.rbac.namespaces binds the sidecar ClusterRole to every ServiceAccount of those namespaces', async () => {
+    const objects = await render({ 'sidecar.rbac.namespaces': ['shop', 'cart'] });
+    const bindings = objects.filter((o) => o.kind === 'RoleBinding' && o.metadata.name === 'kstreams-sidecar') as Obj[];
+    expect(bindings.map((b) => [b.metadata.namespace, b.roleRef.name, b.subjects])).toEqual([
+      ['shop', 'kstreams-sidecar', [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:serviceaccounts:shop' }]],
+      ['cart', 'kstreams-sidecar', [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:serviceaccounts:cart' }]],
+    ]);
+  });
+
+  it('release and fullnameOverride name every object, cluster-scoped ones included', async () => {
+    const objects = await renderChart({ fullnameOverride: 'mirror' }, { release: 'prod', namespace: 'net', env: helmEnv });
+    expect(findObject(objects, 'MutatingWebhookConfiguration').metadata.name).toBe('mirror-sidecar-injector');
+    expect(operatorConfig(objects).leaderElection.leaseName).toBe('mirror-operator');
+    const byRelease = await renderChart({}, { release: 'edge', namespace: 'net', env: helmEnv });
+    expect(findObject(byRelease, 'Deployment').metadata.name).toBe('edge-kstreams');
+    expect(findObject(byRelease, 'ClusterRole', 'edge-kstreams-sidecar')).toBeDefined();
+  });
+});
+
+describe('values.schema.json', () => {
+  const template = (...args: string[]) => helm(['template', 'kstreams', CHART_DIR, ...args]);
+
+  it.each([
+    [['--set', 'webhok.port=9443'], "additional properties 'webhok' not allowed"],
+    [['--set', 'webhook.tls.selfManged.secretName=x'], "additional properties 'selfManged' not allowed"],
+    [['--set', 'replicaCount=two'], "at '/replicaCount': got string, want integer"],
+    [['--set', 'crds.install=yes'], "at '/crds/install': got string, want boolean"],
+    [['--set', 'webhook.tls.mode=vault'], '/webhook/tls/mode'],
+    [['--set', 'webhook.failurePolicy=ignore'], '/webhook/failurePolicy'],
+    [['--set', 'webhook.timeoutSeconds=60'], '/webhook/timeoutSeconds'],
+    [['--set-json', 'webhook.excludedNamespaces=["Not_A_Namespace"]'], '/webhook/excludedNamespaces/0'],
+  ])('refuses %j naming the value (%s)', async (args, message) => {
+    const r = await template(...args);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("values don't meet the specifications of the schema");
+    expect(r.stderr).toContain(message);
+    expect(r.stdout).toBe('');
+  });
+});
+
+const kubeconfig = inject('kubeconfig');
+
+describe('helm install into the real apiserver', () => {
+  const suffix = randomBytes(3).toString('hex');
+  const namespace = `kstreams-chart-${suffix}`;
+  const appNamespace = `kstreams-chart-app-${suffix}`;
+  const release = `ks-${suffix}`;
+  const fullname = `${release}-kstreams`;
+  const sa = `system:serviceaccount:${namespace}:${fullname}`;
+  const kubectl = (...args: string[]) => run(KUBECTL, ['--kubeconfig', kubeconfig, ...args]);
+  const getJson = async (...args: string[]): Promise<Obj> => JSON.parse(await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'get', ...args, '-o', 'json']));
+  const canI = async (args: string[], as: string[]) => {
+    const r = await kubectl('auth', 'can-i', ...args, ...as);
+    return r.stdout.trim();
+  };
+  let installed = false;
+
+  beforeAll(async () => {
+    if (!kubeconfig) throw new Error('no kubeconfig injected: the integration globalSetup did not start a control plane');
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'create', 'namespace', appNamespace]);
+    // --take-ownership: the CRD is cluster-wide and other integration files may have applied it with
+    // kubectl before this file runs; a user's first install into a fresh cluster does not need it.
+    await mustRun(
+      helmBinary(),
+      ['install', release, CHART_DIR, '--namespace', namespace, '--create-namespace', '--kubeconfig', kubeconfig, '--take-ownership',
+        '--set-json', `sidecar.rbac.namespaces=["${appNamespace}"]`],
+      helmEnv,
+    );
+    installed = true;
+  });
+
+  afterAll(async () => {
+    if (installed) await helm(['uninstall', release, '--namespace', namespace, '--kubeconfig', kubeconfig]);
+    // Without a controller-manager namespaces stay Terminating; their names are fresh per run.
+    await kubectl('delete', 'namespace', namespace, appNamespace, '--wait=false', '--ignore-not-found');
+  });
+
+  it('establishes the StreamPath CRD, kept on uninstall', async () => {
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'wait', '--for=condition=Established', 'crd/streampaths.kstreams.io', '--timeout=60s']);
+    const crd = await getJson('crd', 'streampaths.kstreams.io');
+    expect(crd.metadata.annotations['helm.sh/resource-policy']).toBe('keep');
+    expect(crd.metadata.annotations['meta.helm.sh/release-name']).toBe(release);
+    expect(crd.spec.names.shortNames).toEqual(['sp']);
+  });
+
+  it('creates the operator Deployment, Services, a PDB the 1.20 apiserver serves, and the ConfigMap', async () => {
+    const deployment = await getJson('deployment', fullname, '-n', namespace);
+    expect(deployment.spec.replicas).toBe(2);
+    const webhookSvc = await getJson('service', `${fullname}-webhook`, '-n', namespace);
+    expect(webhookSvc.spec.ports).toEqual([{ name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' }]);
+    expect(webhookSvc.spec.clusterIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    await getJson('service', `${fullname}-metrics`, '-n', namespace);
+    // 1.20 has no policy/v1: the chart picked v1beta1 from the server's API versions.
+    const pdb = await getJson('poddisruptionbudgets.v1beta1.policy', fullname, '-n', namespace);
+    expect(pdb.spec.minAvailable).toBe(1);
+    const cm = await getJson('configmap', `${fullname}-config`, '-n', namespace);
+    const config = parseConfig({ ...parseYaml(cm.data['config.yaml']), identity: 'x' });
+    expect(config.namespace).toBe(namespace);
+    expect(config.webhook.webhookConfigurationName).toBe(`${fullname}-sidecar-injector`);
+  });
+
+  it('registers the MutatingWebhookConfiguration with the opt-in selectors and failurePolicy Ignore', async () => {
+    const mwc = await getJson('mutatingwebhookconfiguration', `${fullname}-sidecar-injector`);
+    expect(mwc.webhooks).toHaveLength(1);
+    const w = mwc.webhooks[0];
+    expect(w).toMatchObject({
+      name: 'sidecar-injector.kstreams.io',
+      failurePolicy: 'Ignore',
+      sideEffects: 'None',
+      timeoutSeconds: 5,
+      clientConfig: { service: { name: `${fullname}-webhook`, namespace, port: 443, path: '/mutate-pods' } },
+      rules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'], scope: 'Namespaced' }],
+      objectSelector: { matchExpressions: [{ key: 'kstreams.io/inject', operator: 'NotIn', values: ['false'] }] },
+    });
+    expect(w.namespaceSelector.matchLabels).toEqual({ 'kstreams.io/inject': 'enabled' });
+    expect(w.namespaceSelector.matchExpressions[0].values).toEqual([namespace, 'kube-node-lease', 'kube-public', 'kube-system'].sort());
+    expect(w.clientConfig.caBundle).toBeUndefined();
+  });
+
+  it("gives the operator's ServiceAccount what it needs and nothing more (checked by the apiserver's RBAC)", async () => {
+    const asOperator = ['--as', sa, '--as-group', `system:serviceaccounts:${namespace}`, '--as-group', 'system:serviceaccounts'];
+    const yes = [
+      ['watch', 'streampaths.kstreams.io', '--all-namespaces'],
+      ['patch', 'streampaths.kstreams.io/status', '-n', appNamespace],
+      ['update', 'streampaths.kstreams.io/finalizers', '-n', appNamespace],
+      ['list', 'pods', '--all-namespaces'],
+      ['watch', 'namespaces'],
+      ['get', 'endpoints', '-n', appNamespace],
+      ['create', 'events', '-n', appNamespace],
+      ['update', 'leases.coordination.k8s.io', '-n', namespace],
+      ['create', 'secrets', '-n', namespace],
+      ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
+    ];
+    const no = [
+      ['get', 'secrets', '-n', appNamespace],
+      ['update', 'leases.coordination.k8s.io', '-n', appNamespace],
+      ['update', 'mutatingwebhookconfigurations/someone-elses-webhook'],
+      ['create', 'mutatingwebhookconfigurations'],
+      ['create', 'pods', '-n', appNamespace],
+      ['delete', 'streampaths.kstreams.io', '-n', appNamespace],
+      ['create', 'clusterrolebindings'],
+    ];
+    const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
+    expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));
+    expect(await answers(no)).toEqual(no.map((a) => `${a.join(' ')}: no`));
+  });
+
+  it('lets sidecars of a listed namespace read their StreamPaths and Services, read-only, there only', async () => {
+    const asPodSa = (ns: string) => ['--as', `system:serviceaccount:${ns}:default`, '--as-group', `system:serviceaccounts:${ns}`, '--as-group', 'system:serviceaccounts'];
+    expect(await canI(['watch', 'streampaths.kstreams.io', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
+    expect(await canI(['get', 'services', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
+    expect(await canI(['watch', 'pods', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
+    expect(await canI(['update', 'streampaths.kstreams.io/status', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
+    expect(await canI(['get', 'secrets', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
+    expect(await canI(['watch', 'streampaths.kstreams.io', '-n', namespace], asPodSa(namespace))).toBe('no');
+  });
+
+  it('helm uninstall removes everything but the CRD', async () => {
+    await mustRun(helmBinary(), ['uninstall', release, '--namespace', namespace, '--kubeconfig', kubeconfig], helmEnv);
+    installed = false;
+    const gone = [
+      ['deployment', fullname, '-n', namespace],
+      ['service', `${fullname}-webhook`, '-n', namespace],
+      ['configmap', `${fullname}-config`, '-n', namespace],
+      ['serviceaccount', fullname, '-n', namespace],
+      ['poddisruptionbudgets.v1beta1.policy', fullname, '-n', namespace],
+      ['role', `${fullname}-operator`, '-n', namespace],
+      ['rolebinding', `${fullname}-sidecar`, '-n', appNamespace],
+      ['clusterrole', `${fullname}-operator`],
+      ['clusterrole', `${fullname}-sidecar`],
+      ['clusterrolebinding', `${fullname}-operator`],
+      ['mutatingwebhookconfiguration', `${fullname}-sidecar-injector`],
+    ];
+    for (const args of gone) {
+      // helm uninstall deletes synchronously (foreground for none of these kinds has finalizers here).
+      const r = await kubectl('get', ...args, '--ignore-not-found', '-o', 'name');
+      expect(r.code, r.stderr).toBe(0);
+      expect(`${args.join(' ')}: ${r.stdout.trim()}`).toBe(`${args.join(' ')}: `);
+    }
+    const crd = await getJson('crd', 'streampaths.kstreams.io');
+    expect(crd.status.conditions.find((c: Obj) => c.type === 'Established').status).toBe('True');
+  });
+});
