@@ -146,4 +146,28 @@ describe('kstreams run on a real kernel', () => {
     expect(last.requestLine).toBe('GET /after-kill HTTP/1.1');
     expect(last.remote!.startsWith(`${scene.clientAddress}:`)).toBe(true);
   });
+
+  it('counts a mirror target that refuses connections, while the app gets every byte', async () => {
+    const file = scene.writeStreamPath('refused');
+    // Nothing listens on 9999 in staging: every mirror connect is refused.
+    writeFileSync(file, readFileSync(file, 'utf8').replace(`${scene.stagingAddress}:8080`, `${scene.stagingAddress}:9999`));
+    cli = CliRun.start(file, scene.app.name);
+    await cli.attached();
+    const closedBefore = scene.appServer.closedConnections().length;
+    const body = 'z'.repeat(4096);
+    for (let i = 0; i < 3; i++) expect(await scene.curl(`/refused/${i}`, { body })).toBe(200);
+    await waitFor('the app to close the 3 connections', () => scene.appServer.closedConnections().length >= closedBefore + 3);
+    const appBytes = scene.appServer.closedConnections().slice(closedBefore).reduce((a, e) => a + e.bytesRead!, 0);
+    expect(scene.appServer.requests().slice(-3).every((r) => r.bodyBytes === body.length)).toBe(true);
+
+    const { code, summary } = await cli.interrupt();
+    expect(code).toBe(0);
+    expect(summary).toMatchObject({
+      connections: 3,
+      bytesPrimary: appBytes,
+      bytesMirrored: 0,
+      bytesDropped: appBytes,
+      targets: [{ name: 'staging', connectFailures: 3, bytesMirrored: 0, bytesDropped: appBytes }],
+    });
+  });
 });
