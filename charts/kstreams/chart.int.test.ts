@@ -1,15 +1,17 @@
 // The Helm chart with the real helm v4 binary (scripts/install-helm.sh): lint, the rendered objects for
 // every value that changes them, the values schema refusing bad input, and an install into the real
 // kube-apiserver 1.20 of the integration run (no kubelet: pods stay Pending, so no --wait).
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { parse as parseYaml } from 'yaml';
+import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { waitFor } from '../../e2e/cluster/local/processes.js';
 import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
 import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';
-import { CRD_SOURCE } from './generate.js';
+import { CRD_SOURCE, REPO_ROOT } from './generate.js';
 import { CHART_DIR, findObject, helmBinary, KUBECTL, mustRun, renderChart, run, type K8sObject } from './testing/helm.js';
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -329,6 +331,7 @@ describe('helm install into the real apiserver', () => {
     return r.stdout.trim();
   };
   let installed = false;
+  let operator: ChildProcess | undefined;
 
   beforeAll(async () => {
     if (!kubeconfig) throw new Error('no kubeconfig injected: the integration globalSetup did not start a control plane');
@@ -345,6 +348,11 @@ describe('helm install into the real apiserver', () => {
   });
 
   afterAll(async () => {
+    if (operator && operator.exitCode === null) {
+      const gone = new Promise((resolve) => operator!.once('exit', resolve));
+      operator.kill('SIGKILL');
+      await gone;
+    }
     if (installed) await helm(['uninstall', release, '--namespace', namespace, '--kubeconfig', kubeconfig]);
     // Without a controller-manager namespaces stay Terminating; their names are fresh per run.
     await kubectl('delete', 'namespace', namespace, appNamespace, '--wait=false', '--ignore-not-found');
@@ -428,6 +436,89 @@ describe('helm install into the real apiserver', () => {
     expect(await canI(['update', 'streampaths.kstreams.io/status', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
     expect(await canI(['get', 'secrets', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
     expect(await canI(['watch', 'streampaths.kstreams.io', '-n', namespace], asPodSa(namespace))).toBe('no');
+  });
+
+  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret and caBundle", async () => {
+    // A real token of the ServiceAccount (TokenRequest), so the apiserver authorizes exactly the chart's RBAC.
+    const newerKubectl = join(dirname(helmBinary()), 'kubectl');
+    const token = (await mustRun(newerKubectl, ['--kubeconfig', kubeconfig, 'create', 'token', fullname, '-n', namespace, '--duration', '600s'])).trim();
+    const saKubeconfig = join(helmHome, 'operator.kubeconfig');
+    writeFileSync(
+      saKubeconfig,
+      toYaml({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: 'c', cluster: { server: inject('apiServer'), 'certificate-authority': inject('apiServerCaFile') } }],
+        users: [{ name: 'operator', user: { token } }],
+        contexts: [{ name: 'c', context: { cluster: 'c', user: 'operator' } }],
+        'current-context': 'c',
+      }),
+    );
+    // The installed ConfigMap as the pod would mount it; only the listen addresses change for a run
+    // outside a pod on a shared machine (loopback, free ports).
+    const cm = await getJson('configmap', `${fullname}-config`, '-n', namespace);
+    const fileConfig = parseYaml(cm.data['config.yaml']) as Obj;
+    fileConfig.server = { host: '127.0.0.1', port: 0 };
+    fileConfig.webhook = { ...fileConfig.webhook, host: '127.0.0.1', port: 0 };
+    const configFile = join(helmHome, 'operator-config.yaml');
+    writeFileSync(configFile, toYaml(fileConfig));
+
+    const lines: Obj[] = [];
+    let stderr = '';
+    operator = spawn(process.execPath, ['--import', 'tsx', 'operator/src/main.ts'], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: saKubeconfig, POD_NAME: 'chart-test-operator', POD_NAMESPACE: namespace },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => operator!.once('exit', (code) => resolve(code)));
+    let buffered = '';
+    operator.stdout!.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString();
+      const parts = buffered.split('\n');
+      buffered = parts.pop()!;
+      for (const l of parts) if (l.trim()) lines.push(JSON.parse(l) as Obj);
+    });
+    operator.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const alive = async () => {
+      if (operator?.exitCode !== null) throw new Error(`operator exited ${operator?.exitCode}: ${stderr}\n${JSON.stringify(lines.slice(-5))}`);
+      return true;
+    };
+
+    await waitFor('the operator to start', async () => (await alive()) && lines.some((l) => l.msg === 'kstreams operator running'), { timeoutMs: 60_000 });
+    const healthPort = lines.find((l) => l.msg === 'kstreams operator running')!.healthPort as number;
+    // Ready means: leader, and its informers on streampaths, pods and namespaces listed and watching.
+    await waitFor('/readyz', async () => (await alive()) && (await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status === 200, { timeoutMs: 60_000 });
+    const lease = await getJson('lease', `${fullname}-operator`, '-n', namespace);
+    expect(lease.spec.holderIdentity).toBe('chart-test-operator');
+    // Self-managed TLS: it created its Secret and patched the caBundle of the chart's webhook object.
+    await waitFor(
+      'the caBundle',
+      async () => (await alive()) && Boolean((await getJson('mutatingwebhookconfiguration', `${fullname}-sidecar-injector`)).webhooks[0].clientConfig.caBundle),
+      { timeoutMs: 60_000 },
+    );
+    const secret = await getJson('secret', `${fullname}-webhook-tls`, '-n', namespace);
+    expect(Object.keys(secret.data)).toEqual(expect.arrayContaining(['tls.crt', 'tls.key']));
+    const refused = lines.filter((l) => /forbidden|403/i.test(JSON.stringify(l)));
+    expect(refused).toEqual([]);
+
+    operator.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    operator = undefined;
+  });
+
+  it('helm upgrade changes the webhook and keeps the caBundle the operator wrote', async () => {
+    const before = (await getJson('mutatingwebhookconfiguration', `${fullname}-sidecar-injector`)).webhooks[0];
+    expect(before.clientConfig.caBundle).toBeTruthy();
+    await mustRun(
+      helmBinary(),
+      ['upgrade', release, CHART_DIR, '--namespace', namespace, '--kubeconfig', kubeconfig, '--reuse-values', '--set', 'webhook.timeoutSeconds=7'],
+      helmEnv,
+    );
+    const after = (await getJson('mutatingwebhookconfiguration', `${fullname}-sidecar-injector`)).webhooks[0];
+    expect(after.timeoutSeconds).toBe(7);
+    expect(after.clientConfig.caBundle).toBe(before.clientConfig.caBundle);
+    const cm = await getJson('configmap', `${fullname}-config`, '-n', namespace);
+    expect(parseConfig({ ...parseYaml(cm.data['config.yaml']), identity: 'x' }).webhook.timeoutSeconds).toBe(7);
   });
 
   it('helm uninstall removes everything but the CRD', async () => {
