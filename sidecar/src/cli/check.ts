@@ -24,26 +24,35 @@ export async function checkCommand(opts: { json?: boolean }): Promise<number> {
   const kernel = await probe();
   const ok = kernel.problems.length === 0 && privileges.problems.length === 0;
   const report: CheckReport = { ok, kernel, privileges };
+  // Without CAP_BPF the kernel refuses every probe, so a feature reads as missing when it is only unseen.
+  const unprivileged = !privileges.bpf;
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(report)}\n`);
   } else {
     const mark = (b: boolean) => (b ? 'ok' : 'MISSING');
-    const rows: [string, boolean][] = [
-      ['bpf() syscall', kernel.bpfSyscall],
-      ['BTF', kernel.btf],
-      ['sk_lookup programs', kernel.skLookup],
-      ['sockmap', kernel.sockmap],
-      ['CAP_BPF (or CAP_SYS_ADMIN)', privileges.bpf],
-      ['CAP_NET_ADMIN', privileges.netAdmin],
-      ['CAP_SYS_ADMIN (for --netns)', privileges.sysAdmin],
+    const kernelMark = (b: boolean) => (b ? 'ok' : unprivileged ? 'unknown (cannot probe without CAP_BPF)' : 'MISSING');
+    const rows: [string, string][] = [
+      ['bpf() syscall', kernelMark(kernel.bpfSyscall)],
+      ['BTF', mark(kernel.btf)],
+      ['sk_lookup programs', kernelMark(kernel.skLookup)],
+      ['sockmap', kernelMark(kernel.sockmap)],
+      ['CAP_BPF (or CAP_SYS_ADMIN)', mark(privileges.bpf)],
+      ['CAP_NET_ADMIN', mark(privileges.netAdmin)],
+      ['CAP_SYS_ADMIN (for --netns)', mark(privileges.sysAdmin)],
     ];
-    const text = rows.map(([k, v]) => `${k.padEnd(30)}${mark(v)}`).join('\n');
-    const problems = [...kernel.problems, ...privileges.problems].map((p) => `  - ${p}`).join('\n');
+    const text = rows.map(([k, v]) => `${k.padEnd(30)}${v}`).join('\n');
+    const problems = (unprivileged ? privileges.problems : [...kernel.problems, ...privileges.problems]).map((p) => `  - ${p}`).join('\n');
     process.stdout.write(`${text}\n${ok ? 'ready: kstreams can attach on this machine' : `not ready:\n${problems}`}\n`);
   }
-  if (!ok) {
+  if (privileges.problems.length) {
     process.stderr.write(
-      `kstreams: this machine cannot run the data plane: ${[...kernel.problems, ...privileges.problems].join('; ')}; run as root on a kernel with sk_lookup (5.9+) and BTF\n`,
+      `kstreams: missing privileges: ${privileges.problems.join('; ')}; run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, then check again\n`,
+    );
+    return EXIT.privileges;
+  }
+  if (kernel.problems.length) {
+    process.stderr.write(
+      `kstreams: this kernel lacks what the data plane needs: ${kernel.problems.join('; ')}; use Linux 5.9+ with BTF (CONFIG_DEBUG_INFO_BTF) and BPF sockmap support\n`,
     );
     return EXIT.privileges;
   }

@@ -171,3 +171,26 @@ describe('kstreams run on a real kernel', () => {
     });
   });
 });
+
+describe('kstreams check on a real kernel', () => {
+  const check = (asNobody: boolean) => {
+    const node = [process.execPath, '--import', 'tsx', new URL('./main.ts', import.meta.url).pathname, 'check', '--json'];
+    const argv = asNobody
+      ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', ...node]
+      : node;
+    return spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  };
+
+  it('says this machine is ready as root', () => {
+    const r = check(false);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, kernel: { skLookup: true, sockmap: true, problems: [] } });
+  });
+
+  it('exits 4 without capabilities and says which ones', () => {
+    const r = check(true);
+    expect(r.status).toBe(4);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, privileges: { bpf: false, netAdmin: false } });
+    expect(r.stderr).toMatch(/^kstreams: missing privileges: CAP_BPF is missing.*run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, then check again\n$/);
+  });
+});
