@@ -447,6 +447,9 @@ enforceNodeAllocatable: []
 failSwapOn: false
 # No KUBE-MARK-*/KUBE-FIREWALL chains on this shared machine (there is no kube-proxy to use them).
 makeIPTablesUtilChains: false
+# The first status after registration says NotReady (runtime not yet checked); the default 10 s until the
+# next one is pure waiting for a test node.
+nodeStatusUpdateFrequency: 1s
 resolvConf: ""
 clusterDomain: cluster.local
 authentication:
