@@ -294,6 +294,19 @@ describe('values that change the rendered chart', () => {
   });
 });
 
+describe('NOTES.txt', () => {
+  it('tells the next steps: label a namespace, bind the sidecar role, apply a StreamPath, kubectl get sp', async () => {
+    const r = await helm(['install', 'kstreams', CHART_DIR, '--namespace', 'kstreams-system', '--dry-run=client']);
+    expect(r.code, r.stderr).toBe(0);
+    const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    expect(notes).toContain('kubectl label namespace <ns> kstreams.io/inject=enabled');
+    expect(notes).toContain('create rolebinding kstreams-sidecar');
+    expect(notes).toContain('apply -f streampath.yaml');
+    expect(notes).toContain('get streampaths');
+    expect(notes).toContain('the operator creates Secret kstreams-webhook-tls');
+  });
+});
+
 describe('values.schema.json', () => {
   const template = (...args: string[]) => helm(['template', 'kstreams', CHART_DIR, ...args]);
 
