@@ -1,7 +1,7 @@
 // The stream engine as a typed class over kstreams.node. The engine's worker threads move the bytes;
 // this wrapper only starts, reconfigures, reads counters and stops them.
 import { addon } from './addon.js';
-import type { Endpoint, EngineConfig, EngineStats, MirrorConfig } from './types.js';
+import { sourcesPerFamily, type Endpoint, type EngineConfig, type EngineStats, type MirrorConfig } from './types.js';
 
 interface RawStart {
   handle: unknown;
@@ -32,7 +32,8 @@ export class Engine {
    * or a TypeError (code ERR_INVALID_ARG_TYPE) naming the config field that is wrong.
    */
   static start(config: EngineConfig): Engine {
-    const raw = addon().engineStart(config) as RawStart;
+    const { upstreamSource, upstreamSources, ...rest } = config;
+    const raw = addon().engineStart({ ...rest, upstreamSources: sourcesPerFamily(upstreamSource, upstreamSources) }) as RawStart;
     return new Engine(raw.handle, raw);
   }
 

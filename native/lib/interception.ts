@@ -3,10 +3,10 @@
 // never pinned: it lives with this process's file descriptors, so if the process dies the kernel detaches
 // it and the app's port works as if we had never been there (fail-open). See docs/adr/0001.
 import { addon } from './addon.js';
-import type { InterceptionConfig } from './types.js';
+import { DEFAULT_UPSTREAM_SOURCE_V4, sourcesPerFamily, type InterceptionConfig } from './types.js';
 
-/** Where the engine binds its upstream connections, so they reach the app instead of the engine. */
-export const DEFAULT_BYPASS_SOURCE = '127.0.0.6';
+/** @deprecated the IPv4 half of DEFAULT_UPSTREAM_SOURCES, kept for existing imports. */
+export const DEFAULT_BYPASS_SOURCE = DEFAULT_UPSTREAM_SOURCE_V4;
 
 /** What the program did with lookups for the tapped port since attach (summed over CPUs). */
 export interface InterceptionCounters {
@@ -53,7 +53,7 @@ export class Interception {
       netnsPath: config.netnsPath,
       port: config.port,
       listenerFd: config.listenerFd,
-      bypassSources: [config.bypassSource ?? DEFAULT_BYPASS_SOURCE],
+      bypassSources: sourcesPerFamily(config.bypassSource, config.bypassSources),
     });
     return new Interception(handle, handle.linkId, handle.programId, [...handle.mapIds]);
   }

@@ -2,6 +2,28 @@
 // drives it. The rest of the code reaches the addon only through native/lib (this file and index.ts).
 // JS sets up and tears down; it never touches stream bytes.
 
+/**
+ * The engine binds its upstream connections (to the app) to these sources, and the sk_lookup program
+ * leaves connections from them to the app: the two defaults must agree, or the engine intercepts itself
+ * (an endless loop of connections to its own listener). See docs/adr/0004-ipv6-bypass.md.
+ * 127.0.0.6 (Istio's choice) reaches every local IPv4 address through lo. IPv6 has no loopback range:
+ * ::1 is the one loopback address, and the kernel lets it reach the pod's other local IPv6 addresses.
+ */
+export const DEFAULT_UPSTREAM_SOURCE_V4 = '127.0.0.6';
+export const DEFAULT_UPSTREAM_SOURCE_V6 = '::1';
+export const DEFAULT_UPSTREAM_SOURCES: readonly string[] = [DEFAULT_UPSTREAM_SOURCE_V4, DEFAULT_UPSTREAM_SOURCE_V6];
+
+/**
+ * The source list both sides use: `list` when given (exactly those, at most one per family), else the
+ * defaults with `single` in place of the default of its own family. Pure; the addon validates addresses.
+ */
+export function sourcesPerFamily(single: string | undefined, list: readonly string[] | undefined): string[] {
+  if (list !== undefined) return [...list];
+  if (single === undefined) return [...DEFAULT_UPSTREAM_SOURCES];
+  const isV6 = single.includes(':');
+  return [single, isV6 ? DEFAULT_UPSTREAM_SOURCE_V4 : DEFAULT_UPSTREAM_SOURCE_V6];
+}
+
 /** A numeric IP address (IPv4 dotted, or IPv6) and a port. Names are resolved before they reach here. */
 export interface Endpoint {
   host: string;
@@ -33,9 +55,14 @@ export interface EngineConfig {
    */
   upstream: Endpoint | 'original-destination';
   /**
-   * Source address the engine binds its upstream connections to. The sk_lookup program lets connections
-   * from it through to the app, so the engine does not intercept itself. Default 127.0.0.6.
+   * Source addresses the engine binds its upstream connections to, at most one per family (an upstream
+   * of a family without one is left unbound). The sk_lookup program lets connections from them through
+   * to the app, so the engine does not intercept itself. Default DEFAULT_UPSTREAM_SOURCES
+   * (127.0.0.6 and ::1); must match InterceptionConfig.bypassSources. [] binds nothing (a remote
+   * upstream: loopback sources only reach local addresses).
    */
+  upstreamSources?: string[];
+  /** One source that replaces the default of its own family; ignored when upstreamSources is set. */
   upstreamSource?: string;
   mirrors: MirrorConfig[];
   /** Bytes of each kernel pipe (primary and per mirror connection): bounds memory per connection. */
@@ -82,7 +109,12 @@ export interface InterceptionConfig {
   port: number;
   /** The engine's listener (Engine.listenerFd); it must live in that same namespace. */
   listenerFd: number;
-  /** Connections from this source address are left to the kernel's normal lookup. Default 127.0.0.6. */
+  /**
+   * Connections from these source addresses (at most one per family) are left to the kernel's normal
+   * lookup. Default DEFAULT_UPSTREAM_SOURCES (127.0.0.6 and ::1), what the engine binds by default.
+   */
+  bypassSources?: string[];
+  /** One bypass address that replaces the default of its own family; ignored when bypassSources is set. */
   bypassSource?: string;
 }
 

@@ -823,14 +823,18 @@ Engine::~Engine() { Stop(); }
 std::unique_ptr<Engine> Engine::Start(const Config& config, StartError* error) {
   std::unique_ptr<Engine> e(new Engine(config));
   if (e->config_.threads == 0) e->config_.threads = 1;
-  const std::string& src = e->config_.upstreamSource;
-  if (!src.empty()) {
+  for (const std::string& src : e->config_.upstreamSources) {
     SockAddr a;
     if (!ParseAddress(src, 0, &a)) {
       *error = {EINVAL, "inet_pton", "upstream source " + src + " (expected a numeric IPv4 or IPv6 address)"};
       return nullptr;
     }
-    (a.family() == AF_INET ? e->source4_ : e->source6_) = a;
+    SockAddr& slot = a.family() == AF_INET ? e->source4_ : e->source6_;
+    if (slot.family() != 0) {
+      *error = {EINVAL, "bind", "upstream source " + src + " (at most one upstream source per address family)"};
+      return nullptr;
+    }
+    slot = a;
   }
   // Size the pipes once here, so a size the kernel refuses fails start() instead of every connection.
   int probe[2];

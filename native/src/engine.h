@@ -48,11 +48,13 @@ struct Config {
   SockAddr listen;        // family 0: dual-stack [::]:0
   bool upstreamOriginalDestination = false;
   SockAddr upstream;      // when !upstreamOriginalDestination
-  // Bound (with IP_FREEBIND) as the source of upstream connections of its own family. 127.0.0.6 also
-  // reaches the pod's non-loopback addresses (local routes go through lo). An IPv6 upstream is left
-  // unbound unless this is an IPv6 address: the interception must then tell our connections apart
-  // another way (e.g. by the engine's socket cookie or a v6 source such as ::1 for loopback apps).
-  std::string upstreamSource = "127.0.0.6";
+  // Bound (with IP_FREEBIND / IPV6_FREEBIND) as the source of upstream connections, at most one per
+  // family; an upstream of a family without one is left unbound. The sk_lookup program lets these
+  // sources through to the app, so the defaults must equal its bypass defaults (native/lib/types.ts
+  // DEFAULT_UPSTREAM_SOURCES). 127.0.0.6 reaches the pod's non-loopback IPv4 addresses (local routes go
+  // through lo), and ::1 its non-loopback IPv6 addresses (measured, docs/adr/0004-ipv6-bypass.md).
+  // Loopback sources cannot reach a remote upstream: pass none for that.
+  std::vector<std::string> upstreamSources = {"127.0.0.6", "::1"};
   std::vector<MirrorTarget> mirrors;
   uint32_t pipeSize = 1 << 20;
   uint32_t mirrorConnectTimeoutMs = 3000;

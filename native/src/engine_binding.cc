@@ -143,13 +143,36 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
     ArgumentError(env, "config.upstream", "{host, port} or 'original-destination'").ThrowAsJavaScriptException();
     return env.Undefined();
   }
+  // upstreamSources: exactly these (native/lib passes it always). upstreamSource alone: replaces the
+  // default of its own family, like native/lib's sourcesPerFamily().
+  Napi::Value srcs = o.Get("upstreamSources");
   Napi::Value src = o.Get("upstreamSource");
-  if (!src.IsUndefined()) {
-    if (!src.IsString()) {
+  if (!srcs.IsUndefined()) {
+    if (!srcs.IsArray()) {
+      ArgumentError(env, "config.upstreamSources", "an array of numeric IP address strings").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Array list = srcs.As<Napi::Array>();
+    cfg.upstreamSources.clear();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      if (!list.Get(i).IsString()) {
+        ArgumentError(env, "config.upstreamSources[" + std::to_string(i) + "]", "a numeric IP address string")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      cfg.upstreamSources.push_back(list.Get(i).As<Napi::String>().Utf8Value());
+    }
+  } else if (!src.IsUndefined()) {
+    engine::SockAddr a;
+    std::string text = src.IsString() ? src.As<Napi::String>().Utf8Value() : "";
+    if (!engine::ParseAddress(text, 0, &a)) {
       ArgumentError(env, "config.upstreamSource", "a numeric IP address string").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    cfg.upstreamSource = src.As<Napi::String>().Utf8Value();
+    for (std::string& s : cfg.upstreamSources) {
+      engine::SockAddr d;
+      if (engine::ParseAddress(s, 0, &d) && d.family() == a.family()) s = text;
+    }
   }
   if (!ReadMirrors(env, o.Get("mirrors"), &cfg.mirrors)) return env.Undefined();
   if (!ReadPositive(env, o, "pipeSize", true, &cfg.pipeSize)) return env.Undefined();

@@ -145,6 +145,7 @@ function expectAttached(ready: Record<string, unknown>, ns: Netns): void {
 
 describe('sk_lookup interception', () => {
   const APP_PORT = 18080;
+  const POD_V6 = 'fd00:6b73:2::1';
   let pod: Netns;
   let veth: Link;
   let app: Fixture;
@@ -169,6 +170,8 @@ describe('sk_lookup interception', () => {
   beforeAll(async () => {
     pod = Netns.create('icpt-pod');
     veth = link(undefined, pod);
+    // A global IPv6 address in the pod: in-pod IPv6 clients from ::1 are bypassed by default (ADR 0004).
+    pod.run('ip', ['-6', 'addr', 'add', `${POD_V6}/64`, 'dev', veth.bDevice, 'nodad']);
     app = Fixture.start(pod, ['app', String(APP_PORT)]);
     expect(await app.next()).toEqual({ ready: true });
   });
@@ -232,12 +235,12 @@ describe('sk_lookup interception', () => {
       localAddress: '::ffff:127.0.0.1',
       localPort: APP_PORT,
     });
-    expect(greetFrom(pod, `TCP6:[::1]:${APP_PORT}`)).toMatchObject({ via: 'listener', localAddress: '::1', localPort: APP_PORT });
+    expect(greetFrom(pod, `TCP6:[${POD_V6}]:${APP_PORT}`)).toMatchObject({ via: 'listener', localAddress: POD_V6, localPort: APP_PORT });
 
     expect((await steer.ask('counters'))['counters']).toEqual({ steered: 3, bypassed: 0, noListener: 0, assignFailed: 0 });
   });
 
-  it('leaves connections from the bypass source 127.0.0.6 to the app, and counts them', async () => {
+  it('leaves connections from the default bypass sources 127.0.0.6 and ::1 to the app, and counts them', async () => {
     const { steer } = await startSteer();
     expect(greetFrom(pod, `TCP4:127.0.0.1:${APP_PORT}`, '127.0.0.6')).toMatchObject({
       via: 'app',
@@ -245,16 +248,20 @@ describe('sk_lookup interception', () => {
       remoteAddress: '::ffff:127.0.0.6',
     });
     expect(greetFrom(pod, `TCP4:${veth.bAddress}:${APP_PORT}`, '127.0.0.6')).toMatchObject({ via: 'app' });
+    expect(greetFrom(pod, `TCP6:[::1]:${APP_PORT}`)).toMatchObject({ via: 'app', remoteAddress: '::1' });
+    expect(greetFrom(pod, `TCP6:[${POD_V6}]:${APP_PORT}`, '[::1]')).toMatchObject({ via: 'app', remoteAddress: '::1' });
     // Any other source in the pod is steered.
     expect(greetFrom(pod, `TCP4:127.0.0.1:${APP_PORT}`, '127.0.0.7')).toMatchObject({ via: 'listener' });
-    expect((await steer.ask('counters'))['counters']).toEqual({ steered: 1, bypassed: 2, noListener: 0, assignFailed: 0 });
+    expect(greetFrom(pod, `TCP6:[${POD_V6}]:${APP_PORT}`)).toMatchObject({ via: 'listener' });
+    expect((await steer.ask('counters'))['counters']).toEqual({ steered: 2, bypassed: 4, noListener: 0, assignFailed: 0 });
   });
 
-  it('takes an IPv6 bypass source, which then replaces the default', async () => {
-    const { steer } = await startSteer('bypass=::1');
-    expect(greetFrom(pod, `TCP6:[::1]:${APP_PORT}`)).toMatchObject({ via: 'app', remoteAddress: '::1' });
-    expect(greetFrom(pod, `TCP4:127.0.0.1:${APP_PORT}`, '127.0.0.6')).toMatchObject({ via: 'listener' });
-    expect((await steer.ask('counters'))['counters']).toMatchObject({ steered: 1, bypassed: 1 });
+  it('a single bypassSource replaces the default of its own family only', async () => {
+    const { steer } = await startSteer(`bypass=${POD_V6}`);
+    expect(greetFrom(pod, `TCP6:[${POD_V6}]:${APP_PORT}`)).toMatchObject({ via: 'app', remoteAddress: POD_V6 });
+    expect(greetFrom(pod, `TCP6:[::1]:${APP_PORT}`)).toMatchObject({ via: 'listener' });
+    expect(greetFrom(pod, `TCP4:127.0.0.1:${APP_PORT}`, '127.0.0.6')).toMatchObject({ via: 'app' });
+    expect((await steer.ask('counters'))['counters']).toMatchObject({ steered: 1, bypassed: 2 });
   });
 
   it('when the listener process is killed -9 mid-stream, new connections reach the app and nothing of ours stays attached', async () => {
@@ -305,7 +312,7 @@ describe('sk_lookup interception', () => {
   it('with an IPv4-only listener, IPv6 lookups are left to the app and counted as refused', async () => {
     const { steer } = await startSteer('listen=0.0.0.0');
     expect(greetFrom(pod, `TCP4:127.0.0.1:${APP_PORT}`)).toMatchObject({ via: 'listener' });
-    expect(greetFrom(pod, `TCP6:[::1]:${APP_PORT}`)).toMatchObject({ via: 'app' });
+    expect(greetFrom(pod, `TCP6:[${POD_V6}]:${APP_PORT}`)).toMatchObject({ via: 'app' });
     expect((await steer.ask('counters'))['counters']).toEqual({ steered: 1, bypassed: 0, noListener: 0, assignFailed: 1 });
   });
 
