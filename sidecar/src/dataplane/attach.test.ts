@@ -213,7 +213,7 @@ describe('attachStreamPath', () => {
         x.port = 9090;
       }));
       expect(a.port).toBe(9090);
-      expect(dp.log.slice(2)).toEqual(['engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/100', 'intercept port=9090 fd=10', 'unintercept port=8080 fd=10']);
+      expect(dp.log.slice(2)).toEqual(['intercept port=9090 fd=10', 'engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/100', 'unintercept port=8080 fd=10']);
       await a.detach();
       expect(dp.log.at(-2)).toBe('unintercept port=9090 fd=10');
     });
@@ -228,6 +228,19 @@ describe('attachStreamPath', () => {
       expect(dp.engines[1]!.pipeSize).toBe(8192);
       expect(a.stats()).toMatchObject({ connections: 2, bytesPrimary: 200, bytesMirrored: 180, bytesDropped: 20 });
       expect(a.stats().targets[0]).toMatchObject({ connectionsMirrored: 2, bytesMirrored: 180 });
+    });
+
+    it('leaves port and mirrors as they were when the new port cannot be tapped', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      dp.failInterception = Object.assign(new Error('port taken'), { code: 'EEXIST' });
+      await expect(a.update(spec((x) => {
+        x.port = 9090;
+        x.mirror.targets = [{ address: '10.0.0.3:81' }];
+      }))).rejects.toThrow(/intercepting port 9090/);
+      expect(a.port).toBe(8080);
+      expect(dp.log).toHaveLength(2);
+      expect(a.stats().targets.map((t) => t.name)).toEqual(['10.0.0.2:8080']);
     });
 
     it('refuses a transform in an update and leaves the attachment as it was', async () => {

@@ -246,10 +246,16 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
           engine = fresh;
           interception = freshInterception;
         } else {
-          await engine.updateMirrors(nextMirrors);
-          if (next.port !== spec.port) {
-            // New interception first, then the old one goes: no window in which the new port is untapped.
-            const moved = await intercept(dp, next.port, engine, netnsPath);
+          // A new port is tapped before anything else changes, so that a refusal leaves the attachment as
+          // it was, and before the old port is released, so that there is no untapped window.
+          const moved = next.port !== spec.port ? await intercept(dp, next.port, engine, netnsPath) : undefined;
+          try {
+            await engine.updateMirrors(nextMirrors);
+          } catch (err) {
+            await moved?.detach();
+            throw classifyNativeError(err, 'updating the mirror targets', netnsPath);
+          }
+          if (moved) {
             const old = interception;
             interception = moved;
             await old.detach();
