@@ -44,6 +44,7 @@ export function bulkTable(run: BenchRun): string {
     return [
       p.label,
       fmt(m.gbps),
+      m.gbpsSpread === undefined ? '-' : `${(100 * m.gbpsSpread).toFixed(0)}%`,
       fmt(m.sysCpuPerGB),
       fmt(m.pathCpuPerGB),
       fmt(m.proxyCpuPerGB),
@@ -58,7 +59,7 @@ export function bulkTable(run: BenchRun): string {
     ];
   });
   return table(
-    ['path (bulk)', 'GB/s', 'CPU s/GB system', 'CPU s/GB path', 'CPU s/GB proxy', 'peak RSS MB', 'x direct', 'x Node*', 'x HAProxy', 'x socat', 'mirror got'],
+    ['path (bulk)', 'GB/s', 'spread', 'CPU s/GB system', 'CPU s/GB path', 'CPU s/GB proxy', 'peak RSS MB', 'x direct', 'x Node*', 'x HAProxy', 'x socat', 'mirror got'],
     rows,
   );
 }
@@ -169,6 +170,19 @@ function requireWholeMirror(t: TargetResult, run: BenchRun, id: string): TargetR
   return { ...t, ...(pass === undefined ? {} : { pass }), margin: `${t.margin}; ${notes.join('; ')}` };
 }
 
+/** What adding a mirror costs each implementation, against its own proxy without one. */
+export function mirrorTax(run: BenchRun): string {
+  const line = (name: string, proxyId: string, mirrorId: string): string | undefined => {
+    const p = byId(run, proxyId)?.median;
+    const m = byId(run, mirrorId)?.median;
+    if (p?.gbps === undefined || m?.gbps === undefined) return undefined;
+    const cpu = m.pathCpuPerGB !== undefined && p.pathCpuPerGB !== undefined ? m.pathCpuPerGB - p.pathCpuPerGB : undefined;
+    const got = m.mirrorFraction === undefined ? '' : `, mirror got ${(100 * m.mirrorFraction).toFixed(1)}%`;
+    return `${name}: ${(100 * (1 - m.gbps / p.gbps)).toFixed(0)}% less throughput, ${cpu === undefined ? 'n/a' : `${cpu >= 0 ? '+' : ''}${cpu.toFixed(2)}`} CPU s/GB (path)${got}`;
+  };
+  return [line('KStreams', 'kstreams', 'kstreams-mirror'), line('Node', 'node', 'node-mirror')].filter(Boolean).join('\n');
+}
+
 export function targetsText(results: TargetResult[]): string {
   const w = Math.max(...results.map((r) => r.name.length));
   return results.map((r) => `${r.pass === undefined ? 'N/A ' : r.pass ? 'PASS' : 'MISS'}  ${r.name.padEnd(w)}  ${r.margin}`).join('\n');
@@ -199,6 +213,9 @@ export function consoleReport(run: BenchRun, facts: MachineFacts): string {
     bulkTable(run),
     '',
     latencyTable(run),
+    '',
+    'Mirror tax (mirror row against the same proxy without a mirror):',
+    mirrorTax(run),
     '',
     'Targets:',
     targetsText(targets(run)),
@@ -234,6 +251,14 @@ export function markdownReport(run: BenchRun, facts: MachineFacts): string {
     '## Request/response',
     '',
     latencyTable(run),
+    '',
+    '## Mirror tax',
+    '',
+    'Each mirror row against the same proxy without a mirror:',
+    '',
+    '```',
+    mirrorTax(run),
+    '```',
     '',
     '## Targets',
     '',

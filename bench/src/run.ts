@@ -71,6 +71,8 @@ export interface RrSample {
 
 export interface PathMedians {
   gbps?: number;
+  /** (max - min) / median of GB/s over the runs: how much the machine moved the numbers. */
+  gbpsSpread?: number;
   sysCpuPerGB?: number;
   pathCpuPerGB?: number;
   proxyCpuPerGB?: number;
@@ -348,6 +350,10 @@ function medians(r: PathResult): PathMedians {
     if (v !== undefined) m[k] = v;
   };
   set('gbps', median(r.bulk.map((s) => s.gbps)));
+  if (m.gbps !== undefined && r.bulk.length > 1) {
+    const g = r.bulk.map((s) => s.gbps);
+    m.gbpsSpread = (Math.max(...g) - Math.min(...g)) / m.gbps;
+  }
   set('sysCpuPerGB', median(r.bulk.map((s) => s.sysCpuPerGB)));
   set('pathCpuPerGB', median(r.bulk.map((s) => s.pathCpuPerGB)));
   set('proxyCpuPerGB', median(r.bulk.map((s) => s.proxyCpuPerGB)));
