@@ -58,4 +58,6 @@ npm run --silent build:ts
 if [ "$with_cluster" -eq 1 ]; then
   say "Kubernetes binaries for the integration tests"
   bash scripts/install-kubernetes.sh
+  say "helm for the chart tests"
+  bash scripts/install-helm.sh >/dev/null
 fi
