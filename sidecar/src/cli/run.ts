@@ -1,4 +1,5 @@
 // `kstreams run`: attach one StreamPath to a port until SIGINT/SIGTERM, then detach and print a summary.
+import { targetName } from '../../../operator/src/api/streampath.js';
 import { attachStreamPath, type Attachment, type AttachmentCounters } from '../dataplane/attach.js';
 import { CliError, EXIT, oneLine, toCliError } from './errors.js';
 import { LiveBlock, renderLive, type Summary } from './live.js';
@@ -51,7 +52,28 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  let attachment: Attachment;
+  // SIGHUP re-reads the file and applies the edit live, like the agent does for a StreamPath edit. Its
+  // handler goes in before attaching too: SIGHUP's default action would end the process.
+  let attachment: Attachment | undefined;
+  const onHup = () => {
+    if (!attachment) {
+      note('SIGHUP ignored: not attached yet');
+      return;
+    }
+    if (opts.file === '-') {
+      note('SIGHUP ignored: the StreamPath came from stdin, there is no file to re-read');
+      return;
+    }
+    const current = attachment;
+    loadStreamPath(opts.file)
+      .then((next) => current.update(next.spec))
+      .then(() => note(`reloaded ${opts.file}: now port ${current.port}`))
+      .catch((err: unknown) => note(`reload of ${opts.file} failed, keeping the previous spec: ${toCliError(err).message}`));
+  };
+  process.on('SIGHUP', onHup);
+  // A reader that goes away (\`| head\`) must not crash us before we detach.
+  process.stdout.on('error', () => {});
+
   try {
     attachment = await attachStreamPath({
       name,
@@ -59,11 +81,14 @@ export async function runCommand(opts: RunOptions): Promise<number> {
       ...(netnsPath !== undefined ? { netnsPath } : {}),
     });
   } catch (err) {
+    process.off('SIGHUP', onHup);
     throw toCliError(err, `cannot attach ${name} to port ${sp.spec.port} in ${netnsLabel}`);
   }
+  const attached = attachment;
   const started = Date.now();
+  const targets = sp.spec.mirror.targets.map((t) => (t.name && t.address ? `${t.name} (${t.address})` : targetName(t)));
   note(
-    `attached ${name}: port ${sp.spec.port} in ${netnsLabel} is mirrored to ${sp.spec.mirror.targets.length} target(s); stop with Ctrl-C (SIGINT) or SIGTERM, reload the file with SIGHUP`,
+    `attached ${name}: port ${sp.spec.port} in ${netnsLabel} is mirrored to ${targets.join(', ')} (${sp.spec.mirror.sampling.percent}% of connections); stop with Ctrl-C (SIGINT) or SIGTERM, reload the file with SIGHUP`,
   );
 
   // The engine's threads and the BPF link hold no reference on Node's event loop: without this timer the
@@ -72,7 +97,7 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   const live = process.stderr.isTTY ? new LiveBlock(process.stderr) : undefined;
   const safeStats = (): AttachmentCounters | undefined => {
     try {
-      return attachment.stats();
+      return attached.stats();
     } catch {
       return undefined;
     }
@@ -80,7 +105,7 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   if (live) {
     const draw = () => {
       const c = safeStats();
-      if (c) live.draw(renderLive({ name, port: attachment.port, netns: netnsLabel, startedAt: started }, c, Date.now()));
+      if (c) live.draw(renderLive({ name, port: attached.port, netns: netnsLabel, startedAt: started }, c, Date.now()));
     };
     draw();
     timers.push(setInterval(draw, 1000));
@@ -89,23 +114,10 @@ export async function runCommand(opts: RunOptions): Promise<number> {
     timers.push(
       setInterval(() => {
         const c = safeStats();
-        if (c) process.stdout.write(`${JSON.stringify({ type: 'counters', streamPath: name, port: attachment.port, ...c })}\n`);
+        if (c) process.stdout.write(`${JSON.stringify({ type: 'counters', streamPath: name, port: attached.port, ...c })}\n`);
       }, opts.jsonInterval * 1000),
     );
   }
-
-  // SIGHUP re-reads the file and applies the edit live, like the agent does for a StreamPath edit.
-  const onHup = () => {
-    if (opts.file === '-') {
-      note('SIGHUP ignored: the StreamPath came from stdin, there is no file to re-read');
-      return;
-    }
-    loadStreamPath(opts.file)
-      .then((next) => attachment.update(next.spec))
-      .then(() => note(`reloaded ${opts.file}: now port ${attachment.port}`))
-      .catch((err: unknown) => note(`reload of ${opts.file} failed, keeping the previous spec: ${toCliError(err).message}`));
-  };
-  process.on('SIGHUP', onHup);
 
   const signal = await stopped;
   for (const t of timers) clearInterval(t);
@@ -115,7 +127,7 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   let exitCode: number = EXIT.ok;
   let detachError: CliError | undefined;
   try {
-    await attachment.detach();
+    await attached.detach();
   } catch (err) {
     detachError = toCliError(err, `detaching ${name} after ${signal}`);
     exitCode = detachError.exitCode === EXIT.ok ? EXIT.runtime : detachError.exitCode;
@@ -124,12 +136,12 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   const summary: Summary = {
     type: 'summary',
     streamPath: name,
-    port: attachment.port,
+    port: attached.port,
     netns: opts.netns ?? 'current',
     startedAt: new Date(started).toISOString(),
     stoppedAt: new Date(stoppedAt).toISOString(),
     seconds: Math.round((stoppedAt - started) / 100) / 10,
-    ...attachment.stats(),
+    ...attached.stats(),
   };
   await writeStdout(`${JSON.stringify(summary, null, process.stdout.isTTY ? 2 : undefined)}\n`);
   if (detachError) note(detachError.message);
