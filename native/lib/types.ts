@@ -95,6 +95,11 @@ export interface EngineStats {
   connectionsClosed: number;
   /** Accepted connections whose upstream (app) connect failed: the client got a reset. */
   upstreamConnectFailures: number;
+  /**
+   * Times a worker stopped taking new connections for 100 ms because the process (or the system) was
+   * out of file descriptors: connections then wait in the listen backlog instead of being refused.
+   */
+  acceptPauses: number;
   /** Client -> app bytes delivered to the app. */
   bytesClientToApp: number;
   /** App -> client bytes delivered to the client. */

@@ -33,6 +33,19 @@ namespace {
 constexpr uint64_t kMirrorDrainMs = 10000;
 // Accepts per listener wake-up, so one busy listener does not starve established connections.
 constexpr int kAcceptBatch = 64;
+// Out of file descriptors, a worker stops polling the (level-triggered) listener this long instead of
+// spinning on accept4() failing: pending connections wait in the backlog until fds free up (nginx
+// disables accept events the same way, for 500 ms).
+constexpr uint64_t kAcceptPauseMs = 100;
+
+// fds a worker holds in reserve and releases just after an accept, so that an accepted connection always
+// has the fds for its setup (2 pipes and the upstream socket: 5, plus a mirror's pipe and socket: 3).
+// Without it, at the edge of RLIMIT_NOFILE accept4() succeeds, pipe2() fails, and every queued client
+// would be accepted only to be reset. The classic "reserve fd" trick, sized for a whole setup.
+constexpr size_t kReserveFds = 8;
+
+// Errors that mean "no fd or memory for a new connection now", not "this connection is bad".
+bool IsResourceShortage(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
 // A mirrored connection's P is this fraction of a mirror pipe. A pipe's capacity is counted in slots
 // (one per page or skb fragment), not bytes, and tee() copies slots: a mirror pipe then absorbs several
 // whole batches of jitter before a target that keeps up on average is cut.
@@ -256,6 +269,10 @@ class Worker {
   int NextTimeoutMs();
   void CloseAll();
   bool AddFd(int fd, Handle* h, uint32_t events);
+  void PauseListener();
+  void MaybeResumeListener();
+  bool FillReserve();
+  void ReleaseReserve();
 
   Engine* engine_;
   int index_;
@@ -264,6 +281,9 @@ class Worker {
   int listener_ = -1;
   uint32_t pipeSize_ = 0;
   bool stopping_ = false;
+  bool listenerPaused_ = false;
+  std::vector<int> reserve_;  // see kReserveFds
+  uint64_t listenerResumeAt_ = 0;
   Handle listenerHandle_{nullptr, kListener}, wakeHandle_{nullptr, kWake};
   std::set<Conn*> conns_;
   std::vector<Conn*> graveyard_;  // freed after the current epoll batch, whose events may point at them
@@ -378,7 +398,7 @@ void Worker::Run() {
         break;
       }
       if (h->role == kListener) {
-        Accept();
+        if (!listenerPaused_) Accept();
         continue;
       }
       Conn* c = h->conn;
@@ -422,6 +442,7 @@ void Worker::Run() {
       Pump(c);
     }
     ExpireTimers();
+    MaybeResumeListener();
     for (Conn* c : graveyard_) delete c;
     graveyard_.clear();
   }
@@ -429,10 +450,21 @@ void Worker::Run() {
 
 void Worker::Accept() {
   for (int i = 0; i < kAcceptBatch; i++) {
+    // Accept only what can be set up: when the reserve cannot be refilled, the process is at its fd
+    // limit, and a connection left in the backlog is better than one accepted and reset.
+    if (!FillReserve()) {
+      PauseListener();
+      return;
+    }
     SockAddr peer, local;
     peer.len = sizeof peer.storage;
     int fd = accept4(listener_, reinterpret_cast<sockaddr*>(&peer.storage), &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN (another worker took it), or a transient error such as EMFILE
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (IsResourceShortage(errno)) PauseListener();
+      return;  // EAGAIN: the backlog is empty (or another worker took it)
+    }
+    ReleaseReserve();
     local.len = sizeof local.storage;
     getsockname(fd, reinterpret_cast<sockaddr*>(&local.storage), &local.len);
     engine_->counters.connectionsAccepted.fetch_add(1, std::memory_order_relaxed);
@@ -482,9 +514,12 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   if (ok) ok = AddFd(c->client, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) &&
                AddFd(c->app, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
   if (!ok) {
+    int err = errno;
     engine_->counters.upstreamConnectFailures.fetch_add(1, std::memory_order_relaxed);
     AbortPrimary(c);
     MaybeFree(c);
+    // Accepted, but no fds for its pipes or upstream: do not take more until some are released.
+    if (IsResourceShortage(err)) PauseListener();
     return;
   }
 
@@ -540,9 +575,42 @@ void Worker::SetDeadline(MirrorConn* m, uint64_t at) {
 }
 
 int Worker::NextTimeoutMs() {
-  if (timers_.empty()) return -1;
-  uint64_t now = NowMs(), at = timers_.begin()->first;
+  if (timers_.empty() && !listenerPaused_) return -1;
+  uint64_t at = timers_.empty() ? listenerResumeAt_ : timers_.begin()->first;
+  if (listenerPaused_) at = std::min(at, listenerResumeAt_);
+  uint64_t now = NowMs();
   return at <= now ? 0 : int(std::min<uint64_t>(at - now, 60000));
+}
+
+bool Worker::FillReserve() {
+  while (reserve_.size() < kReserveFds) {
+    int fd = fcntl(wakeFd_, F_DUPFD_CLOEXEC, 0);  // any fd will do; a dup costs no memory
+    if (fd < 0) return false;
+    reserve_.push_back(fd);
+  }
+  return true;
+}
+
+void Worker::ReleaseReserve() {
+  for (int fd : reserve_) close(fd);
+  reserve_.clear();
+}
+
+// EPOLLEXCLUSIVE registrations cannot be modified (EPOLL_CTL_MOD fails with EINVAL): delete and re-add.
+void Worker::PauseListener() {
+  if (listenerPaused_) return;
+  if (epoll_ctl(epfd_, EPOLL_CTL_DEL, listener_, nullptr) != 0) return;
+  listenerPaused_ = true;
+  listenerResumeAt_ = NowMs() + kAcceptPauseMs;
+  engine_->counters.acceptPauses.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Worker::MaybeResumeListener() {
+  if (!listenerPaused_ || NowMs() < listenerResumeAt_) return;
+  // Level-triggered: connections that queued meanwhile wake us at once. If even this fails (ENOMEM),
+  // try again after another pause.
+  if (AddFd(listener_, &listenerHandle_, EPOLLIN | EPOLLEXCLUSIVE)) listenerPaused_ = false;
+  else listenerResumeAt_ = NowMs() + kAcceptPauseMs;
 }
 
 void Worker::ExpireTimers() {
@@ -809,6 +877,7 @@ void Worker::CloseAll() {
   graveyard_.clear();
   timers_.clear();
   timerOwner_.clear();
+  ReleaseReserve();
   CloseFd(epfd_);
   CloseFd(wakeFd_);
 }
@@ -910,6 +979,7 @@ Stats Engine::Snapshot() const {
   s.connectionsClosed = counters.connectionsClosed.load(r);
   s.connectionsActive = int64_t(s.connectionsAccepted) - int64_t(s.connectionsClosed);
   s.upstreamConnectFailures = counters.upstreamConnectFailures.load(r);
+  s.acceptPauses = counters.acceptPauses.load(r);
   s.bytesClientToApp = counters.bytesClientToApp.load(r);
   s.bytesAppToClient = counters.bytesAppToClient.load(r);
   std::lock_guard<std::mutex> lock(targetsMu_);

@@ -84,6 +84,7 @@ struct Stats {
   int64_t connectionsActive = 0;
   uint64_t connectionsClosed = 0;
   uint64_t upstreamConnectFailures = 0;
+  uint64_t acceptPauses = 0;
   uint64_t bytesClientToApp = 0;
   uint64_t bytesAppToClient = 0;
   std::vector<TargetStats> targets;
@@ -129,6 +130,8 @@ class Engine {
     std::atomic<uint64_t> connectionsAccepted{0};
     std::atomic<uint64_t> connectionsClosed{0};
     std::atomic<uint64_t> upstreamConnectFailures{0};
+    // Times a worker stopped polling the listener for lack of file descriptors (EMFILE, ENFILE, ...).
+    std::atomic<uint64_t> acceptPauses{0};
     std::atomic<uint64_t> bytesClientToApp{0};
     std::atomic<uint64_t> bytesAppToClient{0};
   } counters;

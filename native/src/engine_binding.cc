@@ -218,6 +218,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("connectionsActive", double(s.connectionsActive));
   o.Set("connectionsClosed", double(s.connectionsClosed));
   o.Set("upstreamConnectFailures", double(s.upstreamConnectFailures));
+  o.Set("acceptPauses", double(s.acceptPauses));
   o.Set("bytesClientToApp", double(s.bytesClientToApp));
   o.Set("bytesAppToClient", double(s.bytesAppToClient));
   Napi::Array targets = Napi::Array::New(env, s.targets.size());

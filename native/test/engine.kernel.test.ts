@@ -5,17 +5,19 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Netns, link, cleanupAll } from '../../sidecar/src/netns.js';
 import { Engine, samplingBucket } from '../lib/engine.js';
-import type { EngineConfig, MirrorConfig, NativeError, TargetStats } from '../lib/types.js';
+import type { EngineConfig, EngineStats, MirrorConfig, NativeError, TargetStats } from '../lib/types.js';
 import {
   Peer,
   openFds,
   runClient,
+  startPeer,
   startServer,
   until,
   type ClientReport,
   type ConnReport,
 } from './fixtures/engine-harness.js';
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 
 const MB = 1 << 20;
 let pod: Netns;
@@ -288,6 +290,61 @@ describe('memory', () => {
     console.log(`engine process RSS: ${before!.rssKb} kB idle, ${peak} kB peak while 1 GB flowed`);
     // The bytes live in kernel pipes and socket buffers, never in the process.
     expect(peak - before!.rssKb).toBeLessThan(20 * 1024);
+    child.child.stdin!.end();
+  });
+});
+
+/** CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+}
+
+type Sample = { event: 'sample'; rssKb: number | null; stats: EngineStats };
+const lastSample = (p: Peer) => p.lines.filter((x) => x.event === 'sample').at(-1) as unknown as Sample | undefined;
+
+describe('when the engine process runs out of file descriptors', () => {
+  it('stops polling the listener instead of spinning, resets no one, and serves the backlog once fds free up', async () => {
+    const app = await server(pod, '127.0.0.1');
+    const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
+    const config: EngineConfig = { netnsPath: pod.path, upstream: { host: '127.0.0.1', port: app.port }, mirrors: [], pipeSize: 64 * 1024, mirrorConnectTimeoutMs: 1000 };
+    // 128 fds: Node keeps ~30, each proxied connection takes 6 (2 sockets, 2 pipes), the reserve 8: room
+    // for about 15 of the 60 connections; the rest queue in the listen backlog.
+    const child = new Peer(pod.spawn('prlimit', ['--nofile=128:128', process.execPath, script, JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    peers.push(child);
+    const [l] = await child.waitFor<{ port: number }>('listening', 1, 15_000);
+    const conns = 60;
+    const bytes = 96 * 1024;
+    // 32 kB/s each: an accepted connection holds its fds for about 3 s.
+    const client = startPeer(clients, ['client', '--host', podAddress, '--port', String(l!.port), '--conns', String(conns), '--bytes', String(bytes), '--rate', String(32 * 1024)]);
+    peers.push(client);
+    const saturated = await until('the engine to pause accepting', () => {
+      const s = lastSample(child)?.stats;
+      return s !== undefined && s.acceptPauses > 0 && s;
+    });
+    // Measure over a window while saturated. A worker spinning on accept4() => EMFILE burns a whole core.
+    const cpu0 = cpuSeconds(child.pid);
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 1000));
+    const cpu = cpuSeconds(child.pid) - cpu0;
+    const wall = (Date.now() - t0) / 1000;
+    const during = lastSample(child)!.stats;
+    console.log(`out of fds: ${saturated.connectionsAccepted} connections held, ${during.acceptPauses} pauses, engine process CPU ${(100 * cpu / wall).toFixed(1)}% over ${wall.toFixed(2)} s`);
+    // Still saturated at the end of the window (the listener kept being paused): the measurement counts.
+    expect(during.acceptPauses).toBeGreaterThanOrEqual(saturated.acceptPauses + 3);
+    expect(during.connectionsAccepted).toBeLessThan(conns);
+    expect(cpu / wall).toBeLessThan(0.25);
+    // Recovery: as held connections end, queued ones are accepted; every one is proxied exactly.
+    const [r] = await client.waitFor<ClientReport>('done', 1, 90_000);
+    expect(r!.conns.filter((c) => c.error || c.sentBytes !== bytes)).toEqual([]);
+    const atApp = await app.peer.waitFor<ConnReport>('conn', conns);
+    expect(sorted(atApp.map((c) => c.sha))).toEqual(sorted(r!.conns.map((c) => c.sentSha)));
+    const end = await until('all connections closed', () => {
+      const s = lastSample(child)?.stats;
+      return s !== undefined && s.connectionsClosed === conns && s;
+    });
+    expect(end).toMatchObject({ connectionsAccepted: conns, upstreamConnectFailures: 0 });
     child.child.stdin!.end();
   });
 });
