@@ -147,6 +147,20 @@ describe('kstreams run on a real kernel', () => {
     expect(last.remote!.startsWith(`${scene.clientAddress}:`)).toBe(true);
   });
 
+  it('attaches in its own namespace when started inside it without --netns', async () => {
+    cli = CliRun.startInside(scene.app, scene.writeStreamPath('inside'));
+    await cli.attached();
+    expect(cli.stderr).toMatch(/^kstreams: attached inside: port 8080 in the current netns/);
+    expect(skLookupLinks(scene.app.path)).toHaveLength(1);
+    expect(await scene.curl('/inside')).toBe(200);
+    expect(scene.appServer.requests().at(-1)!.remote!.startsWith(`${scene.clientAddress}:`)).toBe(false);
+    await waitFor('staging to get /inside', () => scene.stagingServer.requests().some((r) => r.requestLine === 'GET /inside HTTP/1.1'));
+    const { code, summary } = await cli.interrupt();
+    expect(code).toBe(0);
+    expect(summary).toMatchObject({ netns: 'current', connections: 1, bytesDropped: 0 });
+    expect(skLookupLinks(scene.app.path)).toEqual([]);
+  });
+
   it('counts a mirror target that refuses connections, while the app gets every byte', async () => {
     const file = scene.writeStreamPath('refused');
     // Nothing listens on 9999 in staging: every mirror connect is refused.

@@ -109,9 +109,16 @@ export class CliRun {
     this.exited = once(child, 'exit').then(([code]) => code as number | null);
   }
 
+  /** `kstreams run -f FILE --netns NETNS`, from the root namespace. */
   static start(file: string, netns: string, extra: string[] = []): CliRun {
     const [cmd, ...args] = nodeScript('cli/main.js', ['run', '-f', file, '--netns', netns, ...extra]);
     return new CliRun(spawn(cmd!, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] }));
+  }
+
+  /** `kstreams run -f FILE` started inside `ns`, as a process in a pod would run it (no --netns). */
+  static startInside(ns: Netns, file: string, extra: string[] = []): CliRun {
+    const [cmd, ...args] = nodeScript('cli/main.js', ['run', '-f', file, ...extra]);
+    return new CliRun(ns.spawn(cmd!, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] }));
   }
 
   get running(): boolean {
