@@ -120,6 +120,7 @@ cleanup() {
   local rc=$?
   [ -n "$SCRATCH" ] && rm -rf "$SCRATCH"
   [ -n "$STAGE" ] && rm -rf "$STAGE"
+  rmdir "$BUILD_ROOT" 2>/dev/null || true
   [ "$rc" = 0 ] || log "FAILED (exit $rc); scratch removed, nothing cached"
 }
 trap cleanup EXIT

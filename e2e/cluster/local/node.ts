@@ -221,7 +221,14 @@ async function cleanupNodeState(st: NodeState, log: (m: string) => void, removeD
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmdline.includes('containerd-shim') && cmdline.includes(sock)) process.kill(Number(pid), 'SIGKILL');
+      if (!cmdline.includes('containerd-shim') || !cmdline.includes(sock)) continue;
+      process.kill(Number(pid), 'SIGKILL');
+      // Its socket, /run/containerd/s/sha256(<containerd address>/<namespace>/<id>), would stay behind.
+      const argv = cmdline.split('\0');
+      const flag = (f: string) => (argv.includes(f) ? argv[argv.indexOf(f) + 1] : undefined);
+      const id = flag('-id');
+      const ns = flag('-namespace') ?? 'k8s.io';
+      if (id) rmSync(`/run/containerd/s/${createHash('sha256').update(join(sock, ns, id)).digest('hex')}`, { force: true });
     } catch {
       /* gone */
     }
