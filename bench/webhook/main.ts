@@ -23,6 +23,13 @@ import { diffHistogram, fractionWithin, histogramQuantile, parseHistogram, perce
 
 const APISERVER_METRIC = 'apiserver_admission_webhook_admission_duration_seconds';
 const OWN_METRIC = 'kstreams_webhook_admission_duration_seconds';
+const HANDSHAKES_METRIC = 'kstreams_webhook_tls_handshakes_total';
+
+/** Value of an unlabelled counter in Prometheus text; 0 when absent. */
+function counterValue(text: string, name: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
 /** The target from the design: the webhook adds at most this much at p99. */
 const TARGET_P99_MS = 5;
 
@@ -174,10 +181,13 @@ async function main(): Promise<void> {
     if (warm.injected === 0) throw new Error('webhook not called during warm-up: configuration not picked up');
 
     const apiBefore = parseHistogram(await scrape(), APISERVER_METRIC, { name: config.webhookName });
-    const ownBefore = parseHistogram(await hook.metrics(), OWN_METRIC);
+    const ownBeforeText = await hook.metrics();
+    const ownBefore = parseHistogram(ownBeforeText, OWN_METRIC);
     const withHook = await openLoop(seconds, createIn(injected));
     const api: Histogram = diffHistogram(parseHistogram(await scrape(), APISERVER_METRIC, { name: config.webhookName }), apiBefore);
-    const own: Histogram = diffHistogram(parseHistogram(await hook.metrics(), OWN_METRIC), ownBefore);
+    const ownAfterText = await hook.metrics();
+    const own: Histogram = diffHistogram(parseHistogram(ownAfterText, OWN_METRIC), ownBefore);
+    const handshakes = counterValue(ownAfterText, HANDSHAKES_METRIC) - counterValue(ownBeforeText, HANDSHAKES_METRIC);
 
     const result = {
       rate,
@@ -211,6 +221,7 @@ async function main(): Promise<void> {
         meanMs: own.count > 0 ? ms(own.sum / own.count) : Number.NaN,
         p50Ms: ms(histogramQuantile(own, 0.5)),
         p99Ms: ms(histogramQuantile(own, 0.99)),
+        tlsHandshakes: handshakes,
       },
     };
     const addedP50 = result.with.p50Ms - result.without.p50Ms;
@@ -236,7 +247,7 @@ async function main(): Promise<void> {
           `p50 ~${fmt(r.apiserverView.p50Ms)} ms  p99 ~${fmt(r.apiserverView.p99Ms)} ms  within 5 ms: ${fmt(r.apiserverView.within5ms * 100)}%`,
       );
       console.log(`    buckets (le s: cumulative): ${r.apiserverView.buckets.map((b) => `${b.le}:${b.count}`).join(' ')}`);
-      console.log(`  webhook handler (${OWN_METRIC}): calls=${r.handler.calls} mean ${fmt(r.handler.meanMs)} ms  p50 ~${fmt(r.handler.p50Ms)} ms  p99 ~${fmt(r.handler.p99Ms)} ms`);
+      console.log(`  webhook handler (${OWN_METRIC}): calls=${r.handler.calls} mean ${fmt(r.handler.meanMs)} ms  p50 ~${fmt(r.handler.p50Ms)} ms  p99 ~${fmt(r.handler.p99Ms)} ms  TLS handshakes ${r.handler.tlsHandshakes}`);
       for (const v of verdicts) console.log(`  ${v.ok ? 'OK  ' : 'MISS'} ${v.what}: ${fmt(v.value)} ms (target <= ${TARGET_P99_MS} ms)`);
     }
     if (withHook.injected !== withHook.latenciesMs.length) {

@@ -33,9 +33,10 @@ const METRIC = {
   requests: 'kstreams_webhook_admission_requests_total',
   duration: 'kstreams_webhook_admission_duration_seconds',
   certExpiry: 'kstreams_webhook_certificate_expiry_timestamp_seconds',
+  handshakes: 'kstreams_webhook_tls_handshakes_total',
 } as const;
 
-type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge };
+type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge; handshakes: Counter };
 
 /** Registers once per registry: a second server in the same process (tests, restarts) reuses them. */
 function metricsIn(registry: Registry): Metrics {
@@ -45,6 +46,7 @@ function metricsIn(registry: Registry): Metrics {
       requests: existing as Counter<'result' | 'reason'>,
       duration: registry.getSingleMetric(METRIC.duration) as Histogram<'result'>,
       certExpiry: registry.getSingleMetric(METRIC.certExpiry) as Gauge,
+      handshakes: registry.getSingleMetric(METRIC.handshakes) as Counter,
     };
   }
   return {
@@ -64,6 +66,11 @@ function metricsIn(registry: Registry): Metrics {
     certExpiry: new Gauge({
       name: METRIC.certExpiry,
       help: 'notAfter of the serving certificate in use, as a Unix timestamp',
+      registers: [registry],
+    }),
+    handshakes: new Counter({
+      name: METRIC.handshakes,
+      help: 'TLS connections accepted; far fewer than admissions when the apiserver reuses connections',
       registers: [registry],
     }),
   };
@@ -204,6 +211,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       }
     },
   );
+  server.on('secureConnection', () => metrics.handshakes.inc());
   server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
 
   tls.onChange((next) => {
