@@ -18,6 +18,7 @@ import {
 } from './fixtures/engine-harness.js';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 
 const MB = 1 << 20;
 let pod: Netns;
@@ -268,7 +269,7 @@ describe('sampling', () => {
 });
 
 describe('memory', () => {
-  it('stays bounded in the engine process while 1 GB flows past a slow mirror', async () => {
+  it('stays bounded in the engine process and in the kernel pipes it pins while 1 GB flows past a slow mirror', async () => {
     const app = await server(pod, '127.0.0.1');
     const slow = await server(staging, stagingAddress, ['--rate', String(4 * MB)]);
     const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
@@ -283,13 +284,32 @@ describe('memory', () => {
     peers.push(child);
     const [l] = await child.waitFor<{ port: number }>('listening', 1, 15_000);
     const [before] = await child.waitFor<{ rssKb: number }>('sample');
-    const r = await runClient(clients, podAddress, l!.port, ['--conns', '4', '--bytes', String(256 * MB)]);
+    // The kernel's view of the engine's pipes, read from outside the process (fixtures/pipe-census.py).
+    const census = new Peer(spawn('python3', [fileURLToPath(new URL('./fixtures/pipe-census.py', import.meta.url)), String(child.pid)], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    peers.push(census);
+    type Census = { pipes: number; bytes: number; capacity: number };
+    const [idle] = await census.waitFor<Census>('census'); // Node's own pipes (stdio, libuv)
+    const conns = 4;
+    const r = await runClient(clients, podAddress, l!.port, ['--conns', String(conns), '--bytes', String(256 * MB)]);
     expect(r.conns.filter((c) => c.error)).toEqual([]);
     const samples = child.lines.filter((x) => x.event === 'sample') as unknown as { rssKb: number }[];
     const peak = Math.max(...samples.map((x) => x.rssKb));
     console.log(`engine process RSS: ${before!.rssKb} kB idle, ${peak} kB peak while 1 GB flowed`);
     // The bytes live in kernel pipes and socket buffers, never in the process.
     expect(peak - before!.rssKb).toBeLessThan(20 * 1024);
+    // And the kernel memory those pipes pin is bounded by construction: per connection P, R and one pipe
+    // per mirror, each at most pipeSize, whatever the slow mirror does.
+    const counts = census.lines.filter((x) => x.event === 'census') as unknown as Census[];
+    const busy = counts.filter((c) => c.pipes > idle!.pipes);
+    const bound = conns * (2 + 1) * MB;
+    const max = (k: keyof Census) => Math.max(...busy.map((c) => c[k]));
+    console.log(`engine pipes (kernel view, ${busy.length} samples): up to ${max('pipes') - idle!.pipes} pipes, ${(max('bytes') / MB).toFixed(2)} MB queued, ${((max('capacity') - idle!.capacity) / MB).toFixed(2)} MB capacity; bound ${bound / MB} MB`);
+    expect(busy.length).toBeGreaterThan(3);
+    expect(max('pipes') - idle!.pipes).toBeLessThanOrEqual(conns * (2 + 1));
+    expect(max('capacity') - idle!.capacity).toBeLessThanOrEqual(bound);
+    expect(max('bytes')).toBeLessThanOrEqual(bound);
+    expect(max('bytes')).toBeGreaterThan(0); // the census does see bytes in flight
+    census.child.stdin!.end();
     child.child.stdin!.end();
   });
 });
