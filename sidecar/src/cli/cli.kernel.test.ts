@@ -48,7 +48,7 @@ describe('kstreams run on a real kernel', () => {
   });
 
   afterAll(async () => {
-    await cli?.kill();
+    await CliRun.killAll();
     await scene?.destroy();
   });
 

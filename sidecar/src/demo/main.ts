@@ -24,6 +24,7 @@ let cleaning: Promise<void> | undefined;
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
     if (cli?.running) await cli.interrupt(5_000).catch(() => cli?.kill());
+    await CliRun.killAll();
     await scene?.destroy();
   })();
   return cleaning;

@@ -103,7 +103,23 @@ export class CliRun {
   stderr = '';
   readonly exited: Promise<number | null>;
 
+  /** Every run still going, so that a failing test or demo cannot leave one behind. */
+  private static readonly live = new Set<CliRun>();
+
+  static {
+    // Last resort when the test runner or the demo exits without cleaning up: no kstreams outlives us.
+    process.once('exit', () => {
+      for (const run of CliRun.live) run.child.kill('SIGKILL');
+    });
+  }
+
+  static async killAll(): Promise<void> {
+    await Promise.all([...CliRun.live].map((r) => r.kill()));
+  }
+
   private constructor(readonly child: ChildProcess) {
+    CliRun.live.add(this);
+    child.once('exit', () => CliRun.live.delete(this));
     createInterface({ input: child.stdout! }).on('line', (l) => this.stdoutLines.push(l));
     child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.exited = once(child, 'exit').then(([code]) => code as number | null);
