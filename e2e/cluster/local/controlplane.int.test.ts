@@ -5,9 +5,10 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { CoreV1Api, KubeConfig, VersionApi } from '@kubernetes/client-node';
+import { createServer } from 'node:https';
+import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig, VersionApi } from '@kubernetes/client-node';
 import { describe, expect, inject, it } from 'vitest';
-import { httpGet } from './controlplane.js';
+import { httpGet, issueCert } from './controlplane.js';
 import { cleanupStale, procStartTime } from './processes.js';
 
 const kubeconfig = inject('kubeconfig');
@@ -47,6 +48,69 @@ describe.skipIf(!kubeconfig)('local control plane', () => {
     expect(admin.body).toContain('apiserver_request_total');
     const anonymous = await httpGet(`${server}/metrics`, { ca });
     expect(anonymous.status).toBe(403);
+  });
+
+  it('calls a validating webhook served on 127.0.0.1 with a caBundle', async () => {
+    // A serving cert from the cluster CA, as tests of the operator's webhook can do too.
+    const caFile = inject('apiServerCaFile');
+    const id = randomBytes(4).toString('hex');
+    const cert = await issueCert(dirname(caFile), `webhook-${id}`, '/CN=webhook', 'server', ['IP:127.0.0.1']);
+    const server = createServer({ key: readFileSync(cert.keyFile), cert: readFileSync(cert.certFile) }, (req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        const review = JSON.parse(body) as { request: { uid: string; object: { metadata?: { labels?: Record<string, string> } } } };
+        const deny = review.request.object.metadata?.labels?.deny === 'true';
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({
+          apiVersion: 'admission.k8s.io/v1',
+          kind: 'AdmissionReview',
+          response: { uid: review.request.uid, allowed: !deny, ...(deny ? { status: { code: 403, message: 'denied by the test webhook' } } : {}) },
+        }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const core = kc.makeApiClient(CoreV1Api);
+    const admission = kc.makeApiClient(AdmissionregistrationV1Api);
+    const ns = `webhook-${id}`;
+    const name = `deny-${id}.test.kstreams.io`;
+    try {
+      await core.createNamespace({ body: { metadata: { name: ns, labels: { 'kstreams-test-webhook': id } } } });
+      await admission.createValidatingWebhookConfiguration({
+        body: {
+          metadata: { name },
+          webhooks: [
+            {
+              name,
+              clientConfig: { url: `https://127.0.0.1:${port}/validate`, caBundle: readFileSync(caFile).toString('base64') },
+              rules: [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['configmaps'] }],
+              namespaceSelector: { matchLabels: { 'kstreams-test-webhook': id } },
+              sideEffects: 'None',
+              admissionReviewVersions: ['v1'],
+              failurePolicy: 'Fail',
+              timeoutSeconds: 5,
+            },
+          ],
+        },
+      });
+      // The apiserver picks the configuration up through an informer: retry until the webhook answers.
+      let denied = '';
+      for (let i = 0; i < 100 && !denied; i++) {
+        try {
+          await core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: `bad-${i}`, labels: { deny: 'true' } } } });
+          await new Promise((r) => setTimeout(r, 100));
+        } catch (e) {
+          denied = String((e as { body?: string }).body ?? e);
+        }
+      }
+      expect(denied).toContain('denied by the test webhook');
+      await core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: 'good' } } });
+    } finally {
+      await admission.deleteValidatingWebhookConfiguration({ name }).catch(() => {});
+      await core.deleteNamespace({ name: ns }).catch(() => {});
+      server.close();
+    }
   });
 
   it('has the admission webhook plugins enabled', async () => {
