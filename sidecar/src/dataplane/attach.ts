@@ -11,7 +11,7 @@ import type {
 } from '../../../native/lib/types.js';
 import { Engine, Interception } from '../../../native/lib/index.js';
 import { AttachError, classifyNativeError } from './errors.js';
-import { planTransform } from './transform.js';
+import { planTransform, type TransformPlan } from './transform.js';
 import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets.js';
 
 /** The part of native/lib's Engine this module uses. */
@@ -125,7 +125,18 @@ export function toCounters(s: EngineStats, base?: AttachmentCounters): Attachmen
   };
 }
 
-function engineConfig(spec: StreamPathSpec, mirrors: MirrorConfig[], opts: AttachOptions): EngineConfig {
+/**
+ * The engine's configuration for a spec. `transform` is where in-kernel transforms plug in: today
+ * planTransform() refuses every transform, so it is always undefined here; the release that adds them
+ * turns the plan into sk_msg programs on the mirror and/or upstream sockets at this point.
+ */
+function engineConfig(
+  spec: StreamPathSpec,
+  mirrors: MirrorConfig[],
+  opts: AttachOptions,
+  transform: TransformPlan | undefined,
+): EngineConfig {
+  if (transform) throw new AttachError('TransformUnsupported', 'spec.transform: no transform plan can be applied yet', 'spec.transform');
   return {
     ...(opts.netnsPath !== undefined ? { netnsPath: opts.netnsPath } : {}),
     upstream: 'original-destination',
@@ -169,7 +180,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     throw new AttachError('NetnsNotFound', `network namespace ${netnsPath} does not exist`);
   }
   // Everything that can be refused without touching the kernel is checked before anything is started.
-  planTransform(opts.spec.transform);
+  const transform = planTransform(opts.spec.transform);
   const resolveOpts = {
     ...(opts.lookup ? { lookup: opts.lookup } : {}),
     ...(opts.resolve ? { resolveService: opts.resolve } : {}),
@@ -178,7 +189,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
   let mirrors = await resolveMirrors(spec, resolveOpts);
   const dp = opts.dataPlane ?? nativeDataPlane;
 
-  let engine = await startEngine(dp, engineConfig(spec, mirrors, opts), netnsPath);
+  let engine = await startEngine(dp, engineConfig(spec, mirrors, opts, transform), netnsPath);
   let interception: InterceptionHandle;
   try {
     interception = await intercept(dp, spec.port, engine, netnsPath);
@@ -225,12 +236,12 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     update(next) {
       return serial(async () => {
         if (detached) throw new AttachError('DataPlaneError', `StreamPath ${opts.name} is detached; attach it again`);
-        planTransform(next.transform);
+        const nextTransform = planTransform(next.transform);
         const nextMirrors = await resolveMirrors(next, resolveOpts);
         if (next.mirror.pipeSize !== spec.mirror.pipeSize) {
           // The pipe size is fixed per engine: start a new one, steer new connections to it, then retire
           // the old one. Connections on the old engine end when it stops.
-          const fresh = await startEngine(dp, engineConfig(next, nextMirrors, opts), netnsPath);
+          const fresh = await startEngine(dp, engineConfig(next, nextMirrors, opts, nextTransform), netnsPath);
           let freshInterception: InterceptionHandle;
           try {
             freshInterception = await intercept(dp, next.port, fresh, netnsPath);
