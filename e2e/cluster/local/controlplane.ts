@@ -242,8 +242,22 @@ export function httpGet(
   });
 }
 
-/** Starts etcd + kube-apiserver (+ optional controller-manager/scheduler) and waits until ready. */
+/**
+ * Starts etcd + kube-apiserver (+ optional controller-manager/scheduler) and waits until ready. Ports are
+ * picked free just before use; if another process grabs one in between, the whole start is retried.
+ */
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startControlPlaneOnce(opts);
+    } catch (e) {
+      if (attempt >= 3 || !String(e).includes('address already in use')) throw e;
+      opts.log?.(`port taken while starting (attempt ${attempt}), retrying`);
+    }
+  }
+}
+
+async function startControlPlaneOnce(opts: ControlPlaneOptions): Promise<ControlPlane> {
   const t0 = performance.now();
   const log = opts.log ?? (process.env.KSTREAMS_CLUSTER_DEBUG ? (m: string) => console.error(`[controlplane] ${m}`) : () => {});
   const binDir = resolveBinDir(opts.binDir);
