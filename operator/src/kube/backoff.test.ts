@@ -23,4 +23,10 @@ describe('Backoff', () => {
     const delays = new Set(Array.from({ length: 20 }, () => new Backoff({ initialMs: 1000, maxMs: 10_000, random }).next()));
     expect(delays.size).toBeGreaterThan(10);
   });
+
+  it('stays finite after very many consecutive failures', () => {
+    const b = new Backoff({ initialMs: 100, maxMs: 30_000, random: () => 0.5 });
+    for (let i = 0; i < 5000; i++) b.next();
+    expect(b.next()).toBe(22_500);
+  });
 });

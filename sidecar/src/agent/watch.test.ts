@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Backoff } from './backoff.js';
+import { Backoff } from '../../../operator/src/kube/backoff.js';
 import { ResourceWatch, type Timers, type WatchLifecycle } from './watch.js';
 
 const pod = (name: string, rv: string) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: 'shop', resourceVersion: rv } });

@@ -4,7 +4,7 @@
 // an event lost across a restart costs nothing.
 import { ListWatch, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { Backoff } from './backoff.js';
+import { Backoff } from '../../../operator/src/kube/backoff.js';
 
 /** Lifecycle of a watch, as counted in metrics. */
 export type WatchLifecycle = 'listed' | 'connected' | 'added' | 'updated' | 'deleted' | 'error' | 'restart';
@@ -45,7 +45,7 @@ export class ResourceWatch<T extends KubernetesObject> {
   synced = false;
 
   constructor(private readonly opts: ResourceWatchOptions<T>) {
-    this.backoff = opts.backoff ?? new Backoff();
+    this.backoff = opts.backoff ?? new Backoff({ initialMs: 500, maxMs: 30_000 });
     this.timers = opts.timers ?? realTimers;
     const list = async () => {
       const result = await opts.list();
