@@ -1,5 +1,6 @@
 // The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_AGENT_PORT } from '../../../operator/src/api/agent.js';
 import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
 import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
@@ -42,6 +43,12 @@ function positiveSeconds(value: string): number {
   if (!Number.isFinite(n) || n <= 0 || n > 86_400) {
     throw new InvalidArgumentError('must be a number of seconds, greater than 0 (e.g. 1 or 0.5)');
   }
+  return n;
+}
+
+function portNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number, 1-65535');
   return n;
 }
 
@@ -101,7 +108,7 @@ export function buildProgram(version: string): Command {
       process.stdout.write(EXAMPLE_STREAMPATH_YAML);
     });
 
-  program
+  const agent = program
     .command('agent')
     .description('run the in-pod agent (inside an injected pod; configured by its KSTREAMS_* environment)')
     .action(async () => {
@@ -120,6 +127,20 @@ export function buildProgram(version: string): Command {
       await runAgent(config);
       // The agent exits from its own SIGTERM/SIGINT handler once it has detached everything.
       await new Promise<never>(() => {});
+    });
+
+  agent
+    .command('wait')
+    .description("wait until the agent's /readyz answers 200 (the postStart hook that holds the app until the data plane is attached)")
+    .option('--port <port>', 'agent port', portNumber, DEFAULT_AGENT_PORT)
+    .option('--timeout-seconds <seconds>', 'give up after this long', positiveSeconds, 120)
+    .action(async (o: { port: number; timeoutSeconds: number }) => {
+      const { waitForAgentReady } = await import('../agent/wait.js');
+      const r = await waitForAgentReady({ port: o.port, timeoutSeconds: o.timeoutSeconds });
+      if (!r.ready) {
+        throw new CliError(EXIT.runtime, `agent on port ${o.port} not ready after ${o.timeoutSeconds}s (last answer: ${oneLine(r.last)}); see the kstreams-sidecar container's logs`);
+      }
+      process.stdout.write(`agent ready after ${r.polls} poll(s)\n`);
     });
 
   // Commander's own errors (unknown option, missing -f) become our one-line format with exit code 2.
