@@ -14,6 +14,13 @@ describe('loadConfig', () => {
     expect(c.webhook.enabled).toBe(true);
   });
 
+  it('sets the sidecar RoleBinding management from the file and the environment', () => {
+    const files: Record<string, string> = { '/c.yaml': 'sidecarRbac: {clusterRoleName: ks-sidecar}\n' };
+    const c = loadConfig({ KSTREAMS_OPERATOR_CONFIG: '/c.yaml', KSTREAMS_IDENTITY: 'x', KSTREAMS_MANAGE_SIDECAR_BINDINGS: 'false' }, (p) => files[p]!);
+    expect(c.sidecarRbac).toEqual({ manageBindings: false, clusterRoleName: 'ks-sidecar', bindingName: 'kstreams-sidecar' });
+    expect(loadConfig({ KSTREAMS_IDENTITY: 'x', KSTREAMS_SIDECAR_CLUSTER_ROLE: 'other' }).sidecarRbac.clusterRoleName).toBe('other');
+  });
+
   it('names every bad field', () => {
     let err: unknown;
     try {

@@ -30,6 +30,27 @@ export const LeaderElectionConfigSchema = z
     message: 'retryPeriodMs must be less than renewDeadlineMs, or the leader cannot renew in time',
   });
 
+/** Names Kubernetes accepts for a RoleBinding or ClusterRole (RFC 1123 subdomain, as `kubectl create` checks). */
+const rbacName = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a lowercase RFC 1123 name (a-z, 0-9, "-", ".")');
+
+/**
+ * The injected agents read with their pod's own ServiceAccount: the leader keeps a RoleBinding to the sidecar
+ * ClusterRole in every namespace labelled kstreams.io/inject=enabled (never in the excluded ones), and deletes
+ * it when the label goes.
+ */
+export const SidecarRbacConfigSchema = z.strictObject({
+  /** Off: nothing is created or deleted, bind the ClusterRole yourself (e.g. the chart's sidecar.rbac.namespaces). */
+  manageBindings: z.boolean().default(true),
+  /** The ClusterRole the RoleBindings grant (the chart's `<fullname>-sidecar`). */
+  clusterRoleName: rbacName.default('kstreams-sidecar'),
+  /** Name of the RoleBinding in each namespace; one of that name not labelled as the operator's is left alone. */
+  bindingName: rbacName.default('kstreams-sidecar'),
+});
+
 export const OperatorConfigSchema = z.strictObject({
   /** Namespace the operator runs in (its Lease lives here; the webhook never touches it). */
   namespace: z.string().min(1).default('kstreams-system'),
@@ -66,11 +87,13 @@ export const OperatorConfigSchema = z.strictObject({
       port: z.number().int().min(0).max(65535).default(8080),
     })
     .default({ host: '0.0.0.0', port: 8080 }),
+  sidecarRbac: SidecarRbacConfigSchema.prefault({}),
   /** The mutating webhook (served by every replica), validated by the webhook module's own schema. */
   webhook: WebhookConfigSchema.prefault({}),
 });
 
 export type OperatorConfig = z.infer<typeof OperatorConfigSchema>;
+export type SidecarRbacConfig = z.infer<typeof SidecarRbacConfigSchema>;
 export type OperatorConfigInput = z.input<typeof OperatorConfigSchema>;
 
 export class ConfigError extends Error {
@@ -100,6 +123,8 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_DETACH_TIMEOUT_MS', path: ['detachTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_SHUTDOWN_TIMEOUT_MS', path: ['shutdownTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_METRICS_PORT', path: ['server', 'port'], type: 'int' },
+  { env: 'KSTREAMS_MANAGE_SIDECAR_BINDINGS', path: ['sidecarRbac', 'manageBindings'], type: 'bool' },
+  { env: 'KSTREAMS_SIDECAR_CLUSTER_ROLE', path: ['sidecarRbac', 'clusterRoleName'], type: 'string' },
   { env: 'KSTREAMS_WEBHOOK_ENABLED', path: ['webhook', 'enabled'], type: 'bool' },
   { env: 'KSTREAMS_WEBHOOK_PORT', path: ['webhook', 'port'], type: 'int' },
   { env: 'KSTREAMS_WEBHOOK_URL', path: ['webhook', 'url'], type: 'string' },

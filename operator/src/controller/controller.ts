@@ -1,5 +1,7 @@
 // The leader's machinery: three informers (StreamPaths, Pods, Namespaces) feed one reconcile queue; the
 // agent poller feeds it too. Pod and Namespace events are mapped to the StreamPaths that select them.
+// With sidecarRbac.manageBindings, a fourth informer (the sidecar RoleBindings, by name) and the Namespaces
+// feed a second queue keyed by namespace that keeps the sidecars' RoleBinding in each opted-in namespace.
 import type { Logger } from 'pino';
 import { GROUP, PLURAL, VERSION } from '../api/streampath.js';
 import type { Clock } from '../clock.js';
@@ -7,12 +9,13 @@ import type { OperatorConfig } from '../config.js';
 import { Backoff } from '../kube/backoff.js';
 import { EventRecorder } from '../kube/events.js';
 import { Informer, InformerLifecycle } from '../kube/informer.js';
-import { podKey, sameLabels, sameSlimPod, selectorMatches, slimNamespace, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+import { podKey, sameSlimNamespace, sameSlimPod, selectorMatches, slimNamespace, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import type { KubeTransport } from '../kube/rest.js';
 import type { OperatorMetrics } from '../observability/metrics.js';
 import { AgentPoller, httpAgentFetcher, type AgentFetcher } from './agents.js';
 import { WorkQueue } from './queue.js';
 import { Reconciler, type StreamPathObject } from './reconciler.js';
+import { bindingSettings, sameSlimRoleBinding, SidecarBindingReconciler, slimRoleBinding, type SlimRoleBinding } from './sidecar-bindings.js';
 
 export interface ControllerDeps {
   config: OperatorConfig;
@@ -42,6 +45,11 @@ export class Controller {
   readonly queue: WorkQueue;
   readonly agents: AgentPoller;
   readonly reconciler: Reconciler;
+  /** The sidecar RoleBindings named sidecarRbac.bindingName in every namespace; undefined when not managed. */
+  readonly roleBindings: Informer<SlimRoleBinding> | undefined;
+  /** Keyed by namespace name; undefined when sidecarRbac.manageBindings is off. */
+  readonly bindingQueue: WorkQueue | undefined;
+  readonly bindingReconciler: SidecarBindingReconciler | undefined;
   /** namespace -> pod name -> pod, so a reconcile looks only at its own namespace. */
   private readonly podsByNamespace = new Map<string, Map<string, SlimPod>>();
   /** namespace -> StreamPath keys, to map pod events to StreamPaths. */
@@ -93,7 +101,7 @@ export class Controller {
       path: '/api/v1/namespaces',
       transform: slimNamespace,
       key: (n) => n.name,
-      equal: (a, b) => sameLabels(a.labels, b.labels),
+      equal: sameSlimNamespace,
       clock,
       backoff: informerBackoff(),
       resyncPeriodMs: config.resyncPeriodMs,
@@ -160,7 +168,56 @@ export class Controller {
       onDepth: (depth) => metrics.queueDepth.set(depth),
     });
 
+    if (config.sidecarRbac.manageBindings) {
+      const settings = bindingSettings(config.sidecarRbac, config.namespace, [config.webhook.namespace, ...config.webhook.excludedNamespaces]);
+      this.roleBindings = new Informer<SlimRoleBinding>({
+        name: 'rolebindings',
+        transport,
+        path: '/apis/rbac.authorization.k8s.io/v1/rolebindings',
+        // By name, so the operator's RBAC can be limited to that name (resourceNames) for get, list and watch.
+        fieldSelector: `metadata.name=${settings.bindingName}`,
+        transform: slimRoleBinding,
+        key: (rb) => rb.namespace,
+        equal: sameSlimRoleBinding,
+        clock,
+        backoff: informerBackoff(),
+        resyncPeriodMs: config.resyncPeriodMs,
+        onLifecycle: lifecycle('rolebindings'),
+      });
+      const roleBindings = this.roleBindings;
+      this.bindingReconciler = new SidecarBindingReconciler({
+        transport,
+        log: log.child({ component: 'sidecar-rbac' }),
+        settings,
+        getNamespace: (name) => this.namespaces.get(name),
+        getBinding: (ns) => roleBindings.get(ns),
+        storeBinding: (ns, rb) => (rb ? roleBindings.upsertLocal(rb) : roleBindings.deleteLocal(ns)),
+        onWrite: (action) => metrics.sidecarBindingWrites.inc({ action }),
+      });
+      const bindingReconciler = this.bindingReconciler;
+      this.bindingQueue = new WorkQueue({
+        concurrency: config.reconcileConcurrency,
+        clock,
+        retryInitialMs: config.retryInitialMs,
+        retryMaxMs: config.retryMaxMs,
+        random: d.random,
+        process: (ns, signal) => bindingReconciler.reconcile(ns, signal),
+        onError: (ns, err, retryInMs) => {
+          metrics.sidecarBindingErrors.inc();
+          log.warn({ namespace: ns, err, retryInMs }, 'sidecar RoleBinding reconcile failed, retrying with backoff');
+        },
+      });
+    }
+
     this.wireHandlers();
+  }
+
+  /** Every namespace the operator knows of, or holds a sidecar RoleBinding in, goes through the binding queue. */
+  resyncSidecarBindings(): void {
+    const q = this.bindingQueue;
+    if (!q) return;
+    for (const ns of this.namespaces.list()) q.add(ns.name);
+    for (const rb of this.roleBindings?.list() ?? []) q.add(rb.namespace);
   }
 
   private wireHandlers(): void {
@@ -200,6 +257,14 @@ export class Controller {
       for (const key of this.spByNamespace.get(ns.name) ?? []) this.enqueue(key);
     };
     this.namespaces.on({ add: nsChanged, update: (_o, ns) => nsChanged(ns), delete: nsChanged });
+
+    const bindingQueue = this.bindingQueue;
+    if (bindingQueue && this.roleBindings) {
+      const nsKey = (ns: SlimNamespace) => bindingQueue.add(ns.name);
+      this.namespaces.on({ add: nsKey, update: (_o, ns) => nsKey(ns), delete: nsKey, resync: () => this.resyncSidecarBindings() });
+      const rbKey = (rb: SlimRoleBinding) => bindingQueue.add(rb.namespace);
+      this.roleBindings.on({ add: rbKey, update: (_o, rb) => rbKey(rb), delete: rbKey });
+    }
   }
 
   private storeWritten(obj: StreamPathObject): void {
@@ -253,12 +318,14 @@ export class Controller {
     if (this.started) return;
     this.started = true;
     this.queue.pause();
+    this.bindingQueue?.pause();
     this.namespaces.start();
+    this.roleBindings?.start();
     this.pods.start();
     this.streamPaths.start();
     this.pollerLoop = this.agents.run(this.abort.signal);
     await Promise.race([
-      Promise.all([this.namespaces.whenSynced(), this.pods.whenSynced(), this.streamPaths.whenSynced()]),
+      Promise.all([this.namespaces.whenSynced(), this.pods.whenSynced(), this.streamPaths.whenSynced(), this.roleBindings?.whenSynced()]),
       new Promise<void>((resolve) => this.abort.signal.addEventListener('abort', () => resolve(), { once: true })),
     ]);
     if (this.abort.signal.aborted) return;
@@ -267,17 +334,18 @@ export class Controller {
       'caches synced, reconciling',
     );
     this.queue.resume();
+    this.bindingQueue?.resume();
   }
 
   get synced(): boolean {
-    return this.streamPaths.synced && this.pods.synced && this.namespaces.synced;
+    return this.streamPaths.synced && this.pods.synced && this.namespaces.synced && (this.roleBindings?.synced ?? true);
   }
 
   /** Stops at once: no reconcile starts and in-flight ones see their signal aborted before any write. */
   async stop(): Promise<void> {
     this.abort.abort();
-    await this.queue.stop();
-    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop()]);
+    await Promise.all([this.queue.stop(), this.bindingQueue?.stop()]);
+    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop(), this.roleBindings?.stop()]);
     await this.pollerLoop?.catch(() => {});
   }
 }

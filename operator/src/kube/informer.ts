@@ -47,6 +47,8 @@ export interface InformerOptions<T> {
   /** Collection path, e.g. /api/v1/pods. */
   path: string;
   labelSelector?: string;
+  /** e.g. `metadata.name=kstreams-sidecar`: RBAC can then limit list/watch to that name (resourceNames). */
+  fieldSelector?: string;
   /** Keeps what the operator needs of a raw object. */
   transform: (raw: Record<string, unknown>) => T;
   key: (obj: T) => string;
@@ -104,6 +106,11 @@ export class Informer<T> {
    */
   upsertLocal(obj: T): void {
     this.store.set(this.opts.key(obj), obj);
+  }
+
+  /** Drops an object the caller just deleted (write-through), without notifying handlers. */
+  deleteLocal(key: string): void {
+    this.store.delete(key);
   }
 
   get size(): number {
@@ -189,6 +196,7 @@ export class Informer<T> {
       const q = new URLSearchParams({ limit: String(pageSize) });
       if (cont) q.set('continue', cont);
       if (this.opts.labelSelector) q.set('labelSelector', this.opts.labelSelector);
+      if (this.opts.fieldSelector) q.set('fieldSelector', this.opts.fieldSelector);
       const page = await transport.request<{ metadata?: { resourceVersion?: string; continue?: string }; items?: Record<string, unknown>[] }>(
         'GET',
         `${path}?${q.toString()}`,
@@ -231,6 +239,7 @@ export class Informer<T> {
       timeoutSeconds: String(this.opts.watchTimeoutSeconds?.() ?? 300 + Math.floor(Math.random() * 300)),
     };
     if (this.opts.labelSelector) query.labelSelector = this.opts.labelSelector;
+    if (this.opts.fieldSelector) query.fieldSelector = this.opts.fieldSelector;
     this.emit(InformerLifecycle.WatchStarted, {});
     let sawEvents = false;
     let failure: Error | undefined;

@@ -20,6 +20,8 @@ export interface SlimPod {
 export interface SlimNamespace {
   name: string;
   labels: Record<string, string>;
+  /** deletionTimestamp set: nothing new can be created in it. */
+  deleting?: boolean;
 }
 
 interface RawMeta {
@@ -53,7 +55,9 @@ export function slimPod(raw: Record<string, unknown>): SlimPod {
 
 export function slimNamespace(raw: Record<string, unknown>): SlimNamespace {
   const meta = (raw.metadata ?? {}) as RawMeta;
-  return { name: meta.name ?? '', labels: meta.labels ?? {} };
+  const ns: SlimNamespace = { name: meta.name ?? '', labels: meta.labels ?? {} };
+  if (meta.deletionTimestamp !== undefined) ns.deleting = true;
+  return ns;
 }
 
 export function podKey(p: { namespace: string; name: string }): string {
@@ -70,6 +74,10 @@ export function sameSlimPod(a: SlimPod, b: SlimPod): boolean {
     a.deleting === b.deleting &&
     sameLabels(a.labels, b.labels)
   );
+}
+
+export function sameSlimNamespace(a: SlimNamespace, b: SlimNamespace): boolean {
+  return Boolean(a.deleting) === Boolean(b.deleting) && sameLabels(a.labels, b.labels);
 }
 
 export function sameLabels(a: Record<string, string>, b: Record<string, string>): boolean {

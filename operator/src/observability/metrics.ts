@@ -18,6 +18,8 @@ export interface OperatorMetrics {
   apiRequests: Counter<'verb' | 'outcome'>;
   agentPolls: Counter<'outcome'>;
   eventsEmitted: Counter<'type'>;
+  sidecarBindingWrites: Counter<'action'>;
+  sidecarBindingErrors: Counter;
   recordLifecycle(resource: string, event: InformerLifecycle): void;
 }
 
@@ -62,6 +64,17 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     apiRequests: new Counter({ name: 'kstreams_operator_api_requests_total', help: 'Requests to the apiserver (watches excluded)', labelNames: ['verb', 'outcome'] as const, registers }),
     agentPolls: new Counter({ name: 'kstreams_operator_agent_polls_total', help: 'Agent report polls by outcome', labelNames: ['outcome'] as const, registers }),
     eventsEmitted: new Counter({ name: 'kstreams_operator_events_total', help: 'Kubernetes Events created', labelNames: ['type'] as const, registers }),
+    sidecarBindingWrites: new Counter({
+      name: 'kstreams_operator_sidecar_rolebinding_writes_total',
+      help: 'Writes to the sidecar RoleBindings of opted-in namespaces (create, update, delete)',
+      labelNames: ['action'] as const,
+      registers,
+    }),
+    sidecarBindingErrors: new Counter({
+      name: 'kstreams_operator_sidecar_rolebinding_errors_total',
+      help: 'Sidecar RoleBinding reconciles that failed and were retried with backoff',
+      registers,
+    }),
     recordLifecycle(resource, event) {
       informerEvents.inc({ resource, event });
       if (event === 'list_started') informerRelists.inc({ resource, reason: 'list' });
