@@ -65,7 +65,12 @@ export interface EngineConfig {
   /** One source that replaces the default of its own family; ignored when upstreamSources is set. */
   upstreamSource?: string;
   mirrors: MirrorConfig[];
-  /** Bytes of each kernel pipe (primary and per mirror connection): bounds memory per connection. */
+  /**
+   * Bytes of each kernel pipe (primary and per mirror connection): bounds memory per connection. Without
+   * CAP_SYS_RESOURCE a size above fs.pipe-max-size (1 MiB by default) fails start(); within it, a size the
+   * per-user pipe budget cannot grant degrades per connection (EngineStats.pipeResizeFailures,
+   * TargetStats.connectionsSkipped) instead of failing. See docs/adr/0003-stream-engine.md.
+   */
   pipeSize: number;
   /** How long a mirror connect may take before that mirror connection is counted as failed. */
   mirrorConnectTimeoutMs: number;
@@ -81,6 +86,14 @@ export interface TargetStats {
   connectionsCut: number;
   /** Mirror connections that failed to connect (refused, unreachable, timed out). */
   connectFailures: number;
+  /**
+   * Sampled connections for which no mirror connection was opened because the kernel would not give
+   * the mirror a pipe large enough to take whole batches of the primary pipe (F_SETPIPE_SZ refused:
+   * the per-user pipe budget, fs.pipe-user-pages-soft, shared by every process of the sidecar's uid on
+   * the node), or no pipe at all (pipe2 failed). The primary went on unmirrored; its bytes count in
+   * bytesDropped. Not included in connectionsMirrored.
+   */
+  connectionsSkipped: number;
   /** Mirror connections currently open. */
   connectionsActive: number;
   /** Bytes written to this target's sockets. */
@@ -100,6 +113,13 @@ export interface EngineStats {
    * out of file descriptors: connections then wait in the listen backlog instead of being refused.
    */
   acceptPauses: number;
+  /**
+   * Connections whose primary pipes stayed smaller than pipeSize because the kernel refused to enlarge
+   * them (without CAP_SYS_RESOURCE: the per-user pipe budget, fs.pipe-user-pages-soft, is used up). They
+   * were proxied all the same, with the kernel's default pipe size (64 KiB, or 8 KiB over the budget): slower,
+   * never reset. Mirrors of such a connection are sized to its smaller batches.
+   */
+  pipeResizeFailures: number;
   /** Client -> app bytes delivered to the app. */
   bytesClientToApp: number;
   /** App -> client bytes delivered to the client. */

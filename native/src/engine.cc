@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <set>
@@ -98,18 +100,38 @@ SockAddr Unmap(const SockAddr& a) {
   return out;
 }
 
-// Creates a pipe of the engine's size; returns false with errno set.
-bool MakePipe(int fds[2], uint32_t size) {
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-  if (fcntl(fds[0], F_SETPIPE_SZ, int(size)) < 0) {
-    int e = errno;
-    close(fds[0]);
-    close(fds[1]);
-    fds[0] = fds[1] = -1;
-    errno = e;
-    return false;
-  }
-  return true;
+// Asks for `want` bytes of pipe; returns the pipe's effective size, which is smaller when the kernel
+// refused (EPERM: without CAP_SYS_RESOURCE, once the uid's pipes exceed fs.pipe-user-pages-soft - a
+// budget shared by every process of that uid on the node - no pipe may grow, and new pipes get 2 slots).
+// A refusal is not an error for the connection: the pipe keeps the kernel's size.
+uint32_t ResizePipe(int fd, uint32_t want) {
+  int r = fcntl(fd, F_SETPIPE_SZ, int(want));
+  if (r >= 0) return uint32_t(r);
+  r = fcntl(fd, F_GETPIPE_SZ);
+  return r > 0 ? uint32_t(r) : 0;
+}
+
+void ClosePipe(int fds[2]) {
+  CloseFd(fds[0]);
+  CloseFd(fds[1]);
+}
+
+// The size F_SETPIPE_SZ gives for `size`: a power of two pages (fs/pipe.c round_pipe_size).
+uint64_t RoundPipeSize(uint64_t size) {
+  uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
+  uint64_t r = page;
+  while (r < size) r <<= 1;
+  return r;
+}
+
+// /proc/sys/fs/pipe-max-size, or 0 when it cannot be read.
+uint64_t PipeMaxSize() {
+  int fd = open("/proc/sys/fs/pipe-max-size", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[32] = "";
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return n > 0 ? strtoull(buf, nullptr, 10) : 0;
 }
 
 }  // namespace
@@ -217,6 +239,7 @@ struct Conn {
   int p[2] = {-1, -1};  // client -> app
   int r[2] = {-1, -1};  // app -> client
   size_t pBytes = 0, rBytes = 0;
+  uint32_t pCapacity = 0;  // P's effective size: the largest batch a mirror pipe must take
   bool appConnected = false;
   bool clientReadable = true, clientWritable = true, appReadable = false, appWritable = false;
   bool clientEof = false, appEof = false;
@@ -490,7 +513,16 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
       if (bucket < t.threshold) sampled.push_back(&t);
   }
   uint32_t pSize = sampled.empty() ? pipeSize_ : std::max<uint32_t>(pipeSize_ / kMirrorBatchDivisor, 16 * 4096);
-  bool ok = MakePipe(c->p, pSize) && MakePipe(c->r, pipeSize_);
+  // Without pipes there is no way to proxy this connection without copying it through user space, so a
+  // failing pipe2() (ENFILE, EMFILE, or fs.pipe-user-pages-hard) still resets it. A refused size does not:
+  // the primary keeps the kernel's size and is merely slower.
+  bool ok = pipe2(c->p, O_NONBLOCK | O_CLOEXEC) == 0 && pipe2(c->r, O_NONBLOCK | O_CLOEXEC) == 0;
+  if (ok) {
+    c->pCapacity = ResizePipe(c->p[0], pSize);
+    uint32_t rCapacity = ResizePipe(c->r[0], pipeSize_);
+    if (c->pCapacity < pSize || rCapacity < pipeSize_)
+      engine_->counters.pipeResizeFailures.fetch_add(1, std::memory_order_relaxed);
+  }
   if (ok) {
     c->app = socket(dst.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     ok = c->app >= 0;
@@ -533,14 +565,27 @@ void Worker::OpenMirror(Conn* c, const ActiveTarget& t, size_t index) {
   m->target = t.counters;
   m->handle = {c, int(kMirror + index)};
   m->conn = c;
+  // M must take whole batches of P, with room for jitter: the configured size, or at least
+  // kMirrorBatchDivisor batches when P itself is smaller; never less than one batch. When the kernel
+  // will not give that (the per-user pipe budget), the mirror is not opened at all: a mirror that would
+  // be cut at its first batch is worth nothing, and the primary must not pay for it.
+  uint32_t need = std::max(c->pCapacity, std::min(pipeSize_, c->pCapacity * kMirrorBatchDivisor));
+  bool piped = pipe2(m->pipe, O_NONBLOCK | O_CLOEXEC) == 0;
+  if (piped && ResizePipe(m->pipe[0], pipeSize_) < need && ResizePipe(m->pipe[0], need) < need) {
+    ClosePipe(m->pipe);
+    piped = false;
+  }
+  if (!piped) {
+    m->target->connectionsSkipped.fetch_add(1, std::memory_order_relaxed);
+    m->state = MirrorConn::kClosed;
+    m->dropping = true;  // this connection's primary bytes count as dropped for the target
+    return;
+  }
   m->target->connectionsMirrored.fetch_add(1, std::memory_order_relaxed);
   m->target->connectionsActive.fetch_add(1, std::memory_order_relaxed);
   c->liveMirrors++;
-  bool ok = MakePipe(m->pipe, pipeSize_);
-  if (ok) {
-    m->sock = socket(t.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    ok = m->sock >= 0;
-  }
+  m->sock = socket(t.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  bool ok = m->sock >= 0;
   if (ok) {
     SetNoDelay(m->sock);
     // The socket's send buffer is the mirror's slack beyond its pipe: a target that keeps up on average
@@ -905,7 +950,10 @@ std::unique_ptr<Engine> Engine::Start(const Config& config, StartError* error) {
     }
     slot = a;
   }
-  // Size the pipes once here, so a size the kernel refuses fails start() instead of every connection.
+  // Size a pipe once here, so a size the kernel always refuses (above fs.pipe-max-size without
+  // CAP_SYS_RESOURCE) fails start() instead of shrinking every connection. A refusal within that maximum
+  // is the per-user pipe budget, used up for now (maybe by other sidecars of the node): not a reason
+  // to refuse to start, since connections degrade one by one (pipeResizeFailures, connectionsSkipped).
   int probe[2];
   if (pipe2(probe, O_CLOEXEC) != 0) {
     *error = {errno, "pipe2", "probe pipe"};
@@ -916,9 +964,13 @@ std::unique_ptr<Engine> Engine::Start(const Config& config, StartError* error) {
   close(probe[0]);
   close(probe[1]);
   if (size < 0) {
-    *error = {err, "fcntl", "F_SETPIPE_SZ " + std::to_string(config.pipeSize) +
-                                " (above /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE; choose a smaller pipeSize)"};
-    return nullptr;
+    uint64_t rounded = RoundPipeSize(config.pipeSize), max = PipeMaxSize();
+    if (err != EPERM || max == 0 || rounded > max || rounded > (1u << 31)) {
+      *error = {err, "fcntl", "F_SETPIPE_SZ " + std::to_string(config.pipeSize) +
+                                  " (above /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE; choose a smaller pipeSize)"};
+      return nullptr;
+    }
+    size = int(rounded);
   }
   e->pipeSize_ = uint32_t(size);
   e->UpdateMirrors(config.mirrors);
@@ -980,6 +1032,7 @@ Stats Engine::Snapshot() const {
   s.connectionsActive = int64_t(s.connectionsAccepted) - int64_t(s.connectionsClosed);
   s.upstreamConnectFailures = counters.upstreamConnectFailures.load(r);
   s.acceptPauses = counters.acceptPauses.load(r);
+  s.pipeResizeFailures = counters.pipeResizeFailures.load(r);
   s.bytesClientToApp = counters.bytesClientToApp.load(r);
   s.bytesAppToClient = counters.bytesAppToClient.load(r);
   std::lock_guard<std::mutex> lock(targetsMu_);
@@ -991,7 +1044,8 @@ Stats Engine::Snapshot() const {
     const TargetCounters& t = *allCounters_.at(name);
     int64_t active = t.connectionsActive.load(r);
     if (!current.count(name) && active == 0) continue;
-    s.targets.push_back({name, t.connectionsMirrored.load(r), t.connectionsCut.load(r), t.connectFailures.load(r), active,
+    s.targets.push_back({name, t.connectionsMirrored.load(r), t.connectionsCut.load(r), t.connectFailures.load(r),
+                         t.connectionsSkipped.load(r), active,
                          t.bytesMirrored.load(r), t.bytesDropped.load(r)});
   }
   return s;

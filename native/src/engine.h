@@ -67,6 +67,9 @@ struct TargetCounters {
   std::atomic<uint64_t> connectionsMirrored{0};
   std::atomic<uint64_t> connectionsCut{0};
   std::atomic<uint64_t> connectFailures{0};
+  // Sampled connections left unmirrored because the kernel refused the mirror pipe (pipe2() failed, or
+  // F_SETPIPE_SZ could not give it room for whole batches of the primary pipe: the per-user pipe budget).
+  std::atomic<uint64_t> connectionsSkipped{0};
   std::atomic<int64_t> connectionsActive{0};
   std::atomic<uint64_t> bytesMirrored{0};
   std::atomic<uint64_t> bytesDropped{0};
@@ -74,7 +77,7 @@ struct TargetCounters {
 
 struct TargetStats {
   std::string name;
-  uint64_t connectionsMirrored, connectionsCut, connectFailures;
+  uint64_t connectionsMirrored, connectionsCut, connectFailures, connectionsSkipped;
   int64_t connectionsActive;
   uint64_t bytesMirrored, bytesDropped;
 };
@@ -85,6 +88,7 @@ struct Stats {
   uint64_t connectionsClosed = 0;
   uint64_t upstreamConnectFailures = 0;
   uint64_t acceptPauses = 0;
+  uint64_t pipeResizeFailures = 0;
   uint64_t bytesClientToApp = 0;
   uint64_t bytesAppToClient = 0;
   std::vector<TargetStats> targets;
@@ -115,7 +119,8 @@ class Engine {
 
   const SockAddr& listenAddress() const { return listenAddress_; }
   int listenerFd() const { return listener_; }
-  // Effective size of each pipe (F_SETPIPE_SZ rounds up to a power of two pages).
+  // Effective size of each pipe (F_SETPIPE_SZ rounds up to a power of two pages). A connection's pipes may
+  // be smaller when the kernel refuses to enlarge them (pipeResizeFailures, connectionsSkipped).
   uint32_t pipeSize() const { return pipeSize_; }
 
   Stats Snapshot() const;
@@ -132,6 +137,9 @@ class Engine {
     std::atomic<uint64_t> upstreamConnectFailures{0};
     // Times a worker stopped polling the listener for lack of file descriptors (EMFILE, ENFILE, ...).
     std::atomic<uint64_t> acceptPauses{0};
+    // Connections whose primary pipes kept a smaller size than asked: F_SETPIPE_SZ was refused (the
+    // per-user pipe budget without CAP_SYS_RESOURCE). They are proxied all the same, more slowly.
+    std::atomic<uint64_t> pipeResizeFailures{0};
     std::atomic<uint64_t> bytesClientToApp{0};
     std::atomic<uint64_t> bytesAppToClient{0};
   } counters;

@@ -219,6 +219,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("connectionsClosed", double(s.connectionsClosed));
   o.Set("upstreamConnectFailures", double(s.upstreamConnectFailures));
   o.Set("acceptPauses", double(s.acceptPauses));
+  o.Set("pipeResizeFailures", double(s.pipeResizeFailures));
   o.Set("bytesClientToApp", double(s.bytesClientToApp));
   o.Set("bytesAppToClient", double(s.bytesAppToClient));
   Napi::Array targets = Napi::Array::New(env, s.targets.size());
@@ -229,6 +230,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     to.Set("connectionsMirrored", double(t.connectionsMirrored));
     to.Set("connectionsCut", double(t.connectionsCut));
     to.Set("connectFailures", double(t.connectFailures));
+    to.Set("connectionsSkipped", double(t.connectionsSkipped));
     to.Set("connectionsActive", double(t.connectionsActive));
     to.Set("bytesMirrored", double(t.bytesMirrored));
     to.Set("bytesDropped", double(t.bytesDropped));

@@ -1,0 +1,192 @@
+// The kernel's per-user pipe budget must never cost primary traffic. Without CAP_SYS_RESOURCE (the
+// sidecar's case) every pipe of a uid counts against fs.pipe-user-pages-soft (16384 pages = 64 MiB by
+// default), shared by every process of that uid on the node: all sidecars of all pods. Once it is used
+// up, F_SETPIPE_SZ fails (EPERM) and new pipes get 2 slots. The engine runs here in a child process as a
+// dedicated unprivileged uid (setpriv: no capabilities), so the budget it exhausts is its own, not the
+// machine's, and the machine-wide sysctl is left alone.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Netns, cleanupAll } from '../../sidecar/src/netns.js';
+import type { EngineConfig, EngineStats } from '../lib/types.js';
+import { Peer, startPeer, startServer, until, type ClientReport, type ConnReport } from './fixtures/engine-harness.js';
+
+const KB = 1024;
+const MB = 1 << 20;
+const PAGE = 4096;
+let pod: Netns;
+const peers: Peer[] = [];
+
+beforeAll(() => {
+  pod = Netns.create('pipe-budget');
+});
+
+afterEach(() => {
+  for (const p of peers.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL');
+});
+
+afterAll(async () => {
+  await cleanupAll();
+});
+
+const sysctl = (name: string) => Number(readFileSync(`/proc/sys/fs/${name}`, 'utf8').trim());
+
+// A uid nobody else on this machine uses (no passwd entry needed), different per test process, so its
+// pipe budget is ours alone even when several engineers run this suite at once.
+const UID = String(3_000_000_000 + (process.pid % 1_000_000));
+
+// (The system python: a pyenv shim under /root is not readable by that uid.) Holds 1 MiB pipes until F_SETPIPE_SZ is refused (the budget is then used up), and keeps them until
+// stdin closes.
+const BALLAST = `
+import fcntl, json, os, sys
+pipes, refused = [], False
+while len(pipes) < 4096 and not refused:
+    r, w = os.pipe()
+    pipes.append((r, w))
+    try:
+        fcntl.fcntl(r, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except PermissionError:
+        refused = True
+print(json.dumps({"event": "full", "pipes": len(pipes), "refused": refused}), flush=True)
+sys.stdin.read()
+`;
+
+type Sample = { event: 'sample'; rssKb: number | null; stats: EngineStats };
+
+/** The engine in a child process inside `pod`, running as UID without any capability. */
+async function unprivilegedEngine(config: Omit<EngineConfig, 'netnsPath'>): Promise<{ child: Peer; port: number }> {
+  const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
+  const child = new Peer(
+    pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', process.execPath, script, JSON.stringify(config)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    }),
+  );
+  peers.push(child);
+  const [l] = await child.waitFor<{ port: number }>('listening', 1, 15_000);
+  // It really is unprivileged: the budget applies to it.
+  const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+  expect(/^Uid:\s+(\d+)/m.exec(status)![1]).toBe(UID);
+  expect(/^CapEff:\s+([0-9a-f]+)/m.exec(status)![1]).toMatch(/^0+$/);
+  return { child, port: l!.port };
+}
+
+const samples = (p: Peer) => p.lines.filter((x) => x.event === 'sample') as unknown as Sample[];
+
+describe('the per-user pipe budget', () => {
+  it('running out of it degrades pipes and skips mirrors, and never resets a client', async () => {
+    const soft = sysctl('pipe-user-pages-soft');
+    // Per mirrored connection at 1 MiB: P = 256 KiB, R = 1 MiB, M = 1 MiB.
+    const perConn = (MB / 4 + MB + MB) / PAGE;
+    expect(soft, 'fs.pipe-user-pages-soft = 0 means no budget: nothing to exhaust').toBeGreaterThan(0);
+    const fit = Math.floor(soft / perConn);
+    const conns = fit + 12;
+    expect(conns, `fs.pipe-user-pages-soft=${soft} needs too many connections for this test`).toBeLessThanOrEqual(200);
+
+    const app = await startServer(pod, '127.0.0.1');
+    peers.push(app.peer);
+    const mirror = await startServer(pod, '127.0.0.1');
+    peers.push(mirror.peer);
+    const { child, port } = await unprivilegedEngine({
+      listen: { host: '127.0.0.1', port: 0 },
+      upstream: { host: '127.0.0.1', port: app.port },
+      mirrors: [{ name: 'm', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
+      pipeSize: MB,
+      mirrorConnectTimeoutMs: 5000,
+    });
+    // Long-lived: 256 KiB each at 64 KiB/s, ~4 s, so all connections are open at the same time.
+    const bytes = 256 * KB;
+    const client = startPeer(pod, ['client', '--host', '127.0.0.1', '--port', String(port), '--conns', String(conns), '--bytes', String(bytes), '--rate', String(64 * KB)]);
+    peers.push(client);
+    const [r] = await client.waitFor<ClientReport>('done', 1, 90_000);
+    const end = await until('every connection closed and no mirror open', () => {
+      const s = samples(child).at(-1)?.stats;
+      return s !== undefined && s.connectionsClosed === conns && s.targets[0]!.connectionsActive === 0 && s;
+    });
+    const peak = Math.max(...samples(child).map((x) => x.stats.connectionsActive));
+    const t = end.targets[0]!;
+    console.log(
+      `pipe budget ${soft} pages (room for ${fit} mirrored connections at 1 MiB), ${conns} concurrent (peak ${peak}): ` +
+        `${r!.conns.filter((c) => c.error).length} client errors, upstreamConnectFailures ${end.upstreamConnectFailures}, ` +
+        `pipeResizeFailures ${end.pipeResizeFailures}, mirrored ${t.connectionsMirrored}, skipped ${t.connectionsSkipped}, ` +
+        `cut ${t.connectionsCut}, connect failures ${t.connectFailures}`,
+    );
+    // Primary traffic is never lost: every client connection delivered its bytes exactly.
+    expect(r!.conns.filter((c) => c.error || c.sentBytes !== bytes)).toEqual([]);
+    const atApp = await app.peer.waitFor<ConnReport>('conn', conns);
+    expect(atApp.map((c) => c.sha).sort()).toEqual(r!.conns.map((c) => c.sentSha).sort());
+    expect(end).toMatchObject({ connectionsAccepted: conns, upstreamConnectFailures: 0 });
+    // They were open at once, beyond the budget: some mirrors were skipped, some primaries degraded.
+    expect(peak).toBe(conns);
+    expect(t.connectionsSkipped).toBeGreaterThan(0);
+    expect(end.pipeResizeFailures).toBeGreaterThan(0);
+    // Every sampled connection is either mirrored or skipped, and what was skipped is counted as dropped.
+    expect(t.connectionsMirrored + t.connectionsSkipped).toBe(conns);
+    expect(t.connectionsMirrored).toBeGreaterThan(0);
+    expect(t.connectionsCut + t.connectFailures).toBe(0);
+    expect(t.bytesMirrored).toBe(t.connectionsMirrored * bytes);
+    expect(t.bytesDropped).toBe(t.connectionsSkipped * bytes);
+    // The mirrors that were opened got exact copies.
+    const atMirror = await mirror.peer.waitFor<ConnReport>('conn', t.connectionsMirrored);
+    const sent = new Set(r!.conns.map((c) => c.sentSha));
+    expect(atMirror.filter((c) => !sent.has(c.sha) || c.bytes !== bytes)).toEqual([]);
+    child.child.stdin!.end();
+  });
+
+  it('starts when other processes of its uid (other sidecars) hold the whole budget, and proxies every connection unmirrored', async () => {
+    // Another process of the same uid takes the budget: 1 MiB pipes until the kernel refuses.
+    const ballast = new Peer(
+      pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', '/usr/bin/python3', '-c', BALLAST], { stdio: ['pipe', 'pipe', 'pipe'] }),
+    );
+    peers.push(ballast);
+    const [full] = await ballast.waitFor<{ pipes: number; refused: boolean }>('full', 1, 15_000);
+    expect(full!.refused).toBe(true);
+    const app = await startServer(pod, '127.0.0.1', ['--respond', String(MB)]);
+    peers.push(app.peer);
+    const mirror = await startServer(pod, '127.0.0.1');
+    peers.push(mirror.peer);
+    // Before: start() failed here with EPERM from its probe F_SETPIPE_SZ.
+    const { child, port } = await unprivilegedEngine({
+      listen: { host: '127.0.0.1', port: 0 },
+      upstream: { host: '127.0.0.1', port: app.port },
+      mirrors: [{ name: 'm', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
+      pipeSize: MB,
+      mirrorConnectTimeoutMs: 5000,
+    });
+    const conns = 5;
+    const bytes = 4 * MB;
+    const client = startPeer(pod, ['client', '--host', '127.0.0.1', '--port', String(port), '--conns', String(conns), '--bytes', String(bytes)]);
+    peers.push(client);
+    const [r] = await client.waitFor<ClientReport>('done', 1, 90_000);
+    expect(r!.conns.filter((c) => c.error || c.sentBytes !== bytes || c.bytes !== MB)).toEqual([]);
+    const atApp = await app.peer.waitFor<ConnReport>('conn', conns);
+    expect(atApp.map((c) => c.sha).sort()).toEqual(r!.conns.map((c) => c.sentSha).sort());
+    expect(r!.conns.map((c) => c.sha).sort()).toEqual(atApp.map((c) => c.sentSha).sort());
+    const end = await until('every connection closed', () => {
+      const s = samples(child).at(-1)?.stats;
+      return s !== undefined && s.connectionsClosed === conns && s;
+    });
+    console.log(`budget held by another process (${full!.pipes} pipes): ${JSON.stringify(end)}`);
+    expect(end).toMatchObject({ connectionsAccepted: conns, upstreamConnectFailures: 0, pipeResizeFailures: conns, bytesClientToApp: conns * bytes });
+    expect(end.targets[0]).toMatchObject({ connectionsMirrored: 0, connectionsSkipped: conns, bytesMirrored: 0, bytesDropped: conns * bytes });
+    child.child.stdin!.end();
+    ballast.child.stdin!.end();
+  });
+
+  it('a pipeSize above fs.pipe-max-size fails start() for an unprivileged engine, with the reason', async () => {
+    const max = sysctl('pipe-max-size');
+    const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
+    const config = { listen: { host: '127.0.0.1', port: 0 }, upstream: { host: '127.0.0.1', port: 9 }, mirrors: [], pipeSize: max * 2, mirrorConnectTimeoutMs: 1000 };
+    const child = new Peer(
+      pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', process.execPath, script, JSON.stringify(config)], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      }),
+    );
+    peers.push(child);
+    const err = await child.waitFor('listening', 1, 15_000).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toMatch(/EPERM/);
+    expect(err?.message).toMatch(/pipe-max-size/);
+  });
+});
