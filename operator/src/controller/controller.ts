@@ -193,6 +193,7 @@ export class Controller {
         getBinding: (ns) => roleBindings.get(ns),
         storeBinding: (ns, rb) => (rb ? roleBindings.upsertLocal(rb) : roleBindings.deleteLocal(ns)),
         onWrite: (action) => metrics.sidecarBindingWrites.inc({ action }),
+        onResult: (result) => metrics.sidecarBindingReconciles.inc({ result }),
       });
       const bindingReconciler = this.bindingReconciler;
       this.bindingQueue = new WorkQueue({

@@ -181,6 +181,8 @@ export interface SidecarBindingReconcilerDeps {
   /** Write-through: the cache sees what was just written (undefined: deleted) before the watch event. */
   storeBinding(namespace: string, rb: SlimRoleBinding | undefined): void;
   onWrite?: (action: BindingWrite) => void;
+  /** Every reconcile's plan: the action, or for none its reason (metrics, tests). */
+  onResult?: (result: BindingPlan['action'] | NoActionReason) => void;
 }
 
 export class SidecarBindingReconciler {
@@ -193,6 +195,7 @@ export class SidecarBindingReconciler {
     // Twice at most: a create that finds the binding already there (409) refreshes the cache and plans again.
     for (let attempt = 0; attempt < 2; attempt++) {
       const plan = planSidecarBinding(namespace, this.d.getNamespace(namespace), this.d.getBinding(namespace), this.d.settings);
+      this.d.onResult?.(plan.action === 'none' ? plan.reason : plan.action);
       if (plan.action === 'none') {
         this.noteForeign(namespace, plan);
         return;

@@ -20,6 +20,7 @@ export interface OperatorMetrics {
   eventsEmitted: Counter<'type'>;
   sidecarBindingWrites: Counter<'action'>;
   sidecarBindingErrors: Counter;
+  sidecarBindingReconciles: Counter<'result'>;
   recordLifecycle(resource: string, event: InformerLifecycle): void;
 }
 
@@ -73,6 +74,12 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     sidecarBindingErrors: new Counter({
       name: 'kstreams_operator_sidecar_rolebinding_errors_total',
       help: 'Sidecar RoleBinding reconciles that failed and were retried with backoff',
+      registers,
+    }),
+    sidecarBindingReconciles: new Counter({
+      name: 'kstreams_operator_sidecar_rolebinding_reconciles_total',
+      help: 'Sidecar RoleBinding reconciles by plan: create, update, recreate, delete, or why nothing was done (up-to-date, not-enabled, excluded, foreign, namespace-gone)',
+      labelNames: ['result'] as const,
       registers,
     }),
     recordLifecycle(resource, event) {
