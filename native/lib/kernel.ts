@@ -15,14 +15,24 @@ export interface RawKernelProbe {
 
 const CAPS = 'the sidecar needs CAP_BPF and CAP_NET_ADMIN (or root)';
 
+const isRefusal = (error: string | null) => error === 'EPERM' || error === 'EACCES';
+
 function refusal(what: string, error: string | null): string {
-  if (error === 'EPERM' || error === 'EACCES') return `${what}: the kernel refused (${error}); ${CAPS}`;
+  if (isRefusal(error)) return `${what}: unknown, cannot probe without CAP_BPF (the kernel refused: ${error}); ${CAPS}`;
   return `${what}: probe failed (${error})`;
 }
 
 /** Turns a raw probe into KernelFeatures with one sentence per missing feature. Pure, for tests. */
 export function describeKernelProbe(raw: RawKernelProbe): KernelFeatures {
   const problems: string[] = [];
+  const unknown: ('skLookup' | 'sockmap')[] = [];
+  // Without privilege every bpf() command fails, so a feature probe that "failed" says nothing about the
+  // kernel. An addon that did not report the probe's own errno still must not claim "not supported".
+  const bpfRefused = !raw.bpfSyscall && isRefusal(raw.bpfSyscallError);
+  const skLookupError = raw.skLookupError ?? (bpfRefused ? raw.bpfSyscallError : null);
+  const sockmapError = raw.sockmapError ?? (bpfRefused ? raw.bpfSyscallError : null);
+  if (!raw.skLookup && isRefusal(skLookupError)) unknown.push('skLookup');
+  if (!raw.sockmap && isRefusal(sockmapError)) unknown.push('sockmap');
   if (!raw.bpfSyscall) {
     problems.push(
       raw.bpfSyscallError === 'ENOSYS'
@@ -35,19 +45,19 @@ export function describeKernelProbe(raw: RawKernelProbe): KernelFeatures {
   }
   if (!raw.skLookup) {
     problems.push(
-      raw.skLookupError
-        ? refusal('sk_lookup programs', raw.skLookupError)
+      skLookupError
+        ? refusal('sk_lookup programs', skLookupError)
         : 'sk_lookup programs are not supported (Linux 5.9+ needed): connections cannot be intercepted',
     );
   }
   if (!raw.sockmap) {
     problems.push(
-      raw.sockmapError
-        ? refusal('SOCKMAP', raw.sockmapError)
+      sockmapError
+        ? refusal('SOCKMAP', sockmapError)
         : 'SOCKMAP is not supported (CONFIG_BPF_STREAM_PARSER or CONFIG_NET_SOCK_MSG missing)',
     );
   }
-  return { bpfSyscall: raw.bpfSyscall, btf: raw.btf, skLookup: raw.skLookup, sockmap: raw.sockmap, problems };
+  return { bpfSyscall: raw.bpfSyscall, btf: raw.btf, skLookup: raw.skLookup, sockmap: raw.sockmap, unknown, problems };
 }
 
 /** Probes this kernel with the privileges of this process (a probe the sidecar runs at start-up). */

@@ -148,7 +148,12 @@ export interface KernelFeatures {
   btf: boolean;
   skLookup: boolean;
   sockmap: boolean;
-  /** Human-readable reasons for the features that are missing. */
+  /**
+   * Features reported false only because this process may not probe them (bpf() refused with EPERM or
+   * EACCES: no CAP_BPF / CAP_NET_ADMIN): the kernel may well have them. Absent from older probes.
+   */
+  unknown?: ('skLookup' | 'sockmap')[];
+  /** Human-readable reasons for the features that are missing or could not be probed. */
   problems: string[];
 }
 

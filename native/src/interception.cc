@@ -265,6 +265,40 @@ int InterceptionLink::ReadCounters(InterceptionCounters* out) const {
 
 // ---- feature probe ----
 
+namespace {
+
+// libbpf's probes answer 0, "not supported", also when the kernel refused for lack of privilege (no
+// CAP_BPF / CAP_NET_ADMIN: EPERM). Redo the attempt to keep its errno, and report only a refusal, which
+// means "cannot tell", not "absent".
+int RefusalErrno(int err) { return err == EPERM || err == EACCES ? err : 0; }
+
+int SkLookupRefusal() {
+  bpf_insn insns[2] = {};
+  insns[0].code = BPF_ALU64 | BPF_MOV | BPF_K;  // r0 = SK_PASS
+  insns[0].imm = 1;
+  insns[1].code = BPF_JMP | BPF_EXIT;
+  bpf_prog_load_opts opts{};
+  opts.sz = sizeof opts;
+  opts.expected_attach_type = BPF_SK_LOOKUP;
+  int fd = bpf_prog_load(BPF_PROG_TYPE_SK_LOOKUP, nullptr, "GPL", insns, 2, &opts);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  return RefusalErrno(errno);
+}
+
+int SockmapRefusal() {
+  int fd = bpf_map_create(BPF_MAP_TYPE_SOCKMAP, nullptr, sizeof(uint32_t), sizeof(uint32_t), 1, nullptr);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  return RefusalErrno(errno);
+}
+
+}  // namespace
+
 KernelProbe ProbeKernel() {
   KernelProbe probe;
   LibbpfLogCapture quiet;  // probes fail by design on old kernels; their warnings are not news
@@ -278,10 +312,10 @@ KernelProbe ProbeKernel() {
   probe.btf = access("/sys/kernel/btf/vmlinux", R_OK) == 0;
   int rc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_LOOKUP, nullptr);
   probe.skLookup = rc == 1;
-  probe.skLookupError = rc < 0 ? -rc : 0;
+  probe.skLookupError = rc < 0 ? -rc : rc == 0 ? SkLookupRefusal() : 0;
   rc = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_SOCKMAP, nullptr);
   probe.sockmap = rc == 1;
-  probe.sockmapError = rc < 0 ? -rc : 0;
+  probe.sockmapError = rc < 0 ? -rc : rc == 0 ? SockmapRefusal() : 0;
   return probe;
 }
 

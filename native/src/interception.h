@@ -69,7 +69,8 @@ class InterceptionLink {
   std::vector<uint32_t> mapIds_;
 };
 
-// What the kernel offers for interception. Each *Error is 0 when the probe could run, else a positive errno.
+// What the kernel offers for interception. Each *Error is 0 when the probe could run, else a positive errno;
+// EPERM/EACCES mean the process lacks the privilege to find out (the feature may well be there).
 struct KernelProbe {
   bool bpfSyscall = false;
   int bpfSyscallError = 0;
