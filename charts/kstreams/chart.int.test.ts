@@ -111,6 +111,8 @@ describe('the chart rendered with its default values', () => {
     expect(config.webhook.sidecar.image).toBe(operatorContainer(objects).image);
     expect(operatorContainer(objects).image).toBe('kstreams/kstreams:0.1.0');
     expect(config.webhook.sidecar.privileged).toBe(false);
+    // The operator binds the chart's sidecar ClusterRole in opted-in namespaces, under the same name.
+    expect(config.sidecarRbac).toEqual({ manageBindings: true, clusterRoleName: 'kstreams-sidecar', bindingName: 'kstreams-sidecar' });
   });
 
   it('renders exactly the webhook the operator computes, without a caBundle (the operator patches it)', () => {
@@ -189,6 +191,10 @@ describe('the chart rendered with its default values', () => {
         resourceNames: ['kstreams-sidecar-injector'],
         verbs: ['get', 'update', 'patch'],
       },
+      // The sidecars' RoleBindings: by name where Kubernetes allows it, create cannot be limited by name.
+      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['rolebindings'], resourceNames: ['kstreams-sidecar'], verbs: ['get', 'list', 'watch', 'update', 'patch', 'delete'] },
+      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['rolebindings'], verbs: ['create'] },
+      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['clusterroles'], resourceNames: ['kstreams-sidecar'], verbs: ['bind'] },
     ]);
     const role = findObject(objects, 'Role', 'kstreams-operator') as Obj;
     expect(role.metadata.namespace).toBe('kstreams-system');
@@ -284,6 +290,13 @@ describe('values that change the rendered chart', () => {
     ]);
   });
 
+  it('sidecar.rbac.manageBindings=false gives the operator no rights on RoleBindings and turns the management off', async () => {
+    const objects = await render({ 'sidecar.rbac.manageBindings': false });
+    const rbacRules = rulesOf(objects, 'ClusterRole', 'kstreams-operator').filter((r) => r.apiGroups.includes('rbac.authorization.k8s.io'));
+    expect(rbacRules).toEqual([]);
+    expect(operatorConfig(objects).sidecarRbac.manageBindings).toBe(false);
+  });
+
   it('release and fullnameOverride name every object, cluster-scoped ones included', async () => {
     const objects = await renderChart({ fullnameOverride: 'mirror' }, { release: 'prod', namespace: 'net', env: helmEnv });
     expect(findObject(objects, 'MutatingWebhookConfiguration').metadata.name).toBe('mirror-sidecar-injector');
@@ -291,19 +304,34 @@ describe('values that change the rendered chart', () => {
     const byRelease = await renderChart({}, { release: 'edge', namespace: 'net', env: helmEnv });
     expect(findObject(byRelease, 'Deployment').metadata.name).toBe('edge-kstreams');
     expect(findObject(byRelease, 'ClusterRole', 'edge-kstreams-sidecar')).toBeDefined();
+    // The operator binds and may bind exactly the ClusterRole of its own release.
+    expect(operatorConfig(byRelease).sidecarRbac).toMatchObject({ clusterRoleName: 'edge-kstreams-sidecar', bindingName: 'edge-kstreams-sidecar' });
+    const bind = rulesOf(byRelease, 'ClusterRole', 'edge-kstreams-operator').find((r) => r.verbs.includes('bind'));
+    expect(bind).toEqual({ apiGroups: ['rbac.authorization.k8s.io'], resources: ['clusterroles'], resourceNames: ['edge-kstreams-sidecar'], verbs: ['bind'] });
   });
 });
 
 describe('NOTES.txt', () => {
-  it('tells the next steps: label a namespace, bind the sidecar role, apply a StreamPath, kubectl get sp', async () => {
-    const r = await helm(['install', 'kstreams', CHART_DIR, '--namespace', 'kstreams-system', '--dry-run=client']);
+  const notesOf = async (...args: string[]) => {
+    const r = await helm(['install', 'kstreams', CHART_DIR, '--namespace', 'kstreams-system', '--dry-run=client', ...args]);
     expect(r.code, r.stderr).toBe(0);
-    const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    return r.stdout.slice(r.stdout.indexOf('NOTES:'));
+  };
+
+  it('tells the next steps: label a namespace (the operator binds the sidecar role), apply a StreamPath, kubectl get sp', async () => {
+    const notes = await notesOf();
     expect(notes).toContain('kubectl label namespace <ns> kstreams.io/inject=enabled');
-    expect(notes).toContain('create rolebinding kstreams-sidecar');
+    expect(notes).toContain('The operator then creates RoleBinding kstreams-sidecar there');
+    expect(notes).not.toContain('create rolebinding');
     expect(notes).toContain('apply -f streampath.yaml');
     expect(notes).toContain('get streampaths');
     expect(notes).toContain('the operator creates Secret kstreams-webhook-tls');
+  });
+
+  it('with sidecar.rbac.manageBindings=false, shows the RoleBinding to create by hand', async () => {
+    const notes = await notesOf('--set', 'sidecar.rbac.manageBindings=false');
+    expect(notes).toContain('kubectl -n <ns> create rolebinding kstreams-sidecar');
+    expect(notes).not.toContain('The operator then creates');
   });
 });
 
@@ -319,6 +347,7 @@ describe('values.schema.json', () => {
     [['--set', 'webhook.failurePolicy=ignore'], '/webhook/failurePolicy'],
     [['--set', 'webhook.timeoutSeconds=60'], '/webhook/timeoutSeconds'],
     [['--set-json', 'webhook.excludedNamespaces=["Not_A_Namespace"]'], '/webhook/excludedNamespaces/0'],
+    [['--set', 'sidecar.rbac.manageBindings=yes'], "at '/sidecar/rbac/manageBindings': got string, want boolean"],
   ])('refuses %j naming the value (%s)', async (args, message) => {
     const r = await template(...args);
     expect(r.code).not.toBe(0);
@@ -334,6 +363,8 @@ describe('helm install into the real apiserver', () => {
   const suffix = randomBytes(3).toString('hex');
   const namespace = `kstreams-chart-${suffix}`;
   const appNamespace = `kstreams-chart-app-${suffix}`;
+  /** Opted in by its label only: the operator binds the sidecar role there. */
+  const shopNamespace = `kstreams-chart-shop-${suffix}`;
   const release = `ks-${suffix}`;
   const fullname = `${release}-kstreams`;
   const sa = `system:serviceaccount:${namespace}:${fullname}`;
@@ -368,7 +399,7 @@ describe('helm install into the real apiserver', () => {
     }
     if (installed) await helm(['uninstall', release, '--namespace', namespace, '--kubeconfig', kubeconfig]);
     // Without a controller-manager namespaces stay Terminating; their names are fresh per run.
-    await kubectl('delete', 'namespace', namespace, appNamespace, '--wait=false', '--ignore-not-found');
+    await kubectl('delete', 'namespace', namespace, appNamespace, shopNamespace, '--wait=false', '--ignore-not-found');
   });
 
   it('establishes the StreamPath CRD, kept on uninstall', async () => {
@@ -426,6 +457,10 @@ describe('helm install into the real apiserver', () => {
       ['update', 'leases.coordination.k8s.io', '-n', namespace],
       ['create', 'secrets', '-n', namespace],
       ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
+      ['create', 'rolebindings', '-n', appNamespace],
+      ['list', `rolebindings/${fullname}-sidecar`, '--all-namespaces'],
+      ['delete', `rolebindings/${fullname}-sidecar`, '-n', appNamespace],
+      ['bind', `clusterroles/${fullname}-sidecar`],
     ];
     const no = [
       ['get', 'secrets', '-n', appNamespace],
@@ -435,6 +470,10 @@ describe('helm install into the real apiserver', () => {
       ['create', 'pods', '-n', appNamespace],
       ['delete', 'streampaths.kstreams.io', '-n', appNamespace],
       ['create', 'clusterrolebindings'],
+      ['bind', 'clusterroles/cluster-admin'],
+      ['bind', 'clusterroles/admin'],
+      ['delete', 'rolebindings/someone-elses', '-n', appNamespace],
+      ['list', 'rolebindings', '--all-namespaces'],
     ];
     const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
     expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));
@@ -451,7 +490,12 @@ describe('helm install into the real apiserver', () => {
     expect(await canI(['watch', 'streampaths.kstreams.io', '-n', namespace], asPodSa(namespace))).toBe('no');
   });
 
-  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret and caBundle", async () => {
+  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret, caBundle and the sidecars' RoleBindings", async () => {
+    const asPodSa = (ns: string) => [`--as=system:serviceaccount:${ns}:default`];
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'create', 'namespace', shopNamespace]);
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'label', 'namespace', shopNamespace, appNamespace, 'kstreams.io/inject=enabled']);
+    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('no');
+
     // A real token of the ServiceAccount (TokenRequest), so the apiserver authorizes exactly the chart's RBAC.
     const newerKubectl = join(dirname(helmBinary()), 'kubectl');
     const token = (await mustRun(newerKubectl, ['--kubeconfig', kubeconfig, 'create', 'token', fullname, '-n', namespace, '--duration', '600s'])).trim();
@@ -511,6 +555,31 @@ describe('helm install into the real apiserver', () => {
     );
     const secret = await getJson('secret', `${fullname}-webhook-tls`, '-n', namespace);
     expect(Object.keys(secret.data)).toEqual(expect.arrayContaining(['tls.crt', 'tls.key']));
+
+    // The labelled namespace got the sidecars' RoleBinding, made by the operator with the chart's rights.
+    await waitFor(
+      'the sidecar RoleBinding',
+      async () => (await alive()) && (await kubectl('get', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--ignore-not-found', '-o', 'name')).stdout.trim() !== '',
+      { timeoutMs: 60_000 },
+    );
+    const binding = await getJson('rolebinding', `${fullname}-sidecar`, '-n', shopNamespace);
+    expect(binding.metadata.labels['app.kubernetes.io/managed-by']).toBe('kstreams-operator');
+    expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${fullname}-sidecar` });
+    expect(binding.subjects).toEqual([{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: `system:serviceaccounts:${shopNamespace}` }]);
+    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('yes');
+    // The chart's own binding in the listed namespace is left to Helm.
+    const chartBinding = await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace);
+    expect(chartBinding.metadata.labels['app.kubernetes.io/managed-by']).toBe('Helm');
+    // Unlabelled: the operator deletes its binding, the ServiceAccounts lose the right.
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'label', 'namespace', shopNamespace, 'kstreams.io/inject-']);
+    await waitFor(
+      'the sidecar RoleBinding deleted',
+      async () => (await alive()) && (await kubectl('get', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--ignore-not-found', '-o', 'name')).stdout.trim() === '',
+      { timeoutMs: 60_000 },
+    );
+    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('no');
+    expect((await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace)).metadata.uid).toBe(chartBinding.metadata.uid);
+
     const refused = lines.filter((l) => /forbidden|403/i.test(JSON.stringify(l)));
     expect(refused).toEqual([]);
 

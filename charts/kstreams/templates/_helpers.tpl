@@ -207,6 +207,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "detachTimeoutMs" $v.operator.detachTimeoutMs
   "shutdownTimeoutMs" $v.operator.shutdownTimeoutMs
   "server" (dict "host" "0.0.0.0" "port" $v.operator.metricsPort)
+  "sidecarRbac" (dict "manageBindings" $v.sidecar.rbac.manageBindings "clusterRoleName" (include "kstreams.sidecarRoleName" .) "bindingName" (include "kstreams.sidecarRoleName" .))
   "webhook" $webhook }}
 {{- toYaml $config }}
 {{- end }}
