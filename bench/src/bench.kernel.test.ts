@@ -5,12 +5,12 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { ALL_PATHS } from './paths.js';
 import { bulkTable, latencyTable, targets } from './report.js';
+import { repoPath } from './repo.js';
 import { Bench, type BenchRun } from './run.js';
 
 /** Whether this checkout has a built engine; without it the KStreams rows must say why they are empty. */
 async function engineAvailable(): Promise<boolean> {
-  const addonFile = new URL('../../native/build/Release/kstreams.node', import.meta.url);
-  if (!existsSync(addonFile)) return false;
+  if (!existsSync(repoPath('native/build/Release/kstreams.node'))) return false;
   const libPath = '../../native/lib/index.js';
   const lib = (await import(libPath)) as Record<string, unknown>;
   return typeof lib['Engine'] === 'function' && typeof lib['Interception'] === 'function';

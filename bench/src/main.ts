@@ -4,14 +4,14 @@ import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, relative, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { machineFacts } from './machine.js';
 import { ALL_PATHS } from './paths.js';
 import { consoleReport, markdownReport, targets } from './report.js';
+import { repoPath } from './repo.js';
 import { Bench, type BenchOptions } from './run.js';
 import { parseSize } from './stats.js';
 
-const repoRoot = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../../' : '../../', import.meta.url));
 
 function size(v: string): number {
   try {
@@ -39,7 +39,7 @@ const program = new Command('bench')
   .option('--socat-buffer <size>', 'socat -b copy buffer', size, 256 * 1024)
   .option('--only <ids>', `comma-separated path ids (direct is always run): ${ALL_PATHS.map((p) => p.id).join(', ')}`)
   .option('--engine-lib <module>', 'load the KStreams engine from this module instead of native/lib (compare builds)')
-  .option('--out <dir>', 'where results are written', join(repoRoot, 'bench/results'))
+  .option('--out <dir>', 'where results are written', repoPath('bench/results'))
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
 

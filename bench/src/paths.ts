@@ -21,6 +21,8 @@ export interface PathContext {
   startTimeoutMs: number;
   /** Module the KStreams runner loads instead of native/lib (an absolute path or file URL). */
   engineLib?: string;
+  /** The bench's private copy of kstreams.node, so every run measures the same build (KSTREAMS_ADDON). */
+  addonCopy?: string;
 }
 
 export interface StartedPath {
@@ -173,7 +175,8 @@ function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
         ...(intercept ? { interceptPort: upstreamPort } : {}),
         ...(ctx.engineLib ? { nativeLib: ctx.engineLib } : {}),
       });
-      const proc = start(ctx.ns, 'kstreams runner', prog.command, [...prog.args, config]);
+      const env = ctx.addonCopy ? { KSTREAMS_ADDON: ctx.addonCopy } : undefined;
+      const proc = start(ctx.ns, 'kstreams runner', prog.command, [...prog.args, config], env);
       const listenPort = await readyPort(proc, ctx.startTimeoutMs);
       return {
         // With interception the client uses the server's real port; sk_lookup steers it to the engine.

@@ -97,9 +97,9 @@ export class Proc {
   }
 }
 
-/** Starts a process in the namespace. */
-export function start(ns: Netns, name: string, command: string, args: string[]): Proc {
-  return new Proc(name, ns.spawn(command, args));
+/** Starts a process in the namespace, with extra environment variables if given. */
+export function start(ns: Netns, name: string, command: string, args: string[], env?: Record<string, string>): Proc {
+  return new Proc(name, ns.spawn(command, args, env ? { env: { ...process.env, ...env } } : {}));
 }
 
 /** Runs a load generator to completion and returns its stdout; throws with its stderr when it fails. */

@@ -1,15 +1,15 @@
 // Runs every path on both workloads, fresh processes per measurement, runs interleaved (run 1 of every
 // path, then run 2, ...) so that a noisy minute on a shared machine hurts all paths alike.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { Netns } from '../../sidecar/src/netns.js';
 import type { EngineStats } from '../../native/lib/types.js';
 import { ALL_PATHS, type PathContext, type PathSpec, type StartedPath } from './paths.js';
 import { ProcessWatch, processTicks, systemBusyTicks, USER_HZ } from './procfs.js';
 import { runToEnd, start, type Proc } from './procs.js';
+import { repoPath } from './repo.js';
 import { median } from './stats.js';
 
 export interface BenchOptions {
@@ -108,16 +108,12 @@ export interface BenchRun {
 const host = '127.0.0.1';
 const GB = 1e9;
 
-function toolsDir(): string {
-  return fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../../bench/build/' : '../build/', import.meta.url));
-}
-
 /** Compiles the C load generators (bench/Makefile); cheap when they are up to date. */
 export function buildTools(): { server: string; bulk: string; rr: string } {
-  const benchDir = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../../bench/' : '../', import.meta.url));
+  const benchDir = repoPath('bench');
   const r = spawnSync('make', ['-s', '-C', benchDir], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`building the load generators failed (make -C ${benchDir}): ${r.stderr || r.stdout}`);
-  const dir = toolsDir();
+  const dir = repoPath('bench/build');
   return { server: join(dir, 'ks-server'), bulk: join(dir, 'ks-bulk'), rr: join(dir, 'ks-rr') };
 }
 
@@ -157,6 +153,14 @@ export class Bench {
     }));
     this.ns = Netns.create('bench');
     this.tmpDir = mkdtempSync(join(tmpdir(), 'kstreams-bench-'));
+    // A private copy of the addon: on a shared checkout it may be rebuilt mid-run, which would lose
+    // measurements or mix two builds in one table. Not with --engine-lib: that build brings its own.
+    const addon = repoPath('native/build/Release/kstreams.node');
+    let addonCopy: string | undefined;
+    if (!o.engineLib && existsSync(addon)) {
+      addonCopy = join(this.tmpDir, 'kstreams.node');
+      copyFileSync(addon, addonCopy);
+    }
     const ctx: PathContext = {
       ns: this.ns,
       tmpDir: this.tmpDir,
@@ -165,6 +169,7 @@ export class Bench {
       socatBuffer: o.socatBuffer,
       startTimeoutMs: 15_000,
       ...(o.engineLib ? { engineLib: o.engineLib } : {}),
+      ...(addonCopy ? { addonCopy } : {}),
     };
     try {
       for (let run = 1; run <= o.runs; run++) {
@@ -252,7 +257,7 @@ export class Bench {
   private async bulkOnce(ctx: PathContext, tools: ReturnType<typeof buildTools>, spec: PathSpec): Promise<BulkSample> {
     const bytes = this.options.bytes;
     const sink = await this.server(ctx, tools.server, ['sink', '0'], 'sink');
-    const mirror = spec.kind === 'mirror' ? await this.server(ctx, tools.server, ['sink', '0', '--no-ack'], 'mirror sink') : undefined;
+    const mirror = spec.kind === 'mirror' ? await this.server(ctx, tools.server, ['sink', '0', '--no-ack', '--discard'], 'mirror sink') : undefined;
     let path: StartedPath | undefined;
     let engineStats: EngineStats | undefined;
     try {
@@ -312,7 +317,7 @@ export class Bench {
   private async rrOnce(ctx: PathContext, tools: ReturnType<typeof buildTools>, spec: PathSpec): Promise<RrSample> {
     const o = this.options;
     const echo = await this.server(ctx, tools.server, ['echo', '0'], 'echo server');
-    const mirror = spec.kind === 'mirror' ? await this.server(ctx, tools.server, ['sink', '0', '--no-ack'], 'mirror sink') : undefined;
+    const mirror = spec.kind === 'mirror' ? await this.server(ctx, tools.server, ['sink', '0', '--no-ack', '--discard'], 'mirror sink') : undefined;
     let path: StartedPath | undefined;
     try {
       path = await this.startPath(ctx, spec, echo.port, mirror?.port);
@@ -344,23 +349,33 @@ export class Bench {
   }
 }
 
+/**
+ * Medians over the runs. For a mirror row, throughput and CPU come from the runs in which the mirror got
+ * the whole stream (when there are any): once a mirror is cut the path is a plain proxy, and mixing those
+ * runs in would credit the mirror with a proxy's speed. How often it was cut is reported beside it.
+ */
 function medians(r: PathResult): PathMedians {
   const m: PathMedians = {};
   const set = <K extends keyof PathMedians>(k: K, v: number | undefined): void => {
     if (v !== undefined) m[k] = v;
   };
-  set('gbps', median(r.bulk.map((s) => s.gbps)));
-  if (m.gbps !== undefined && r.bulk.length > 1) {
-    const g = r.bulk.map((s) => s.gbps);
+  let basis = r.bulk;
+  if (r.kind === 'mirror') {
+    const whole = r.bulk.filter((s) => (s.mirrorBytes ?? 0) >= s.bytes);
+    m.mirrorShortRuns = r.bulk.length - whole.length;
+    if (whole.length > 0) basis = whole;
+    set('mirrorFraction', median(r.bulk.map((s) => (s.mirrorBytes ?? 0) / s.bytes)));
+  }
+  set('gbps', median(basis.map((s) => s.gbps)));
+  if (m.gbps !== undefined && basis.length > 1) {
+    const g = basis.map((s) => s.gbps);
     m.gbpsSpread = (Math.max(...g) - Math.min(...g)) / m.gbps;
   }
-  set('sysCpuPerGB', median(r.bulk.map((s) => s.sysCpuPerGB)));
-  set('pathCpuPerGB', median(r.bulk.map((s) => s.pathCpuPerGB)));
-  set('proxyCpuPerGB', median(r.bulk.map((s) => s.proxyCpuPerGB)));
+  set('sysCpuPerGB', median(basis.map((s) => s.sysCpuPerGB)));
+  set('pathCpuPerGB', median(basis.map((s) => s.pathCpuPerGB)));
+  set('proxyCpuPerGB', median(basis.map((s) => s.proxyCpuPerGB)));
   const rss = [...r.bulk.map((s) => s.peakRssBytes), ...r.rr.map((s) => s.peakRssBytes)].filter((x): x is number => x !== undefined);
   if (rss.length > 0) m.peakRssMB = Math.max(...rss) / 2 ** 20;
-  set('mirrorFraction', median(r.bulk.map((s) => (s.mirrorBytes === undefined ? undefined : s.mirrorBytes / s.bytes))));
-  if (r.kind === 'mirror') m.mirrorShortRuns = r.bulk.filter((s) => (s.mirrorBytes ?? 0) < s.bytes).length;
   set('p50Us', median(r.rr.map((s) => s.single.p50Us)));
   set('p99Us', median(r.rr.map((s) => s.single.p99Us)));
   set('concurrentP99Us', median(r.rr.map((s) => s.concurrent.p99Us)));

@@ -2,14 +2,22 @@
 //   ks-server sink PORT [--no-ack]   read and count until EOF; then (unless --no-ack) send the count back
 //                                    as 8 bytes, so the client's clock stops only when every byte arrived.
 //                                    --no-ack is the mirror sink: mirrors are write-only.
+//   ks-server sink PORT --no-ack --discard
+//                                    the mirror sink: splice()s what arrives into /dev/null, so it costs
+//                                    next to no CPU and keeps up with any mirror on a 2-core machine; a
+//                                    sink that copied every byte would compete with the path for CPU and
+//                                    get mirrors cut for its own slowness.
 //   ks-server echo PORT              echo every byte (the 64 B request/response server).
 // Listens on 127.0.0.1:PORT (0 = a free port). Prints "listening PORT" once ready and, in sink mode,
 // "conn BYTES" per finished connection, so the bench can check what a mirror target really received.
+#include <fcntl.h>
 #include <pthread.h>
 
 #include "common.h"
 
 static int ack = 1;
+static int discard = 0;
+static int devnull = -1;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *sink_conn(void *arg) {
@@ -19,7 +27,26 @@ static void *sink_conn(void *arg) {
   char *buf = malloc(cap);
   if (!buf) die("malloc");
   uint64_t total = 0;
-  for (;;) {
+  int p[2] = {-1, -1};
+  if (discard) {
+    if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    for (;;) {
+      ssize_t n = splice(fd, NULL, p[1], NULL, 1 << 20, SPLICE_F_MOVE);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      total += (uint64_t)n;
+      for (ssize_t left = n; left > 0;) {
+        ssize_t m = splice(p[0], NULL, devnull, NULL, (size_t)left, SPLICE_F_MOVE);
+        if (m < 0 && errno == EINTR) continue;
+        if (m <= 0) die("splice to /dev/null");
+        left -= m;
+      }
+    }
+    close(p[0]);
+    close(p[1]);
+  }
+  for (; !discard;) {
     ssize_t n = read(fd, buf, cap);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -60,7 +87,7 @@ static void *echo_conn(void *arg) {
 
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: ks-server sink|echo PORT [--no-ack]\n");
+    fprintf(stderr, "usage: ks-server sink|echo PORT [--no-ack] [--discard]\n");
     return 2;
   }
   int echo = strcmp(argv[1], "echo") == 0;
@@ -70,6 +97,8 @@ int main(int argc, char **argv) {
   }
   for (int i = 3; i < argc; i++)
     if (strcmp(argv[i], "--no-ack") == 0) ack = 0;
+    else if (strcmp(argv[i], "--discard") == 0) discard = 1;
+  if (discard && (devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0) die("open /dev/null");
 
   int lfd = socket(AF_INET, SOCK_STREAM, 0);
   if (lfd < 0) die("socket");
