@@ -12,7 +12,7 @@ describe('describeKernelProbe', () => {
     const f = describeKernelProbe({ ...all, bpfSyscall: false, bpfSyscallError: 'EPERM', skLookup: false, skLookupError: 'EPERM', sockmap: false, sockmapError: 'EPERM' });
     expect(f.unknown).toEqual(['skLookup', 'sockmap']);
     expect(f.problems.join('\n')).not.toMatch(/not supported|5\.9/);
-    expect(f.problems.filter((p) => /cannot probe without CAP_BPF/.test(p))).toHaveLength(3);
+    expect(f.problems.filter((p) => /cannot probe without CAP_BPF/.test(p))).toHaveLength(2);
     expect(f.problems.find((p) => p.startsWith('sk_lookup'))).toMatch(/unknown.*EPERM.*CAP_BPF and CAP_NET_ADMIN/);
   });
 

@@ -18,8 +18,14 @@ const CAPS = 'the sidecar needs CAP_BPF and CAP_NET_ADMIN (or root)';
 const isRefusal = (error: string | null) => error === 'EPERM' || error === 'EACCES';
 
 function refusal(what: string, error: string | null): string {
-  if (isRefusal(error)) return `${what}: unknown, cannot probe without CAP_BPF (the kernel refused: ${error}); ${CAPS}`;
+  if (isRefusal(error)) return `${what}: the kernel refused (${error}); ${CAPS}`;
   return `${what}: probe failed (${error})`;
+}
+
+/** A feature whose probe the kernel refused: present or not, this process cannot tell. */
+function unprobed(what: string, error: string | null): string {
+  if (isRefusal(error)) return `${what}: unknown, cannot probe without CAP_BPF (the kernel refused: ${error}); ${CAPS}`;
+  return refusal(what, error);
 }
 
 /** Turns a raw probe into KernelFeatures with one sentence per missing feature. Pure, for tests. */
@@ -46,14 +52,14 @@ export function describeKernelProbe(raw: RawKernelProbe): KernelFeatures {
   if (!raw.skLookup) {
     problems.push(
       skLookupError
-        ? refusal('sk_lookup programs', skLookupError)
+        ? unprobed('sk_lookup programs', skLookupError)
         : 'sk_lookup programs are not supported (Linux 5.9+ needed): connections cannot be intercepted',
     );
   }
   if (!raw.sockmap) {
     problems.push(
       sockmapError
-        ? refusal('SOCKMAP', sockmapError)
+        ? unprobed('SOCKMAP', sockmapError)
         : 'SOCKMAP is not supported (CONFIG_BPF_STREAM_PARSER or CONFIG_NET_SOCK_MSG missing)',
     );
   }

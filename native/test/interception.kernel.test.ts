@@ -186,7 +186,7 @@ describe('sk_lookup interception', () => {
   });
 
   it('the kernel offers what interception needs', () => {
-    expect(probeKernelFeatures()).toEqual({ bpfSyscall: true, btf: true, skLookup: true, sockmap: true, problems: [] });
+    expect(probeKernelFeatures()).toEqual({ bpfSyscall: true, btf: true, skLookup: true, sockmap: true, unknown: [], problems: [] });
   });
 
   it('says in words what a kernel or a sandbox lacks', () => {
@@ -199,12 +199,17 @@ describe('sk_lookup interception', () => {
       sockmap: false,
       sockmapError: 'EPERM',
     });
-    expect(features).toMatchObject({ bpfSyscall: false, btf: false, skLookup: false, sockmap: false });
+    // A sandbox that refuses bpf(): whether sk_lookup and SOCKMAP exist cannot be told from there.
+    expect(features).toMatchObject({ bpfSyscall: false, btf: false, skLookup: false, sockmap: false, unknown: ['skLookup', 'sockmap'] });
     expect(features.problems).toEqual([
       expect.stringMatching(/^BPF syscall: the kernel refused \(EPERM\); the sidecar needs CAP_BPF and CAP_NET_ADMIN/),
       expect.stringMatching(/CONFIG_DEBUG_INFO_BTF/),
+      expect.stringMatching(/^sk_lookup programs: unknown, cannot probe without CAP_BPF \(the kernel refused: EPERM\)/),
+      expect.stringMatching(/^SOCKMAP: unknown, cannot probe without CAP_BPF \(the kernel refused: EPERM\)/),
+    ]);
+    // A kernel that answered: sk_lookup is missing.
+    expect(describeKernelProbe({ bpfSyscall: true, bpfSyscallError: null, btf: true, skLookup: false, skLookupError: null, sockmap: true, sockmapError: null }).problems).toEqual([
       expect.stringMatching(/sk_lookup programs are not supported \(Linux 5\.9\+ needed\)/),
-      expect.stringMatching(/^SOCKMAP: the kernel refused \(EPERM\)/),
     ]);
   });
 

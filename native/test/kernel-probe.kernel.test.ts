@@ -22,6 +22,6 @@ describe('probeKernelFeatures', () => {
     const f = describeKernelProbe(raw);
     expect(f.unknown).toEqual(['skLookup', 'sockmap']);
     expect(f.problems.join('\n')).not.toMatch(/not supported|5\.9/);
-    expect(f.problems.filter((p) => p.includes('cannot probe without CAP_BPF'))).toHaveLength(3);
+    expect(f.problems.filter((p) => p.includes('cannot probe without CAP_BPF'))).toHaveLength(2);
   });
 });
