@@ -72,6 +72,7 @@ export const INVALID_CASES: InvalidCase[] = [
   { name: 'sampling percent negative', mutate: (s) => (s['mirror'].sampling.percent = -1), mentions: /spec\.mirror\.sampling\.percent/ },
   { name: 'unknown onOverflow', mutate: (s) => (s['mirror'].onOverflow = 'block'), mentions: /spec\.mirror\.onOverflow/ },
   { name: 'pipe size too small', mutate: (s) => (s['mirror'].pipeSize = 100), mentions: /spec\.mirror\.pipeSize/ },
+  { name: 'pipe size above fs.pipe-max-size', mutate: (s) => (s['mirror'].pipeSize = 4 * 1024 * 1024), mentions: /spec\.mirror\.pipeSize/ },
   {
     name: 'unknown transform op',
     mutate: (s) => (s['transform'] = { ops: [{ uppercase: {} }] }),

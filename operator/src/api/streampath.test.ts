@@ -11,7 +11,7 @@ describe('the StreamPath schema', () => {
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     expect(r.value.spec.mirror.onOverflow).toBe('cut');
-    expect(r.value.spec.mirror.pipeSize).toBe(1024 * 1024);
+    expect(r.value.spec.mirror.pipeSize).toBe(256 * 1024);
   });
 
   it('accepts the valid base spec of the invalid table', () => {

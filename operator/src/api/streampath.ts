@@ -16,8 +16,12 @@ export const LIMITS = {
   maxTargets: 16,
   maxOps: 32,
   minPipeSize: 4096,
-  maxPipeSize: 64 * 1024 * 1024,
-  defaultPipeSize: 1024 * 1024,
+  // fs.pipe-max-size: the kernel refuses larger pipes to a sidecar without CAP_SYS_RESOURCE.
+  maxPipeSize: 1024 * 1024,
+  // Pipe pages are accounted per uid, and every sidecar of a node runs as uid 0: with the default 64 MiB
+  // budget (fs.pipe-user-pages-soft), 256 KiB lets ~113 mirrored connections run at full size at once
+  // against ~28 at 1 MiB, for no measurable loss of throughput (docs/adr/0003-stream-engine.md).
+  defaultPipeSize: 256 * 1024,
   maxTokenLength: 256,
 } as const;
 
@@ -94,7 +98,7 @@ export const MirrorSchema = z.strictObject({
     .min(LIMITS.minPipeSize)
     .max(LIMITS.maxPipeSize)
     .default(LIMITS.defaultPipeSize)
-    .describe('Bytes of kernel pipe buffer per mirror connection; bounds memory per connection'),
+    .describe('Bytes of kernel pipe buffer per mirror connection (4 KiB to 1 MiB); bounds memory per connection'),
 });
 
 const token = z.string().min(1).max(LIMITS.maxTokenLength);
