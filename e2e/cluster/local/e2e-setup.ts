@@ -2,7 +2,8 @@
 //
 //   KSTREAMS_E2E_CLUSTER=local (default when KUBECONFIG is unset): assembles a one-node cluster on this machine
 //     (etcd, kube-apiserver, controller-manager, scheduler, containerd, kubelet; see docs/local-cluster.md),
-//     imports a busybox image, and tears it all down after the run.
+//     imports a busybox image, and tears it all down after the run. The apiserver routes calls to Services
+//     (webhooks) straight to their endpoints (--enable-aggregator-routing): there is no kube-proxy.
 //   KSTREAMS_E2E_CLUSTER=kubeconfig (default when KUBECONFIG is set): uses that cluster (kind, ...) as is.
 //
 // In a test:
@@ -43,7 +44,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let cp: ControlPlane | undefined;
   let node: LocalNode | undefined;
   try {
-    cp = await startControlPlane({ controllerManager: true, scheduler: true, log });
+    cp = await startControlPlane({
+      controllerManager: true,
+      scheduler: true,
+      log,
+      // No kube-proxy on the local node: the apiserver calls webhooks (and aggregated APIs) given as a Service
+      // on one of the Service's endpoints (pod IPs on the bridge) instead of its ClusterIP.
+      extraApiServerArgs: ['--enable-aggregator-routing=true'],
+    });
     node = await startNode({ controlPlane: cp, log });
     const busybox = await node.importBusyboxImage();
     log(`local cluster ready in ${Math.round(performance.now() - t0)} ms (control plane ${cp.timings.totalMs}, node ${node.timings.totalMs})`);

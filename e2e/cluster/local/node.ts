@@ -510,7 +510,10 @@ podPidsLimit: -1
       for (const p of pods) {
         await deleteRequest(`${cp.server}/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}?gracePeriodSeconds=0`, kubeHeaders).catch(() => {});
       }
-      if (pods.length > 0) {
+      // Also with no pods left in the API: pods deleted with grace 0 (or by a namespace deletion) vanish from
+      // the API at once while kubelet is still stopping their containers; wait for those tasks too.
+      const tasksLeft = (await ctr(['tasks', 'list', '-q']).catch(() => '')).trim() !== '';
+      if (pods.length > 0 || tasksLeft) {
         await waitFor('pods deleted', async () => {
           const r = await httpGet(`${cp.server}/api/v1/pods`, kubeHeaders);
           const left = (JSON.parse(r.body) as { items: unknown[] }).items.length;
