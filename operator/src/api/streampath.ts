@@ -170,6 +170,8 @@ export const TargetCountersSchema = z.object({
   connectionsMirrored: z.number().int(),
   connectionsCut: z.number().int(),
   connectFailures: z.number().int(),
+  /** Sampled connections not mirrored because the node's pipe budget ran out (the primary went on). */
+  connectionsSkipped: z.number().int().optional(),
   bytesMirrored: z.number().int(),
   bytesDropped: z.number().int(),
 });

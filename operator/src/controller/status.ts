@@ -86,6 +86,7 @@ function mergeTargets(into: Map<string, TargetCounters>, targets: TargetCounters
       cur.connectionsMirrored += t.connectionsMirrored;
       cur.connectionsCut += t.connectionsCut;
       cur.connectFailures += t.connectFailures;
+      if (t.connectionsSkipped !== undefined) cur.connectionsSkipped = (cur.connectionsSkipped ?? 0) + t.connectionsSkipped;
       cur.bytesMirrored += t.bytesMirrored;
       cur.bytesDropped += t.bytesDropped;
     }

@@ -69,6 +69,7 @@ export function createMetrics(opts: {
   perTarget('kstreams_agent_target_connections_mirrored_total', 'Primary connections mirrored to this target', (t) => t.connectionsMirrored);
   perTarget('kstreams_agent_target_connections_cut_total', 'Mirror connections cut because the target could not keep up', (t) => t.connectionsCut);
   perTarget('kstreams_agent_target_connect_failures_total', 'Mirror connections that failed to connect', (t) => t.connectFailures);
+  perTarget('kstreams_agent_target_connections_skipped_total', "Sampled connections not mirrored because the node's pipe budget ran out", (t) => t.connectionsSkipped ?? 0);
   perTarget('kstreams_agent_target_bytes_mirrored_total', 'Bytes written to this target', (t) => t.bytesMirrored);
   perTarget('kstreams_agent_target_bytes_dropped_total', 'Primary bytes this target did not get', (t) => t.bytesDropped);
 

@@ -34,7 +34,7 @@ export function renderLive(h: LiveHeader, c: AttachmentCounters, now: number): s
   ];
   for (const t of c.targets) {
     lines.push(
-      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures, ${formatBytes(t.bytesDropped)} dropped`,
+      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures${t.connectionsSkipped ? `, ${t.connectionsSkipped} skipped (pipe budget)` : ''}, ${formatBytes(t.bytesDropped)} dropped`,
     );
   }
   return lines;

@@ -118,7 +118,7 @@ describe('attachStreamPath', () => {
       bytesPrimary: 100,
       bytesMirrored: 90,
       bytesDropped: 10,
-      targets: [{ name: '10.0.0.2:8080', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, bytesMirrored: 90, bytesDropped: 10 }],
+      targets: [{ name: '10.0.0.2:8080', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, bytesMirrored: 90, bytesDropped: 10 }],
       connectionsActive: 0,
       appConnectFailures: 0,
     };

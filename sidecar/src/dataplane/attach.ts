@@ -107,6 +107,7 @@ export function toCounters(s: EngineStats, base?: AttachmentCounters): Attachmen
       connectionsMirrored: t.connectionsMirrored + (prev?.connectionsMirrored ?? 0),
       connectionsCut: t.connectionsCut + (prev?.connectionsCut ?? 0),
       connectFailures: t.connectFailures + (prev?.connectFailures ?? 0),
+      connectionsSkipped: (t.connectionsSkipped ?? 0) + (prev?.connectionsSkipped ?? 0),
       bytesMirrored: t.bytesMirrored + (prev?.bytesMirrored ?? 0),
       bytesDropped: t.bytesDropped + (prev?.bytesDropped ?? 0),
     };
