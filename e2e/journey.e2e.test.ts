@@ -12,7 +12,7 @@
 // the API: headless Service). Agent and operator endpoints are read through the apiserver's pod proxy, so
 // nothing here needs the host to reach pod IPs. See docs/e2e.md.
 import { readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { helmBinary, kubectlBinary, poll, repoRoot, run, Timings } from './lib/tools.js';
 
 const RELEASE = 'kstreams';
@@ -47,13 +47,21 @@ interface AgentReport {
   streamPaths: Array<{ name: string; attached: boolean; generation: number; connections: number; bytesPrimary: number; bytesMirrored: number; bytesDropped: number; problem?: { reason: string; message: string } }>;
 }
 
+interface ContainerStatus {
+  name: string;
+  ready: boolean;
+  restartCount: number;
+  state: { running?: { startedAt: string } };
+}
+
 interface PodJson {
   metadata: { name: string; annotations?: Record<string, string>; labels?: Record<string, string> };
-  spec: { containers: Array<{ name: string; lifecycle?: unknown }> };
+  spec: { containers: Array<{ name: string; lifecycle?: unknown }>; initContainers?: Array<{ name: string; restartPolicy?: string }> };
   status: {
     phase?: string;
     podIP?: string;
-    containerStatuses?: Array<{ name: string; ready: boolean; restartCount: number; state: { running?: { startedAt: string } } }>;
+    containerStatuses?: ContainerStatus[];
+    initContainerStatuses?: ContainerStatus[];
   };
 }
 
@@ -69,6 +77,19 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   const k = (args: string[], input?: string, timeoutMs?: number) => run(kubectl, args, { kubeconfig, input, timeoutMs });
   const kJson = async <T>(args: string[]) => JSON.parse(await k([...args, '-o', 'json'])) as T;
   const raw = (path: string) => k(['get', '--raw', path]);
+  /**
+   * kubectl apply of pods in a namespace created moments ago: Kubernetes < 1.24 refuses pods until the
+   * controller-manager has made the ServiceAccount's token Secret; only that refusal is retried.
+   */
+  const applyPods = (manifest: unknown) =>
+    poll('pods admitted (ServiceAccount token present)', async () => {
+      try {
+        return await k(['apply', '-f', '-'], JSON.stringify(manifest));
+      } catch (e) {
+        if (/No API token found|serviceaccount "default" not found/.test(String(e))) return undefined;
+        throw Object.assign(new Error(String(e)), { fatal: true });
+      }
+    }, { timeoutMs: 30_000, intervalMs: 200 });
   const report = async (pod: string) => JSON.parse(await raw(`/api/v1/namespaces/${SHOP}/pods/${pod}:${AGENT_PORT}/proxy/v1/report`)) as AgentReport;
   const exec = (ns: string, pod: string, container: string, cmd: string[]) => k(['-n', ns, 'exec', pod, '-c', container, '--', ...cmd]);
   let appIP = '';
@@ -111,6 +132,18 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     helm = await helmBinary();
     kubectl = kubectlBinary(helm);
     console.log(`[journey] cluster ${provider} (${kubeconfig}); helm ${helm}; kubectl ${kubectl}`);
+  });
+
+  // On a failure, what a user would look at: pods, events, the operator's and the agent's logs.
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state !== 'fail') return;
+    const show = async (title: string, args: string[]) =>
+      console.log(`[journey] --- ${title}\n${await k(args).catch((e: unknown) => String(e))}`);
+    await show('pods', ['get', 'pods', '-A', '-o', 'wide']);
+    await show('events', ['get', 'events', '-A', '--sort-by=.lastTimestamp']);
+    await show('streampaths', ['get', 'sp', '-A', '-o', 'yaml']);
+    await show('operator logs', ['-n', SYSTEM_NS, 'logs', '-l', 'app.kubernetes.io/component=operator', '--tail=40', '--prefix']);
+    await show('agent logs', ['-n', SHOP, 'logs', 'checkout', '-c', 'kstreams-sidecar', '--tail=40']);
   });
 
   afterAll(async () => {
@@ -189,7 +222,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
         const rb = await k(['-n', ns, 'create', 'rolebinding', 'kstreams-sidecar', '--clusterrole=kstreams-sidecar', `--group=system:serviceaccounts:${SHOP}`, '--dry-run=client', '-o', 'yaml']);
         await k(['apply', '-f', '-'], rb);
       }
-      await k(['apply', '-f', '-'], JSON.stringify({
+      await applyPods({
         apiVersion: 'v1',
         kind: 'List',
         items: [
@@ -220,7 +253,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
             },
           },
         ],
-      }));
+      });
       await k(['-n', STAGING, 'wait', '--for=condition=Ready', 'pod/recorder', 'pod/client', '--timeout=120s'], undefined, 150_000);
       // The agent resolves the headless Service through its Endpoints: wait until they hold the recorder.
       await poll('Endpoints of staging/checkout', async () => {
@@ -253,11 +286,9 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
         const sp = await kJson<{ metadata: { finalizers?: string[] } }>(['-n', SHOP, 'get', 'streampath', SP]);
         return sp.metadata.finalizers?.includes('kstreams.io/detach') ? true : undefined;
       }));
-    // The namespace's default ServiceAccount comes from the controller-manager, shortly after the namespace.
-    await poll('ServiceAccount shop/default', async () => ((await k(['-n', SHOP, 'get', 'serviceaccount', 'default', '-o', 'name'])).trim() ? true : undefined));
 
     await timings.time('checkout pod created -> Ready (injected)', async () => {
-      await k(['apply', '-f', '-'], JSON.stringify({
+      await applyPods({
         apiVersion: 'v1', kind: 'Pod',
         metadata: { name: 'checkout', namespace: SHOP, labels: { app: 'checkout' } },
         spec: {
@@ -269,16 +300,25 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
             readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 2 },
           }],
         },
-      }));
+      });
       await k(['-n', SHOP, 'wait', '--for=condition=Ready', 'pod/checkout', '--timeout=180s'], undefined, 200_000);
     });
     const pod = await kJson<PodJson>(['-n', SHOP, 'get', 'pod', 'checkout']);
-    expect(pod.spec.containers.map((c) => c.name)).toEqual(['kstreams-sidecar', 'app']);
     expect(pod.metadata.annotations?.['kstreams.io/injected']).toBeTruthy();
-    expect(pod.metadata.annotations?.['kubectl.kubernetes.io/default-container']).toBe('app');
-    // Kubernetes 1.20 has no native sidecars: the sidecar's postStart hook holds the app until /readyz.
-    expect(JSON.stringify(pod.spec.containers[0]?.lifecycle ?? {})).toContain('wait');
-    const status = Object.fromEntries((pod.status.containerStatuses ?? []).map((s) => [s.name, s]));
+    const native = pod.spec.initContainers?.find((c) => c.name === 'kstreams-sidecar');
+    if (native) {
+      // Kubernetes >= 1.29 (kind): a native sidecar, whose startupProbe holds the app until /readyz.
+      expect(native.restartPolicy).toBe('Always');
+      expect(pod.spec.containers.map((c) => c.name)).toEqual(['app']);
+    } else {
+      // Kubernetes 1.20 (the local cluster): the sidecar comes first and its postStart hook
+      // (`kstreams agent wait`) holds the app until /readyz.
+      expect(pod.spec.containers.map((c) => c.name)).toEqual(['kstreams-sidecar', 'app']);
+      expect(JSON.stringify(pod.spec.containers[0]?.lifecycle ?? {})).toContain('wait');
+      expect(pod.metadata.annotations?.['kubectl.kubernetes.io/default-container']).toBe('app');
+    }
+    console.log(`[journey] sidecar mode: ${native ? 'native (init container, restartPolicy Always)' : 'first container + postStart hold'}`);
+    const status = Object.fromEntries([...(pod.status.initContainerStatuses ?? []), ...(pod.status.containerStatuses ?? [])].map((s) => [s.name, s]));
     expect(status['kstreams-sidecar']?.ready).toBe(true);
     expect(status['kstreams-sidecar']?.restartCount).toBe(0);
     const sidecarStarted = Date.parse(status['kstreams-sidecar']?.state.running?.startedAt ?? '');
@@ -345,6 +385,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     });
     const pod = await kJson<PodJson>(['-n', SHOP, 'get', 'pod', 'legacy']);
     expect(pod.spec.containers.map((c) => c.name)).toEqual(['app']);
+    expect(pod.spec.initContainers ?? []).toEqual([]);
     expect(pod.metadata.annotations?.['kstreams.io/injected']).toBeUndefined();
   });
 
@@ -364,7 +405,8 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     expect(again?.rc).toBe(0);
     expect(again?.response).toContain('checkout-says-hi');
     const pod = await kJson<PodJson>(['-n', SHOP, 'get', 'pod', 'checkout']);
-    expect(pod.status.containerStatuses?.find((c) => c.name === 'kstreams-sidecar')?.restartCount).toBe(0);
+    const sidecar = [...(pod.status.initContainerStatuses ?? []), ...(pod.status.containerStatuses ?? [])].find((c) => c.name === 'kstreams-sidecar');
+    expect(sidecar?.restartCount).toBe(0);
     // Nothing is tapped any more: the request above was not mirrored. (A mirror is written as the bytes
     // arrive and logged when its connection closes, which happens with the primary's; the agent's report
     // said detached before the request was sent.)
@@ -392,5 +434,6 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     }));
     const pod = await kJson<PodJson>(['-n', SHOP, 'get', 'pod', 'after-uninstall']);
     expect(pod.spec.containers.map((c) => c.name)).toEqual(['app']);
+    expect(pod.spec.initContainers ?? []).toEqual([]);
   });
 });

@@ -47,7 +47,7 @@ export function kubectlBinary(helm: string): string {
 
 /**
  * Calls `fn` until it returns something other than undefined, at most until the deadline; the error then
- * says what was awaited and the last value or error seen.
+ * says what was awaited and the last error seen. Errors are retried, except those with `fatal: true`.
  */
 export async function poll<T>(what: string, fn: () => Promise<T | undefined>, opts: { timeoutMs?: number; intervalMs?: number } = {}): Promise<T> {
   const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
@@ -58,6 +58,8 @@ export async function poll<T>(what: string, fn: () => Promise<T | undefined>, op
       if (v !== undefined) return v;
       last = undefined;
     } catch (e) {
+      // An error marked fatal is not worth waiting out.
+      if ((e as { fatal?: boolean } | undefined)?.fatal) throw e;
       last = e;
     }
     if (Date.now() > deadline) {

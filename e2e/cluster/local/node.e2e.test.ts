@@ -47,6 +47,15 @@ describe.skipIf(inject('clusterProvider') !== 'local')('local node', () => {
     const ns = `node-${randomBytes(3).toString('hex')}`;
     await core.createNamespace({ body: { metadata: { name: ns } } });
     try {
+      // Pod creation fails ("No API token found for service account default") until the controller-manager
+      // has made the namespace's ServiceAccount and its token Secret (Kubernetes 1.20).
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const sa = await core.readNamespacedServiceAccount({ name: 'default', namespace: ns }).catch(() => undefined);
+        if ((sa?.secrets?.length ?? 0) > 0) break;
+        if (Date.now() > deadline) throw new Error(`no token Secret for ServiceAccount ${ns}/default`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
       await core.createNamespacedPod({
         namespace: ns,
         body: {
