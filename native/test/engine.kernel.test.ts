@@ -153,6 +153,9 @@ describe('half-close and reset', () => {
     const e = start({ upstream: { host: '127.0.0.1', port: app.port } });
     await runClient(clients, podAddress, e.listenAddress.port, ['--reset-after', String(256 * 1024)]);
     const [a] = await app.peer.waitFor<ConnReport>('conn');
+    // The app's socket must end with RST, never FIN. Node alone would report an orderly 'end' when the RST
+    // lands while bytes are unread (libuv's POLLHUP shortcut, also without the engine): the peer fixture
+    // then asks the kernel with a read(), which returns 0 after a FIN and ECONNRESET after a reset.
     expect(a!.error).toBe('ECONNRESET');
     await settled(e, 1);
   });
