@@ -78,11 +78,12 @@ export class SelfManagedTls implements TlsSource {
   private readonly sans: string[];
   private listeners: Array<(pem: CertKeyPem) => void> = [];
   private served: CertKeyPem | undefined;
-  private lastCaBundle: string | undefined;
   private timer: unknown;
   private watchAbort: AbortController | undefined;
   private stopped = false;
   private chain: Promise<unknown> = Promise.resolve();
+  /** A reconcile queued on the chain that has not started yet. */
+  private queued: Promise<ReconcileResult & { resourceVersion?: string }> | undefined;
   private watchFailures = 0;
 
   constructor(
@@ -132,10 +133,19 @@ export class SelfManagedTls implements TlsSource {
 
   /**
    * Level-triggered: read the Secret, create or rotate it when needed, serve what it holds, put its CA
-   * bundle into the MutatingWebhookConfiguration, schedule the next check. Calls are serialised.
+   * bundle into the MutatingWebhookConfiguration, schedule the next check. Calls are serialised, and this is
+   * the only path that serves a bundle or writes the caBundle (watch events and timers come through here), so
+   * two writers in one replica never race on the MutatingWebhookConfiguration or apply an older bundle last.
+   * A call made while another reconcile is queued and not yet started joins it: that one reads everything
+   * afresh when it starts.
    */
   reconcile(): Promise<ReconcileResult & { resourceVersion?: string }> {
-    const run = this.chain.then(() => this.reconcileOnce());
+    if (this.queued) return this.queued;
+    const run = this.chain.then(() => {
+      this.queued = undefined;
+      return this.reconcileOnce();
+    });
+    this.queued = run;
     this.chain = run.catch(() => undefined);
     return run;
   }
@@ -225,7 +235,6 @@ export class SelfManagedTls implements TlsSource {
     const pem = caBundlePem(bundle);
     try {
       const r = await ensureWebhookConfiguration(this.admission, this.opts.config, pem);
-      this.lastCaBundle = pem;
       if (r !== 'unchanged') this.log.info({ name: this.opts.config.webhookConfigurationName, result: r }, 'webhook configuration written');
       return r;
     } catch (e) {
@@ -252,7 +261,7 @@ export class SelfManagedTls implements TlsSource {
     }, delay);
   }
 
-  /** Watches the one Secret by name; on every event serve what it holds; reconnect with backoff. */
+  /** Watches the one Secret by name; every event triggers a reconcile (serve, repair); reconnect with backoff. */
   private async watch(resourceVersion: string | undefined): Promise<void> {
     if (this.stopped) return;
     const { namespace } = this.opts.config;
@@ -286,23 +295,16 @@ export class SelfManagedTls implements TlsSource {
         (phase, obj: V1Secret) => {
           if (this.stopped) return;
           this.watchFailures = 0;
-          if (phase === 'BOOKMARK' || phase === 'ERROR') {
-            if (phase === 'ERROR') reconnect(`watch error ${JSON.stringify(obj)}`);
+          if (phase === 'ERROR') {
+            reconnect(`watch error ${JSON.stringify(obj)}`);
             return;
           }
-          const bundle = phase === 'DELETED' ? undefined : bundleFromSecretData(obj.data);
-          const usable =
-            bundle &&
-            decideRotation(bundle, { nowMs: this.clock.now(), rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans })
-              .action === 'none';
-          if (bundle && usable) {
-            this.serve(bundle);
-            if (caBundlePem(bundle) !== this.lastCaBundle) void this.syncWebhookConfiguration(bundle);
-            this.scheduleCheck(bundle);
-          } else {
-            // Deleted, damaged or due: repair it (create-if-absent / rotate, conflicts handled).
-            this.reconcile().catch((e) => this.log.error({ err: errMessage(e) }, 'webhook TLS: repair failed'));
-          }
+          if (phase === 'BOOKMARK') return;
+          // Not applied here: the event for our own write can arrive while the reconcile that made it is still
+          // running, and serving it or writing its caBundle from here raced that reconcile (two writers of the
+          // MutatingWebhookConfiguration; an older bundle could land last). The reconcile re-reads the Secret
+          // and serves it, repairs it when deleted, damaged or due, and syncs the caBundle, in turn.
+          this.reconcile().catch((e) => this.log.error({ err: errMessage(e) }, 'webhook TLS: reconcile after a Secret event failed'));
         },
         (err) => reconnect(err ? errMessage(err) : 'closed by server'),
       );

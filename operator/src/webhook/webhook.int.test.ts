@@ -259,6 +259,8 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
     const oldMwc = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
     clock.t = Date.now();
     const r = await tlsA.reconcile();
+    // The reconcile that rotated the CA is the one that writes the new caBundle: A's watch sees its own write
+    // while that reconcile is still running, and used to write the caBundle itself (half the runs).
     expect(r.secret).toBe('rotated-ca');
     expect(r.webhookConfiguration).toBe('updated');
     expect(r.servingFingerprint).not.toBe(oldFp);
@@ -271,9 +273,14 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
     const mwc = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
     const bundlePem = Buffer.from(mwc.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
     const oldBundlePem = Buffer.from(oldMwc.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
-    // New CA first, the old one kept while it is valid.
-    expect(bundlePem.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
-    expect(bundlePem.endsWith(oldBundlePem)).toBe(true);
+    const rotated = bundleFromSecretData((await core.readNamespacedSecret({ name: 'kstreams-webhook-tls', namespace: ownNs })).data)!;
+    expect(fingerprint(rotated.serving.certPem)).toBe(r.servingFingerprint);
+    // Exactly the new CA first, then the old one (kept while it is valid), and written once.
+    expect(oldBundlePem.match(/BEGIN CERTIFICATE/g)).toHaveLength(1);
+    expect(rotated.previousCaPem?.trim()).toBe(oldBundlePem.trim());
+    expect(rotated.ca.certPem.trim()).not.toBe(oldBundlePem.trim());
+    expect(bundlePem).toBe(rotated.ca.certPem.trim() + '\n' + oldBundlePem);
+    expect(mwc.metadata?.generation).toBe(oldMwc.metadata!.generation! + 1);
     // The new serving cert chains only to the new CA: a mutated pod proves the apiserver uses the new bundle.
     // The apiserver reloads webhook configurations through its informer, hence the wait.
     await waitFor('the apiserver to call the webhook with the new caBundle', async () => isInjected(await createPod()), {
