@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AdmissionregistrationV1Api, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { Backoff } from '../kube/backoff.js';
 import {
   bundleFromSecretData,
   bundleToSecretData,
@@ -84,7 +85,7 @@ export class SelfManagedTls implements TlsSource {
   private chain: Promise<unknown> = Promise.resolve();
   /** A reconcile queued on the chain that has not started yet. */
   private queued: Promise<ReconcileResult & { resourceVersion?: string }> | undefined;
-  private watchFailures = 0;
+  private readonly watchBackoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
 
   constructor(
     private readonly opts: {
@@ -273,9 +274,8 @@ export class SelfManagedTls implements TlsSource {
     const reconnect = (why: string) => {
       if (this.stopped || reconnecting) return;
       reconnecting = true;
-      this.watchFailures++;
-      const backoff = Math.min(30_000, 250 * 2 ** Math.min(this.watchFailures, 7)) * (0.5 + Math.random() / 2);
-      this.log.debug({ why, backoffMs: Math.round(backoff) }, 'webhook TLS: secret watch ended; re-reading and re-watching');
+      const backoff = this.watchBackoff.next();
+      this.log.debug({ why, backoffMs: backoff }, 'webhook TLS: secret watch ended; re-reading and re-watching');
       this.timers.setTimeout(() => {
         // Relist semantics: a fresh read (and repair) gives the resourceVersion to watch from.
         this.reconcile().then(
@@ -294,11 +294,11 @@ export class SelfManagedTls implements TlsSource {
         query,
         (phase, obj: V1Secret) => {
           if (this.stopped) return;
-          this.watchFailures = 0;
           if (phase === 'ERROR') {
             reconnect(`watch error ${JSON.stringify(obj)}`);
             return;
           }
+          this.watchBackoff.reset();
           if (phase === 'BOOKMARK') return;
           // Not applied here: the event for our own write can arrive while the reconcile that made it is still
           // running, and serving it or writing its caBundle from here raced that reconcile (two writers of the
