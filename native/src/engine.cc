@@ -240,6 +240,13 @@ struct Conn {
   int r[2] = {-1, -1};  // app -> client
   size_t pBytes = 0, rBytes = 0;
   uint32_t pCapacity = 0;  // P's effective size: the largest batch a mirror pipe must take
+  // Slots (pages) of P and R. Every slot holds at least one byte, so a splice into an empty pipe that
+  // returns fewer bytes than it has slots cannot have filled it: the socket's receive queue was drained.
+  size_t pSlots = 0, rSlots = 0;
+  // Sticky: the socket reported EPOLLRDHUP/EPOLLHUP/EPOLLERR/EPOLLPRI (FIN, reset, error, urgent data).
+  // From then on reads probe until EAGAIN or EOF instead of trusting a short splice, so the end of the
+  // stream is always seen although its edge was already consumed.
+  bool clientHup = false, appHup = false;
   bool appConnected = false;
   bool clientReadable = true, clientWritable = true, appReadable = false, appWritable = false;
   bool clientEof = false, appEof = false;
@@ -426,11 +433,13 @@ void Worker::Run() {
       }
       Conn* c = h->conn;
       if (c->freed) continue;
-      bool in = ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+      bool in = ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI);
+      bool hup = ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI);
       bool out = ev & (EPOLLOUT | EPOLLHUP | EPOLLERR);
       if (h->role == kClient) {
         c->clientReadable |= in;
         c->clientWritable |= out;
+        c->clientHup |= hup;
       } else if (h->role == kApp) {
         if (!c->appConnected && out) {
           int err = 0;
@@ -446,6 +455,7 @@ void Worker::Run() {
         }
         c->appReadable |= in;
         c->appWritable |= out;
+        c->appHup |= hup;
       } else {
         MirrorConn* m = c->mirrors[size_t(h->role - kMirror)].get();
         if (m->state == MirrorConn::kConnecting && out) {
@@ -520,6 +530,9 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   if (ok) {
     c->pCapacity = ResizePipe(c->p[0], pSize);
     uint32_t rCapacity = ResizePipe(c->r[0], pipeSize_);
+    size_t page = size_t(sysconf(_SC_PAGESIZE));
+    c->pSlots = c->pCapacity / page;
+    c->rSlots = rCapacity / page;
     if (c->pCapacity < pSize || rCapacity < pipeSize_)
       engine_->counters.pipeResizeFailures.fetch_add(1, std::memory_order_relaxed);
   }
@@ -543,8 +556,8 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
     if (r == 0) c->appConnected = c->appWritable = true;
     else ok = errno == EINPROGRESS;
   }
-  if (ok) ok = AddFd(c->client, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) &&
-               AddFd(c->app, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+  if (ok) ok = AddFd(c->client, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) &&
+               AddFd(c->app, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET);
   if (!ok) {
     int err = errno;
     engine_->counters.upstreamConnectFailures.fetch_add(1, std::memory_order_relaxed);
@@ -679,8 +692,10 @@ void Worker::Pump(Conn* c) {
   bool progress = true;
   while (progress && !c->freed) {
     progress = false;
-    for (auto& m : c->mirrors) progress |= PumpMirror(c, m.get());
+    // Primary first: a mirror's send (which on loopback runs the target's receive path too) must not
+    // delay the bytes the client and the app are waiting for.
     if (!c->primaryDone) progress |= PumpPrimary(c);
+    for (auto& m : c->mirrors) progress |= PumpMirror(c, m.get());
   }
   MaybeFree(c);
 }
@@ -688,6 +703,28 @@ void Worker::Pump(Conn* c) {
 bool Worker::PumpPrimary(Conn* c) {
   bool progress = false;
   Engine::Counters& k = engine_->counters;
+  // client -> P, only into an empty P (see the top of this file), then tee to every mirror. P -> app
+  // follows at once, before any mirror is written: the primary never waits behind a mirror's send.
+  if (c->pBytes == 0 && !c->clientEof && c->clientReadable) {
+    ssize_t n = splice(c->client, nullptr, c->p[1], nullptr, pipeSize_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      c->pBytes = size_t(n);
+      TeeToMirrors(c, size_t(n));
+      progress = true;
+      // Fewer bytes than P has slots: P had room, so the receive queue is empty and the next splice would
+      // only return EAGAIN; new bytes bring a new edge. Not once FIN/RST/urgent data was signalled: that
+      // edge is consumed, so we keep reading until EOF or EAGAIN.
+      if (size_t(n) < c->pSlots && !c->clientHup) c->clientReadable = false;
+    } else if (n == 0) {
+      c->clientEof = true;
+      progress = true;
+    } else if (errno == EAGAIN) {
+      c->clientReadable = false;
+    } else if (errno != EINTR) {
+      AbortPrimary(c);
+      return false;
+    }
+  }
   // P -> app
   if (c->pBytes > 0 && c->appConnected && c->appWritable) {
     ssize_t n = splice(c->p[0], nullptr, c->app, nullptr, c->pBytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -702,29 +739,28 @@ bool Worker::PumpPrimary(Conn* c) {
       return false;
     }
   }
-  // client -> P, only into an empty P (see the top of this file), then tee to every mirror.
-  if (c->pBytes == 0 && !c->clientEof && c->clientReadable) {
-    ssize_t n = splice(c->client, nullptr, c->p[1], nullptr, pipeSize_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE | SPLICE_F_MORE);
-    if (n > 0) {
-      c->pBytes = size_t(n);
-      TeeToMirrors(c, size_t(n));
-      progress = true;
-    } else if (n == 0) {
-      c->clientEof = true;
-      progress = true;
-    } else if (errno == EAGAIN) {
-      c->clientReadable = false;
-    } else if (errno != EINTR) {
-      AbortPrimary(c);
-      return false;
-    }
-  }
   if (c->clientEof && c->pBytes == 0 && c->appConnected && !c->appShut) {
     shutdown(c->app, SHUT_WR);
     c->appShut = true;
     progress = true;
   }
-  // app -> R -> client
+  // app -> R -> client, the same way.
+  if (c->rBytes == 0 && !c->appEof && c->appConnected && c->appReadable) {
+    ssize_t n = splice(c->app, nullptr, c->r[1], nullptr, pipeSize_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      c->rBytes = size_t(n);
+      progress = true;
+      if (size_t(n) < c->rSlots && !c->appHup) c->appReadable = false;
+    } else if (n == 0) {
+      c->appEof = true;
+      progress = true;
+    } else if (errno == EAGAIN) {
+      c->appReadable = false;
+    } else if (errno != EINTR) {
+      AbortPrimary(c);
+      return false;
+    }
+  }
   if (c->rBytes > 0 && c->clientWritable) {
     ssize_t n = splice(c->r[0], nullptr, c->client, nullptr, c->rBytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (n > 0) {
@@ -734,21 +770,6 @@ bool Worker::PumpPrimary(Conn* c) {
     } else if (n < 0 && errno == EAGAIN) {
       c->clientWritable = false;
     } else if (n < 0 && errno != EINTR) {
-      AbortPrimary(c);
-      return false;
-    }
-  }
-  if (c->rBytes == 0 && !c->appEof && c->appConnected && c->appReadable) {
-    ssize_t n = splice(c->app, nullptr, c->r[1], nullptr, pipeSize_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE | SPLICE_F_MORE);
-    if (n > 0) {
-      c->rBytes = size_t(n);
-      progress = true;
-    } else if (n == 0) {
-      c->appEof = true;
-      progress = true;
-    } else if (errno == EAGAIN) {
-      c->appReadable = false;
-    } else if (errno != EINTR) {
       AbortPrimary(c);
       return false;
     }
