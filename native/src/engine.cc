@@ -600,7 +600,11 @@ void Worker::OpenMirror(Conn* c, const ActiveTarget& t, size_t index) {
   m->sock = socket(t.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   bool ok = m->sock >= 0;
   if (ok) {
-    SetNoDelay(m->sock);
+    // Corked: a mirror needs no low latency, and sending each small batch at once costs a segment and a
+    // wake-up of the target per request on the node's CPUs. The kernel sends full segments, a partial one
+    // after at most ~200 ms (the cork ceiling), and everything at shutdown(SHUT_WR).
+    int one = 1;
+    setsockopt(m->sock, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
     // The socket's send buffer is the mirror's slack beyond its pipe: a target that keeps up on average
     // but stalls for a moment (a scheduling hiccup, a GC) must not be cut. Fixed, so memory stays bounded;
     // FORCE passes net.core.wmem_max when we have CAP_NET_ADMIN, else the plain option is capped there.
