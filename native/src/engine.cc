@@ -52,8 +52,11 @@ bool IsResourceShortage(int err) { return err == EMFILE || err == ENFILE || err 
 // (one per page or skb fragment), not bytes, and tee() copies slots: a mirror pipe then absorbs several
 // whole batches of jitter before a target that keeps up on average is cut.
 constexpr uint32_t kMirrorBatchDivisor = 4;
-// A mirror socket's send buffer, in pipe sizes (the kernel doubles it for its bookkeeping).
+// A mirror socket's send buffer, in pipe sizes (the kernel doubles it for its bookkeeping), and at least
+// kMirrorSendBufferMin: the slack must not shrink with the pipe, whose size is set by the per-uid pipe
+// budget rather than by how long a mirror target may stall.
 constexpr uint64_t kMirrorSendBufferPipes = 4;
+constexpr uint64_t kMirrorSendBufferMin = 4u << 20;
 
 uint64_t NowMs() {
   timespec ts;
@@ -608,7 +611,7 @@ void Worker::OpenMirror(Conn* c, const ActiveTarget& t, size_t index) {
     // The socket's send buffer is the mirror's slack beyond its pipe: a target that keeps up on average
     // but stalls for a moment (a scheduling hiccup, a GC) must not be cut. Fixed, so memory stays bounded;
     // FORCE passes net.core.wmem_max when we have CAP_NET_ADMIN, else the plain option is capped there.
-    int sndbuf = int(std::min<uint64_t>(uint64_t(pipeSize_) * kMirrorSendBufferPipes, 1u << 30));
+    int sndbuf = int(std::min<uint64_t>(std::max(uint64_t(pipeSize_) * kMirrorSendBufferPipes, kMirrorSendBufferMin), 1u << 30));
     if (setsockopt(m->sock, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
       setsockopt(m->sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     int r = connect(m->sock, t.address.sa(), t.address.len);
