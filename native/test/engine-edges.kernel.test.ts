@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import net from 'node:net';
 import { Engine } from '../lib/engine.js';
+import { until } from './fixtures/engine-harness.js';
 
 const engines: Engine[] = [];
 const servers: net.Server[] = [];
@@ -33,16 +34,6 @@ async function collector(onConn?: (sock: net.Socket, got: () => Buffer) => void)
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   return { port, conns, bytes: (i = 0) => Buffer.concat(conns[i]?.data ?? []) };
-}
-
-async function until<T>(what: string, f: () => T | false | undefined, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 function connect(port: number): Promise<net.Socket> {
