@@ -134,6 +134,10 @@ export class Agent {
         const started = process.hrtime.bigint();
         try {
           await this.reconciler.converge(this.world(), { retryFailed });
+          if (retryFailed) {
+            const moved = await this.reconciler.refreshTargets();
+            if (moved.length) this.logger.info({ streamPaths: moved }, 'mirror targets re-resolved to new endpoints');
+          }
           this.metrics.convergeDone('ok', Number(process.hrtime.bigint() - started) / 1e9);
         } catch (err) {
           this.metrics.convergeDone('error', Number(process.hrtime.bigint() - started) / 1e9);

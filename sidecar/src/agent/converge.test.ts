@@ -113,6 +113,28 @@ describe('Reconciler.converge', () => {
     expect(seen[0]).toMatchObject({ name: 'a', netnsPath: '/run/netns/p', resolve });
   });
 
+  it('refreshTargets re-resolves every attached StreamPath and reports which moved or failed', async () => {
+    const outcomes: Record<string, boolean | Error> = { a: false, b: true, c: new Error('service staging/web has no ready endpoints') };
+    const r = new Reconciler({
+      dataPlane: async (req) => ({
+        stats: () => ({ connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0, targets: [] }),
+        update: async () => {},
+        refreshTargets: async () => {
+          const o = outcomes[req.name]!;
+          if (o instanceof Error) throw o;
+          return o;
+        },
+        detach: async () => {},
+      }),
+      logger: pino({ level: 'silent' }),
+    });
+    await r.converge(world(sp('a'), sp('b', { port: 9090 }), sp('c', { port: 9091 })));
+    expect(await r.refreshTargets()).toEqual(['b']);
+    const reports = Object.fromEntries((await r.snapshot()).map((s) => [s.report.name, s.report]));
+    expect(reports['a']!.problem).toBeUndefined();
+    expect(reports['c']).toMatchObject({ attached: true, problem: { message: expect.stringMatching(/no ready endpoints/) } });
+  });
+
   it('makes no data-plane call when converging an unchanged world again', async () => {
     const { dp, r } = setup();
     const w = world(sp('a'), sp('b', { port: 9090 }));

@@ -317,6 +317,24 @@ export class Reconciler {
     }
   }
 
+  /**
+   * Resolves every attached StreamPath's targets again (periodic resync): Service endpoints move when
+   * pods restart, and a mirror must follow them without an edit of the StreamPath. Returns the names
+   * whose targets changed; a failed resolution keeps the old endpoints and is reported as a problem.
+   */
+  async refreshTargets(): Promise<string[]> {
+    const changed: string[] = [];
+    for (const e of this.entries.values()) {
+      if (!e.attachment?.refreshTargets) continue;
+      try {
+        if (await e.attachment.refreshTargets()) changed.push(e.name);
+      } catch (err) {
+        e.degraded = problemFromError(err, 'update');
+      }
+    }
+    return changed;
+  }
+
   /** Names of the StreamPaths that are attached now. */
   attachedNames(): string[] {
     return [...this.entries.values()].filter((e) => e.attachment).map((e) => e.name);

@@ -18,6 +18,8 @@ export interface Attachment {
   stats(): AttachmentStats | Promise<AttachmentStats>;
   /** Applies an edited spec live: connections in flight keep going. */
   update(spec: StreamPathSpec): Promise<void>;
+  /** Re-resolves the targets (Service endpoints move); true when new connections now go elsewhere. */
+  refreshTargets?(): Promise<boolean>;
   /** Removes everything this attachment created (links, maps, listener, threads). */
   detach(): Promise<void>;
 }

@@ -170,6 +170,44 @@ describe('attachStreamPath', () => {
     expect(dp.engines[0]!.mirrors).toEqual([{ name: 'checkout.staging:80', host: '10.96.0.7', port: 8080, samplingPercent: 100 }]);
   });
 
+  it('refreshTargets follows a Service whose endpoint moved, and changes nothing when it did not', async () => {
+    const dp = new FakeDataPlane();
+    const s = spec((x) => {
+      x.mirror.targets = [{ service: { name: 'checkout', namespace: 'staging', port: 80 } }];
+    });
+    let host = '10.244.0.7';
+    const a = await attachStreamPath({ name: 'sp', spec: s, dataPlane: dp, resolve: async () => ({ host, port: 8080 }) });
+    expect(await a.refreshTargets()).toBe(false);
+    expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual([]);
+    host = '10.244.0.9';
+    expect(await a.refreshTargets()).toBe(true);
+    expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual(['engine.update fd=10 checkout.staging:80@10.244.0.9:8080/100']);
+    expect(await a.refreshTargets()).toBe(false);
+    await a.detach();
+    expect(await a.refreshTargets()).toBe(false);
+  });
+
+  it('refreshTargets keeps the old endpoints when the Service no longer resolves', async () => {
+    const dp = new FakeDataPlane();
+    const s = spec((x) => {
+      x.mirror.targets = [{ service: { name: 'checkout', namespace: 'staging', port: 80 } }];
+    });
+    let fail = false;
+    const a = await attachStreamPath({
+      name: 'sp',
+      spec: s,
+      dataPlane: dp,
+      resolve: async () => {
+        if (fail) throw new Error('service staging/checkout has no ready endpoints');
+        return { host: '10.244.0.7', port: 8080 };
+      },
+    });
+    fail = true;
+    await expect(a.refreshTargets()).rejects.toThrow(/no ready endpoints/);
+    expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual([]);
+    expect(dp.engines[0]!.mirrors).toEqual([{ name: 'checkout.staging:80', host: '10.244.0.7', port: 8080, samplingPercent: 100 }]);
+  });
+
   it('names the field of a target whose host name does not resolve', async () => {
     const s = spec((x) => {
       x.mirror.targets = [{ address: 'nowhere.invalid:80' }];

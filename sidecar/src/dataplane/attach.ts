@@ -57,6 +57,11 @@ export interface Attachment {
   stats(): AttachmentCounters;
   /** Applies a changed spec live: new mirror set and sampling in place, a new port or pipe size by re-attaching. */
   update(spec: StreamPathSpec): Promise<void>;
+  /**
+   * Resolves the current spec's targets again (Service endpoints move, names change) and gives new
+   * connections the new endpoints. Resolves to whether anything changed; the old endpoints stay on error.
+   */
+  refreshTargets(): Promise<boolean>;
   /** Interception first (new connections go straight to the app again), then the engine. Idempotent. */
   detach(): Promise<void>;
 }
@@ -86,6 +91,16 @@ export const nativeDataPlane: DataPlane = {
   startEngine: (c) => Engine.start(c),
   attachInterception: (c) => Interception.attach(c),
 };
+
+function sameMirrors(a: MirrorConfig[], b: MirrorConfig[]): boolean {
+  return (
+    a.length === b.length &&
+    a.every((m, i) => {
+      const o = b[i]!;
+      return m.name === o.name && m.host === o.host && m.port === o.port && m.samplingPercent === o.samplingPercent;
+    })
+  );
+}
 
 function zeroTargets(mirrors: MirrorConfig[]): TargetCounters[] {
   return mirrors.map((m) => ({
@@ -275,6 +290,20 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
         }
         spec = next;
         mirrors = nextMirrors;
+      });
+    },
+    refreshTargets() {
+      return serial(async () => {
+        if (detached) return false;
+        const next = await resolveMirrors(spec, resolveOpts);
+        if (sameMirrors(next, mirrors)) return false;
+        try {
+          await engine.updateMirrors(next);
+        } catch (err) {
+          throw classifyNativeError(err, 'updating the mirror targets', netnsPath);
+        }
+        mirrors = next;
+        return true;
       });
     },
     detach() {
