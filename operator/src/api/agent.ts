@@ -30,6 +30,11 @@ export const AgentStreamPathReportSchema = z.object({
   bytesPrimary: z.number().int(),
   bytesMirrored: z.number().int(),
   bytesDropped: z.number().int(),
+  /**
+   * Connections the data plane reset because they were still open when a detach's drain ended
+   * (spec.drainTimeoutSeconds). Optional: agents before it do not send it.
+   */
+  connectionsReset: z.number().int().optional(),
   targets: z.array(TargetCountersSchema),
 });
 

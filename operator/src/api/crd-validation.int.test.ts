@@ -58,6 +58,9 @@ describe('the StreamPath CRD on a real apiserver', () => {
     const spec = JSON.parse(got.stdout).spec;
     expect(spec.mirror.onOverflow).toBe('cut');
     expect(spec.mirror.pipeSize).toBe(256 * 1024);
+    expect(spec.mirror.turnTimeoutMs).toBe(1000);
+    expect(spec.mirror.bufferSize).toBe(4 * 1024 * 1024);
+    expect(spec.drainTimeoutSeconds).toBe(20);
     const table = kubectl(['get', 'streampaths', '-n', namespace]);
     expect(table.stdout.split('\n')[0]).toMatch(/NAME\s+PORT\s+PODS\s+CONNECTIONS\s+MIRRORED\s+DROPPED\s+READY\s+AGE/);
   });

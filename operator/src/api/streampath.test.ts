@@ -12,6 +12,25 @@ describe('the StreamPath schema', () => {
     if (!r.ok) return;
     expect(r.value.spec.mirror.onOverflow).toBe('cut');
     expect(r.value.spec.mirror.pipeSize).toBe(256 * 1024);
+    expect(r.value.spec.mirror.turnTimeoutMs).toBe(1000);
+    expect(r.value.spec.mirror.bufferSize).toBe(4 * 1024 * 1024);
+    expect(r.value.spec.drainTimeoutSeconds).toBe(20);
+  });
+
+  it('accepts the ends of the pacing, buffer and drain ranges', () => {
+    for (const [turnTimeoutMs, bufferSize, drainTimeoutSeconds] of [
+      [0, 65536, 0],
+      [60_000, 64 * 1024 * 1024, 3600],
+    ]) {
+      const spec = validSpec();
+      Object.assign(spec['mirror'], { turnTimeoutMs, bufferSize });
+      spec['drainTimeoutSeconds'] = drainTimeoutSeconds;
+      const r = parseStreamPath(wrap(spec));
+      expect(r.ok, r.ok ? '' : r.errors.join('; ')).toBe(true);
+      if (!r.ok) return;
+      expect(r.value.spec.mirror).toMatchObject({ turnTimeoutMs, bufferSize });
+      expect(r.value.spec.drainTimeoutSeconds).toBe(drainTimeoutSeconds);
+    }
   });
 
   it('accepts the valid base spec of the invalid table', () => {

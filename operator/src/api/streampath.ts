@@ -22,6 +22,17 @@ export const LIMITS = {
   // budget (fs.pipe-user-pages-soft), 256 KiB lets ~113 mirrored connections run at full size at once
   // against ~28 at 1 MiB, for no measurable loss of throughput (docs/adr/0003-stream-engine.md).
   defaultPipeSize: 256 * 1024,
+  // Turn pacing of mirrors: how long a mirror waits for its target's answer before releasing the next turn.
+  maxTurnTimeoutMs: 60_000,
+  defaultTurnTimeoutMs: 1000,
+  // Send buffer a lagging mirror connection may grow to (kernel socket memory, not the per-uid pipe
+  // budget), granted within an engine-wide budget (64 MiB by default, DEFAULT_MIRROR_BUFFER_BUDGET).
+  minMirrorBufferSize: 64 * 1024,
+  maxMirrorBufferSize: 64 * 1024 * 1024,
+  defaultMirrorBufferSize: 4 * 1024 * 1024,
+  // Detach: how long live connections are kept moving before the rest are reset.
+  maxDrainTimeoutSeconds: 3600,
+  defaultDrainTimeoutSeconds: 20,
   maxTokenLength: 256,
 } as const;
 
@@ -98,7 +109,41 @@ export const MirrorSchema = z.strictObject({
     .min(LIMITS.minPipeSize)
     .max(LIMITS.maxPipeSize)
     .default(LIMITS.defaultPipeSize)
-    .describe('Bytes of kernel pipe buffer per mirror connection (4 KiB to 1 MiB); bounds memory per connection'),
+    .describe(
+      'Bytes of kernel pipe buffer per mirror connection (4 KiB to 1 MiB); bounds memory per connection. ' +
+        'A live edit applies to new connections; open ones keep their pipes until they end',
+    ),
+  turnTimeoutMs: z
+    .number()
+    .int()
+    .min(0)
+    .max(LIMITS.maxTurnTimeoutMs)
+    .default(LIMITS.defaultTurnTimeoutMs)
+    .describe(
+      'Turn pacing, in milliseconds (0 to 60000). What the client sends after the app has answered (the next ' +
+        'request on a keep-alive connection) is released to a mirror only once that mirror\'s target has answered ' +
+        'the previous turn, or after this long (counted in status.targets[].turnWaitsExpired): the target sees ' +
+        'the conversation in the turns the app saw, not the requests of many turns at once. The primary never ' +
+        'waits; held bytes stay in the mirror\'s pipe and send buffer, and a mirror that falls too far behind is ' +
+        'cut. 0 turns pacing off (bytes go to the mirror as soon as they are copied): use it for targets that ' +
+        'never answer, such as a recorder or a discard sink, which would otherwise cost this long at every turn. ' +
+        'A live edit applies to new connections',
+    ),
+  bufferSize: z
+    .number()
+    .int()
+    .min(LIMITS.minMirrorBufferSize)
+    .max(LIMITS.maxMirrorBufferSize)
+    .default(LIMITS.defaultMirrorBufferSize)
+    .describe(
+      'Send buffer, in bytes (65536 to 67108864, i.e. 64 KiB to 64 MiB), that a mirror connection falling behind ' +
+        'its target may grow to: its slack beyond the pipe, so that a pause of the target (a GC, a busy CPU) does ' +
+        'not cut the mirror. It is kernel socket memory (the kernel doubles the value for its bookkeeping), taken ' +
+        'only while a mirror lags and granted within an engine-wide budget (by default 64 MiB per StreamPath and pod); a grow ' +
+        'the budget cannot grant is refused and the mirror keeps its buffer. Default 4194304 (4 MiB). 67108864 ' +
+        '(64 MiB) is the bulk setting, for mirrors of line-rate bulk streams (raise the budget with it). A live ' +
+        'edit applies to new connections',
+    ),
 });
 
 const token = z.string().min(1).max(LIMITS.maxTokenLength);
@@ -142,6 +187,20 @@ export const StreamPathSpecSchema = z
     selector: LabelSelectorSchema,
     port: port.describe("The app's inbound TCP port to tap"),
     mirror: MirrorSchema,
+    drainTimeoutSeconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(LIMITS.maxDrainTimeoutSeconds)
+      .default(LIMITS.defaultDrainTimeoutSeconds)
+      .describe(
+        'Seconds (0 to 3600) that live connections keep being forwarded and mirrored on detach: the StreamPath ' +
+          'deleted or no longer selecting the pod, the pod terminating (bounded by its ' +
+          'terminationGracePeriodSeconds less 2 s), `kstreams run` stopped. New connections go straight to the ' +
+          'app at once; connections still open at the deadline are reset (RST to the client, the app and the ' +
+          'mirror targets), never closed with FIN, so that no side takes a truncated stream for a complete one. ' +
+          '0 resets them at once. Default 20',
+      ),
     transform: TransformSchema.optional(),
   })
   .superRefine((spec, ctx) => {
@@ -174,6 +233,12 @@ export const TargetCountersSchema = z.object({
   connectionsSkipped: z.number().int().optional(),
   bytesMirrored: z.number().int(),
   bytesDropped: z.number().int(),
+  /** Turns released to this target without its answer to the previous one (spec.mirror.turnTimeoutMs). */
+  turnWaitsExpired: z
+    .number()
+    .int()
+    .optional()
+    .describe("Turns released to this target after spec.mirror.turnTimeoutMs without its answer to the previous turn"),
 });
 
 export const StreamPathStatusSchema = z.object({
@@ -184,6 +249,12 @@ export const StreamPathStatusSchema = z.object({
   bytesPrimary: z.number().int().optional(),
   bytesMirrored: z.number().int().optional(),
   bytesDropped: z.number().int().optional(),
+  /** Connections reset because they were still open when a detach's drain ended (spec.drainTimeoutSeconds). */
+  connectionsReset: z
+    .number()
+    .int()
+    .optional()
+    .describe('Connections reset (RST both ways) because they were still open when a detach ran out of spec.drainTimeoutSeconds'),
   targets: z.array(TargetCountersSchema).optional(),
   conditions: z.array(ConditionSchema).optional(),
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { AgentReport } from '../api/agent.js';
+import { AgentReportSchema, type AgentReport } from '../api/agent.js';
 import type { SlimNamespace, SlimPod } from '../kube/objects.js';
 import { computeStatus, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
 
@@ -75,6 +75,35 @@ describe('computeStatus', () => {
     expect(r.status.targets).toEqual([{ name: 't1', connectionsMirrored: 4, connectionsCut: 0, connectFailures: 0, bytesMirrored: 1800, bytesDropped: 200 }]);
     expect(cond(r, 'Ready')).toMatchObject({ status: 'True', reason: Reason.Attached });
     expect(cond(r, 'Degraded')).toMatchObject({ status: 'False' });
+  });
+
+  it('carries connectionsReset and turnWaitsExpired from the agents\' JSON reports into the status, summed', () => {
+    const a = pod('a');
+    const b = pod('bb');
+    // As the poller gets them: JSON over HTTP, parsed with the contract's schema (which must not strip them).
+    const wire = (p: SlimPod, connectionsReset: number, turnWaitsExpired: number) =>
+      AgentReportSchema.parse(
+        JSON.parse(
+          JSON.stringify(
+            report(p, {
+              connectionsReset,
+              targets: [{ name: 't1', connectionsMirrored: 2, connectionsCut: 0, connectFailures: 0, bytesMirrored: 900, bytesDropped: 100, turnWaitsExpired }],
+            }),
+          ),
+        ),
+      );
+    const r = computeStatus(input([a, b], { a: { report: wire(a, 3, 5), at: NOW }, bb: { report: wire(b, 1, 2), at: NOW } }));
+    expect(r.status.connectionsReset).toBe(4);
+    expect(r.status.targets).toEqual([
+      { name: 't1', connectionsMirrored: 4, connectionsCut: 0, connectFailures: 0, bytesMirrored: 1800, bytesDropped: 200, turnWaitsExpired: 7 },
+    ]);
+  });
+
+  it('leaves connectionsReset and turnWaitsExpired out while no agent reports them (older agents)', () => {
+    const a = pod('a');
+    const r = computeStatus(input([a], { a: { report: report(a), at: NOW } }));
+    expect(r.status).not.toHaveProperty('connectionsReset');
+    expect(r.status.targets![0]).not.toHaveProperty('turnWaitsExpired');
   });
 
   it('when an agent still runs an older generation, it is not Ready yet (Attaching)', () => {

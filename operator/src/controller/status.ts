@@ -87,6 +87,7 @@ function mergeTargets(into: Map<string, TargetCounters>, targets: TargetCounters
       cur.connectionsCut += t.connectionsCut;
       cur.connectFailures += t.connectFailures;
       if (t.connectionsSkipped !== undefined) cur.connectionsSkipped = (cur.connectionsSkipped ?? 0) + t.connectionsSkipped;
+      if (t.turnWaitsExpired !== undefined) cur.turnWaitsExpired = (cur.turnWaitsExpired ?? 0) + t.turnWaitsExpired;
       cur.bytesMirrored += t.bytesMirrored;
       cur.bytesDropped += t.bytesDropped;
     }
@@ -122,6 +123,8 @@ export function computeStatus(input: StatusInput): StatusResult {
   const attachedAnyGeneration: string[] = [];
   const notInjected: SlimPod[] = [];
   const totals = { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0 };
+  // Only in the status once an agent reports it (agents before it do not).
+  let connectionsReset: number | undefined;
   const targets = new Map<string, TargetCounters>();
 
   if (input.specErrors?.length) {
@@ -145,6 +148,7 @@ export function computeStatus(input: StatusInput): StatusResult {
         totals.bytesPrimary += entry.bytesPrimary;
         totals.bytesMirrored += entry.bytesMirrored;
         totals.bytesDropped += entry.bytesDropped;
+        if (entry.connectionsReset !== undefined) connectionsReset = (connectionsReset ?? 0) + entry.connectionsReset;
         mergeTargets(targets, entry.targets);
         if (entry.attached) attachedAnyGeneration.push(pod.name);
       }
@@ -233,6 +237,7 @@ export function computeStatus(input: StatusInput): StatusResult {
       bytesPrimary: totals.bytesPrimary,
       bytesMirrored: totals.bytesMirrored,
       bytesDropped: totals.bytesDropped,
+      ...(connectionsReset !== undefined ? { connectionsReset } : {}),
       targets: [...targets.values()].sort((a, b) => a.name.localeCompare(b.name)),
       conditions,
     },
