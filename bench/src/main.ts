@@ -5,7 +5,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { machineFacts } from './machine.js';
+import { addonFacts, machineFacts } from './machine.js';
 import { ALL_PATHS } from './paths.js';
 import { consoleReport, markdownReport, targets } from './report.js';
 import { repoPath } from './repo.js';
@@ -27,9 +27,15 @@ function positiveInt(v: string): number {
   return n;
 }
 
+function nonNegativeInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${v} is not a non-negative integer`);
+  return n;
+}
+
 const program = new Command('bench')
   .description('KStreams side-by-side benchmark: direct, Node, socat, HAProxy and KStreams in one network namespace')
-  .option('--quick', 'smoke run in about a minute: 512 MiB, 1 run, 5000 round trips (explicit options win)')
+  .option('--quick', 'smoke run in about a minute: 512 MiB, 1 run, 5000 round trips, redis -n 10000 without -P (explicit options win)')
   .option('--bytes <size>', 'bytes per bulk transfer (e.g. 2G, 512M)', size)
   .option('--runs <n>', 'runs per path; the table shows medians', positiveInt)
   .option('--rr <n>', 'round trips on the single connection (the concurrent test splits them)', positiveInt)
@@ -38,7 +44,17 @@ const program = new Command('bench')
   .option('--pipe-size <size>', 'kernel pipe size for HAProxy (tune.pipesize) and KStreams', size, 1 << 20)
   .option('--socat-buffer <size>', 'socat -b copy buffer', size, 256 * 1024)
   .option('--only <ids>', `comma-separated path ids (direct is always run): ${ALL_PATHS.map((p) => p.id).join(', ')}`)
+  .option('--mirror-buffer <size>', 'KStreams mirrorBufferSize of the mirror rows (the default setting)', size, 4 * 2 ** 20)
+  .option('--bulk-mirror-buffer <size>', 'mirrorBufferSize and mirrorBufferBudget of the "bulk setting" mirror row', size, 64 * 2 ** 20)
+  .option('--turn-timeout <ms>', 'KStreams turnTimeoutMs (mirror turn pacing; 0 = off)', nonNegativeInt, 1000)
+  .option('--redis-requests <n>', 'requests per redis-benchmark test (-n); default 200000, --quick 10000', positiveInt)
+  .option('--redis-conns <n>', 'redis-benchmark connections (-c)', positiveInt, 50)
+  .option('--redis-keyspace <n>', 'redis-benchmark random keys (-r)', positiveInt, 100000)
+  .option('--redis-tests <list>', 'redis-benchmark tests (-t)', 'set,get')
+  .option('--redis-pipeline <n>', 'also measure with redis-benchmark -P N (0: not); default 16, --quick 0', nonNegativeInt)
+  .option('--no-redis', 'skip the redis-benchmark row')
   .option('--engine-lib <module>', 'load the KStreams engine from this module instead of native/lib (compare builds)')
+  .option('--addon <file>', 'measure this kstreams.node instead of native/build/Release/kstreams.node (copied at start)')
   .option('--out <dir>', 'where results are written', repoPath('bench/results'))
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
@@ -54,7 +70,17 @@ const cli = program.opts<{
   pipeSize: number;
   socatBuffer: number;
   only?: string;
+  mirrorBuffer: number;
+  bulkMirrorBuffer: number;
+  turnTimeout: number;
+  redisRequests?: number;
+  redisConns: number;
+  redisKeyspace: number;
+  redisTests: string;
+  redisPipeline?: number;
+  redis: boolean;
   engineLib?: string;
+  addon?: string;
   out: string;
   write: boolean;
   silent?: boolean;
@@ -66,19 +92,36 @@ if (unknown.length) program.error(`unknown path id(s): ${unknown.join(', ')}; kn
 
 const options: BenchOptions = {
   bytes: cli.bytes ?? (cli.quick ? 512 * 2 ** 20 : 2 * 2 ** 30),
-  runs: cli.runs ?? (cli.quick ? 1 : 3),
+  runs: cli.runs ?? (cli.quick ? 1 : 5),
   rrCount: cli.rr ?? (cli.quick ? 5000 : 20000),
   rrConns: cli.conns,
   rrSize: cli.size,
   pipeSize: cli.pipeSize,
   socatBuffer: cli.socatBuffer,
+  mirrorBufferSize: cli.mirrorBuffer,
+  bulkMirrorBufferSize: cli.bulkMirrorBuffer,
+  turnTimeoutMs: cli.turnTimeout,
   quick: cli.quick ?? false,
+  ...(cli.redis
+    ? {
+        redis: {
+          requests: cli.redisRequests ?? (cli.quick ? 10000 : 200000),
+          conns: cli.redisConns,
+          keyspace: cli.redisKeyspace,
+          tests: cli.redisTests.split(',').map((t) => t.trim()).filter(Boolean),
+          pipeline: cli.redisPipeline ?? (cli.quick ? 0 : 16),
+        },
+      }
+    : {}),
   ...(only ? { only } : {}),
   ...(cli.engineLib ? { engineLib: pathToFileURL(resolve(cli.engineLib)).href } : {}),
+  ...(cli.addon ? { addon: resolve(cli.addon) } : {}),
 };
 
 const log = cli.silent ? () => undefined : (line: string) => process.stderr.write(`${line}\n`);
 const facts = machineFacts();
+const addon = cli.engineLib ? undefined : addonFacts(options.addon ?? repoPath('native/build/Release/kstreams.node'));
+if (addon) facts.addon = addon;
 const bench = new Bench(options, log);
 
 // Ctrl-C or a kill: stop what we started (by pid), delete the namespace and temp files, then exit.

@@ -2,7 +2,7 @@
 // between a client and a server that are already listening, and says which port the client must use.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { EngineConfig, EngineStats } from '../../native/lib/types.js';
+import type { DrainResult, EngineConfig, EngineStats } from '../../native/lib/types.js';
 import type { Netns } from '../../sidecar/src/netns.js';
 import { nodeProgram, start, type Proc } from './procs.js';
 
@@ -18,6 +18,12 @@ export interface PathContext {
   pipeSize: number;
   /** socat's copy buffer (-b). */
   socatBuffer: number;
+  /** KStreams mirrorBufferSize of the mirror rows (the default setting, 4 MiB). */
+  mirrorBufferSize: number;
+  /** mirrorBufferSize (and mirrorBufferBudget) of the "bulk setting" mirror row. */
+  bulkMirrorBufferSize: number;
+  /** KStreams turnTimeoutMs (mirror turn pacing; 0 = off). */
+  turnTimeoutMs: number;
   startTimeoutMs: number;
   /** Module the KStreams runner loads instead of native/lib (an absolute path or file URL). */
   engineLib?: string;
@@ -32,8 +38,22 @@ export interface StartedPath {
   proc?: Proc;
   /** Whether the proxy forks per connection (its children's CPU and memory count too). */
   forks: boolean;
-  /** Stops the proxy by pid; the KStreams runner reports the engine's counters on the way out. */
-  stop(): Promise<EngineStats | undefined>;
+  /**
+   * Stops the proxy by pid, once the transfers are done. The KStreams runner first lets its connections end
+   * (up to a few seconds), then stops the engine and reports its counters and what stop() had to reset.
+   */
+  stop(): Promise<EngineEnd | undefined>;
+}
+
+/** What the KStreams runner reports when it is stopped. */
+export interface EngineEnd {
+  stats: EngineStats;
+  /** What stop() reset (null from an engine build older than the drain contract). */
+  drain: DrainResult | null;
+  /** How long the runner waited for the engine's connections to end before stop(). */
+  settledMs: number;
+  /** Connections (primary and mirror) still open when stop() was called: stop() reset them. */
+  openAtStop: number;
 }
 
 export interface PathSpec {
@@ -42,6 +62,10 @@ export interface PathSpec {
   kind: PathKind;
   /** Which baseline family it belongs to (ratios are taken against these). */
   family: 'direct' | 'node' | 'socat' | 'haproxy' | 'kstreams';
+  /** Takes part in the redis-benchmark row (a real request/response client and server). */
+  redis?: boolean;
+  /** The settings that make this row differ from its family's default, for the report. */
+  setting?: string;
   start(ctx: PathContext, upstreamPort: number, mirrorPort: number | undefined): Promise<StartedPath>;
 }
 
@@ -69,6 +93,7 @@ const direct: PathSpec = {
   label: 'direct (client -> server)',
   kind: 'direct',
   family: 'direct',
+  redis: true,
   start: async (_ctx, upstreamPort) => ({ port: upstreamPort, forks: false, stop: async () => undefined }),
 };
 
@@ -78,6 +103,8 @@ function nodePipe(withMirror: boolean): PathSpec {
     label: withMirror ? 'Node stream.pipe + JS mirror' : 'Node stream.pipe proxy',
     kind: withMirror ? 'mirror' : 'proxy',
     family: 'node',
+    // The Node mirror is the mirror baseline of the redis row; the Node proxy has HAProxy in its place there.
+    redis: withMirror,
     start: async (ctx, upstreamPort, mirrorPort) => {
       const prog = nodeProgram('./proxies/node-proxy.js');
       const args = [...prog.args, String(upstreamPort)];
@@ -115,6 +142,7 @@ const haproxy: PathSpec = {
   label: 'HAProxy mode tcp + splice',
   kind: 'proxy',
   family: 'haproxy',
+  redis: true,
   start: async (ctx, upstreamPort) => {
     const port = ctx.nextPort();
     const cfg = join(ctx.tmpDir, `haproxy-${port}.cfg`);
@@ -144,28 +172,40 @@ const haproxy: PathSpec = {
   },
 };
 
-function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
-  const labels = {
+type KStreamsVariant = 'proxy' | 'mirror' | 'mirror-bulk' | 'mirror-sklookup';
+
+const MiB = 2 ** 20;
+const mib = (b: number): string => `${Number.isInteger(b / MiB) ? b / MiB : (b / MiB).toFixed(1)} MiB`;
+
+function kstreams(variant: KStreamsVariant): PathSpec {
+  const labels: Record<KStreamsVariant, string> = {
     proxy: 'KStreams proxy (splice)',
     mirror: 'KStreams mirror (splice+tee)',
+    'mirror-bulk': 'KStreams mirror, bulk setting',
     'mirror-sklookup': 'KStreams mirror via sk_lookup',
   };
+  const isMirror = variant !== 'proxy';
   return {
     id: variant === 'proxy' ? 'kstreams' : `kstreams-${variant}`,
     label: labels[variant],
-    kind: variant === 'proxy' ? 'proxy' : 'mirror',
+    kind: isMirror ? 'mirror' : 'proxy',
     family: 'kstreams',
+    redis: variant === 'proxy' || variant === 'mirror',
+    ...(variant === 'mirror-bulk' ? { setting: 'mirrorBufferSize and mirrorBufferBudget = --bulk-mirror-buffer (64 MiB)' } : {}),
     start: async (ctx, upstreamPort, mirrorPort) => {
       const intercept = variant === 'mirror-sklookup';
+      const bulkSetting = variant === 'mirror-bulk';
       const engine: EngineConfig = {
         netnsPath: ctx.ns.path,
         listen: { host, port: 0 },
         upstream: intercept ? 'original-destination' : { host, port: upstreamPort },
-        mirrors:
-          variant === 'proxy' || mirrorPort === undefined
-            ? []
-            : [{ name: 'sink', host, port: mirrorPort, samplingPercent: 100 }],
+        mirrors: !isMirror || mirrorPort === undefined ? [] : [{ name: 'sink', host, port: mirrorPort, samplingPercent: 100 }],
         pipeSize: ctx.pipeSize,
+        turnTimeoutMs: ctx.turnTimeoutMs,
+        mirrorBufferSize: bulkSetting ? ctx.bulkMirrorBufferSize : ctx.mirrorBufferSize,
+        // The bulk setting's budget matches its buffer, so one lagging mirror connection can have all of it
+        // (the default budget is 64 MiB: the same as the default bulk setting, said here so it stays so).
+        ...(bulkSetting ? { mirrorBufferBudget: ctx.bulkMirrorBufferSize } : {}),
         mirrorConnectTimeoutMs: 2000,
         threads: 1,
       };
@@ -174,6 +214,7 @@ function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
         engine,
         ...(intercept ? { interceptPort: upstreamPort } : {}),
         ...(ctx.engineLib ? { nativeLib: ctx.engineLib } : {}),
+        settleMs: Math.max(3000, 2 * ctx.turnTimeoutMs),
       });
       const env = ctx.addonCopy ? { KSTREAMS_ADDON: ctx.addonCopy } : undefined;
       const proc = start(ctx.ns, 'kstreams runner', prog.command, [...prog.args, config], env);
@@ -184,13 +225,20 @@ function kstreams(variant: 'proxy' | 'mirror' | 'mirror-sklookup'): PathSpec {
         proc,
         forks: false,
         stop: async () => {
-          await proc.stop(5000);
+          await proc.stop(Math.max(3000, 2 * ctx.turnTimeoutMs) + 5000);
           const line = proc.lines.find((l) => l.includes('"stats"'));
-          return line ? (JSON.parse(line) as { stats: EngineStats }).stats : undefined;
+          if (!line) return undefined;
+          const end = JSON.parse(line) as Partial<EngineEnd> & { stats: EngineStats };
+          return { stats: end.stats, drain: end.drain ?? null, settledMs: end.settledMs ?? 0, openAtStop: end.openAtStop ?? 0 };
         },
       };
     },
   };
+}
+
+/** The default and bulk mirror settings, as the report prints them. */
+export function mirrorSettings(ctx: Pick<PathContext, 'mirrorBufferSize' | 'bulkMirrorBufferSize' | 'turnTimeoutMs'>): string {
+  return `KStreams mirrors: mirrorBufferSize ${mib(ctx.mirrorBufferSize)} (bulk setting row: ${mib(ctx.bulkMirrorBufferSize)}, budget ${mib(ctx.bulkMirrorBufferSize)}), turnTimeoutMs ${ctx.turnTimeoutMs}`;
 }
 
 export const ALL_PATHS: PathSpec[] = [
@@ -201,5 +249,6 @@ export const ALL_PATHS: PathSpec[] = [
   kstreams('proxy'),
   nodePipe(true),
   kstreams('mirror'),
+  kstreams('mirror-bulk'),
   kstreams('mirror-sklookup'),
 ];

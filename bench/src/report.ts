@@ -1,7 +1,8 @@
 // Turns a bench run into the tables people read: throughput and cost on the bulk load, latency on the
 // 64 B load, ratios against every baseline, and the KStreams targets with PASS/MISS and the margin.
 import type { MachineFacts } from './machine.js';
-import type { BenchRun, PathResult } from './run.js';
+import { mirrorSettings } from './paths.js';
+import type { BenchRun, PathResult, RedisMedians } from './run.js';
 import { ratio } from './stats.js';
 
 export interface TargetResult {
@@ -35,6 +36,33 @@ function nodePeer(run: BenchRun, p: PathResult): PathResult | undefined {
   return byId(run, p.kind === 'mirror' ? 'node-mirror' : 'node');
 }
 
+/** Run numbers as a short list: [1,2,3,5] -> "1-3,5". */
+export function runList(runs: number[]): string {
+  const out: string[] = [];
+  for (let i = 0; i < runs.length; ) {
+    let j = i;
+    while (j + 1 < runs.length && (runs[j + 1] as number) === (runs[j] as number) + 1) j++;
+    out.push(j > i + 1 ? `${runs[i]}-${runs[j]}` : j === i + 1 ? `${runs[i]},${runs[j]}` : `${runs[i]}`);
+    i = j + 1;
+  }
+  return out.join(',');
+}
+
+/**
+ * Which runs a row's figures are medians over: "all" for rows without a mirror; for a mirror row the run
+ * numbers whose mirror got the whole stream, or "all (none whole)" when it was cut in every run.
+ */
+export function overRuns(kind: PathResult['kind'], over: 'whole' | 'all' | undefined, runs: number[] | undefined, total: number): string {
+  if (runs === undefined || runs.length === 0) return '-';
+  if (kind !== 'mirror') return runs.length === total ? 'all' : runList(runs);
+  return over === 'whole' ? (runs.length === total ? 'all (whole)' : `${runList(runs)} (whole)`) : 'all (none whole)';
+}
+
+/** "mirror whole 4/5" */
+export function wholeText(whole: number | undefined, runs: number | undefined): string {
+  return whole === undefined || !runs ? '-' : `${whole}/${runs}`;
+}
+
 export function bulkTable(run: BenchRun): string {
   const direct = byId(run, 'direct')?.median.gbps;
   const haproxy = byId(run, 'haproxy')?.median.gbps;
@@ -44,6 +72,7 @@ export function bulkTable(run: BenchRun): string {
     return [
       p.label,
       fmt(m.gbps),
+      overRuns(p.kind, m.figuresOver, m.figureRuns, p.bulk.length),
       m.gbpsSpread === undefined ? '-' : `${(100 * m.gbpsSpread).toFixed(0)}%`,
       fmt(m.sysCpuPerGB),
       fmt(m.pathCpuPerGB),
@@ -53,13 +82,27 @@ export function bulkTable(run: BenchRun): string {
       fmtX(ratio(m.gbps, nodePeer(run, p)?.median.gbps)),
       fmtX(ratio(m.gbps, haproxy)),
       fmtX(ratio(m.gbps, socat)),
-      m.mirrorFraction === undefined
-        ? '-'
-        : `${(100 * m.mirrorFraction).toFixed(1)}%${m.mirrorShortRuns ? ` (${m.mirrorShortRuns}/${p.bulk.length} cut)` : ''}`,
+      wholeText(m.mirrorWholeRuns, m.mirrorRuns),
+      m.mirrorFraction === undefined ? '-' : `${(100 * m.mirrorFraction).toFixed(1)}%`,
     ];
   });
   return table(
-    ['path (bulk)', 'GB/s', 'spread', 'CPU s/GB system', 'CPU s/GB path', 'CPU s/GB proxy', 'peak RSS MB', 'x direct', 'x Node*', 'x HAProxy', 'x socat', 'mirror got'],
+    [
+      'path (bulk)',
+      'GB/s',
+      'over runs',
+      'spread',
+      'CPU s/GB system',
+      'CPU s/GB path',
+      'CPU s/GB proxy',
+      'peak RSS MB',
+      'x direct',
+      'x Node*',
+      'x HAProxy',
+      'x socat',
+      'mirror whole',
+      'mirror got',
+    ],
     rows,
   );
 }
@@ -77,9 +120,59 @@ export function latencyTable(run: BenchRun): string {
       p.id === 'direct' ? '-' : fmt(added, 1),
       fmt(m.concurrentP99Us, 1),
       fmt(m.concurrentRps === undefined ? undefined : m.concurrentRps / 1000, 1),
+      wholeText(m.rrMirrorWholeRuns, m.rrMirrorRuns),
     ];
   });
-  return table([`path (${run.options.rrSize} B req/resp)`, 'p50 us', 'p99 us', '+p99 us', `p99 us (${conns} conns)`, `k req/s (${conns} conns)`], rows);
+  return table(
+    [`path (${run.options.rrSize} B req/resp)`, 'p50 us', 'p99 us', '+p99 us', `p99 us (${conns} conns)`, `k req/s (${conns} conns)`, 'mirror whole'],
+    rows,
+  );
+}
+
+/** The redis-benchmark rows at one pipelining depth (the paths that take part, in ALL_PATHS order). */
+export function redisTable(run: BenchRun, pipelined: boolean): string {
+  const med = (p: PathResult | undefined): RedisMedians | undefined => (pipelined ? p?.redisPipelinedMedian : p?.redisMedian);
+  const samples = (p: PathResult) => (pipelined ? p.redisPipelined : p.redis);
+  const paths = run.paths.filter((p) => med(p) !== undefined || (samples(p).length === 0 && p.errors.some((e) => e.startsWith('redis'))));
+  const direct = med(byId(run, 'direct'))?.rps;
+  const haproxy = med(byId(run, 'haproxy'))?.rps;
+  const nodeMirror = med(byId(run, 'node-mirror'))?.rps;
+  // The tests as redis-benchmark names them (SET, GET; -t ping gives PING_INLINE and PING_MBULK).
+  const tests = [...new Set(paths.flatMap((p) => Object.keys(med(p)?.testRps ?? {})))];
+  const rows = paths.map((p) => {
+    const m = med(p);
+    return [
+      p.label,
+      fmt(m?.rps === undefined ? undefined : m.rps / 1000, 1),
+      m ? overRuns(p.kind, m.figuresOver, m.figureRuns, samples(p).length) : '-',
+      m?.spread === undefined ? '-' : `${(100 * m.spread).toFixed(0)}%`,
+      ...tests.map((t) => fmt(m?.testRps[t] === undefined ? undefined : (m.testRps[t] as number) / 1000, 1)),
+      fmt(m?.p50Ms, 3),
+      fmt(m?.p99Ms, 3),
+      fmt(m?.proxyCpuUsPerRequest, 1),
+      fmtX(ratio(m?.rps, direct)),
+      fmtX(ratio(m?.rps, haproxy)),
+      p.kind === 'mirror' ? fmtX(ratio(m?.rps, nodeMirror)) : '-',
+      wholeText(m?.mirrorWholeRuns, m?.mirrorRuns),
+    ];
+  });
+  return table(
+    [
+      `path (redis${pipelined ? ` -P ${run.options.redis?.pipeline}` : ''})`,
+      'k req/s',
+      'over runs',
+      'spread',
+      ...tests.map((t) => `k ${t}/s`),
+      'p50 ms',
+      'p99 ms',
+      'proxy CPU us/req',
+      'x direct',
+      'x HAProxy',
+      'x Node mirror',
+      'mirror whole',
+    ],
+    rows,
+  );
 }
 
 function atLeast(name: string, value: number | undefined, target: number, unit = 'x'): TargetResult {
@@ -139,6 +232,17 @@ export function targets(run: BenchRun): TargetResult[] {
     atMost(`KStreams proxy added p99 (${run.options.rrSize} B) <= 30 us`, addedP99('kstreams'), 30, ' us', 1),
     atMost(`KStreams mirror added p99 (${run.options.rrSize} B) <= 30 us`, addedP99('kstreams-mirror'), 30, ' us', 1),
   ];
+  if (byId(run, 'kstreams-mirror-bulk')) {
+    out.push(wholeInRuns('KStreams mirror, bulk setting: whole in', byId(run, 'kstreams-mirror-bulk'), 0.8, run.options.runs));
+    out.push(
+      requireWholeMirror(
+        atLeast('KStreams mirror, bulk setting, throughput >= 2x Node mirror', ratio(g('kstreams-mirror-bulk'), g('node-mirror')), 2.0),
+        run,
+        'kstreams-mirror-bulk',
+      ),
+    );
+  }
+  if (run.options.redis) out.push(...redisTargets(run));
   if (byId(run, 'kstreams-mirror-sklookup')) {
     out.push(
       requireWholeMirror(
@@ -152,25 +256,90 @@ export function targets(run: BenchRun): TargetResult[] {
   return out;
 }
 
+/** In at least `share` of the runs (rounded up: 4 of 5 for 0.8) the row's mirror got the whole stream. */
+function wholeInRuns(prefix: string, row: PathResult | undefined, share: number, plannedRuns: number): TargetResult {
+  // Out of the runs asked for: a run whose measurement failed counts as one without a whole mirror.
+  const runs = plannedRuns;
+  const need = Math.ceil(share * runs - 1e-9);
+  const name = `${prefix} >= ${need} of ${runs} runs`;
+  const whole = row?.median.mirrorWholeRuns ?? 0;
+  if (!row || !row.median.mirrorRuns) return { name, target: share, margin: 'not measured' };
+  const failed = runs - row.median.mirrorRuns;
+  const pass = whole >= need;
+  const extra = whole - need;
+  const failedNote = failed > 0 ? `; ${failed} run${failed === 1 ? '' : 's'} failed, counted as not whole` : '';
+  return {
+    name,
+    value: whole / runs,
+    target: share,
+    pass,
+    margin:
+      (pass
+        ? `mirror whole ${whole}/${runs} (${extra === 0 ? 'at target' : `${extra} run${extra === 1 ? '' : 's'} to spare`})`
+        : `mirror whole ${whole}/${runs}, missed by ${-extra} run${extra === -1 ? '' : 's'} (needs ${need}/${runs})`) + failedNote,
+  };
+}
+
 /**
  * A mirror row's speed only counts when its mirror received the whole stream: a mirror cut early is a
- * proxy with a short detour. A cut baseline is flagged too, since it makes the baseline look faster.
+ * proxy with a short detour. The figure is over the runs with a whole mirror, and the margin says which;
+ * cut in every run, it is no PASS. A cut baseline is flagged too, since it makes the baseline look faster.
  */
-function requireWholeMirror(t: TargetResult, run: BenchRun, id: string): TargetResult {
-  const row = byId(run, id);
-  const node = byId(run, 'node-mirror');
+function requireWholeMirror(t: TargetResult, run: BenchRun, id: string, workload: 'bulk' | 'redis' = 'bulk'): TargetResult {
+  const info = (r: PathResult | undefined): { whole: number; runs: number; figureRuns: number[] } =>
+    workload === 'bulk'
+      ? { whole: r?.median.mirrorWholeRuns ?? 0, runs: r?.median.mirrorRuns ?? 0, figureRuns: r?.median.figureRuns ?? [] }
+      : { whole: r?.redisMedian?.mirrorWholeRuns ?? 0, runs: r?.redisMedian?.mirrorRuns ?? 0, figureRuns: r?.redisMedian?.figureRuns ?? [] };
+  const row = info(byId(run, id));
+  const node = info(byId(run, 'node-mirror'));
   const notes: string[] = [];
   let pass = t.pass;
-  const cut = (r: PathResult | undefined): string => `${r?.median.mirrorShortRuns ?? 0}/${r?.bulk.length ?? 0} runs`;
-  if (row && row.bulk.length > 0 && row.median.mirrorShortRuns === row.bulk.length) {
-    notes.push(`but its mirror was cut in every run (${cut(row)}), so this is no PASS`);
+  if (row.runs > 0 && row.whole === 0) {
+    notes.push(`but its mirror was whole in no run (0/${row.runs}), so this is no PASS`);
     if (pass) pass = false;
-  } else if (row?.median.mirrorShortRuns) {
-    notes.push(`over the runs with a whole mirror; cut in ${cut(row)}`);
+  } else if (row.runs > 0) {
+    notes.push(
+      row.whole === row.runs
+        ? `mirror whole ${row.whole}/${row.runs}`
+        : `over run${row.figureRuns.length === 1 ? '' : 's'} ${runList(row.figureRuns)} only, the ones with a whole mirror (${row.whole}/${row.runs})`,
+    );
   }
-  if (node?.median.mirrorShortRuns) notes.push(`the Node mirror was cut in ${cut(node)}`);
+  if (node.runs > 0 && node.whole < node.runs) notes.push(`Node mirror whole ${node.whole}/${node.runs}`);
   if (notes.length === 0) return t;
   return { ...t, ...(pass === undefined ? {} : { pass }), margin: `${t.margin}; ${notes.join('; ')}` };
+}
+
+/** The redis-benchmark targets (without pipelining): the request rates of real client and server. */
+function redisTargets(run: BenchRun): TargetResult[] {
+  const rps = (id: string): number | undefined => byId(run, id)?.redisMedian?.rps;
+  const proxy = atLeast('redis: KStreams proxy req/s >= 1.2x HAProxy splice', ratio(rps('kstreams'), rps('haproxy')), 1.2);
+  const vsDirect = ratio(rps('kstreams'), rps('direct'));
+  if (vsDirect !== undefined && proxy.value !== undefined) proxy.margin += `; ${vsDirect.toFixed(2)}x direct`;
+  const out = [
+    proxy,
+    requireWholeMirror(atLeast('redis: KStreams mirror req/s >= 2x Node mirror', ratio(rps('kstreams-mirror'), rps('node-mirror')), 2.0), run, 'kstreams-mirror', 'redis'),
+  ];
+  // Not a speed target: the mirror copy must be whole (no cut) in every redis run, at any depth.
+  const row = byId(run, 'kstreams-mirror');
+  const samples = [...(row?.redis ?? []), ...(row?.redisPipelined ?? [])];
+  const name = 'redis: KStreams mirror copy whole in every run (bytes, commands, dataset)';
+  if (samples.length === 0) {
+    out.push({ name, target: 1, margin: 'not measured' });
+  } else {
+    const whole = samples.filter((s) => s.mirrorWhole).length;
+    const first = samples.find((s) => !s.mirrorWhole);
+    out.push({
+      name,
+      value: whole / samples.length,
+      target: 1,
+      pass: whole === samples.length,
+      margin:
+        whole === samples.length
+          ? `whole ${whole}/${samples.length}`
+          : `whole ${whole}/${samples.length}; run ${first?.run}${(first?.pipeline ?? 1) > 1 ? ` -P ${first?.pipeline}` : ''}: ${first?.mirrorShort ?? '?'}`,
+    });
+  }
+  return out;
 }
 
 /** What adding a mirror costs each implementation, against its own proxy without one. */
@@ -180,10 +349,19 @@ export function mirrorTax(run: BenchRun): string {
     const m = byId(run, mirrorId)?.median;
     if (p?.gbps === undefined || m?.gbps === undefined) return undefined;
     const cpu = m.pathCpuPerGB !== undefined && p.pathCpuPerGB !== undefined ? m.pathCpuPerGB - p.pathCpuPerGB : undefined;
-    const got = m.mirrorFraction === undefined ? '' : `, mirror got ${(100 * m.mirrorFraction).toFixed(1)}%`;
-    return `${name}: ${(100 * (1 - m.gbps / p.gbps)).toFixed(0)}% less throughput, ${cpu === undefined ? 'n/a' : `${cpu >= 0 ? '+' : ''}${cpu.toFixed(2)}`} CPU s/GB (path)${got}`;
+    const got =
+      m.mirrorFraction === undefined ? '' : `, mirror got ${(100 * m.mirrorFraction).toFixed(1)}% (whole ${wholeText(m.mirrorWholeRuns, m.mirrorRuns)})`;
+    const lost = 100 * (1 - m.gbps / p.gbps);
+    const tput = lost >= 0 ? `${lost.toFixed(0)}% less throughput` : `${(-lost).toFixed(0)}% more throughput (noise: a mirror cannot speed a proxy up)`;
+    return `${name}: ${tput}, ${cpu === undefined ? 'n/a' : `${cpu >= 0 ? '+' : ''}${cpu.toFixed(2)}`} CPU s/GB (path)${got}`;
   };
-  return [line('KStreams', 'kstreams', 'kstreams-mirror'), line('Node', 'node', 'node-mirror')].filter(Boolean).join('\n');
+  return [
+    line('KStreams', 'kstreams', 'kstreams-mirror'),
+    line('KStreams, bulk setting', 'kstreams', 'kstreams-mirror-bulk'),
+    line('Node', 'node', 'node-mirror'),
+  ]
+    .filter(Boolean)
+    .join('\n');
 }
 
 export function targetsText(results: TargetResult[]): string {
@@ -198,17 +376,55 @@ function errorsText(run: BenchRun): string {
 
 function optionsText(run: BenchRun): string {
   const o = run.options;
-  return (
-    `bulk: ${(o.bytes / 2 ** 30).toFixed(o.bytes >= 2 ** 30 ? 0 : 3)} GiB per run on one connection; ` +
-    `${o.rrSize} B req/resp: ${o.rrCount} round trips on one connection, then ${o.rrConns} connections; ` +
-    `medians of ${o.runs} run(s), fresh processes per measurement; pipe size ${o.pipeSize} B (HAProxy and KStreams); ` +
-    `socat -b ${o.socatBuffer}`
+  const r = o.redis;
+  return [
+    `bulk: ${(o.bytes / 2 ** 30).toFixed(o.bytes >= 2 ** 30 ? 0 : 3)} GiB per run on one connection`,
+    `${o.rrSize} B req/resp: ${o.rrCount} round trips on one connection, then ${o.rrConns} connections`,
+    ...(r
+      ? [
+          `redis: redis-benchmark -c ${r.conns} -n ${r.requests} -r ${r.keyspace} -t ${r.tests.join(',')}${r.pipeline > 1 ? `, and again with -P ${r.pipeline}` : ''}, against redis-server (a second one as the mirror target)`,
+        ]
+      : []),
+    `medians of ${o.runs} run(s), fresh processes per measurement`,
+    `pipe size ${o.pipeSize} B (HAProxy and KStreams)`,
+    mirrorSettings(o),
+    `socat -b ${o.socatBuffer}`,
+  ].join('; ');
+}
+
+/** Reading notes that depend on the run: the engine build's contract, a redis row that could not run. */
+function notesText(run: BenchRun): string[] {
+  const notes: string[] = [];
+  const legacy = run.paths.filter((p) => p.engineContract === 'legacy' && p.kind === 'mirror').map((p) => p.id);
+  if (legacy.length) {
+    notes.push(
+      `The engine build measured predates turn pacing and mirrorBufferSize (its counters have no connectionsReset): it ignored ` +
+        `turnTimeoutMs and mirrorBufferSize, so every mirror row ran with that build's own fixed mirror send buffer and the bulk ` +
+        `setting row measures no different setting (rows: ${legacy.join(', ')}).`,
+    );
+  }
+  if (run.redisSkipped) notes.push(`The redis row was not run: ${run.redisSkipped}.`);
+  const reset = run.paths.flatMap((p) =>
+    [...p.bulk, ...p.rr, ...p.redis, ...p.redisPipelined]
+      .filter((s) => (s.engineEnding?.openAtStop ?? 0) > 0)
+      .map((s) => `${p.id} run ${s.run} (${s.engineEnding?.openAtStop} open)`),
   );
+  if (reset.length) notes.push(`Connections still open after the runner's wait were reset by stop(): ${reset.join(', ')}.`);
+  return notes;
+}
+
+function redisSections(run: BenchRun, heading: (title: string) => string[]): string[] {
+  if (!run.options.redis || run.redisSkipped) return [];
+  const out = [...heading('redis-benchmark'), redisTable(run, false)];
+  if (run.options.redis.pipeline > 1) out.push('', redisTable(run, true));
+  return out;
 }
 
 /** The text printed at the end of a run. */
 export function consoleReport(run: BenchRun, facts: MachineFacts): string {
   const errors = errorsText(run);
+  const notes = notesText(run);
+  const redis = redisSections(run, () => ['']);
   return [
     `KStreams bench - ${facts.kernel}, ${facts.cpuModel}, ${facts.cores} cores, node ${facts.node}, load ${facts.loadBefore.toFixed(2)} -> ${fmt(facts.loadAfter)}`,
     optionsText(run),
@@ -216,12 +432,14 @@ export function consoleReport(run: BenchRun, facts: MachineFacts): string {
     bulkTable(run),
     '',
     latencyTable(run),
+    ...redis,
     '',
     'Mirror tax (mirror row against the same proxy without a mirror):',
     mirrorTax(run),
     '',
     'Targets:',
     targetsText(targets(run)),
+    ...(notes.length ? ['', 'Notes:', ...notes.map((n) => `- ${n}`)] : []),
     ...(errors ? ['', 'Failures:', errors] : []),
   ].join('\n');
 }
@@ -229,6 +447,7 @@ export function consoleReport(run: BenchRun, facts: MachineFacts): string {
 /** The committed results file: machine facts, options, tables, targets, failures. */
 export function markdownReport(run: BenchRun, facts: MachineFacts): string {
   const errors = errorsText(run);
+  const notes = notesText(run);
   return [
     `# KStreams bench, ${run.startedAt.slice(0, 16).replace('T', ' ')} UTC${run.options.quick ? ' (quick)' : ''}`,
     '',
@@ -239,7 +458,9 @@ export function markdownReport(run: BenchRun, facts: MachineFacts): string {
     `| node | ${facts.node} |`,
     `| haproxy | ${facts.haproxy} |`,
     `| socat | ${facts.socat} |`,
+    ...(facts.redis ? [`| redis | ${facts.redis} |`] : []),
     `| commit | ${facts.gitCommit} |`,
+    ...(facts.addon ? [`| engine (kstreams.node) | ${facts.addon} |`] : []),
     `| load average (1 min) | ${facts.loadBefore.toFixed(2)} before, ${fmt(facts.loadAfter)} after |`,
     `| run | ${run.startedAt} to ${run.finishedAt} |`,
     '',
@@ -250,10 +471,12 @@ export function markdownReport(run: BenchRun, facts: MachineFacts): string {
     bulkTable(run),
     '',
     '`*` x Node: proxies against the Node stream.pipe proxy, mirrors against the Node proxy with a JS mirror.',
+    '"over runs": the runs the GB/s, spread and CPU figures are medians over; for a mirror row, the runs whose mirror got the whole stream.',
     '',
     '## Request/response',
     '',
     latencyTable(run),
+    ...redisSections(run, (t) => ['', `## Request/response with a real client: ${t}`, '']),
     '',
     '## Mirror tax',
     '',
@@ -268,6 +491,7 @@ export function markdownReport(run: BenchRun, facts: MachineFacts): string {
     '```',
     targetsText(targets(run)),
     '```',
+    ...(notes.length ? ['', '## Notes', '', ...notes.map((n) => `- ${n}`)] : []),
     ...(errors ? ['', '## Failures', '', errors] : []),
     '',
   ].join('\n');

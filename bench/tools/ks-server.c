@@ -7,9 +7,11 @@
 //                                    next to no CPU and keeps up with any mirror on a 2-core machine; a
 //                                    sink that copied every byte would compete with the path for CPU and
 //                                    get mirrors cut for its own slowness.
-//   ks-server echo PORT              echo every byte (the 64 B request/response server).
-// Listens on 127.0.0.1:PORT (0 = a free port). Prints "listening PORT" once ready and, in sink mode,
-// "conn BYTES" per finished connection, so the bench can check what a mirror target really received.
+//   ks-server echo PORT              echo every byte (the 64 B request/response server, and the mirror
+//                                    target of that load: a mirror target that answers, as a staging copy
+//                                    of the app does, so the engine's turn pacing sees its answers).
+// Listens on 127.0.0.1:PORT (0 = a free port). Prints "listening PORT" once ready and "conn BYTES" per
+// finished connection (bytes received), so the bench can check what a mirror target really received.
 #include <fcntl.h>
 #include <pthread.h>
 
@@ -71,6 +73,7 @@ static void *sink_conn(void *arg) {
 static void *echo_conn(void *arg) {
   int fd = (int)(intptr_t)arg;
   char buf[65536];
+  uint64_t total = 0;
   set_nodelay(fd);
   for (;;) {
     ssize_t n = read(fd, buf, sizeof(buf));
@@ -79,9 +82,14 @@ static void *echo_conn(void *arg) {
       break;
     }
     if (n == 0) break;
+    total += (uint64_t)n;
     if (write_all(fd, buf, (size_t)n) < 0) break;
   }
   close(fd);
+  pthread_mutex_lock(&out_lock);
+  printf("conn %llu\n", (unsigned long long)total);
+  fflush(stdout);
+  pthread_mutex_unlock(&out_lock);
   return NULL;
 }
 

@@ -1,10 +1,13 @@
 // Runs one KStreams engine in its own process, so the bench charges its CPU and memory to it exactly as it
 // does for HAProxy, socat and the Node proxy.
-//   node kstreams-runner.js '{"engine": EngineConfig, "interceptPort"?: number}'
-// Prints {"port":N,"listenFd":N} once the engine listens (and interception is attached, if asked), and on
-// SIGTERM prints {"stats": EngineStats} after stopping, so the bench can report what the mirror got.
+//   node kstreams-runner.js '{"engine": EngineConfig, "interceptPort"?: number, "settleMs"?: number}'
+// Prints {"port":N,"listenFd":N} once the engine listens (and interception is
+// attached, if asked). On SIGTERM, sent once the bench's transfers are done, it waits up to settleMs for the
+// engine's connections (primary and mirror) to end by themselves, so a mirror that is still catching up is
+// not reset by stop(); then it reads the counters, stops the engine and prints
+// {"stats": EngineStats, "drain": DrainResult | null, "settledMs": N, "openAtStop": N}.
 // Any failure prints {"error": "..."} and exits 1: the bench shows that reason in place of the row.
-import type { EngineConfig, InterceptionConfig } from '../../../native/lib/types.js';
+import type { DrainResult, EngineConfig, EngineStats, InterceptionConfig } from '../../../native/lib/types.js';
 
 interface RunnerConfig {
   engine: EngineConfig;
@@ -12,6 +15,8 @@ interface RunnerConfig {
   interceptPort?: number;
   /** Another build of native/lib to load (bench --engine-lib), to compare engine versions side by side. */
   nativeLib?: string;
+  /** How long to wait at SIGTERM for live connections to end before stop() resets them. Default 3000. */
+  settleMs?: number;
 }
 
 // What the runner needs of native/lib; another build given with --engine-lib must offer the same.
@@ -19,6 +24,13 @@ type NativeLib = Pick<typeof import('../../../native/lib/index.js'), 'Engine' | 
 
 function say(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Connections still open: primaries and mirror connections. */
+function open(stats: EngineStats): number {
+  return stats.connectionsActive + stats.targets.reduce((n, t) => n + (t.connectionsActive ?? 0), 0);
 }
 
 async function main(): Promise<void> {
@@ -50,10 +62,20 @@ async function main(): Promise<void> {
     stopping = true;
     void (async () => {
       try {
-        const stats = engine.stats();
+        // New connections now reach the app directly; the engine's own ones finish below.
         if (interception) interception.detach();
-        await engine.stop();
-        say({ stats });
+        const t0 = Date.now();
+        const deadline = t0 + (config.settleMs ?? 3000);
+        let stats = engine.stats();
+        while (open(stats) > 0 && Date.now() < deadline) {
+          await sleep(20);
+          stats = engine.stats();
+        }
+        const settledMs = Date.now() - t0;
+        // stop() resets whatever is still open (counted in drain.reset): only a connection that did not end
+        // within settleMs, which the bench then reports.
+        const drain = ((await engine.stop()) as DrainResult | undefined) ?? null;
+        say({ stats, drain, settledMs, openAtStop: open(stats) });
         clearInterval(keepAlive);
         process.exit(0);
       } catch (err) {
