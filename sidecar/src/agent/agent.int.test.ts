@@ -13,6 +13,7 @@ import { DEFAULT_BIN_DIR } from '../../../e2e/cluster/local/controlplane.js';
 import { AgentReportSchema, type AgentReport } from '../../../operator/src/api/agent.js';
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../../../operator/src/api/streampath.js';
 import { HttpServer, nodeScript, repoRoot, startScene, waitFor, type Scene } from '../demo/scenario.js';
+import { KeepAlive } from '../dataplane/keep-alive-client.js';
 import { serviceResolver } from './resolver.js';
 
 const crdFile = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
@@ -104,11 +105,11 @@ describe('the agent against a real apiserver and kernel', () => {
   let agent: AgentProcess;
   let port: number;
 
-  const streamPath = (name: string, targets: Array<{ name: string; address: string }>, selector = { app: 'checkout' }) => ({
+  const streamPath = (name: string, targets: Array<{ name: string; address: string }>, selector = { app: 'checkout' }, extra: Record<string, unknown> = {}) => ({
     apiVersion: API_VERSION,
     kind: KIND,
     metadata: { name, namespace },
-    spec: { selector: { matchLabels: selector }, port: PORT, mirror: { targets, sampling: { percent: 100 } } },
+    spec: { selector: { matchLabels: selector }, port: PORT, mirror: { targets, sampling: { percent: 100 } }, ...extra },
   });
   const createStreamPath = (body: object) =>
     custom.createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL, body });
@@ -295,14 +296,41 @@ describe('the agent against a real apiserver and kernel', () => {
     expect(scene.appServer.requests().at(-1)!.remote!.startsWith(`${scene.clientAddress}:`)).toBe(true);
   });
 
-  it('on SIGTERM detaches everything and exits 0', async () => {
-    await createStreamPath(streamPath('last', [{ name: 'staging', address: staging() }]));
+  it('a deleted StreamPath is released at once while its live connections drain to their end', async () => {
+    await createStreamPath(streamPath('drainer', [{ name: 'staging', address: staging() }], undefined, { drainTimeoutSeconds: 60 }));
+    await reportUntil(port, 'drainer attached', (x) => entry(x, 'drainer')?.attached === true);
+    const conn = KeepAlive.open(scene);
+    try {
+      expect(await conn.request('/drainer/1')).toBe(200);
+      await deleteStreamPath('drainer');
+      await reportUntil(port, 'drainer gone from the report', (x) => entry(x, 'drainer') === undefined);
+      expect(skLookupLinks(scene.app.path)).toEqual([]);
+      expect(await conn.request('/drainer/2')).toBe(200);
+      await waitFor('staging to get /drainer/2', () => scene.stagingServer.requests().some((q) => q.requestLine === 'GET /drainer/2 HTTP/1.1'), 20_000);
+      expect((await get(port, '/metrics')).body).toContain('kstreams_agent_drains_in_progress 1');
+      conn.close();
+      expect(await conn.ended()).toBe('closed by us');
+      const done = await waitFor('the drain to end', () => agent.logs.find((l) => l['msg'] === 'StreamPath detached' && l['streamPath'] === 'drainer'));
+      expect(done).toMatchObject({ drained: 1, reset: 0, timeoutMs: 60_000 });
+      expect((await get(port, '/metrics')).body).toContain('kstreams_agent_drain_connections_total{result="drained"} 1');
+    } finally {
+      conn.kill();
+    }
+  });
+
+  it('on SIGTERM drains within the pod grace period, resets what is left, and exits 0', async () => {
+    await createStreamPath(streamPath('last', [{ name: 'staging', address: staging() }], undefined, { drainTimeoutSeconds: 2 }));
     await reportUntil(port, 'last attached', (x) => entry(x, 'last')?.attached === true);
     expect(skLookupLinks(scene.app.path)).toHaveLength(1);
+    const conn = KeepAlive.open(scene);
+    expect(await conn.request('/held-at-exit')).toBe(200);
     agent.child.kill('SIGTERM');
     const [code, signal] = await agent.exited;
     expect({ code, signal }).toEqual({ code: 0, signal: null });
-    expect(agent.logs.some((l) => l['msg'] === 'StreamPath detached' && l['streamPath'] === 'last')).toBe(true);
+    // The apiserver defaults terminationGracePeriodSeconds to 30: drains may take 28 s, this one 2 s.
+    expect(agent.logs.find((l) => l['msg'] === 'shutdown budget')).toMatchObject({ drainBudgetMs: 28_000 });
+    expect(agent.logs.find((l) => l['msg'] === 'StreamPath detached' && l['streamPath'] === 'last')).toMatchObject({ timeoutMs: 2000, reset: 1 });
+    expect(await conn.ended()).toBe('ECONNRESET');
     expect(skLookupLinks(scene.app.path)).toEqual([]);
     expect(await scene.curl('/after-exit')).toBe(200);
   });

@@ -16,6 +16,7 @@ import type { AgentConfig } from './config.js';
 import { Reconciler, type World } from './converge.js';
 import type { AgentDataPlane } from './dataplane.js';
 import { createMetrics, type AgentMetrics } from './metrics.js';
+import { planShutdown, type ShutdownPlan } from './shutdown.js';
 import { serviceResolver } from './resolver.js';
 import { startAgentServer, type AgentHttpServer, type Readiness } from './server.js';
 import { ResourceWatch, realTimers, type Timers } from './watch.js';
@@ -70,11 +71,14 @@ export class Agent {
       dataPlane: deps.dataPlane,
       ...(config.netnsPath !== undefined ? { netnsPath: config.netnsPath } : {}),
       resolve: serviceResolver(core, ns),
+      ...(config.mirrorBufferBudgetBytes !== undefined ? { mirrorBufferBudget: config.mirrorBufferBudgetBytes } : {}),
+      onDrained: (_name, outcome) => this.metrics.drainDone(outcome),
       logger: this.logger,
     });
     this.metrics = createMetrics({
-      snapshot: async () => (await this.reconciler.snapshot()).map((s) => s.report),
+      snapshot: () => this.reconciler.snapshot(),
       ready: () => this.readiness().ready,
+      drainsInProgress: () => this.reconciler.drainsInProgress(),
     });
     const onLifecycle = (resource: string) => (e: Parameters<AgentMetrics['watchEvent']>[1]) =>
       this.metrics.watchEvent(resource, e);
@@ -240,21 +244,51 @@ export class Agent {
     (this.statsTimer as { unref?: () => void }).unref?.();
   }
 
-  /** Stops watching, detaches every StreamPath, closes the HTTP server. Idempotent. */
-  stop(why = 'agent stopping'): Promise<void> {
-    this.stopped ??= this.shutdown(why);
+  /**
+   * How long a shutdown that starts now may drain (pod termination): from what the watch last saw of
+   * our Pod (grace period, deletionTimestamp) and KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS.
+   */
+  shutdownPlan(now = Date.now()): ShutdownPlan {
+    const pod = this.ownPod();
+    return planShutdown({
+      now,
+      ...(pod
+        ? {
+            pod: {
+              deletionTimestamp: pod.metadata?.deletionTimestamp,
+              deletionGracePeriodSeconds: pod.metadata?.deletionGracePeriodSeconds,
+              terminationGracePeriodSeconds: pod.spec?.terminationGracePeriodSeconds,
+            },
+          }
+        : {}),
+      shutdownTimeoutSeconds: this.config.shutdownTimeoutSeconds,
+    });
+  }
+
+  /**
+   * Stops watching, detaches every StreamPath (all at once: interceptions released, then live
+   * connections drained for up to min(spec.drainTimeoutSeconds, drainTimeoutMs) and the rest reset),
+   * closes the HTTP server. Idempotent.
+   */
+  stop(why = 'agent stopping', opts: { drainTimeoutMs?: number } = {}): Promise<void> {
+    this.stopped ??= this.shutdown(why, opts.drainTimeoutMs);
     return this.stopped;
   }
 
-  private async shutdown(why: string): Promise<void> {
+  /** Resets every live connection now (a second signal): running drains end at once. */
+  abort(): Promise<void> {
+    return this.reconciler.abortAll();
+  }
+
+  private async shutdown(why: string, drainTimeoutMs: number | undefined): Promise<void> {
     this.stopping = true;
-    this.logger.info({ why }, 'stopping: detaching everything');
+    this.logger.info({ why, attached: this.reconciler.attachedNames(), drainTimeoutMs }, 'stopping: detaching everything');
     this.podWatch.stop();
     this.streamPathWatch.stop();
     this.timers.clearTimeout(this.resyncTimer);
     this.timers.clearTimeout(this.statsTimer);
     await this.running;
-    await this.reconciler.detachAll(why);
+    await this.reconciler.detachAll(why, drainTimeoutMs !== undefined ? { timeoutMs: drainTimeoutMs } : {});
     await this.http?.close();
     this.logger.info('stopped');
   }

@@ -4,7 +4,7 @@ import { AgentConfigError, loadAgentConfig } from './config.js';
 describe('loadAgentConfig', () => {
   const base = { POD_NAME: 'checkout-1', POD_NAMESPACE: 'shop' };
 
-  it('fills defaults: port 15090 on all addresses, own netns, info logs, 60 s resync', () => {
+  it('fills defaults: port 15090 on all addresses, own netns, info logs, 60 s resync; shutdown from the pod', () => {
     expect(loadAgentConfig(base)).toEqual({
       podName: 'checkout-1',
       podNamespace: 'shop',
@@ -13,7 +13,6 @@ describe('loadAgentConfig', () => {
       logLevel: 'info',
       resyncSeconds: 60,
       statsIntervalSeconds: 5,
-      shutdownTimeoutSeconds: 20,
     });
   });
 
@@ -26,8 +25,19 @@ describe('loadAgentConfig', () => {
       KSTREAMS_NETNS: '/run/netns/app',
       KSTREAMS_LOG_LEVEL: 'debug',
       KSTREAMS_RESYNC_SECONDS: '5',
+      KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS: '45',
+      KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES: '268435456',
     });
-    expect(c).toMatchObject({ podUid: 'u-1', port: 0, bindAddress: '127.0.0.1', netnsPath: '/run/netns/app', logLevel: 'debug', resyncSeconds: 5 });
+    expect(c).toMatchObject({
+      podUid: 'u-1',
+      port: 0,
+      bindAddress: '127.0.0.1',
+      netnsPath: '/run/netns/app',
+      logLevel: 'debug',
+      resyncSeconds: 5,
+      shutdownTimeoutSeconds: 45,
+      mirrorBufferBudgetBytes: 268435456,
+    });
   });
 
   it('treats empty variables as unset (what a pod spec gives for a missing field)', () => {

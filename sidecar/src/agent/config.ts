@@ -13,6 +13,9 @@ const intFromEnv = (def: number, min: number, max: number) =>
     .optional()
     .transform((v) => v ?? def);
 
+const optionalIntFromEnv = (min: number, max: number) =>
+  z.string().trim().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max)).optional();
+
 /** Environment variables the agent reads, and the config field each one becomes. */
 export const AGENT_ENV = {
   podName: 'POD_NAME',
@@ -25,6 +28,7 @@ export const AGENT_ENV = {
   resyncSeconds: 'KSTREAMS_RESYNC_SECONDS',
   statsIntervalSeconds: 'KSTREAMS_STATS_INTERVAL_SECONDS',
   shutdownTimeoutSeconds: 'KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS',
+  mirrorBufferBudgetBytes: 'KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES',
 } as const;
 
 export const AgentConfigSchema = z.strictObject({
@@ -50,8 +54,13 @@ export const AgentConfigSchema = z.strictObject({
   resyncSeconds: intFromEnv(60, 1, 86_400),
   /** How often counters are sampled for /metrics and for spotting unreachable targets. */
   statsIntervalSeconds: intFromEnv(5, 1, 3600),
-  /** SIGTERM: how long detaching may take before the agent exits anyway (keep below the pod's grace period). */
-  shutdownTimeoutSeconds: intFromEnv(20, 1, 3600),
+  /**
+   * SIGTERM: a cap on the whole shutdown (drains included) before the agent exits anyway. Unset: the
+   * pod's grace period less 2 s decides (sidecar/src/agent/shutdown.ts), or 20 s when none is known.
+   */
+  shutdownTimeoutSeconds: optionalIntFromEnv(1, 3600),
+  /** Per StreamPath: cap on the send-buffer memory lagging mirror connections may grow into. Default 64 MiB. */
+  mirrorBufferBudgetBytes: optionalIntFromEnv(0, 16 * 1024 ** 3),
 });
 
 export type AgentConfig = z.output<typeof AgentConfigSchema>;

@@ -2,7 +2,7 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { StreamPathSpec } from '../../../operator/src/api/streampath.js';
 import { problemFromError, Reconciler, type World } from './converge.js';
-import type { AgentDataPlane, Attachment, AttachRequest } from './dataplane.js';
+import type { AgentDataPlane, Attachment, AttachRequest, DrainOutcome } from './dataplane.js';
 
 /** A data plane that records every call and can be told to fail. */
 class FakeDataPlane {
@@ -12,6 +12,16 @@ class FakeDataPlane {
   failUpdate = new Map<string, Error>();
   bytes = 0;
   connectFailures = 0;
+  /** Detaches stay draining until release() or an abort, like engines with live connections. */
+  holdDrains = false;
+  private readonly held = new Map<string, (outcome: DrainOutcome) => void>();
+  /** Connections reset once a detach ended, per StreamPath. */
+  resets = new Map<string, number>();
+
+  /** Lets the held drain of `name` end as if its connections had closed by themselves. */
+  release(name: string): void {
+    this.held.get(name)?.({ timeoutMs: 20_000, drained: 1, reset: 0, ms: 5, cutShort: false });
+  }
 
   readonly attach: AgentDataPlane = async (req: AttachRequest) => {
     this.calls.push(`attach ${req.name}:${req.spec.port}`);
@@ -21,13 +31,18 @@ class FakeDataPlane {
       if (l.port === req.spec.port) throw new Error(`fake kernel: port ${req.spec.port} already taken by ${name}`);
     }
     this.live.set(req.name, { spec: req.spec, port: req.spec.port });
+    let spec = req.spec;
+    let ending: Promise<DrainOutcome> | undefined;
     const attachment: Attachment = {
       stats: () => ({
         connections: 1,
         bytesPrimary: this.bytes,
         bytesMirrored: this.bytes,
         bytesDropped: 0,
-        targets: this.live.get(req.name)!.spec.mirror.targets.map((t) => ({
+        connectionsReset: this.resets.get(req.name) ?? 0,
+        connectionsActive: ending ? 0 : 1,
+        setupFailures: 0,
+        targets: spec.mirror.targets.map((t) => ({
           name: t.address ?? t.service!.name,
           connectionsMirrored: 1,
           connectionsCut: 0,
@@ -36,15 +51,35 @@ class FakeDataPlane {
           bytesDropped: 0,
         })),
       }),
-      update: async (spec) => {
-        this.calls.push(`update ${req.name}:${spec.port}`);
+      update: async (next) => {
+        this.calls.push(`update ${req.name}:${next.port}`);
         const e = this.failUpdate.get(req.name);
         if (e) throw e;
-        this.live.set(req.name, { spec, port: spec.port });
+        this.live.set(req.name, { spec: next, port: next.port });
+        spec = next;
       },
-      detach: async () => {
-        this.calls.push(`detach ${req.name}`);
+      detach: (opts = {}) => {
+        if (ending) return ending;
+        this.calls.push(`detach ${req.name}${opts.timeoutMs !== undefined ? ` ${opts.timeoutMs}` : ''}${opts.now ? ' now' : ''}`);
         this.live.delete(req.name);
+        const timeoutMs = opts.now ? 0 : (opts.timeoutMs ?? spec.drainTimeoutSeconds * 1000);
+        opts.onDraining?.({ connections: 1, timeoutMs });
+        ending = new Promise<DrainOutcome>((resolve) => {
+          const done = (o: DrainOutcome) => {
+            this.held.delete(req.name);
+            this.resets.set(req.name, o.reset);
+            resolve(o);
+          };
+          if (this.holdDrains && !opts.now) this.held.set(req.name, done);
+          else done({ timeoutMs, drained: opts.now ? 0 : 1, reset: opts.now ? 1 : 0, ms: 1, cutShort: !!opts.now });
+        });
+        return ending;
+      },
+      abort: async () => {
+        this.calls.push(`abort ${req.name}`);
+        const cut = this.held.get(req.name);
+        if (cut) cut({ timeoutMs: 20_000, drained: 0, reset: 1, ms: 2, cutShort: true });
+        else if (!ending) await attachment.detach({ now: true });
       },
     };
     return attachment;
@@ -54,7 +89,17 @@ class FakeDataPlane {
 let uidCounter = 0;
 function sp(
   name: string,
-  opts: { port?: number; labels?: Record<string, string>; targets?: string[]; generation?: number; created?: string; uid?: string; deleting?: boolean; raw?: Record<string, unknown> } = {},
+  opts: {
+    port?: number;
+    labels?: Record<string, string>;
+    targets?: string[];
+    generation?: number;
+    created?: string;
+    uid?: string;
+    deleting?: boolean;
+    mirror?: Record<string, unknown>;
+    raw?: Record<string, unknown>;
+  } = {},
 ): Record<string, unknown> {
   return {
     apiVersion: 'kstreams.io/v1alpha1',
@@ -70,7 +115,7 @@ function sp(
     spec: {
       selector: { matchLabels: opts.labels ?? { app: 'checkout' } },
       port: opts.port ?? 8080,
-      mirror: { targets: (opts.targets ?? ['10.0.0.2:8080']).map((address) => ({ address })) },
+      mirror: { targets: (opts.targets ?? ['10.0.0.2:8080']).map((address) => ({ address })), ...opts.mirror },
       ...opts.raw,
     },
   };
@@ -78,10 +123,19 @@ function sp(
 
 function setup() {
   const dp = new FakeDataPlane();
-  const r = new Reconciler({ dataPlane: dp.attach, netnsPath: '/run/netns/x', logger: pino({ level: 'silent' }) });
+  const drained: Array<[string, DrainOutcome]> = [];
+  const r = new Reconciler({
+    dataPlane: dp.attach,
+    netnsPath: '/run/netns/x',
+    mirrorBufferBudget: 1 << 27,
+    onDrained: (name, o) => drained.push([name, o]),
+    logger: pino({ level: 'silent' }),
+  });
   const reports = async () => Object.fromEntries((await r.snapshot()).map((s) => [s.report.name, s.report]));
-  return { dp, r, reports };
+  return { dp, r, reports, drained };
 }
+
+const settle = () => new Promise((resolve) => setImmediate(resolve));
 
 const pod = { app: 'checkout' };
 const world = (...streamPaths: unknown[]): World => ({ podLabels: pod, streamPaths });
@@ -107,10 +161,11 @@ describe('Reconciler.converge', () => {
       },
       netnsPath: '/run/netns/p',
       resolve,
+      mirrorBufferBudget: 1 << 26,
       logger: pino({ level: 'silent' }),
     });
     await r.converge(world(sp('a')));
-    expect(seen[0]).toMatchObject({ name: 'a', netnsPath: '/run/netns/p', resolve });
+    expect(seen[0]).toMatchObject({ name: 'a', netnsPath: '/run/netns/p', resolve, mirrorBufferBudget: 1 << 26 });
   });
 
   it('refreshTargets re-resolves every attached StreamPath and reports which moved or failed', async () => {
@@ -151,6 +206,19 @@ describe('Reconciler.converge', () => {
     await r.converge(world(sp('a', { generation: 2, targets: ['10.0.0.2:8080', '10.0.0.3:8080'] })));
     expect(dp.calls).toEqual(['attach a:8080', 'update a:8080']);
     expect(dp.live.get('a')!.spec.mirror.targets).toHaveLength(2);
+    expect((await reports())['a']).toMatchObject({ attached: true, generation: 2 });
+  });
+
+  it.each([
+    ['pipeSize', { mirror: { pipeSize: 65536 } }],
+    ['turnTimeoutMs', { mirror: { turnTimeoutMs: 0 } }],
+    ['bufferSize', { mirror: { bufferSize: 64 * 1024 * 1024 } }],
+    ['drainTimeoutSeconds', { raw: { drainTimeoutSeconds: 90 } }],
+  ])('applies a %s edit with update(), never detach + attach', async (_field, edit) => {
+    const { dp, r, reports } = setup();
+    await r.converge(world(sp('a')));
+    await r.converge(world(sp('a', { generation: 2, ...edit })));
+    expect(dp.calls).toEqual(['attach a:8080', 'update a:8080']);
     expect((await reports())['a']).toMatchObject({ attached: true, generation: 2 });
   });
 
@@ -333,6 +401,96 @@ describe('Reconciler.converge', () => {
     expect((await reports())['a']!.problem).toMatchObject({ reason: 'TargetUnreachable' });
     await r.sampleHealth();
     expect((await reports())['a']!.problem).toBeUndefined();
+  });
+
+  describe('detach drains', () => {
+    it('a deleted StreamPath is released at once and drains in the background: converge does not wait', async () => {
+      const { dp, r, reports, drained } = setup();
+      dp.holdDrains = true;
+      await r.converge(world(sp('a', { raw: { drainTimeoutSeconds: 45 } })));
+      await r.converge(world());
+      expect(dp.calls).toEqual(['attach a:8080', 'detach a']);
+      expect(r.drainsInProgress()).toBe(1);
+      expect(await reports()).toEqual({});
+      // The port is free meanwhile: a new StreamPath on it attaches while the old engine drains.
+      await r.converge(world(sp('b')));
+      expect(dp.calls.at(-1)).toBe('attach b:8080');
+      dp.release('a');
+      await settle();
+      expect(r.drainsInProgress()).toBe(0);
+      expect(drained).toEqual([['a', { timeoutMs: 20_000, drained: 1, reset: 0, ms: 5, cutShort: false }]]);
+    });
+
+    it('uses the StreamPath\'s own drainTimeoutSeconds (the attachment default) outside a shutdown', async () => {
+      const { dp } = setup();
+      let timeoutMs: number | undefined;
+      const plane: AgentDataPlane = async (req) => {
+        const a = await dp.attach(req);
+        const detach = a.detach.bind(a);
+        return { ...a, detach: (o) => detach({ ...o, onDraining: (i) => ((timeoutMs = i.timeoutMs), o?.onDraining?.(i)) }) };
+      };
+      const r2 = new Reconciler({ dataPlane: plane, logger: pino({ level: 'silent' }) });
+      await r2.converge(world(sp('a', { raw: { drainTimeoutSeconds: 45 } })));
+      await r2.converge(world());
+      expect(timeoutMs).toBe(45_000);
+    });
+
+    it('a StreamPath detached for a port conflict reports its final counters (resets included) after the drain', async () => {
+      const { dp, r, reports } = setup();
+      await r.converge(world(sp('a'), sp('b', { port: 9090 })));
+      dp.holdDrains = true;
+      await r.converge(world(sp('a'), sp('b', { port: 8080, generation: 2 })));
+      expect((await reports())['b']).toMatchObject({ attached: false, connectionsReset: 0 });
+      await r.abortAll();
+      await settle();
+      expect((await reports())['b']).toMatchObject({ attached: false, connectionsReset: 1, problem: { reason: 'PortConflict' } });
+    });
+
+    it('detachAll drains everything in parallel within the budget, and cuts drains already running at it', async () => {
+      const { dp, r, drained } = setup();
+      await r.converge(world(sp('gone', { port: 7070 })));
+      dp.holdDrains = true;
+      await r.converge(world(sp('a', { raw: { drainTimeoutSeconds: 5 } }), sp('b', { port: 9090, raw: { drainTimeoutSeconds: 600 } })));
+      expect(r.drainsInProgress()).toBe(1);
+      const all = r.detachAll('SIGTERM', { timeoutMs: 50 });
+      await settle();
+      // Each drains for its own drainTimeoutSeconds or the budget, whichever is shorter.
+      expect(dp.calls.filter((c) => c.startsWith('detach')).sort()).toEqual(['detach a 50', 'detach b 50', 'detach gone']);
+      expect(r.drainsInProgress()).toBe(3);
+      dp.release('a');
+      dp.release('b');
+      await all;
+      expect(dp.calls).toContain('abort gone');
+      expect(r.drainsInProgress()).toBe(0);
+      expect(drained.map(([n, o]) => `${n}:${o.reset}`).sort()).toEqual(['a:0', 'b:0', 'gone:1']);
+    });
+
+    it('a budget longer than the StreamPath\'s drain keeps the StreamPath\'s', async () => {
+      const { dp, r } = setup();
+      await r.converge(world(sp('a', { raw: { drainTimeoutSeconds: 5 } })));
+      await r.detachAll('SIGTERM', { timeoutMs: 28_000 });
+      expect(dp.calls.at(-1)).toBe('detach a 5000');
+    });
+
+    it('abortAll resets running drains, and later detaches do not drain', async () => {
+      const { dp, r, drained } = setup();
+      dp.holdDrains = true;
+      await r.converge(world(sp('a'), sp('b', { port: 9090 })));
+      await r.converge(world(sp('b', { port: 9090 })));
+      await r.abortAll();
+      expect(dp.calls).toContain('abort a');
+      await r.detachAll('second signal');
+      expect(dp.calls.at(-1)).toBe('detach b now');
+      expect(drained.map(([n, o]) => [n, o.reset])).toEqual([['a', 1], ['b', 1]]);
+    });
+  });
+
+  it('reports connectionsReset and hands the data plane\'s own figures to /metrics', async () => {
+    const { r } = setup();
+    await r.converge(world(sp('a')));
+    const [entry] = await r.snapshot();
+    expect(entry!.report.connectionsReset).toBe(0);
+    expect(entry!.local).toEqual({ connectionsActive: 1, setupFailures: 0 });
   });
 
   it('detachAll detaches everything once', async () => {

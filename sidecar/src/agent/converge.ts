@@ -9,7 +9,7 @@ import {
   type StreamPathSpec,
   type TargetCounters,
 } from '../../../operator/src/api/streampath.js';
-import type { Attachment, AttachmentStats, AgentDataPlane, ServiceResolver } from './dataplane.js';
+import type { Attachment, AttachmentStats, AgentDataPlane, DrainOutcome, ServiceResolver } from './dataplane.js';
 import { selectorMatches, type Labels } from './selector.js';
 
 /** Condition reasons the agent reports, beyond the data plane's own (AttachError reasons pass through). */
@@ -49,6 +49,8 @@ interface Entry {
   /** JSON of the spec that is live; undefined when nothing is attached. */
   liveSpecKey: string | undefined;
   livePort: number | undefined;
+  /** spec.drainTimeoutSeconds of the live spec, in ms: how long its detach drains. */
+  liveDrainMs: number | undefined;
   attachment: Attachment | undefined;
   problem: Problem | undefined;
   /** Set by sampleHealth() when a target's connects keep failing while attached. */
@@ -71,6 +73,17 @@ interface Desired {
 }
 
 const ZERO: AttachmentStats = { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0, targets: [] };
+
+/** A detach whose interception is released and whose engine is still draining live connections. */
+interface Drain {
+  name: string;
+  attachment: Attachment;
+  /** Settles when the engine has ended (never rejects: failures are logged and reported). */
+  done: Promise<void>;
+}
+
+/** What /metrics shows beside the report: the data plane's own figures (not in StreamPath status). */
+export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailures' | 'memory'>;
 
 /** A condition reason and a message for an error thrown by the data plane. */
 export function problemFromError(err: unknown, action: 'attach' | 'update' | 'detach'): Problem {
@@ -104,12 +117,19 @@ function meta(raw: unknown): { name?: unknown; uid?: unknown; generation?: unkno
 
 export class Reconciler {
   private readonly entries = new Map<string, Entry>();
+  private readonly drains = new Set<Drain>();
+  /** Set by abortAll(): detaches from then on reset at once. */
+  private resetNow = false;
 
   constructor(
     private readonly opts: {
       dataPlane: AgentDataPlane;
       netnsPath?: string;
       resolve?: ServiceResolver;
+      /** Engine-wide cap on mirror send-buffer growth, per attachment. */
+      mirrorBufferBudget?: number;
+      /** A detach's drain ended: how many connections ended by themselves, how many were reset. */
+      onDrained?: (name: string, outcome: DrainOutcome) => void;
       logger: Logger;
     },
   ) {}
@@ -180,6 +200,7 @@ export class Reconciler {
           generation: d.generation,
           liveSpecKey: undefined,
           livePort: undefined,
+          liveDrainMs: undefined,
           attachment: undefined,
           problem: undefined,
           failedSpecKey: undefined,
@@ -228,6 +249,7 @@ export class Reconciler {
           entry.generation = d.generation;
           entry.liveSpecKey = key;
           entry.livePort = spec.port;
+          entry.liveDrainMs = spec.drainTimeoutSeconds * 1000;
           entry.failedSpecKey = undefined;
           entry.problem = undefined;
         } catch (err) {
@@ -245,10 +267,12 @@ export class Reconciler {
           spec,
           ...(this.opts.netnsPath !== undefined ? { netnsPath: this.opts.netnsPath } : {}),
           ...(this.opts.resolve ? { resolve: this.opts.resolve } : {}),
+          ...(this.opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: this.opts.mirrorBufferBudget } : {}),
         });
         entry.attachment = attachment;
         entry.liveSpecKey = key;
         entry.livePort = spec.port;
+        entry.liveDrainMs = spec.drainTimeoutSeconds * 1000;
         entry.generation = d.generation;
         entry.failedSpecKey = undefined;
         entry.problem = undefined;
@@ -262,9 +286,16 @@ export class Reconciler {
     }
   }
 
-  private async detachEntry(entry: Entry, why: string): Promise<void> {
+  /**
+   * Detaches one attachment: resolves once its interception is released (new connections reach the app,
+   * the port is free for another StreamPath), while its engine drains live connections in the background
+   * for up to `timeoutMs` (default: its spec.drainTimeoutSeconds) and then resets the rest. A converge
+   * never waits for a drain.
+   */
+  private async detachEntry(entry: Entry, why: string, timeoutMs?: number): Promise<void> {
     const attachment = entry.attachment;
     if (!attachment) return;
+    const log = this.opts.logger;
     try {
       entry.lastStats = await attachment.stats();
     } catch {
@@ -273,23 +304,87 @@ export class Reconciler {
     entry.attachment = undefined;
     entry.liveSpecKey = undefined;
     entry.livePort = undefined;
+    entry.liveDrainMs = undefined;
     entry.degraded = undefined;
     entry.lastFailures.clear();
-    try {
-      await attachment.detach();
-      this.opts.logger.info({ streamPath: entry.name, why }, 'StreamPath detached');
-    } catch (err) {
-      entry.problem = problemFromError(err, 'detach');
-      this.opts.logger.error({ streamPath: entry.name, why, err }, 'detach failed');
-    }
+    // Still ours and not attached again (e.g. detached for a port conflict): its report can say more.
+    const stillIdle = () => this.entries.get(entry.name) === entry && !entry.attachment;
+    let released: () => void = () => {};
+    const releasedOrDone = new Promise<void>((resolve) => (released = resolve));
+    const drain: Drain = { name: entry.name, attachment, done: Promise.resolve() };
+    drain.done = attachment
+      .detach({
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+        ...(this.resetNow ? { now: true } : {}),
+        onDraining: ({ connections, timeoutMs: drainMs }) => {
+          log.info({ streamPath: entry.name, why, connections, timeoutMs: drainMs }, 'StreamPath released: draining its live connections');
+          released();
+        },
+      })
+      .then(
+        async (outcome) => {
+          log.info({ streamPath: entry.name, why, ...(outcome ?? {}) }, 'StreamPath detached');
+          if (outcome) this.opts.onDrained?.(entry.name, outcome);
+          if (stillIdle()) {
+            try {
+              entry.lastStats = await attachment.stats();
+            } catch {
+              // Keep the counters read before the detach.
+            }
+          }
+        },
+        (err: unknown) => {
+          if (stillIdle()) entry.problem = problemFromError(err, 'detach');
+          log.error({ streamPath: entry.name, why, err }, 'detach failed');
+        },
+      )
+      .finally(() => {
+        this.drains.delete(drain);
+        released();
+      });
+    this.drains.add(drain);
+    await releasedOrDone;
   }
 
-  /** Detaches everything (shutdown, or our pod is gone). */
-  async detachAll(why: string): Promise<void> {
-    for (const entry of [...this.entries.values()]) {
-      await this.detachEntry(entry, why);
-      this.entries.delete(entry.name);
-    }
+  /**
+   * Detaches everything (shutdown, or our pod is gone), all in parallel, and waits until every engine
+   * has ended. With `timeoutMs` (the pod's remaining grace period) no drain lasts longer than that:
+   * each attachment drains for its own spec.drainTimeoutSeconds or this, whichever is shorter, and
+   * drains already running (StreamPaths deleted just before) are reset when it passes.
+   */
+  async detachAll(why: string, opts: { timeoutMs?: number } = {}): Promise<void> {
+    const budget = opts.timeoutMs;
+    const cutters =
+      budget === undefined
+        ? []
+        : [...this.drains].map((d) =>
+            setTimeout(() => {
+              void d.attachment.abort?.().catch(() => undefined);
+            }, budget),
+          );
+    await Promise.all(
+      [...this.entries.values()].map(async (entry) => {
+        const own = entry.liveDrainMs;
+        const timeoutMs = budget === undefined ? undefined : Math.min(budget, own ?? budget);
+        await this.detachEntry(entry, why, timeoutMs);
+        this.entries.delete(entry.name);
+      }),
+    );
+    await Promise.all([...this.drains].map((d) => d.done));
+    for (const t of cutters) clearTimeout(t);
+  }
+
+  /** Resets every live connection now: running drains are cut short, later detaches do not drain. */
+  async abortAll(): Promise<void> {
+    this.resetNow = true;
+    const drains = [...this.drains];
+    await Promise.all(drains.map((d) => d.attachment.abort?.().catch(() => undefined)));
+    await Promise.all(drains.map((d) => d.done));
+  }
+
+  /** Detaches whose engines are still draining. */
+  drainsInProgress(): number {
+    return this.drains.size;
   }
 
   /**
@@ -341,8 +436,8 @@ export class Reconciler {
   }
 
   /** Per StreamPath: live counters when attached, else the last ones seen (or zero). */
-  async snapshot(): Promise<Array<{ report: AgentStreamPathReport }>> {
-    const out: Array<{ report: AgentStreamPathReport }> = [];
+  async snapshot(): Promise<Array<{ report: AgentStreamPathReport; local?: LocalStats }>> {
+    const out: Array<{ report: AgentStreamPathReport; local?: LocalStats }> = [];
     for (const e of [...this.entries.values()].sort((a, b) => a.name.localeCompare(b.name))) {
       let stats = e.lastStats ?? ZERO;
       let problem = e.problem ?? e.degraded;
@@ -353,6 +448,11 @@ export class Reconciler {
           problem ??= { reason: Reasons.AttachFailed, message: `reading counters failed: ${(err as Error).message}` };
         }
       }
+      const local: LocalStats = {
+        ...(stats.connectionsActive !== undefined ? { connectionsActive: e.attachment ? stats.connectionsActive : 0 } : {}),
+        ...(stats.setupFailures !== undefined ? { setupFailures: stats.setupFailures } : {}),
+        ...(stats.memory !== undefined && e.attachment ? { memory: stats.memory } : {}),
+      };
       out.push({
         report: {
           name: e.name,
@@ -363,8 +463,10 @@ export class Reconciler {
           bytesPrimary: stats.bytesPrimary,
           bytesMirrored: stats.bytesMirrored,
           bytesDropped: stats.bytesDropped,
+          ...(stats.connectionsReset !== undefined ? { connectionsReset: stats.connectionsReset } : {}),
           targets: stats.targets.map((t: TargetCounters) => ({ ...t })),
         },
+        local,
       });
     }
     return out;

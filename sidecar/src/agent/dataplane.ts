@@ -3,25 +3,46 @@
 // converge logic be tested without a kernel.
 import type { MirrorTarget, StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
 import type { Endpoint } from '../../../native/lib/types.js';
-import { attachStreamPath } from '../dataplane/attach.js';
+import { attachStreamPath, type AttachmentMemory, type DetachOptions } from '../dataplane/attach.js';
 
 export interface AttachmentStats {
   connections: number;
   bytesPrimary: number;
   bytesMirrored: number;
   bytesDropped: number;
+  /** Connections reset at the end of a detach's drain. */
+  connectionsReset?: number;
   targets: TargetCounters[];
+  /** For /metrics only (not in the report). */
+  connectionsActive?: number;
+  setupFailures?: number;
+  memory?: AttachmentMemory;
+}
+
+/** How a detach's drain ended. */
+export interface DrainOutcome {
+  timeoutMs: number;
+  drained: number;
+  reset: number;
+  ms: number;
+  cutShort: boolean;
 }
 
 /** One StreamPath programmed into the pod's network namespace. */
 export interface Attachment {
   stats(): AttachmentStats | Promise<AttachmentStats>;
-  /** Applies an edited spec live: connections in flight keep going. */
+  /** Applies an edited spec live (to new connections): connections in flight keep going. */
   update(spec: StreamPathSpec): Promise<void>;
   /** Re-resolves the targets (Service endpoints move); true when new connections now go elsewhere. */
   refreshTargets?(): Promise<boolean>;
-  /** Removes everything this attachment created (links, maps, listener, threads). */
-  detach(): Promise<void>;
+  /**
+   * Releases the interception (new connections go straight to the app; `onDraining` is called then),
+   * drains live connections up to the timeout (default spec.drainTimeoutSeconds), resets the rest and
+   * removes everything this attachment created (links, maps, listener, threads).
+   */
+  detach(opts?: DetachOptions): Promise<DrainOutcome | void>;
+  /** Resets live connections now (cuts a drain short). */
+  abort?(): Promise<unknown>;
 }
 
 /** Turns a mirror target given as a Service reference into a numeric endpoint. */
@@ -33,6 +54,8 @@ export interface AttachRequest {
   /** Network namespace to program; undefined = the agent's own (inside the pod). */
   netnsPath?: string;
   resolve?: ServiceResolver;
+  /** Engine-wide cap on mirror send-buffer growth, bytes (default 64 MiB). */
+  mirrorBufferBudget?: number;
 }
 
 /** Attaches one StreamPath; rejects with an error carrying `reason` (AttachError) or `code` (errno-like). */

@@ -27,19 +27,35 @@ export async function runAgent(config: AgentConfig, deps: RunAgentDeps = {}): Pr
   if (deps.handleSignals !== false) {
     const exit = deps.exit ?? ((code: number) => process.exit(code));
     let shuttingDown = false;
+    let exiting = false;
     const onSignal = (signal: NodeJS.Signals) => {
+      if (exiting) return;
       if (shuttingDown) {
-        // A second signal while detaching means "now".
-        exit(1);
+        // A second signal while draining means "now": reset the live connections, then exit. Never exit
+        // before the reset: the process' sockets would end with FIN, a truncated stream looking complete.
+        exiting = true;
+        agent.logger.warn({ signal }, 'second signal: resetting live connections now');
+        const giveUp = setTimeout(() => exit(1), 2000);
+        agent
+          .abort()
+          .catch((err: unknown) => agent.logger.error({ err }, 'reset failed'))
+          .finally(() => {
+            clearTimeout(giveUp);
+            exit(1);
+          });
         return;
       }
       shuttingDown = true;
+      // Pod termination: drain within the pod's grace period (less a margin), each StreamPath for at most
+      // its spec.drainTimeoutSeconds; the deadline below only fires if a reset hangs.
+      const plan = agent.shutdownPlan(Date.now());
+      agent.logger.info({ signal, drainBudgetMs: plan.drainBudgetMs, exitAfterMs: plan.exitAfterMs, source: plan.source }, 'shutdown budget');
       const deadline = setTimeout(() => {
-        agent.logger.error({ timeoutSeconds: config.shutdownTimeoutSeconds }, 'detaching took too long; exiting');
+        agent.logger.error({ exitAfterMs: plan.exitAfterMs, source: plan.source }, 'detaching took too long; exiting');
         exit(1);
-      }, config.shutdownTimeoutSeconds * 1000);
+      }, plan.exitAfterMs);
       agent
-        .stop(`received ${signal}`)
+        .stop(`received ${signal}`, { drainTimeoutMs: plan.drainBudgetMs })
         .then(
           () => exit(0),
           (err: unknown) => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type MetricsEntry } from './metrics.js';
 
 const report = (over: Partial<AgentStreamPathReport>): AgentStreamPathReport => ({
   name: 'a',
@@ -17,17 +17,33 @@ const report = (over: Partial<AgentStreamPathReport>): AgentStreamPathReport => 
 describe('agent metrics', () => {
   it('exposes per-StreamPath and per-target counters from one snapshot per scrape', async () => {
     let snapshots = 0;
-    let reports: AgentStreamPathReport[] = [
-      report({
-        name: 'shadow',
-        generation: 3,
-        connections: 4,
-        bytesPrimary: 1000,
-        bytesMirrored: 900,
-        bytesDropped: 100,
-        targets: [{ name: 'staging', connectionsMirrored: 4, connectionsCut: 1, connectFailures: 0, bytesMirrored: 900, bytesDropped: 100 }],
-      }),
-      report({ name: 'clash', attached: false, problem: { reason: 'PortConflict', message: 'port 8080 taken' } }),
+    let reports: MetricsEntry[] = [
+      {
+        report: report({
+          name: 'shadow',
+          generation: 3,
+          connections: 4,
+          bytesPrimary: 1000,
+          bytesMirrored: 900,
+          bytesDropped: 100,
+          connectionsReset: 2,
+          targets: [{ name: 'staging', connectionsMirrored: 4, connectionsCut: 1, connectFailures: 0, bytesMirrored: 900, bytesDropped: 100, turnWaitsExpired: 6 }],
+        }),
+        local: {
+          connectionsActive: 1,
+          setupFailures: 3,
+          memory: {
+            pipesInUse: 3,
+            pipesPooled: 1,
+            pipeBytesInUse: 196608,
+            pipeBytesPooled: 65536,
+            mirrorBufferInUse: 4096,
+            mirrorBufferBudget: 67108864,
+            mirrorBufferDenied: 5,
+          },
+        },
+      },
+      { report: report({ name: 'clash', attached: false, problem: { reason: 'PortConflict', message: 'port 8080 taken' } }), local: {} },
     ];
     const m = createMetrics({
       snapshot: async () => {
@@ -49,6 +65,17 @@ describe('agent metrics', () => {
     expect(text).toContain('kstreams_agent_streampath_generation{streampath="shadow"} 3');
     expect(text).toContain('kstreams_agent_streampath_problem{streampath="clash",reason="PortConflict"} 1');
     expect(text).toContain('kstreams_agent_ready 1');
+    expect(text).toContain('kstreams_agent_connections_reset_total{streampath="shadow"} 2');
+    expect(text).toContain('kstreams_agent_connections_reset_total{streampath="clash"} 0');
+    expect(text).toContain('kstreams_agent_target_turn_waits_expired_total{streampath="shadow",target="staging"} 6');
+    expect(text).toContain('kstreams_agent_setup_failures_total{streampath="shadow"} 3');
+    expect(text).toContain('kstreams_agent_connections_active{streampath="shadow"} 1');
+    expect(text).toContain('kstreams_agent_pipes_in_use{streampath="shadow"} 3');
+    expect(text).toContain('kstreams_agent_pipe_bytes_pooled{streampath="shadow"} 65536');
+    expect(text).toContain('kstreams_agent_mirror_buffer_bytes{streampath="shadow"} 4096');
+    expect(text).toContain('kstreams_agent_mirror_buffer_budget_bytes{streampath="shadow"} 67108864');
+    expect(text).toContain('kstreams_agent_mirror_buffer_denied_total{streampath="shadow"} 5');
+    expect(text).not.toContain('kstreams_agent_pipes_in_use{streampath="clash"}');
 
     // A StreamPath that went away disappears from the next scrape instead of freezing at its last value.
     reports = [];
@@ -58,15 +85,23 @@ describe('agent metrics', () => {
     expect(after).not.toContain('streampath="shadow"');
   });
 
-  it('counts watch lifecycle events and converges', async () => {
-    const m = createMetrics({ snapshot: async () => [], ready: () => false, defaultMetrics: false });
+  it('counts watch lifecycle events, converges and drained or reset connections', async () => {
+    let draining = 2;
+    const m = createMetrics({ snapshot: async () => [], ready: () => false, drainsInProgress: () => draining, defaultMetrics: false });
     m.watchEvent('pods', 'error');
     m.watchEvent('pods', 'error');
     m.convergeDone('ok', 0.25);
+    m.drainDone({ timeoutMs: 20_000, drained: 3, reset: 1, ms: 20_000, cutShort: false });
+    m.drainDone({ timeoutMs: 20_000, drained: 1, reset: 0, ms: 10, cutShort: false });
+    expect(await m.registry.metrics()).toContain('kstreams_agent_drains_in_progress 2');
+    draining = 0;
     const text = await m.registry.metrics();
     expect(text).toContain('kstreams_agent_watch_events_total{resource="pods",event="error"} 2');
     expect(text).toContain('kstreams_agent_converge_total{result="ok"} 1');
     expect(text).toContain('kstreams_agent_converge_seconds_total 0.25');
     expect(text).toContain('kstreams_agent_ready 0');
+    expect(text).toContain('kstreams_agent_drains_in_progress 0');
+    expect(text).toContain('kstreams_agent_drain_connections_total{result="drained"} 4');
+    expect(text).toContain('kstreams_agent_drain_connections_total{result="reset"} 1');
   });
 });

@@ -3,31 +3,44 @@
 // the kernel's latest totals; they are Prometheus counters, and a re-attach shows up as a counter reset.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { LocalStats } from './converge.js';
+import type { DrainOutcome } from './dataplane.js';
 import type { WatchLifecycle } from './watch.js';
 
 export interface AgentMetrics {
   registry: Registry;
   watchEvent(resource: string, event: WatchLifecycle): void;
   convergeDone(result: 'ok' | 'error', seconds: number): void;
+  /** A detach's drain ended: its connections count as drained or reset. */
+  drainDone(outcome: DrainOutcome): void;
 }
 
-/** `snapshot` returns the per-StreamPath reports; it is called once per scrape. */
+/** One StreamPath as a scrape sees it: its report, and the data plane's own figures. */
+export interface MetricsEntry {
+  report: AgentStreamPathReport;
+  local?: LocalStats;
+}
+
+/** `snapshot` returns the per-StreamPath entries; it is called once per scrape. */
 export function createMetrics(opts: {
-  snapshot: () => Promise<AgentStreamPathReport[]>;
+  snapshot: () => Promise<MetricsEntry[]>;
   ready: () => boolean;
+  /** Detaches still draining (default none). */
+  drainsInProgress?: () => number;
   defaultMetrics?: boolean;
 }): AgentMetrics {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'kstreams_agent_' });
 
   // One snapshot per scrape, shared by every metric's collect().
-  let pending: Promise<AgentStreamPathReport[]> | undefined;
-  const reports = () => {
+  let pending: Promise<MetricsEntry[]> | undefined;
+  const entries = () => {
     pending ??= opts.snapshot().finally(() => {
       setImmediate(() => (pending = undefined));
     });
     return pending;
   };
+  const reports = async () => (await entries()).map((e) => e.report);
 
   const perStreamPath = (
     name: string,
@@ -46,8 +59,57 @@ export function createMetrics(opts: {
     });
   perStreamPath('kstreams_agent_connections_total', 'Connections intercepted on the tapped port', (r) => r.connections);
   perStreamPath('kstreams_agent_bytes_primary_total', 'Client-to-app bytes delivered to the app', (r) => r.bytesPrimary);
-  perStreamPath('kstreams_agent_bytes_mirrored_total', 'Bytes written to all mirror targets', (r) => r.bytesMirrored);
+  perStreamPath('kstreams_agent_bytes_mirrored_total', 'Bytes that reached the mirror targets, all targets', (r) => r.bytesMirrored);
   perStreamPath('kstreams_agent_bytes_dropped_total', 'Primary bytes that sampled mirror connections did not get', (r) => r.bytesDropped);
+  perStreamPath(
+    'kstreams_agent_connections_reset_total',
+    'Connections reset (RST both ways) because they were still open when a detach ran out of spec.drainTimeoutSeconds',
+    (r) => r.connectionsReset ?? 0,
+  );
+
+  // The data plane's own figures: not in the StreamPath status.
+  const localValues = async (pick: (l: LocalStats) => number | undefined) => {
+    const out: Array<[string, number]> = [];
+    for (const e of await entries()) {
+      const v = e.local ? pick(e.local) : undefined;
+      if (v !== undefined) out.push([e.report.name, v]);
+    }
+    return out;
+  };
+  const perLocal = (kind: 'counter' | 'gauge', name: string, help: string, pick: (l: LocalStats) => number | undefined) => {
+    if (kind === 'counter') {
+      new Counter({
+        name,
+        help,
+        labelNames: ['streampath'] as const,
+        registers: [registry],
+        async collect() {
+          this.reset();
+          for (const [streampath, v] of await localValues(pick)) this.inc({ streampath }, v);
+        },
+      });
+    } else {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['streampath'] as const,
+        registers: [registry],
+        async collect() {
+          this.reset();
+          for (const [streampath, v] of await localValues(pick)) this.set({ streampath }, v);
+        },
+      });
+    }
+  };
+  perLocal('counter', 'kstreams_agent_setup_failures_total', 'Intercepted connections reset because the engine lacked a resource (fds, pipes, memory)', (l) => l.setupFailures);
+  perLocal('gauge', 'kstreams_agent_connections_active', 'Connections open now', (l) => l.connectionsActive);
+  perLocal('gauge', 'kstreams_agent_pipes_in_use', 'Kernel pipes held by connections now', (l) => l.memory?.pipesInUse);
+  perLocal('gauge', 'kstreams_agent_pipes_pooled', "Idle kernel pipes in the engine's pools", (l) => l.memory?.pipesPooled);
+  perLocal('gauge', 'kstreams_agent_pipe_bytes_in_use', "Capacity of the pipes in use: the engine's share of the node's per-uid pipe budget", (l) => l.memory?.pipeBytesInUse);
+  perLocal('gauge', 'kstreams_agent_pipe_bytes_pooled', 'Capacity of the pooled pipes', (l) => l.memory?.pipeBytesPooled);
+  perLocal('gauge', 'kstreams_agent_mirror_buffer_bytes', 'Send-buffer bytes granted to lagging mirror connections now', (l) => l.memory?.mirrorBufferInUse);
+  perLocal('gauge', 'kstreams_agent_mirror_buffer_budget_bytes', 'Cap on that send-buffer growth (KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES)', (l) => l.memory?.mirrorBufferBudget);
+  perLocal('counter', 'kstreams_agent_mirror_buffer_denied_total', 'Send-buffer grows of lagging mirrors refused because the budget was used up', (l) => l.memory?.mirrorBufferDenied);
 
   const perTarget = (
     name: string,
@@ -70,8 +132,13 @@ export function createMetrics(opts: {
   perTarget('kstreams_agent_target_connections_cut_total', 'Mirror connections cut because the target could not keep up', (t) => t.connectionsCut);
   perTarget('kstreams_agent_target_connect_failures_total', 'Mirror connections that failed to connect', (t) => t.connectFailures);
   perTarget('kstreams_agent_target_connections_skipped_total', "Sampled connections not mirrored because the node's pipe budget ran out", (t) => t.connectionsSkipped ?? 0);
-  perTarget('kstreams_agent_target_bytes_mirrored_total', 'Bytes written to this target', (t) => t.bytesMirrored);
+  perTarget('kstreams_agent_target_bytes_mirrored_total', 'Bytes that reached this target', (t) => t.bytesMirrored);
   perTarget('kstreams_agent_target_bytes_dropped_total', 'Primary bytes this target did not get', (t) => t.bytesDropped);
+  perTarget(
+    'kstreams_agent_target_turn_waits_expired_total',
+    "Turns released to this target after spec.mirror.turnTimeoutMs without its answer to the previous one",
+    (t) => t.turnWaitsExpired ?? 0,
+  );
 
   new Gauge({
     name: 'kstreams_agent_streampath_attached',
@@ -112,6 +179,21 @@ export function createMetrics(opts: {
     },
   });
 
+  new Gauge({
+    name: 'kstreams_agent_drains_in_progress',
+    help: 'Detached StreamPaths whose live connections are still draining',
+    registers: [registry],
+    collect() {
+      this.set(opts.drainsInProgress?.() ?? 0);
+    },
+  });
+  const drainConnections = new Counter({
+    name: 'kstreams_agent_drain_connections_total',
+    help: 'Connections of detached StreamPaths: drained (ended by themselves) or reset (still open at the deadline)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+
   const watchEvents = new Counter({
     name: 'kstreams_agent_watch_events_total',
     help: 'Watch lifecycle events (listed, connected, added, updated, deleted, error, restart)',
@@ -136,6 +218,10 @@ export function createMetrics(opts: {
     convergeDone: (result, seconds) => {
       converges.inc({ result });
       convergeSeconds.inc(seconds);
+    },
+    drainDone: (outcome) => {
+      drainConnections.inc({ result: 'drained' }, outcome.drained);
+      drainConnections.inc({ result: 'reset' }, outcome.reset);
     },
   };
 }

@@ -1,11 +1,13 @@
 // `kstreams run` as a real process against real namespaces: traffic reaches the app through the engine,
 // staging gets the same request bytes, SIGINT prints the right counters and exits 0, and afterwards no
 // sk_lookup link of ours is left on the app's namespace and the client reaches the app directly. Also:
-// SIGHUP applies an edited file, SIGTERM stops like SIGINT, and SIGKILL fails open.
+// SIGHUP applies an edited file, SIGTERM stops like SIGINT, SIGKILL fails open, and SIGINT drains live
+// connections (a second SIGINT resets them, and the summary is still printed).
 import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CliRun, HttpServer, startScene, waitFor, type Scene } from '../demo/scenario.js';
+import { KeepAlive } from '../dataplane/keep-alive-client.js';
 
 const PROGRAM_NAME = 'kstreams_steer';
 
@@ -129,6 +131,50 @@ describe('kstreams run on a real kernel', () => {
     expect(summary.connections).toBe(1);
     expect(summary.targets.map((t) => t.name)).toEqual(['staging2']);
     expect(skLookupLinks(scene.app.path)).toEqual([]);
+  });
+
+  it('drains on SIGINT: a live connection keeps moving until it ends, and the summary says so', async () => {
+    cli = CliRun.start(scene.writeStreamPath('drain'), scene.app.name);
+    await cli.attached();
+    const run = cli;
+    const conn = KeepAlive.open(scene);
+    try {
+      expect(await conn.request('/live/1')).toBe(200);
+      run.child.kill('SIGINT');
+      await waitFor('the drain note', () => run.stderr.includes('SIGINT: draining 1 live connection for up to 20s; Ctrl-C again resets them now'));
+      expect(skLookupLinks(scene.app.path)).toEqual([]);
+      expect(await conn.request('/live/2')).toBe(200);
+      expect(run.running).toBe(true);
+      conn.close();
+      expect(await run.exited).toBe(0);
+      expect(await conn.ended()).toBe('closed by us');
+      const summary = JSON.parse(run.stdoutLines.find((l) => l.includes('"type":"summary"'))!) as Record<string, unknown>;
+      expect(summary).toMatchObject({ connections: 1, connectionsReset: 0, drain: { timeoutMs: 20_000, drained: 1, reset: 0, cutShort: false } });
+    } finally {
+      conn.kill();
+    }
+  });
+
+  it('resets on a second SIGINT, before exiting, and still prints the summary', async () => {
+    cli = CliRun.start(scene.writeStreamPath('reset'), scene.app.name, ['--drain-timeout', '600']);
+    await cli.attached();
+    const run = cli;
+    const conn = KeepAlive.open(scene);
+    try {
+      expect(await conn.request('/held')).toBe(200);
+      run.child.kill('SIGINT');
+      await waitFor('the drain note', () => run.stderr.includes('draining 1 live connection for up to 600s'));
+      run.child.kill('SIGINT');
+      expect(await run.exited).toBe(0);
+      expect(run.stderr).toContain('SIGINT again: resetting the live connections now');
+      // Reset, not closed: a FIN would make the truncated stream look complete.
+      expect(await conn.ended()).toBe('ECONNRESET');
+      const summary = JSON.parse(run.stdoutLines.find((l) => l.includes('"type":"summary"'))!) as Record<string, unknown>;
+      expect(summary).toMatchObject({ connections: 1, connectionsReset: 1, drain: { timeoutMs: 600_000, drained: 0, reset: 1, cutShort: true } });
+      expect(skLookupLinks(scene.app.path)).toEqual([]);
+    } finally {
+      conn.kill();
+    }
   });
 
   it('fails open when killed with SIGKILL: no link left, the client reaches the app directly', async () => {

@@ -7,7 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
 import { nameUnknownField } from './load.js';
 import { privilegesFromStatus } from './privileges.js';
-import { renderLive } from './live.js';
+import { formatSeconds, renderLive } from './live.js';
+import { byteSize } from './program.js';
 
 const MAIN = new URL('./main.ts', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'kstreams-cli-test-'));
@@ -133,14 +134,18 @@ describe('kstreams CLI', { timeout: 60_000 }, () => {
   });
 
   it('reports usage errors in one line with exit 2', async () => {
-    const [noFile, badInterval, unknown, none] = await Promise.all([
+    const [noFile, badInterval, badDrain, badBudget, unknown, none] = await Promise.all([
       kstreams(['run']),
       kstreams(['run', '-f', 'x', '--json-interval', 'soon']),
+      kstreams(['run', '-f', 'x', '--drain-timeout', '3601']),
+      kstreams(['run', '-f', 'x', '--mirror-buffer-budget', '64M']),
       kstreams(['frobnicate']),
       kstreams([]),
     ]);
     expectOneLineError(noFile, 2, /required option '-f, --file <path>' not specified; see kstreams run --help/);
     expectOneLineError(badInterval, 2, /--json-interval/);
+    expectOneLineError(badDrain, 2, /--drain-timeout.*0 to 3600/);
+    expectOneLineError(badBudget, 2, /--mirror-buffer-budget.*Ki, Mi or Gi/);
     expectOneLineError(unknown, 2, /unknown command 'frobnicate'/);
     expectOneLineError(none, 2, /no command given/);
   });
@@ -153,7 +158,7 @@ describe('kstreams CLI', { timeout: 60_000 }, () => {
     }
     const run = await kstreams(['run', '--help']);
     expect(run.code).toBe(0);
-    for (const word of ['--netns <name|path>', '--json-interval <seconds>', '-f, --file <path>', 'One StreamPath per file', 'SIGHUP', '"type":"summary"', 'Exit codes:']) {
+    for (const word of ['--netns <name|path>', '--json-interval <seconds>', '--drain-timeout <seconds>', '--mirror-buffer-budget <bytes>', '-f, --file <path>', 'One StreamPath per file', 'SIGHUP', 'reset (RST)', '"type":"summary"', 'Exit codes:']) {
       expect(run.stdout).toContain(word);
     }
   });
@@ -179,24 +184,60 @@ describe('privilegesFromStatus', () => {
   });
 });
 
+const counters = {
+  connections: 3,
+  bytesPrimary: 2048,
+  bytesMirrored: 2048,
+  bytesDropped: 0,
+  connectionsReset: 0,
+  targets: [{ name: 'staging', connectionsMirrored: 3, connectionsCut: 0, connectFailures: 0, bytesMirrored: 2048, bytesDropped: 0, turnWaitsExpired: 4 }],
+  connectionsActive: 1,
+  appConnectFailures: 2,
+  setupFailures: 0,
+  memory: {
+    pipesInUse: 3,
+    pipesPooled: 1,
+    pipeBytesInUse: 3 * 65536,
+    pipeBytesPooled: 65536,
+    mirrorBufferInUse: 1024 * 1024,
+    mirrorBufferBudget: 64 * 1024 * 1024,
+    mirrorBufferDenied: 0,
+  },
+};
+
 describe('renderLive', () => {
-  it('shows totals and one line per target', () => {
-    const lines = renderLive(
-      { name: 'sp', port: 8080, netns: 'netns app', startedAt: 0 },
-      {
-        connections: 3,
-        bytesPrimary: 2048,
-        bytesMirrored: 2048,
-        bytesDropped: 0,
-        targets: [{ name: 'staging', connectionsMirrored: 3, connectionsCut: 0, connectFailures: 0, bytesMirrored: 2048, bytesDropped: 0 }],
-        connectionsActive: 1,
-        appConnectFailures: 2,
-      },
-      61_000,
-    );
+  it('shows totals, memory and one line per target', () => {
+    const lines = renderLive({ name: 'sp', port: 8080, netns: 'netns app', startedAt: 0 }, counters, 61_000);
     expect(lines[0]).toContain('up 1m01s');
     expect(lines[1]).toContain('connections 3 (1 open, 2 refused by the app)');
     expect(lines[1]).toContain('primary 2.0 KiB');
-    expect(lines[2]).toMatch(/-> staging: 3 conns, 2\.0 KiB mirrored/);
+    expect(lines[2]).toBe('  memory: 3 pipes in use (192.0 KiB), 1 pooled (64.0 KiB); mirror buffers 1.0 MiB of 64.0 MiB');
+    expect(lines[3]).toMatch(/-> staging: 3 conns, 2\.0 KiB mirrored, .*4 turn waits expired/);
+  });
+
+  it('shows connections reset at detach, setup failures and denied buffer grows when there are any', () => {
+    const lines = renderLive(
+      { name: 'sp', port: 8080, netns: 'netns app', startedAt: 0 },
+      { ...counters, connectionsReset: 5, setupFailures: 1, memory: { ...counters.memory, mirrorBufferDenied: 7 } },
+      0,
+    );
+    expect(lines[1]).toContain('1 reset for want of fds or memory, 5 reset at detach');
+    expect(lines[2]).toContain('7 grows denied');
+  });
+});
+
+describe('formatSeconds and byteSize', () => {
+  it('formats drain timeouts as given', () => {
+    expect(formatSeconds(20_000)).toBe('20s');
+    expect(formatSeconds(500)).toBe('0.5s');
+  });
+
+  it('reads bytes with binary suffixes', () => {
+    expect(byteSize('67108864')).toBe(64 * 1024 * 1024);
+    expect(byteSize('64Mi')).toBe(64 * 1024 * 1024);
+    expect(byteSize('256MiB')).toBe(256 * 1024 * 1024);
+    expect(byteSize('0')).toBe(0);
+    expect(() => byteSize('64M')).toThrow(/Ki, Mi or Gi/);
+    expect(() => byteSize('17Gi')).toThrow(/16 GiB/);
   });
 });

@@ -1,5 +1,5 @@
 // Human-readable counters for a terminal, and the JSON shapes written to stdout.
-import type { AttachmentCounters } from '../dataplane/attach.js';
+import type { AttachmentCounters, DetachResult } from '../dataplane/attach.js';
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -19,6 +19,11 @@ export function formatDuration(ms: number): string {
   return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
 }
 
+/** 20000 -> '20s', 500 -> '0.5s', 90000 -> '90s': a drain timeout as the user gave it. */
+export function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10}s`;
+}
+
 export interface LiveHeader {
   name: string;
   port: number;
@@ -28,13 +33,20 @@ export interface LiveHeader {
 
 /** The block redrawn on stderr about once a second. */
 export function renderLive(h: LiveHeader, c: AttachmentCounters, now: number): string[] {
+  const extra = [
+    c.appConnectFailures ? `${c.appConnectFailures} refused by the app` : '',
+    c.setupFailures ? `${c.setupFailures} reset for want of fds or memory` : '',
+    c.connectionsReset ? `${c.connectionsReset} reset at detach` : '',
+  ].filter(Boolean);
+  const m = c.memory;
   const lines = [
-    `kstreams: ${h.name} on port ${h.port} in ${h.netns}, up ${formatDuration(now - h.startedAt)} (Ctrl-C to stop)`,
-    `  connections ${c.connections} (${c.connectionsActive} open${c.appConnectFailures ? `, ${c.appConnectFailures} refused by the app` : ''})   primary ${formatBytes(c.bytesPrimary)}   mirrored ${formatBytes(c.bytesMirrored)}   dropped ${formatBytes(c.bytesDropped)}`,
+    `kstreams: ${h.name} on port ${h.port} in ${h.netns}, up ${formatDuration(now - h.startedAt)} (Ctrl-C to drain and stop)`,
+    `  connections ${c.connections} (${[`${c.connectionsActive} open`, ...extra].join(', ')})   primary ${formatBytes(c.bytesPrimary)}   mirrored ${formatBytes(c.bytesMirrored)}   dropped ${formatBytes(c.bytesDropped)}`,
+    `  memory: ${m.pipesInUse} pipes in use (${formatBytes(m.pipeBytesInUse)}), ${m.pipesPooled} pooled (${formatBytes(m.pipeBytesPooled)}); mirror buffers ${formatBytes(m.mirrorBufferInUse)} of ${formatBytes(m.mirrorBufferBudget)}${m.mirrorBufferDenied ? `, ${m.mirrorBufferDenied} grows denied` : ''}`,
   ];
   for (const t of c.targets) {
     lines.push(
-      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures${t.connectionsSkipped ? `, ${t.connectionsSkipped} skipped (pipe budget)` : ''}, ${formatBytes(t.bytesDropped)} dropped`,
+      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures${t.connectionsSkipped ? `, ${t.connectionsSkipped} skipped (pipe budget)` : ''}, ${t.turnWaitsExpired ?? 0} turn waits expired, ${formatBytes(t.bytesDropped)} dropped`,
     );
   }
   return lines;
@@ -68,4 +80,6 @@ export interface Summary extends AttachmentCounters {
   startedAt: string;
   stoppedAt: string;
   seconds: number;
+  /** How the detach's drain ended; absent when the detach failed. */
+  drain?: DetachResult;
 }

@@ -27,10 +27,15 @@ One StreamPath per file: a file with several YAML documents (---) is refused.
 While running:
   stderr  "attached ..." once, then live counters redrawn about once a second when stderr is a terminal
   stdout  with --json-interval N: one JSON line {"type":"counters",...} every N seconds
-  SIGHUP  re-reads the file and applies the changed spec live (mirror targets, sampling, port, pipe size)
-On SIGINT (Ctrl-C) or SIGTERM kstreams detaches (new connections reach the app directly again), prints
+  SIGHUP  re-reads the file and applies the changed spec live, to new connections (mirror targets,
+          sampling, pipe size, turn pacing, buffer size; a new port is tapped before the old one is
+          released); connections already open keep what they started with
+On SIGINT (Ctrl-C) or SIGTERM kstreams detaches: new connections reach the app directly at once, live
+connections keep moving for up to spec.drainTimeoutSeconds (or --drain-timeout), and those still open
+then are reset (RST), never closed with FIN. A second SIGINT/SIGTERM resets them at once. Then it prints
 the final counters as one JSON object {"type":"summary", connections, bytesPrimary, bytesMirrored,
-bytesDropped, targets: [...]} on stdout and exits 0. A second signal exits at once with 1.
+bytesDropped, connectionsReset, targets: [...], drain: {timeoutMs, drained, reset, ms, cutShort}} on
+stdout and exits 0. A third signal exits at once with 1.
 
 ${EXIT_CODES_HELP}
 
@@ -42,6 +47,26 @@ function positiveSeconds(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n <= 0 || n > 86_400) {
     throw new InvalidArgumentError('must be a number of seconds, greater than 0 (e.g. 1 or 0.5)');
+  }
+  return n;
+}
+
+function drainSeconds(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 3600) {
+    throw new InvalidArgumentError('must be a number of seconds from 0 to 3600 (0 resets live connections at once)');
+  }
+  return n;
+}
+
+const BYTE_UNITS: Record<string, number> = { '': 1, Ki: 1024, KiB: 1024, Mi: 1024 ** 2, MiB: 1024 ** 2, Gi: 1024 ** 3, GiB: 1024 ** 3 };
+
+/** `67108864`, `64Mi` or `64MiB`. */
+export function byteSize(value: string): number {
+  const m = /^(\d+)(Ki|KiB|Mi|MiB|Gi|GiB)?$/.exec(value.trim());
+  const n = m ? Number(m[1]) * BYTE_UNITS[m[2] ?? '']! : NaN;
+  if (!Number.isSafeInteger(n) || n > 16 * 1024 ** 3) {
+    throw new InvalidArgumentError('must be a number of bytes up to 16 GiB, optionally with Ki, Mi or Gi (e.g. 67108864 or 64Mi)');
   }
   return n;
 }
@@ -70,12 +95,24 @@ export function buildProgram(version: string): Command {
     .addOption(fileOption())
     .option('--netns <name|path>', 'network namespace: a name under /run/netns (ip netns) or a path such as /proc/PID/ns/net (default: the current one)')
     .option('--json-interval <seconds>', 'also print the counters as a JSON line on stdout every <seconds>', positiveSeconds)
+    .option(
+      '--drain-timeout <seconds>',
+      'on SIGINT/SIGTERM, keep live connections moving for up to <seconds> before resetting them (default: spec.drainTimeoutSeconds; 0 resets at once)',
+      drainSeconds,
+    )
+    .option(
+      '--mirror-buffer-budget <bytes>',
+      'cap on the send-buffer memory that lagging mirror connections may grow into, all together (spec.mirror.bufferSize each; default 64Mi)',
+      byteSize,
+    )
     .addHelpText('after', RUN_HELP)
-    .action(async (o: { file: string; netns?: string; jsonInterval?: number }) => {
+    .action(async (o: { file: string; netns?: string; jsonInterval?: number; drainTimeout?: number; mirrorBufferBudget?: number }) => {
       process.exitCode = await runCommand({
         file: o.file,
         ...(o.netns !== undefined ? { netns: o.netns } : {}),
         ...(o.jsonInterval !== undefined ? { jsonInterval: o.jsonInterval } : {}),
+        ...(o.drainTimeout !== undefined ? { drainTimeout: o.drainTimeout } : {}),
+        ...(o.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: o.mirrorBufferBudget } : {}),
       });
     });
 

@@ -1,5 +1,6 @@
-// attachStreamPath() on the real kernel, in process: live edits (mirror set, port, pipe size), rollback
-// when the interception is refused, and nothing left on the namespace after detach.
+// attachStreamPath() on the real kernel, in process: live edits (mirror set, port, pipe size, pacing and
+// buffer, all on one engine), rollback when the interception is refused, nothing left on the namespace
+// after detach, and detach's drain: live connections keep moving, the rest are reset (RST, never FIN).
 import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +8,7 @@ import { parse } from 'yaml';
 import { EXAMPLE_STREAMPATH_YAML, parseStreamPath, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
 import { HttpServer, startScene, waitFor, type Scene } from '../demo/scenario.js';
 import { attachStreamPath, nativeDataPlane, type Attachment, type DataPlane } from './attach.js';
+import { KeepAlive } from './keep-alive-client.js';
 import { AttachError } from './errors.js';
 
 function skLookupLinkCount(netnsPath: string): number {
@@ -53,7 +55,7 @@ describe('attachStreamPath on a real kernel', () => {
   });
 
   afterAll(async () => {
-    await Promise.all(attachments.map((a) => a.detach().catch(() => undefined)));
+    await Promise.all(attachments.map((a) => a.abort().catch(() => undefined)));
     await scene?.destroy();
   });
 
@@ -88,14 +90,18 @@ describe('attachStreamPath on a real kernel', () => {
     expect(lastRemote(scene.appServer).startsWith(`${scene.clientAddress}:`)).toBe(true);
     await waitFor('staging2 to see /three', () => staging2.requests().some((r) => r.requestLine === 'GET /three HTTP/1.1'));
 
-    // New pipe size: a fresh engine takes over; the totals keep counting from where they were.
+    // New pipe size, pacing and buffer: the same engine applies them to new connections; the totals go on.
     const before = a.stats();
     expect(before.connections).toBe(3);
+    const listenersBefore = listeningPorts(scene);
     await a.update(spec((s) => {
       s.port = 9090;
       s.mirror.pipeSize = 65536;
+      s.mirror.turnTimeoutMs = 0;
+      s.mirror.bufferSize = 1024 * 1024;
       s.mirror.targets = [{ name: 'staging2', address: `${scene.stagingAddress}:8081` }];
     }));
+    expect(listeningPorts(scene)).toEqual(listenersBefore);
     expect(await scene.curl('/four', { port: 9090 })).toBe(200);
     await waitFor('staging2 to see /four', () => staging2.requests().some((r) => r.requestLine === 'GET /four HTTP/1.1'));
     await waitFor('the counters to include /four', () => a.stats().connections === 4);
@@ -106,6 +112,58 @@ describe('attachStreamPath on a real kernel', () => {
     expect(skLookupLinkCount(scene.app.path)).toBe(0);
     expect(await scene.curl('/after', { port: 9090 })).toBe(200);
     expect(lastRemote(app9090).startsWith(`${scene.clientAddress}:`)).toBe(true);
+  });
+
+  describe('detach drains', () => {
+    it('keeps a live connection moving to the end, while new connections reach the app directly', async () => {
+      const a = await attachStreamPath({ name: 'drain', spec: spec((s) => (s.drainTimeoutSeconds = 30)), netnsPath: scene.app.path });
+      attachments.push(a);
+      const conn = KeepAlive.open(scene);
+      expect(await conn.request('/drain/1')).toBe(200);
+      let draining: { connections: number; timeoutMs: number } | undefined;
+      const done = a.detach({ onDraining: (i) => (draining = i) });
+      await waitFor('the drain to start', () => a.state === 'draining' && draining);
+      expect(draining).toEqual({ connections: 1, timeoutMs: 30_000 });
+      expect(skLookupLinkCount(scene.app.path)).toBe(0);
+      expect(await scene.curl('/drain/direct')).toBe(200);
+      expect(lastRemote(scene.appServer).startsWith(`${scene.clientAddress}:`)).toBe(true);
+      // The connection opened before the detach still goes through the engine, and to staging.
+      expect(await conn.request('/drain/2')).toBe(200);
+      await waitFor('staging to see /drain/2', () => scene.stagingServer.requests().some((r) => r.requestLine === 'GET /drain/2 HTTP/1.1'));
+      conn.close();
+      const result = await done;
+      expect(result).toMatchObject({ timeoutMs: 30_000, drained: 1, reset: 0, cutShort: false });
+      expect(result.ms).toBeLessThan(30_000);
+      expect(await conn.ended()).toBe('closed by us');
+      expect(a.stats().connectionsReset).toBe(0);
+    });
+
+    it('resets what is still open at the deadline: the client sees a reset, not an orderly end', async () => {
+      const a = await attachStreamPath({ name: 'deadline', spec: spec(), netnsPath: scene.app.path });
+      attachments.push(a);
+      const conn = KeepAlive.open(scene);
+      expect(await conn.request('/deadline/1')).toBe(200);
+      const started = Date.now();
+      const result = await a.detach({ timeoutMs: 500 });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+      expect(result).toMatchObject({ timeoutMs: 500, drained: 0, reset: 1, cutShort: false });
+      expect(await conn.ended()).toBe('ECONNRESET');
+      expect(a.stats()).toMatchObject({ connectionsReset: 1, connectionsActive: 0 });
+    });
+
+    it('abort() cuts a long drain short with a reset', async () => {
+      const a = await attachStreamPath({ name: 'abort', spec: spec((s) => (s.drainTimeoutSeconds = 3600)), netnsPath: scene.app.path });
+      attachments.push(a);
+      const conn = KeepAlive.open(scene);
+      expect(await conn.request('/abort/1')).toBe(200);
+      const done = a.detach();
+      await waitFor('the drain to start', () => a.state === 'draining');
+      const started = Date.now();
+      await a.abort();
+      expect(await done).toMatchObject({ reset: 1, cutShort: true });
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(await conn.ended()).toBe('ECONNRESET');
+    });
   });
 
   it('stops the engine again when the kernel refuses the interception', async () => {

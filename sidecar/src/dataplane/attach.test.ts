@@ -5,8 +5,8 @@ import {
   parseStreamPath,
   type StreamPathSpec,
 } from '../../../operator/src/api/streampath.js';
-import type { EngineConfig, EngineStats, InterceptionConfig, MirrorConfig } from '../../../native/lib/types.js';
-import { attachStreamPath, toCounters, type DataPlane, type EngineHandle } from './attach.js';
+import type { DrainResult, EngineConfig, EngineSettings, EngineStats, InterceptionConfig, MirrorConfig } from '../../../native/lib/types.js';
+import { attachStreamPath, TargetLedger, toCounters, type DataPlane, type EngineHandle } from './attach.js';
 import { AttachError, classifyNativeError } from './errors.js';
 import { splitHostPort } from './targets.js';
 
@@ -18,54 +18,107 @@ function spec(patch: (s: Record<string, any>) => void = () => {}): StreamPathSpe
   return r.value.spec;
 }
 
-function stats(mirrors: MirrorConfig[], n = 1): EngineStats {
-  // Asserted rather than annotated: the engine's counters grow (acceptPauses) and this fake keeps compiling.
+function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
   return {
     acceptPauses: 0,
     connectionsAccepted: n,
-    connectionsActive: 0,
-    connectionsClosed: n,
+    connectionsActive: active,
+    connectionsClosed: n - active,
     upstreamConnectFailures: 0,
+    setupFailures: 0,
+    connectionsReset: 0,
+    pipeResizeFailures: 0,
     bytesClientToApp: 100 * n,
     bytesAppToClient: 50 * n,
+    pipesInUse: 3,
+    pipesPooled: 2,
+    pipeBytesInUse: 3 * 65536,
+    pipeBytesPooled: 2 * 65536,
+    mirrorBufferInUse: 4096,
+    mirrorBufferBudget: 64 << 20,
+    mirrorBufferDenied: 1,
     targets: mirrors.map((m) => ({
       name: m.name,
       connectionsMirrored: n,
       connectionsCut: 0,
       connectFailures: 0,
+      connectionsSkipped: 0,
       connectionsActive: 0,
       bytesMirrored: 90 * n,
       bytesDropped: 10 * n,
+      turnWaitsExpired: 2,
     })),
-  } as EngineStats;
+  };
+}
+
+interface FakeEngine extends EngineHandle {
+  fd: number;
+  active: number;
+  settings: EngineSettings;
+  /** Resolves a held drain as if its live connections had ended by themselves. */
+  finishDrain(): void;
 }
 
 /** Records every call in order, so tests can assert on the sequence the data plane saw. */
 class FakeDataPlane implements DataPlane {
   log: string[] = [];
   engines: EngineConfig[] = [];
+  handles: FakeEngine[] = [];
   interceptions: InterceptionConfig[] = [];
   failInterception: unknown;
+  failUninterception: unknown;
   failEngine: unknown;
+  failUpdate: unknown;
+  /** Connections open in each new engine. */
+  active = 0;
+  /** drain() stays pending until stop() or finishDrain(), like a drain waiting for live connections. */
+  holdDrain = false;
+  /** native/lib refuses stats() once the engine ends; a later engine might not. */
+  statsAfterEnd = false;
   private fd = 10;
 
   startEngine(config: EngineConfig): EngineHandle {
     if (this.failEngine) throw this.failEngine;
     this.engines.push(config);
     const fd = this.fd++;
-    let mirrors = config.mirrors;
-    this.log.push(`engine.start fd=${fd}`);
-    return {
+    const dp = this;
+    let ended = false;
+    let release: ((r: DrainResult) => void) | undefined;
+    const e: FakeEngine = {
+      fd,
+      active: this.active,
+      settings: { mirrors: config.mirrors, pipeSize: config.pipeSize, turnTimeoutMs: config.turnTimeoutMs, mirrorBufferSize: config.mirrorBufferSize },
       listenerFd: fd,
-      stats: () => stats(mirrors),
-      updateMirrors: (m) => {
-        mirrors = m;
-        this.log.push(`engine.update fd=${fd} ${m.map((x) => `${x.name}@${x.host}:${x.port}/${x.samplingPercent}`).join(',')}`);
+      stats: () => {
+        if (ended && !dp.statsAfterEnd) throw Object.assign(new Error('engine stopped'), { code: 'EKSTREAMS_ENGINE_STOPPED' });
+        const s = stats(e.settings.mirrors, 1, ended ? 0 : e.active);
+        return ended ? { ...s, connectionsReset: e.active } : s;
+      },
+      update: (settings) => {
+        if (dp.failUpdate) throw dp.failUpdate;
+        e.settings = settings;
+        dp.log.push(
+          `engine.update fd=${fd} ${settings.mirrors.map((x) => `${x.name}@${x.host}:${x.port}/${x.samplingPercent}`).join(',')} pipe=${settings.pipeSize} turn=${settings.turnTimeoutMs} buf=${settings.mirrorBufferSize}`,
+        );
+      },
+      drain: (timeoutMs) => {
+        dp.log.push(`engine.drain fd=${fd} ${timeoutMs}`);
+        ended = true;
+        if (!dp.holdDrain) return Promise.resolve({ drained: e.active, reset: 0, ms: 1 });
+        return new Promise<DrainResult>((resolve) => (release = resolve));
       },
       stop: async () => {
-        this.log.push(`engine.stop fd=${fd}`);
+        dp.log.push(`engine.stop fd=${fd}`);
+        ended = true;
+        const r = { drained: 0, reset: e.active, ms: 2 };
+        release?.(r);
+        return r;
       },
+      finishDrain: () => release?.({ drained: e.active, reset: 0, ms: 3 }),
     };
+    this.handles.push(e);
+    this.log.push(`engine.start fd=${fd}`);
+    return e;
   }
 
   attachInterception(config: InterceptionConfig) {
@@ -75,10 +128,13 @@ class FakeDataPlane implements DataPlane {
     return {
       detach: () => {
         this.log.push(`unintercept port=${config.port} fd=${config.listenerFd}`);
+        if (this.failUninterception) throw this.failUninterception;
       },
     };
   }
 }
+
+const tick = () => new Promise((r) => setImmediate(r));
 
 describe('attachStreamPath', () => {
   it('starts the engine with the spec and steers the port to its listener', async () => {
@@ -99,15 +155,31 @@ describe('attachStreamPath', () => {
       netnsPath: '/proc/self/ns/net',
       upstream: 'original-destination',
       pipeSize: 65536,
+      turnTimeoutMs: 1000,
+      mirrorBufferSize: 4 * 1024 * 1024,
       mirrorConnectTimeoutMs: 2000,
       mirrors: [
         { name: '10.1.2.3:9000', host: '10.1.2.3', port: 9000, samplingPercent: 25 },
         { name: 'local', host: '127.0.0.1', port: 9001, samplingPercent: 25 },
       ],
     });
+    expect(dp.engines[0]).not.toHaveProperty('mirrorBufferBudget');
     expect(dp.interceptions[0]).toEqual({ netnsPath: '/proc/self/ns/net', port: 8080, listenerFd: 10 });
+    expect(a.state).toBe('attached');
     await a.detach();
-    expect(dp.log).toEqual(['engine.start fd=10', 'intercept port=8080 fd=10', 'unintercept port=8080 fd=10', 'engine.stop fd=10']);
+    // Interception first, then a drain of spec.drainTimeoutSeconds (default 20 s).
+    expect(dp.log).toEqual(['engine.start fd=10', 'intercept port=8080 fd=10', 'unintercept port=8080 fd=10', 'engine.drain fd=10 20000']);
+    expect(a.state).toBe('detached');
+  });
+
+  it('passes the pacing, buffer and budget settings to the engine', async () => {
+    const dp = new FakeDataPlane();
+    const s = spec((x) => {
+      x.mirror.turnTimeoutMs = 0;
+      x.mirror.bufferSize = 64 * 1024 * 1024;
+    });
+    await attachStreamPath({ name: 'sp', spec: s, dataPlane: dp, mirrorBufferBudget: 256 * 1024 * 1024 });
+    expect(dp.engines[0]).toMatchObject({ turnTimeoutMs: 0, mirrorBufferSize: 64 * 1024 * 1024, mirrorBufferBudget: 256 * 1024 * 1024 });
   });
 
   it('maps engine counters to the status shape and keeps them after detach', async () => {
@@ -118,15 +190,116 @@ describe('attachStreamPath', () => {
       bytesPrimary: 100,
       bytesMirrored: 90,
       bytesDropped: 10,
-      targets: [{ name: '10.0.0.2:8080', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, bytesMirrored: 90, bytesDropped: 10 }],
+      connectionsReset: 0,
+      targets: [
+        { name: '10.0.0.2:8080', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, bytesMirrored: 90, bytesDropped: 10, turnWaitsExpired: 2 },
+      ],
       connectionsActive: 0,
       appConnectFailures: 0,
+      setupFailures: 0,
+      memory: {
+        pipesInUse: 3,
+        pipesPooled: 2,
+        pipeBytesInUse: 3 * 65536,
+        pipeBytesPooled: 2 * 65536,
+        mirrorBufferInUse: 4096,
+        mirrorBufferBudget: 64 << 20,
+        mirrorBufferDenied: 1,
+      },
     };
     expect(a.stats()).toEqual(expected);
     await a.detach();
     await a.detach();
     expect(a.stats()).toEqual(expected);
-    expect(dp.log.filter((l) => l.startsWith('engine.stop'))).toHaveLength(1);
+    expect(dp.log.filter((l) => l.startsWith('engine.drain'))).toHaveLength(1);
+  });
+
+  describe('detach', () => {
+    it('releases the port before the drain starts and says how many connections it drains', async () => {
+      const dp = new FakeDataPlane();
+      dp.active = 3;
+      dp.holdDrain = true;
+      const a = await attachStreamPath({ name: 'sp', spec: spec((x) => (x.drainTimeoutSeconds = 7)), dataPlane: dp });
+      const seen: string[] = [];
+      const done = a.detach({ onDraining: (i) => seen.push(`${dp.log.at(-1)} -> draining ${i.connections} for ${i.timeoutMs}`) });
+      await tick();
+      expect(seen).toEqual(['unintercept port=8080 fd=10 -> draining 3 for 7000']);
+      expect(a.state).toBe('draining');
+      // The engine refuses reads while it drains: the counters stay those of the drain's start.
+      expect(a.stats()).toMatchObject({ connections: 1, connectionsActive: 3 });
+      dp.handles[0]!.finishDrain();
+      expect(await done).toEqual({ timeoutMs: 7000, drained: 3, reset: 0, ms: 3, cutShort: false });
+      expect(a.state).toBe('detached');
+      expect(a.stats()).toMatchObject({ connectionsActive: 0, connectionsReset: 0 });
+    });
+
+    it('takes a timeout that overrides spec.drainTimeoutSeconds', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      await a.detach({ timeoutMs: 1500 });
+      expect(dp.log.at(-1)).toBe('engine.drain fd=10 1500');
+    });
+
+    it('abort() cuts a running drain short with a reset, and counts the reset connections', async () => {
+      const dp = new FakeDataPlane();
+      dp.active = 2;
+      dp.holdDrain = true;
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      const done = a.detach();
+      await tick();
+      const aborted = a.abort();
+      expect(aborted).toBe(done);
+      expect(await done).toMatchObject({ timeoutMs: 20000, drained: 0, reset: 2, cutShort: true });
+      expect(dp.log.slice(2)).toEqual(['unintercept port=8080 fd=10', 'engine.drain fd=10 20000', 'engine.stop fd=10']);
+      expect(a.stats()).toMatchObject({ connectionsReset: 2, connectionsActive: 0 });
+      await a.abort();
+      expect(dp.log.filter((l) => l === 'engine.stop fd=10')).toHaveLength(1);
+    });
+
+    it('does not count resets twice when the engine still answers stats() after it ended', async () => {
+      const dp = new FakeDataPlane();
+      dp.active = 2;
+      dp.statsAfterEnd = true;
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      await a.detach({ now: true });
+      expect(a.stats()).toMatchObject({ connectionsReset: 2, connectionsActive: 0 });
+    });
+
+    it('detach({now: true}) resets at once without a drain', async () => {
+      const dp = new FakeDataPlane();
+      dp.active = 1;
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      expect(await a.detach({ now: true })).toMatchObject({ timeoutMs: 0, reset: 1, cutShort: true });
+      expect(dp.log.slice(2)).toEqual(['unintercept port=8080 fd=10', 'engine.stop fd=10']);
+    });
+
+    it('an aborted signal cuts the drain short', async () => {
+      const dp = new FakeDataPlane();
+      dp.active = 4;
+      dp.holdDrain = true;
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      const ac = new AbortController();
+      const done = a.detach({ signal: ac.signal });
+      await tick();
+      ac.abort();
+      expect(await done).toMatchObject({ reset: 4, cutShort: true });
+    });
+
+    it('abort() before any detach releases the port and resets', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      await a.abort();
+      expect(dp.log.slice(2)).toEqual(['unintercept port=8080 fd=10', 'engine.stop fd=10']);
+    });
+
+    it('still ends the engine when the interception cannot be released, then reports that', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      dp.failUninterception = Object.assign(new Error('bpf_link_detach: bad fd'), { code: 'EBADF' });
+      await expect(a.detach()).rejects.toThrow(/releasing port 8080/);
+      expect(dp.log.at(-1)).toBe('engine.drain fd=10 20000');
+      expect(a.state).toBe('detached');
+    });
   });
 
   it('when interception fails, it stops the engine and reports the failure', async () => {
@@ -181,7 +354,7 @@ describe('attachStreamPath', () => {
     expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual([]);
     host = '10.244.0.9';
     expect(await a.refreshTargets()).toBe(true);
-    expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual(['engine.update fd=10 checkout.staging:80@10.244.0.9:8080/100']);
+    expect(dp.log.filter((l) => l.startsWith('engine.update'))).toEqual(['engine.update fd=10 checkout.staging:80@10.244.0.9:8080/100 pipe=262144 turn=1000 buf=4194304']);
     expect(await a.refreshTargets()).toBe(false);
     await a.detach();
     expect(await a.refreshTargets()).toBe(false);
@@ -242,8 +415,55 @@ describe('attachStreamPath', () => {
         x.mirror.targets = [{ address: '10.0.0.3:81' }];
         x.mirror.sampling = { percent: 5 };
       }));
-      expect(dp.log.slice(2)).toEqual(['engine.update fd=10 10.0.0.3:81@10.0.0.3:81/5']);
+      expect(dp.log.slice(2)).toEqual(['engine.update fd=10 10.0.0.3:81@10.0.0.3:81/5 pipe=262144 turn=1000 buf=4194304']);
       expect(a.stats().targets.map((t) => t.name)).toEqual(['10.0.0.3:81']);
+    });
+
+    it('applies pipeSize, turnTimeoutMs and bufferSize to new connections on the same engine', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      await a.update(spec((x) => {
+        x.mirror.pipeSize = 8192;
+      }));
+      await a.update(spec((x) => {
+        x.mirror.pipeSize = 8192;
+        x.mirror.turnTimeoutMs = 0;
+        x.mirror.bufferSize = 64 * 1024 * 1024;
+      }));
+      expect(dp.log.slice(2)).toEqual([
+        'engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/100 pipe=8192 turn=1000 buf=4194304',
+        'engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/100 pipe=8192 turn=0 buf=67108864',
+      ]);
+      expect(dp.engines).toHaveLength(1);
+      expect(a.stats()).toMatchObject({ connections: 1, bytesPrimary: 100 });
+    });
+
+    it('keeps a new drainTimeoutSeconds for the next detach without touching the engine', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      await a.update(spec((x) => {
+        x.drainTimeoutSeconds = 0;
+      }));
+      expect(dp.log).toHaveLength(2);
+      await a.detach();
+      expect(dp.log.at(-1)).toBe('engine.drain fd=10 0');
+    });
+
+    it('keeps the previous settings and port when the engine refuses the new ones', async () => {
+      const dp = new FakeDataPlane();
+      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      dp.failUpdate = Object.assign(new Error('pipe size above fs.pipe-max-size'), { code: 'EPERM' });
+      await expect(a.update(spec((x) => {
+        x.port = 9090;
+        x.mirror.pipeSize = 1 << 20;
+      }))).rejects.toThrow(/applying the changed spec/);
+      expect(dp.log.slice(2)).toEqual(['intercept port=9090 fd=10', 'unintercept port=9090 fd=10']);
+      expect(a.port).toBe(8080);
+      dp.failUpdate = undefined;
+      await a.update(spec((x) => {
+        x.mirror.pipeSize = 1 << 20;
+      }));
+      expect(dp.log.at(-1)).toMatch(/pipe=1048576/);
     });
 
     it('moves to a changed port: the new port is tapped before the old one is released', async () => {
@@ -253,21 +473,18 @@ describe('attachStreamPath', () => {
         x.port = 9090;
       }));
       expect(a.port).toBe(9090);
-      expect(dp.log.slice(2)).toEqual(['intercept port=9090 fd=10', 'engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/100', 'unintercept port=8080 fd=10']);
-      await a.detach();
-      expect(dp.log.at(-2)).toBe('unintercept port=9090 fd=10');
-    });
-
-    it('swaps engines for a new pipe size and keeps the totals', async () => {
-      const dp = new FakeDataPlane();
-      const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
+      expect(dp.log.slice(2)).toEqual(['intercept port=9090 fd=10', 'unintercept port=8080 fd=10']);
       await a.update(spec((x) => {
-        x.mirror.pipeSize = 8192;
+        x.port = 9091;
+        x.mirror.sampling = { percent: 50 };
       }));
-      expect(dp.log.slice(2)).toEqual(['engine.start fd=11', 'intercept port=8080 fd=11', 'unintercept port=8080 fd=10', 'engine.stop fd=10']);
-      expect(dp.engines[1]!.pipeSize).toBe(8192);
-      expect(a.stats()).toMatchObject({ connections: 2, bytesPrimary: 200, bytesMirrored: 180, bytesDropped: 20 });
-      expect(a.stats().targets[0]).toMatchObject({ connectionsMirrored: 2, bytesMirrored: 180 });
+      expect(dp.log.slice(4)).toEqual([
+        'intercept port=9091 fd=10',
+        'engine.update fd=10 10.0.0.2:8080@10.0.0.2:8080/50 pipe=262144 turn=1000 buf=4194304',
+        'unintercept port=9090 fd=10',
+      ]);
+      await a.detach();
+      expect(dp.log.at(-2)).toBe('unintercept port=9091 fd=10');
     });
 
     it('leaves port and mirrors as they were when the new port cannot be tapped', async () => {
@@ -301,12 +518,25 @@ describe('attachStreamPath', () => {
   });
 });
 
-describe('toCounters', () => {
-  it('keeps bytes of removed targets in the totals', () => {
-    const base = toCounters(stats([{ name: 'old', host: '10.0.0.1', port: 1, samplingPercent: 100 }]));
-    const c = toCounters(stats([{ name: 'new', host: '10.0.0.2', port: 2, samplingPercent: 100 }]), base);
+describe('toCounters and TargetLedger', () => {
+  const target = (name: string): MirrorConfig => ({ name, host: '10.0.0.1', port: 1, samplingPercent: 100 });
+
+  it('keep the bytes of a target that left the engine\'s stats in the totals, and not twice when it comes back', () => {
+    const ledger = new TargetLedger();
+    const read = (s: EngineStats) => toCounters(s, ledger.observe(s));
+    expect(read(stats([target('old')])).bytesMirrored).toBe(90);
+    const c = read(stats([target('new')]));
     expect(c.bytesMirrored).toBe(180);
+    expect(c.bytesDropped).toBe(20);
     expect(c.targets.map((t) => [t.name, t.bytesMirrored])).toEqual([['new', 90]]);
+    // The engine keeps counters per name: a target added back resumes its own totals.
+    expect(read(stats([target('old'), target('new')])).bytesMirrored).toBe(180);
+  });
+
+  it('reads the engine\'s memory figures and per-target turn waits', () => {
+    const c = toCounters(stats([target('t')]));
+    expect(c.memory).toMatchObject({ pipesInUse: 3, mirrorBufferBudget: 64 << 20, mirrorBufferDenied: 1 });
+    expect(c.targets[0]!.turnWaitsExpired).toBe(2);
   });
 });
 

@@ -4,7 +4,9 @@
 import { existsSync } from 'node:fs';
 import type { StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
 import type {
+  DrainResult,
   EngineConfig,
+  EngineSettings,
   EngineStats,
   InterceptionConfig,
   MirrorConfig,
@@ -17,9 +19,14 @@ import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets
 /** The part of native/lib's Engine this module uses. */
 export interface EngineHandle {
   readonly listenerFd: number;
+  /** Throws once drain() or stop() was called (native/lib's Engine does). */
   stats(): EngineStats;
-  updateMirrors(mirrors: MirrorConfig[]): void | Promise<void>;
-  stop(): Promise<void>;
+  /** Settings for connections accepted from now on; live connections keep theirs. */
+  update(settings: EngineSettings): void | Promise<void>;
+  /** Stop accepting, let live connections end until timeoutMs, reset the rest both ways. */
+  drain(timeoutMs: number): Promise<DrainResult>;
+  /** Reset every live connection now; cuts a running drain short. */
+  stop(): Promise<DrainResult>;
 }
 
 /** The part of native/lib's Interception this module uses. */
@@ -33,37 +40,99 @@ export interface DataPlane {
   attachInterception(config: InterceptionConfig): InterceptionHandle | Promise<InterceptionHandle>;
 }
 
-/** Counters in the shape of the StreamPath status (and the agent's report). */
+/** The engine's memory, for the CLI and metrics (not in the StreamPath status). */
+export interface AttachmentMemory {
+  /** Kernel pipes held by connections now, and idle in the engine's pools. */
+  pipesInUse: number;
+  pipesPooled: number;
+  /** Their capacity in bytes: this engine's share of the node's per-uid pipe budget. */
+  pipeBytesInUse: number;
+  pipeBytesPooled: number;
+  /** Send-buffer bytes granted to lagging mirror connections now, out of mirrorBufferBudget. */
+  mirrorBufferInUse: number;
+  mirrorBufferBudget: number;
+  /** Grows of a lagging mirror's send buffer refused because the budget was used up (a counter). */
+  mirrorBufferDenied: number;
+}
+
+/** Counters in the shape of the StreamPath status (and the agent's report), plus a few for the CLI and metrics. */
 export interface AttachmentCounters {
   /** Connections the engine accepted (intercepted) since attach. */
   connections: number;
   /** Client -> app bytes delivered to the app: the stream that is mirrored. */
   bytesPrimary: number;
-  /** Bytes written to all mirror targets. */
+  /** Bytes that reached the mirror targets, all targets (also those removed by an edit since). */
   bytesMirrored: number;
   /** Primary bytes that sampled mirror connections did not get (cut or failed connects), all targets. */
   bytesDropped: number;
+  /** Connections reset both ways (RST) because they were still open when the detach's drain ended. */
+  connectionsReset: number;
   targets: TargetCounters[];
   /** Not in the StreamPath status; for the CLI and logs. Connections open now. */
   connectionsActive: number;
   /** Not in the StreamPath status. Intercepted connections the app refused: those clients got a reset. */
   appConnectFailures: number;
+  /** Not in the StreamPath status. Connections reset for want of a resource (fds, pipes, memory). */
+  setupFailures: number;
+  /** Not in the StreamPath status. */
+  memory: AttachmentMemory;
+}
+
+export type AttachmentState = 'attached' | 'draining' | 'detached';
+
+export interface DetachOptions {
+  /** How long live connections may take to end before they are reset. Default spec.drainTimeoutSeconds. */
+  timeoutMs?: number;
+  /** Reset live connections at once instead of draining them (engine.stop()). */
+  now?: boolean;
+  /** Aborting it cuts the drain short, as abort() does. */
+  signal?: AbortSignal;
+  /**
+   * Called once the interception is released (new connections go straight to the app) and the drain
+   * begins, with the connections open at that moment and the drain's timeout.
+   */
+  onDraining?: (info: { connections: number; timeoutMs: number }) => void;
+}
+
+/** How a detach ended. */
+export interface DetachResult {
+  /** The drain's timeout (0 when it reset at once). */
+  timeoutMs: number;
+  /** Connections that ended by themselves during the drain. */
+  drained: number;
+  /** Connections still open at the deadline (or when it was cut short): reset both ways, never closed with FIN. */
+  reset: number;
+  /** How long the drain took. */
+  ms: number;
+  /** abort(), detach({now}) or the signal ended it before its deadline. */
+  cutShort: boolean;
 }
 
 export interface Attachment {
   readonly name: string;
   /** The port currently tapped. */
   readonly port: number;
+  readonly state: AttachmentState;
   stats(): AttachmentCounters;
-  /** Applies a changed spec live: new mirror set and sampling in place, a new port or pipe size by re-attaching. */
+  /**
+   * Applies a changed spec live, without a new engine: targets, sampling, pipeSize, turnTimeoutMs and
+   * bufferSize go to new connections (live ones keep theirs until they end); a new port is tapped before
+   * the old one is released; drainTimeoutSeconds is used by the next detach.
+   */
   update(spec: StreamPathSpec): Promise<void>;
   /**
    * Resolves the current spec's targets again (Service endpoints move, names change) and gives new
    * connections the new endpoints. Resolves to whether anything changed; the old endpoints stay on error.
    */
   refreshTargets(): Promise<boolean>;
-  /** Interception first (new connections go straight to the app again), then the engine. Idempotent. */
-  detach(): Promise<void>;
+  /**
+   * Interception first (new connections go straight to the app again), then the engine drains: live
+   * connections keep moving until they end or the timeout passes, then the rest are reset. Idempotent:
+   * later calls return the same promise (and `now` or `signal` still cut a running drain short).
+   */
+  detach(opts?: DetachOptions): Promise<DetachResult>;
+  /** Resets live connections now: cuts a running drain short, or detaches with no drain. Idempotent. */
+  abort(): Promise<DetachResult>;
 }
 
 export interface AttachOptions {
@@ -79,6 +148,8 @@ export interface AttachOptions {
   dataPlane?: DataPlane;
   /** Default 2000. */
   mirrorConnectTimeoutMs?: number;
+  /** Engine-wide cap on mirror send-buffer growth (spec.mirror.bufferSize). Default 64 MiB (native/lib). */
+  mirrorBufferBudget?: number;
 }
 
 export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
@@ -102,42 +173,119 @@ function sameMirrors(a: MirrorConfig[], b: MirrorConfig[]): boolean {
   );
 }
 
-function zeroTargets(mirrors: MirrorConfig[]): TargetCounters[] {
-  return mirrors.map((m) => ({
-    name: m.name,
-    connectionsMirrored: 0,
-    connectionsCut: 0,
-    connectFailures: 0,
-    bytesMirrored: 0,
-    bytesDropped: 0,
-  }));
+function sameSettings(a: EngineSettings, b: EngineSettings): boolean {
+  return (
+    sameMirrors(a.mirrors, b.mirrors) &&
+    a.pipeSize === b.pipeSize &&
+    a.turnTimeoutMs === b.turnTimeoutMs &&
+    a.mirrorBufferSize === b.mirrorBufferSize
+  );
 }
 
-/** Maps engine counters to the API's counters shape; `base` carries totals across engine restarts. */
-export function toCounters(s: EngineStats, base?: AttachmentCounters): AttachmentCounters {
-  const targets: TargetCounters[] = s.targets.map((t) => {
-    const prev = base?.targets.find((b) => b.name === t.name);
-    return {
-      name: t.name,
-      connectionsMirrored: t.connectionsMirrored + (prev?.connectionsMirrored ?? 0),
-      connectionsCut: t.connectionsCut + (prev?.connectionsCut ?? 0),
-      connectFailures: t.connectFailures + (prev?.connectFailures ?? 0),
-      connectionsSkipped: (t.connectionsSkipped ?? 0) + (prev?.connectionsSkipped ?? 0),
-      bytesMirrored: t.bytesMirrored + (prev?.bytesMirrored ?? 0),
-      bytesDropped: t.bytesDropped + (prev?.bytesDropped ?? 0),
-    };
-  });
-  // Totals include targets that were removed since (their bytes were mirrored or dropped all the same).
-  const sum = (k: 'bytesMirrored' | 'bytesDropped') =>
-    s.targets.reduce((a, t) => a + t[k], 0) + (base?.[k] ?? 0);
+const ZERO_MEMORY: AttachmentMemory = {
+  pipesInUse: 0,
+  pipesPooled: 0,
+  pipeBytesInUse: 0,
+  pipeBytesPooled: 0,
+  mirrorBufferInUse: 0,
+  mirrorBufferBudget: 0,
+  mirrorBufferDenied: 0,
+};
+
+function zeroCounters(mirrors: MirrorConfig[]): AttachmentCounters {
   return {
-    connections: s.connectionsAccepted + (base?.connections ?? 0),
-    bytesPrimary: s.bytesClientToApp + (base?.bytesPrimary ?? 0),
+    connections: 0,
+    bytesPrimary: 0,
+    bytesMirrored: 0,
+    bytesDropped: 0,
+    connectionsReset: 0,
+    targets: mirrors.map((m) => ({
+      name: m.name,
+      connectionsMirrored: 0,
+      connectionsCut: 0,
+      connectFailures: 0,
+      connectionsSkipped: 0,
+      bytesMirrored: 0,
+      bytesDropped: 0,
+      turnWaitsExpired: 0,
+    })),
+    connectionsActive: 0,
+    appConnectFailures: 0,
+    setupFailures: 0,
+    memory: { ...ZERO_MEMORY },
+  };
+}
+
+/** Bytes of targets that are no longer in the engine's stats, added to the totals. */
+export interface RetiredBytes {
+  bytesMirrored: number;
+  bytesDropped: number;
+}
+
+/**
+ * The engine lists a target removed by an edit only while it still has connections open; after that its
+ * bytes would vanish from the totals, which must never run back (they are Prometheus counters). This keeps
+ * the last figures of every target seen and returns those of the ones gone. A target added back resumes
+ * its own totals in the engine (counters are kept per name), so it leaves the retired set again.
+ */
+export class TargetLedger {
+  private readonly last = new Map<string, RetiredBytes>();
+
+  observe(s: EngineStats): RetiredBytes {
+    for (const t of s.targets) this.last.set(t.name, { bytesMirrored: t.bytesMirrored, bytesDropped: t.bytesDropped });
+    const listed = new Set(s.targets.map((t) => t.name));
+    const retired = { bytesMirrored: 0, bytesDropped: 0 };
+    for (const [name, b] of this.last) {
+      if (listed.has(name)) continue;
+      retired.bytesMirrored += b.bytesMirrored;
+      retired.bytesDropped += b.bytesDropped;
+    }
+    return retired;
+  }
+}
+
+/** Maps engine counters to the API's counters shape; `retired` adds the bytes of targets gone from the stats. */
+export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirrored: 0, bytesDropped: 0 }): AttachmentCounters {
+  const targets: TargetCounters[] = s.targets.map((t) => ({
+    name: t.name,
+    connectionsMirrored: t.connectionsMirrored,
+    connectionsCut: t.connectionsCut,
+    connectFailures: t.connectFailures,
+    connectionsSkipped: t.connectionsSkipped ?? 0,
+    bytesMirrored: t.bytesMirrored,
+    bytesDropped: t.bytesDropped,
+    turnWaitsExpired: t.turnWaitsExpired ?? 0,
+  }));
+  const sum = (k: 'bytesMirrored' | 'bytesDropped') => s.targets.reduce((a, t) => a + t[k], 0) + retired[k];
+  return {
+    connections: s.connectionsAccepted,
+    bytesPrimary: s.bytesClientToApp,
     bytesMirrored: sum('bytesMirrored'),
     bytesDropped: sum('bytesDropped'),
+    connectionsReset: s.connectionsReset ?? 0,
     targets,
     connectionsActive: s.connectionsActive,
-    appConnectFailures: s.upstreamConnectFailures + (base?.appConnectFailures ?? 0),
+    appConnectFailures: s.upstreamConnectFailures,
+    setupFailures: s.setupFailures ?? 0,
+    memory: {
+      pipesInUse: s.pipesInUse ?? 0,
+      pipesPooled: s.pipesPooled ?? 0,
+      pipeBytesInUse: s.pipeBytesInUse ?? 0,
+      pipeBytesPooled: s.pipeBytesPooled ?? 0,
+      mirrorBufferInUse: s.mirrorBufferInUse ?? 0,
+      mirrorBufferBudget: s.mirrorBufferBudget ?? 0,
+      mirrorBufferDenied: s.mirrorBufferDenied ?? 0,
+    },
+  };
+}
+
+/** What a running engine applies to its new connections, from a spec and its resolved targets. */
+export function engineSettings(spec: StreamPathSpec, mirrors: MirrorConfig[]): EngineSettings {
+  return {
+    mirrors,
+    pipeSize: spec.mirror.pipeSize,
+    turnTimeoutMs: spec.mirror.turnTimeoutMs,
+    mirrorBufferSize: spec.mirror.bufferSize,
   };
 }
 
@@ -156,9 +304,9 @@ function engineConfig(
   return {
     ...(opts.netnsPath !== undefined ? { netnsPath: opts.netnsPath } : {}),
     upstream: 'original-destination',
-    mirrors,
-    pipeSize: spec.mirror.pipeSize,
+    ...engineSettings(spec, mirrors),
     mirrorConnectTimeoutMs: opts.mirrorConnectTimeoutMs ?? DEFAULT_MIRROR_CONNECT_TIMEOUT_MS,
+    ...(opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: opts.mirrorBufferBudget } : {}),
   };
 }
 
@@ -205,7 +353,10 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
   let mirrors = await resolveMirrors(spec, resolveOpts);
   const dp = opts.dataPlane ?? nativeDataPlane;
 
-  let engine = await startEngine(dp, engineConfig(spec, mirrors, opts, transform), netnsPath);
+  const initial = engineConfig(spec, mirrors, opts, transform);
+  let settings: EngineSettings = engineSettings(spec, mirrors);
+  // One engine for the attachment's whole life: every spec field is a setting for new connections.
+  const engine = await startEngine(dp, initial, netnsPath);
   let interception: InterceptionHandle;
   try {
     interception = await intercept(dp, spec.port, engine, netnsPath);
@@ -214,11 +365,25 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     throw err;
   }
 
-  // Counters of engines replaced by update(): the attachment's totals survive a pipe size change.
-  let carried: AttachmentCounters | undefined;
-  let detached: Promise<void> | undefined;
+  const ledger = new TargetLedger();
+  let state: AttachmentState = 'attached';
+  // The last counters read: what stats() shows when the engine refuses reads (native/lib's Engine does once
+  // it drains or stops).
+  let last: AttachmentCounters | undefined;
   let final: AttachmentCounters | undefined;
-  // update() and detach() must not interleave: both swap the engine or the interception.
+  let detached: Promise<DetachResult> | undefined;
+  // Set by abort()/detach({now}): reset instead of drain, or cut the running drain short.
+  let resetNow = false;
+  let stopping: Promise<DrainResult> | undefined;
+  let draining = false;
+  const resetConnections = () => {
+    resetNow = true;
+    // During the drain: engine.stop() ends it now. Before it (an update still running): the drain
+    // does not start, the detach resets instead.
+    if (draining) stopping ??= engine.stop();
+  };
+
+  // update() and detach() must not interleave: both change the interception or the engine's settings.
   let queue: Promise<unknown> = Promise.resolve();
   const serial = <T>(fn: () => Promise<T>): Promise<T> => {
     const run = queue.then(fn, fn);
@@ -226,96 +391,131 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     return run;
   };
 
+  const read = (): AttachmentCounters | undefined => {
+    try {
+      const s = engine.stats();
+      last = toCounters(s, ledger.observe(s));
+      return last;
+    } catch {
+      return undefined;
+    }
+  };
+
+  const runDetach = async (o: DetachOptions): Promise<DetachResult> => {
+    state = 'draining';
+    let interceptionError: unknown;
+    try {
+      await interception.detach();
+    } catch (err) {
+      // Carry on: the engine must end all the same, and once its listener is closed the kernel's normal
+      // lookup delivers new connections to the app (fail-open). The failure is reported after.
+      interceptionError = err;
+    }
+    const before = read() ?? last ?? zeroCounters(mirrors);
+    const timeoutMs = resetNow ? 0 : Math.max(0, Math.round(o.timeoutMs ?? spec.drainTimeoutSeconds * 1000));
+    const started = Date.now();
+    let result: DrainResult;
+    try {
+      o.onDraining?.({ connections: before.connectionsActive, timeoutMs });
+    } catch {
+      // A caller's note must not stop the detach.
+    }
+    try {
+      draining = true;
+      const ending = resetNow ? engine.stop() : engine.drain(timeoutMs);
+      if (resetNow) stopping ??= ending;
+      result = await ending;
+      // A stop() that cut the drain short resolves too; wait for it so that nothing is left running.
+      if (stopping) await stopping.catch(() => undefined);
+    } catch (err) {
+      state = 'detached';
+      final = { ...before, connectionsActive: 0 };
+      throw classifyNativeError(err, 'draining the stream engine', netnsPath);
+    } finally {
+      draining = false;
+    }
+    // native/lib refuses stats() once the engine ends: the drain's result completes the last snapshot.
+    const after = read();
+    final = after ?? { ...before, connectionsActive: 0, connectionsReset: before.connectionsReset + result.reset };
+    state = 'detached';
+    if (interceptionError !== undefined) throw classifyNativeError(interceptionError, `releasing port ${spec.port}`, netnsPath);
+    return {
+      timeoutMs,
+      drained: result.drained,
+      reset: result.reset,
+      ms: Number.isFinite(result.ms) ? result.ms : Date.now() - started,
+      cutShort: resetNow,
+    };
+  };
+
   const attachment: Attachment = {
     name: opts.name,
     get port() {
       return spec.port;
     },
+    get state() {
+      return state;
+    },
     stats() {
       if (final) return final;
-      try {
-        return toCounters(engine.stats(), carried);
-      } catch {
-        return (
-          carried ?? {
-            connections: 0,
-            bytesPrimary: 0,
-            bytesMirrored: 0,
-            bytesDropped: 0,
-            targets: zeroTargets(mirrors),
-            connectionsActive: 0,
-            appConnectFailures: 0,
-          }
-        );
-      }
+      // During a drain too, where the engine answers (native/lib's Engine refuses once drain() is called:
+      // then the counters stay those of the drain's start).
+      return read() ?? last ?? zeroCounters(mirrors);
     },
     update(next) {
       return serial(async () => {
-        if (detached) throw new AttachError('DataPlaneError', `StreamPath ${opts.name} is detached; attach it again`);
-        const nextTransform = planTransform(next.transform);
+        if (state !== 'attached') throw new AttachError('DataPlaneError', `StreamPath ${opts.name} is detached; attach it again`);
+        // Nothing in a spec needs a new engine in this version: every field is a setting for new
+        // connections, or the port. A transform, once there are any, is where one would be needed.
+        planTransform(next.transform);
         const nextMirrors = await resolveMirrors(next, resolveOpts);
-        if (next.mirror.pipeSize !== spec.mirror.pipeSize) {
-          // The pipe size is fixed per engine: start a new one, steer new connections to it, then retire
-          // the old one. Connections on the old engine end when it stops.
-          const fresh = await startEngine(dp, engineConfig(next, nextMirrors, opts, nextTransform), netnsPath);
-          let freshInterception: InterceptionHandle;
+        const nextSettings = engineSettings(next, nextMirrors);
+        // A new port is tapped before anything else changes, so that a refusal leaves the attachment as
+        // it was, and before the old port is released, so that there is no untapped window.
+        const moved = next.port !== spec.port ? await intercept(dp, next.port, engine, netnsPath) : undefined;
+        if (!sameSettings(nextSettings, settings)) {
           try {
-            freshInterception = await intercept(dp, next.port, fresh, netnsPath);
-          } catch (err) {
-            await stopQuietly(fresh);
-            throw err;
-          }
-          const old = { engine, interception };
-          await old.interception.detach();
-          const settled = toCounters(old.engine.stats(), carried);
-          await old.engine.stop();
-          carried = settled;
-          engine = fresh;
-          interception = freshInterception;
-        } else {
-          // A new port is tapped before anything else changes, so that a refusal leaves the attachment as
-          // it was, and before the old port is released, so that there is no untapped window.
-          const moved = next.port !== spec.port ? await intercept(dp, next.port, engine, netnsPath) : undefined;
-          try {
-            await engine.updateMirrors(nextMirrors);
+            await engine.update(nextSettings);
           } catch (err) {
             await moved?.detach();
-            throw classifyNativeError(err, 'updating the mirror targets', netnsPath);
+            throw classifyNativeError(err, 'applying the changed spec to new connections', netnsPath);
           }
-          if (moved) {
-            const old = interception;
-            interception = moved;
-            await old.detach();
-          }
+        }
+        if (moved) {
+          const old = interception;
+          interception = moved;
+          await old.detach();
         }
         spec = next;
         mirrors = nextMirrors;
+        settings = nextSettings;
       });
     },
     refreshTargets() {
       return serial(async () => {
-        if (detached) return false;
+        if (state !== 'attached') return false;
         const next = await resolveMirrors(spec, resolveOpts);
         if (sameMirrors(next, mirrors)) return false;
+        const nextSettings = { ...settings, mirrors: next };
         try {
-          await engine.updateMirrors(next);
+          await engine.update(nextSettings);
         } catch (err) {
           throw classifyNativeError(err, 'updating the mirror targets', netnsPath);
         }
         mirrors = next;
+        settings = nextSettings;
         return true;
       });
     },
-    detach() {
-      detached ??= serial(async () => {
-        try {
-          await interception.detach();
-        } finally {
-          final = attachment.stats();
-          await engine.stop();
-        }
-      });
+    detach(o = {}) {
+      if (o.now || o.signal?.aborted) resetConnections();
+      o.signal?.addEventListener('abort', resetConnections, { once: true });
+      detached ??= serial(() => runDetach(o));
       return detached;
+    },
+    abort() {
+      resetConnections();
+      return attachment.detach({ now: true });
     },
   };
   return attachment;
