@@ -96,6 +96,19 @@ describe('the operator against a real apiserver', () => {
     agent.attach('shadow', 1, { bytesMirrored: 7000 });
     await eventually('counters updated', async () => (await getStreamPath(kube, ns, 'shadow'))?.status?.bytesMirrored === 7000);
 
+    // Resets at detach and expired turn waits reach the status too: the CRD's status schema keeps them
+    // (the apiserver would prune fields it does not know).
+    agent.attach('shadow', 1, {
+      bytesMirrored: 7000,
+      connectionsReset: 2,
+      targets: [{ name: '127.0.0.1:9', connectionsMirrored: 3, connectionsCut: 1, connectFailures: 0, bytesMirrored: 7000, bytesDropped: 500, turnWaitsExpired: 4 }],
+    });
+    const withResets = await eventually('connectionsReset in the status', async () => {
+      const sp = await getStreamPath(kube, ns, 'shadow');
+      return sp?.status?.connectionsReset === 2 ? sp : undefined;
+    });
+    expect(withResets.status?.targets?.[0]).toMatchObject({ turnWaitsExpired: 4 });
+
     // An edit bumps the generation: observedGeneration follows at once, Ready waits for the agent.
     await kube.request('PATCH', streamPathPath(ns, 'shadow'), { body: { spec: { port: 9090 } }, patch: 'merge' });
     const attaching = await eventually('observedGeneration 2', async () => {
