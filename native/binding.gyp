@@ -5,7 +5,14 @@
       "sources": [
         "src/addon.cc",
         "src/errors.cc",
-        "src/engine.cc",
+        "src/engine/accept_policy.cc",
+        "src/engine/address.cc",
+        "src/engine/engine.cc",
+        "src/engine/mirror_leg.cc",
+        "src/engine/pipes.cc",
+        "src/engine/primary.cc",
+        "src/engine/sockets.cc",
+        "src/engine/worker.cc",
         "src/engine_binding.cc",
         "src/interception.cc",
         "src/interception_binding.cc"

@@ -1,4 +1,4 @@
-// Loads kstreams.node. The rest of native/lib wraps what it exports in typed classes.
+// Loads kstreams.node. The rest of native/lib wraps what it exports (declared in raw.ts) in typed classes.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -16,9 +16,7 @@ function candidates(): string[] {
   ];
 }
 
-// The addon's raw exports; native/lib/*.ts give them types.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type RawAddon = Record<string, any>;
+import type { RawAddon } from './raw.js';
 
 let loaded: RawAddon | undefined;
 

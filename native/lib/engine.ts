@@ -1,29 +1,35 @@
 // The stream engine as a typed class over kstreams.node. The engine's worker threads move the bytes;
-// this wrapper only starts, reconfigures, reads counters and stops them.
+// this wrapper only starts, reconfigures, reads counters, drains and stops them.
 import { addon } from './addon.js';
-import { sourcesPerFamily, type Endpoint, type EngineConfig, type EngineStats, type MirrorConfig } from './types.js';
+import type { RawEngineHandle, RawEngineStart } from './raw.js';
+import {
+  sourcesPerFamily,
+  type DrainResult,
+  type Endpoint,
+  type EngineConfig,
+  type EngineSettings,
+  type EngineStats,
+} from './types.js';
 
-interface RawStart {
-  handle: unknown;
-  listenHost: string;
-  listenPort: number;
-  listenerFd: number;
-  pipeSize: number;
+/** Default engine-wide cap on mirror send-buffer growth (EngineConfig.mirrorBufferBudget). */
+export const DEFAULT_MIRROR_BUFFER_BUDGET = 64 * 1024 * 1024;
+
+function stoppedError(): Error {
+  return Object.assign(new Error('engine stopped'), { code: 'EKSTREAMS_ENGINE_STOPPED' });
 }
 
 export class Engine {
   /** The address the listener is bound to, port filled in (the dual-stack default shows as '::'). */
   readonly listenAddress: Endpoint;
-  /** The listener's fd, for the sk_lookup SOCKMAP. Valid until stop(). */
+  /** The listener's fd, for the sk_lookup SOCKMAP. Valid until drain() or stop(). */
   readonly listenerFd: number;
-  /** Effective bytes per pipe (the kernel rounds pipeSize up to a power of two pages). */
-  readonly pipeSize: number;
-  private stopping: Promise<void> | undefined;
+  private effectivePipeSize: number;
+  private ending: Promise<DrainResult> | undefined;
 
-  private constructor(private readonly handle: unknown, raw: RawStart) {
+  private constructor(private readonly handle: RawEngineHandle, raw: RawEngineStart) {
     this.listenAddress = { host: raw.listenHost, port: raw.listenPort };
     this.listenerFd = raw.listenerFd;
-    this.pipeSize = raw.pipeSize;
+    this.effectivePipeSize = raw.pipeSize;
   }
 
   /**
@@ -33,29 +39,54 @@ export class Engine {
    */
   static start(config: EngineConfig): Engine {
     const { upstreamSource, upstreamSources, ...rest } = config;
-    const raw = addon().engineStart({ ...rest, upstreamSources: sourcesPerFamily(upstreamSource, upstreamSources) }) as RawStart;
+    const raw = addon().engineStart({
+      mirrorBufferBudget: DEFAULT_MIRROR_BUFFER_BUDGET,
+      ...rest,
+      upstreamSources: sourcesPerFamily(upstreamSource, upstreamSources),
+    });
     return new Engine(raw.handle, raw);
   }
 
-  /** A snapshot of the counters (relaxed atomics read in C; cheap, but do not call it per chunk). */
+  /** Effective bytes per pipe for new connections (the kernel rounds pipeSize up to a power of two pages). */
+  get pipeSize(): number {
+    return this.effectivePipeSize;
+  }
+
+  /** A snapshot of the counters (relaxed atomics summed over workers; cheap, but do not call it per chunk). */
   stats(): EngineStats {
-    if (this.stopping) throw Object.assign(new Error('engine stopped'), { code: 'EKSTREAMS_ENGINE_STOPPED' });
-    return addon().engineStats(this.handle) as EngineStats;
+    if (this.ending) throw stoppedError();
+    return addon().engineStats(this.handle);
   }
 
   /**
-   * Replaces the mirror targets for connections accepted from now on; open connections keep theirs.
-   * Counters are kept per target name, so a target that stays keeps its totals.
+   * Applies settings to connections accepted from now on; live connections keep theirs (their mirrors,
+   * pipes and buffers). Counters are kept per target name, so a target that stays keeps its totals.
+   * Throws (and keeps the previous settings) when the pipe size is one the kernel always refuses.
    */
-  updateMirrors(mirrors: MirrorConfig[]): void {
-    if (this.stopping) throw Object.assign(new Error('engine stopped'), { code: 'EKSTREAMS_ENGINE_STOPPED' });
-    addon().engineUpdateMirrors(this.handle, mirrors);
+  update(settings: EngineSettings): void {
+    if (this.ending) throw stoppedError();
+    this.effectivePipeSize = addon().engineUpdate(this.handle, settings);
   }
 
-  /** Closes the listener and every connection and joins the threads. Idempotent. */
-  stop(): Promise<void> {
-    this.stopping ??= addon().engineStop(this.handle) as Promise<void>;
-    return this.stopping;
+  /**
+   * Stops accepting (detach the interception first, so new connections reach the app directly; what is
+   * already in the listen backlog is still accepted and served), keeps moving live connections until
+   * they end or `timeoutMs` passes, then resets what is left both ways (RST) and joins the threads.
+   * Idempotent: a later drain() or stop() returns the same promise unless stop() cuts it short.
+   */
+  drain(timeoutMs: number): Promise<DrainResult> {
+    this.ending ??= addon().engineDrain(this.handle, timeoutMs);
+    return this.ending;
+  }
+
+  /**
+   * Resets every live connection at once (RST both ways, never a FIN after a truncated stream), closes the
+   * listener and joins the threads. During a drain it ends the drain now. Idempotent.
+   */
+  stop(): Promise<DrainResult> {
+    const stopped = addon().engineStop(this.handle);
+    this.ending ??= stopped;
+    return stopped;
   }
 }
 
@@ -64,5 +95,5 @@ export class Engine {
  * uses: a connection goes to a target when samplingBucket(...) < samplingPercent * 100.
  */
 export function samplingBucket(src: Endpoint, dst: Endpoint): number {
-  return addon().samplingBucket(src, dst) as number;
+  return addon().samplingBucket(src, dst);
 }

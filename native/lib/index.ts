@@ -2,4 +2,4 @@
 export * from './types.js';
 export { Interception, DEFAULT_BYPASS_SOURCE, type InterceptionCounters } from './interception.js';
 export { probeKernelFeatures, describeKernelProbe, type RawKernelProbe } from './kernel.js';
-export { Engine, samplingBucket } from './engine.js';
+export { Engine, samplingBucket, DEFAULT_MIRROR_BUFFER_BUDGET } from './engine.js';

@@ -3,6 +3,7 @@
 // never pinned: it lives with this process's file descriptors, so if the process dies the kernel detaches
 // it and the app's port works as if we had never been there (fail-open). See docs/adr/0001.
 import { addon } from './addon.js';
+import type { RawInterception as NativeInterception } from './raw.js';
 import { DEFAULT_UPSTREAM_SOURCE_V4, sourcesPerFamily, type InterceptionConfig } from './types.js';
 
 /** @deprecated the IPv4 half of DEFAULT_UPSTREAM_SOURCES, kept for existing imports. */
@@ -20,13 +21,6 @@ export interface InterceptionCounters {
   assignFailed: number;
 }
 
-interface NativeInterception {
-  readonly linkId: number;
-  readonly programId: number;
-  readonly mapIds: number[];
-  counters(): InterceptionCounters;
-  detach(): void;
-}
 
 export class Interception {
   private handle: NativeInterception | undefined;
@@ -48,8 +42,7 @@ export class Interception {
    * CAP_NET_ADMIN), EKSTREAMS_BPF_LOAD (the kernel refused the program; the libbpf log is in the message).
    */
   static attach(config: InterceptionConfig): Interception {
-    const Native = addon()['Interception'] as new (options: object) => NativeInterception;
-    const handle = new Native({
+    const handle = new (addon().Interception)({
       netnsPath: config.netnsPath,
       port: config.port,
       listenerFd: config.listenerFd,

@@ -68,6 +68,6 @@ export function describeKernelProbe(raw: RawKernelProbe): KernelFeatures {
 
 /** Probes this kernel with the privileges of this process (a probe the sidecar runs at start-up). */
 export function probeKernelFeatures(): KernelFeatures {
-  const probe = addon()['probeKernelFeatures'] as () => RawKernelProbe;
+  const probe = addon().probeKernelFeatures;
   return describeKernelProbe(probe());
 }

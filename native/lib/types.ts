@@ -40,7 +40,38 @@ export interface MirrorConfig {
   samplingPercent: number;
 }
 
-export interface EngineConfig {
+/**
+ * What a running engine may change for the connections it accepts from then on (Engine.update). Live
+ * connections keep the settings they were opened with: a mirror keeps its target, pipes and buffer.
+ */
+export interface EngineSettings {
+  mirrors: MirrorConfig[];
+  /**
+   * Bytes of each kernel pipe (primary and per mirror connection): bounds memory per connection. Without
+   * CAP_SYS_RESOURCE a size above fs.pipe-max-size (1 MiB by default) is refused (start() throws, update()
+   * throws and keeps the previous size); within it, a size the per-user pipe budget cannot grant degrades
+   * per connection (EngineStats.pipeResizeFailures, TargetStats.connectionsSkipped) instead of failing.
+   * Pipes are taken from a per-worker pool when bytes arrive and returned when they are empty, so idle
+   * connections hold none. See docs/adr/0003-stream-engine.md.
+   */
+  pipeSize: number;
+  /**
+   * Turn pacing of mirrors (docs/adr/0005-turn-paced-mirrors.md): client bytes that the client sent after
+   * the app had answered are released to a mirror once that mirror's target has answered the previous
+   * turn, or after this many milliseconds (counted in TargetStats.turnWaitsExpired). 0 turns pacing off:
+   * bytes go to the mirror as soon as they are copied (for targets that never answer, e.g. a recorder).
+   */
+  turnTimeoutMs: number;
+  /**
+   * Send buffer (SO_SNDBUF) a lagging mirror connection may grow to: its slack beyond its pipe, in kernel
+   * socket memory. Mirror sockets start at the kernel's default and grow to this size when they first
+   * fall behind, as long as the engine's mirrorBufferBudget has room; the kernel doubles the value for
+   * its bookkeeping.
+   */
+  mirrorBufferSize: number;
+}
+
+export interface EngineConfig extends EngineSettings {
   /**
    * The network namespace whose sockets the engine creates (listener, upstream and mirror connections):
    * a path such as /run/netns/NAME or /proc/PID/ns/net. Undefined: the namespace of the calling process.
@@ -64,18 +95,26 @@ export interface EngineConfig {
   upstreamSources?: string[];
   /** One source that replaces the default of its own family; ignored when upstreamSources is set. */
   upstreamSource?: string;
-  mirrors: MirrorConfig[];
-  /**
-   * Bytes of each kernel pipe (primary and per mirror connection): bounds memory per connection. Without
-   * CAP_SYS_RESOURCE a size above fs.pipe-max-size (1 MiB by default) fails start(); within it, a size the
-   * per-user pipe budget cannot grant degrades per connection (EngineStats.pipeResizeFailures,
-   * TargetStats.connectionsSkipped) instead of failing. See docs/adr/0003-stream-engine.md.
-   */
-  pipeSize: number;
   /** How long a mirror connect may take before that mirror connection is counted as failed. */
   mirrorConnectTimeoutMs: number;
+  /**
+   * Engine-wide cap on the send-buffer memory that mirror connections may grow into beyond the kernel's
+   * default (see mirrorBufferSize): many lagging mirrors cannot add up to node-wide TCP memory pressure.
+   * Default 64 MiB.
+   */
+  mirrorBufferBudget?: number;
   /** Number of epoll worker threads. Default 1. */
   threads?: number;
+}
+
+/** How a drain ended (Engine.drain). */
+export interface DrainResult {
+  /** Connections that ended by themselves (both sides closed) during the drain. */
+  drained: number;
+  /** Connections still open at the deadline: reset both ways (RST), never closed with FIN. */
+  reset: number;
+  /** Milliseconds the drain took. */
+  ms: number;
 }
 
 export interface TargetStats {
@@ -96,18 +135,33 @@ export interface TargetStats {
   connectionsSkipped: number;
   /** Mirror connections currently open. */
   connectionsActive: number;
-  /** Bytes written to this target's sockets. */
+  /**
+   * Bytes that reached this target: written to its sockets, less what a cut's reset threw away unsent
+   * or unacknowledged (SIOCOUTQ at the cut).
+   */
   bytesMirrored: number;
   /** Primary bytes that this target did not get (after a cut or a failed connect, for sampled connections). */
   bytesDropped: number;
+  /** Turns released to this target because its answer to the previous turn did not come within turnTimeoutMs. */
+  turnWaitsExpired: number;
 }
 
 export interface EngineStats {
   connectionsAccepted: number;
   connectionsActive: number;
   connectionsClosed: number;
-  /** Accepted connections whose upstream (app) connect failed: the client got a reset. */
+  /** Accepted connections whose upstream (app) connect failed (refused, unreachable): the client got a reset. */
   upstreamConnectFailures: number;
+  /**
+   * Accepted connections the engine could not set up for want of a resource (pipe, socket, epoll
+   * registration: ENFILE, EMFILE, ENOMEM): the client got a reset. Not the app's fault.
+   */
+  setupFailures: number;
+  /**
+   * Connections reset both ways (RST to the client and the app) because they were still open when a drain's
+   * deadline passed or stop() was called: never closed with FIN after a truncated stream.
+   */
+  connectionsReset: number;
   /**
    * Times a worker stopped taking new connections for 100 ms because the process (or the system) was
    * out of file descriptors: connections then wait in the listen backlog instead of being refused.
@@ -124,6 +178,17 @@ export interface EngineStats {
   bytesClientToApp: number;
   /** App -> client bytes delivered to the client. */
   bytesAppToClient: number;
+  /** Kernel pipes held now by connections (in use), and idle in the workers' pools. */
+  pipesInUse: number;
+  pipesPooled: number;
+  /** Bytes of pipe capacity (F_GETPIPE_SZ) of those pipes: the engine's share of the per-uid pipe budget. */
+  pipeBytesInUse: number;
+  pipeBytesPooled: number;
+  /** Send-buffer bytes granted to lagging mirror connections now, out of mirrorBufferBudget. */
+  mirrorBufferInUse: number;
+  mirrorBufferBudget: number;
+  /** Grows of a lagging mirror's send buffer refused because mirrorBufferBudget was used up. */
+  mirrorBufferDenied: number;
   targets: TargetStats[];
 }
 

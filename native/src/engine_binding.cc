@@ -1,8 +1,9 @@
-// JS binding of the stream engine. Exports:
+// JS binding of the stream engine (declared for TypeScript in native/lib/raw.ts). Exports:
 //   engineStart(config) -> { handle, listenHost, listenPort, listenerFd, pipeSize }
 //   engineStats(handle) -> EngineStats
-//   engineUpdateMirrors(handle, mirrors)
-//   engineStop(handle) -> Promise<void>     (joins the workers off the JS thread)
+//   engineUpdate(handle, settings) -> effective pipe size (settings for new connections)
+//   engineDrain(handle, timeoutMs) -> Promise<DrainResult>   (off the JS thread)
+//   engineStop(handle) -> Promise<DrainResult>               (resets live connections; off the JS thread)
 //   samplingBucket(src, dst) -> 0..9999      (src, dst: {host, port})
 // The handle is an External; if it is collected (or the environment ends) while running, the engine is
 // stopped there, so worker threads never outlive what started them.
@@ -11,7 +12,7 @@
 #include <cmath>
 #include <memory>
 
-#include "engine.h"
+#include "engine/engine.h"
 #include "errors.h"
 
 namespace kstreams {
@@ -57,7 +58,8 @@ bool ReadEndpoint(Napi::Env env, Napi::Value v, const std::string& name, engine:
   return true;
 }
 
-bool ReadMirrors(Napi::Env env, Napi::Value v, std::vector<engine::MirrorTarget>* out) {
+bool ReadMirrors(Napi::Env env, Napi::Value v, engine::Settings* settings) {
+  std::vector<engine::MirrorTarget>* out = &settings->mirrors;
   if (!v.IsArray()) {
     ArgumentError(env, "mirrors", "an array of MirrorConfig").ThrowAsJavaScriptException();
     return false;
@@ -96,15 +98,38 @@ bool ReadMirrors(Napi::Env env, Napi::Value v, std::vector<engine::MirrorTarget>
   return true;
 }
 
-bool ReadPositive(Napi::Env env, Napi::Object o, const char* key, bool required, uint32_t* out) {
+bool ReadInteger(Napi::Env env, Napi::Object o, const std::string& prefix, const char* key, bool required, double min,
+                 double max, double* out) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined() && !required) return true;
   double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-  if (!(d >= 1 && d <= 2147483647 && std::floor(d) == d)) {
-    ArgumentError(env, std::string("config.") + key, "a positive integer").ThrowAsJavaScriptException();
+  if (!(d >= min && d <= max && std::floor(d) == d)) {
+    std::string range = min == 1 ? "a positive integer" : "an integer " + std::to_string(uint64_t(min)) + "..";
+    if (min != 1) range += std::to_string(uint64_t(max));
+    ArgumentError(env, prefix + key, range).ThrowAsJavaScriptException();
     return false;
   }
+  *out = d;
+  return true;
+}
+
+bool ReadPositive(Napi::Env env, Napi::Object o, const char* key, bool required, uint32_t* out) {
+  double d = *out;
+  if (!ReadInteger(env, o, "config.", key, required, 1, 2147483647, &d)) return false;
   *out = uint32_t(d);
+  return true;
+}
+
+// The live settings (engineStart's config carries them too).
+bool ReadSettings(Napi::Env env, Napi::Object o, const std::string& prefix, engine::Settings* out) {
+  if (!ReadMirrors(env, o.Get("mirrors"), out)) return false;
+  double pipe = 0, turn = 0, buffer = 0;
+  if (!ReadInteger(env, o, prefix, "pipeSize", true, 1, 2147483647, &pipe)) return false;
+  if (!ReadInteger(env, o, prefix, "turnTimeoutMs", true, 0, 3600000, &turn)) return false;
+  if (!ReadInteger(env, o, prefix, "mirrorBufferSize", true, 1, 1 << 30, &buffer)) return false;
+  out->pipeSize = uint32_t(pipe);
+  out->turnTimeoutMs = uint32_t(turn);
+  out->mirrorBufferSize = uint32_t(buffer);
   return true;
 }
 
@@ -174,9 +199,11 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
       if (engine::ParseAddress(s, 0, &d) && d.family() == a.family()) s = text;
     }
   }
-  if (!ReadMirrors(env, o.Get("mirrors"), &cfg.mirrors)) return env.Undefined();
-  if (!ReadPositive(env, o, "pipeSize", true, &cfg.pipeSize)) return env.Undefined();
+  if (!ReadSettings(env, o, "config.", &cfg.settings)) return env.Undefined();
   if (!ReadPositive(env, o, "mirrorConnectTimeoutMs", true, &cfg.mirrorConnectTimeoutMs)) return env.Undefined();
+  double budget = double(cfg.mirrorBufferBudget);
+  if (!ReadInteger(env, o, "config.", "mirrorBufferBudget", false, 0, 1ull << 40, &budget)) return env.Undefined();
+  cfg.mirrorBufferBudget = uint64_t(budget);
   if (!ReadPositive(env, o, "threads", false, &cfg.threads)) return env.Undefined();
   if (cfg.threads > 64) {
     ArgumentError(env, "config.threads", "at most 64").ThrowAsJavaScriptException();
@@ -218,10 +245,21 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("connectionsActive", double(s.connectionsActive));
   o.Set("connectionsClosed", double(s.connectionsClosed));
   o.Set("upstreamConnectFailures", double(s.upstreamConnectFailures));
+  o.Set("setupFailures", double(s.setupFailures));
+  o.Set("connectionsReset", double(s.connectionsReset));
+  o.Set("resetFailures", double(s.resetFailures));
   o.Set("acceptPauses", double(s.acceptPauses));
   o.Set("pipeResizeFailures", double(s.pipeResizeFailures));
   o.Set("bytesClientToApp", double(s.bytesClientToApp));
   o.Set("bytesAppToClient", double(s.bytesAppToClient));
+  o.Set("pipesInUse", double(s.pipesInUse));
+  o.Set("pipesPooled", double(s.pipesPooled));
+  o.Set("pipeBytesInUse", double(s.pipeBytesInUse));
+  o.Set("pipeBytesPooled", double(s.pipeBytesPooled));
+  o.Set("mirrorBufferInUse", double(s.mirrorBufferInUse));
+  o.Set("mirrorBufferBudget", double(s.mirrorBufferBudget));
+  o.Set("mirrorBufferDenied", double(s.mirrorBufferDenied));
+  o.Set("workerFailures", double(s.workerFailures));
   Napi::Array targets = Napi::Array::New(env, s.targets.size());
   for (size_t i = 0; i < s.targets.size(); i++) {
     const engine::TargetStats& t = s.targets[i];
@@ -234,40 +272,78 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     to.Set("connectionsActive", double(t.connectionsActive));
     to.Set("bytesMirrored", double(t.bytesMirrored));
     to.Set("bytesDropped", double(t.bytesDropped));
+    to.Set("turnWaitsExpired", double(t.turnWaitsExpired));
     targets.Set(uint32_t(i), to);
   }
   o.Set("targets", targets);
   return o;
 }
 
-Napi::Value UpdateMirrors(const Napi::CallbackInfo& info) {
+Napi::Value Update(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   EngineBox* box = Unbox(info);
   if (!box) return env.Undefined();
-  std::vector<engine::MirrorTarget> mirrors;
-  if (!ReadMirrors(env, info[1], &mirrors)) return env.Undefined();
-  box->engine->UpdateMirrors(mirrors);
-  return env.Undefined();
+  if (info.Length() < 2 || !info[1].IsObject()) {
+    ArgumentError(env, "settings", "an EngineSettings object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  engine::Settings settings;
+  if (!ReadSettings(env, info[1].As<Napi::Object>(), "settings.", &settings)) return env.Undefined();
+  engine::StartError error;
+  if (!box->engine->Update(settings, &error)) {
+    ErrnoError(env, error.err, error.syscall.c_str(), error.what).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, box->engine->pipeSize());
 }
 
-class StopWorker : public Napi::AsyncWorker {
+// Drain and stop block until the workers are joined: off the JS thread.
+class EndWorker : public Napi::AsyncWorker {
  public:
-  StopWorker(Napi::Env env, std::shared_ptr<Engine> engine)
-      : Napi::AsyncWorker(env), engine_(std::move(engine)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  EndWorker(Napi::Env env, std::shared_ptr<Engine> engine, bool drain, uint32_t timeoutMs)
+      : Napi::AsyncWorker(env),
+        engine_(std::move(engine)),
+        drain_(drain),
+        timeoutMs_(timeoutMs),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { engine_->Stop(); }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void Execute() override { result_ = drain_ ? engine_->Drain(timeoutMs_) : engine_->Stop(); }
+  void OnOK() override {
+    Napi::Object r = Napi::Object::New(Env());
+    r.Set("drained", double(result_.drained));
+    r.Set("reset", double(result_.reset));
+    r.Set("ms", double(result_.ms));
+    deferred_.Resolve(r);
+  }
 
  private:
   std::shared_ptr<Engine> engine_;
+  bool drain_;
+  uint32_t timeoutMs_;
+  engine::DrainResult result_;
   Napi::Promise::Deferred deferred_;
 };
+
+Napi::Value Drain(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  EngineBox* box = Unbox(info);
+  if (!box) return env.Undefined();
+  double ms = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+  if (!(ms >= 0 && ms <= 86400000 && std::floor(ms) == ms)) {
+    ArgumentError(env, "timeoutMs", "an integer 0..86400000").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto* worker = new EndWorker(env, box->engine, true, uint32_t(ms));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
 
 Napi::Value Stop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   EngineBox* box = Unbox(info);
   if (!box) return env.Undefined();
-  auto* worker = new StopWorker(env, box->engine);
+  auto* worker = new EndWorker(env, box->engine, false, 0);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -286,7 +362,8 @@ Napi::Value Bucket(const Napi::CallbackInfo& info) {
 Napi::Object InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineStart", Napi::Function::New(env, Start, "engineStart"));
   exports.Set("engineStats", Napi::Function::New(env, Stats, "engineStats"));
-  exports.Set("engineUpdateMirrors", Napi::Function::New(env, UpdateMirrors, "engineUpdateMirrors"));
+  exports.Set("engineUpdate", Napi::Function::New(env, Update, "engineUpdate"));
+  exports.Set("engineDrain", Napi::Function::New(env, Drain, "engineDrain"));
   exports.Set("engineStop", Napi::Function::New(env, Stop, "engineStop"));
   exports.Set("samplingBucket", Napi::Function::New(env, Bucket, "samplingBucket"));
   return exports;

@@ -54,10 +54,14 @@ describe('a short splice is trusted as "drained" only when it proves it', () => 
       upstream: { host: '127.0.0.1', port: app.port },
       mirrors: [{ name: 'm', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
       pipeSize: 64 * 1024,
-      mirrorConnectTimeoutMs: 2000,
+      mirrorConnectTimeoutMs: 2000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     });
     engines.push(e);
     const client = await connect(e.listenAddress.port);
+    // A mirror that is still connecting holds only its pipe's 16 slots: 16 one-byte segments. Wait for
+    // its connection so that this test is about the primary's reads, not about a mirror cut while
+    // connecting (tested elsewhere).
+    await until('the mirror connection', () => mirror.conns.length === 1);
     const sent: number[] = [];
     for (let round = 0; round < 20; round++) {
       for (let i = 0; i < 200; i++) {
@@ -82,7 +86,7 @@ describe('a short splice is trusted as "drained" only when it proves it', () => 
       upstream: { host: '127.0.0.1', port: app.port },
       mirrors: [],
       pipeSize: 1 << 20,
-      mirrorConnectTimeoutMs: 2000,
+      mirrorConnectTimeoutMs: 2000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     });
     engines.push(e);
     for (let i = 0; i < 50; i++) {

@@ -47,7 +47,7 @@ afterAll(async () => {
 });
 
 function start(config: Partial<EngineConfig> & Pick<EngineConfig, 'upstream'>): Engine {
-  const e = Engine.start({ netnsPath: pod.path, mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 1000, ...config });
+  const e = Engine.start({ netnsPath: pod.path, mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20, ...config });
   engines.push(e);
   return e;
 }
@@ -98,8 +98,8 @@ describe('the engine forwards and mirrors byte-exact streams', () => {
     expect(c.sha).toBe(a!.sentSha);
     const s = await settled(e, 1);
     expect(s.targets).toEqual([
-      { name: 'm1', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0 },
-      { name: 'm2', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0 },
+      { name: 'm1', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0 },
+      { name: 'm2', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0 },
     ]);
     for (const m of [r1!, r2!]) expect({ bytes: m.bytes, sha: m.sha }).toEqual({ bytes: 300 * MB, sha: c.sentSha });
     expect(s).toMatchObject({ connectionsAccepted: 1, bytesClientToApp: 300 * MB, bytesAppToClient: 50 * MB });
@@ -281,7 +281,7 @@ describe('memory', () => {
       upstream: { host: '127.0.0.1', port: app.port },
       mirrors: [mirror('slow', slow.port)],
       pipeSize: MB,
-      mirrorConnectTimeoutMs: 1000,
+      mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     };
     const child = new Peer(pod.spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'pipe'] }));
     peers.push(child);
@@ -331,7 +331,7 @@ describe('when the engine process runs out of file descriptors', () => {
   it('stops polling the listener instead of spinning, resets no one, and serves the backlog once fds free up', async () => {
     const app = await server(pod, '127.0.0.1');
     const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
-    const config: EngineConfig = { netnsPath: pod.path, upstream: { host: '127.0.0.1', port: app.port }, mirrors: [], pipeSize: 64 * 1024, mirrorConnectTimeoutMs: 1000 };
+    const config: EngineConfig = { netnsPath: pod.path, upstream: { host: '127.0.0.1', port: app.port }, mirrors: [], pipeSize: 64 * 1024, mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 };
     // 128 fds: Node keeps ~30, each proxied connection takes 6 (2 sockets, 2 pipes), the reserve 8: room
     // for about 15 of the 60 connections; the rest queue in the listen backlog.
     const child = new Peer(pod.spawn('prlimit', ['--nofile=128:128', process.execPath, script, JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'pipe'] }));
@@ -373,7 +373,7 @@ describe('when the engine process runs out of file descriptors', () => {
 });
 
 describe('lifecycle', () => {
-  it('updateMirrors applies to new connections only, and stats per target survive it', async () => {
+  it('update() applies to new connections only, and stats per target survive it', async () => {
     const app = await server(pod, '127.0.0.1', ['--respond', '10']);
     const m1 = await server(staging, stagingAddress);
     const m2 = await server(staging, stagingAddress);
@@ -383,7 +383,7 @@ describe('lifecycle', () => {
       'client', '--host', podAddress, '--port', String(e.listenAddress.port), '--bytes', String(8 * MB), '--rate', String(4 * MB)]));
     peers.push(long);
     await until('the long connection is mirrored', () => target(e, 'm1').connectionsActive === 1);
-    e.updateMirrors([mirror('m2', m2.port)]);
+    e.update({ mirrors: [mirror('m2', m2.port)], pipeSize: MB, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 });
     const short = await runClient(clients, podAddress, e.listenAddress.port, ['--bytes', '1000']);
     const [done] = await long.waitFor<ClientReport>('done');
     const s = await settled(e, 2);
@@ -394,25 +394,26 @@ describe('lifecycle', () => {
     expect(atM1).toMatchObject({ bytes: 8 * MB, sha: done!.conns[0]!.sentSha });
     expect(atM2).toMatchObject({ bytes: 1000, sha: short.conns[0]!.sentSha });
     // m1 comes back: its counters were kept.
-    e.updateMirrors([mirror('m1', m1.port), mirror('m2', m2.port)]);
+    e.update({ mirrors: [mirror('m1', m1.port), mirror('m2', m2.port)], pipeSize: MB, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 });
     expect(target(e, 'm1')).toMatchObject({ connectionsMirrored: 1, bytesMirrored: 8 * MB });
   });
 
-  it('stop() closes the listener and every connection and leaves no fd behind; it is idempotent', async () => {
+  it('stop() resets every connection (never a FIN after a truncated stream), closes the listener, leaves no fd behind; it is idempotent', async () => {
     const app = await server(pod, '127.0.0.1');
     const m = await server(staging, stagingAddress);
     const fdsBefore = openFds();
-    const e = Engine.start({ netnsPath: pod.path, upstream: { host: '127.0.0.1', port: app.port }, mirrors: [mirror('m', m.port)], pipeSize: MB, mirrorConnectTimeoutMs: 1000, threads: 2 });
+    const e = Engine.start({ netnsPath: pod.path, upstream: { host: '127.0.0.1', port: app.port }, mirrors: [mirror('m', m.port)], pipeSize: MB, mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20, threads: 2 });
     const client = new Peer(clients.spawn(process.execPath, [fileURLToPath(new URL('./fixtures/engine-peer.mjs', import.meta.url)),
       'client', '--host', podAddress, '--port', String(e.listenAddress.port), '--conns', '20', '--bytes', String(64 * MB), '--rate', String(8 * MB)]));
     peers.push(client);
     await until('20 connections open', () => e.stats().connectionsActive === 20);
-    expect(openFds()).toBeGreaterThan(fdsBefore + 20 * 9);
+    // Client, app and mirror sockets; pipes are held only while bytes are in them.
+    expect(openFds()).toBeGreaterThan(fdsBefore + 20 * 3);
     await Promise.all([e.stop(), e.stop()]);
     await e.stop();
     const [r] = await client.waitFor<ClientReport>('done');
-    // The client's connections ended early (its 64 MB each could not have passed at 8 MB/s).
-    expect(r!.conns.every((c) => c.bytes === 0 && (c.error !== undefined || c.gotEof))).toBe(true);
+    // The client's connections ended early (its 64 MB each could not have passed at 8 MB/s), with a reset.
+    expect(r!.conns.every((c) => c.bytes === 0 && c.error !== undefined && !c.gotEof)).toBe(true);
     // Its stdio pipes are fds of this process too: count after it is gone.
     if (client.child.exitCode === null) await new Promise((res) => client.child.once('exit', res));
     await until('fds back to where they were', () => openFds() <= fdsBefore);
@@ -423,7 +424,7 @@ describe('lifecycle', () => {
   it('start() fails with errno and syscall for a missing namespace and a taken port', () => {
     const missing = (() => {
       try {
-        Engine.start({ netnsPath: '/run/netns/does-not-exist', upstream: { host: '127.0.0.1', port: 1 }, mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 100 });
+        Engine.start({ netnsPath: '/run/netns/does-not-exist', upstream: { host: '127.0.0.1', port: 1 }, mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 100, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 });
       } catch (err) {
         return err as NativeError;
       }

@@ -48,7 +48,7 @@ describe('interception in front of the real engine', () => {
       upstream: 'original-destination',
       mirrors: [],
       pipeSize: 65_536,
-      mirrorConnectTimeoutMs: 1_000,
+      mirrorConnectTimeoutMs: 1, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20_000,
     });
     interception = Interception.attach({ netnsPath: pod.path, port: APP_PORT, listenerFd: engine.listenerFd });
 

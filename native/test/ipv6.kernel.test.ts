@@ -54,7 +54,7 @@ function tap(appPort: number, extra: Partial<EngineConfig> = {}, bypass: Partial
     upstream: 'original-destination',
     mirrors: [],
     pipeSize: MB,
-    mirrorConnectTimeoutMs: 1000,
+    mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     ...extra,
   });
   engines.push(engine);
@@ -74,7 +74,7 @@ describe('the shared source defaults', () => {
 
   it('the engine refuses two upstream sources of one family', () => {
     expect(() =>
-      Engine.start({ upstream: 'original-destination', upstreamSources: ['::1', '::2'], mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 100 }),
+      Engine.start({ upstream: 'original-destination', upstreamSources: ['::1', '::2'], mirrors: [], pipeSize: MB, mirrorConnectTimeoutMs: 100, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 }),
     ).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringMatching(/at most one upstream source per address family/) }));
   });
 });

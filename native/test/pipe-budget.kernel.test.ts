@@ -73,7 +73,7 @@ async function unprivilegedEngine(config: Omit<EngineConfig, 'netnsPath'>): Prom
 const samples = (p: Peer) => p.lines.filter((x) => x.event === 'sample') as unknown as Sample[];
 
 describe('the per-user pipe budget', () => {
-  it('running out of it degrades pipes and skips mirrors, and never resets a client', async () => {
+  it('more slow mirrored connections than full-size pipes would fit: pooled pipes mirror them all, none skipped or reset', async () => {
     const soft = sysctl('pipe-user-pages-soft');
     // Per mirrored connection at 1 MiB: P = 256 KiB, R = 1 MiB, M = 1 MiB.
     const perConn = (MB / 4 + MB + MB) / PAGE;
@@ -91,7 +91,7 @@ describe('the per-user pipe budget', () => {
       upstream: { host: '127.0.0.1', port: app.port },
       mirrors: [{ name: 'm', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
       pipeSize: MB,
-      mirrorConnectTimeoutMs: 5000,
+      mirrorConnectTimeoutMs: 5000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     });
     // Long-lived: 256 KiB each at 64 KiB/s, ~4 s, so all connections are open at the same time.
     const bytes = 256 * KB;
@@ -115,16 +115,15 @@ describe('the per-user pipe budget', () => {
     const atApp = await app.peer.waitFor<ConnReport>('conn', conns);
     expect(atApp.map((c) => c.sha).sort()).toEqual(r!.conns.map((c) => c.sentSha).sort());
     expect(end).toMatchObject({ connectionsAccepted: conns, upstreamConnectFailures: 0 });
-    // They were open at once, beyond the budget: some mirrors were skipped, some primaries degraded.
+    // They were open at once, more than the budget holds at full size (before pooling, 12 of them were
+    // skipped here): a connection holds pipes only while bytes are in them, so every one is mirrored.
     expect(peak).toBe(conns);
-    expect(t.connectionsSkipped).toBeGreaterThan(0);
-    expect(end.pipeResizeFailures).toBeGreaterThan(0);
-    // Every sampled connection is either mirrored or skipped, and what was skipped is counted as dropped.
-    expect(t.connectionsMirrored + t.connectionsSkipped).toBe(conns);
-    expect(t.connectionsMirrored).toBeGreaterThan(0);
-    expect(t.connectionsCut + t.connectFailures).toBe(0);
-    expect(t.bytesMirrored).toBe(t.connectionsMirrored * bytes);
-    expect(t.bytesDropped).toBe(t.connectionsSkipped * bytes);
+    const peakPipeBytes = Math.max(...samples(child).map((x) => x.stats.pipeBytesInUse + x.stats.pipeBytesPooled));
+    console.log(`peak pipe capacity held: ${(peakPipeBytes / MB).toFixed(1)} MiB for ${conns} connections (budget ${(soft * PAGE) / MB} MiB)`);
+    expect(peakPipeBytes).toBeLessThan(soft * PAGE);
+    expect(t).toMatchObject({ connectionsMirrored: conns, connectionsSkipped: 0, connectionsCut: 0, connectFailures: 0 });
+    expect(t.bytesMirrored).toBe(conns * bytes);
+    expect(t.bytesDropped).toBe(0);
     // The mirrors that were opened got exact copies.
     const atMirror = await mirror.peer.waitFor<ConnReport>('conn', t.connectionsMirrored);
     const sent = new Set(r!.conns.map((c) => c.sentSha));
@@ -150,7 +149,7 @@ describe('the per-user pipe budget', () => {
       upstream: { host: '127.0.0.1', port: app.port },
       mirrors: [{ name: 'm', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
       pipeSize: MB,
-      mirrorConnectTimeoutMs: 5000,
+      mirrorConnectTimeoutMs: 5000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
     });
     const conns = 5;
     const bytes = 4 * MB;
@@ -175,7 +174,7 @@ describe('the per-user pipe budget', () => {
   it('a pipeSize above fs.pipe-max-size fails start() for an unprivileged engine, with the reason', async () => {
     const max = sysctl('pipe-max-size');
     const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
-    const config = { listen: { host: '127.0.0.1', port: 0 }, upstream: { host: '127.0.0.1', port: 9 }, mirrors: [], pipeSize: max * 2, mirrorConnectTimeoutMs: 1000 };
+    const config = { listen: { host: '127.0.0.1', port: 0 }, upstream: { host: '127.0.0.1', port: 9 }, mirrors: [], pipeSize: max * 2, mirrorConnectTimeoutMs: 1000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20 };
     const child = new Peer(
       pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', process.execPath, script, JSON.stringify(config)], {
         stdio: ['pipe', 'pipe', 'pipe'],

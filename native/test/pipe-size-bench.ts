@@ -23,7 +23,7 @@ try {
         const e = Engine.start({
           netnsPath: ns.path, listen: { host: '127.0.0.1', port: 0 }, upstream: { host: '127.0.0.1', port: app.port },
           mirrors: mirror ? [{ name: 'm', host: '127.0.0.1', port: mir.port, samplingPercent: 100 }] : [],
-          pipeSize: size, mirrorConnectTimeoutMs: 3000,
+          pipeSize: size, mirrorConnectTimeoutMs: 3000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
         });
         const cpu0 = process.cpuUsage();
         const appSeen = app.peer.lines.filter((l) => l.event === 'conn').length;

@@ -1,0 +1,48 @@
+// The raw surface of kstreams.node, declared once (what native/src/*_binding.cc export). native/lib's
+// classes wrap it; nothing else in the project sees it.
+import type { DrainResult, Endpoint, EngineConfig, EngineSettings, EngineStats } from './types.js';
+import type { InterceptionCounters } from './interception.js';
+import type { RawKernelProbe } from './kernel.js';
+
+/** An opaque engine handle (a napi External); the engine stops when it is collected. */
+export type RawEngineHandle = { readonly __brand: 'kstreams.EngineHandle' };
+
+export interface RawEngineStart {
+  handle: RawEngineHandle;
+  listenHost: string;
+  listenPort: number;
+  listenerFd: number;
+  pipeSize: number;
+}
+
+/** EngineConfig as the addon takes it: sources already resolved to one list. */
+export type RawEngineConfig = Omit<EngineConfig, 'upstreamSource' | 'upstreamSources'> & { upstreamSources: string[] };
+
+export interface RawInterceptionOptions {
+  netnsPath: string | undefined;
+  port: number;
+  listenerFd: number;
+  bypassSources: string[];
+}
+
+export interface RawInterception {
+  readonly linkId: number;
+  readonly programId: number;
+  readonly mapIds: number[];
+  counters(): InterceptionCounters;
+  detach(): void;
+}
+
+export interface RawAddon {
+  engineStart(config: RawEngineConfig): RawEngineStart;
+  engineStats(handle: RawEngineHandle): EngineStats;
+  /** Settings for connections accepted from now on; resolves to the effective pipe size. */
+  engineUpdate(handle: RawEngineHandle, settings: EngineSettings): number;
+  /** Stops accepting, lets live connections end until timeoutMs, resets the rest, joins the workers. */
+  engineDrain(handle: RawEngineHandle, timeoutMs: number): Promise<DrainResult>;
+  /** Resets every live connection (RST both ways) and joins the workers. */
+  engineStop(handle: RawEngineHandle): Promise<DrainResult>;
+  samplingBucket(src: Endpoint, dst: Endpoint): number;
+  Interception: new (options: RawInterceptionOptions) => RawInterception;
+  probeKernelFeatures(): RawKernelProbe;
+}

@@ -1,0 +1,66 @@
+// What the engine is asked to do: the start-up configuration, and the settings that may change while it
+// runs (they apply to connections accepted from then on).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "address.h"
+#include "counters.h"
+
+namespace kstreams {
+namespace engine {
+
+struct MirrorTarget {
+  std::string name;
+  SockAddr address;
+  double samplingPercent = 100;  // 0..100
+};
+
+// Live settings (Engine::Update).
+struct Settings {
+  std::vector<MirrorTarget> mirrors;
+  uint32_t pipeSize = 1 << 20;
+  // A mirror's next turn waits this long for the target's answer to the previous one; 0: no pacing.
+  uint32_t turnTimeoutMs = 1000;
+  // SO_SNDBUF a lagging mirror connection may grow to, within the engine's mirrorBufferBudget.
+  uint32_t mirrorBufferSize = 4u << 20;
+};
+
+struct Config {
+  std::string netnsPath;  // empty: the caller's namespace
+  SockAddr listen;        // family 0: dual-stack [::]:0
+  bool upstreamOriginalDestination = false;
+  SockAddr upstream;      // when !upstreamOriginalDestination
+  // Bound (with IP_FREEBIND / IPV6_FREEBIND) as the source of upstream connections, at most one per
+  // family; an upstream of a family without one is left unbound. The sk_lookup program lets these
+  // sources through to the app, so the defaults must equal its bypass defaults (native/lib/types.ts
+  // DEFAULT_UPSTREAM_SOURCES). 127.0.0.6 reaches the pod's non-loopback IPv4 addresses (local routes go
+  // through lo), and ::1 its non-loopback IPv6 addresses (measured, docs/adr/0004-ipv6-bypass.md).
+  // Loopback sources cannot reach a remote upstream: pass none for that.
+  std::vector<std::string> upstreamSources = {"127.0.0.6", "::1"};
+  Settings settings;
+  uint32_t mirrorConnectTimeoutMs = 3000;
+  uint64_t mirrorBufferBudget = 64u << 20;
+  uint32_t threads = 1;
+};
+
+// A target as the workers use it: address, sampling threshold and its (persistent) counters.
+struct ActiveTarget {
+  SockAddr address;
+  uint32_t threshold;  // mirrored when bucket < threshold
+  std::shared_ptr<TargetCounters> counters;
+};
+
+// The settings a new connection is opened with, resolved; shared by the workers, replaced whole.
+struct ActiveSettings {
+  std::vector<ActiveTarget> targets;
+  uint32_t pipeSize;  // effective (rounded by the kernel)
+  uint32_t turnTimeoutMs;
+  uint32_t mirrorBufferSize;
+};
+
+}  // namespace engine
+}  // namespace kstreams

@@ -1,0 +1,70 @@
+// A leg: one destination of a copy of the client's stream, beside the primary path to the app. A leg is
+// a pipe (its private copy, filled by tee() from the primary pipe P), a sink (a mirror socket today; a
+// socket with an sk_msg transform or a capture file next) and a policy (when bytes may go out: turn
+// pacing; what happens when the sink falls behind: cut). The primary pump only offers each batch of P
+// and says when the client's stream ended; it never waits for a leg, and a leg never touches P's bytes
+// beyond its tee.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "counters.h"
+#include "pipes.h"
+
+namespace kstreams {
+namespace engine {
+
+struct Conn;
+class Leg;
+
+// What an epoll event points at.
+struct Handle {
+  enum Role : int { kClient = 0, kApp = 1, kLeg = 2, kListener = -1, kWake = -2 };
+  Conn* conn;
+  int role;
+  Leg* leg;
+};
+
+// What a leg may ask of the worker that owns it (and its connection).
+class LegHost {
+ public:
+  virtual ~LegHost() = default;
+  virtual bool Watch(int fd, Handle* handle, uint32_t events) = 0;
+  // Replaces the leg's timer (0: none); OnTimer() runs once it is due.
+  virtual void SetTimer(Leg* leg, uint64_t at) = 0;
+  virtual PipePool& pipes() = 0;
+  virtual int workerIndex() const = 0;
+  virtual WorkerCounters& counters() = 0;
+  // Engine-wide mirror send-buffer budget: true when `bytes` were granted.
+  virtual bool GrantMirrorBuffer(uint64_t bytes) = 0;
+  virtual void ReleaseMirrorBuffer(uint64_t bytes) = 0;
+};
+
+class Leg {
+ public:
+  explicit Leg(Conn* owner) : owner_(owner) {}
+  virtual ~Leg() = default;
+  Conn* owner() const { return owner_; }
+  // A batch at the head of the primary pipe P: `n` bytes of client turn `turn`. The leg copies it
+  // (tee, non-blocking) or gives up (cut, counted). It must not consume P.
+  virtual void Offer(const Pipe& p, size_t n, uint32_t turn) = 0;
+  // Epoll readiness of the leg's own fd.
+  virtual void OnEvent(uint32_t events) = 0;
+  // Moves what it can; true when something moved.
+  virtual bool Pump() = 0;
+  // The client's stream ended (EOF) after the last Offer.
+  virtual void OnClientEnd() = 0;
+  // Both primary sockets are closed; the leg may finish what it holds until `until` (ms, monotonic).
+  virtual void OnPrimaryDone(uint64_t until) = 0;
+  virtual void OnTimer(uint64_t now) = 0;
+  // Ends the leg at once with a reset (the primary was aborted, or the engine is resetting).
+  virtual void Abort() = 0;
+  virtual bool closed() const = 0;
+
+ protected:
+  Conn* const owner_;
+};
+
+}  // namespace engine
+}  // namespace kstreams

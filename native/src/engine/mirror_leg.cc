@@ -1,0 +1,334 @@
+// Why the mirror leg works the way it does:
+//  - tee() copies the batch at the head of P into M, whole or not at all: a partial copy would leave a
+//    gap in the mirror's stream, so a short tee cuts the mirror (RST, counted). The primary never waits.
+//  - M holds the bytes of one or more client turns (Segment). The first turn and continuations of the
+//    turn last written go out at once; a later turn waits until the target has answered (sent any byte)
+//    since the last write, or until turnTimeoutMs passes (counted). Held bytes stay in M: a target that
+//    cannot hold a turn fills M, and the next short tee cuts it. A target that has not sent a single byte
+//    when a wait expires is taken for a sink (a recorder, a discard service): that connection's later
+//    turns flow unpaced instead of waiting turnTimeoutMs each.
+//  - No TCP_CORK: a turn must reach the target whole and at once (its answer releases the next turn), so
+//    the socket has TCP_NODELAY and a turn goes out in one splice; within a splice the kernel already
+//    sets MSG_MORE on all but the last chunk.
+//  - M is taken from the worker's pool at the first byte and given back when empty: an idle mirror holds
+//    no pipe. Its send buffer starts small and fixed, grows from the engine's budget when it lags, and
+//    shrinks back once everything was acknowledged.
+#include "mirror_leg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "sockets.h"
+
+namespace kstreams {
+namespace engine {
+
+namespace {
+
+void SetSendBuffer(int fd, uint32_t bytes) {
+  int v = int(std::min<uint32_t>(bytes, 1u << 30));
+  // FORCE passes net.core.wmem_max when we have CAP_NET_ADMIN; else the plain option, capped there.
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof v) != 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+}
+
+}  // namespace
+
+MirrorLeg::MirrorLeg(LegHost* host, Conn* owner, const ActiveTarget& target, const Options& options)
+    : Leg(owner),
+      host_(host),
+      handle_{owner, Handle::kLeg, this},
+      target_(target.counters),
+      slot_(target.counters->at(host->workerIndex())),
+      opt_(options),
+      address_(target.address),
+      paced_(options.turnTimeoutMs > 0) {}
+
+MirrorLeg::~MirrorLeg() {
+  // The worker closes legs before freeing them; this only guards against leaks on teardown paths.
+  if (state_ != kClosed) Abort();
+}
+
+void MirrorLeg::Open() {
+  Add(slot_.connectionsMirrored);
+  sock_ = socket(address_.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (sock_ < 0) {
+    Fail();
+    return;
+  }
+  SetNoDelay(sock_);
+  SetSendBuffer(sock_, kStartBuffer);
+  int r = connect(sock_, address_.sa(), address_.len);
+  if ((r != 0 && errno != EINPROGRESS) || !host_->Watch(sock_, &handle_, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
+    Fail();
+    return;
+  }
+  if (r == 0) Connected();
+  else connectDeadline_ = NowMs() + opt_.connectTimeoutMs;
+  Rearm();
+}
+
+bool MirrorLeg::ConnectedNow() {
+  sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  if (ConnectError(sock_) != 0 || getpeername(sock_, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
+  Connected();
+  Rearm();
+  return true;
+}
+
+void MirrorLeg::Connected() {
+  state_ = kOpen;
+  writable_ = true;
+  connectDeadline_ = 0;
+}
+
+void MirrorLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
+  if (state_ == kClosed) {
+    if (dropping_) Add(slot_.bytesDropped, n);
+    return;
+  }
+  if (!pipe_.held()) {
+    bool ok = host_->pipes().Take(opt_.pipeCapacity, &pipe_) && pipe_.capacity >= opt_.pipeCapacity;
+    if (!ok) {
+      // The per-user pipe budget (or fds) ran out. Before any byte was copied this mirror is simply not
+      // had (skipped); later it would have a gap (cut).
+      host_->pipes().Discard(&pipe_);
+      if (copied_) Cut(n);
+      else Skip(n);
+      return;
+    }
+  }
+  ssize_t t = tee(p.rd, pipe_.wr, n, SPLICE_F_NONBLOCK);
+  if (t < 0 && errno == EAGAIN && state_ == kConnecting && ConnectedNow()) {
+    // M filled while connecting, but the connect has completed and its event is not dispatched yet
+    // (a burst of small segments fills M's slots within one pump): make room and try once more.
+    Pump();
+    if (state_ == kClosed) return;
+    t = tee(p.rd, pipe_.wr, n, SPLICE_F_NONBLOCK);
+  }
+  if (t != ssize_t(n)) {
+    Cut(n);  // a partial copy is discarded with M
+    return;
+  }
+  pipe_.bytes += n;
+  copied_ = true;
+  if (!queue_.empty() && queue_.back().turn == turn) queue_.back().bytes += n;
+  else queue_.push_back({turn, n});
+}
+
+void MirrorLeg::OnEvent(uint32_t ev) {
+  if (state_ == kConnecting && (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+    if (ConnectError(sock_) != 0) {
+      Fail();
+      return;
+    }
+    Connected();
+    Rearm();
+  }
+  if (state_ != kOpen) return;
+  readable_ |= bool(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+  writable_ |= bool(ev & (EPOLLOUT | EPOLLHUP | EPOLLERR));
+}
+
+bool MirrorLeg::Gated(const Segment& s) const {
+  return paced_ && s.turn != lastWrittenTurn_ && !answered_;
+}
+
+bool MirrorLeg::Pump() {
+  if (state_ != kOpen) return false;
+  bool progress = false;
+  // Answers first: one may release the next turn. They are not wanted otherwise: MSG_TRUNC makes TCP
+  // discard them without copying.
+  while (readable_ && !peerEof_) {
+    ssize_t n = recv(sock_, nullptr, 1 << 20, MSG_TRUNC | MSG_DONTWAIT);
+    if (n > 0) {
+      answered_ = everAnswered_ = true;
+      continue;
+    }
+    if (n == 0) {
+      peerEof_ = true;
+      progress = true;
+    } else if (errno == EAGAIN) {
+      readable_ = false;
+    } else if (errno != EINTR) {
+      // A reset from the target: what it had not taken yet is lost.
+      if (!queue_.empty() || !shutSent_) Cut(0);
+      else Finish();
+      return true;
+    }
+  }
+  while (!queue_.empty() && writable_) {
+    Segment& s = queue_.front();
+    if (Gated(s)) {
+      if (!gateDeadline_) gateDeadline_ = NowMs() + opt_.turnTimeoutMs;
+      break;
+    }
+    ssize_t n = splice(pipe_.rd, nullptr, sock_, nullptr, s.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      s.bytes -= size_t(n);
+      pipe_.bytes -= size_t(n);
+      Add(slot_.bytesMirrored, uint64_t(n));
+      lastWrittenTurn_ = s.turn;
+      answered_ = false;
+      gateDeadline_ = 0;
+      progress = true;
+      if (s.bytes == 0) queue_.pop_front();
+    } else if (n < 0 && errno == EAGAIN) {
+      writable_ = false;
+      if (Grow()) writable_ = true;  // room again at once: try the same splice
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      Cut(0);
+      return true;
+    }
+  }
+  if (queue_.empty()) {
+    host_->pipes().Give(&pipe_);
+    growTried_ = false;
+    if (granted_) MaybeShrink();
+  }
+  if (clientEnded_ && queue_.empty() && !shutSent_) {
+    shutdown(sock_, SHUT_WR);
+    shutSent_ = true;
+    progress = true;
+  }
+  // Done when everything was sent and both sides ended.
+  if (shutSent_ && peerEof_ && primaryDone_) {
+    Finish();
+    return true;
+  }
+  Rearm();
+  return progress;
+}
+
+// The target fell behind (EAGAIN): give its socket the configured slack, once per lag, if the engine's
+// budget has room. Send-buffer memory is not charged to the per-uid pipe budget, so this is the one way
+// to let a mirror absorb a long burst without cutting it.
+bool MirrorLeg::Grow() {
+  if (granted_ || growTried_ || opt_.bufferSize <= kStartBuffer) return false;
+  growTried_ = true;
+  if (!host_->GrantMirrorBuffer(opt_.bufferSize)) {
+    Add(host_->counters().mirrorBufferDenied);
+    return false;
+  }
+  granted_ = opt_.bufferSize;
+  SetSendBuffer(sock_, opt_.bufferSize);
+  return true;
+}
+
+void MirrorLeg::MaybeShrink() {
+  if (UnsentBytes(sock_) != 0) return;
+  SetSendBuffer(sock_, kStartBuffer);
+  host_->ReleaseMirrorBuffer(granted_);
+  granted_ = 0;
+}
+
+void MirrorLeg::OnPrimaryDone(uint64_t until) {
+  primaryDone_ = true;
+  drainDeadline_ = until;
+  Rearm();
+}
+
+void MirrorLeg::OnTimer(uint64_t now) {
+  if (state_ == kClosed) return;
+  if (connectDeadline_ && now >= connectDeadline_ && state_ == kConnecting) {
+    Fail();
+    return;
+  }
+  if (drainDeadline_ && now >= drainDeadline_) {
+    // The primary is gone and the mirror still has not delivered everything: what is left is lost.
+    if (queue_.empty() && UnsentBytes(sock_) == 0 && shutSent_) Finish();
+    else Cut(0);
+    return;
+  }
+  if (gateDeadline_ && now >= gateDeadline_) {
+    Add(slot_.turnWaitsExpired);
+    answered_ = true;  // released; the worker pumps the connection next
+    if (!everAnswered_) paced_ = false;
+    gateDeadline_ = 0;
+  }
+  Rearm();
+}
+
+void MirrorLeg::Rearm() {
+  uint64_t at = 0;
+  for (uint64_t d : {connectDeadline_, gateDeadline_, drainDeadline_})
+    if (d && (!at || d < at)) at = d;
+  host_->SetTimer(this, at);
+}
+
+void MirrorLeg::ForgetUnsent() {
+  uint64_t unsent = UnsentBytes(sock_);
+  uint64_t mirrored = Read(slot_.bytesMirrored);
+  unsent = std::min(unsent, mirrored);
+  slot_.bytesMirrored.store(mirrored - unsent, std::memory_order_relaxed);
+  Add(slot_.bytesDropped, unsent);
+}
+
+void MirrorLeg::Skip(size_t n) {
+  // Not mirrored after all: it counts as skipped, not as mirrored.
+  slot_.connectionsMirrored.store(Read(slot_.connectionsMirrored) - 1, std::memory_order_relaxed);
+  Add(slot_.connectionsSkipped);
+  Add(slot_.bytesDropped, n);
+  dropping_ = true;
+  if (!CloseWithReset(sock_)) Add(host_->counters().resetFailures);
+  Close();
+}
+
+void MirrorLeg::Cut(size_t alsoLost) {
+  if (state_ == kClosed) return;
+  Add(slot_.connectionsCut);
+  Add(slot_.bytesDropped, pipe_.bytes + alsoLost);
+  ForgetUnsent();
+  dropping_ = true;
+  if (!CloseWithReset(sock_)) Add(host_->counters().resetFailures);
+  Close();
+}
+
+void MirrorLeg::Fail() {
+  if (state_ == kClosed) return;
+  Add(slot_.connectFailures);
+  Add(slot_.bytesDropped, pipe_.bytes);
+  dropping_ = true;
+  CloseFd(sock_);
+  Close();
+}
+
+void MirrorLeg::Finish() {
+  if (state_ == kClosed) return;
+  CloseFd(sock_);
+  Close();
+}
+
+void MirrorLeg::Abort() {
+  if (state_ == kClosed) return;
+  // Bytes the target will never get make this a cut; an idle mirror of a reset connection just ends
+  // with a reset, like the connection it copies.
+  if (!queue_.empty() || pipe_.bytes > 0 || (state_ == kOpen && UnsentBytes(sock_) > 0)) {
+    Cut(0);
+    return;
+  }
+  if (!CloseWithReset(sock_)) Add(host_->counters().resetFailures);
+  Close();
+}
+
+void MirrorLeg::Close() {
+  state_ = kClosed;
+  Add(slot_.connectionsClosed);
+  queue_.clear();
+  host_->pipes().Discard(&pipe_);
+  if (granted_) host_->ReleaseMirrorBuffer(granted_);
+  granted_ = 0;
+  connectDeadline_ = gateDeadline_ = drainDeadline_ = 0;
+  host_->SetTimer(this, 0);
+}
+
+}  // namespace engine
+}  // namespace kstreams

@@ -1,0 +1,90 @@
+// The mirror leg: a private pipe M filled by tee() from the primary pipe, drained into a socket to one
+// mirror target, paced by the conversation's turns (docs/adr/0005-turn-paced-mirrors.md).
+#pragma once
+
+#include <deque>
+#include <memory>
+
+#include "config.h"
+#include "leg.h"
+
+namespace kstreams {
+namespace engine {
+
+class MirrorLeg final : public Leg {
+ public:
+  struct Options {
+    uint32_t pipeCapacity;  // M: must take whole batches of P, with room for jitter
+    uint32_t turnTimeoutMs;
+    uint32_t bufferSize;    // SO_SNDBUF it may grow to when it lags
+    uint32_t connectTimeoutMs;
+  };
+  // A lagging mirror's socket starts at this send buffer (fixed, so the kernel's autotuning cannot grow
+  // every mirror socket to tcp_wmem[2]) and grows to Options.bufferSize from the engine's budget.
+  static constexpr uint32_t kStartBuffer = 256u << 10;
+  // After the primary ends, how long a mirror may take to deliver what it still holds.
+  static constexpr uint64_t kDrainMs = 10000;
+
+  MirrorLeg(LegHost* host, Conn* owner, const ActiveTarget& target, const Options& options);
+  ~MirrorLeg() override;
+  // Opens the socket and starts the connect (a failure is counted as a connect failure).
+  void Open();
+
+  void Offer(const Pipe& p, size_t n, uint32_t turn) override;
+  void OnEvent(uint32_t events) override;
+  bool Pump() override;
+  void OnClientEnd() override { clientEnded_ = true; }
+  void OnPrimaryDone(uint64_t until) override;
+  void OnTimer(uint64_t now) override;
+  void Abort() override;
+  bool closed() const override { return state_ == kClosed; }
+
+ private:
+  enum State { kConnecting, kOpen, kClosed };
+  // Bytes in M of one client turn, in order.
+  struct Segment {
+    uint32_t turn;
+    size_t bytes;
+  };
+
+  bool Gated(const Segment& s) const;
+  bool Grow();
+  void MaybeShrink();
+  void Connected();
+  // A connect that completed before its event was dispatched.
+  bool ConnectedNow();
+  void Skip(size_t n);
+  void Cut(size_t alsoLost);
+  void Fail();
+  void Finish();
+  void Close();
+  // Bytes written but thrown away by the reset that follows: moved from mirrored to dropped.
+  void ForgetUnsent();
+  void Rearm();
+
+  LegHost* host_;
+  Handle handle_;
+  std::shared_ptr<TargetCounters> target_;
+  TargetSlot& slot_;
+  Options opt_;
+  SockAddr address_;
+  State state_ = kConnecting;
+  int sock_ = -1;
+  Pipe pipe_;
+  std::deque<Segment> queue_;
+  // Turn pacing: the turn of the last bytes written, and whether the target answered since.
+  uint32_t lastWrittenTurn_ = 0;
+  bool answered_ = false;
+  bool everAnswered_ = false;  // a target that never answers (a sink, a recorder) is not waited for twice
+  bool paced_ = true;
+  bool readable_ = false, writable_ = false;
+  bool clientEnded_ = false, shutSent_ = false, peerEof_ = false, primaryDone_ = false;
+  bool dropping_ = false;  // cut, skipped or failed: later primary bytes count as dropped
+  bool copied_ = false;    // some bytes were tee'd already (a pipe refused later is a cut, not a skip)
+  bool growTried_ = false;
+  uint64_t granted_ = 0;   // send-buffer bytes granted from the engine's budget
+  uint64_t connectDeadline_ = 0, gateDeadline_ = 0, drainDeadline_ = 0;
+};
+
+}  // namespace engine
+}  // namespace kstreams

@@ -1,0 +1,25 @@
+// Socket options and endings the engine relies on.
+#pragma once
+
+#include <cstdint>
+
+namespace kstreams {
+namespace engine {
+
+void CloseFd(int& fd);
+// Closes so that the peer sees a reset, not an orderly end of stream: SO_LINGER {1, 0}, then close().
+// False when the kernel refused the linger option: the close that follows may then send a FIN, and the
+// caller counts it (EngineStats.resetFailures) - there is no other way to force a reset.
+bool CloseWithReset(int& fd);
+void SetNoDelay(int fd);
+// Urgent (MSG_OOB) data is delivered inline, as an ordinary byte of the stream: splice() never reads
+// out-of-band data, so without this an urgent byte would be held back forever (EPOLLPRI, no progress).
+void SetOobInline(int fd);
+// Bytes a TCP socket still holds unsent or unacknowledged (SIOCOUTQ); 0 when it cannot be read.
+uint64_t UnsentBytes(int fd);
+// The pending error of a socket whose non-blocking connect finished (SO_ERROR).
+int ConnectError(int fd);
+uint64_t NowMs();
+
+}  // namespace engine
+}  // namespace kstreams
