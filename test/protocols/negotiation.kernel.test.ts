@@ -123,6 +123,23 @@ describe('turn-paced mirrors through kstreams run', () => {
     expect(summary!.targets[0]).toMatchObject({ name: 'staging', connectionsMirrored: N, connectionsCut: 0, connectFailures: 0, bytesDropped: 0 });
   });
 
+  it('long chatty sessions (1000 small turns each, like a database session) are mirrored whole, not cut', async () => {
+    const N = 2;
+    const TURNS = 1000;
+    const appServer = await server(app, appAddress, 7304);
+    const mirror = await server(staging, stagingAddress, 7304);
+    const run = attach('negotiation-chatty', 7304, 7304);
+    await run.attached();
+    const r = await clients(7304, ['--sessions', String(N), '--turns', String(TURNS), '--max-size', '300']);
+    expect(r.sessions.filter((c) => c.error || c.turns !== TURNS)).toEqual([]);
+    await appServer.waitEvents<Session>('session', N);
+    const atMirror = await mirror.waitEvents<Session>('session', N, 30_000);
+    const { summary } = await run.interrupt();
+    expect.soft(summary!.targets[0]).toMatchObject({ connectionsMirrored: N, connectionsCut: 0, bytesDropped: 0 });
+    expect(atMirror.map((s) => ({ rejected: s.rejected, turns: s.turns, end: s.end }))).toEqual(Array(N).fill({ rejected: false, turns: TURNS, end: 'eof' }));
+    expect(sorted(atMirror.map((s) => s.sha))).toEqual(sorted(r.sessions.map((c) => c.sentSha)));
+  });
+
   it('bytes a client pipelined before the app answered reach the mirror together: both reject alike', async () => {
     const appServer = await server(app, appAddress, 7302);
     const mirror = await server(staging, stagingAddress, 7302);
