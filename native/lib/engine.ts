@@ -52,9 +52,11 @@ export class Engine {
     return this.effectivePipeSize;
   }
 
-  /** A snapshot of the counters (relaxed atomics summed over workers; cheap, but do not call it per chunk). */
+  /**
+   * A snapshot of the counters (relaxed atomics summed over workers; cheap, but do not call it per chunk).
+   * Valid during a drain and after the end too: the totals are final once drain() or stop() resolved.
+   */
   stats(): EngineStats {
-    if (this.ending) throw stoppedError();
     return addon().engineStats(this.handle);
   }
 

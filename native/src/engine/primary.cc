@@ -8,6 +8,7 @@
 //  - Turns: client bytes read after the app sent bytes start a new turn; legs pace by it.
 //  - Pipes come from the worker's pool when bytes arrive and go back when empty.
 //  - EINTR is progress (try again), never "nothing moved": an edge-triggered fd would stall.
+//  - Urgent data: splice() stops at the urgent mark; the urgent byte is moved inline (sockets.h).
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -59,6 +60,16 @@ bool Worker::PumpPrimary(Conn* c) {
       return false;
     }
     ssize_t n = splice(c->client, nullptr, c->p.wr, nullptr, c->p.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    // Urgent data was signalled (EPOLLPRI is part of clientHup): a splice that stops at the urgent mark
+    // must not be taken for "drained" or for the end of the stream.
+    if (n <= 0 && c->clientHup && (n == 0 || errno == EAGAIN)) {
+      int moved = MoveUrgentByte(c->client, c->p.wr);
+      if (moved < 0) {
+        AbortPrimary(c);
+        return false;
+      }
+      if (moved > 0) n = 1;
+    }
     switch (SpliceResult(n)) {
       case Moved::kBytes:
         if (c->appAnswered) {
@@ -121,6 +132,14 @@ bool Worker::PumpPrimary(Conn* c) {
       return false;
     }
     ssize_t n = splice(c->app, nullptr, c->r.wr, nullptr, c->r.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n <= 0 && c->appHup && (n == 0 || errno == EAGAIN)) {
+      int moved = MoveUrgentByte(c->app, c->r.wr);
+      if (moved < 0) {
+        AbortPrimary(c);
+        return false;
+      }
+      if (moved > 0) n = 1;
+    }
     switch (SpliceResult(n)) {
       case Moved::kBytes:
         c->r.bytes = size_t(n);

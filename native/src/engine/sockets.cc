@@ -3,6 +3,7 @@
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -34,6 +35,16 @@ void SetNoDelay(int fd) {
 void SetOobInline(int fd) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof one);
+}
+
+int MoveUrgentByte(int fd, int pipeWr) {
+  int atMark = 0;
+  if (ioctl(fd, SIOCATMARK, &atMark) != 0) return -1;
+  if (!atMark) return 0;
+  char b;
+  ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
+  if (n != 1) return n == 0 || errno == EAGAIN ? 0 : -1;
+  return write(pipeWr, &b, 1) == 1 ? 1 : -1;
 }
 
 uint64_t UnsentBytes(int fd) {
