@@ -86,7 +86,7 @@ describe('the engine forwards and mirrors byte-exact streams', () => {
     const e = start({ upstream: { host: '127.0.0.1', port: app.port }, mirrors: [mirror('m1', m1.port), mirror('m2', m2.port)] });
     // Paced, because on a shared 2-core machine a target that is starved of CPU for long is (rightly)
     // cut; here the mirrors must keep up so that their bytes can be compared.
-    const r = await runClient(clients, podAddress, e.listenAddress.port, ['--bytes', String(300 * MB), '--rate', String(50 * MB)]);
+    const r = await runClient(clients, podAddress, e.listenAddress.port, ['--bytes', String(300 * MB), '--rate', String(30 * MB)]);
     const c = r.conns[0]!;
     expect(c.error).toBeUndefined();
     const [a] = await app.peer.waitFor<ConnReport>('conn');

@@ -235,6 +235,23 @@ describe('a mirror keeps the turns of the conversation', () => {
     expect(target(e).connectionsCut).toBe(0);
   });
 
+  it('a target hundreds of small turns behind holds them in its spill, in order, and is not cut', async () => {
+    const app = await lineServer({ strict: true });
+    // 5 ms per answer: 400 turns take the mirror 2 s, the primary a fraction of that. A 256 KiB pipe holds
+    // only 64 small turns (one slot each); the rest wait in the leg's spill.
+    const staging = await lineServer({ strict: true, delayMs: 5 });
+    const e = start({ upstream: { host: '127.0.0.1', port: app.port }, mirrors: mirrorTo(staging.port) });
+    const turns = Array.from({ length: 400 }, (_, i) => [`update ${i} ${'x'.repeat(i % 50)}`]);
+    await converse(e.listenAddress.port, turns);
+    const lag = e.stats().mirrorBufferInUse;
+    await until('the mirrored session ended', () => staging.sessions[0]?.ended || undefined, 30_000);
+    expect(staging.sessions[0]).toMatchObject({ rejected: false, early: 0, lines: turns.flat() });
+    expect(target(e)).toMatchObject({ connectionsCut: 0, turnWaitsExpired: 0 });
+    // It was behind when the primary finished (its spill was granted from the budget), and caught up.
+    expect(lag).toBeGreaterThan(0);
+    expect(e.stats().mirrorBufferInUse).toBe(0);
+  });
+
   it('a target that never answers (a sink) is waited for once per connection, then the turns flow', async () => {
     const app = await lineServer({});
     const sink = await lineServer({ silent: true });

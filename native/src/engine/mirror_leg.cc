@@ -10,6 +10,11 @@
 //  - No TCP_CORK: a turn must reach the target whole and at once (its answer releases the next turn), so
 //    the socket has TCP_NODELAY and a turn goes out in one splice; within a splice the kernel already
 //    sets MSG_MORE on all but the last chunk.
+//  - M holds at most (its slots / P's slots) batches for sure. Before a batch that might not fit, what M
+//    holds moves to the leg's spill file (a memfd: splice() copies into tmpfs pages inside the kernel,
+//    densely) and is sent from there with sendfile(); a mirror is cut only when the spill (bufferSize,
+//    granted from the engine's mirror budget) is full too. So a chatty session (a database's many small
+//    turns) can fall thousands of turns behind for a moment without being cut.
 //  - M is taken from the worker's pool at the first byte and given back when empty: an idle mirror holds
 //    no pipe. Its send buffer starts small and fixed, grows from the engine's budget when it lags, and
 //    shrinks back once everything was acknowledged.
@@ -17,8 +22,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +38,11 @@ namespace kstreams {
 namespace engine {
 
 namespace {
+
+// Sent bytes of a spill are punched out of the file in steps of this (minus one: a mask).
+constexpr uint64_t kSpillPunch = (1u << 20) - 1;
+// The spill takes the engine's mirror budget in steps of this.
+constexpr uint64_t kSpillGrant = 256u << 10;
 
 void SetSendBuffer(int fd, uint32_t bytes) {
   int v = int(std::min<uint32_t>(bytes, 1u << 30));
@@ -73,15 +86,6 @@ void MirrorLeg::Open() {
   Rearm();
 }
 
-bool MirrorLeg::ConnectedNow() {
-  sockaddr_storage peer;
-  socklen_t len = sizeof peer;
-  if (ConnectError(sock_) != 0 || getpeername(sock_, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
-  Connected();
-  Rearm();
-  return true;
-}
-
 void MirrorLeg::Connected() {
   state_ = kOpen;
   writable_ = true;
@@ -104,22 +108,62 @@ void MirrorLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
       return;
     }
   }
-  ssize_t t = tee(p.rd, pipe_.wr, n, SPLICE_F_NONBLOCK);
-  if (t < 0 && errno == EAGAIN && state_ == kConnecting && ConnectedNow()) {
-    // M filled while connecting, but the connect has completed and its event is not dispatched yet
-    // (a burst of small segments fills M's slots within one pump): make room and try once more.
-    Pump();
-    if (state_ == kClosed) return;
-    t = tee(p.rd, pipe_.wr, n, SPLICE_F_NONBLOCK);
+  if (!RoomInPipe(p) && !Spill()) {
+    Cut(n);
+    return;
   }
+  ssize_t t = tee(p.rd, pipe_.wr, n, SPLICE_F_NONBLOCK);
   if (t != ssize_t(n)) {
     Cut(n);  // a partial copy is discarded with M
     return;
   }
   pipe_.bytes += n;
+  batchesInPipe_++;
   copied_ = true;
-  if (!queue_.empty() && queue_.back().turn == turn) queue_.back().bytes += n;
-  else queue_.push_back({turn, n});
+  if (!queue_.empty() && queue_.back().turn == turn && !queue_.back().spilled) queue_.back().bytes += n;
+  else queue_.push_back({turn, n, false});
+}
+
+bool MirrorLeg::Spill() {
+  if (pipe_.bytes == 0) {
+    batchesInPipe_ = 0;
+    return true;
+  }
+  if (spillFd_ < 0) {
+    spillFd_ = memfd_create("kstreams-mirror-spill", MFD_CLOEXEC);
+    if (spillFd_ < 0) return false;
+  }
+  // Granted in steps as it grows: a spill of a few small turns must not take a whole bufferSize of the
+  // engine's budget from the other mirrors.
+  uint64_t need = spilledBytes() + pipe_.bytes;
+  if (need > opt_.bufferSize) return false;
+  while (need > spillGranted_) {
+    uint64_t step = std::min<uint64_t>(kSpillGrant, opt_.bufferSize - spillGranted_);
+    if (!host_->GrantMirrorBuffer(step)) {
+      Add(host_->counters().mirrorBufferDenied);
+      return false;
+    }
+    spillGranted_ += step;
+  }
+  while (pipe_.bytes > 0) {
+    loff_t off = loff_t(spillWrite_);
+    ssize_t n = splice(pipe_.rd, nullptr, spillFd_, &off, pipe_.bytes, SPLICE_F_MOVE);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;  // ENOSPC, ENOMEM: the cut that follows discards M and the spill
+    spillWrite_ += uint64_t(n);
+    pipe_.bytes -= size_t(n);
+  }
+  // What was in M is in the file now, in the same order, behind what was spilled before.
+  for (auto it = queue_.rbegin(); it != queue_.rend() && !it->spilled; ++it) it->spilled = true;
+  batchesInPipe_ = 0;
+  return true;
+}
+
+void MirrorLeg::ReleaseSpill() {
+  spillWrite_ = spillRead_ = 0;
+  if (spillFd_ >= 0) (void)!ftruncate(spillFd_, 0);
+  if (spillGranted_) host_->ReleaseMirrorBuffer(spillGranted_);
+  spillGranted_ = 0;
 }
 
 void MirrorLeg::OnEvent(uint32_t ev) {
@@ -169,10 +213,24 @@ bool MirrorLeg::Pump() {
       if (!gateDeadline_) gateDeadline_ = NowMs() + opt_.turnTimeoutMs;
       break;
     }
-    ssize_t n = splice(pipe_.rd, nullptr, sock_, nullptr, s.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    ssize_t n;
+    if (s.spilled) {
+      loff_t off = loff_t(spillRead_);
+      n = sendfile(sock_, spillFd_, &off, s.bytes);
+    } else {
+      n = splice(pipe_.rd, nullptr, sock_, nullptr, s.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    }
     if (n > 0) {
       s.bytes -= size_t(n);
-      pipe_.bytes -= size_t(n);
+      if (s.spilled) {
+        // Sent pages of the spill are freed as the read offset passes them: a mirror that stays behind
+        // holds at most bufferSize of tmpfs, not everything it ever spilled.
+        uint64_t before = spillRead_ & ~kSpillPunch, after = (spillRead_ + uint64_t(n)) & ~kSpillPunch;
+        spillRead_ += uint64_t(n);
+        if (after > before) (void)!fallocate(spillFd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, loff_t(after));
+      } else {
+        pipe_.bytes -= size_t(n);
+      }
       Add(slot_.bytesMirrored, uint64_t(n));
       lastWrittenTurn_ = s.turn;
       answered_ = false;
@@ -189,8 +247,12 @@ bool MirrorLeg::Pump() {
       return true;
     }
   }
-  if (queue_.empty()) {
+  if (pipe_.bytes == 0 && pipe_.held()) {
     host_->pipes().Give(&pipe_);
+    batchesInPipe_ = 0;
+  }
+  if (spillGranted_ && spilledBytes() == 0) ReleaseSpill();
+  if (queue_.empty()) {
     growTried_ = false;
     if (granted_) MaybeShrink();
   }
@@ -285,7 +347,7 @@ void MirrorLeg::Skip(size_t n) {
 void MirrorLeg::Cut(size_t alsoLost) {
   if (state_ == kClosed) return;
   Add(slot_.connectionsCut);
-  Add(slot_.bytesDropped, pipe_.bytes + alsoLost);
+  Add(slot_.bytesDropped, pipe_.bytes + spilledBytes() + alsoLost);
   ForgetUnsent();
   dropping_ = true;
   if (!CloseWithReset(sock_)) Add(host_->counters().resetFailures);
@@ -295,7 +357,7 @@ void MirrorLeg::Cut(size_t alsoLost) {
 void MirrorLeg::Fail() {
   if (state_ == kClosed) return;
   Add(slot_.connectFailures);
-  Add(slot_.bytesDropped, pipe_.bytes);
+  Add(slot_.bytesDropped, pipe_.bytes + spilledBytes());
   dropping_ = true;
   CloseFd(sock_);
   Close();
@@ -311,7 +373,7 @@ void MirrorLeg::Abort() {
   if (state_ == kClosed) return;
   // Bytes the target will never get make this a cut; an idle mirror of a reset connection just ends
   // with a reset, like the connection it copies.
-  if (!queue_.empty() || pipe_.bytes > 0 || (state_ == kOpen && UnsentBytes(sock_) > 0)) {
+  if (!queue_.empty() || pipe_.bytes > 0 || spilledBytes() > 0 || (state_ == kOpen && UnsentBytes(sock_) > 0)) {
     Cut(0);
     return;
   }
@@ -324,6 +386,8 @@ void MirrorLeg::Close() {
   Add(slot_.connectionsClosed);
   queue_.clear();
   host_->pipes().Discard(&pipe_);
+  ReleaseSpill();
+  CloseFd(spillFd_);
   if (granted_) host_->ReleaseMirrorBuffer(granted_);
   granted_ = 0;
   connectDeadline_ = gateDeadline_ = drainDeadline_ = 0;

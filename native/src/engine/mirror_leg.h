@@ -41,18 +41,24 @@ class MirrorLeg final : public Leg {
 
  private:
   enum State { kConnecting, kOpen, kClosed };
-  // Bytes in M of one client turn, in order.
+  // Bytes of one client turn, in order: in M, or (spilled) in the spill file.
   struct Segment {
     uint32_t turn;
     size_t bytes;
+    bool spilled;
   };
 
   bool Gated(const Segment& s) const;
+  // Whether M can take one more batch of P for sure: every batch takes at most P's slots.
+  bool RoomInPipe(const Pipe& p) const { return (batchesInPipe_ + 1) * p.slots <= pipe_.slots; }
+  // Moves everything in M to the spill file (created and granted from the engine's mirror budget on
+  // first use); false when the spill is full or cannot be had.
+  bool Spill();
+  void ReleaseSpill();
+  uint64_t spilledBytes() const { return spillWrite_ - spillRead_; }
   bool Grow();
   void MaybeShrink();
   void Connected();
-  // A connect that completed before its event was dispatched.
-  bool ConnectedNow();
   void Skip(size_t n);
   void Cut(size_t alsoLost);
   void Fail();
@@ -71,7 +77,12 @@ class MirrorLeg final : public Leg {
   State state_ = kConnecting;
   int sock_ = -1;
   Pipe pipe_;
+  size_t batchesInPipe_ = 0;  // batches tee'd into M since it was last empty
   std::deque<Segment> queue_;
+  // The spill: a memfd (tmpfs pages, in the kernel) that holds what M cannot, densely: a pipe slot holds
+  // one skb fragment however small, so M holds only 64 small turns at 256 KiB. Bounded by bufferSize.
+  int spillFd_ = -1;
+  uint64_t spillWrite_ = 0, spillRead_ = 0, spillGranted_ = 0;
   // Turn pacing: the turn of the last bytes written, and whether the target answered since.
   uint32_t lastWrittenTurn_ = 0;
   bool answered_ = false;
