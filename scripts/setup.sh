@@ -21,11 +21,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 4
 fi
 
-# Debian packages: the BPF toolchain, the network tools the demo and tests drive, and the bench's peers.
+# Debian packages: the BPF toolchain, the network tools the demo and tests drive, the real servers and clients
+# the protocol tests mirror (PostgreSQL 15 with pgbench, Redis 7 with redis-benchmark), and the bench's peers.
 packages=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev pkg-config make g++ python3
   iproute2 iptables socat curl jq procps util-linux
   haproxy iperf3
+  postgresql-15 postgresql-client-15 redis-server redis-tools
   etcd-server
 )
 missing=()
@@ -36,7 +38,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The tests run their own PostgreSQL, Redis and etcd in network namespaces: the packages' system
+  # services are not wanted, so they are not started on install (policy-rc.d, exit 101 = "not allowed").
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
 # npm dependencies: again only when the lock file changed since the last install.
