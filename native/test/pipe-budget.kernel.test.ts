@@ -54,10 +54,11 @@ sys.stdin.read()
 type Sample = { event: 'sample'; rssKb: number | null; stats: EngineStats };
 
 /** The engine in a child process inside `pod`, running as UID without any capability. */
-async function unprivilegedEngine(config: Omit<EngineConfig, 'netnsPath'>): Promise<{ child: Peer; port: number }> {
+async function unprivilegedEngine(config: Omit<EngineConfig, 'netnsPath'>, nofile = 4096): Promise<{ child: Peer; port: number }> {
   const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
+  // prlimit first (as root: raising the hard limit needs CAP_SYS_RESOURCE), then drop to the uid.
   const child = new Peer(
-    pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', process.execPath, script, JSON.stringify(config)], {
+    pod.spawn('prlimit', [`--nofile=${nofile}:${nofile}`, 'setpriv', '--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', process.execPath, script, JSON.stringify(config)], {
       stdio: ['pipe', 'pipe', 'pipe'],
     }),
   );
@@ -72,7 +73,65 @@ async function unprivilegedEngine(config: Omit<EngineConfig, 'netnsPath'>): Prom
 
 const samples = (p: Peer) => p.lines.filter((x) => x.event === 'sample') as unknown as Sample[];
 
+const fleetScript = fileURLToPath(new URL('./fixtures/keepalive-fleet.mjs', import.meta.url));
+function fleet(args: string[]): Peer {
+  const child = new Peer(pod.spawn('prlimit', ['--nofile=16384:16384', process.execPath, fleetScript, ...args]));
+  peers.push(child);
+  return child;
+}
+
 describe('the per-user pipe budget', () => {
+  it('2000 concurrent keep-alive connections, all mirrored, as an unprivileged uid: none skipped, kernel memory bounded and reported', async () => {
+    const CONNS = 2000;
+    const REQUESTS = 4;
+    const soft = sysctl('pipe-user-pages-soft');
+    const app = fleet(['server', '--host', '127.0.0.1', '--port', '0']);
+    const staging = fleet(['server', '--host', '127.0.0.1', '--port', '0']);
+    const [a] = await app.waitFor<{ port: number }>('listening', 1, 15_000);
+    const [m] = await staging.waitFor<{ port: number }>('listening', 1, 15_000);
+    const { child } = await unprivilegedEngine(
+      {
+        listen: { host: '127.0.0.1', port: 0 },
+        upstream: { host: '127.0.0.1', port: a!.port },
+        mirrors: [{ name: 'staging', host: '127.0.0.1', port: m!.port, samplingPercent: 100 }],
+        pipeSize: 256 * KB,
+        mirrorConnectTimeoutMs: 5000, turnTimeoutMs: 1000, mirrorBufferSize: 4 << 20,
+      },
+      16384,
+    );
+    const [l] = child.lines.filter((x) => x.event === 'listening') as unknown as { port: number }[];
+    const clients = fleet(['client', '--host', '127.0.0.1', '--port', String(l!.port), '--conns', String(CONNS), '--requests', String(REQUESTS), '--interval', '1000']);
+    const [done] = await clients.waitFor<{ answered: number; errorCount: number; errors: string[]; ms: number }>('done', 1, 120_000);
+    const end = await until('every connection closed and no mirror open', () => {
+      const st = samples(child).at(-1)?.stats;
+      return st !== undefined && st.connectionsClosed === CONNS && st.targets[0]!.connectionsActive === 0 && st;
+    }, 60_000);
+    const all = samples(child).map((x) => x.stats);
+    const peak = (f: (st: EngineStats) => number) => Math.max(...all.map(f));
+    const peakPipes = peak((st) => st.pipeBytesInUse + st.pipeBytesPooled);
+    console.log(
+      `${CONNS} keep-alive connections x ${REQUESTS} requests in ${done!.ms} ms: peak ${peak((st) => st.connectionsActive)} open, ` +
+        `peak pipe capacity ${(peakPipes / MB).toFixed(1)} MiB (${peak((st) => st.pipesInUse + st.pipesPooled)} pipes) of a ${(soft * PAGE) / MB} MiB budget, ` +
+        `peak mirror buffer ${(peak((st) => st.mirrorBufferInUse) / MB).toFixed(1)} MiB of ${(end.mirrorBufferBudget / MB).toFixed(0)}`,
+    );
+    expect({ answered: done!.answered, errors: done!.errorCount }).toEqual({ answered: CONNS * REQUESTS, errors: 0 });
+    // All open at once, every one mirrored: before pipes were pooled, ~113 mirrored connections at
+    // 256 KiB filled the 64 MiB budget and the rest were skipped.
+    expect(peak((st) => st.connectionsActive)).toBe(CONNS);
+    expect(end.targets[0]).toMatchObject({ connectionsMirrored: CONNS, connectionsSkipped: 0, connectionsCut: 0, connectFailures: 0, bytesDropped: 0 });
+    expect(end).toMatchObject({ upstreamConnectFailures: 0, setupFailures: 0, connectionsReset: 0, pipeResizeFailures: 0 });
+    // Kernel memory held in pipes stays within the budget (no pipe was refused its size), is reported,
+    // and is given back: at the end no connection holds a pipe.
+    expect(peakPipes).toBeGreaterThan(0);
+    expect(peakPipes).toBeLessThan(soft * PAGE);
+    expect(end.pipesInUse).toBe(0);
+    expect(peak((st) => st.mirrorBufferInUse)).toBeLessThanOrEqual(end.mirrorBufferBudget);
+    // The mirror target got every request of every connection.
+    const atStaging = await staging.waitFor<{ lines: number }>('conn', CONNS, 30_000);
+    expect(atStaging.filter((c) => c.lines !== REQUESTS)).toEqual([]);
+    child.child.stdin!.end();
+  });
+
   it('more slow mirrored connections than full-size pipes would fit: pooled pipes mirror them all, none skipped or reset', async () => {
     const soft = sysctl('pipe-user-pages-soft');
     // Per mirrored connection at 1 MiB: P = 256 KiB, R = 1 MiB, M = 1 MiB.
