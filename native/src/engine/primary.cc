@@ -48,148 +48,106 @@ bool Worker::TakePipe(Conn* c, Pipe* p, uint32_t want) {
   return true;
 }
 
+// from -> its empty pipe. Sets *n to the bytes read (0 when none); false when the connection was aborted.
+bool Worker::Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, bool* progress) {
+  *n = 0;
+  if (pipe.bytes != 0 || from.eof || !from.readable) return true;
+  if (!TakePipe(c, &pipe, want)) {
+    // No pipe (fds or the hard pipe limit): the connection cannot be proxied without copying its bytes
+    // through user space, which the engine does not do: reset, counted.
+    Add(k_.setupFailures);
+    AbortPrimary(c);
+    return false;
+  }
+  ssize_t got = splice(from.fd, nullptr, pipe.wr, nullptr, pipe.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  // Urgent data was signalled (EPOLLPRI is part of hup): a splice that stops at the urgent mark must not
+  // be taken for "drained" or for the end of the stream.
+  if (got <= 0 && from.hup && (got == 0 || errno == EAGAIN)) {
+    int moved = MoveUrgentByte(from.fd, pipe.wr);
+    if (moved < 0) {
+      AbortPrimary(c);
+      return false;
+    }
+    if (moved > 0) got = 1;
+  }
+  switch (SpliceResult(got)) {
+    case Moved::kBytes:
+      pipe.bytes = *n = size_t(got);
+      *progress = true;
+      if (*n < pipe.slots && !from.hup) from.readable = false;
+      break;
+    case Moved::kEof:
+      from.eof = true;
+      *progress = true;
+      break;
+    case Moved::kAgain:
+      from.readable = false;
+      break;
+    case Moved::kRetry:
+      *progress = true;
+      break;
+    case Moved::kError:
+      AbortPrimary(c);
+      return false;
+  }
+  if (pipe.bytes == 0) pool_.Give(&pipe);
+  return true;
+}
+
+// pipe -> to, then to's FIN once `from` ended and the pipe is empty. False when the connection was aborted.
+bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, bool* progress) {
+  if (pipe.bytes > 0 && to.writable) {
+    ssize_t n = splice(pipe.rd, nullptr, to.fd, nullptr, pipe.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    switch (SpliceResult(n)) {
+      case Moved::kBytes:
+        pipe.bytes -= size_t(n);
+        Add(delivered, uint64_t(n));
+        *progress = true;
+        if (pipe.bytes == 0) pool_.Give(&pipe);
+        break;
+      case Moved::kAgain:
+        to.writable = false;
+        break;
+      case Moved::kRetry:
+        *progress = true;
+        break;
+      case Moved::kEof:
+      case Moved::kError:
+        AbortPrimary(c);
+        return false;
+    }
+  }
+  if (from.eof && pipe.bytes == 0 && !to.shut) {
+    shutdown(to.fd, SHUT_WR);
+    to.shut = true;
+    *progress = true;
+  }
+  return true;
+}
+
 bool Worker::PumpPrimary(Conn* c) {
   bool progress = false;
-  // client -> P, only into an empty P, then offer it to every leg; P -> app follows at once.
-  if (c->p.bytes == 0 && !c->clientEof && c->clientReadable) {
-    if (!TakePipe(c, &c->p, c->pWant)) {
-      // No pipe (fds or the hard pipe limit): the connection cannot be proxied without copying its bytes
-      // through user space, which the engine does not do: reset, counted.
-      Add(k_.setupFailures);
-      AbortPrimary(c);
-      return false;
+  size_t n;
+  // client -> P, then offer the batch to every leg; P -> app follows at once.
+  if (!Fill(c, c->client, c->p, c->pWant, &n, &progress)) return false;
+  if (n > 0) {
+    if (c->appAnswered) {
+      c->turn++;
+      c->appAnswered = false;
     }
-    ssize_t n = splice(c->client, nullptr, c->p.wr, nullptr, c->p.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    // Urgent data was signalled (EPOLLPRI is part of clientHup): a splice that stops at the urgent mark
-    // must not be taken for "drained" or for the end of the stream.
-    if (n <= 0 && c->clientHup && (n == 0 || errno == EAGAIN)) {
-      int moved = MoveUrgentByte(c->client, c->p.wr);
-      if (moved < 0) {
-        AbortPrimary(c);
-        return false;
-      }
-      if (moved > 0) n = 1;
-    }
-    switch (SpliceResult(n)) {
-      case Moved::kBytes:
-        if (c->appAnswered) {
-          c->turn++;
-          c->appAnswered = false;
-        }
-        c->p.bytes = size_t(n);
-        for (auto& leg : c->legs) leg->Offer(c->p, size_t(n), c->turn);
-        progress = true;
-        if (size_t(n) < c->p.slots && !c->clientHup) c->clientReadable = false;
-        break;
-      case Moved::kEof:
-        c->clientEof = true;
-        for (auto& leg : c->legs) leg->OnClientEnd();
-        progress = true;
-        break;
-      case Moved::kAgain:
-        c->clientReadable = false;
-        break;
-      case Moved::kRetry:
-        progress = true;
-        break;
-      case Moved::kError:
-        AbortPrimary(c);
-        return false;
-    }
-    if (c->p.bytes == 0) pool_.Give(&c->p);
+    for (auto& leg : c->legs) leg->Offer(c->p, n, c->turn);
+  } else if (c->client.eof && !c->clientEndOffered) {
+    c->clientEndOffered = true;
+    for (auto& leg : c->legs) leg->OnClientEnd();
   }
-  if (c->p.bytes > 0 && c->appConnected && c->appWritable) {
-    ssize_t n = splice(c->p.rd, nullptr, c->app, nullptr, c->p.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    switch (SpliceResult(n)) {
-      case Moved::kBytes:
-        c->p.bytes -= size_t(n);
-        Add(k_.bytesClientToApp, uint64_t(n));
-        progress = true;
-        if (c->p.bytes == 0) pool_.Give(&c->p);
-        break;
-      case Moved::kAgain:
-        c->appWritable = false;
-        break;
-      case Moved::kRetry:
-        progress = true;
-        break;
-      case Moved::kEof:
-      case Moved::kError:
-        AbortPrimary(c);
-        return false;
-    }
+  if (c->appConnected && !Flush(c, c->client, c->p, c->app, k_.bytesClientToApp, &progress)) return false;
+  // app -> R -> client, the same way; app bytes end the client's turn.
+  if (c->appConnected) {
+    if (!Fill(c, c->app, c->r, c->rWant, &n, &progress)) return false;
+    if (n > 0) c->appAnswered = true;
   }
-  if (c->clientEof && c->p.bytes == 0 && c->appConnected && !c->appShut) {
-    shutdown(c->app, SHUT_WR);
-    c->appShut = true;
-    progress = true;
-  }
-  // app -> R -> client, the same way.
-  if (c->r.bytes == 0 && !c->appEof && c->appConnected && c->appReadable) {
-    if (!TakePipe(c, &c->r, c->rWant)) {
-      Add(k_.setupFailures);
-      AbortPrimary(c);
-      return false;
-    }
-    ssize_t n = splice(c->app, nullptr, c->r.wr, nullptr, c->r.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (n <= 0 && c->appHup && (n == 0 || errno == EAGAIN)) {
-      int moved = MoveUrgentByte(c->app, c->r.wr);
-      if (moved < 0) {
-        AbortPrimary(c);
-        return false;
-      }
-      if (moved > 0) n = 1;
-    }
-    switch (SpliceResult(n)) {
-      case Moved::kBytes:
-        c->r.bytes = size_t(n);
-        c->appAnswered = true;
-        progress = true;
-        if (size_t(n) < c->r.slots && !c->appHup) c->appReadable = false;
-        break;
-      case Moved::kEof:
-        c->appEof = true;
-        progress = true;
-        break;
-      case Moved::kAgain:
-        c->appReadable = false;
-        break;
-      case Moved::kRetry:
-        progress = true;
-        break;
-      case Moved::kError:
-        AbortPrimary(c);
-        return false;
-    }
-    if (c->r.bytes == 0) pool_.Give(&c->r);
-  }
-  if (c->r.bytes > 0 && c->clientWritable) {
-    ssize_t n = splice(c->r.rd, nullptr, c->client, nullptr, c->r.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    switch (SpliceResult(n)) {
-      case Moved::kBytes:
-        c->r.bytes -= size_t(n);
-        Add(k_.bytesAppToClient, uint64_t(n));
-        progress = true;
-        if (c->r.bytes == 0) pool_.Give(&c->r);
-        break;
-      case Moved::kAgain:
-        c->clientWritable = false;
-        break;
-      case Moved::kRetry:
-        progress = true;
-        break;
-      case Moved::kEof:
-      case Moved::kError:
-        AbortPrimary(c);
-        return false;
-    }
-  }
-  if (c->appEof && c->r.bytes == 0 && !c->clientShut) {
-    shutdown(c->client, SHUT_WR);
-    c->clientShut = true;
-    progress = true;
-  }
-  if (c->appShut && c->clientShut) {
+  if (!Flush(c, c->app, c->r, c->client, k_.bytesAppToClient, &progress)) return false;
+  if (c->app.shut && c->client.shut) {
     ClosePrimary(c);
     progress = true;  // legs may now be able to finish
   }
@@ -200,16 +158,16 @@ bool Worker::PumpPrimary(Conn* c) {
 // legs, so that neither the app nor a target takes a truncated stream for a complete one.
 void Worker::AbortPrimary(Conn* c) {
   if (c->primaryDone) return;
-  if (!CloseWithReset(c->client)) Add(k_.resetFailures);
-  if (c->app >= 0 && !CloseWithReset(c->app)) Add(k_.resetFailures);
+  if (!CloseWithReset(c->client.fd)) Add(k_.resetFailures);
+  if (c->app.fd >= 0 && !CloseWithReset(c->app.fd)) Add(k_.resetFailures);
   for (auto& leg : c->legs) leg->Abort();
   ClosePrimary(c);
 }
 
 void Worker::ClosePrimary(Conn* c) {
   if (c->primaryDone) return;
-  CloseFd(c->client);
-  CloseFd(c->app);
+  CloseFd(c->client.fd);
+  CloseFd(c->app.fd);
   pool_.Give(&c->p);  // closed instead when it still holds bytes
   pool_.Give(&c->r);
   c->primaryDone = true;

@@ -173,12 +173,12 @@ void Worker::Dispatch(Handle* h, uint32_t ev) {
   bool hup = ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI);
   bool out = ev & (EPOLLOUT | EPOLLHUP | EPOLLERR);
   if (h->role == Handle::kClient) {
-    c->clientReadable |= in;
-    c->clientWritable |= out;
-    c->clientHup |= hup;
+    c->client.readable |= in;
+    c->client.writable |= out;
+    c->client.hup |= hup;
   } else if (h->role == Handle::kApp) {
     if (!c->appConnected && out) {
-      if (ConnectError(c->app) != 0) {
+      if (ConnectError(c->app.fd) != 0) {
         Add(k_.upstreamConnectFailures);
         AbortPrimary(c);
         MaybeFree(c);
@@ -186,9 +186,9 @@ void Worker::Dispatch(Handle* h, uint32_t ev) {
       }
       c->appConnected = true;
     }
-    c->appReadable |= in;
-    c->appWritable |= out;
-    c->appHup |= hup;
+    c->app.readable |= in;
+    c->app.writable |= out;
+    c->app.hup |= hup;
   } else {
     h->leg->OnEvent(ev);
   }
@@ -224,7 +224,8 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   std::shared_ptr<const ActiveSettings> s = engine_->Current();
   Conn* c = new Conn;
   conns_.insert(c);
-  c->client = fd;
+  c->client.fd = fd;
+  c->client.readable = c->client.writable = true;
   c->clientHandle = {c, Handle::kClient, nullptr};
   c->appHandle = {c, Handle::kApp, nullptr};
   SetNoDelay(fd);
@@ -244,30 +245,30 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   c->rWant = s->pipeSize;
 
   bool ok = true;
-  c->app = socket(dst.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  ok = c->app >= 0;
+  c->app.fd = socket(dst.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ok = c->app.fd >= 0;
   if (ok) {
-    SetNoDelay(c->app);
-    SetOobInline(c->app);
+    SetNoDelay(c->app.fd);
+    SetOobInline(c->app.fd);
     // The upstream source lets sk_lookup tell our own connections to the app from the clients'.
     const SockAddr& src = dst.family() == AF_INET ? engine_->upstreamSource4() : engine_->upstreamSource6();
     if (src.family() != 0) {
       int one = 1;
-      if (dst.family() == AF_INET) setsockopt(c->app, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
-      else setsockopt(c->app, IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one);
-      ok = bind(c->app, src.sa(), src.len) == 0;
+      if (dst.family() == AF_INET) setsockopt(c->app.fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+      else setsockopt(c->app.fd, IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one);
+      ok = bind(c->app.fd, src.sa(), src.len) == 0;
     }
   }
   bool setup = ok;  // past this point a failure is the app's (refused, unreachable)
   if (ok) {
-    int r = connect(c->app, dst.sa(), dst.len);
-    if (r == 0) c->appConnected = c->appWritable = true;
+    int r = connect(c->app.fd, dst.sa(), dst.len);
+    if (r == 0) c->appConnected = c->app.writable = true;
     else ok = errno == EINPROGRESS;
     setup = ok || !IsResourceShortage(errno);
   }
   if (ok) {
-    ok = Watch(c->client, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) &&
-         Watch(c->app, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET);
+    ok = Watch(c->client.fd, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) &&
+         Watch(c->app.fd, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET);
     setup = ok;
   }
   if (!ok) {

@@ -62,6 +62,8 @@ class Worker final : public LegHost {
 
   // The primary path (primary.cc).
   bool PumpPrimary(Conn* c);
+  bool Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, bool* progress);
+  bool Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, bool* progress);
   bool TakePipe(Conn* c, Pipe* p, uint32_t want);
   void AbortPrimary(Conn* c);
   void ClosePrimary(Conn* c);
