@@ -163,6 +163,13 @@ export interface EngineStats {
    */
   connectionsReset: number;
   /**
+   * Closes meant as resets whose SO_LINGER {1, 0} the kernel refused: they may have ended with a FIN. There
+   * is no other way to force a reset; expected 0.
+   */
+  resetFailures: number;
+  /** Worker threads that stopped because epoll_wait failed (their connections were reset); expected 0. */
+  workerFailures: number;
+  /**
    * Times a worker stopped taking new connections for 100 ms because the process (or the system) was
    * out of file descriptors: connections then wait in the listen backlog instead of being refused.
    */

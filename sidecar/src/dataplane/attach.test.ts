@@ -27,6 +27,8 @@ function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
     upstreamConnectFailures: 0,
     setupFailures: 0,
     connectionsReset: 0,
+    resetFailures: 0,
+    workerFailures: 0,
     pipeResizeFailures: 0,
     bytesClientToApp: 100 * n,
     bytesAppToClient: 50 * n,
