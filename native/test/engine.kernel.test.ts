@@ -83,9 +83,15 @@ describe('the engine forwards and mirrors byte-exact streams', () => {
     const app = await server(pod, '127.0.0.1', ['--respond', String(50 * MB)]);
     const m1 = await server(staging, stagingAddress);
     const m2 = await server(staging, stagingAddress);
-    const e = start({ upstream: { host: '127.0.0.1', port: app.port }, mirrors: [mirror('m1', m1.port), mirror('m2', m2.port)] });
-    // Paced, because on a shared 2-core machine a target that is starved of CPU for long is (rightly)
-    // cut; here the mirrors must keep up so that their bytes can be compared.
+    // The bulk setting (64 MiB of slack per mirror: send buffer and spill), and paced: on a shared 2-core
+    // machine a target starved of CPU for long is (rightly) cut, and here the mirrors must keep up so
+    // that their bytes can be compared.
+    const e = start({
+      upstream: { host: '127.0.0.1', port: app.port },
+      mirrors: [mirror('m1', m1.port), mirror('m2', m2.port)],
+      mirrorBufferSize: 64 << 20,
+      mirrorBufferBudget: 256 << 20,
+    });
     const r = await runClient(clients, podAddress, e.listenAddress.port, ['--bytes', String(300 * MB), '--rate', String(30 * MB)]);
     const c = r.conns[0]!;
     expect(c.error).toBeUndefined();
