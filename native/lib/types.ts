@@ -191,10 +191,13 @@ export interface EngineStats {
   /** Bytes of pipe capacity (F_GETPIPE_SZ) of those pipes: the engine's share of the per-uid pipe budget. */
   pipeBytesInUse: number;
   pipeBytesPooled: number;
-  /** Send-buffer bytes granted to lagging mirror connections now, out of mirrorBufferBudget. */
+  /**
+   * Bytes granted now to lagging mirror connections, out of mirrorBufferBudget: their grown send buffers
+   * and the spills of their held turns (docs/adr/0005-turn-paced-mirrors.md).
+   */
   mirrorBufferInUse: number;
   mirrorBufferBudget: number;
-  /** Grows of a lagging mirror's send buffer refused because mirrorBufferBudget was used up. */
+  /** Send-buffer grows and spill growth refused because mirrorBufferBudget was used up (a counter). */
   mirrorBufferDenied: number;
   targets: TargetStats[];
 }

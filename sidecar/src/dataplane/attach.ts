@@ -41,19 +41,10 @@ export interface DataPlane {
 }
 
 /** The engine's memory, for the CLI and metrics (not in the StreamPath status). */
-export interface AttachmentMemory {
-  /** Kernel pipes held by connections now, and idle in the engine's pools. */
-  pipesInUse: number;
-  pipesPooled: number;
-  /** Their capacity in bytes: this engine's share of the node's per-uid pipe budget. */
-  pipeBytesInUse: number;
-  pipeBytesPooled: number;
-  /** Send-buffer bytes granted to lagging mirror connections now, out of mirrorBufferBudget. */
-  mirrorBufferInUse: number;
-  mirrorBufferBudget: number;
-  /** Grows of a lagging mirror's send buffer refused because the budget was used up (a counter). */
-  mirrorBufferDenied: number;
-}
+export type AttachmentMemory = Pick<
+  EngineStats,
+  'pipesInUse' | 'pipesPooled' | 'pipeBytesInUse' | 'pipeBytesPooled' | 'mirrorBufferInUse' | 'mirrorBufferBudget' | 'mirrorBufferDenied'
+>;
 
 /** Counters in the shape of the StreamPath status (and the agent's report), plus a few for the CLI and metrics. */
 export interface AttachmentCounters {
