@@ -100,6 +100,17 @@ bool Engine::GrantMirrorBuffer(uint64_t bytes) {
   return true;
 }
 
+uint64_t Engine::GrantMirrorBufferUpTo(uint64_t want, uint64_t min) {
+  int64_t used = mirrorBufferInUse_.load(std::memory_order_relaxed);
+  uint64_t give;
+  do {
+    uint64_t free = uint64_t(used) >= config_.mirrorBufferBudget ? 0 : config_.mirrorBufferBudget - uint64_t(used);
+    give = std::min(want, free);
+    if (give < min) return 0;
+  } while (!mirrorBufferInUse_.compare_exchange_weak(used, used + int64_t(give), std::memory_order_relaxed));
+  return give;
+}
+
 void Engine::ReleaseMirrorBuffer(uint64_t bytes) { mirrorBufferInUse_.fetch_sub(int64_t(bytes), std::memory_order_relaxed); }
 
 DrainResult Engine::Drain(uint32_t timeoutMs) { return End(kDraining, timeoutMs); }

@@ -64,6 +64,8 @@ class Engine {
   const SockAddr& upstreamSource6() const { return source6_; }
   WorkerCounters& countersOf(int worker) { return workerCounters_[size_t(worker)]; }
   bool GrantMirrorBuffer(uint64_t bytes);
+  // As much of `want` as the budget has, if that is at least `min`; 0 otherwise.
+  uint64_t GrantMirrorBufferUpTo(uint64_t want, uint64_t min);
   void ReleaseMirrorBuffer(uint64_t bytes);
 
  private:

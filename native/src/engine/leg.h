@@ -38,6 +38,8 @@ class LegHost {
   virtual WorkerCounters& counters() = 0;
   // Engine-wide mirror send-buffer budget: true when `bytes` were granted.
   virtual bool GrantMirrorBuffer(uint64_t bytes) = 0;
+  // As much of `want` as the budget has, if at least `min`; 0 otherwise.
+  virtual uint64_t GrantMirrorBufferUpTo(uint64_t want, uint64_t min) = 0;
   virtual void ReleaseMirrorBuffer(uint64_t bytes) = 0;
 };
 

@@ -276,12 +276,13 @@ bool MirrorLeg::Pump() {
 bool MirrorLeg::Grow() {
   if (granted_ || growTried_ || opt_.bufferSize <= kStartBuffer) return false;
   growTried_ = true;
-  if (!host_->GrantMirrorBuffer(opt_.bufferSize)) {
-    Add(host_->counters().mirrorBufferDenied);
-    return false;
-  }
-  granted_ = opt_.bufferSize;
-  SetSendBuffer(sock_, opt_.bufferSize);
+  // All of bufferSize if the budget has it, else what it has (the spills of held turns share it): a
+  // partly grown buffer still absorbs more than the start size.
+  uint64_t got = host_->GrantMirrorBufferUpTo(opt_.bufferSize, 2ull * kStartBuffer);
+  if (got < opt_.bufferSize) Add(host_->counters().mirrorBufferDenied);
+  if (!got) return false;
+  granted_ = got;
+  SetSendBuffer(sock_, uint32_t(got));
   return true;
 }
 

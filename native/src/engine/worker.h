@@ -39,6 +39,7 @@ class Worker final : public LegHost {
   int workerIndex() const override { return index_; }
   WorkerCounters& counters() override { return k_; }
   bool GrantMirrorBuffer(uint64_t bytes) override { return engine_->GrantMirrorBuffer(bytes); }
+  uint64_t GrantMirrorBufferUpTo(uint64_t want, uint64_t min) override { return engine_->GrantMirrorBufferUpTo(want, min); }
   void ReleaseMirrorBuffer(uint64_t bytes) override { engine_->ReleaseMirrorBuffer(bytes); }
 
  private:
