@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { Engine } from '../lib/engine.js';
 import type { EngineConfig } from '../lib/types.js';
-import { until } from './fixtures/engine-harness.js';
+import { startLocalEngine, until } from './fixtures/engine-harness.js';
 
 const MB = 1 << 20;
 const engines: Engine[] = [];
@@ -119,19 +119,7 @@ function streamTo(port: number, total: number, rate: number): Sent {
   return s;
 }
 
-function start(config: Partial<EngineConfig> & Pick<EngineConfig, 'upstream'>): Engine {
-  const e = Engine.start({
-    listen: { host: '127.0.0.1', port: 0 },
-    mirrors: [],
-    pipeSize: 256 * 1024,
-    mirrorConnectTimeoutMs: 2000,
-    turnTimeoutMs: 1000,
-    mirrorBufferSize: 4 << 20,
-    ...config,
-  });
-  engines.push(e);
-  return e;
-}
+const start = (config: Partial<EngineConfig> & Pick<EngineConfig, 'upstream'>) => startLocalEngine(engines, config);
 
 /** Every connection either got every byte (and an orderly end), or saw a reset: never a truncated EOF. */
 function expectWholeOrReset(sent: Sent[], got: Received[]): { whole: number; reset: number } {

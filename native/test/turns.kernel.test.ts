@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import net from 'node:net';
 import { Engine } from '../lib/engine.js';
 import type { EngineConfig, TargetStats } from '../lib/types.js';
-import { until } from './fixtures/engine-harness.js';
+import { startLocalEngine, until } from './fixtures/engine-harness.js';
 
 const engines: Engine[] = [];
 const servers: net.Server[] = [];
@@ -36,9 +36,12 @@ interface LineServer {
 /**
  * Answers every line with `ok <line>` after `delayMs`. `strict`: a line that arrives while an answer is
  * pending is rejected (`FATAL`, connection closed), as PostgreSQL rejects bytes after an SSLRequest.
- * `greeting`: sent on accept, before any line (a server-first protocol). `silent`: never answers.
+ * `greeting`: sent on accept, before any line (a server-first protocol), or `greetAfterMs` later.
+ * `silent`: never answers.
  */
-async function lineServer(opts: { delayMs?: number; strict?: boolean; greeting?: string; silent?: boolean } = {}): Promise<LineServer> {
+async function lineServer(
+  opts: { delayMs?: number; strict?: boolean; greeting?: string; greetAfterMs?: number; silent?: boolean } = {},
+): Promise<LineServer> {
   const sessions: Session[] = [];
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     sockets.push(sock);
@@ -47,7 +50,14 @@ async function lineServer(opts: { delayMs?: number; strict?: boolean; greeting?:
     sessions.push(s);
     let buf = '';
     let pending = 0;
-    if (opts.greeting) sock.write(`${opts.greeting}\n`);
+    if (opts.greeting && opts.greetAfterMs) {
+      // A greeting still to come counts as a pending answer: a line before it is early.
+      pending = 1;
+      setTimeout(() => {
+        pending--;
+        if (!sock.destroyed) sock.write(`${opts.greeting}\n`);
+      }, opts.greetAfterMs);
+    } else if (opts.greeting) sock.write(`${opts.greeting}\n`);
     sock.setEncoding('latin1');
     sock.on('data', (d: string) => {
       buf += d;
@@ -127,18 +137,7 @@ async function converse(port: number, turns: string[][], opts: { greeting?: bool
   return answers;
 }
 
-function start(config: Partial<EngineConfig> & Pick<EngineConfig, 'upstream' | 'mirrors'>): Engine {
-  const e = Engine.start({
-    listen: { host: '127.0.0.1', port: 0 },
-    pipeSize: 256 * 1024,
-    mirrorConnectTimeoutMs: 2000,
-    turnTimeoutMs: 1000,
-    mirrorBufferSize: 4 << 20,
-    ...config,
-  });
-  engines.push(e);
-  return e;
-}
+const start = (config: Partial<EngineConfig> & Pick<EngineConfig, 'upstream' | 'mirrors'>) => startLocalEngine(engines, config);
 
 const target = (e: Engine): TargetStats => e.stats().targets[0]!;
 const mirrorTo = (port: number) => [{ name: 'm', host: '127.0.0.1', port, samplingPercent: 100 }];
@@ -186,36 +185,7 @@ describe('a mirror keeps the turns of the conversation', () => {
   it('a server-first protocol: the client speaks to the mirror only after the mirror target greeted', async () => {
     const app = await lineServer({ strict: true, greeting: 'hello' });
     // The mirror target greets 200 ms after accept; a line before that would be early.
-    const greetLate = await (async () => {
-      const sessions: Session[] = [];
-      const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-        sockets.push(sock);
-        sock.on('error', () => undefined);
-        const s: Session = { lines: [], early: 0, rejected: false, ended: false, answeredBefore: [] };
-        sessions.push(s);
-        let greeted = false;
-        setTimeout(() => {
-          greeted = true;
-          if (!sock.destroyed) sock.write('hello\n');
-        }, 200);
-        sock.setEncoding('latin1');
-        sock.on('data', (d: string) => {
-          for (const line of d.split('\n').filter(Boolean)) {
-            s.lines.push(line);
-            s.answeredBefore.push(greeted);
-            if (!greeted) s.early++;
-            sock.write(`ok ${line}\n`);
-          }
-        });
-        sock.on('end', () => {
-          s.ended = true;
-          sock.end();
-        });
-      });
-      servers.push(server);
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      return { port: (server.address() as net.AddressInfo).port, sessions };
-    })();
+    const greetLate = await lineServer({ greeting: 'hello', greetAfterMs: 200 });
     const e = start({ upstream: { host: '127.0.0.1', port: app.port }, mirrors: mirrorTo(greetLate.port) });
     const answers = await converse(e.listenAddress.port, [['login'], ['work']], { greeting: true });
     expect(answers).toEqual(['hello', 'ok login', 'ok work']);
