@@ -1,10 +1,11 @@
 // A small REST transport to the apiserver: one keep-alive HTTPS agent for every request (client-node 1.4
 // builds a fresh agent per call, which costs a TLS handshake each time at 10k-object scale), credentials
 // taken from a client-node KubeConfig, and streaming watches read line by line.
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
 import { createInterface } from 'node:readline';
 import { KubeConfig } from '@kubernetes/client-node';
+import { formatApiError } from './errors.js';
 
 export class ApiError extends Error {
   constructor(
@@ -13,15 +14,23 @@ export class ApiError extends Error {
     public readonly path: string,
     public readonly body: string,
   ) {
-    let detail = body;
-    try {
-      const status = JSON.parse(body) as { message?: string };
-      if (status.message) detail = status.message;
-    } catch {
-      // not a Status object: keep the raw body
-    }
-    super(`${method} ${path}: HTTP ${statusCode}: ${detail.slice(0, 500)}`);
+    super('');
     this.name = 'ApiError';
+    // The one readable line (verb, object, status, reason, message, fix), also for whoever prints .message.
+    this.message = formatApiError(this);
+  }
+}
+
+/** A request the apiserver did not answer within its deadline (the socket is destroyed). */
+export class TimeoutError extends Error {
+  readonly code = 'ETIMEDOUT';
+  constructor(
+    public readonly method: string,
+    public readonly path: string,
+    public readonly timeoutMs: number,
+  ) {
+    super(`no answer within ${timeoutMs} ms`);
+    this.name = 'TimeoutError';
   }
 }
 
@@ -41,9 +50,18 @@ export interface WatchEvent {
   object: Record<string, unknown>;
 }
 
+export interface KubeRequestOptions {
+  body?: unknown;
+  patch?: PatchType;
+  /** Deadline of the whole request, answer body included (default 30 s): the socket is destroyed when it passes. */
+  timeoutMs?: number;
+  /** Aborts the request in flight (the socket is destroyed; the promise rejects with an AbortError). */
+  signal?: AbortSignal;
+}
+
 /** What the operator needs from the apiserver; wrapped in tests to count writes. */
 export interface KubeTransport {
-  request<T = unknown>(method: string, path: string, opts?: { body?: unknown; patch?: PatchType; timeoutMs?: number }): Promise<T>;
+  request<T = unknown>(method: string, path: string, opts?: KubeRequestOptions): Promise<T>;
   /** Streams watch events until the server closes the stream (resolves) or it fails (rejects). */
   watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void>;
 }
@@ -101,7 +119,7 @@ export class KubeRest implements KubeTransport {
     return this.headers;
   }
 
-  private async open(method: string, path: string, body: string | undefined, contentType: string | undefined, signal?: AbortSignal, timeoutMs?: number): Promise<IncomingMessage> {
+  private async open(method: string, path: string, body: string | undefined, contentType: string | undefined, signal?: AbortSignal): Promise<{ res: IncomingMessage; req: ClientRequest }> {
     const headers: Record<string, string> = { ...(await this.authHeaders()), Accept: 'application/json' };
     if (body !== undefined) {
       headers['Content-Type'] = contentType ?? 'application/json';
@@ -109,28 +127,40 @@ export class KubeRest implements KubeTransport {
     }
     const url = new URL(path, this.base);
     const doRequest = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise<IncomingMessage>((resolve, reject) => {
-      const req = doRequest(url, { method, headers, agent: this.agent, signal, ...this.tls }, resolve);
-      if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+    return new Promise((resolve, reject) => {
+      const req = doRequest(url, { method, headers, agent: this.agent, signal, ...this.tls }, (res) => resolve({ res, req }));
       req.on('error', reject);
       req.end(body);
     });
   }
 
-  async request<T>(method: string, path: string, opts: { body?: unknown; patch?: PatchType; timeoutMs?: number } = {}): Promise<T> {
+  async request<T>(method: string, path: string, opts: KubeRequestOptions = {}): Promise<T> {
     const body = opts.body === undefined ? undefined : JSON.stringify(opts.body);
-    const res = await this.open(method, path, body, opts.patch ? PATCH_CONTENT_TYPE[opts.patch] : undefined, undefined, opts.timeoutMs ?? 30_000);
-    const chunks: Buffer[] = [];
-    for await (const c of res) chunks.push(c as Buffer);
-    const text = Buffer.concat(chunks).toString('utf8');
-    if ((res.statusCode ?? 0) >= 300) throw new ApiError(res.statusCode ?? 0, method, path, text);
-    return (text ? JSON.parse(text) : undefined) as T;
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    // One deadline for connect, answer and body together (req.setTimeout only measures idleness), and the
+    // caller's signal: either destroys the socket, so a stalled connection never outlives its deadline.
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(new TimeoutError(method, path, timeoutMs)), timeoutMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, deadline.signal]) : deadline.signal;
+    try {
+      const { res } = await this.open(method, path, body, opts.patch ? PATCH_CONTENT_TYPE[opts.patch] : undefined, signal);
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      const text = Buffer.concat(chunks).toString('utf8');
+      if ((res.statusCode ?? 0) >= 300) throw new ApiError(res.statusCode ?? 0, method, path, text);
+      return (text ? JSON.parse(text) : undefined) as T;
+    } catch (err) {
+      if (deadline.signal.aborted) throw deadline.signal.reason as Error;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void> {
     const qs = new URLSearchParams({ ...query, watch: 'true' }).toString();
     const full = `${path}?${qs}`;
-    const res = await this.open('GET', full, undefined, undefined, signal);
+    const { res } = await this.open('GET', full, undefined, undefined, signal);
     if ((res.statusCode ?? 0) !== 200) {
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);
@@ -172,7 +202,7 @@ export class CountingTransport implements KubeTransport {
     private readonly onRequest?: (method: string, path: string, outcome: string) => void,
   ) {}
 
-  async request<T>(method: string, path: string, opts?: { body?: unknown; patch?: PatchType; timeoutMs?: number }): Promise<T> {
+  async request<T>(method: string, path: string, opts?: KubeRequestOptions): Promise<T> {
     const key = `${method} ${path.split('?')[0]}`;
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     if (method !== 'GET') this.writes++;
