@@ -2,6 +2,7 @@
 import { pino } from 'pino';
 import { systemClock } from './clock.js';
 import { ConfigError, loadConfig } from './config.js';
+import { errSerializer } from './kube/errors.js';
 import { startOperator } from './operator.js';
 
 async function main(): Promise<void> {
@@ -15,7 +16,8 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  const log = pino({ level: config.logLevel, base: { identity: config.identity } });
+  // Errors are logged as one readable line (kube/errors.ts), never as a client library's dump.
+  const log = pino({ level: config.logLevel, base: { identity: config.identity }, serializers: { err: errSerializer } });
   log.info({ namespace: config.namespace, leaderElection: config.leaderElection.enabled, webhook: config.webhook.enabled }, 'kstreams operator starting');
   const op = await startOperator({ config, log, clock: systemClock });
   log.info({ healthPort: op.healthPort, webhookPort: op.webhook?.port }, 'kstreams operator running');

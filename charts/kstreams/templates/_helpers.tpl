@@ -154,7 +154,7 @@ objectSelector:
       values: ["false"]
 failurePolicy: {{ .Values.webhook.failurePolicy }}
 matchPolicy: Equivalent
-reinvocationPolicy: Never
+reinvocationPolicy: IfNeeded
 sideEffects: None
 timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
 {{- end }}

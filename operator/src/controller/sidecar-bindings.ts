@@ -9,7 +9,8 @@ import { ALWAYS_EXCLUDED_NAMESPACES } from '../api/agent.js';
 import { AbortError } from '../clock.js';
 import type { SidecarRbacConfig } from '../config.js';
 import { namespaceInjectionEnabled, type SlimNamespace } from '../kube/objects.js';
-import { ApiError, isStatus, type KubeTransport } from '../kube/rest.js';
+import { KubeCallError } from '../kube/errors.js';
+import { isStatus, type KubeTransport } from '../kube/rest.js';
 import type { ProcessResult } from './queue.js';
 
 export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
@@ -298,15 +299,14 @@ export class SidecarBindingReconciler {
 
   private explain(namespace: string, action: string, err: unknown): Error {
     const { bindingName, clusterRoleName } = this.d.settings;
-    if (err instanceof ApiError && err.statusCode === 403) {
-      return new Error(
-        `cannot ${action} RoleBinding ${bindingName} in namespace ${namespace}: ${err.message}. The operator's ServiceAccount needs ` +
-          `get/list/watch/create/update/patch/delete on rolebindings and "bind" on ClusterRole ${clusterRoleName} (the chart grants them with ` +
-          `sidecar.rbac.manageBindings=true); or set sidecarRbac.manageBindings=false and create the RoleBindings yourself`,
-        { cause: err },
-      );
-    }
-    return err instanceof Error ? err : new Error(String(err));
+    // One line whose fix follows the cause: RBAC for a 403, the network when the apiserver is unreachable.
+    return new KubeCallError(err, {
+        verb: action,
+        object: `RoleBinding ${namespace}/${bindingName}`,
+        forbiddenHint:
+          `the operator's ServiceAccount needs get/list/watch/create/update/patch/delete on rolebindings and "bind" on ClusterRole ${clusterRoleName} ` +
+          `(the chart grants them with sidecar.rbac.manageBindings=true); or set sidecarRbac.manageBindings=false and create the RoleBindings yourself`,
+    });
   }
 }
 

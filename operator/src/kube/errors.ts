@@ -110,6 +110,7 @@ function codeOf(e: Bag): string | undefined {
 /** Classifies an error; never throws, whatever it is given. */
 export function describeError(err: unknown): DescribedError {
   if (typeof err !== 'object' || err === null) return { cause: 'other', message: oneLine(String(err)) };
+  if (err instanceof KubeCallError) return err.described;
   const e = err as Bag & { message?: unknown; name?: unknown };
   const rawMessage = typeof e.message === 'string' ? e.message : String(err);
 
@@ -180,6 +181,7 @@ function hintFor(d: DescribedError, ctx: ErrorContext): string | undefined {
  * "<verb> <object>: apiserver unreachable (ECONNREFUSED): connect ECONNREFUSED 10.96.0.1:443; fix: ...".
  */
 export function formatApiError(err: unknown, ctx: ErrorContext = {}): string {
+  if (err instanceof KubeCallError && !ctx.verb && !ctx.object) return err.message;
   const d = describeError(err);
   const verb = ctx.verb ?? d.verb;
   const object = ctx.object ?? d.object;
@@ -221,4 +223,32 @@ export function errSerializer(err: unknown): Record<string, unknown> {
   const stack = (err as Error).stack;
   if (d.cause === 'other' && stack) out.stack = stack;
   return out;
+}
+
+/**
+ * An apiserver error wrapped with what was being done: its message is the formatted line, `code` and
+ * `statusCode` stay those of the HTTP answer (so 404/409 checks keep working), `cause` is the original.
+ */
+export class KubeCallError extends Error {
+  readonly code: number | string | undefined;
+  readonly statusCode: number | undefined;
+  readonly described: DescribedError;
+  constructor(err: unknown, ctx: ErrorContext) {
+    super(formatApiError(err, ctx), { cause: err });
+    this.name = 'KubeCallError';
+    const d = describeError(err);
+    this.described = { ...d, ...(ctx.verb ? { verb: ctx.verb } : {}), ...(ctx.object ? { object: ctx.object } : {}) };
+    this.statusCode = d.status;
+    this.code = d.status ?? d.reason;
+  }
+}
+
+/** Runs one API call; a failure is rethrown as a KubeCallError naming `ctx`. */
+export async function kubeCall<T>(ctx: ErrorContext, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof KubeCallError) throw err;
+    throw new KubeCallError(err, ctx);
+  }
 }

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { AdmissionregistrationV1Api, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Backoff } from '../kube/backoff.js';
+import { formatApiError, kubeCall } from '../kube/errors.js';
 import {
   bundleFromSecretData,
   bundleToSecretData,
@@ -57,12 +58,15 @@ function isStatus(e: unknown, code: number): boolean {
 }
 
 function errMessage(e: unknown): string {
-  if (typeof e === 'object' && e !== null && 'body' in e) {
-    const body = (e as { body?: unknown }).body;
-    const msg = typeof body === 'string' ? body : JSON.stringify(body);
-    return `${(e as { code?: unknown }).code ?? ''} ${msg}`.trim();
-  }
-  return e instanceof Error ? e.message : String(e);
+  return formatApiError(e);
+}
+
+/** The fix for a 403 on the TLS Secret. */
+function secretsHint(namespace: string): string {
+  return (
+    `the operator's ServiceAccount needs get, list, watch, create and update on secrets in namespace ${namespace} ` +
+    `(the chart's Role <release>-operator grants them; with rbac.create=false bind an equivalent Role)`
+  );
 }
 
 export interface ReconcileResult {
@@ -122,10 +126,8 @@ export class SelfManagedTls implements TlsSource {
     try {
       rv = (await this.reconcile()).resourceVersion;
     } catch (e) {
-      throw new Error(
-        `webhook TLS: cannot get Secret ${this.opts.config.namespace}/${this.tls.secretName}: ${errMessage(e)}. ` +
-          `The operator needs get/create/update/watch on secrets in its namespace.`,
-      );
+      // The hint follows the cause: RBAC for a 403, the network when the apiserver cannot be reached.
+      throw new Error(`webhook TLS: ${errMessage(e)}`, { cause: e });
     }
     void this.watch(rv);
     if (!this.served) throw new Error('webhook TLS: no serving cert after reconcile');
@@ -155,13 +157,14 @@ export class SelfManagedTls implements TlsSource {
     const { namespace } = this.opts.config;
     const name = this.tls.secretName;
     let outcome: ReconcileResult['secret'] = 'unchanged';
+    const ctx = (verb: string) => ({ verb, object: `Secret ${namespace}/${name}`, forbiddenHint: secretsHint(namespace) });
     let secret: V1Secret | undefined;
     let bundle: TlsBundle | undefined;
     for (let attempt = 0; ; attempt++) {
       if (attempt >= 5) throw new Error(`Secret ${namespace}/${name}: still conflicting after 5 attempts`);
       secret = undefined;
       try {
-        secret = await this.core.readNamespacedSecret({ name, namespace });
+        secret = await kubeCall(ctx('get'), () => this.core.readNamespacedSecret({ name, namespace }));
       } catch (e) {
         if (!isStatus(e, 404)) throw e;
       }
@@ -190,8 +193,8 @@ export class SelfManagedTls implements TlsSource {
       };
       const existed = secret !== undefined;
       try {
-        if (secret) secret = await this.core.replaceNamespacedSecret({ name, namespace, body });
-        else secret = await this.core.createNamespacedSecret({ namespace, body });
+        if (secret) secret = await kubeCall(ctx('update'), () => this.core.replaceNamespacedSecret({ name, namespace, body }));
+        else secret = await kubeCall(ctx('create'), () => this.core.createNamespacedSecret({ namespace, body }));
       } catch (e) {
         // Another replica created or rotated it first: adopt theirs on the next pass.
         if (isStatus(e, 409)) {

@@ -3,6 +3,7 @@
 import type { AdmissionregistrationV1Api, V1MutatingWebhook, V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
 import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../api/agent.js';
 import type { WebhookConfig } from './config.js';
+import { kubeCall } from '../kube/errors.js';
 import { excludedNamespaces } from './patch.js';
 
 export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
@@ -29,7 +30,9 @@ export function desiredWebhook(config: WebhookConfig, caBundlePem: string | unde
     objectSelector: { matchExpressions: [{ key: INJECT_POD_LABEL, operator: 'NotIn', values: ['false'] }] },
     failurePolicy: config.failurePolicy,
     matchPolicy: 'Equivalent',
-    reinvocationPolicy: 'Never',
+    // IfNeeded: when another webhook changes the pod after us (e.g. adds a container or a volume), the
+    // apiserver calls us once more, and the idempotent patch function completes what is missing.
+    reinvocationPolicy: 'IfNeeded',
     sideEffects: 'None',
     timeoutSeconds: config.timeoutSeconds,
   };
@@ -81,23 +84,30 @@ export async function ensureWebhookConfiguration(
 ): Promise<'created' | 'updated' | 'unchanged'> {
   const name = config.webhookConfigurationName;
   const want = desiredWebhook(config, caBundlePem);
+  const ctx = (verb: string) => ({
+    verb,
+    object: `MutatingWebhookConfiguration ${name}`,
+    forbiddenHint:
+      `the operator's ServiceAccount needs get, create and update on mutatingwebhookconfigurations ${name} (the chart's ClusterRole ` +
+      `<release>-operator grants them), or set webhook.manageWebhookConfiguration=false and keep the caBundle yourself`,
+  });
   for (let attempt = 0; attempt < 5; attempt++) {
     let current: V1MutatingWebhookConfiguration | undefined;
     try {
-      current = await api.readMutatingWebhookConfiguration({ name });
+      current = await kubeCall(ctx('get'), () => api.readMutatingWebhookConfiguration({ name }));
     } catch (e) {
       if (!isStatus(e, 404)) throw e;
     }
     if (!current) {
       try {
-        await api.createMutatingWebhookConfiguration({
+        await kubeCall(ctx('create'), () => api.createMutatingWebhookConfiguration({
           body: {
             apiVersion: 'admissionregistration.k8s.io/v1',
             kind: 'MutatingWebhookConfiguration',
             metadata: { name, labels: { [MANAGED_BY_LABEL]: MANAGED_BY_VALUE } },
             webhooks: [want],
           },
-        });
+        }));
         return 'created';
       } catch (e) {
         if (isStatus(e, 409)) continue;
@@ -111,7 +121,7 @@ export async function ensureWebhookConfiguration(
     if (sameWebhook(existing, want)) return 'unchanged';
     const others = webhooks.filter((w) => w.name !== want.name);
     try {
-      await api.replaceMutatingWebhookConfiguration({ name, body: { ...current, webhooks: [...others, want] } });
+      await kubeCall(ctx('update'), () => api.replaceMutatingWebhookConfiguration({ name, body: { ...current, webhooks: [...others, want] } }));
       return 'updated';
     } catch (e) {
       if (isStatus(e, 409)) continue;

@@ -11,6 +11,7 @@ import {
 import { pino, type Logger } from 'pino';
 import type { AgentReport } from '../../../operator/src/api/agent.js';
 import { GROUP, PLURAL, VERSION } from '../../../operator/src/api/streampath.js';
+import { errSerializer } from '../../../operator/src/kube/errors.js';
 import type { KernelFeatures } from '../../../native/lib/types.js';
 import type { AgentConfig } from './config.js';
 import { Reconciler, type World } from './converge.js';
@@ -60,7 +61,7 @@ export class Agent {
   ) {
     this.logger =
       deps.logger ??
-      pino({ level: config.logLevel, base: { pod: config.podName, namespace: config.podNamespace } });
+      pino({ level: config.logLevel, base: { pod: config.podName, namespace: config.podNamespace }, serializers: { err: errSerializer } });
     this.timers = deps.timers ?? realTimers;
     const kc = deps.kubeConfig ?? defaultKubeConfig();
     const core = kc.makeApiClient(CoreV1Api);

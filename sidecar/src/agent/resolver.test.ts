@@ -66,3 +66,36 @@ describe('serviceResolver', () => {
     await expect(serviceResolver(api, 'shop')({ service: { name: 'ext', port: 80 } })).rejects.toThrow(/ExternalName; give its external name as address/);
   });
 });
+
+describe('serviceResolver errors', () => {
+  // client-node 1.4's ApiException as the apiserver answers a missing RoleBinding (recorded shape).
+  const forbidden = () =>
+    new ApiException(
+      403,
+      'Unknown API Status Code!',
+      '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \\"staging\\" is forbidden: User \\"system:serviceaccount:shop:default\\" cannot get resource \\"services\\" in API group \\"\\" in the namespace \\"shop\\"","reason":"Forbidden","details":{"name":"staging","kind":"services"},"code":403}\n',
+      { 'content-type': 'application/json' },
+    );
+  const failing = (err: () => unknown): ServiceReader => ({
+    readNamespacedService: (async () => {
+      throw err();
+    }) as ServiceReader['readNamespacedService'],
+    readNamespacedEndpoints: (async () => {
+      throw err();
+    }) as ServiceReader['readNamespacedEndpoints'],
+  });
+
+  it('a 403 becomes one line naming the Service, the status and the RoleBinding that is missing, not the client dump', async () => {
+    const err = await serviceResolver(failing(forbidden), 'shop')({ service: { name: 'staging', port: 8080 } }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(/^get Service shop\/staging: HTTP 403 Forbidden: services "staging" is forbidden: User "system:serviceaccount:shop:default" cannot get resource "services"/);
+    expect((err as Error).message).toMatch(/; fix: the pod's ServiceAccount needs get on services and endpoints in namespace shop: label that namespace kstreams.io\/inject=enabled/);
+    expect((err as Error).message).not.toMatch(/HTTP-Code|Headers|\n/);
+  });
+
+  it('an unreachable apiserver is named as such, without an RBAC hint', async () => {
+    const refused = () => Object.assign(new Error('request to https://10.96.0.1:443/api/v1/namespaces/shop/services/staging failed, reason: connect ECONNREFUSED 10.96.0.1:443'), { name: 'FetchError', type: 'system', errno: 'ECONNREFUSED', code: 'ECONNREFUSED' });
+    const err = await serviceResolver(failing(refused), 'shop')({ service: { name: 'staging', port: 8080 } }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(/^get Service shop\/staging: apiserver unreachable \(ECONNREFUSED\): connect ECONNREFUSED 10\.96\.0\.1:443; fix: the apiserver cannot be reached/);
+    expect((err as Error).message).not.toMatch(/RoleBinding|ServiceAccount needs/);
+  });
+});

@@ -6,7 +6,16 @@
 import type { CoreV1Api, CoreV1EndpointPort, V1Endpoints, V1Service } from '@kubernetes/client-node';
 import type { MirrorTarget } from '../../../operator/src/api/streampath.js';
 import type { Endpoint } from '../../../native/lib/types.js';
+import { formatApiError } from '../../../operator/src/kube/errors.js';
 import type { ServiceResolver } from './dataplane.js';
+
+/** The fix for a 403: the pod's ServiceAccount reads Services and Endpoints through the sidecar ClusterRole. */
+function readHint(namespace: string): string {
+  return (
+    `the pod's ServiceAccount needs get on services and endpoints in namespace ${namespace}: label that namespace ` +
+    `kstreams.io/inject=enabled so the operator binds the kstreams sidecar ClusterRole there, or create that RoleBinding yourself (docs/agent.md)`
+  );
+}
 
 /** The slice of CoreV1Api the resolver uses (a fake in unit tests). */
 export type ServiceReader = Pick<CoreV1Api, 'readNamespacedService' | 'readNamespacedEndpoints'>;
@@ -29,7 +38,7 @@ export function serviceResolver(api: ServiceReader, defaultNamespace: string): S
       svc = await api.readNamespacedService({ name: ref.name, namespace });
     } catch (err) {
       if (httpStatus(err) === 404) throw new Error(`${what} does not exist`);
-      throw new Error(`reading ${what} failed: ${(err as Error).message}`);
+      throw new Error(formatApiError(err, { verb: 'get', object: what, forbiddenHint: readHint(namespace) }), { cause: err });
     }
     const ports = svc.spec?.ports ?? [];
     const servicePort = ports.find((p) => p.port === ref.port);
@@ -48,7 +57,7 @@ export function serviceResolver(api: ServiceReader, defaultNamespace: string): S
       endpoints = await api.readNamespacedEndpoints({ name: ref.name, namespace });
     } catch (err) {
       if (httpStatus(err) === 404) throw new Error(`${what} is headless and has no Endpoints yet`);
-      throw new Error(`reading Endpoints of ${what} failed: ${(err as Error).message}`);
+      throw new Error(formatApiError(err, { verb: 'get', object: `Endpoints ${namespace}/${ref.name}`, forbiddenHint: readHint(namespace) }), { cause: err });
     }
     // Endpoints name their ports after the Service's; an unnamed single port matches by being alone.
     const matches = (p: CoreV1EndpointPort, all: CoreV1EndpointPort[]) =>

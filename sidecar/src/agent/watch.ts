@@ -5,6 +5,7 @@
 import { ListWatch, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Backoff } from '../../../operator/src/kube/backoff.js';
+import { formatApiError } from '../../../operator/src/kube/errors.js';
 
 /** Lifecycle of a watch, as counted in metrics. */
 export type WatchLifecycle = 'listed' | 'connected' | 'added' | 'updated' | 'deleted' | 'error' | 'restart';
@@ -80,7 +81,7 @@ export class ResourceWatch<T extends KubernetesObject> {
     if (this.stopped) return;
     const delay = this.backoff.next();
     this.opts.logger.warn(
-      { resource: this.opts.resource, err: (err as Error)?.message ?? String(err), retryInMs: delay },
+      { resource: this.opts.resource, err: formatApiError(err, { verb: 'watch', object: this.opts.resource }), retryInMs: delay },
       'watch failed; restarting',
     );
     this.restartTimer = this.timers.setTimeout(() => {
