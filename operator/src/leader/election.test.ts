@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { FakeClock, flushMicrotasks } from '../clock.js';
+import { FakeClock, flushMicrotasks, type Clock } from '../clock.js';
 import { ApiError, type KubeTransport } from '../kube/rest.js';
 import { LeaderElector } from './election.js';
 
@@ -9,8 +9,21 @@ class FakeLeases implements KubeTransport {
   lease: Record<string, any> | undefined;
   rv = 0;
   down = false;
-  async request<T>(method: string, path: string, opts?: { body?: unknown }): Promise<T> {
+  /** Requests hang (a stalled connection) until their signal aborts them. */
+  hang = false;
+  aborted = 0;
+  async request<T>(method: string, path: string, opts?: { body?: unknown; signal?: AbortSignal }): Promise<T> {
     if (this.down) throw new Error('connect ECONNREFUSED');
+    if (this.hang) {
+      return new Promise<T>((_resolve, reject) => {
+        opts?.signal?.addEventListener('abort', () => {
+          this.aborted++;
+          const e = new Error('aborted');
+          e.name = 'AbortError';
+          reject(e);
+        });
+      });
+    }
     if (method === 'GET') {
       if (!this.lease) throw new ApiError(404, method, path, '{}');
       return structuredClone(this.lease) as T;
@@ -25,7 +38,7 @@ class FakeLeases implements KubeTransport {
   async watch(): Promise<void> {}
 }
 
-function candidate(leases: FakeLeases, clock: FakeClock, identity: string, log: string[]) {
+function candidate(leases: FakeLeases, clock: Clock, identity: string, log: string[], monotonic = () => clock.now()) {
   return new LeaderElector({
     transport: leases,
     clock,
@@ -36,6 +49,7 @@ function candidate(leases: FakeLeases, clock: FakeClock, identity: string, log: 
     leaseDurationMs: 15_000,
     renewDeadlineMs: 10_000,
     retryPeriodMs: 2_000,
+    monotonic,
     onStartedLeading: () => log.push(`${identity} started`),
     onStoppedLeading: () => log.push(`${identity} stopped`),
   });
@@ -88,5 +102,63 @@ describe('LeaderElector', () => {
     expect(leases.lease!.spec.renewTime).toBe('2026-01-01T00:00:00.123000Z');
     stop.abort();
     await run;
+  });
+
+  it('a renew that hangs is aborted at the renew deadline, and leadership ends then, not when the connection gives up', async () => {
+    const leases = new FakeLeases();
+    const clock = new FakeClock();
+    const log: string[] = [];
+    const a = candidate(leases, clock, 'a', log);
+    const stop = new AbortController();
+    const run = a.run(stop.signal);
+    await flushMicrotasks();
+    expect(a.isLeader).toBe(true);
+    const renewedAt = clock.now(); // the first acquire is the last renew that succeeded
+    leases.hang = true; // every request from now on stalls without an error, like a proxy that stops forwarding
+    await clock.advance(2_000); // the renew goes out and hangs
+    expect(a.isLeader).toBe(true);
+    await clock.advance(10_000 - 2_000 - 1);
+    expect(a.isLeader).toBe(true);
+    await clock.advance(1);
+    // Exactly renewDeadline after the last successful renew, with the request still hanging: stopped, and
+    // the hung request was aborted (it would otherwise hold the loop until a 30 s transport timeout).
+    expect(clock.now() - renewedAt).toBe(10_000);
+    expect(a.isLeader).toBe(false);
+    expect(log).toEqual(['a started', 'a stopped']);
+    expect(leases.aborted).toBe(1);
+    leases.hang = false;
+    stop.abort();
+    await run;
+  });
+
+  it('durations follow the monotonic clock: a wall-clock step back does not extend another holder\'s lease', async () => {
+    const leases = new FakeLeases();
+    const clock = new FakeClock();
+    // Timers (sleeps) run on the fake clock as setTimeout does on a monotonic one; the wall clock that
+    // writes timestamps steps back an hour (NTP) after the first round.
+    let step = 0;
+    const wall: Clock = { now: () => clock.now() - step, sleep: (ms, signal) => clock.sleep(ms, signal) };
+    const start = clock.now();
+    const mono = () => clock.now() - start;
+    const log: string[] = [];
+    const a = candidate(leases, wall, 'a', log, mono);
+    const stopA = new AbortController();
+    const runA = a.run(stopA.signal);
+    await flushMicrotasks();
+    (a as unknown as { o: { transport: KubeTransport } }).o.transport = { request: async () => { throw new Error('partitioned'); }, watch: async () => {} };
+    const b = candidate(leases, wall, 'b', log, mono);
+    const stopB = new AbortController();
+    const runB = b.run(stopB.signal);
+    await flushMicrotasks();
+    expect(b.isLeader).toBe(false);
+    await clock.advance(2_000);
+    step = 3_600_000;
+    await clock.advance(16_000);
+    expect(b.isLeader).toBe(true);
+    expect(log.indexOf('a stopped')).toBeGreaterThanOrEqual(0);
+    expect(log.indexOf('a stopped')).toBeLessThan(log.indexOf('b started'));
+    stopA.abort();
+    stopB.abort();
+    await Promise.all([runA, runB]);
   });
 });

@@ -1,8 +1,11 @@
 // Lease-based leader election (coordination.k8s.io/v1), as client-go does it:
 //  - a candidate takes the Lease when it is free, released, or not renewed for leaseDuration as measured
-//    on the candidate's own clock since it last saw the record change (no trust in other nodes' clocks);
-//  - the leader renews every retryPeriod; when it could not renew for renewDeadline (< leaseDuration) it
-//    stops leading at once, before any other replica may take over;
+//    on the candidate's own monotonic clock since it last saw the record change (no trust in other nodes'
+//    clocks, and no wall-clock step can shorten or stretch a wait);
+//  - the leader renews every retryPeriod; renewDeadline (< leaseDuration) after the last renew that
+//    succeeded (counted from when that request was sent) it stops leading, at that instant: the renew in
+//    flight is aborted then, not when a hung connection finally times out, so leadership always ends before
+//    any other replica can take over;
 //  - writes use the Lease's resourceVersion, so two candidates can never both win the same round;
 //  - on shutdown the leader releases the Lease (empty holder), so a follower takes over without waiting.
 import type { V1Lease } from '@kubernetes/client-node';
@@ -25,6 +28,8 @@ export interface LeaderElectionOptions {
   /** Called when leadership is lost or released; must stop every leader-only activity. */
   onStoppedLeading: () => void;
   onNewLeader?: (identity: string) => void;
+  /** Monotonic milliseconds for every duration (default performance.now()); clock.now() only writes timestamps. */
+  monotonic?: () => number;
 }
 
 /** MicroTime as the apiserver writes it: RFC 3339 with microseconds. */
@@ -42,8 +47,11 @@ export class LeaderElector {
   private readonly path: string;
   private lastObservedLeader = '';
 
+  private readonly mono: () => number;
+
   constructor(private readonly o: LeaderElectionOptions) {
     this.path = `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(o.namespace)}/leases`;
+    this.mono = o.monotonic ?? (() => performance.now());
   }
 
   get isLeader(): boolean {
@@ -55,18 +63,42 @@ export class LeaderElector {
     const { clock, retryPeriodMs, renewDeadlineMs, log } = this.o;
     while (!signal.aborted) {
       let ok = false;
+      const attempt = new AbortController();
+      const onStop = () => attempt.abort();
+      signal.addEventListener('abort', onStop, { once: true });
+      // While leading, the renew deadline is a timer of its own: when it passes, leadership ends and the
+      // request in flight is aborted, whatever the connection does.
+      const deadlineTimer = new AbortController();
+      if (this.leading) {
+        const remaining = this.lastRenew + renewDeadlineMs - this.mono();
+        clock.sleep(Math.max(0, remaining), deadlineTimer.signal).then(
+          () => {
+            if (!this.leading) return;
+            log.error({ lease: this.o.name, sinceRenewMs: Math.round(this.mono() - this.lastRenew) }, 'leader election: renew deadline passed, stopping leading');
+            attempt.abort(new Error('renew deadline passed'));
+            this.stopLeading();
+          },
+          () => {},
+        );
+      }
+      const sentAt = this.mono();
       try {
-        ok = await this.tryAcquireOrRenew();
+        // A follower's attempt is bounded too: a hung request must not stall the campaign.
+        ok = await this.tryAcquireOrRenew(attempt.signal, this.leading ? renewDeadlineMs : Math.max(retryPeriodMs, renewDeadlineMs));
       } catch (err) {
-        log.warn({ err, lease: `${this.o.namespace}/${this.o.name}` }, 'leader election: could not read or write the Lease');
+        if (!attempt.signal.aborted) log.warn({ err, lease: `${this.o.namespace}/${this.o.name}` }, 'leader election: could not read or write the Lease');
+      } finally {
+        deadlineTimer.abort();
+        signal.removeEventListener('abort', onStop);
       }
       if (signal.aborted) break;
-      const now = clock.now();
       if (ok) {
-        this.lastRenew = now;
+        // Counted from when the request was sent: the apiserver wrote the renewal after that, so every other
+        // candidate's wait began after it too.
+        this.lastRenew = sentAt;
         if (!this.leading) this.startLeading();
-      } else if (this.leading && now - this.lastRenew >= renewDeadlineMs) {
-        log.error({ lease: this.o.name, sinceRenewMs: now - this.lastRenew }, 'leader election: renew deadline passed, stopping leading');
+      } else if (this.leading && this.mono() - this.lastRenew >= renewDeadlineMs) {
+        log.error({ lease: this.o.name, sinceRenewMs: Math.round(this.mono() - this.lastRenew) }, 'leader election: renew deadline passed, stopping leading');
         this.stopLeading();
       } else if (this.leading && this.lease?.spec?.holderIdentity && this.lease.spec.holderIdentity !== this.o.identity) {
         log.error({ holder: this.lease.spec.holderIdentity }, 'leader election: another replica holds the Lease, stopping leading');
@@ -103,7 +135,7 @@ export class LeaderElector {
     const record = `${spec.holderIdentity ?? ''}|${String(spec.renewTime ?? '')}|${spec.leaseDurationSeconds ?? ''}`;
     if (record !== this.observedRecord) {
       this.observedRecord = record;
-      this.observedAt = this.o.clock.now();
+      this.observedAt = this.mono();
     }
     this.lease = lease;
     const holder = spec.holderIdentity ?? '';
@@ -113,13 +145,14 @@ export class LeaderElector {
     }
   }
 
-  private async tryAcquireOrRenew(): Promise<boolean> {
+  private async tryAcquireOrRenew(signal: AbortSignal, timeoutMs: number): Promise<boolean> {
     const { transport, clock, identity, leaseDurationMs } = this.o;
     const now = clock.now();
+    const opts = { signal, timeoutMs };
     const durationSeconds = Math.max(1, Math.ceil(leaseDurationMs / 1000));
     let existing: V1Lease;
     try {
-      existing = await transport.request<V1Lease>('GET', `${this.path}/${encodeURIComponent(this.o.name)}`);
+      existing = await transport.request<V1Lease>('GET', `${this.path}/${encodeURIComponent(this.o.name)}`, opts);
     } catch (err) {
       if (!isStatus(err, 404)) throw err;
       const fresh: V1Lease = {
@@ -135,7 +168,7 @@ export class LeaderElector {
         },
       };
       try {
-        const created = await transport.request<V1Lease>('POST', this.path, { body: fresh });
+        const created = await transport.request<V1Lease>('POST', this.path, { ...opts, body: fresh });
         this.observe(created);
         return true;
       } catch (e) {
@@ -148,7 +181,8 @@ export class LeaderElector {
     const holder = spec.holderIdentity ?? '';
     const heldByOther = holder !== '' && holder !== identity;
     const otherDurationMs = (spec.leaseDurationSeconds ?? durationSeconds) * 1000;
-    if (heldByOther && this.observedAt + otherDurationMs > now) return false;
+    if (heldByOther && this.observedAt + otherDurationMs > this.mono()) return false;
+    if (signal.aborted) return false;
 
     const updated: V1Lease = {
       ...existing,
@@ -162,7 +196,7 @@ export class LeaderElector {
       },
     };
     try {
-      const written = await transport.request<V1Lease>('PUT', `${this.path}/${encodeURIComponent(this.o.name)}`, { body: updated });
+      const written = await transport.request<V1Lease>('PUT', `${this.path}/${encodeURIComponent(this.o.name)}`, { ...opts, body: updated });
       this.observe(written);
       return true;
     } catch (err) {
