@@ -83,7 +83,7 @@ export class AgentPoller {
   /** Follows a pod from the pod cache: polled while it is injected and has an IP. */
   update(pod: SlimPod): void {
     const key = podKey(pod);
-    if (!pod.injected || !pod.podIP || pod.deleting) {
+    if (!pod.injected || !pod.podIP || pod.deleting || pod.terminated) {
       this.tracked.delete(key);
       return;
     }

@@ -61,9 +61,13 @@ export class Controller {
   constructor(private readonly d: ControllerDeps) {
     const { config, transport, clock, log, metrics } = d;
     const informerBackoff = () => new Backoff({ initialMs: 500, maxMs: 30_000, random: d.random });
-    const lifecycle = (resource: string) => (event: InformerLifecycle, detail: { error?: unknown; delayMs?: number; count?: number }) => {
+    const lifecycle = (resource: string) => (event: InformerLifecycle, detail: { error?: unknown; delayMs?: number; count?: number; handler?: string }) => {
       metrics.recordLifecycle(resource, event);
-      if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired) {
+      if (event === InformerLifecycle.HandlerFailed) {
+        log.error({ resource, handler: detail.handler, err: detail.error }, `${resource} informer: ${detail.handler} handler threw; skipped for this object, the watch goes on`);
+      } else if (event === InformerLifecycle.IdleTimeout) {
+        log.warn({ resource, delayMs: detail.delayMs, err: detail.error }, `${resource} informer: watch silent past its timeout, relisting`);
+      } else if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired) {
         log.warn({ resource, event, delayMs: detail.delayMs, err: detail.error }, `${resource} informer: ${event}, retrying after backoff`);
       } else if (event === InformerLifecycle.Listed) {
         metrics.informerObjects.set({ resource }, detail.count ?? 0);

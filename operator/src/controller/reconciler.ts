@@ -156,6 +156,8 @@ export class Reconciler {
     // none reports it attached any more (the last known report counts while an agent is unreachable).
     const stillAttached: string[] = [];
     for (const pod of this.d.podsInNamespace(sp.metadata.namespace)) {
+      // A Succeeded or Failed pod's agent has ended with it: nothing is attached there any more.
+      if (pod.terminated) continue;
       const entry = this.d.observe(pod)?.report?.streamPaths.find((s) => s.name === sp.metadata.name);
       if (entry?.attached) stillAttached.push(pod.name);
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AgentReportSchema, type AgentReport } from '../api/agent.js';
-import type { SlimNamespace, SlimPod } from '../kube/objects.js';
+import { sameSlimPod, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { computeStatus, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
@@ -146,6 +146,20 @@ describe('computeStatus', () => {
   it('ignores pods of other namespaces and deleting pods', () => {
     const r = computeStatus(input([pod('a', { namespace: 'other' }), pod('b', { deleting: true })]));
     expect(r.status.podsSelected).toBe(0);
+  });
+
+  it('ignores Succeeded and Failed pods: a finished Job pod does not keep the StreamPath Attaching', () => {
+    const a = pod('a');
+    const done = pod('done', { terminated: true });
+    const r = computeStatus(input([a, done], { a: { report: report(a), at: NOW } }));
+    expect(r.status.podsSelected).toBe(1);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'True', reason: Reason.Attached });
+    // from the raw pods as the informer sees them
+    const raw = (phase: string) => slimPod({ metadata: { name: 'p', namespace: 'shop', uid: 'u' }, status: { phase, podIP: '10.0.0.9' } });
+    expect(raw('Succeeded').terminated).toBe(true);
+    expect(raw('Failed').terminated).toBe(true);
+    expect(raw('Running').terminated).toBeUndefined();
+    expect(sameSlimPod(raw('Running'), raw('Failed'))).toBe(false);
   });
 
   it('an invalid spec says which field is wrong', () => {

@@ -131,7 +131,7 @@ export function computeStatus(input: StatusInput): StatusResult {
     addProblem(Reason.InvalidSpec, undefined, input.specErrors.join('; '));
   } else {
     for (const pod of input.pods) {
-      if (pod.namespace !== namespace || pod.deleting || !selectorMatches(input.selector, pod.labels)) continue;
+      if (pod.namespace !== namespace || pod.deleting || pod.terminated || !selectorMatches(input.selector, pod.labels)) continue;
       selected++;
       if (!pod.injected) {
         notInjected.push(pod);

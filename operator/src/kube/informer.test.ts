@@ -147,4 +147,66 @@ describe('Informer', () => {
     await inf.stop();
     expect(events.at(-1)).toBe(InformerLifecycle.Stopped);
   });
+
+  it('a throwing handler is counted and skipped; the same watch goes on delivering to every handler', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    let release!: () => void;
+    const ended = new Promise<void>((r) => (release = r));
+    server.steps.push(async (emit, signal) => {
+      emit({ type: 'ADDED', object: obj('bad', '11') as never });
+      emit({ type: 'ADDED', object: obj('good', '12') as never });
+      emit({ type: 'MODIFIED', object: obj('bad', '13', 1) as never });
+      release();
+      // stays open: a frozen watch would be one that ignores what follows until the server closes it
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    });
+    const events: InformerLifecycle[] = [];
+    const inf = makeInformer(server, clock, events, []);
+    const seen: string[] = [];
+    inf.on({
+      add: (o) => {
+        if (o.metadata.name === 'bad') throw new Error('consumer bug');
+        seen.push(`first add ${o.metadata.name}`);
+      },
+      update: (_o, n) => seen.push(`first update ${n.metadata.name}`),
+    });
+    inf.on({ add: (o) => seen.push(`second add ${o.metadata.name}`) });
+    inf.start();
+    await ended;
+    await flushMicrotasks();
+    expect(seen).toEqual(['second add bad', 'first add good', 'second add good', 'first update bad']);
+    expect(events.filter((e) => e === InformerLifecycle.HandlerFailed)).toHaveLength(1);
+    expect(server.watches).toHaveLength(1); // not reconnected, not closed
+    expect(events).not.toContain(InformerLifecycle.Failed);
+    expect(inf.get('bad')?.v).toBe(1);
+    await inf.stop();
+  });
+
+  it('a watch silent past its idle timeout is taken for dead: aborted and the cache relisted', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    let aborted = 0;
+    server.steps.push(async (_emit, signal) => {
+      // A dead connection: no event, no close, until the client gives up on it.
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => (aborted++, resolve()), { once: true }));
+    });
+    const events: InformerLifecycle[] = [];
+    const delays: number[] = [];
+    const inf = makeInformer(server, clock, events, delays);
+    inf.start();
+    await inf.whenSynced();
+    await flushMicrotasks();
+    expect(server.lists).toHaveLength(1);
+    // default idle timeout: the server-side timeout (300 s here) plus 30 s
+    await clock.advance(330_000 - 1);
+    expect(events).not.toContain(InformerLifecycle.IdleTimeout);
+    await clock.advance(1);
+    expect(aborted).toBe(1);
+    expect(events).toContain(InformerLifecycle.IdleTimeout);
+    await clock.advance(delays.at(-1)!);
+    expect(server.lists).toHaveLength(2); // relisted
+    expect(server.watches).toHaveLength(2);
+    await inf.stop();
+  });
 });

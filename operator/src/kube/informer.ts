@@ -2,7 +2,11 @@
 //  - a watch that the server closes normally (timeout) is resumed from the last resourceVersion seen;
 //  - 410 Gone (the resourceVersion fell out of the apiserver's window) relists, after backoff with jitter;
 //  - any other failure backs off with jitter, then resumes (or relists when no resourceVersion is known);
-//  - every resyncPeriodMs the handlers' resync() runs, so level-triggered consumers re-check everything.
+//  - every resyncPeriodMs the handlers' resync() runs, so level-triggered consumers re-check everything;
+//  - a watch that delivers nothing (no event, no bookmark) for idleTimeoutMs is taken for a silently dead
+//    connection (no FIN, no RST: a NAT or proxy dropped it), aborted, and the cache relisted;
+//  - a handler (or transform) that throws is logged and counted, and the watch goes on with the next event:
+//    one bad object or consumer bug never freezes the cache.
 // Objects are passed through transform() before they are kept: the operator keeps only the fields it
 // reads (a slim pod is a few hundred bytes instead of several KiB), which bounds memory at 10k pods.
 import { isAbortError, type Clock } from '../clock.js';
@@ -22,6 +26,10 @@ export enum InformerLifecycle {
   Failed = 'failed',
   Resync = 'resync',
   Stopped = 'stopped',
+  /** No event or bookmark for idleTimeoutMs: the connection is abandoned and the cache relisted. */
+  IdleTimeout = 'idle_timeout',
+  /** A handler or the transform threw on one object; the event was skipped for it, the watch goes on. */
+  HandlerFailed = 'handler_failed',
 }
 
 export interface LifecycleDetail {
@@ -30,6 +38,8 @@ export interface LifecycleDetail {
   delayMs?: number;
   /** Objects in the cache (Listed). */
   count?: number;
+  /** Which handler threw (HandlerFailed): add, update, delete, resync or transform. */
+  handler?: string;
 }
 
 export interface InformerHandlers<T> {
@@ -60,7 +70,19 @@ export interface InformerOptions<T> {
   pageSize?: number;
   /** Server-side watch timeout, randomised so that informers do not reconnect together. */
   watchTimeoutSeconds?: () => number;
+  /**
+   * A watch silent (no event, no bookmark) for this long is abandoned and the cache relisted. Default: the
+   * watch's server-side timeout plus 30 s, after which the apiserver would have closed a live watch anyway.
+   */
+  idleTimeoutMs?: number;
   onLifecycle?: (event: InformerLifecycle, detail: LifecycleDetail) => void;
+}
+
+export class WatchIdleError extends Error {
+  constructor(name: string, idleMs: number) {
+    super(`${name}: watch silent for ${idleMs} ms (no event, no bookmark, not closed by the server): connection taken for dead, relisting`);
+    this.name = 'WatchIdleError';
+  }
 }
 
 export class GoneError extends Error {
@@ -160,6 +182,9 @@ export class Informer<T> {
         if (err instanceof GoneError || (err instanceof ApiError && err.statusCode === 410)) {
           this.resourceVersion = undefined;
           this.emit(InformerLifecycle.Expired, { error: err, delayMs });
+        } else if (err instanceof WatchIdleError) {
+          this.resourceVersion = undefined;
+          this.emit(InformerLifecycle.IdleTimeout, { error: err, delayMs });
         } else {
           this.emit(InformerLifecycle.Failed, { error: err, delayMs });
         }
@@ -182,7 +207,7 @@ export class Informer<T> {
       }
       if (!this.syncedFlag) continue;
       this.emit(InformerLifecycle.Resync, { count: this.store.size });
-      for (const h of this.handlers) h.resync?.();
+      for (const h of this.handlers) this.call('resync', () => h.resync?.());
     }
   }
 
@@ -204,7 +229,13 @@ export class Informer<T> {
       if (signal.aborted) return;
       listRv ??= page.metadata?.resourceVersion;
       for (const raw of page.items ?? []) {
-        const obj = transform(raw);
+        let obj: T;
+        try {
+          obj = transform(raw);
+        } catch (error) {
+          this.emit(InformerLifecycle.HandlerFailed, { error, handler: 'transform' });
+          continue;
+        }
         fresh.set(key(obj), obj);
       }
       cont = page.metadata?.continue || undefined;
@@ -214,14 +245,14 @@ export class Informer<T> {
     for (const [k, old] of this.store) {
       if (!fresh.has(k)) {
         this.store.delete(k);
-        for (const h of this.handlers) h.delete?.(old);
+        for (const h of this.handlers) this.call('delete', () => h.delete?.(old));
       }
     }
     for (const [k, obj] of fresh) {
       const old = this.store.get(k);
       this.store.set(k, obj);
-      if (old === undefined) for (const h of this.handlers) h.add?.(obj);
-      else if (!this.opts.equal?.(old, obj)) for (const h of this.handlers) h.update?.(old, obj);
+      if (old === undefined) for (const h of this.handlers) this.call('add', () => h.add?.(obj));
+      else if (!this.opts.equal?.(old, obj)) for (const h of this.handlers) this.call('update', () => h.update?.(old, obj));
     }
     this.resourceVersion = listRv;
     this.emit(InformerLifecycle.Listed, { count: this.store.size });
@@ -233,32 +264,72 @@ export class Informer<T> {
 
   /** One watch connection; resolves when the server closes it, true when it delivered any event. */
   private async watchOnce(signal: AbortSignal): Promise<boolean> {
+    const timeoutSeconds = this.opts.watchTimeoutSeconds?.() ?? 300 + Math.floor(Math.random() * 300);
     const query: Record<string, string> = {
       resourceVersion: this.resourceVersion ?? '',
       allowWatchBookmarks: 'true',
-      timeoutSeconds: String(this.opts.watchTimeoutSeconds?.() ?? 300 + Math.floor(Math.random() * 300)),
+      timeoutSeconds: String(timeoutSeconds),
     };
     if (this.opts.labelSelector) query.labelSelector = this.opts.labelSelector;
     if (this.opts.fieldSelector) query.fieldSelector = this.opts.fieldSelector;
     this.emit(InformerLifecycle.WatchStarted, {});
     let sawEvents = false;
     let failure: Error | undefined;
-    await this.opts.transport.watch(
-      this.opts.path,
-      query,
-      (e) => {
-        if (failure) return;
-        sawEvents = true;
-        try {
-          this.apply(e);
-        } catch (err) {
-          failure = err as Error;
-        }
-      },
-      signal,
-    );
+    // This connection's own abort: the informer stopping, a watch ERROR event, or the idle timer.
+    const conn = new AbortController();
+    const onStop = () => conn.abort();
+    signal.addEventListener('abort', onStop, { once: true });
+    const idleMs = this.opts.idleTimeoutMs ?? timeoutSeconds * 1000 + 30_000;
+    let idleTimer = new AbortController();
+    const armIdle = () => {
+      idleTimer.abort();
+      idleTimer = new AbortController();
+      const mine = idleTimer;
+      this.opts.clock.sleep(idleMs, mine.signal).then(
+        () => {
+          if (mine.signal.aborted || conn.signal.aborted) return;
+          failure ??= new WatchIdleError(this.opts.name, idleMs);
+          conn.abort();
+        },
+        () => {},
+      );
+    };
+    armIdle();
+    try {
+      await this.opts.transport.watch(
+        this.opts.path,
+        query,
+        (e) => {
+          if (failure) return;
+          sawEvents = true;
+          armIdle();
+          try {
+            this.apply(e);
+          } catch (err) {
+            // Only the watch's own ERROR events end the connection (410 relists, others reconnect).
+            failure = err as Error;
+            conn.abort();
+          }
+        },
+        conn.signal,
+      );
+    } catch (err) {
+      if (!failure) throw err;
+    } finally {
+      idleTimer.abort();
+      signal.removeEventListener('abort', onStop);
+    }
     if (failure) throw failure;
     return sawEvents;
+  }
+
+  /** Calls one handler; a throw is reported and counted, never passed up into the watch. */
+  private call(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.emit(InformerLifecycle.HandlerFailed, { error, handler: what });
+    }
   }
 
   private apply(e: WatchEvent): void {
@@ -272,16 +343,24 @@ export class Informer<T> {
       if (rv) this.resourceVersion = rv;
       return;
     }
-    const obj = this.opts.transform(e.object);
+    let obj: T;
+    try {
+      obj = this.opts.transform(e.object);
+    } catch (error) {
+      // An object the transform cannot read is skipped; the resourceVersion still moves past it.
+      this.emit(InformerLifecycle.HandlerFailed, { error, handler: 'transform' });
+      if (rv) this.resourceVersion = rv;
+      return;
+    }
     const k = this.opts.key(obj);
     const old = this.store.get(k);
     if (e.type === 'DELETED') {
       this.store.delete(k);
-      if (old !== undefined) for (const h of this.handlers) h.delete?.(obj);
+      if (old !== undefined) for (const h of this.handlers) this.call('delete', () => h.delete?.(obj));
     } else {
       this.store.set(k, obj);
-      if (old === undefined) for (const h of this.handlers) h.add?.(obj);
-      else if (!this.opts.equal?.(old, obj)) for (const h of this.handlers) h.update?.(old, obj);
+      if (old === undefined) for (const h of this.handlers) this.call('add', () => h.add?.(obj));
+      else if (!this.opts.equal?.(old, obj)) for (const h of this.handlers) this.call('update', () => h.update?.(old, obj));
     }
     if (rv) this.resourceVersion = rv;
   }

@@ -15,6 +15,9 @@ export interface SlimPod {
   /** Opted out by the pod label kstreams.io/inject=false. */
   optedOut: boolean;
   deleting: boolean;
+  /** phase Succeeded or Failed: its containers have ended for good (a Job's pod, an evicted pod) and its
+   *  agent with them. Such a pod is neither selected, nor polled, nor waited on to detach. */
+  terminated?: boolean;
 }
 
 export interface SlimNamespace {
@@ -35,7 +38,7 @@ interface RawMeta {
 
 export function slimPod(raw: Record<string, unknown>): SlimPod {
   const meta = (raw.metadata ?? {}) as RawMeta;
-  const status = (raw.status ?? {}) as { podIP?: string };
+  const status = (raw.status ?? {}) as { podIP?: string; phase?: string };
   const annotations = meta.annotations ?? {};
   const labels = meta.labels ?? {};
   const port = Number(annotations[AGENT_PORT_ANNOTATION]);
@@ -50,6 +53,7 @@ export function slimPod(raw: Record<string, unknown>): SlimPod {
     deleting: meta.deletionTimestamp !== undefined,
   };
   if (status.podIP) pod.podIP = status.podIP;
+  if (status.phase === 'Succeeded' || status.phase === 'Failed') pod.terminated = true;
   return pod;
 }
 
@@ -72,6 +76,7 @@ export function sameSlimPod(a: SlimPod, b: SlimPod): boolean {
     a.agentPort === b.agentPort &&
     a.optedOut === b.optedOut &&
     a.deleting === b.deleting &&
+    Boolean(a.terminated) === Boolean(b.terminated) &&
     sameLabels(a.labels, b.labels)
   );
 }
