@@ -59,6 +59,26 @@ function addCrossFieldRules(spec: JsonSchema): JsonSchema {
   const targets = (mirror['properties'] as JsonSchema)['targets'] as JsonSchema;
   const items = targets['items'] as JsonSchema;
   items['oneOf'] = [{ required: ['address'] }, { required: ['service'] }];
+  // spec.mirror is required unless spec.transform.applyTo is primary. The apiserver states the part it can
+  // word well: a spec with neither mirror nor transform is refused as `spec.mirror: Required value` (when no
+  // branch holds, it reports the first one's errors). A transform of the mirror without a mirror passes here
+  // and is refused by zod: an anyOf on applyTo would be reported as "applyTo: supported values: primary",
+  // which points the user at transforming the primary instead of at the missing mirror.
+  spec['anyOf'] = [{ required: ['mirror'] }, { required: ['transform'] }];
+
+  const transform = (spec['properties'] as JsonSchema)['transform'] as JsonSchema;
+  const ops = (transform['properties'] as JsonSchema)['ops'] as JsonSchema;
+  const op = ops['items'] as JsonSchema;
+  const opProps = op['properties'] as JsonSchema;
+  op['oneOf'] = Object.keys(opProps).map((kind) => ({ required: [kind] }));
+  const byteMap = opProps['byteMap'] as JsonSchema;
+  byteMap['anyOf'] = [{ required: ['preset'] }, { required: ['pairs'] }];
+  ((byteMap['properties'] as JsonSchema)['pairs'] as JsonSchema)['minProperties'] = 1;
+  // A program's path is for `kstreams run` only: left out of the CRD, so that kubectl refuses it as an
+  // unknown field and the apiserver prunes it; in a cluster a program comes from a ConfigMap.
+  const program = opProps['program'] as JsonSchema;
+  delete (program['properties'] as JsonSchema)['path'];
+  program['required'] = ['configMap', 'key'];
   return spec;
 }
 
@@ -94,7 +114,7 @@ export function buildCrd(): JsonSchema {
           schema: {
             openAPIV3Schema: {
               type: 'object',
-              description: 'StreamPath mirrors (and later transforms) the inbound TCP traffic of the pods it selects, in the kernel.',
+              description: 'StreamPath mirrors and transforms the inbound TCP traffic of the pods it selects, in the kernel.',
               required: ['spec'],
               properties: {
                 apiVersion: { type: 'string' },

@@ -10,10 +10,10 @@ describe('the StreamPath schema', () => {
     const r = parseStreamPath(YAML.parse(EXAMPLE_STREAMPATH_YAML));
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(r.value.spec.mirror.onOverflow).toBe('cut');
-    expect(r.value.spec.mirror.pipeSize).toBe(256 * 1024);
-    expect(r.value.spec.mirror.turnTimeoutMs).toBe(1000);
-    expect(r.value.spec.mirror.bufferSize).toBe(4 * 1024 * 1024);
+    expect(r.value.spec.mirror?.onOverflow).toBe('cut');
+    expect(r.value.spec.mirror?.pipeSize).toBe(256 * 1024);
+    expect(r.value.spec.mirror?.turnTimeoutMs).toBe(1000);
+    expect(r.value.spec.mirror?.bufferSize).toBe(4 * 1024 * 1024);
     expect(r.value.spec.drainTimeoutSeconds).toBe(20);
   });
 

@@ -146,47 +146,257 @@ export const MirrorSchema = z.strictObject({
     ),
 });
 
-const token = z.string().min(1).max(LIMITS.maxTokenLength);
+// spec.transform. Every op works on bytes: an op's strings are UTF-8 text, and a pattern is exactly the
+// bytes of its UTF-8 encoding ("é" is the two bytes 0xC3 0xA9). Lengths are counted in those bytes.
+const utf8 = new TextEncoder();
 
-export const MaskOpSchema = z.strictObject({
-  mask: z.strictObject({
-    after: token.describe('Bytes after which masking starts'),
-    until: token.describe('Bytes at which masking stops'),
-    with: z.string().length(1).default('*').describe('The single character written over masked bytes'),
-  }),
-});
-export const ReplaceOpSchema = z.strictObject({
-  replace: z.strictObject({
-    from: token,
-    to: z.string().max(LIMITS.maxTokenLength),
-  }),
-});
-export const ByteMapOpSchema = z.strictObject({
-  byteMap: z.strictObject({
-    preset: z.enum(['uppercase', 'lowercase']).optional(),
-    pairs: z.record(z.string().length(1), z.string().length(1)).optional(),
-  }),
-});
-export const ProgramOpSchema = z.strictObject({
-  program: z.strictObject({
-    configMap: dnsLabel.describe('ConfigMap holding the BPF object'),
-    key: z.string().min(1).max(253).describe('Key of the BPF object in the ConfigMap (binaryData)'),
-    section: z.string().min(1).max(128).optional().describe('Program section; defaults to the first sk_msg program'),
-  }),
-});
+/** The bytes a pattern stands for: its UTF-8 encoding. */
+export function patternBytes(text: string): Uint8Array {
+  return utf8.encode(text);
+}
 
-export const TransformOpSchema = z.union([MaskOpSchema, ReplaceOpSchema, ByteMapOpSchema, ProgramOpSchema]);
+/**
+ * A byte pattern written as text, `min` to `max` bytes as UTF-8. zod counts the bytes. The CRD can only
+ * bound characters (the apiserver counts code points): it gets maxLength `max`, which never refuses a
+ * pattern zod accepts (a character is at least one byte); a pattern over `max` bytes in fewer characters
+ * is refused by zod alone.
+ */
+function bytePattern(min: number, max: number) {
+  const range = `${min === 0 ? 'up to' : `${min} to`} ${max} bytes as UTF-8`;
+  let s = z.string({ error: (iss) => (iss.input === undefined ? `required (${range})` : `must be a string (${range})`) });
+  if (min > 0) s = s.min(min, `must not be empty (${range})`);
+  return s.max(max, `must be at most ${max} bytes as UTF-8`).superRefine((text, ctx) => {
+    if (text.length > max) return; // already reported by max()
+    const n = patternBytes(text).length;
+    if (n > max) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `is ${n} bytes as UTF-8, at most ${max} allowed (${[...text].length} characters: outside ASCII a character takes 2 to 4 bytes)`,
+      });
+    }
+  });
+}
 
-export const TransformSchema = z.strictObject({
-  applyTo: z.enum(['mirror', 'primary', 'both']).default('mirror'),
-  ops: z.array(TransformOpSchema).min(1).max(LIMITS.maxOps),
-});
+const BYTES = `${LIMITS.maxTokenLength}`;
+
+// One byte of a byteMap: a single ASCII character, or 0xNN for any byte.
+const BYTE_SPEC = /^([\x00-\x7F]|0x[0-9A-Fa-f]{2})$/;
+const BYTE_SPEC_MESSAGE = 'must be one ASCII character or 0xNN (0x and two hex digits, any byte 0x00-0xFF)';
+
+/** The byte a byteMap key or value stands for: 'A' is 0x41, '0x0a' is 0x0A. */
+export function byteOf(spec: string): number {
+  if (!BYTE_SPEC.test(spec)) throw new Error(`not a byte: ${JSON.stringify(spec)} (${BYTE_SPEC_MESSAGE})`);
+  return spec.length === 1 ? spec.charCodeAt(0) : parseInt(spec.slice(2), 16);
+}
+
+export const MaskSchema = z
+  .strictObject({
+    after: bytePattern(1, LIMITS.maxTokenLength).describe(
+      `Bytes after which masking starts (1 to ${BYTES} bytes: the UTF-8 bytes of this text); they are kept`,
+    ),
+    until: bytePattern(1, LIMITS.maxTokenLength).describe(
+      `Bytes at which masking stops (1 to ${BYTES} bytes as UTF-8); they are kept. Must not contain the mask byte`,
+    ),
+    with: z
+      .string({ error: 'must be exactly one ASCII character (one byte)' })
+      .regex(/^[\x00-\x7F]$/, 'must be exactly one ASCII character (one byte)')
+      .default('*')
+      .describe('The byte written over every masked byte: exactly one ASCII character. Default "*"'),
+  })
+  .superRefine((m, ctx) => {
+    if (m.until.includes(m.with)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['with'],
+        message: `${JSON.stringify(m.with)} occurs in until ${JSON.stringify(m.until)}: the masked bytes would end the mask early; pick a byte that until does not contain`,
+      });
+    }
+  })
+  .describe(
+    'Overwrites, after each occurrence of `after`, every byte up to but not including the next `until` with ' +
+      '`with` (one byte for one byte: the length does not change). An `after` whose `until` has not come yet ' +
+      'masks to the end of the stream',
+  );
+
+export const ReplaceSchema = z
+  .strictObject({
+    from: bytePattern(1, LIMITS.maxTokenLength).describe(`Bytes to find (1 to ${BYTES} bytes as UTF-8)`),
+    to: bytePattern(0, LIMITS.maxTokenLength).describe(
+      `Bytes written instead (0 to ${BYTES} bytes as UTF-8; empty deletes). May differ in length from \`from\``,
+    ),
+  })
+  .describe(
+    'Rewrites each leftmost non-overlapping occurrence of `from` to `to`. Length-changing replacements are ' +
+      'allowed: the stream grows or shrinks (the byte counters, bytesPrimary and bytesMirrored, count the bytes ' +
+      'read from the client, before any transform)',
+  );
+
+export const ByteMapSchema = z
+  .strictObject({
+    preset: z
+      .enum(['uppercase', 'lowercase'])
+      .optional()
+      .describe('uppercase maps a-z to A-Z, lowercase A-Z to a-z: ASCII letters only, every other byte is kept'),
+    pairs: z
+      // Keys are checked below, so that a bad key is reported with the same message as a bad value.
+      .record(z.string(), z.string().regex(BYTE_SPEC, BYTE_SPEC_MESSAGE))
+      .optional()
+      .describe(
+        'Byte to byte, applied over the preset. Each key and value is one ASCII character ("a") or 0xNN, any ' +
+          'byte 0x00-0xFF ("0xC1"), so binary conversions such as EBCDIC are expressible; a byte may be a key once ' +
+          '("A" and "0x41" are the same key)',
+      ),
+  })
+  .superRefine((b, ctx) => {
+    if (b.preset === undefined && b.pairs === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'give preset, pairs or both' });
+    }
+    if (b.pairs === undefined) return;
+    const keys = Object.keys(b.pairs);
+    if (keys.length === 0) ctx.addIssue({ code: 'custom', path: ['pairs'], message: 'must map at least one byte (leave pairs out to use the preset alone)' });
+    const seen = new Map<number, string>();
+    for (const key of keys) {
+      if (!BYTE_SPEC.test(key)) {
+        ctx.addIssue({ code: 'custom', path: ['pairs', key], message: `key ${BYTE_SPEC_MESSAGE}` });
+        continue;
+      }
+      const byte = byteOf(key);
+      const first = seen.get(byte);
+      if (first !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['pairs', key],
+          message: `byte 0x${byte.toString(16).padStart(2, '0')} is already a key (${JSON.stringify(first)}): a byte may be mapped once`,
+        });
+      } else seen.set(byte, key);
+    }
+  })
+  .describe('Maps every byte through a table: identity, then the preset, then the pairs. The length does not change');
+
+// Kubernetes names: a ConfigMap name is a DNS-1123 subdomain, a key letters, digits, -, _ and .
+const dnsSubdomain = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, 'must be a DNS-1123 subdomain (lower case letters, digits, - and .)');
+const configMapKey = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[-._a-zA-Z0-9]+$/, 'must be a ConfigMap key (letters, digits, -, _ and .)');
+
+export const ProgramSchema = z
+  .strictObject({
+    configMap: dnsSubdomain.optional().describe("ConfigMap, in the pod's namespace, whose binaryData[key] is the BPF object file (ELF)"),
+    key: configMapKey.optional().describe('Key of the BPF object in the ConfigMap binaryData'),
+    path: z
+      .string()
+      .max(4096)
+      .regex(/^\/[^\0]*$/, 'must be an absolute file path')
+      .optional()
+      .describe(
+        'Absolute path of the BPF object file: `kstreams run` only. In a cluster the sidecar\'s filesystem is not ' +
+          "the user's: path is not part of the CRD (kubectl refuses it as an unknown field, the apiserver prunes it) " +
+          'and the operator reports a spec holding one as InvalidSpec',
+      ),
+    section: z
+      .string()
+      .min(1)
+      .max(128)
+      .regex(/^[\x21-\x7E]+$/, 'must be an ELF section name (printable ASCII, no spaces)')
+      .optional()
+      .describe('ELF section of the sk_msg program to run; default: the first program of type sk_msg in the object'),
+  })
+  .superRefine((p, ctx) => {
+    const fromConfigMap = p.configMap !== undefined || p.key !== undefined;
+    if (fromConfigMap && p.path !== undefined) {
+      ctx.addIssue({ code: 'custom', message: "give either configMap and key (a ConfigMap in the pod's namespace) or path (kstreams run only), not both" });
+    } else if (!fromConfigMap && p.path === undefined) {
+      ctx.addIssue({ code: 'custom', message: "give configMap and key (a ConfigMap in the pod's namespace), or path (kstreams run only)" });
+    } else if (fromConfigMap) {
+      if (p.configMap === undefined) ctx.addIssue({ code: 'custom', path: ['configMap'], message: 'required with key: the ConfigMap that holds the BPF object' });
+      if (p.key === undefined) ctx.addIssue({ code: 'custom', path: ['key'], message: 'required with configMap: the binaryData key of the BPF object' });
+    }
+  })
+  .describe(
+    'A user sk_msg program, from configMap + key (in a cluster) or path (kstreams run), run on each message ' +
+      'after the built-in ops: at most one per transform, and it must be the last op',
+  );
+
+const OP_KINDS = ['mask', 'replace', 'byteMap', 'program'] as const;
+
+export const TransformOpSchema = z
+  .strictObject({
+    mask: MaskSchema.optional(),
+    replace: ReplaceSchema.optional(),
+    byteMap: ByteMapSchema.optional(),
+    program: ProgramSchema.optional(),
+  })
+  .superRefine((op, ctx) => {
+    const kinds = OP_KINDS.filter((k) => op[k] !== undefined);
+    if (kinds.length !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `each op is exactly one of mask, replace, byteMap or program${kinds.length ? ` (this one has ${kinds.join(' and ')}: give each its own list item)` : ''}`,
+      });
+    }
+  })
+  .describe('One op: exactly one of mask, replace, byteMap or program');
+
+export const TransformSchema = z
+  .strictObject({
+    applyTo: z
+      .enum(['mirror', 'primary', 'both'])
+      .default('mirror')
+      .describe(
+        'Which stream the ops rewrite: mirror (what the mirror targets get; the app gets the bytes as sent), ' +
+          'primary (what the app gets; mirrors, if any, get the bytes as sent, and spec.mirror may be left out) ' +
+          'or both (the app and the mirrors get the transformed bytes). Default mirror',
+      ),
+    ops: z
+      .array(TransformOpSchema)
+      .min(1, 'must hold at least one op')
+      .max(LIMITS.maxOps, `must hold at most ${LIMITS.maxOps} ops`)
+      .describe(
+        `1 to ${LIMITS.maxOps} ops, applied in order on the client-to-app byte stream, each to the output of the ` +
+          'previous one; patterns match across packet and batch boundaries',
+      ),
+  })
+  .superRefine((t, ctx) => {
+    const programs = t.ops.flatMap((op, i) => (op.program !== undefined ? [i] : []));
+    programs.forEach((i, n) => {
+      if (n > 0) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ops', i, 'program'],
+          message: `at most one program op per transform (ops[${programs[0]}] is one already)`,
+        });
+      } else if (i !== t.ops.length - 1) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ops', i, 'program'],
+          message: `a program op must be the last op (this is ops[${i}] of ${t.ops.length}): the program runs on each message after the built-in ops, so no op can follow it`,
+        });
+      }
+    });
+  })
+  .describe(
+    'In-kernel rewriting of the client-to-app stream, bytes-exact: every string is UTF-8 text and a pattern is ' +
+      'the bytes of its UTF-8 encoding',
+  );
 
 export const StreamPathSpecSchema = z
   .strictObject({
     selector: LabelSelectorSchema,
     port: port.describe("The app's inbound TCP port to tap"),
-    mirror: MirrorSchema,
+    mirror: MirrorSchema.optional().describe(
+      "Where a copy of the client's bytes goes. Required unless spec.transform.applyTo is primary (a " +
+        'StreamPath that only transforms the primary stream); with applyTo primary a mirror may still be given, and ' +
+        'gets the bytes untransformed. The structural schema cannot state "required unless": the apiserver refuses a ' +
+        'spec with neither mirror nor transform; a transform of the mirror (or both) without a mirror is refused by ' +
+        'zod only: by kstreams validate and run, by the agent, and by the operator (status condition Degraded, ' +
+        'reason InvalidSpec, naming spec.mirror)',
+    ),
     drainTimeoutSeconds: z
       .number()
       .int()
@@ -204,7 +414,16 @@ export const StreamPathSpecSchema = z
     transform: TransformSchema.optional(),
   })
   .superRefine((spec, ctx) => {
-    spec.mirror.targets.forEach((t, i) => {
+    if (spec.mirror === undefined && spec.transform?.applyTo !== 'primary') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['mirror'],
+        message: spec.transform
+          ? `required unless spec.transform.applyTo is primary (it is ${spec.transform.applyTo}: the transformed bytes go to the mirror targets)`
+          : 'required unless spec.transform.applyTo is primary (a StreamPath without a transform only mirrors)',
+      });
+    }
+    spec.mirror?.targets.forEach((t, i) => {
       if ((t.address === undefined) === (t.service === undefined)) {
         ctx.addIssue({
           code: 'custom',
@@ -282,8 +501,14 @@ export const StreamPathSchema = z.object({
 });
 
 export type LabelSelector = z.infer<typeof LabelSelectorSchema>;
+export type Mirror = z.infer<typeof MirrorSchema>;
 export type MirrorTarget = z.infer<typeof MirrorTargetSchema>;
+export type Mask = z.infer<typeof MaskSchema>;
+export type Replace = z.infer<typeof ReplaceSchema>;
+export type ByteMap = z.infer<typeof ByteMapSchema>;
+export type Program = z.infer<typeof ProgramSchema>;
 export type TransformOp = z.infer<typeof TransformOpSchema>;
+export type Transform = z.infer<typeof TransformSchema>;
 export type StreamPathSpec = z.infer<typeof StreamPathSpecSchema>;
 export type StreamPathSpecInput = z.input<typeof StreamPathSpecSchema>;
 export type StreamPathStatus = z.infer<typeof StreamPathStatusSchema>;
@@ -308,6 +533,91 @@ export type ParseResult<T> = { ok: true; value: T } | { ok: false; errors: strin
 export function parseStreamPath(input: unknown): ParseResult<StreamPath> {
   const r = StreamPathSchema.safeParse(input);
   return r.success ? { ok: true, value: r.data } : { ok: false, errors: formatIssues(r.error) };
+}
+
+/** One op as the data plane applies it: patterns as bytes, a byteMap as its 256-entry table. */
+export type EncodedOp =
+  | { kind: 'mask'; after: Uint8Array; until: Uint8Array; with: number }
+  | { kind: 'replace'; from: Uint8Array; to: Uint8Array }
+  | { kind: 'byteMap'; table: Uint8Array }
+  | { kind: 'program'; source: { configMap: string; key: string } | { path: string }; section?: string };
+
+const ASCII_A = 0x41;
+const ASCII_Z = 0x5a;
+const ASCII_a = 0x61;
+const ASCII_z = 0x7a;
+
+/**
+ * The 256-byte table of a byteMap op: table[b] is what byte b becomes. Identity, then the preset (ASCII
+ * letters only), then the pairs, which override the preset.
+ */
+export function byteMapTable(op: ByteMap): Uint8Array {
+  const table = new Uint8Array(256);
+  for (let b = 0; b < 256; b++) table[b] = b;
+  if (op.preset === 'uppercase') for (let b = ASCII_a; b <= ASCII_z; b++) table[b] = b - 0x20;
+  if (op.preset === 'lowercase') for (let b = ASCII_A; b <= ASCII_Z; b++) table[b] = b + 0x20;
+  for (const [from, to] of Object.entries(op.pairs ?? {})) table[byteOf(from)] = byteOf(to);
+  return table;
+}
+
+/**
+ * The ops of a transform (as zod parsed it: defaults filled in) normalized for the data plane, in order:
+ * patterns as their UTF-8 bytes, the mask byte as a number, a byteMap as its table, a program as its source.
+ */
+export function encodeOps(transform: Pick<Transform, 'ops'>): EncodedOp[] {
+  return transform.ops.map((op, i): EncodedOp => {
+    if (op.mask) {
+      return { kind: 'mask', after: patternBytes(op.mask.after), until: patternBytes(op.mask.until), with: byteOf(op.mask.with) };
+    }
+    if (op.replace) return { kind: 'replace', from: patternBytes(op.replace.from), to: patternBytes(op.replace.to) };
+    if (op.byteMap) return { kind: 'byteMap', table: byteMapTable(op.byteMap) };
+    if (op.program) {
+      const p = op.program;
+      const source =
+        p.path !== undefined ? { path: p.path } : p.configMap !== undefined && p.key !== undefined ? { configMap: p.configMap, key: p.key } : undefined;
+      if (!source) throw new Error(`spec.transform.ops[${i}].program: neither configMap and key nor path (parse the spec with the schema first)`);
+      return { kind: 'program', source, ...(p.section !== undefined ? { section: p.section } : {}) };
+    }
+    throw new Error(`spec.transform.ops[${i}]: no op (parse the spec with the schema first)`);
+  });
+}
+
+/**
+ * Parses a spec the way the operator does in a cluster: the schema, plus what only a cluster refuses (a
+ * program given by path: the sidecar's filesystem is not the user's). Errors name the field from `spec.`.
+ */
+export function parseClusterSpec(spec: unknown): ParseResult<StreamPathSpec> {
+  const r = StreamPathSpecSchema.safeParse(spec);
+  if (!r.success) return { ok: false, errors: formatIssues(r.error, 'spec') };
+  const errors = (r.data.transform?.ops ?? []).flatMap((op, i) =>
+    op.program?.path !== undefined
+      ? [`spec.transform.ops[${i}].program.path: a file path is for \`kstreams run\` only; in a cluster give configMap and key (a ConfigMap in the StreamPath's namespace)`]
+      : [],
+  );
+  return errors.length ? { ok: false, errors } : { ok: true, value: r.data };
+}
+
+/**
+ * What a spec without spec.mirror (a primary-only transform) means for the mirror settings: no targets,
+ * and the defaults for the rest (the engine still takes a pipe size, pacing and buffer size).
+ */
+export const NO_MIRROR: Readonly<Mirror> = Object.freeze({
+  targets: [],
+  sampling: { percent: 100 },
+  onOverflow: 'cut',
+  pipeSize: LIMITS.defaultPipeSize,
+  turnTimeoutMs: LIMITS.defaultTurnTimeoutMs,
+  bufferSize: LIMITS.defaultMirrorBufferSize,
+});
+
+/** spec.mirror, or NO_MIRROR when the spec has none: every reader of the mirror settings goes through this. */
+export function mirrorSettings(spec: Pick<StreamPathSpec, 'mirror'>): Readonly<Mirror> {
+  return spec.mirror ?? NO_MIRROR;
+}
+
+/** The mirror targets of a spec; none when spec.mirror is absent (a primary-only transform). */
+export function mirrorTargets(spec: Pick<StreamPathSpec, 'mirror'>): readonly MirrorTarget[] {
+  return spec.mirror?.targets ?? [];
 }
 
 /** A target's display name: its explicit name, else its address or service reference. */

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { FINALIZER } from '../api/agent.js';
-import { API_VERSION, GROUP, KIND, PLURAL, StreamPathSpecSchema, VERSION, formatIssues, type Condition, type LabelSelector, type StreamPathStatus } from '../api/streampath.js';
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION, parseClusterSpec, type Condition, type LabelSelector, type StreamPathStatus } from '../api/streampath.js';
 import { AbortError, type Clock } from '../clock.js';
 import type { EventRecorder, EventType, InvolvedObject } from '../kube/events.js';
 import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
@@ -78,8 +78,10 @@ export class Reconciler {
 
     const { namespace } = sp.metadata;
     const generation = sp.metadata.generation ?? 0;
-    const parsed = StreamPathSpecSchema.safeParse(sp.spec);
-    const selector: LabelSelector | undefined = parsed.success ? parsed.data.selector : undefined;
+    // The schema's rules, the cross-field ones the CRD cannot state (spec.mirror unless applyTo primary, op
+    // order, UTF-8 byte lengths) and the cluster's own (no program path): a spec that fails is InvalidSpec.
+    const parsed = parseClusterSpec(sp.spec);
+    const selector: LabelSelector | undefined = parsed.ok ? parsed.value.selector : undefined;
     const pods = [...this.d.podsInNamespace(namespace)];
     const ns = this.d.getNamespace(namespace);
 
@@ -102,7 +104,7 @@ export class Reconciler {
       namespace,
       generation,
       selector,
-      specErrors: parsed.success ? undefined : formatIssues(parsed.error, 'spec'),
+      specErrors: parsed.ok ? undefined : parsed.errors,
       pods,
       namespaceObject: ns,
       observe: (p) => this.d.observe(p),

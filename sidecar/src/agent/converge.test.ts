@@ -42,7 +42,7 @@ class FakeDataPlane {
         connectionsReset: this.resets.get(req.name) ?? 0,
         connectionsActive: ending ? 0 : 1,
         setupFailures: 0,
-        targets: spec.mirror.targets.map((t) => ({
+        targets: spec.mirror!.targets.map((t) => ({
           name: t.address ?? t.service!.name,
           connectionsMirrored: 1,
           connectionsCut: 0,
@@ -205,7 +205,7 @@ describe('Reconciler.converge', () => {
     await r.converge(world(sp('a')));
     await r.converge(world(sp('a', { generation: 2, targets: ['10.0.0.2:8080', '10.0.0.3:8080'] })));
     expect(dp.calls).toEqual(['attach a:8080', 'update a:8080']);
-    expect(dp.live.get('a')!.spec.mirror.targets).toHaveLength(2);
+    expect(dp.live.get('a')!.spec.mirror!.targets).toHaveLength(2);
     expect((await reports())['a']).toMatchObject({ attached: true, generation: 2 });
   });
 
@@ -378,7 +378,7 @@ describe('Reconciler.converge', () => {
       dp.failUpdate.set('a', Object.assign(new Error('Service shop/x does not exist'), { reason: 'TargetUnresolvable' }));
       await r.converge(world(sp('a', { generation: 2, targets: ['10.0.0.7:1'] })));
       expect((await reports())['a']).toMatchObject({ attached: true, generation: 1, problem: { reason: 'TargetUnresolvable' } });
-      expect(dp.live.get('a')!.spec.mirror.targets[0]!.address).toBe('10.0.0.2:8080');
+      expect(dp.live.get('a')!.spec.mirror!.targets[0]!.address).toBe('10.0.0.2:8080');
     });
 
     it('one failing StreamPath does not stop the others', async () => {

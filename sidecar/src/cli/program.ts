@@ -1,7 +1,7 @@
 // The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_AGENT_PORT } from '../../../operator/src/api/agent.js';
-import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
+import { EXAMPLE_STREAMPATH_YAML, mirrorTargets } from '../../../operator/src/api/streampath.js';
 import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
 import { loadStreamPath } from './load.js';
@@ -124,9 +124,11 @@ export function buildProgram(version: string): Command {
       const sp = await loadStreamPath(o.file);
       const notes: string[] = [];
       if (sp.spec.transform) notes.push('spec.transform is valid but `kstreams run` refuses it in this version');
-      if (sp.spec.mirror.targets.some((t) => t.service)) notes.push('service targets need a cluster (`kstreams run` refuses them)');
+      const targets = mirrorTargets(sp.spec);
+      if (targets.some((t) => t.service)) notes.push('service targets need a cluster (`kstreams run` refuses them)');
+      const mirror = sp.spec.mirror ? `${targets.length} mirror target(s)` : 'no mirror: transforms the primary stream only';
       process.stdout.write(
-        `${o.file === '-' ? '<stdin>' : o.file}: valid StreamPath ${sp.metadata.name ?? '(no name)'} (port ${sp.spec.port}, ${sp.spec.mirror.targets.length} mirror target(s))${notes.length ? `; note: ${notes.join('; ')}` : ''}\n`,
+        `${o.file === '-' ? '<stdin>' : o.file}: valid StreamPath ${sp.metadata.name ?? '(no name)'} (port ${sp.spec.port}, ${mirror})${notes.length ? `; note: ${notes.join('; ')}` : ''}\n`,
       );
     });
 

@@ -1,6 +1,6 @@
 // `kstreams run`: attach one StreamPath to a port until SIGINT/SIGTERM, then detach (the interception at
 // once, live connections drained up to the drain timeout, then reset) and print a summary.
-import { targetName } from '../../../operator/src/api/streampath.js';
+import { mirrorTargets, targetName } from '../../../operator/src/api/streampath.js';
 import { attachStreamPath, type Attachment, type AttachmentCounters, type DetachResult } from '../dataplane/attach.js';
 import { CliError, EXIT, oneLine, toCliError } from './errors.js';
 import { formatSeconds, LiveBlock, renderLive, type Summary } from './live.js';
@@ -113,10 +113,13 @@ export async function runCommand(opts: RunOptions): Promise<number> {
   }
   const attached = attachment;
   const started = Date.now();
-  const targets = sp.spec.mirror.targets.map((t) => (t.name && t.address ? `${t.name} (${t.address})` : targetName(t)));
+  const targets = mirrorTargets(sp.spec).map((t) => (t.name && t.address ? `${t.name} (${t.address})` : targetName(t)));
+  const mirrored = sp.spec.mirror
+    ? `is mirrored to ${targets.join(', ')} (${sp.spec.mirror.sampling.percent}% of connections)`
+    : 'has no mirror (spec.transform applies to the primary stream only)';
   const drainSeconds = opts.drainTimeout ?? sp.spec.drainTimeoutSeconds;
   note(
-    `attached ${name}: port ${sp.spec.port} in ${netnsLabel} is mirrored to ${targets.join(', ')} (${sp.spec.mirror.sampling.percent}% of connections); stop with Ctrl-C (SIGINT) or SIGTERM (live connections drain for up to ${formatSeconds(drainSeconds * 1000)}), reload the file with SIGHUP`,
+    `attached ${name}: port ${sp.spec.port} in ${netnsLabel} ${mirrored}; stop with Ctrl-C (SIGINT) or SIGTERM (live connections drain for up to ${formatSeconds(drainSeconds * 1000)}), reload the file with SIGHUP`,
   );
 
   // The engine's threads and the BPF link hold no reference on Node's event loop: without this timer the

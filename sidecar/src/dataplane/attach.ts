@@ -2,7 +2,7 @@
 // listener receives the tapped port's new connections through an sk_lookup interception. Shared by the
 // `kstreams` CLI and the in-pod agent, so both attach, update and detach the same way.
 import { existsSync } from 'node:fs';
-import type { StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
+import { mirrorSettings, type StreamPathSpec, type TargetCounters } from '../../../operator/src/api/streampath.js';
 import type {
   DrainResult,
   EngineConfig,
@@ -272,11 +272,13 @@ export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirror
 
 /** What a running engine applies to its new connections, from a spec and its resolved targets. */
 export function engineSettings(spec: StreamPathSpec, mirrors: MirrorConfig[]): EngineSettings {
+  // A spec without spec.mirror (a primary-only transform) has no targets and the default settings.
+  const mirror = mirrorSettings(spec);
   return {
     mirrors,
-    pipeSize: spec.mirror.pipeSize,
-    turnTimeoutMs: spec.mirror.turnTimeoutMs,
-    mirrorBufferSize: spec.mirror.bufferSize,
+    pipeSize: mirror.pipeSize,
+    turnTimeoutMs: mirror.turnTimeoutMs,
+    mirrorBufferSize: mirror.bufferSize,
   };
 }
 

@@ -2,7 +2,7 @@
 // resolves names: a name that resolves differently later is picked up by the next update().
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { targetName, type MirrorTarget, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
+import { mirrorSettings, targetName, type MirrorTarget, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
 import type { Endpoint, MirrorConfig } from '../../../native/lib/types.js';
 import { AttachError } from './errors.js';
 
@@ -66,14 +66,15 @@ async function resolveOne(t: MirrorTarget, field: string, opts: ResolveOptions):
 
 /**
  * One MirrorConfig per target, in spec order, with names unique per engine (the engine keys counters by
- * name; two targets with the same address get `#2`, `#3` suffixes).
+ * name; two targets with the same address get `#2`, `#3` suffixes). None without spec.mirror.
  */
 export async function resolveMirrors(spec: StreamPathSpec, opts: ResolveOptions = {}): Promise<MirrorConfig[]> {
+  const mirror = mirrorSettings(spec);
   const endpoints = await Promise.all(
-    spec.mirror.targets.map((t, i) => resolveOne(t, `spec.mirror.targets[${i}]`, opts)),
+    mirror.targets.map((t, i) => resolveOne(t, `spec.mirror.targets[${i}]`, opts)),
   );
   const seen = new Map<string, number>();
-  return spec.mirror.targets.map((t, i) => {
+  return mirror.targets.map((t, i) => {
     const base = targetName(t);
     const n = (seen.get(base) ?? 0) + 1;
     seen.set(base, n);
@@ -82,7 +83,7 @@ export async function resolveMirrors(spec: StreamPathSpec, opts: ResolveOptions 
       name: n === 1 ? base : `${base}#${n}`,
       host: ep.host,
       port: ep.port,
-      samplingPercent: spec.mirror.sampling.percent,
+      samplingPercent: mirror.sampling.percent,
     };
   });
 }
