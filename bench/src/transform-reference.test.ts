@@ -66,6 +66,7 @@ describe('byteMap', () => {
 
   it('pairs override the preset for their byte: one table lookup per byte', () => {
     expect(t({ byteMap: { preset: 'lowercase', pairs: { a: 'Z', '-': '_' } } }, 'Aab-C')).toBe('aZb_c');
+    expect(t({ byteMap: { pairs: { '0x0a': ' ', '0xC1': 'A' } } }, 'x\n\xc1')).toBe('x A');
   });
 });
 

@@ -3,8 +3,9 @@
 // stream, however the stream was cut into reads. The bench's correctness test compares the proxies' output
 // with these; nothing here streams, so nothing here can get a read boundary wrong.
 //
-// Bytes: the ops' strings are UTF-8 (as the StreamPath's are); mask.with must be one byte; byteMap pairs map
-// single characters U+0000-U+00FF to one byte each (latin1).
+// Bytes: the ops' strings are UTF-8 (as the StreamPath's are); mask.with must be one byte; a byteMap pair's
+// key and value are bytes written as the StreamPath writes them (one ASCII character, or 0xNN).
+import { byteOf } from '../../operator/src/api/streampath.js';
 
 /** One op, in the shape of a StreamPath's spec.transform.ops[] entry (program ops are not modelled here). */
 export type XformOp =
@@ -34,18 +35,13 @@ function oneByte(s: string, what: string): number {
   return b[0] as number;
 }
 
-function latin1Byte(s: string, what: string): number {
-  if (s.length !== 1 || s.charCodeAt(0) > 0xff) throw new Error(`${what} must be one character U+0000-U+00FF, got ${JSON.stringify(s)}`);
-  return s.charCodeAt(0);
-}
-
 /** The 256-entry byte table of a byteMap op: the preset's, with the pairs overriding their bytes' entries. */
 export function byteTable(op: Extract<XformOp, { byteMap: unknown }>['byteMap']): Uint8Array {
   const t = new Uint8Array(256);
   for (let i = 0; i < 256; i++) t[i] = i;
   if (op.preset === 'uppercase') for (let c = 0x61; c <= 0x7a; c++) t[c] = c - 32;
   if (op.preset === 'lowercase') for (let c = 0x41; c <= 0x5a; c++) t[c] = c + 32;
-  for (const [k, v] of Object.entries(op.pairs ?? {})) t[latin1Byte(k, 'byteMap.pairs key')] = latin1Byte(v, 'byteMap.pairs value');
+  for (const [k, v] of Object.entries(op.pairs ?? {})) t[byteOf(k)] = byteOf(v);
   return t;
 }
 
@@ -96,7 +92,7 @@ export function applyOp(op: XformOp, input: Uint8Array): Buffer {
 
 /** The ops applied in order, each to the previous one's output (how spec.transform.ops chains them). */
 export function applyOps(ops: readonly XformOp[], input: Uint8Array): Buffer {
-  let b = Buffer.from(input);
+  let b: Buffer = Buffer.from(input);
   for (const op of ops) b = applyOp(op, b);
   return b;
 }

@@ -166,9 +166,11 @@ function utf8(s, what) {
   return b;
 }
 
-function latin1Byte(s, what) {
-  if (s.length !== 1 || s.charCodeAt(0) > 0xff) throw new Error(`${what} must be one character U+0000-U+00FF`);
-  return s.charCodeAt(0);
+/** A byteMap byte as the StreamPath writes it: one ASCII character, or 0xNN. */
+function byteOf(s, what) {
+  if (/^[\x00-\x7F]$/.test(s)) return s.charCodeAt(0);
+  if (/^0x[0-9A-Fa-f]{2}$/.test(s)) return parseInt(s.slice(2), 16);
+  throw new Error(`${what} must be one ASCII character or 0xNN, got ${JSON.stringify(s)}`);
 }
 
 /** The Transform for one op in the StreamPath's shape ({mask}, {replace} or {byteMap}). */
@@ -184,7 +186,7 @@ export function createTransform(op) {
     for (let i = 0; i < 256; i++) t[i] = i;
     if (op.byteMap.preset === 'uppercase') for (let c = 0x61; c <= 0x7a; c++) t[c] = c - 32;
     if (op.byteMap.preset === 'lowercase') for (let c = 0x41; c <= 0x5a; c++) t[c] = c + 32;
-    for (const [k, v] of Object.entries(op.byteMap.pairs ?? {})) t[latin1Byte(k, 'byteMap key')] = latin1Byte(v, 'byteMap value');
+    for (const [k, v] of Object.entries(op.byteMap.pairs ?? {})) t[byteOf(k, 'byteMap key')] = byteOf(v, 'byteMap value');
     return new ByteMapTransform(t);
   }
   throw new Error(`unknown op ${JSON.stringify(op)}`);
