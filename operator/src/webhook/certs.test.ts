@@ -6,8 +6,12 @@ import {
   caBundlePem,
   createCA,
   decideRotation,
+  fingerprint,
   issueServingCert,
+  nextCaPublishedAt,
+  promoteNextCa,
   rotateBundle,
+  stageNextCa,
   servingSANs,
   type TlsBundle,
 } from './certs.js';
@@ -86,5 +90,33 @@ describe('self-managed webhook PKI', () => {
     delete data['tls.key'];
     expect(bundleFromSecretData(data)).toBeUndefined();
     expect(bundleFromSecretData(undefined)).toBeUndefined();
+  });
+
+  it('stages a due CA: the next CA joins the caBundle while the serving cert stays; promotion serves a cert it signed', async () => {
+    const nowMs = T0 + 9.6 * HOUR * 1000;
+    const due = decideRotation(bundle, { nowMs, rotateBeforeSeconds: HOUR / 2, sans });
+    expect(due).toMatchObject({ action: 'new-ca', staged: true });
+    // An expired or broken CA is replaced at once: there is nothing trusted to keep.
+    expect(decideRotation(bundle, { nowMs: T0 + 10.1 * HOUR * 1000, rotateBeforeSeconds: HOUR / 2, sans })).toMatchObject({ action: 'new-ca' });
+    expect(decideRotation(bundle, { nowMs: T0 + 10.1 * HOUR * 1000, rotateBeforeSeconds: HOUR / 2, sans })).not.toHaveProperty('staged');
+
+    const staged = await stageNextCa(bundle, { nowMs, caValiditySeconds: 10 * HOUR, caCommonName: 'next' });
+    expect(staged.serving).toEqual(bundle.serving);
+    expect(staged.ca).toEqual(bundle.ca);
+    expect(caBundlePem(staged)).toBe(bundle.ca.certPem.trim() + '\n' + staged.nextCa!.certPem.trim() + '\n');
+    expect(bundleFromSecretData(bundleToSecretData(staged))).toEqual(staged);
+
+    const promoted = await promoteNextCa(staged as TlsBundle & { nextCa: NonNullable<TlsBundle['nextCa']> }, { nowMs, certValiditySeconds: 2 * HOUR, sans });
+    expect(promoted.ca).toEqual(staged.nextCa);
+    expect(promoted.previousCaPem).toBe(bundle.ca.certPem);
+    expect(promoted.nextCa).toBeUndefined();
+    expect(new X509Certificate(promoted.serving.certPem).checkIssued(new X509Certificate(staged.nextCa!.certPem))).toBe(true);
+    expect(decideRotation(promoted, { nowMs, rotateBeforeSeconds: HOUR / 2, sans }).action).toBe('none');
+
+    const fp = fingerprint(staged.nextCa!.certPem);
+    expect(nextCaPublishedAt(`${fp}@2030-01-01T09:36:00.000Z`, staged.nextCa)).toBe(Date.parse('2030-01-01T09:36:00.000Z'));
+    expect(nextCaPublishedAt(`${fingerprint(bundle.ca.certPem)}@2030-01-01T09:36:00.000Z`, staged.nextCa)).toBeUndefined(); // another CA's record
+    expect(nextCaPublishedAt('garbage', staged.nextCa)).toBeUndefined();
+    expect(nextCaPublishedAt(undefined, staged.nextCa)).toBeUndefined();
   });
 });

@@ -26,6 +26,10 @@ export interface TlsBundle {
   /** The CA before the last CA rotation, trusted until it expires so replicas still serving a cert it
    *  signed keep being accepted while they reload. */
   previousCaPem?: string;
+  /** The CA that replaces `ca` at the next CA rotation, staged first: it is put into the caBundle, and
+   *  only once that is published (and had time to reach every apiserver) does any replica serve a cert it
+   *  signed. Absent outside a CA rotation. */
+  nextCa?: CertKeyPem;
 }
 
 export const SECRET_KEYS = {
@@ -34,7 +38,13 @@ export const SECRET_KEYS = {
   cert: 'tls.crt',
   key: 'tls.key',
   previousCaCert: 'ca-previous.crt',
+  nextCaCert: 'ca-next.crt',
+  nextCaKey: 'ca-next.key',
 } as const;
+
+/** On the Secret: `<sha256 fingerprint of ca-next.crt>@<RFC 3339 time>`, written once a caBundle holding
+ *  ca-next.crt was accepted by the apiserver. The CA is promoted caPropagationSeconds after that time. */
+export const NEXT_CA_PUBLISHED_ANNOTATION = 'kstreams.io/ca-next-published';
 
 function serial(): string {
   const b = randomBytes(16);
@@ -130,7 +140,9 @@ export function servingSANs(serviceName: string, namespace: string, extra: reado
 export type RotationDecision =
   | { action: 'none'; nextCheckAtMs: number }
   | { action: 'issue-cert'; why: string }
-  | { action: 'new-ca'; why: string };
+  /** `staged`: the current CA is valid and only due; its successor is staged before anything is served
+   *  with it. Otherwise (no CA, broken, expired) there is nothing trusted to keep and the CA is replaced. */
+  | { action: 'new-ca'; why: string; staged?: boolean };
 
 function sansOf(cert: NodeX509): Set<string> {
   const out = new Set<string>();
@@ -159,7 +171,8 @@ export function decideRotation(
     return { action: 'new-ca', why: `CA does not parse: ${(e as Error).message}` };
   }
   const caNotAfter = Date.parse(ca.validTo);
-  if (caNotAfter - opts.nowMs <= rotateBefore) return { action: 'new-ca', why: `CA expires at ${ca.validTo}` };
+  if (caNotAfter <= opts.nowMs) return { action: 'new-ca', why: `CA expired at ${ca.validTo}` };
+  if (caNotAfter - opts.nowMs <= rotateBefore) return { action: 'new-ca', why: `CA expires at ${ca.validTo}`, staged: true };
   let leaf: NodeX509;
   try {
     leaf = new NodeX509(bundle.serving.certPem);
@@ -175,6 +188,29 @@ export function decideRotation(
   const missing = opts.sans.filter((s) => !have.has(s));
   if (missing.length > 0) return { action: 'issue-cert', why: `serving cert lacks SANs ${missing.join(', ')}` };
   return { action: 'none', nextCheckAtMs: Math.min(caNotAfter, leafNotAfter) - rotateBefore };
+}
+
+/** Stage 1 of a CA rotation: a successor CA beside the current one; the serving cert stays as it is. */
+export async function stageNextCa(current: TlsBundle, opts: { nowMs: number; caValiditySeconds: number; caCommonName: string }): Promise<TlsBundle> {
+  const nextCa = await createCA({ commonName: opts.caCommonName, nowMs: opts.nowMs, validitySeconds: opts.caValiditySeconds });
+  return { ...current, nextCa };
+}
+
+/** Stage 2: the staged CA becomes the CA (the old one is still trusted as previous) and signs a new serving cert. */
+export async function promoteNextCa(current: TlsBundle & { nextCa: CertKeyPem }, opts: { nowMs: number; certValiditySeconds: number; sans: readonly string[] }): Promise<TlsBundle> {
+  const ca = current.nextCa;
+  const previousCaPem = isUsableCa(current.ca.certPem, opts.nowMs) ? current.ca.certPem : undefined;
+  const serving = await issueServingCert({ ca, sans: opts.sans, nowMs: opts.nowMs, validitySeconds: opts.certValiditySeconds });
+  return previousCaPem ? { ca, serving, previousCaPem } : { ca, serving };
+}
+
+/** Parses the published annotation; undefined unless it names this very next CA. */
+export function nextCaPublishedAt(annotation: string | undefined, nextCa: CertKeyPem | undefined): number | undefined {
+  if (!annotation || !nextCa) return undefined;
+  const at = annotation.lastIndexOf('@');
+  if (at < 0 || annotation.slice(0, at) !== fingerprint(nextCa.certPem)) return undefined;
+  const t = Date.parse(annotation.slice(at + 1));
+  return Number.isFinite(t) ? t : undefined;
 }
 
 /** Builds the next bundle for a decision; keeps the old CA as previous when the CA changes. */
@@ -203,9 +239,9 @@ function isUsableCa(pem: string, nowMs: number): boolean {
   }
 }
 
-/** The PEM bundle the apiserver should trust: the current CA, and the previous one while it is valid. */
+/** The PEM bundle the apiserver should trust: the current CA, the staged next one, and the previous one while it is valid. */
 export function caBundlePem(bundle: TlsBundle): string {
-  return [bundle.ca.certPem, bundle.previousCaPem].filter((p): p is string => !!p).map((p) => p.trim() + '\n').join('');
+  return [bundle.ca.certPem, bundle.nextCa?.certPem, bundle.previousCaPem].filter((p): p is string => !!p).map((p) => p.trim() + '\n').join('');
 }
 
 export function bundleToSecretData(bundle: TlsBundle): Record<string, string> {
@@ -216,6 +252,10 @@ export function bundleToSecretData(bundle: TlsBundle): Record<string, string> {
     [SECRET_KEYS.key]: Buffer.from(bundle.serving.keyPem).toString('base64'),
   };
   if (bundle.previousCaPem) data[SECRET_KEYS.previousCaCert] = Buffer.from(bundle.previousCaPem).toString('base64');
+  if (bundle.nextCa) {
+    data[SECRET_KEYS.nextCaCert] = Buffer.from(bundle.nextCa.certPem).toString('base64');
+    data[SECRET_KEYS.nextCaKey] = Buffer.from(bundle.nextCa.keyPem).toString('base64');
+  }
   return data;
 }
 
@@ -229,10 +269,13 @@ export function bundleFromSecretData(data: Record<string, string> | undefined): 
   const key = get(SECRET_KEYS.key);
   if (!caCert || !caKey || !cert || !key) return undefined;
   const previousCaPem = get(SECRET_KEYS.previousCaCert);
+  const nextCaCert = get(SECRET_KEYS.nextCaCert);
+  const nextCaKey = get(SECRET_KEYS.nextCaKey);
   return {
     ca: { certPem: caCert, keyPem: caKey },
     serving: { certPem: cert, keyPem: key },
     ...(previousCaPem ? { previousCaPem } : {}),
+    ...(nextCaCert && nextCaKey ? { nextCa: { certPem: nextCaCert, keyPem: nextCaKey } } : {}),
   };
 }
 

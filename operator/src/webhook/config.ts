@@ -40,6 +40,12 @@ export const SelfManagedTlsSchema = z.object({
   extraSANs: z.array(z.string().min(1)).default([]),
   /** Re-read the Secret this often even when the watch is quiet. */
   resyncSeconds: z.number().int().positive().default(300),
+  /**
+   * A CA rotation serves certs of the new CA only this long after a caBundle holding it was accepted by the
+   * apiserver: every apiserver (each reloads webhook configurations through its own informer) must trust it
+   * before it is used.
+   */
+  caPropagationSeconds: z.number().int().min(0).default(60),
 });
 
 export const CertManagerTlsSchema = z.object({

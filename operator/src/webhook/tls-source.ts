@@ -17,7 +17,11 @@ import {
   caBundlePem,
   decideRotation,
   fingerprint,
+  NEXT_CA_PUBLISHED_ANNOTATION,
+  nextCaPublishedAt,
+  promoteNextCa,
   rotateBundle,
+  stageNextCa,
   servingSANs,
   type CertKeyPem,
   type TlsBundle,
@@ -70,8 +74,9 @@ function secretsHint(namespace: string): string {
 }
 
 export interface ReconcileResult {
-  /** What happened to the Secret. */
-  secret: 'unchanged' | 'created' | 'rotated-cert' | 'rotated-ca' | 'adopted-peer';
+  /** What happened to the Secret. staged-ca: a next CA was staged (stage 1 of a CA rotation); rotated-ca:
+   *  it was promoted (stage 2); replaced-ca: the CA was unusable (broken or expired) and replaced at once. */
+  secret: 'unchanged' | 'created' | 'rotated-cert' | 'staged-ca' | 'rotated-ca' | 'replaced-ca' | 'adopted-peer';
   webhookConfiguration: 'created' | 'updated' | 'unchanged' | 'unmanaged' | 'failed';
   servingFingerprint: string;
 }
@@ -160,6 +165,36 @@ export class SelfManagedTls implements TlsSource {
     const ctx = (verb: string) => ({ verb, object: `Secret ${namespace}/${name}`, forbiddenHint: secretsHint(namespace) });
     let secret: V1Secret | undefined;
     let bundle: TlsBundle | undefined;
+    const write = async (next: TlsBundle, annotations: Record<string, string | undefined>): Promise<boolean> => {
+      const merged = { ...(secret?.metadata?.annotations ?? {}), ...annotations };
+      for (const [k, v] of Object.entries(merged)) if (v === undefined) delete merged[k];
+      const body: V1Secret = {
+        apiVersion: 'v1',
+        kind: 'Secret',
+        type: 'kubernetes.io/tls',
+        metadata: {
+          ...(secret?.metadata ?? {}),
+          name,
+          namespace,
+          labels: { ...(secret?.metadata?.labels ?? {}), 'app.kubernetes.io/managed-by': 'kstreams-operator' },
+          annotations: merged as Record<string, string>,
+        },
+        data: bundleToSecretData(next),
+      };
+      try {
+        if (secret) secret = await kubeCall(ctx('update'), () => this.core.replaceNamespacedSecret({ name, namespace, body }));
+        else secret = await kubeCall(ctx('create'), () => this.core.createNamespacedSecret({ namespace, body }));
+        return true;
+      } catch (e) {
+        // Another replica created or rotated it first: adopt theirs on the next pass.
+        if (isStatus(e, 409)) return false;
+        // A Secret of another type cannot change type in place.
+        if (secret && isStatus(e, 422)) {
+          throw new Error(`Secret ${namespace}/${name} cannot be updated (${errMessage(e)}); delete it and the operator recreates it`);
+        }
+        throw e;
+      }
+    };
     for (let attempt = 0; ; attempt++) {
       if (attempt >= 5) throw new Error(`Secret ${namespace}/${name}: still conflicting after 5 attempts`);
       secret = undefined;
@@ -172,57 +207,92 @@ export class SelfManagedTls implements TlsSource {
       const nowMs = this.clock.now();
       const decision = decideRotation(bundle, { nowMs, rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans });
       if (decision.action === 'none') break;
+      const caCommonName = `kstreams-webhook-ca@${Math.floor(nowMs / 1000)}`;
+      if (bundle && decision.action === 'new-ca' && decision.staged) {
+        // A CA rotation in two stages, so that no replica ever serves a cert the apiserver does not trust yet:
+        // 1. stage the next CA beside the current one (it joins the caBundle; the serving cert stays);
+        // 2. once a caBundle with it was accepted and caPropagationSeconds passed, promote it and serve a
+        //    cert it signed (the old CA stays trusted as previous).
+        if (!bundle.nextCa) {
+          const next = await stageNextCa(bundle, { nowMs, caValiditySeconds: this.tls.caValiditySeconds, caCommonName });
+          if (!(await write(next, { [NEXT_CA_PUBLISHED_ANNOTATION]: undefined }))) {
+            outcome = 'adopted-peer';
+            continue;
+          }
+          bundle = next;
+          outcome = 'staged-ca';
+          this.log.info({ secret: `${namespace}/${name}`, why: decision.why, next: fingerprint(next.nextCa!.certPem) }, 'webhook TLS: next CA staged; it is published in the caBundle before anything it signs is served');
+          break;
+        }
+        const publishedAt = nextCaPublishedAt(secret?.metadata?.annotations?.[NEXT_CA_PUBLISHED_ANNOTATION], bundle.nextCa);
+        if (publishedAt === undefined || nowMs < publishedAt + this.tls.caPropagationSeconds * 1000) break; // not yet
+        const next = await promoteNextCa(bundle as TlsBundle & { nextCa: CertKeyPem }, { nowMs, certValiditySeconds: this.tls.certValiditySeconds, sans: this.sans });
+        if (!(await write(next, { [NEXT_CA_PUBLISHED_ANNOTATION]: undefined }))) {
+          outcome = 'adopted-peer';
+          continue;
+        }
+        bundle = next;
+        outcome = 'rotated-ca';
+        this.log.info({ secret: `${namespace}/${name}`, why: decision.why, publishedAt: new Date(publishedAt).toISOString() }, 'webhook TLS: next CA promoted; serving a certificate it signed');
+        break;
+      }
       const next = await rotateBundle(bundle, decision, {
         nowMs,
         caValiditySeconds: this.tls.caValiditySeconds,
         certValiditySeconds: this.tls.certValiditySeconds,
         sans: this.sans,
-        caCommonName: `kstreams-webhook-ca@${Math.floor(nowMs / 1000)}`,
+        caCommonName,
       });
-      const body: V1Secret = {
-        apiVersion: 'v1',
-        kind: 'Secret',
-        type: 'kubernetes.io/tls',
-        metadata: {
-          ...(secret?.metadata ?? {}),
-          name,
-          namespace,
-          labels: { ...(secret?.metadata?.labels ?? {}), 'app.kubernetes.io/managed-by': 'kstreams-operator' },
-        },
-        data: bundleToSecretData(next),
-      };
       const existed = secret !== undefined;
-      try {
-        if (secret) secret = await kubeCall(ctx('update'), () => this.core.replaceNamespacedSecret({ name, namespace, body }));
-        else secret = await kubeCall(ctx('create'), () => this.core.createNamespacedSecret({ namespace, body }));
-      } catch (e) {
-        // Another replica created or rotated it first: adopt theirs on the next pass.
-        if (isStatus(e, 409)) {
-          outcome = 'adopted-peer';
-          continue;
-        }
-        // A Secret of another type cannot change type in place.
-        if (secret && isStatus(e, 422)) {
-          throw new Error(`Secret ${namespace}/${name} cannot be updated (${errMessage(e)}); delete it and the operator recreates it`);
-        }
-        throw e;
+      if (!(await write(next, { [NEXT_CA_PUBLISHED_ANNOTATION]: undefined }))) {
+        outcome = 'adopted-peer';
+        continue;
       }
       bundle = next;
-      outcome = !existed ? 'created' : decision.action === 'new-ca' ? 'rotated-ca' : 'rotated-cert';
+      outcome = !existed ? 'created' : decision.action === 'new-ca' ? 'replaced-ca' : 'rotated-cert';
       this.log.info({ secret: `${namespace}/${name}`, why: decision.why, outcome }, 'webhook TLS: issued new certificate');
       break;
     }
     if (!bundle) throw new Error('unreachable: no bundle after reconcile');
-    this.serve(bundle);
+    // The caBundle first, then the cert: a CA reaches the apiserver before anything it signed is served.
     const webhookConfiguration = await this.syncWebhookConfiguration(bundle);
+    if (bundle.nextCa && (webhookConfiguration === 'updated' || webhookConfiguration === 'unchanged' || webhookConfiguration === 'created')) {
+      await this.markPublished(bundle.nextCa, secret).catch((e) => this.log.warn({ err: errMessage(e) }, 'webhook TLS: could not record that the next CA is published; retrying at the next check'));
+    }
+    this.serve(bundle);
     this.scheduleCheck(bundle);
     const result: ReconcileResult & { resourceVersion?: string } = {
       secret: outcome,
       webhookConfiguration,
       servingFingerprint: fingerprint(bundle.serving.certPem),
     };
-    if (secret?.metadata?.resourceVersion) result.resourceVersion = secret.metadata.resourceVersion;
+    if (this.lastSecretRv) result.resourceVersion = this.lastSecretRv;
+    else if (secret?.metadata?.resourceVersion) result.resourceVersion = secret.metadata.resourceVersion;
+    this.lastSecretRv = undefined;
     return result;
+  }
+
+  private lastSecretRv: string | undefined;
+
+  /** Records on the Secret when a caBundle holding `nextCa` was accepted (once; the first record stands). */
+  private async markPublished(nextCa: CertKeyPem, secret: V1Secret | undefined): Promise<void> {
+    if (!secret?.metadata) return;
+    const current = secret.metadata.annotations?.[NEXT_CA_PUBLISHED_ANNOTATION];
+    if (nextCaPublishedAt(current, nextCa) !== undefined) return;
+    const { namespace } = this.opts.config;
+    const name = this.tls.secretName;
+    const value = `${fingerprint(nextCa.certPem)}@${new Date(this.clock.now()).toISOString()}`;
+    const body: V1Secret = { ...secret, metadata: { ...secret.metadata, annotations: { ...(secret.metadata.annotations ?? {}), [NEXT_CA_PUBLISHED_ANNOTATION]: value } } };
+    try {
+      const written = await kubeCall({ verb: 'update', object: `Secret ${namespace}/${name}`, forbiddenHint: secretsHint(namespace) }, () =>
+        this.core.replaceNamespacedSecret({ name, namespace, body }),
+      );
+      this.lastSecretRv = written.metadata?.resourceVersion;
+      this.log.info({ secret: `${namespace}/${name}`, at: value }, 'webhook TLS: next CA published in the caBundle');
+    } catch (e) {
+      if (isStatus(e, 409)) return; // changed meanwhile: the next reconcile looks again
+      throw e;
+    }
   }
 
   private serve(bundle: TlsBundle): void {
@@ -254,7 +324,8 @@ export class SelfManagedTls implements TlsSource {
     const nowMs = this.clock.now();
     const decision = decideRotation(bundle, { nowMs, rotateBeforeSeconds: this.tls.rotateBeforeSeconds, sans: this.sans });
     const resyncMs = this.tls.resyncSeconds * 1000;
-    const untilRotation = decision.action === 'none' ? Math.max(0, decision.nextCheckAtMs - nowMs) : 0;
+    let untilRotation = decision.action === 'none' ? Math.max(0, decision.nextCheckAtMs - nowMs) : 0;
+    if (bundle.nextCa) untilRotation = Math.max(0, this.tls.caPropagationSeconds * 1000 - 1000);
     const delay = Math.min(resyncMs, untilRotation + 1000, MAX_TIMER_MS);
     this.timer = this.timers.setTimeout(() => {
       this.timer = undefined;

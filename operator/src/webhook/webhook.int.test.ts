@@ -203,10 +203,11 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
   kc.loadFromFile(kubeconfig);
   const core = kc.makeApiClient(CoreV1Api);
   const admission = kc.makeApiClient(AdmissionregistrationV1Api);
-  const realStart = Date.now();
-  // The clock starts two hours back, so certs issued then are valid now; moving it to the present makes
-  // them due without waiting and keeps newly issued certs valid for the real apiserver.
-  const clock: Clock & { t: number } = { t: realStart - 2 * HOUR_S * 1000, now: () => clock.t };
+  // The clock runs two hours behind at first, so certs issued then are valid now; putting it right makes
+  // them due without waiting and keeps newly issued certs valid for the real apiserver. It runs with real
+  // time, so the CA propagation wait is a real wait.
+  const clock: Clock & { offsetMs: number } = { offsetMs: -2 * HOUR_S * 1000, now: () => Date.now() + clock.offsetMs };
+  const PROPAGATION_S = 2;
   let configA: WebhookConfig;
   let a: RunningWebhook | undefined;
   let b: RunningWebhook | undefined;
@@ -220,12 +221,15 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
     caValiditySeconds: 2.5 * HOUR_S,
     certValiditySeconds: 2.5 * HOUR_S,
     rotateBeforeSeconds: HOUR_S,
+    caPropagationSeconds: PROPAGATION_S,
   };
 
   beforeAll(async () => {
     ownNs = await createNamespace(core, 'kstreams-system');
     shop = await createNamespace(core, 'shop', { inject: true });
-    configA = await webhookConfig({ namespace: ownNs, tls: tlsSettings });
+    // failurePolicy Fail: a request answered with a cert the apiserver does not trust fails the pod create
+    // instead of passing it uninjected, so the rotation test counts every such answer.
+    configA = await webhookConfig({ namespace: ownNs, tls: tlsSettings, failurePolicy: 'Fail' });
     // Replica B shares the Secret; it leaves the webhook configuration to A since its URL differs.
     const configB = await webhookConfig({ namespace: ownNs, tls: tlsSettings, manageWebhookConfiguration: false });
     tlsA = new SelfManagedTls({ config: configA, kube: kc, logger, clock });
@@ -254,39 +258,85 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
     expect(isInjected(await createPod())).toBe(true);
   });
 
-  it('rotates the CA before expiry; the other replica hot-reloads and the apiserver picks up the new caBundle', async () => {
+  it('rotates a due CA in two stages under steady admissions: the caBundle trusts the new CA before any replica serves its cert; zero failures', async () => {
     const oldFp = await servedFingerprint(a!.port);
     const oldMwc = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
-    clock.t = Date.now();
-    const r = await tlsA.reconcile();
-    // The reconcile that rotated the CA is the one that writes the new caBundle: A's watch sees its own write
-    // while that reconcile is still running, and used to write the caBundle itself (half the runs).
-    expect(r.secret).toBe('rotated-ca');
-    expect(r.webhookConfiguration).toBe('updated');
-    expect(r.servingFingerprint).not.toBe(oldFp);
-    expect(await servedFingerprint(a!.port)).toBe(r.servingFingerprint);
-    // B learns of it through its watch on the Secret.
-    await waitFor('replica B to serve the rotated cert', async () => (await servedFingerprint(b!.port)) === r.servingFingerprint, {
-      timeoutMs: 10_000,
-      intervalMs: 50,
-    });
-    const mwc = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
-    const bundlePem = Buffer.from(mwc.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
     const oldBundlePem = Buffer.from(oldMwc.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
-    const rotated = bundleFromSecretData((await core.readNamespacedSecret({ name: 'kstreams-webhook-tls', namespace: ownNs })).data)!;
-    expect(fingerprint(rotated.serving.certPem)).toBe(r.servingFingerprint);
-    // Exactly the new CA first, then the old one (kept while it is valid), and written once.
     expect(oldBundlePem.match(/BEGIN CERTIFICATE/g)).toHaveLength(1);
+
+    // Admissions at a steady rate (dry-run pod creates: the apiserver calls the webhook, nothing is stored),
+    // and the instants at which the caBundle the apiserver holds changes, polled beside them.
+    let running = true;
+    const results: { ok: boolean; injected: boolean; error?: string }[] = [];
+    const bundleSeen: { at: number; pem: string }[] = [];
+    const load = (async () => {
+      while (running) {
+        const t = performance.now();
+        try {
+          const pod = await core.createNamespacedPod({ namespace: shop, body: podBody(freshName('pod')), dryRun: 'All' });
+          results.push({ ok: true, injected: isInjected(pod) });
+        } catch (e) {
+          results.push({ ok: false, injected: false, error: (e as Error).message.split('\n').slice(0, 3).join(' ') });
+        }
+        await new Promise((r) => setTimeout(r, Math.max(0, 50 - (performance.now() - t))));
+      }
+    })();
+    const poll = (async () => {
+      while (running) {
+        const m = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
+        const pem = Buffer.from(m.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
+        if (bundleSeen.at(-1)?.pem !== pem) bundleSeen.push({ at: performance.now(), pem });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const served: { replica: string; at: number; certPem: string }[] = [];
+    a!.tls.onChange((pem) => served.push({ replica: 'a', at: performance.now(), certPem: pem.certPem }));
+    b!.tls.onChange((pem) => served.push({ replica: 'b', at: performance.now(), certPem: pem.certPem }));
+    await new Promise((r) => setTimeout(r, 500)); // a steady rate before the rotation starts
+
+    clock.offsetMs = 0; // the CA (and the cert) are now due
+    const staged = await tlsA.reconcile();
+    // Stage 1: the next CA is published; both replicas go on serving the old cert.
+    expect(staged).toMatchObject({ secret: 'staged-ca', webhookConfiguration: 'updated', servingFingerprint: oldFp });
+    const stagedSecret = bundleFromSecretData((await core.readNamespacedSecret({ name: 'kstreams-webhook-tls', namespace: ownNs })).data)!;
+    expect(stagedSecret.nextCa).toBeDefined();
+    expect(await servedFingerprint(a!.port)).toBe(oldFp);
+    expect(await servedFingerprint(b!.port)).toBe(oldFp);
+    // Stage 2 comes by itself, PROPAGATION_S after the publication: both replicas serve the new CA's cert.
+    let newFp = '';
+    await waitFor(
+      'both replicas to serve a cert of the new CA',
+      async () => {
+        newFp = await servedFingerprint(a!.port);
+        return newFp !== oldFp && (await servedFingerprint(b!.port)) === newFp;
+      },
+      { timeoutMs: PROPAGATION_S * 1000 + 15_000, intervalMs: 50 },
+    );
+    await new Promise((r) => setTimeout(r, 1_000)); // and a steady rate after it
+    running = false;
+    await Promise.all([load, poll]);
+
+    const rotated = bundleFromSecretData((await core.readNamespacedSecret({ name: 'kstreams-webhook-tls', namespace: ownNs })).data)!;
+    expect(fingerprint(rotated.serving.certPem)).toBe(newFp);
+    expect(rotated.ca).toEqual(stagedSecret.nextCa);
+    expect(rotated.nextCa).toBeUndefined();
     expect(rotated.previousCaPem?.trim()).toBe(oldBundlePem.trim());
-    expect(rotated.ca.certPem.trim()).not.toBe(oldBundlePem.trim());
-    expect(bundlePem).toBe(rotated.ca.certPem.trim() + '\n' + oldBundlePem);
-    expect(mwc.metadata?.generation).toBe(oldMwc.metadata!.generation! + 1);
-    // The new serving cert chains only to the new CA: a mutated pod proves the apiserver uses the new bundle.
-    // The apiserver reloads webhook configurations through its informer, hence the wait.
-    await waitFor('the apiserver to call the webhook with the new caBundle', async () => isInjected(await createPod()), {
-      timeoutMs: 15_000,
-      intervalMs: 100,
-    });
+    const finalMwc = await admission.readMutatingWebhookConfiguration({ name: configA.webhookConfigurationName });
+    const finalPem = Buffer.from(finalMwc.webhooks![0]!.clientConfig.caBundle!, 'base64').toString();
+    expect(finalPem).toBe(rotated.ca.certPem.trim() + '\n' + oldBundlePem);
+
+    // Every admission succeeded and was injected: not one answered with a cert the apiserver did not trust.
+    const failures = results.filter((r) => !r.ok);
+    console.log(`[rotation] ${results.length} admissions, ${failures.length} failed, ${results.filter((r) => r.ok && !r.injected).length} uninjected; caBundle versions seen: ${bundleSeen.length}`);
+    expect(failures).toEqual([]);
+    expect(results.every((r) => r.injected)).toBe(true);
+    expect(results.length).toBeGreaterThan(20);
+    // The instants: the caBundle held the new CA before either replica served a cert it signed, by at least
+    // the propagation wait (less the 20 ms poll and a request's latency).
+    const trustedAt = bundleSeen.find((v) => v.pem.includes(stagedSecret.nextCa!.certPem.trim()))!.at;
+    const newCerts = served.filter((x) => fingerprint(x.certPem) === newFp);
+    expect(newCerts.map((x) => x.replica).sort()).toEqual(['a', 'b']);
+    for (const x of newCerts) expect(x.at - trustedAt).toBeGreaterThanOrEqual(PROPAGATION_S * 1000 - 500);
   });
 
   it('rotates again only when due: a second reconcile at the same time writes nothing', async () => {
