@@ -71,6 +71,10 @@ function addCrossFieldRules(spec: JsonSchema): JsonSchema {
   const op = ops['items'] as JsonSchema;
   const opProps = op['properties'] as JsonSchema;
   op['oneOf'] = Object.keys(opProps).map((kind) => ({ required: [kind] }));
+  // Kubernetes 1.20 validates an empty string as null ("must be of type string: \"null\""): nullable lets an
+  // empty replace.to (a deletion) through. A literal null is then stored too, and refused by zod.
+  const replace = opProps['replace'] as JsonSchema;
+  ((replace['properties'] as JsonSchema)['to'] as JsonSchema)['nullable'] = true;
   const byteMap = opProps['byteMap'] as JsonSchema;
   byteMap['anyOf'] = [{ required: ['preset'] }, { required: ['pairs'] }];
   ((byteMap['properties'] as JsonSchema)['pairs'] as JsonSchema)['minProperties'] = 1;

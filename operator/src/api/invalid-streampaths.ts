@@ -1,5 +1,6 @@
-// Invalid StreamPaths and the field each error must name. One table drives the zod unit test and the
-// test that applies each to a real apiserver with kubectl, so the CRD and the schema cannot drift apart.
+// Invalid StreamPaths and the field each error must name. One table drives the zod unit test, the tests
+// that apply each to a real apiserver (kubectl apply and a direct API create) and the `kstreams validate`
+// test, so the CRD, the schema and the CLI cannot drift apart.
 
 export interface InvalidCase {
   name: string;
@@ -14,6 +15,12 @@ export interface InvalidCase {
    * schema validation (and zod in the CLI) reject them.
    */
   serverRejects?: boolean;
+  /**
+   * true when the CRD cannot state the rule (a cross-field rule, a record key, a length in UTF-8 bytes):
+   * kubectl and the apiserver accept and store the object, and zod refuses it: `kstreams validate`/`run`, the
+   * agent, and the operator, whose status condition (Degraded, reason InvalidSpec) names the field.
+   */
+  zodOnly?: true;
 }
 
 export function validSpec(): Record<string, any> {
@@ -25,6 +32,10 @@ export function validSpec(): Record<string, any> {
 }
 
 const target0 = (spec: Record<string, any>) => spec['mirror'].targets[0] as Record<string, any>;
+/** Gives the spec a transform of the mirror with these ops. */
+const ops = (...list: unknown[]) => (s: Record<string, any>) => (s['transform'] = { ops: list });
+const program = { program: { configMap: 'bpf-programs', key: 'mask.o' } };
+const mask = { mask: { after: 'password=', until: '&' } };
 
 export const INVALID_CASES: InvalidCase[] = [
   { name: 'port 0', mutate: (s) => (s['port'] = 0), mentions: /spec\.port/ },
@@ -42,7 +53,25 @@ export const INVALID_CASES: InvalidCase[] = [
     mutate: (s) => (s['selector'] = { matchLabels: { app: 'check out' } }),
     mentions: /spec\.selector\.matchLabels\.app/,
   },
-  { name: 'mirror missing', mutate: (s) => delete s['mirror'], mentions: /spec\.mirror/, kubectlMentions: /StreamPath\.spec\): missing required field "mirror"/ },
+  { name: 'mirror missing', mutate: (s) => delete s['mirror'], mentions: /spec\.mirror/ },
+  {
+    name: 'mirror missing with a transform of the mirror (applyTo defaults to mirror)',
+    mutate: (s) => {
+      delete s['mirror'];
+      s['transform'] = { ops: [{ replace: { from: 'prod', to: 'stag' } }] };
+    },
+    mentions: /spec\.mirror/,
+    zodOnly: true,
+  },
+  {
+    name: 'mirror missing with applyTo both',
+    mutate: (s) => {
+      delete s['mirror'];
+      s['transform'] = { applyTo: 'both', ops: [{ replace: { from: 'prod', to: 'stag' } }] };
+    },
+    mentions: /spec\.mirror/,
+    zodOnly: true,
+  },
   { name: 'empty targets', mutate: (s) => (s['mirror'].targets = []), mentions: /spec\.mirror\.targets/ },
   {
     name: 'more than 16 targets',
@@ -97,16 +126,165 @@ export const INVALID_CASES: InvalidCase[] = [
     mutate: (s) => (s['transform'] = { applyTo: 'sideways', ops: [{ replace: { from: 'a', to: 'b' } }] }),
     mentions: /spec\.transform\.applyTo/,
   },
+  { name: 'transform without ops', mutate: ops(), mentions: /spec\.transform\.ops/ },
+  { name: 'transform with 33 ops', mutate: ops(...Array.from({ length: 33 }, () => mask)), mentions: /spec\.transform\.ops/ },
+  { name: 'an empty op', mutate: ops({}), mentions: /spec\.transform\.ops\[0\]/ },
+  { name: 'mask with an empty after', mutate: ops({ mask: { after: '', until: '&' } }), mentions: /spec\.transform\.ops\[0\]\.mask\.after/ },
+  { name: 'mask with an empty until', mutate: ops({ mask: { after: 'password=', until: '' } }), mentions: /spec\.transform\.ops\[0\]\.mask\.until/ },
+  {
+    name: 'mask without until',
+    mutate: ops({ mask: { after: 'password=' } }),
+    mentions: /spec\.transform\.ops\[0\]\.mask\.until/,
+    kubectlMentions: /spec\.transform\.ops\[0\]\.mask\): missing required field "until"/,
+  },
+  { name: 'mask after of 257 ASCII bytes', mutate: ops({ mask: { after: 'a'.repeat(257), until: '&' } }), mentions: /spec\.transform\.ops\[0\]\.mask\.after/ },
+  {
+    // 129 characters, 258 bytes: the CRD bounds characters, zod the bytes.
+    name: 'mask until over 256 bytes in UTF-8 but under 256 characters',
+    mutate: ops({ mask: { after: 'password=', until: 'é'.repeat(129) } }),
+    mentions: /spec\.transform\.ops\[0\]\.mask\.until/,
+    zodOnly: true,
+  },
   {
     name: 'mask with more than one character',
     mutate: (s) => (s['transform'] = { ops: [{ mask: { after: 'Authorization: ', until: '\r\n', with: '**' } }] }),
     mentions: /spec\.transform\.ops\[0\]\.mask\.with/,
+  },
+  { name: 'mask with a non-ASCII character', mutate: ops({ mask: { after: 'password=', until: '&', with: 'é' } }), mentions: /spec\.transform\.ops\[0\]\.mask\.with/ },
+  {
+    name: 'mask with a byte that occurs in until',
+    mutate: ops({ mask: { after: 'password=', until: '&x', with: 'x' } }),
+    mentions: /spec\.transform\.ops\[0\]\.mask\.with/,
+    zodOnly: true,
+  },
+  {
+    // The default "*" counts too.
+    name: 'mask until containing the default *',
+    mutate: ops({ mask: { after: '/*', until: '*/' } }),
+    mentions: /spec\.transform\.ops\[0\]\.mask\.with/,
+    zodOnly: true,
   },
   {
     name: 'replace of an empty token',
     mutate: (s) => (s['transform'] = { ops: [{ replace: { from: '', to: 'b' } }] }),
     mentions: /spec\.transform\.ops\[0\]\.replace\.from/,
   },
+  {
+    name: 'replace without to',
+    mutate: ops({ replace: { from: 'prod' } }),
+    mentions: /spec\.transform\.ops\[0\]\.replace\.to/,
+    kubectlMentions: /spec\.transform\.ops\[0\]\.replace\): missing required field "to"/,
+  },
+  {
+    // 100 characters, 300 bytes.
+    name: 'replace from over 256 bytes in UTF-8 but under 256 characters',
+    mutate: ops({ replace: { from: '€'.repeat(100), to: 'EUR' } }),
+    mentions: /spec\.transform\.ops\[0\]\.replace\.from/,
+    zodOnly: true,
+  },
+  {
+    // 65 emoji: 65 code points, 130 UTF-16 units, 260 bytes.
+    name: 'replace to over 256 bytes in UTF-8 (astral characters)',
+    mutate: ops({ replace: { from: 'ok', to: '😀'.repeat(65) } }),
+    mentions: /spec\.transform\.ops\[0\]\.replace\.to/,
+    zodOnly: true,
+  },
+  {
+    // The CRD's replace.to is nullable, so that Kubernetes 1.20 takes an empty to (see crd.ts).
+    name: 'replace to null',
+    mutate: ops({ replace: { from: 'ok', to: null } }),
+    mentions: /spec\.transform\.ops\[0\]\.replace\.to/,
+    zodOnly: true,
+  },
+  { name: 'replace to of 257 ASCII bytes', mutate: ops({ replace: { from: 'ok', to: 'k'.repeat(257) } }), mentions: /spec\.transform\.ops\[0\]\.replace\.to/ },
+  { name: 'byteMap with neither preset nor pairs', mutate: ops({ byteMap: {} }), mentions: /spec\.transform\.ops\[0\]\.byteMap/ },
+  { name: 'byteMap with empty pairs', mutate: ops({ byteMap: { pairs: {} } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs/ },
+  { name: 'unknown byteMap preset', mutate: ops({ byteMap: { preset: 'titlecase' } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.preset/ },
+  {
+    name: 'byteMap pair key of two characters',
+    mutate: ops({ byteMap: { pairs: { ab: 'x' } } }),
+    mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.ab/,
+    zodOnly: true,
+  },
+  { name: 'byteMap pair value of two characters', mutate: ops({ byteMap: { pairs: { a: 'xy' } } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.a/ },
+  { name: 'byteMap pair value with bad hex 0xG1', mutate: ops({ byteMap: { pairs: { a: '0xG1' } } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.a/ },
+  {
+    name: 'byteMap pair key with bad hex 0xG1',
+    mutate: ops({ byteMap: { pairs: { '0xG1': 'a' } } }),
+    mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.0xG1/,
+    zodOnly: true,
+  },
+  { name: 'byteMap pair value with three hex digits', mutate: ops({ byteMap: { pairs: { a: '0x041' } } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.a/ },
+  { name: 'byteMap pair value of a non-ASCII character', mutate: ops({ byteMap: { pairs: { e: 'é' } } }), mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs\.e/ },
+  {
+    name: 'byteMap mapping one byte twice (A and 0x41)',
+    mutate: ops({ byteMap: { pairs: { A: 'a', '0x41': 'b' } } }),
+    mentions: /spec\.transform\.ops\[0\]\.byteMap\.pairs: "(A|0x41)" and "(A|0x41)" are the same byte/,
+    zodOnly: true,
+  },
+  {
+    // The CRD has no path (kstreams run only): kubectl refuses it as unknown, the apiserver prunes it.
+    name: 'program with both configMap and path',
+    mutate: ops({ program: { configMap: 'bpf-programs', key: 'mask.o', path: '/opt/bpf/mask.o' } }),
+    mentions: /spec\.transform\.ops\[0\]\.program/,
+    kubectlMentions: /unknown field "path"/,
+    serverRejects: false,
+  },
+  {
+    name: 'program with neither configMap nor path',
+    mutate: ops({ program: { section: 'sk_msg' } }),
+    mentions: /spec\.transform\.ops\[0\]\.program/,
+    kubectlMentions: /spec\.transform\.ops\[0\]\.program\): missing required field "configMap"/,
+  },
+  {
+    name: 'program with configMap but no key',
+    mutate: ops({ program: { configMap: 'bpf-programs' } }),
+    mentions: /spec\.transform\.ops\[0\]\.program\.key/,
+    kubectlMentions: /spec\.transform\.ops\[0\]\.program\): missing required field "key"/,
+  },
+  {
+    name: 'program ConfigMap name not a DNS subdomain',
+    mutate: ops({ program: { configMap: 'BPF_Programs', key: 'mask.o' } }),
+    mentions: /spec\.transform\.ops\[0\]\.program\.configMap/,
+  },
+  {
+    name: 'program section with a space',
+    mutate: ops({ program: { configMap: 'bpf-programs', key: 'mask.o', section: 'sk msg' } }),
+    mentions: /spec\.transform\.ops\[0\]\.program\.section/,
+  },
+  { name: 'program not the last op', mutate: ops(program, mask), mentions: /spec\.transform\.ops\[0\]\.program/, zodOnly: true },
+  { name: 'two program ops', mutate: ops(mask, program, program), mentions: /spec\.transform\.ops\[2\]\.program/, zodOnly: true },
   { name: 'unknown field in spec', mutate: (s) => (s['bogus'] = 1), mentions: /bogus/, serverRejects: false },
   { name: 'unknown field in a target', mutate: (s) => (target0(s)['weight'] = 3), mentions: /weight/, serverRejects: false },
+];
+
+export interface ValidCase {
+  name: string;
+  /** Changes the valid base spec into another valid one, at an edge of the rules. */
+  mutate: (spec: Record<string, any>) => void;
+}
+
+/** StreamPaths at the edges of the rules, which zod, kubectl and the apiserver must all accept. */
+export const VALID_CASES: ValidCase[] = [
+  {
+    name: 'a transform of the primary without a mirror',
+    mutate: (s) => {
+      delete s['mirror'];
+      s['transform'] = { applyTo: 'primary', ops: [{ replace: { from: 'prod-db-1', to: 'stag-db-1' } }] };
+    },
+  },
+  { name: 'a transform of the primary beside an untransformed mirror', mutate: (s) => (s['transform'] = { applyTo: 'primary', ops: [mask] }) },
+  { name: 'a transform of both', mutate: (s) => (s['transform'] = { applyTo: 'both', ops: [mask] }) },
+  { name: '32 ops ending in a program', mutate: ops(...Array.from({ length: 31 }, () => mask), program) },
+  { name: 'patterns of 256 ASCII bytes', mutate: ops({ replace: { from: 'f'.repeat(256), to: 't'.repeat(256) } }) },
+  // 128 two-byte characters and 64 four-byte ones: exactly 256 bytes each.
+  { name: 'patterns of exactly 256 bytes in UTF-8', mutate: ops({ mask: { after: 'é'.repeat(128), until: '😀'.repeat(64) } }) },
+  { name: 'a replace that deletes', mutate: ops({ replace: { from: 'X-Debug: 1\r\n', to: '' } }) },
+  { name: 'a mask with another byte and a control character until', mutate: ops({ mask: { after: 'Authorization: ', until: '\r\n', with: '#' } }) },
+  { name: 'a byteMap preset alone', mutate: ops({ byteMap: { preset: 'uppercase' } }) },
+  {
+    name: 'a byteMap of hex pairs over a preset (EBCDIC-style)',
+    mutate: ops({ byteMap: { preset: 'lowercase', pairs: { '0xC1': 'A', '0x81': 'a', '0x40': ' ', A: '0xff', '0x00': '0x0A' } } }),
+  },
+  { name: 'a program with a section', mutate: ops(mask, { program: { configMap: 'bpf.programs', key: 'mask_v2.o', section: 'sk_msg/mask' } }) },
 ];

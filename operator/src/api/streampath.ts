@@ -263,10 +263,11 @@ export const ByteMapSchema = z
       const byte = byteOf(key);
       const first = seen.get(byte);
       if (first !== undefined) {
+        // Named by both spellings: the apiserver stores keys sorted, so "first" is not what the user wrote first.
         ctx.addIssue({
           code: 'custom',
-          path: ['pairs', key],
-          message: `byte 0x${byte.toString(16).padStart(2, '0')} is already a key (${JSON.stringify(first)}): a byte may be mapped once`,
+          path: ['pairs'],
+          message: `${JSON.stringify(first)} and ${JSON.stringify(key)} are the same byte (0x${byte.toString(16).padStart(2, '0')}): a byte may be a key once`,
         });
       } else seen.set(byte, key);
     }
