@@ -143,7 +143,8 @@ describe('encodeOps', () => {
       parse({ applyTo: 'both', ops: [{ byteMap: { preset: 'uppercase' } }, { program: { configMap: 'bpf', key: 'x.o', section: 'sk_msg/x' } }] }),
     );
     expect(ops.map((o) => o.kind)).toEqual(['byteMap', 'program']);
-    expect(ops[0]!.kind === 'byteMap' && ops[0].table).toEqual(byteMapTable({ preset: 'uppercase' }));
+    const [map] = ops;
+    expect(map?.kind === 'byteMap' && map.table).toEqual(byteMapTable({ preset: 'uppercase' }));
     expect(ops[1]).toEqual({ kind: 'program', source: { configMap: 'bpf', key: 'x.o' }, section: 'sk_msg/x' });
     expect(encodeOps(parse({ ops: [{ program: { path: '/opt/x.o' } }] }))).toEqual([{ kind: 'program', source: { path: '/opt/x.o' } }]);
   });
