@@ -12,6 +12,7 @@
         "src/engine/pipes.cc",
         "src/engine/primary.cc",
         "src/engine/sockets.cc",
+        "src/engine/transform.cc",
         "src/engine/worker.cc",
         "src/engine_binding.cc",
         "src/interception.cc",

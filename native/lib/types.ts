@@ -69,6 +69,39 @@ export interface EngineSettings {
    * its bookkeeping.
    */
   mirrorBufferSize: number;
+  /**
+   * In-kernel transform (docs/adr/0006-in-kernel-transforms.md): an sk_msg program on the engine's
+   * SOCKHASH rewrites what the engine sends to the mirrors (mirror) and/or to the app (primary). A live
+   * edit applies to new connections. start()/update() throw (code ProgramRejected, TransformUnsupported,
+   * TransformInvalid or TransformFailed; the verifier's output in `log`) when it cannot be loaded; nothing
+   * of it is then left loaded.
+   */
+  transform?: EngineTransform;
+}
+
+/** An op of EngineTransform, encoded: kind 1 mask (a = after, b = until, with), 2 replace (a = from,
+ * b = to), 3 byteMap (a = the 256-byte table). */
+export interface EngineTransformOp {
+  kind: 1 | 2 | 3;
+  a: Uint8Array;
+  b?: Uint8Array;
+  /** mask: the byte written over masked bytes. */
+  with?: number;
+}
+
+export interface EngineTransform {
+  mirror: boolean;
+  primary: boolean;
+  /**
+   * How long bytes an op holds back (the end of a send that may start a pattern) wait for the client's
+   * next bytes before they are released as no match; a mirror also releases them once the app has
+   * answered the turn, and every hold is released at the client's end. 0: released as soon as the client
+   * is quiet. Default 20.
+   */
+  holdMs?: number;
+  ops: EngineTransformOp[];
+  /** A user-supplied BPF object whose sk_msg program runs after the ops (docs/transforms.md). */
+  program?: { elf: Uint8Array; section?: string; name?: string };
 }
 
 export interface EngineConfig extends EngineSettings {
@@ -144,6 +177,9 @@ export interface TargetStats {
   bytesDropped: number;
   /** Turns released to this target because its answer to the previous turn did not come within turnTimeoutMs. */
   turnWaitsExpired: number;
+  /** Mirror connections of this target closed with a reset, or never opened, because their transform
+   * could not be applied (never sent untransformed). */
+  transformFailures: number;
 }
 
 export interface EngineStats {
@@ -169,6 +205,8 @@ export interface EngineStats {
   resetFailures: number;
   /** Worker threads that stopped because epoll_wait failed (their connections were reset); expected 0. */
   workerFailures: number;
+  /** Connections reset because the transform of their bytes to the app could not be applied. */
+  transformFailures: number;
   /**
    * Times a worker stopped taking new connections for 100 ms because the process (or the system) was
    * out of file descriptors: connections then wait in the listen backlog instead of being refused.

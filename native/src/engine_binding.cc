@@ -120,6 +120,69 @@ bool ReadPositive(Napi::Env env, Napi::Object o, const char* key, bool required,
   return true;
 }
 
+// settings.transform: {mirror, primary, ops: [{kind, a, b, with}], program?: {elf, section?, name?}}, as
+// native/lib/transform.ts encodes spec.transform. Absent or null: no transform.
+bool ReadBytes(Napi::Env env, Napi::Value v, const std::string& name, std::string* out) {
+  if (v.IsUndefined()) return true;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    ArgumentError(env, name, "a Uint8Array").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  out->assign(reinterpret_cast<const char*>(a.Data()), a.ByteLength());
+  return true;
+}
+
+bool ReadTransform(Napi::Env env, Napi::Value v, const std::string& prefix, engine::Settings* settings) {
+  if (v.IsUndefined() || v.IsNull()) return true;
+  if (!v.IsObject()) {
+    ArgumentError(env, prefix + "transform", "an object").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Object o = v.As<Napi::Object>();
+  auto spec = std::make_shared<engine::TransformSpec>();
+  spec->mirror = o.Get("mirror").ToBoolean();
+  spec->primary = o.Get("primary").ToBoolean();
+  double hold = spec->holdMs;
+  if (!ReadInteger(env, o, prefix + "transform.", "holdMs", false, 0, 3600000, &hold)) return false;
+  spec->holdMs = uint32_t(hold);
+  Napi::Value ops = o.Get("ops");
+  if (!ops.IsArray()) {
+    ArgumentError(env, prefix + "transform.ops", "an array").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Array arr = ops.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    std::string name = prefix + "transform.ops[" + std::to_string(i) + "]";
+    if (!arr.Get(i).IsObject()) {
+      ArgumentError(env, name, "an object").ThrowAsJavaScriptException();
+      return false;
+    }
+    Napi::Object op = arr.Get(i).As<Napi::Object>();
+    engine::TransformOp t;
+    double kind = 0, with = '*';
+    if (!ReadInteger(env, op, name + ".", "kind", true, 1, 3, &kind)) return false;
+    if (!ReadInteger(env, op, name + ".", "with", false, 0, 255, &with)) return false;
+    t.kind = uint8_t(kind);
+    t.with = uint8_t(with);
+    if (!ReadBytes(env, op.Get("a"), name + ".a", &t.a) || !ReadBytes(env, op.Get("b"), name + ".b", &t.b)) return false;
+    spec->ops.push_back(std::move(t));
+  }
+  Napi::Value prog = o.Get("program");
+  if (!prog.IsUndefined() && !prog.IsNull()) {
+    if (!prog.IsObject()) {
+      ArgumentError(env, prefix + "transform.program", "an object").ThrowAsJavaScriptException();
+      return false;
+    }
+    Napi::Object p = prog.As<Napi::Object>();
+    if (!ReadBytes(env, p.Get("elf"), prefix + "transform.program.elf", &spec->programElf)) return false;
+    if (p.Get("section").IsString()) spec->programSection = p.Get("section").As<Napi::String>().Utf8Value();
+    if (p.Get("name").IsString()) spec->programName = p.Get("name").As<Napi::String>().Utf8Value();
+  }
+  settings->transform = spec;
+  return true;
+}
+
 // The live settings (engineStart's config carries them too).
 bool ReadSettings(Napi::Env env, Napi::Object o, const std::string& prefix, engine::Settings* out) {
   if (!ReadMirrors(env, o.Get("mirrors"), out)) return false;
@@ -130,7 +193,18 @@ bool ReadSettings(Napi::Env env, Napi::Object o, const std::string& prefix, engi
   out->pipeSize = uint32_t(pipe);
   out->turnTimeoutMs = uint32_t(turn);
   out->mirrorBufferSize = uint32_t(buffer);
-  return true;
+  return ReadTransform(env, o.Get("transform"), prefix, out);
+}
+
+// A transform that could not be loaded carries our code and the verifier's log; the rest is an errno.
+void ThrowStartError(Napi::Env env, const engine::StartError& error) {
+  if (!error.code.empty()) {
+    Napi::Error e = CodedError(env, error.code.c_str(), error.what);
+    e.Set("log", Napi::String::New(env, error.log));
+    e.ThrowAsJavaScriptException();
+    return;
+  }
+  ErrnoError(env, error.err, error.syscall.c_str(), error.what).ThrowAsJavaScriptException();
 }
 
 EngineBox* Unbox(const Napi::CallbackInfo& info) {
@@ -213,7 +287,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   engine::StartError error;
   std::unique_ptr<Engine> started = Engine::Start(cfg, &error);
   if (!started) {
-    ErrnoError(env, error.err, error.syscall.c_str(), error.what).ThrowAsJavaScriptException();
+    ThrowStartError(env, error);
     return env.Undefined();
   }
   auto* box = new EngineBox;
@@ -260,6 +334,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("mirrorBufferBudget", double(s.mirrorBufferBudget));
   o.Set("mirrorBufferDenied", double(s.mirrorBufferDenied));
   o.Set("workerFailures", double(s.workerFailures));
+  o.Set("transformFailures", double(s.transformFailures));
   Napi::Array targets = Napi::Array::New(env, s.targets.size());
   for (size_t i = 0; i < s.targets.size(); i++) {
     const engine::TargetStats& t = s.targets[i];
@@ -273,6 +348,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     to.Set("bytesMirrored", double(t.bytesMirrored));
     to.Set("bytesDropped", double(t.bytesDropped));
     to.Set("turnWaitsExpired", double(t.turnWaitsExpired));
+    to.Set("transformFailures", double(t.transformFailures));
     targets.Set(uint32_t(i), to);
   }
   o.Set("targets", targets);
@@ -291,7 +367,7 @@ Napi::Value Update(const Napi::CallbackInfo& info) {
   if (!ReadSettings(env, info[1].As<Napi::Object>(), "settings.", &settings)) return env.Undefined();
   engine::StartError error;
   if (!box->engine->Update(settings, &error)) {
-    ErrnoError(env, error.err, error.syscall.c_str(), error.what).ThrowAsJavaScriptException();
+    ThrowStartError(env, error);
     return env.Undefined();
   }
   return Napi::Number::New(env, box->engine->pipeSize());

@@ -9,6 +9,7 @@
 
 #include "address.h"
 #include "counters.h"
+#include "transform.h"
 
 namespace kstreams {
 namespace engine {
@@ -27,6 +28,8 @@ struct Settings {
   uint32_t turnTimeoutMs = 1000;
   // SO_SNDBUF a lagging mirror connection may grow to, within the engine's mirrorBufferBudget.
   uint32_t mirrorBufferSize = 4u << 20;
+  // spec.transform, encoded; null: none.
+  std::shared_ptr<const TransformSpec> transform;
 };
 
 struct Config {
@@ -60,6 +63,8 @@ struct ActiveSettings {
   uint32_t pipeSize;  // effective (rounded by the kernel)
   uint32_t turnTimeoutMs;
   uint32_t mirrorBufferSize;
+  // The transform new connections get (its profile lives while they do); null: none.
+  std::shared_ptr<const TransformProfile> transform;
 };
 
 }  // namespace engine

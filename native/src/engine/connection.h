@@ -6,6 +6,7 @@
 
 #include "leg.h"
 #include "pipes.h"
+#include "transform.h"
 
 namespace kstreams {
 namespace engine {
@@ -21,6 +22,16 @@ struct Side {
   bool hup = false;
   bool eof = false;   // its stream ended (read 0)
   bool shut = false;  // we sent it our FIN (shutdown SHUT_WR)
+};
+
+struct Conn;
+
+// The primary path's timer: retries of a transformed send refused for lack of send-buffer room, and the
+// release of bytes the transform holds back (transform.h).
+struct PrimaryTimer final : Timed {
+  Conn* conn = nullptr;
+  void OnTimer(uint64_t now) override;
+  Conn* timedConn() const override { return conn; }
 };
 
 struct Conn {
@@ -39,6 +50,14 @@ struct Conn {
   bool clientEndOffered = false;  // the legs were told that the client's stream ended
   std::vector<std::unique_ptr<Leg>> legs;
   Handle clientHandle{}, appHandle{};
+  // spec.transform applied to the bytes sent to the app (applyTo primary|both): the profile taken at
+  // accept, the upstream socket's attachment once it is connected.
+  std::shared_ptr<const TransformProfile> xfProfile;
+  std::unique_ptr<TransformedSocket> appXf;
+  uint64_t xfRetryAt = 0, xfHoldAt = 0;
+  bool holdDue = false;
+  PrimaryTimer timer;
+  Conn() { timer.conn = this; }
 };
 
 }  // namespace engine

@@ -41,6 +41,9 @@ struct alignas(64) WorkerCounters {
   Counter pipesInUse{0}, pipesPooled{0}, pipeBytesInUse{0}, pipeBytesPooled{0};
   // epoll_wait failed: the worker reset its connections and stopped.
   Counter workerFailures{0};
+  // Connections reset because the transform of their bytes to the app could not be applied (the
+  // upstream socket could not be attached, or the program failed): never forwarded untransformed.
+  Counter transformFailures{0};
 };
 
 struct alignas(64) TargetSlot {
@@ -54,6 +57,8 @@ struct alignas(64) TargetSlot {
   Counter bytesMirrored{0};
   Counter bytesDropped{0};
   Counter turnWaitsExpired{0};
+  // Mirror connections closed (reset) or not opened because their transform could not be applied.
+  Counter transformFailures{0};
 };
 
 // One mirror target's counters, one slot per worker; kept per target name for the engine's lifetime.
@@ -69,7 +74,7 @@ struct TargetStats {
   std::string name;
   uint64_t connectionsMirrored = 0, connectionsCut = 0, connectFailures = 0, connectionsSkipped = 0;
   int64_t connectionsActive = 0;
-  uint64_t bytesMirrored = 0, bytesDropped = 0, turnWaitsExpired = 0;
+  uint64_t bytesMirrored = 0, bytesDropped = 0, turnWaitsExpired = 0, transformFailures = 0;
 };
 
 struct Stats {
@@ -87,6 +92,7 @@ struct Stats {
   uint64_t pipesInUse = 0, pipesPooled = 0, pipeBytesInUse = 0, pipeBytesPooled = 0;
   uint64_t mirrorBufferInUse = 0, mirrorBufferBudget = 0, mirrorBufferDenied = 0;
   uint64_t workerFailures = 0;
+  uint64_t transformFailures = 0;
   std::vector<TargetStats> targets;
 };
 

@@ -62,6 +62,15 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
     return false;
   }
   auto next = std::make_shared<ActiveSettings>();
+  if (settings.transform) {
+    TransformError xe;
+    if (!transforms_) transforms_ = TransformRuntime::Create(&xe);
+    if (transforms_) next->transform = transforms_->AddProfile(*settings.transform, &xe);
+    if (!next->transform) {
+      *error = {EINVAL, "bpf", xe.message, xe.code, xe.log};
+      return false;
+    }
+  }
   next->pipeSize = effective;
   next->turnTimeoutMs = settings.turnTimeoutMs;
   next->mirrorBufferSize = settings.mirrorBufferSize;
@@ -173,6 +182,7 @@ Stats Engine::Snapshot() const {
     s.pipeBytesPooled += Read(k.pipeBytesPooled);
     s.mirrorBufferDenied += Read(k.mirrorBufferDenied);
     s.workerFailures += Read(k.workerFailures);
+    s.transformFailures += Read(k.transformFailures);
   }
   s.mirrorBufferInUse = uint64_t(std::max<int64_t>(0, mirrorBufferInUse_.load(std::memory_order_relaxed)));
   s.mirrorBufferBudget = config_.mirrorBufferBudget;
@@ -196,6 +206,7 @@ Stats Engine::Snapshot() const {
       ts.bytesMirrored += Read(k.bytesMirrored);
       ts.bytesDropped += Read(k.bytesDropped);
       ts.turnWaitsExpired += Read(k.turnWaitsExpired);
+      ts.transformFailures += Read(k.transformFailures);
     }
     // A skipped leg counts as closed but not as mirrored.
     uint64_t opened = ts.connectionsMirrored + ts.connectionsSkipped;

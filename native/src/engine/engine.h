@@ -25,9 +25,16 @@ namespace engine {
 
 // What went wrong while starting: errno, the failing call and on what (for a Node-style error).
 struct StartError {
+  StartError() = default;
+  StartError(int e, std::string call, std::string on, std::string c = {}, std::string l = {})
+      : err(e), syscall(std::move(call)), what(std::move(on)), code(std::move(c)), log(std::move(l)) {}
   int err = 0;
   std::string syscall;
   std::string what;
+  // Set for a transform that could not be loaded: our own code (ProgramRejected, ...), and the
+  // verifier's output verbatim.
+  std::string code;
+  std::string log;
 };
 
 class Worker;
@@ -87,6 +94,8 @@ class Engine {
   std::vector<std::string> order_;  // names in the order first configured
 
   std::atomic<int64_t> mirrorBufferInUse_{0};
+  // Loaded with the first transform (start or update) and kept for the engine's life.
+  std::shared_ptr<TransformRuntime> transforms_;
 
   std::atomic<int> mode_{kRunning};
   std::atomic<uint64_t> drainDeadline_{0};

@@ -18,6 +18,14 @@ namespace engine {
 struct Conn;
 class Leg;
 
+// What the worker's timers call: a leg, or a connection's primary path (its transform's retries).
+class Timed {
+ public:
+  virtual ~Timed() = default;
+  virtual void OnTimer(uint64_t now) = 0;
+  virtual Conn* timedConn() const = 0;
+};
+
 // What an epoll event points at.
 struct Handle {
   enum Role : int { kClient = 0, kApp = 1, kLeg = 2, kListener = -1, kWake = -2 };
@@ -43,11 +51,12 @@ class LegHost {
   virtual void ReleaseMirrorBuffer(uint64_t bytes) = 0;
 };
 
-class Leg {
+class Leg : public Timed {
  public:
   explicit Leg(Conn* owner) : owner_(owner) {}
-  virtual ~Leg() = default;
+  ~Leg() override = default;
   Conn* owner() const { return owner_; }
+  Conn* timedConn() const override { return owner_; }
   // A batch at the head of the primary pipe P: `n` bytes of client turn `turn`. The leg copies it
   // (tee, non-blocking) or gives up (cut, counted). It must not consume P.
   virtual void Offer(const Pipe& p, size_t n, uint32_t turn) = 0;
@@ -59,7 +68,7 @@ class Leg {
   virtual void OnClientEnd() = 0;
   // Both primary sockets are closed; the leg may finish what it holds until `until` (ms, monotonic).
   virtual void OnPrimaryDone(uint64_t until) = 0;
-  virtual void OnTimer(uint64_t now) = 0;
+  void OnTimer(uint64_t now) override = 0;
   // Ends the leg at once with a reset (the primary was aborted, or the engine is resetting).
   virtual void Abort() = 0;
   virtual bool closed() const = 0;

@@ -32,6 +32,7 @@
 
 #include <algorithm>
 
+#include "connection.h"
 #include "sockets.h"
 
 namespace kstreams {
@@ -90,6 +91,8 @@ void MirrorLeg::Connected() {
   state_ = kOpen;
   writable_ = true;
   connectDeadline_ = 0;
+  // Into the transform's hash before the first byte: from then on every send runs the program.
+  if (opt_.transform && !xf_.Attach(opt_.transform, sock_)) TransformFailed();
 }
 
 void MirrorLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
@@ -213,12 +216,30 @@ bool MirrorLeg::Pump() {
       if (!gateDeadline_) gateDeadline_ = NowMs() + opt_.turnTimeoutMs;
       break;
     }
+    size_t want = s.bytes;
+    if (xf_.attached()) {
+      // Only what the send buffer takes whole (see transform.h).
+      want = xf_.Limit(s.bytes);
+      if (want == 0) {
+        writable_ = false;
+        if (Grow()) {
+          writable_ = true;
+          continue;
+        }
+        xfRetryAt_ = NowMs() + kRetryMs;
+        break;
+      }
+    }
     ssize_t n;
     if (s.spilled) {
       loff_t off = loff_t(spillRead_);
-      n = sendfile(sock_, spillFd_, &off, s.bytes);
+      n = sendfile(sock_, spillFd_, &off, want);
     } else {
-      n = splice(pipe_.rd, nullptr, sock_, nullptr, s.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      n = splice(pipe_.rd, nullptr, sock_, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    }
+    if (xf_.attached() && !xf_.Sent(n > 0 ? size_t(n) : 0)) {
+      TransformFailed();
+      return true;
     }
     if (n > 0) {
       s.bytes -= size_t(n);
@@ -234,6 +255,8 @@ bool MirrorLeg::Pump() {
       Add(slot_.bytesMirrored, uint64_t(n));
       lastWrittenTurn_ = s.turn;
       answered_ = false;
+      xfHoldAt_ = 0;  // a hold left by this send waits afresh
+      holdDue_ = false;
       gateDeadline_ = 0;
       progress = true;
       if (s.bytes == 0) queue_.pop_front();
@@ -243,10 +266,12 @@ bool MirrorLeg::Pump() {
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else {
-      Cut(0);
+      if (xf_.attached() && errno == EACCES) TransformFailed();  // the program dropped it
+      else Cut(0);
       return true;
     }
   }
+  if (!MaybeFlushHeld(&progress)) return true;
   if (pipe_.bytes == 0 && pipe_.held()) {
     host_->pipes().Give(&pipe_);
     batchesInPipe_ = 0;
@@ -256,7 +281,7 @@ bool MirrorLeg::Pump() {
     growTried_ = false;
     if (granted_) MaybeShrink();
   }
-  if (clientEnded_ && queue_.empty() && !shutSent_) {
+  if (clientEnded_ && queue_.empty() && !shutSent_ && xf_.held() == 0) {
     shutdown(sock_, SHUT_WR);
     shutSent_ = true;
     progress = true;
@@ -268,6 +293,48 @@ bool MirrorLeg::Pump() {
   }
   Rearm();
   return progress;
+}
+
+bool MirrorLeg::MaybeFlushHeld(bool* progress) {
+  if (!xf_.attached() || xf_.held() == 0) {
+    xfHoldAt_ = 0;
+    holdDue_ = false;
+    return true;
+  }
+  // Only when nothing else goes out now: the queue is empty, or its next turn waits for an answer that
+  // the held bytes (the end of the turn just sent) may be what the target needs to give.
+  if (!writable_ || !(queue_.empty() || Gated(queue_.front()))) return true;
+  uint64_t now = NowMs();
+  // The app answered the turn these bytes end: the client sends nothing more in it.
+  bool turnOver = owner_->turn == lastWrittenTurn_ && owner_->appAnswered;
+  bool due = clientEnded_ || !queue_.empty() || turnOver || holdDue_ || xf_.holdMs() == 0;
+  if (!due) {
+    if (!xfHoldAt_) {
+      xfHoldAt_ = now + xf_.holdMs();
+      Rearm();
+    }
+    return true;
+  }
+  int r = xf_.Flush();
+  if (r < 0) {
+    TransformFailed();
+    return false;
+  }
+  if (r == 0) {
+    xfRetryAt_ = now + kRetryMs;
+    return true;
+  }
+  xfHoldAt_ = 0;
+  holdDue_ = false;
+  answered_ = false;
+  *progress = true;
+  return true;
+}
+
+void MirrorLeg::TransformFailed() {
+  if (state_ == kClosed) return;
+  Add(slot_.transformFailures);
+  Cut(0);
 }
 
 // The target fell behind (EAGAIN): give its socket the configured slack, once per lag, if the engine's
@@ -311,6 +378,14 @@ void MirrorLeg::OnTimer(uint64_t now) {
     else Cut(0);
     return;
   }
+  if (xfRetryAt_ && now >= xfRetryAt_) {
+    xfRetryAt_ = 0;
+    writable_ = true;
+  }
+  if (xfHoldAt_ && now >= xfHoldAt_) {
+    xfHoldAt_ = 0;
+    holdDue_ = true;  // the worker pumps the connection next
+  }
   if (gateDeadline_ && now >= gateDeadline_) {
     Add(slot_.turnWaitsExpired);
     answered_ = true;  // released; the worker pumps the connection next
@@ -322,7 +397,7 @@ void MirrorLeg::OnTimer(uint64_t now) {
 
 void MirrorLeg::Rearm() {
   uint64_t at = 0;
-  for (uint64_t d : {connectDeadline_, gateDeadline_, drainDeadline_})
+  for (uint64_t d : {connectDeadline_, gateDeadline_, drainDeadline_, xfRetryAt_, xfHoldAt_})
     if (d && (!at || d < at)) at = d;
   host_->SetTimer(this, at);
 }
@@ -391,7 +466,8 @@ void MirrorLeg::Close() {
   CloseFd(spillFd_);
   if (granted_) host_->ReleaseMirrorBuffer(granted_);
   granted_ = 0;
-  connectDeadline_ = gateDeadline_ = drainDeadline_ = 0;
+  connectDeadline_ = gateDeadline_ = drainDeadline_ = xfRetryAt_ = xfHoldAt_ = 0;
+  xf_.Release();
   host_->SetTimer(this, 0);
 }
 

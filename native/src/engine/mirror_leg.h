@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "leg.h"
+#include "transform.h"
 
 namespace kstreams {
 namespace engine {
@@ -18,12 +19,16 @@ class MirrorLeg final : public Leg {
     uint32_t turnTimeoutMs;
     uint32_t bufferSize;    // SO_SNDBUF it may grow to when it lags
     uint32_t connectTimeoutMs;
+    // The mirror's transform (spec.transform applyTo mirror|both); null: none.
+    std::shared_ptr<const TransformProfile> transform;
   };
   // A lagging mirror's socket starts at this send buffer (fixed, so the kernel's autotuning cannot grow
   // every mirror socket to tcp_wmem[2]) and grows to Options.bufferSize from the engine's budget.
   static constexpr uint32_t kStartBuffer = 256u << 10;
   // After the primary ends, how long a mirror may take to deliver what it still holds.
   static constexpr uint64_t kDrainMs = 10000;
+  // Transformed mirrors: how soon a send refused for lack of send-buffer room is tried again.
+  static constexpr uint64_t kRetryMs = 1;
 
   MirrorLeg(LegHost* host, Conn* owner, const ActiveTarget& target, const Options& options);
   ~MirrorLeg() override;
@@ -62,6 +67,10 @@ class MirrorLeg final : public Leg {
   void Skip(size_t n);
   void Cut(size_t alsoLost);
   void Fail();
+  // The transform could not be applied: closed with a reset, counted (never sent untransformed).
+  void TransformFailed();
+  // Releases held bytes when nothing else can go out now; false when the leg was closed.
+  bool MaybeFlushHeld(bool* progress);
   void Finish();
   void Close();
   // Bytes written but thrown away by the reset that follows: moved from mirrored to dropped.
@@ -95,6 +104,9 @@ class MirrorLeg final : public Leg {
   bool growTried_ = false;
   uint64_t granted_ = 0;   // send-buffer bytes granted from the engine's budget
   uint64_t connectDeadline_ = 0, gateDeadline_ = 0, drainDeadline_ = 0;
+  TransformedSocket xf_;
+  uint64_t xfRetryAt_ = 0, xfHoldAt_ = 0;
+  bool holdDue_ = false;
 };
 
 }  // namespace engine

@@ -9,6 +9,9 @@
 //  - Pipes come from the worker's pool when bytes arrive and go back when empty.
 //  - EINTR is progress (try again), never "nothing moved": an edge-triggered fd would stall.
 //  - Urgent data: splice() stops at the urgent mark; the urgent byte is moved inline (sockets.h).
+//  - A transform of the bytes to the app (transform.h): the upstream socket is attached before its
+//    first byte, sends never exceed its free send buffer, the ledger is checked after every send, and a
+//    failure resets the connection: the app never gets untransformed bytes.
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -94,16 +97,99 @@ bool Worker::Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, boo
   return true;
 }
 
+// How soon a transformed send refused for lack of send-buffer room is tried again, in milliseconds.
+constexpr uint64_t kXfRetryMs = 1;
+
+void PrimaryTimer::OnTimer(uint64_t now) {
+  if (conn->xfRetryAt && now >= conn->xfRetryAt) {
+    conn->xfRetryAt = 0;
+    conn->app.writable = true;
+  }
+  if (conn->xfHoldAt && now >= conn->xfHoldAt) {
+    conn->xfHoldAt = 0;
+    conn->holdDue = true;
+  }
+}
+
+void Worker::RearmPrimary(Conn* c) {
+  uint64_t at = 0;
+  for (uint64_t d : {c->xfRetryAt, c->xfHoldAt})
+    if (d && (!at || d < at)) at = d;
+  SetTimerOf(&c->timer, at);
+}
+
+bool Worker::AttachAppTransform(Conn* c) {
+  if (!c->xfProfile || c->appXf) return true;
+  c->appXf = std::make_unique<TransformedSocket>();
+  if (c->appXf->Attach(c->xfProfile, c->app.fd)) return true;
+  Add(k_.transformFailures);
+  AbortPrimary(c);
+  return false;
+}
+
+bool Worker::FlushHeld(Conn* c, bool* progress) {
+  TransformedSocket* xf = c->appXf.get();
+  if (!xf || xf->held() == 0) {
+    c->xfHoldAt = 0;
+    c->holdDue = false;
+    return true;
+  }
+  if (c->p.bytes > 0 || !c->app.writable) return true;
+  // The rest of a split pattern would come with the client's next bytes: wait for them briefly, not
+  // past the client's end.
+  if (!c->client.eof && !c->holdDue && xf->holdMs() > 0) {
+    if (!c->xfHoldAt) {
+      c->xfHoldAt = NowMs() + xf->holdMs();
+      RearmPrimary(c);
+    }
+    return true;
+  }
+  int r = xf->Flush();
+  if (r < 0) {
+    Add(k_.transformFailures);
+    AbortPrimary(c);
+    return false;
+  }
+  if (r == 0) {
+    c->xfRetryAt = NowMs() + kXfRetryMs;
+    RearmPrimary(c);
+    return true;
+  }
+  c->xfHoldAt = 0;
+  c->holdDue = false;
+  *progress = true;
+  return true;
+}
+
 // pipe -> to, then to's FIN once `from` ended and the pipe is empty. False when the connection was aborted.
-bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, bool* progress) {
+bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, TransformedSocket* xf, bool* progress) {
   if (pipe.bytes > 0 && to.writable) {
-    ssize_t n = splice(pipe.rd, nullptr, to.fd, nullptr, pipe.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    switch (SpliceResult(n)) {
+    size_t want = pipe.bytes;
+    if (xf) {
+      // Only what the send buffer takes whole (transform.h).
+      want = xf->Limit(pipe.bytes);
+      if (want == 0) {
+        to.writable = false;
+        c->xfRetryAt = NowMs() + kXfRetryMs;
+        RearmPrimary(c);
+      }
+    }
+    ssize_t n = want ? splice(pipe.rd, nullptr, to.fd, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE) : 0;
+    if (want && xf && !xf->Sent(n > 0 ? size_t(n) : 0)) {
+      Add(k_.transformFailures);
+      AbortPrimary(c);
+      return false;
+    }
+    switch (want ? SpliceResult(n) : Moved::kAgain) {
       case Moved::kBytes:
         pipe.bytes -= size_t(n);
         Add(delivered, uint64_t(n));
         *progress = true;
         if (pipe.bytes == 0) pool_.Give(&pipe);
+        if (xf) {
+          c->xfHoldAt = 0;  // a hold left by this send waits afresh
+          c->holdDue = false;
+        }
         break;
       case Moved::kAgain:
         to.writable = false;
@@ -113,11 +199,13 @@ bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered
         break;
       case Moved::kEof:
       case Moved::kError:
+        if (xf && errno == EACCES) Add(k_.transformFailures);  // the program dropped it
         AbortPrimary(c);
         return false;
     }
   }
-  if (from.eof && pipe.bytes == 0 && !to.shut) {
+  if (xf && !FlushHeld(c, progress)) return false;
+  if (from.eof && pipe.bytes == 0 && !to.shut && !(xf && xf->held() > 0)) {
     shutdown(to.fd, SHUT_WR);
     to.shut = true;
     *progress = true;
@@ -140,13 +228,14 @@ bool Worker::PumpPrimary(Conn* c) {
     c->clientEndOffered = true;
     for (auto& leg : c->legs) leg->OnClientEnd();
   }
-  if (c->appConnected && !Flush(c, c->client, c->p, c->app, k_.bytesClientToApp, &progress)) return false;
+  if (c->appConnected && !Flush(c, c->client, c->p, c->app, k_.bytesClientToApp, c->appXf.get(), &progress))
+    return false;
   // app -> R -> client, the same way; app bytes end the client's turn.
   if (c->appConnected) {
     if (!Fill(c, c->app, c->r, c->rWant, &n, &progress)) return false;
     if (n > 0) c->appAnswered = true;
   }
-  if (!Flush(c, c->app, c->r, c->client, k_.bytesAppToClient, &progress)) return false;
+  if (!Flush(c, c->app, c->r, c->client, k_.bytesAppToClient, nullptr, &progress)) return false;
   if (c->app.shut && c->client.shut) {
     ClosePrimary(c);
     progress = true;  // legs may now be able to finish
@@ -168,6 +257,9 @@ void Worker::ClosePrimary(Conn* c) {
   if (c->primaryDone) return;
   CloseFd(c->client.fd);
   CloseFd(c->app.fd);
+  if (c->appXf) c->appXf->Release();
+  c->xfRetryAt = c->xfHoldAt = 0;
+  SetTimerOf(&c->timer, 0);
   pool_.Give(&c->p);  // closed instead when it still holds bytes
   pool_.Give(&c->r);
   c->primaryDone = true;

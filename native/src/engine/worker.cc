@@ -185,6 +185,10 @@ void Worker::Dispatch(Handle* h, uint32_t ev) {
         return;
       }
       c->appConnected = true;
+      if (!AttachAppTransform(c)) {
+        MaybeFree(c);
+        return;
+      }
     }
     c->app.readable |= in;
     c->app.writable |= out;
@@ -281,6 +285,12 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
     return;
   }
 
+  c->xfProfile = s->transform && s->transform->primary ? s->transform : nullptr;
+  if (c->appConnected && !AttachAppTransform(c)) {
+    MaybeFree(c);
+    return;
+  }
+
   MirrorLeg::Options mo;
   // M must take whole batches of P, with room for jitter: the configured size, or at least 4 batches
   // when P itself is smaller; never less than one batch.
@@ -288,6 +298,7 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   mo.turnTimeoutMs = s->turnTimeoutMs;
   mo.bufferSize = s->mirrorBufferSize;
   mo.connectTimeoutMs = cfg.mirrorConnectTimeoutMs;
+  if (s->transform && s->transform->mirror) mo.transform = s->transform;
   for (const ActiveTarget* t : sampled) {
     auto leg = std::make_unique<MirrorLeg>(this, c, *t, mo);
     MirrorLeg* m = leg.get();
@@ -355,16 +366,16 @@ void Worker::ResetAll() {
   timerOf_.clear();
 }
 
-void Worker::SetTimer(Leg* leg, uint64_t at) {
-  auto it = timerOf_.find(leg);
+void Worker::SetTimerOf(Timed* t, uint64_t at) {
+  auto it = timerOf_.find(t);
   if (it != timerOf_.end()) {
     if (it->second == at) return;
-    timers_.erase({it->second, leg});
+    timers_.erase({it->second, t});
     timerOf_.erase(it);
   }
   if (!at) return;
-  timers_.insert({at, leg});
-  timerOf_[leg] = at;
+  timers_.insert({at, t});
+  timerOf_[t] = at;
 }
 
 int Worker::NextTimeoutMs() {
@@ -379,11 +390,11 @@ int Worker::NextTimeoutMs() {
 void Worker::ExpireTimers() {
   uint64_t now = NowMs();
   while (!timers_.empty() && timers_.begin()->first <= now) {
-    Leg* leg = timers_.begin()->second;
+    Timed* t = timers_.begin()->second;
     timers_.erase(timers_.begin());
-    timerOf_.erase(leg);
-    Conn* c = leg->owner();
-    leg->OnTimer(now);
+    timerOf_.erase(t);
+    Conn* c = t->timedConn();
+    t->OnTimer(now);
     Pump(c);
   }
 }

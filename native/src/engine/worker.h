@@ -34,7 +34,7 @@ class Worker final : public LegHost {
 
   // LegHost
   bool Watch(int fd, Handle* handle, uint32_t events) override;
-  void SetTimer(Leg* leg, uint64_t at) override;
+  void SetTimer(Leg* leg, uint64_t at) override { SetTimerOf(leg, at); }
   PipePool& pipes() override { return pool_; }
   int workerIndex() const override { return index_; }
   WorkerCounters& counters() override { return k_; }
@@ -55,6 +55,7 @@ class Worker final : public LegHost {
   void RunReady();
   void StartDrain();
   void ResetAll();
+  void SetTimerOf(Timed* t, uint64_t at);
   void ExpireTimers();
   int NextTimeoutMs();
   void PauseListener();
@@ -64,8 +65,14 @@ class Worker final : public LegHost {
   // The primary path (primary.cc).
   bool PumpPrimary(Conn* c);
   bool Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, bool* progress);
-  bool Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, bool* progress);
+  bool Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, TransformedSocket* xf, bool* progress);
   bool TakePipe(Conn* c, Pipe* p, uint32_t want);
+  // Puts the connected upstream socket under the connection's transform; false when the connection
+  // was reset because it could not be.
+  bool AttachAppTransform(Conn* c);
+  // Releases bytes the transform holds back when the client is quiet or done; false when aborted.
+  bool FlushHeld(Conn* c, bool* progress);
+  void RearmPrimary(Conn* c);
   void AbortPrimary(Conn* c);
   void ClosePrimary(Conn* c);
   void MaybeFree(Conn* c);
@@ -85,8 +92,8 @@ class Worker final : public LegHost {
   std::set<Conn*> conns_;
   std::vector<Conn*> graveyard_;  // freed after the current epoll batch, whose events may point at them
   std::deque<Conn*> ready_;
-  std::set<std::pair<uint64_t, Leg*>> timers_;
-  std::map<Leg*, uint64_t> timerOf_;
+  std::set<std::pair<uint64_t, Timed*>> timers_;
+  std::map<Timed*, uint64_t> timerOf_;
 
   // Start handshake with the thread that created us.
   std::mutex mu_;

@@ -1,0 +1,111 @@
+/* Shared by transform.bpf.c and its loader (native/src/engine/transform.cc). The layouts are ABI between the
+ * two: the loader writes profiles and per-connection state, the program writes the ledger. */
+#ifndef KSTREAMS_TRANSFORM_H
+#define KSTREAMS_TRANSFORM_H
+
+#ifndef __KERNEL__
+#include <linux/types.h>
+#endif
+
+#define XF_MAX_OPS 32
+#define XF_MAX_PATTERN 256
+/* Profiles: one per edit of spec.transform; a connection keeps the profile it started with. */
+#define XF_MAX_PROFILES 64
+/* Transformed sockets open at once, per engine (one slot each in the sockhash and the ledger). */
+#define XF_MAX_SLOTS 16384
+/* The engine never hands a transformed socket more than this per send (see ADR 0006): the program
+ * linearizes a message at most this large with one bpf_msg_pull_data. */
+#define XF_MAX_SEND (32 * 1024)
+/* The largest message the program walks: a send, every hold pushed back, and the growth of
+ * length-increasing replaces (the loader sizes the sends of a profile so that this is not exceeded). */
+#define XF_MAX_MSG (60 * 1024)
+
+enum xf_kind {
+	XF_NONE = 0,
+	XF_MASK = 1,    /* a = after, b = until, with */
+	XF_REPLACE = 2, /* a = from, b = to */
+	XF_BYTEMAP = 3, /* a = the 256-byte table */
+};
+
+struct xf_op {
+	__u8 kind;
+	__u8 with;
+	__u16 a_len;
+	__u16 b_len;
+	__u16 pad;
+	__u8 a[XF_MAX_PATTERN];
+	__u8 b[XF_MAX_PATTERN];
+};
+
+struct xf_profile {
+	__u32 nops;
+	__u32 user_program; /* 1: tail-call the user's program (slot 0 of xf_user) after the ops */
+	struct xf_op ops[XF_MAX_OPS];
+};
+
+enum xf_phase {
+	XF_SEARCH = 0,  /* looking for `after` (mask) or `from` (replace) */
+	XF_IN_MASK = 1, /* inside a masked value, looking for `until` */
+};
+
+/* An op's state between messages: its phase (a masked value may go on in the next send) and the bytes it
+ * held back at the end of a message because they may start a pattern that the next bytes complete;
+ * pushed back in front of the next message (or released by a flush). */
+struct xf_hold {
+	__u16 len;
+	__u8 phase;
+	__u8 pad;
+	__u8 bytes[XF_MAX_PATTERN];
+};
+
+/* The scalars of one op's walk over one message. They live in the socket's state rather than on the
+ * program's stack: the verifier does not track map values, so the walk's loop callbacks converge at once
+ * (on the stack, every iteration's different position was a new state to verify). The socket is locked
+ * while its program runs, so one walk at a time uses them. */
+struct xf_walk {
+	__u32 base;   /* [base, msg->size) is readable at msg->data (after bpf_msg_pull_data) */
+	__u32 valid;  /* 0 after a push or pop: the next access pulls again */
+	__u32 pos;    /* next byte to examine */
+	__u32 end;    /* end of the bytes this op may touch (the trigger byte of a flush excluded) */
+	__u32 phase;
+	__u32 err;
+	__u32 held;   /* bytes this op holds back at the end */
+	__u32 action; /* what the next step does */
+	__u32 cand;   /* candidate position found by the last scan */
+	__u32 match;  /* outcome of the candidate's comparison */
+	__u32 run_err;
+	__u32 run_held;
+};
+
+/* Per-socket state (BPF_MAP_TYPE_SK_STORAGE): created by the loader before the socket's first byte. */
+struct xf_conn {
+	__u32 profile;
+	__u32 slot;
+	struct xf_walk walk;
+	struct xf_hold hold[XF_MAX_OPS];
+};
+
+/* Per-slot ledger (mmapped by the engine): what the program saw, to prove after every send that it ran
+ * over every byte the kernel took. */
+struct xf_ledger {
+	__u64 consumed; /* input bytes the program examined (each once), trigger bytes included */
+	__u64 emitted;  /* bytes the program passed on, held bytes excluded until released */
+	__u32 flush;    /* set by the engine before a 1-byte trigger write: release every hold */
+	__u32 held;     /* bytes held back now, all ops together */
+	__u32 failed;   /* enum xf_failure of the first failure; the connection is then closed by the engine */
+	__u32 runs;
+};
+
+enum xf_failure {
+	XF_OK = 0,
+	XF_NO_STATE = 1,   /* socket without state: never set up, or state lost */
+	XF_NO_PROFILE = 2, /* profile index out of range */
+	XF_PULL = 3,       /* bpf_msg_pull_data failed (kernel memory) */
+	XF_PUSH = 4,       /* bpf_msg_push_data failed */
+	XF_POP = 5,        /* bpf_msg_pop_data failed */
+	XF_TOO_LONG = 6,   /* a message longer than the program can walk */
+	XF_NO_USER = 7,    /* the user's program is not in place */
+	XF_USER_DROP = 8,  /* the user's program returned SK_DROP (counted by the engine, not set here) */
+};
+
+#endif
