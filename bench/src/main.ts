@@ -56,6 +56,11 @@ const program = new Command('bench')
   .option('--engine-lib <module>', 'load the KStreams engine from this module instead of native/lib (compare builds)')
   .option('--addon <file>', 'measure this kstreams.node instead of native/build/Release/kstreams.node (copied at start)')
   .option('--out <dir>', 'where results are written', repoPath('bench/results'))
+  .option(
+    '--transform [ops]',
+    'run the transform bench instead (in-kernel transforms against C and Node transform proxies): ops mask,replace,uppercase (default all); ' +
+      'uses --bytes (default 1G, --quick 256M), --runs, --rr, --conns, --only (rows: c, node, kstreams, kstreams-mirror, kstreams-mirror-xform), --addon, --out',
+  )
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
 
@@ -84,7 +89,35 @@ const cli = program.opts<{
   out: string;
   write: boolean;
   silent?: boolean;
+  transform?: string | boolean;
 }>();
+
+if (cli.transform !== undefined) {
+  // The transform section: its own rows, loads and report (bench/src/transform.ts).
+  const { transformMain, XFORM_ROWS } = await import('./transform.js');
+  const { BENCH_OP_NAMES } = await import('./transform-reference.js');
+  const ops = typeof cli.transform === 'string' ? cli.transform.split(',').map((s) => s.trim()).filter(Boolean) : [...BENCH_OP_NAMES];
+  const badOps = ops.filter((op) => !(BENCH_OP_NAMES as string[]).includes(op));
+  if (badOps.length) program.error(`unknown op(s): ${badOps.join(', ')}; known: ${BENCH_OP_NAMES.join(', ')}`);
+  const rows = cli.only?.split(',').map((s) => s.trim()).filter(Boolean);
+  const badRows = rows?.filter((id) => !XFORM_ROWS.some((r) => r.id === id)) ?? [];
+  if (badRows.length) program.error(`unknown transform row(s): ${badRows.join(', ')}; known: ${XFORM_ROWS.map((r) => r.id).join(', ')}`);
+  const code = await transformMain({
+    ops: ops as typeof BENCH_OP_NAMES,
+    bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30),
+    runs: cli.runs ?? (cli.quick ? 1 : 3),
+    rrCount: cli.rr ?? (cli.quick ? 5000 : 20000),
+    rrConns: cli.conns,
+    quick: cli.quick ?? false,
+    ...(rows ? { only: rows as NonNullable<Parameters<typeof transformMain>[0]['only']> } : {}),
+    ...(cli.addon ? { addon: resolve(cli.addon) } : {}),
+    out: cli.out,
+    write: cli.write,
+    silent: cli.silent ?? false,
+  });
+  process.stdout.write('', () => process.exit(code));
+  await new Promise<never>(() => {});
+}
 
 const only = cli.only?.split(',').map((s) => s.trim()).filter(Boolean);
 const unknown = only?.filter((id) => !ALL_PATHS.some((p) => p.id === id)) ?? [];
