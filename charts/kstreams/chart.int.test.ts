@@ -163,7 +163,11 @@ describe('the chart rendered with its default values', () => {
       { name: 'http-metrics', containerPort: 8080, protocol: 'TCP' },
     ]);
     const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
-    expect(env).toEqual({ KSTREAMS_OPERATOR_CONFIG: '/etc/kstreams/config/config.yaml', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace' });
+    expect(env).toEqual({ KSTREAMS_OPERATOR_CONFIG: '/etc/kstreams/config/config.yaml', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace', POD_IP: 'status.podIP' });
+    // Graceful webhook shutdown: a preStop sleep while the Endpoints drop the pod, then the operator's own
+    // drain; the grace period covers both.
+    expect(c.lifecycle.preStop.exec.command).toEqual(['node', '-e', 'setTimeout(() => {}, 5000)']);
+    expect(pod.spec.terminationGracePeriodSeconds).toBe(5 + 10 + 5);
     expect(c.volumeMounts).toEqual([{ name: 'config', mountPath: '/etc/kstreams/config', readOnly: true }]);
   });
 

@@ -43,6 +43,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
 
   let controller: Controller | undefined;
   let stopping: Promise<void> | undefined;
+  let shuttingDown = false;
   const startController = (leaderSignal?: AbortSignal) => {
     const c = new Controller({ config, transport: transport as KubeTransport, clock, log, metrics, agentFetcher: d.agentFetcher });
     controller = c;
@@ -96,8 +97,9 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       port: config.server.port,
       registry,
       healthy: () => true,
-      // A follower is ready (it serves the webhook); a leader once its caches are synced.
-      notReady: () => (controller && !controller.synced ? ['caches not synced yet'] : []),
+      // A follower is ready (it serves the webhook); a leader once its caches are synced; nobody once shutting
+      // down (the Endpoints drop this pod while its webhook still serves).
+      notReady: () => (shuttingDown ? ['shutting down'] : controller && !controller.synced ? ['caches not synced yet'] : []),
     });
   } catch (err) {
     electionAbort.abort();
@@ -114,11 +116,17 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     isLeader: () => controller !== undefined,
     controller: () => controller,
     async shutdown() {
-      // Stop reconciling first and wait for in-flight reconciles, then give the Lease up: a successor never
-      // overlaps with this replica's last writes.
+      // Not ready from now on; the webhook keeps serving until the Service's Endpoints no longer list this pod
+      // (bounded), so that no pod created meanwhile passes uninjected under failurePolicy Ignore.
+      shuttingDown = true;
+      const drained = webhook?.drain();
+      // Meanwhile: stop reconciling and wait for in-flight reconciles, then give the Lease up: a successor
+      // never overlaps with this replica's last writes, and takes over without waiting for the drain.
       await stopController();
       electionAbort.abort();
       await election;
+      const outcome = await drained;
+      if (outcome) log.info({ outcome }, 'webhook drained');
       await webhook?.close();
       await health.close();
       rest.close();

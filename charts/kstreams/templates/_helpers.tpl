@@ -169,7 +169,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
 {{- $v := .Values }}
 {{- $tls := dict }}
 {{- if eq $v.webhook.tls.mode "self-managed" }}
-{{- $tls = dict "mode" "self-managed" "secretName" (include "kstreams.tlsSecretName" .) "caValiditySeconds" $v.webhook.tls.selfManaged.caValiditySeconds "certValiditySeconds" $v.webhook.tls.selfManaged.certValiditySeconds "rotateBeforeSeconds" $v.webhook.tls.selfManaged.rotateBeforeSeconds }}
+{{- $tls = dict "mode" "self-managed" "secretName" (include "kstreams.tlsSecretName" .) "caValiditySeconds" $v.webhook.tls.selfManaged.caValiditySeconds "certValiditySeconds" $v.webhook.tls.selfManaged.certValiditySeconds "rotateBeforeSeconds" $v.webhook.tls.selfManaged.rotateBeforeSeconds "caPropagationSeconds" $v.webhook.tls.selfManaged.caPropagationSeconds }}
 {{- else }}
 {{- $tls = dict "mode" "cert-manager" "certDir" "/etc/kstreams/webhook-tls" }}
 {{- end }}
@@ -196,6 +196,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "failurePolicy" $v.webhook.failurePolicy
   "timeoutSeconds" $v.webhook.timeoutSeconds
   "excludedNamespaces" $v.webhook.excludedNamespaces
+  "shutdown" (dict "drainTimeoutMs" $v.webhook.shutdown.drainTimeoutMs)
   "sidecar" $sidecar }}
 {{- $config := dict
   "namespace" .Release.Namespace

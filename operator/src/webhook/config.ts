@@ -85,6 +85,20 @@ export const WebhookConfigSchema = z.object({
   requestTimeoutMs: z.number().int().positive().default(10_000),
   headersTimeoutMs: z.number().int().positive().default(5_000),
   keepAliveTimeoutMs: z.number().int().positive().default(30_000),
+  /**
+   * Graceful shutdown (SIGTERM): the replica stops being ready at once but keeps serving until the webhook
+   * Service's Endpoints no longer list podIP (then endpointsGraceMs more, for the apiserver to see it), at
+   * most drainTimeoutMs; only then does it close. Without podIP (out of cluster) it closes at once.
+   */
+  shutdown: z
+    .strictObject({
+      /** This pod's IP (the chart sets POD_IP from the downward API). */
+      podIP: z.string().min(1).optional(),
+      drainTimeoutMs: z.number().int().min(0).default(8_000),
+      endpointsGraceMs: z.number().int().min(0).default(1_000),
+      pollMs: z.number().int().positive().default(250),
+    })
+    .prefault({}),
   /** Never injected, in addition to kube-system, kube-public, kube-node-lease and the own namespace. */
   excludedNamespaces: z.array(z.string().min(1)).default([]),
   sidecar: SidecarConfigSchema.prefault({}),

@@ -3,7 +3,8 @@
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { X509Certificate } from 'node:crypto';
-import { VersionApi, type KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, VersionApi, type KubeConfig } from '@kubernetes/client-node';
+import { formatApiError } from '../kube/errors.js';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';
@@ -23,9 +24,16 @@ export interface StartWebhookOptions {
   tlsSource?: TlsSource;
 }
 
+export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborted';
+
 export interface RunningWebhook {
   port: number;
   tls: TlsSource;
+  /**
+   * Keeps serving until the webhook Service's Endpoints no longer list this pod (plus a grace for the
+   * apiserver to notice), bounded by shutdown.drainTimeoutMs. Call it once the replica reports not ready.
+   */
+  drain(signal?: AbortSignal): Promise<DrainOutcome>;
   close(): Promise<void>;
 }
 
@@ -242,9 +250,53 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   log.info({ port, host: config.host, path: config.path, nativeSidecar: native, version }, 'webhook listening');
 
   let closing: Promise<void> | undefined;
+  let draining: Promise<DrainOutcome> | undefined;
+  const sleep = (ms: number, signal?: AbortSignal) =>
+    new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+    });
+  const drainOnce = async (signal?: AbortSignal): Promise<DrainOutcome> => {
+    const { podIP, drainTimeoutMs, endpointsGraceMs, pollMs } = config.shutdown;
+    if (!podIP) {
+      log.info('webhook drain: no pod IP known (out of cluster), nothing routes here through Endpoints');
+      return 'not-routed';
+    }
+    const core = opts.kube.makeApiClient(CoreV1Api);
+    const started = performance.now();
+    const object = `Endpoints ${config.namespace}/${config.serviceName}`;
+    log.info({ podIP, endpoints: object, drainTimeoutMs }, 'webhook drain: serving until the Endpoints no longer list this pod');
+    while (!signal?.aborted) {
+      const left = drainTimeoutMs - (performance.now() - started);
+      if (left <= 0) {
+        log.warn({ podIP, endpoints: object, drainTimeoutMs }, 'webhook drain: this pod is still listed after the drain timeout; closing anyway');
+        return 'timeout';
+      }
+      let listed = true;
+      try {
+        const ep = await core.readNamespacedEndpoints({ name: config.serviceName, namespace: config.namespace });
+        listed = (ep.subsets ?? []).some((sub) => (sub.addresses ?? []).some((a) => a.ip === podIP));
+      } catch (e) {
+        if ((e as { code?: unknown }).code === 404) listed = false;
+        else log.warn({ err: formatApiError(e, { verb: 'get', object }) }, 'webhook drain: cannot read the Endpoints; serving on until the drain timeout');
+      }
+      if (!listed) {
+        // The apiserver routes to Services through its own Endpoints informer: give it a moment.
+        await sleep(Math.min(endpointsGraceMs, Math.max(0, left)), signal);
+        log.info({ podIP, afterMs: Math.round(performance.now() - started) }, 'webhook drain: no longer in the Endpoints');
+        return signal?.aborted ? 'aborted' : 'endpoints-gone';
+      }
+      await sleep(Math.min(pollMs, left), signal);
+    }
+    return 'aborted';
+  };
   return {
     port,
     tls,
+    drain(signal) {
+      draining ??= drainOnce(signal);
+      return draining;
+    },
     close() {
       closing ??= (async () => {
         await tls.stop();

@@ -1,0 +1,175 @@
+// Graceful shutdown of the webhook against the real apiserver: on SIGTERM a real operator process stops
+// being ready at once, keeps answering admissions while the webhook Service's Endpoints still list it, and
+// exits once they no longer do; the drain is bounded when they never change.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { waitFor } from '../../../e2e/cluster/local/processes.js';
+import { KubeRest } from '../kube/rest.js';
+import { installCrd } from '../testing/kube.js';
+import { WebhookConfigSchema } from './config.js';
+import { startWebhook } from './server.js';
+import { bestEffort, createNamespace, freshName, isInjected, podBody } from './testing/cluster.js';
+
+const kubeconfig = inject('kubeconfig');
+const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const WEBHOOK_PORT = 47420;
+const HEALTH_PORT = 47421;
+const WEBHOOK_PORT_BOUNDED = 47422;
+// The pod IP as the Endpoints list it (they refuse loopback). Only a name here: the apiserver reaches the
+// webhook by its URL on 127.0.0.1, nothing is ever sent to this address.
+const POD_IP = '10.247.40.20';
+
+function readyz(port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/readyz', timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('webhook graceful shutdown', () => {
+  const kc = new KubeConfig();
+  kc.loadFromFile(kubeconfig);
+  const core = kc.makeApiClient(CoreV1Api);
+  const admission = kc.makeApiClient(AdmissionregistrationV1Api);
+  const namespaces: string[] = [];
+  const webhookConfigs: string[] = [];
+  let child: ChildProcess | undefined;
+  let dir: string;
+
+  beforeAll(async () => {
+    const rest = await KubeRest.create(kubeconfig);
+    await installCrd(rest);
+    rest.close();
+    dir = mkdtempSync(join(tmpdir(), 'ksh3-drain-'));
+  });
+
+  afterAll(async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child!.once('exit', r));
+    }
+    for (const name of webhookConfigs) await bestEffort(() => admission.deleteMutatingWebhookConfiguration({ name }));
+    for (const ns of namespaces) await bestEffort(() => core.deleteNamespace({ name: ns }));
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A Service without selector and Endpoints listing POD_IP, as the endpoints controller would keep them. */
+  async function serviceWithEndpoints(namespace: string, port: number): Promise<void> {
+    await core.createNamespacedService({ namespace, body: { metadata: { name: 'kstreams-webhook' }, spec: { ports: [{ port: 443, targetPort: port }] } } });
+    await core.createNamespacedEndpoints({
+      namespace,
+      body: { metadata: { name: 'kstreams-webhook' }, subsets: [{ addresses: [{ ip: POD_IP }], ports: [{ port }] }] },
+    });
+  }
+
+  it('SIGTERM: not ready at once, admissions injected while the Endpoints list the pod, exit 0 once they do not', async () => {
+    const opNs = await createNamespace(core, 'ksh3-op');
+    const shop = await createNamespace(core, 'ksh3-shop', { inject: true });
+    namespaces.push(opNs, shop);
+    await serviceWithEndpoints(opNs, WEBHOOK_PORT);
+    const mwc = freshName('ksh3-injector');
+    webhookConfigs.push(mwc);
+    const configFile = join(dir, 'config.yaml');
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        namespace: opNs,
+        identity: 'ksh3-drain',
+        kubeconfig,
+        leaderElection: { enabled: false },
+        server: { host: '127.0.0.1', port: HEALTH_PORT },
+        shutdownTimeoutMs: 20_000,
+        sidecarRbac: { manageBindings: false },
+        webhook: {
+          port: WEBHOOK_PORT,
+          host: '127.0.0.1',
+          url: `https://127.0.0.1:${WEBHOOK_PORT}/mutate-pods`,
+          webhookConfigurationName: mwc,
+          tls: { mode: 'self-managed', extraSANs: ['127.0.0.1'] },
+          shutdown: { podIP: POD_IP, drainTimeoutMs: 15_000, pollMs: 100, endpointsGraceMs: 300 },
+        },
+      }),
+    );
+    const lines: Record<string, unknown>[] = [];
+    child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
+      cwd: REPO,
+      env: { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: kubeconfig, KSTREAMS_LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      try {
+        lines.push(JSON.parse(l) as Record<string, unknown>);
+      } catch {
+        lines.push({ msg: l });
+      }
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<{ code: number | null; at: number }>((resolve) => child!.once('exit', (code) => resolve({ code, at: performance.now() })));
+
+    const admit = async () => isInjected(await core.createNamespacedPod({ namespace: shop, body: podBody(freshName('pod')), dryRun: 'All' }));
+    await waitFor('the operator to be ready', async () => (await readyz(HEALTH_PORT)) === 200, { timeoutMs: 30_000, intervalMs: 100 });
+    await waitFor('the apiserver to call the webhook', admit, { timeoutMs: 15_000, intervalMs: 100 });
+
+    child.kill('SIGTERM');
+    await waitFor('readyz to fail once shutting down', async () => (await readyz(HEALTH_PORT)) === 503, { timeoutMs: 2_000, intervalMs: 20 });
+    // The Endpoints still list the pod: it goes on serving, and every pod is injected.
+    const during: boolean[] = [];
+    const until = performance.now() + 1_500;
+    while (performance.now() < until) during.push(await admit());
+    expect(child.exitCode).toBeNull();
+    expect(during.length).toBeGreaterThan(5);
+    expect(during.every(Boolean)).toBe(true);
+
+    // The endpoints controller drops the terminating pod: now it may go.
+    const removedAt = performance.now();
+    await core.replaceNamespacedEndpoints({ name: 'kstreams-webhook', namespace: opNs, body: { metadata: { name: 'kstreams-webhook' }, subsets: [] } });
+    const { code, at } = await exited;
+    console.log(`[drain] ${during.length} admissions injected while draining; exit ${code} ${Math.round(at - removedAt)} ms after the Endpoints dropped the pod`);
+    expect(code, stderr).toBe(0);
+    expect(at - removedAt).toBeLessThan(5_000);
+    expect(at - removedAt).toBeGreaterThanOrEqual(300); // the grace for the apiserver's view of the Endpoints
+    expect(lines.some((l) => l.msg === 'webhook drain: no longer in the Endpoints')).toBe(true);
+    expect(lines.find((l) => l.msg === 'webhook drained')?.outcome).toBe('endpoints-gone');
+  });
+
+  it('the drain is bounded: Endpoints that never drop the pod hold it only for drainTimeoutMs', async () => {
+    const opNs = await createNamespace(core, 'ksh3-op');
+    namespaces.push(opNs);
+    await serviceWithEndpoints(opNs, WEBHOOK_PORT_BOUNDED);
+    const config = WebhookConfigSchema.parse({
+      port: WEBHOOK_PORT_BOUNDED,
+      host: '127.0.0.1',
+      namespace: opNs,
+      url: `https://127.0.0.1:${WEBHOOK_PORT_BOUNDED}/mutate-pods`,
+      webhookConfigurationName: freshName('ksh3-injector'),
+      manageWebhookConfiguration: false,
+      tls: { mode: 'self-managed', extraSANs: ['127.0.0.1'] },
+      shutdown: { podIP: POD_IP, drainTimeoutMs: 1_000, pollMs: 100 },
+    });
+    const hook = await startWebhook({ config, kube: kc, logger: pino({ level: 'silent' }), registry: new Registry(), serverVersion: { major: 1, minor: 20 } });
+    try {
+      const t0 = performance.now();
+      expect(await hook.drain()).toBe('timeout');
+      const took = performance.now() - t0;
+      expect(took).toBeGreaterThanOrEqual(1_000);
+      expect(took).toBeLessThan(2_000);
+    } finally {
+      await hook.close();
+    }
+  });
+});
