@@ -34,6 +34,9 @@ export const LIMITS = {
   maxDrainTimeoutSeconds: 3600,
   defaultDrainTimeoutSeconds: 20,
   maxTokenLength: 256,
+  // Transforms: how long bytes that may start a split pattern wait for the rest.
+  maxHoldMs: 10_000,
+  defaultHoldMs: 20,
 } as const;
 
 const port = z.number().int().min(1).max(65535);
@@ -239,7 +242,7 @@ export const ByteMapSchema = z
       .describe('uppercase maps a-z to A-Z, lowercase A-Z to a-z: ASCII letters only, every other byte is kept'),
     pairs: z
       // Keys are checked below, so that a bad key is reported with the same message as a bad value.
-      .record(z.string(), z.string().regex(BYTE_SPEC, BYTE_SPEC_MESSAGE))
+      .record(z.string(), z.string().regex(BYTE_SPEC, `value ${BYTE_SPEC_MESSAGE}`))
       .optional()
       .describe(
         'Byte to byte, applied over the preset. Each key and value is one ASCII character ("a") or 0xNN, any ' +
@@ -353,6 +356,21 @@ export const TransformSchema = z
         'Which stream the ops rewrite: mirror (what the mirror targets get; the app gets the bytes as sent), ' +
           'primary (what the app gets; mirrors, if any, get the bytes as sent, and spec.mirror may be left out) ' +
           'or both (the app and the mirrors get the transformed bytes). Default mirror',
+      ),
+    holdMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(LIMITS.maxHoldMs)
+      .default(LIMITS.defaultHoldMs)
+      .describe(
+        'Milliseconds (0 to 10000) that bytes at the end of a send which may start a pattern (an op\'s ' +
+          '`after`, `until` or `from` cut by a packet or batch boundary) wait for the client\'s next bytes, so ' +
+          'that a pattern split across packets is still found; then they are sent as they are. A mirror also ' +
+          'sends them as soon as the app has answered the turn, and everything is sent at the client\'s end. ' +
+          'Only such bytes wait, only while the client is quiet: with applyTo primary or both, a request that ' +
+          'ends with the start of a pattern reaches the app this much later. 0 sends them as soon as the client ' +
+          'is quiet (patterns split across packets that arrive apart are then not found). Default 20',
       ),
     ops: z
       .array(TransformOpSchema)
