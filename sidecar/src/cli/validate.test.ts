@@ -91,9 +91,9 @@ describe('kstreams validate', () => {
     });
     const r = await validateInProcess(p);
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe(
-      `${p}: valid StreamPath checkout-shadow (port 8080, no mirror: transforms the primary stream only); note: spec.transform is valid but \`kstreams run\` refuses it in this version\n`,
-    );
+    // Notes about what `kstreams run` of this build supports may follow.
+    expect(r.stdout.startsWith(`${p}: valid StreamPath checkout-shadow (port 8080, no mirror: transforms the primary stream only)`)).toBe(true);
+    expect(r.stdout.trimEnd().split('\n')).toHaveLength(1);
   });
 
   // Each spawn starts node + tsx (1-2 s).
