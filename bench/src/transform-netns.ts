@@ -5,6 +5,8 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:chi
 import { once } from 'node:events';
 
 const live = new Set<XformNetns>();
+/** The listening ports of the transform bench and its tests. */
+export const BENCH_PORTS = '47300-47399';
 let counter = 0;
 
 function ip(...args: string[]): void {
@@ -27,13 +29,18 @@ export class XformNetns {
     this.path = `/run/netns/${name}`;
   }
 
-  /** `ksb1-<tag>-<pid>-<n>` with lo up. */
+  /**
+   * `ksb1-<tag>-<pid>-<n>` with lo up, and the ports the bench listens on (47300-47399, inside the
+   * ephemeral range) reserved in it, so that no client socket of a run takes one a later server binds.
+   */
   static create(tag: string): XformNetns {
     const name = `ksb1-${tag}-${process.pid}-${counter++}`;
     ip('netns', 'add', name);
     const ns = new XformNetns(name);
     live.add(ns);
     ip('-n', name, 'link', 'set', 'lo', 'up');
+    const r = spawnSync('nsenter', [`--net=${ns.path}`, '--', 'sysctl', '-q', '-w', `net.ipv4.ip_local_reserved_ports=${BENCH_PORTS}`], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`reserving ports ${BENCH_PORTS} in ${name} failed: ${r.stderr.trim()}`);
     return ns;
   }
 

@@ -562,24 +562,37 @@ function spreadOf(values: number[], mid: number | undefined): number | undefined
   return mid !== undefined && values.length > 1 ? (Math.max(...values) - Math.min(...values)) / mid : undefined;
 }
 
+/**
+ * The samples a row's figures are medians over: for a mirror row, the runs whose mirror got the whole stream
+ * (once a mirror is cut the path is a plain proxy, and its speed is not a mirror's); all runs otherwise, or
+ * when the mirror was cut in every run (the report says so).
+ */
+function basis<T extends { mirrorWhole?: boolean }>(samples: T[]): { use: T[]; whole?: number } {
+  if (!samples.some((s) => s.mirrorWhole !== undefined)) return { use: samples };
+  const whole = samples.filter((s) => s.mirrorWhole);
+  return { use: whole.length ? whole : samples, whole: whole.length };
+}
+
 function medians(r: XformRowResult): XformMedians {
   const m: XformMedians = {};
   const set = <K extends keyof XformMedians>(k: K, v: XformMedians[K] | undefined) => {
     if (v !== undefined) m[k] = v;
   };
-  set('gbps', median(r.bulk.map((s) => s.gbps)));
-  set('spread', spreadOf(r.bulk.map((s) => s.gbps), m.gbps));
-  set('proxyCpuPerGB', median(r.bulk.map((s) => s.proxyCpuPerGB)));
-  set('pathCpuPerGB', median(r.bulk.map((s) => s.pathCpuPerGB)));
-  set('sysCpuPerGB', median(r.bulk.map((s) => s.sysCpuPerGB)));
-  if (r.bulk.some((s) => s.mirrorWhole !== undefined)) m.mirrorWholeRuns = r.bulk.filter((s) => s.mirrorWhole).length;
-  set('rps', median(r.rr.map((s) => s.rps)));
-  set('rpsSpread', spreadOf(r.rr.map((s) => s.rps), m.rps));
-  set('p50Us', median(r.rr.map((s) => s.p50Us)));
-  set('p99Us', median(r.rr.map((s) => s.p99Us)));
-  set('proxyCpuUsPerRequest', median(r.rr.map((s) => s.proxyCpuUsPerRequest)));
-  set('rrProxyCpuPerGB', median(r.rr.map((s) => s.proxyCpuPerGB)));
-  if (r.rr.some((s) => s.mirrorWhole !== undefined)) m.rrMirrorWholeRuns = r.rr.filter((s) => s.mirrorWhole).length;
+  const bulk = basis(r.bulk);
+  const rr = basis(r.rr);
+  set('gbps', median(bulk.use.map((s) => s.gbps)));
+  set('spread', spreadOf(bulk.use.map((s) => s.gbps), m.gbps));
+  set('proxyCpuPerGB', median(bulk.use.map((s) => s.proxyCpuPerGB)));
+  set('pathCpuPerGB', median(bulk.use.map((s) => s.pathCpuPerGB)));
+  set('sysCpuPerGB', median(bulk.use.map((s) => s.sysCpuPerGB)));
+  set('mirrorWholeRuns', bulk.whole);
+  set('rps', median(rr.use.map((s) => s.rps)));
+  set('rpsSpread', spreadOf(rr.use.map((s) => s.rps), m.rps));
+  set('p50Us', median(rr.use.map((s) => s.p50Us)));
+  set('p99Us', median(rr.use.map((s) => s.p99Us)));
+  set('proxyCpuUsPerRequest', median(rr.use.map((s) => s.proxyCpuUsPerRequest)));
+  set('rrProxyCpuPerGB', median(rr.use.map((s) => s.proxyCpuPerGB)));
+  set('rrMirrorWholeRuns', rr.whole);
   return m;
 }
 
@@ -598,6 +611,12 @@ const OP_TEXT: Record<BenchOpName, string> = {
 /** The rows of one op's tables, in XFORM_ROWS order: the op's own rows and the rows that apply none. */
 function opRows(run: TransformRun, op: BenchOpName): XformRowResult[] {
   return XFORM_ROWS.flatMap((s) => run.rows.filter((r) => r.id === s.id && (r.op === op || (!s.perOp && r.op === undefined))));
+}
+
+/** "2/3" (figures over those 2), or "0/3, cut" when figures are over runs whose mirror was cut. */
+function wholeText(whole: number | undefined, runs: number): string {
+  if (whole === undefined) return '-';
+  return whole === 0 ? `0/${runs} (cut: figures of a proxy)` : `${whole}/${runs}`;
 }
 
 function rowState(r: XformRowResult, load: 'bulk' | 'rr'): string | undefined {
@@ -626,7 +645,7 @@ export function transformTables(run: TransformRun, op: BenchOpName): string[] {
         r.id === 'direct' ? '-' : fmtX(ratio(m.gbps, d?.gbps)),
         r.id === 'c' || r.id === 'direct' ? '-' : fmtX(ratio(m.gbps, c?.gbps)),
         r.id === 'node' || r.id === 'direct' ? '-' : fmtX(ratio(m.gbps, n?.gbps)),
-        m.mirrorWholeRuns === undefined ? '-' : `${m.mirrorWholeRuns}/${r.bulk.length}`,
+        wholeText(m.mirrorWholeRuns, r.bulk.length),
       ];
     }),
   );
@@ -647,16 +666,20 @@ export function transformTables(run: TransformRun, op: BenchOpName): string[] {
         r.id === 'direct' ? '-' : fmtX(ratio(m.rps, d?.rps)),
         r.id === 'c' || r.id === 'direct' ? '-' : fmtX(ratio(m.rps, c?.rps)),
         r.id === 'node' || r.id === 'direct' ? '-' : fmtX(ratio(m.rps, n?.rps)),
-        m.rrMirrorWholeRuns === undefined ? '-' : `${m.rrMirrorWholeRuns}/${r.rr.length}`,
+        wholeText(m.rrMirrorWholeRuns, r.rr.length),
       ];
     }),
   );
   const plain = byId('kstreams-mirror');
   const xform = byId('kstreams-mirror-xform');
   const xformRow = rows.find((r) => r.id === 'kstreams-mirror-xform');
+  // A tax is only a tax over runs in which both mirrors were whole.
+  const taxOf = (a: number | undefined, b: number | undefined, wa: number | undefined, wb: number | undefined): string =>
+    wa === 0 || wb === 0 ? 'n/a (a mirror was cut in every run)' : fmtX(ratio(a, b));
   const tax =
     plain && xform && (xform.gbps !== undefined || xform.rps !== undefined)
-      ? `Mirror tax of ${op} on the mirror: primary throughput ${fmtX(ratio(xform.gbps, plain.gbps))} (bulk) and ${fmtX(ratio(xform.rps, plain.rps))} (req/s) of the same mirror without a transform.`
+      ? `Mirror tax of ${op} on the mirror: primary throughput ${taxOf(xform.gbps, plain.gbps, xform.mirrorWholeRuns, plain.mirrorWholeRuns)} (bulk) and ` +
+        `${taxOf(xform.rps, plain.rps, xform.rrMirrorWholeRuns, plain.rrMirrorWholeRuns)} (req/s) of the same mirror without a transform, over the runs whose mirror was whole.`
       : `Mirror tax of ${op} on the mirror: not measured (${xformRow?.unavailable ? 'the transform is not available, see Notes' : 'row not run or failed'}).`;
   return [
     `${OP_TEXT[op]}: ${fmt(run.data.perKiB[op], 1)} ${op === 'uppercase' ? 'bytes changed' : 'occurrences'} per KiB of the bulk data; medians of ${runs} run(s)`,
