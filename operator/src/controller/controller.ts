@@ -57,6 +57,8 @@ export class Controller {
   private readonly abort = new AbortController();
   private pollerLoop: Promise<void> | undefined;
   private started = false;
+  /** When the caches synced and reconciles began (the warm-up for the first agent reports counts from here). */
+  private reconcilingSince: number | undefined;
 
   constructor(private readonly d: ControllerDeps) {
     const { config, transport, clock, log, metrics } = d;
@@ -145,6 +147,8 @@ export class Controller {
       detachRecheckMs: Math.min(config.agent.pollIntervalMs, 5_000),
       onStatusWrite: () => metrics.statusWrites.inc(),
       onResult: (result) => metrics.reconcileTotal.inc({ result }),
+      // A new leader (or a restarted one) first hears every selected agent once, at most for two poll rounds.
+      warmingUp: () => this.reconcilingSince === undefined || clock.now() - this.reconcilingSince < 2 * (config.agent.pollIntervalMs + config.agent.timeoutMs),
     });
 
     this.queue = new WorkQueue({
@@ -338,6 +342,7 @@ export class Controller {
       { streamPaths: this.streamPaths.size, pods: this.pods.size, namespaces: this.namespaces.size },
       'caches synced, reconciling',
     );
+    this.reconcilingSince = this.d.clock.now();
     this.queue.resume();
     this.bindingQueue?.resume();
   }

@@ -10,7 +10,7 @@ import type { EventRecorder, EventType, InvolvedObject } from '../kube/events.js
 import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { isStatus, type KubeTransport } from '../kube/rest.js';
 import type { ProcessResult } from './queue.js';
-import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, sameStatus, stableStringify, type AgentObservation } from './status.js';
+import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, holdCounters, sameStatus, stableStringify, type AgentObservation } from './status.js';
 
 /** A StreamPath as kept in the cache: the raw object (spec validated at reconcile time). */
 export interface StreamPathObject {
@@ -50,7 +50,13 @@ export interface ReconcilerDeps {
   /** While waiting for agents to detach, look again this often. */
   detachRecheckMs: number;
   onStatusWrite?: () => void;
-  onResult?: (result: 'changed' | 'unchanged' | 'skipped') => void;
+  onResult?: (result: 'changed' | 'unchanged' | 'skipped' | 'waiting') => void;
+  /**
+   * True while this operator has only just started leading: a StreamPath's status is then not written (nor
+   * its Events emitted) until every pod it selects has been polled once, so the status stored by the previous
+   * leader is not replaced by one computed without the agents' reports. Bounded by the caller.
+   */
+  warmingUp?: () => boolean;
 }
 
 export class Reconciler {
@@ -99,7 +105,7 @@ export class Reconciler {
       current = updated;
     }
 
-    const { status } = computeStatus({
+    const result = computeStatus({
       name: sp.metadata.name,
       namespace,
       generation,
@@ -111,6 +117,13 @@ export class Reconciler {
       previous: current.status,
       now: this.d.clock.now(),
     });
+    if (result.unheard.length > 0 && this.d.warmingUp?.()) {
+      // Not heard every agent yet since becoming leader: the stored status stands (no write, no Event).
+      this.d.onResult?.('waiting');
+      this.d.log.debug({ streamPath: key, unheard: result.unheard.length }, 'waiting for the first agent reports before writing status');
+      return { requeueAfterMs: 250 };
+    }
+    const status = result.unheard.length + result.unreported.length > 0 ? holdCounters(result.status, current.status) : result.status;
 
     if (sameStatus(current.status, status)) {
       this.memo.set(key, fingerprint);
@@ -156,12 +169,15 @@ export class Reconciler {
     if (!finalizers.includes(FINALIZER)) return;
     // Agents watch StreamPaths themselves and detach when one is deleting; the operator only waits until
     // none reports it attached any more (the last known report counts while an agent is unreachable).
+    // An agent this operator never got a report from (just became leader, or it never answered) may still
+    // be attached: it counts as attached until it says otherwise or the timeout passes. Pods that are gone,
+    // ended (Succeeded/Failed), not injected or without an IP run no agent.
     const stillAttached: string[] = [];
     for (const pod of this.d.podsInNamespace(sp.metadata.namespace)) {
-      // A Succeeded or Failed pod's agent has ended with it: nothing is attached there any more.
-      if (pod.terminated) continue;
-      const entry = this.d.observe(pod)?.report?.streamPaths.find((s) => s.name === sp.metadata.name);
-      if (entry?.attached) stillAttached.push(pod.name);
+      if (pod.terminated || !pod.injected || !pod.podIP) continue;
+      const report = this.d.observe(pod)?.report;
+      const entry = report?.streamPaths.find((s) => s.name === sp.metadata.name);
+      if (!report || entry?.attached) stillAttached.push(pod.name);
     }
     const remaining = finalizers.filter((f) => f !== FINALIZER);
     if (stillAttached.length === 0) {
@@ -172,7 +188,7 @@ export class Reconciler {
     }
     const waited = this.d.clock.now() - Date.parse(sp.metadata.deletionTimestamp!);
     if (waited >= this.d.detachTimeoutMs) {
-      const msg = `agents of ${stillAttached.length} pod(s) (${stillAttached.slice(0, 3).join(', ')}) still report this StreamPath attached after ${Math.round(waited / 1000)} s; removing the finalizer anyway: check those pods' kstreams-sidecar logs`;
+      const msg = `agents of ${stillAttached.length} pod(s) (${stillAttached.slice(0, 3).join(', ')}) still report this StreamPath attached (or never reported) after ${Math.round(waited / 1000)} s; removing the finalizer anyway: check those pods' kstreams-sidecar logs`;
       this.d.log.warn({ streamPath: key, pods: stillAttached }, msg);
       await this.event(sp, 'Warning', 'DetachTimedOut', msg);
       await this.patchFinalizers(sp, remaining, signal);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AgentReportSchema, type AgentReport } from '../api/agent.js';
 import { sameSlimPod, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
-import { computeStatus, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
+import { computeStatus, holdCounters, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 const pod = (name: string, extra: Partial<SlimPod> = {}): SlimPod => ({
@@ -166,5 +166,25 @@ describe('computeStatus', () => {
     const r = computeStatus(input([pod('a')], {}, { specErrors: ['spec.port: Too big'] }));
     expect(cond(r, 'Degraded')).toMatchObject({ reason: Reason.InvalidSpec });
     expect(cond(r, 'Degraded').message).toContain('spec.port');
+  });
+
+  it('names the pods not heard yet and those without a report; holdCounters keeps the stored counters while they are unknown', () => {
+    const a = pod('a');
+    const b = pod('bb');
+    const c = pod('ccc');
+    const full = computeStatus(input([a, b], { a: { report: report(a), at: NOW }, bb: { report: report(b), at: NOW } }));
+    expect(full).toMatchObject({ unheard: [], unreported: [] });
+    // A new leader: a polled, bb not yet, ccc polled but it never answered.
+    const partial = computeStatus(input([a, b, c], { a: { report: report(a), at: NOW }, ccc: { error: 'connect ECONNREFUSED', at: NOW } }));
+    expect(partial.unheard).toEqual(['bb']);
+    expect(partial.unreported).toEqual(['ccc']);
+    expect(partial.status.connections).toBe(2);
+    const held = holdCounters(partial.status, full.status);
+    expect(held).toMatchObject({ connections: 4, bytesPrimary: 2000, bytesMirrored: 1800, bytesDropped: 200 });
+    expect(held.targets).toEqual([{ name: 't1', connectionsMirrored: 4, connectionsCut: 0, connectFailures: 0, bytesMirrored: 1800, bytesDropped: 200 }]);
+    expect(held.conditions).toEqual(partial.status.conditions); // only counters are held
+    // Higher sums win, and nothing stored means nothing to hold.
+    expect(holdCounters({ ...full.status, connections: 9 }, full.status).connections).toBe(9);
+    expect(holdCounters(partial.status, undefined)).toBe(partial.status);
   });
 });

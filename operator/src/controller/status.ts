@@ -61,6 +61,10 @@ export interface StatusResult {
   status: StreamPathStatus;
   /** Pods whose agent reports this StreamPath attached (any generation): what delete waits for. */
   attachedAnyGeneration: string[];
+  /** Selected pods with a running agent that this operator has not polled yet (e.g. just after it became leader). */
+  unheard: string[];
+  /** Selected pods whose agent was polled but never answered with a report: their counters are unknown. */
+  unreported: string[];
 }
 
 interface Problem {
@@ -121,6 +125,8 @@ export function computeStatus(input: StatusInput): StatusResult {
   let attached = 0;
   let waiting = 0;
   const attachedAnyGeneration: string[] = [];
+  const unheard: string[] = [];
+  const unreported: string[] = [];
   const notInjected: SlimPod[] = [];
   const totals = { connections: 0, bytesPrimary: 0, bytesMirrored: 0, bytesDropped: 0 };
   // Only in the status once an agent reports it (agents before it do not).
@@ -142,6 +148,8 @@ export function computeStatus(input: StatusInput): StatusResult {
         continue;
       }
       const obs = input.observe(pod);
+      if (!obs) unheard.push(pod.name);
+      else if (!obs.report) unreported.push(pod.name);
       const entry: AgentStreamPathReport | undefined = obs?.report?.streamPaths.find((s) => s.name === name);
       if (entry) {
         totals.connections += entry.connections;
@@ -242,7 +250,43 @@ export function computeStatus(input: StatusInput): StatusResult {
       conditions,
     },
     attachedAnyGeneration,
+    unheard,
+    unreported,
   };
+}
+
+const COUNTERS = ['connections', 'bytesPrimary', 'bytesMirrored', 'bytesDropped', 'connectionsReset'] as const;
+const TARGET_COUNTERS = ['connectionsMirrored', 'connectionsCut', 'connectFailures', 'connectionsSkipped', 'turnWaitsExpired', 'bytesMirrored', 'bytesDropped'] as const;
+
+/**
+ * While some selected pods' counters are unknown (their agent not heard yet, or never answered this
+ * operator), the sums would lack them: counters are then kept at least at what is stored, so that a leader
+ * change or a restart never makes them go backwards. Once every pod reported, the plain sums stand.
+ */
+export function holdCounters(next: StreamPathStatus, stored: StreamPathStatus | undefined): StreamPathStatus {
+  if (!stored) return next;
+  const out: StreamPathStatus = { ...next };
+  for (const k of COUNTERS) {
+    const a = stored[k];
+    const b = next[k];
+    if (a !== undefined && (b === undefined || a > b)) out[k] = a;
+  }
+  const targets = new Map<string, TargetCounters>();
+  for (const t of next.targets ?? []) targets.set(t.name, { ...t });
+  for (const t of stored.targets ?? []) {
+    const cur = targets.get(t.name);
+    if (!cur) {
+      targets.set(t.name, { ...t });
+      continue;
+    }
+    for (const k of TARGET_COUNTERS) {
+      const a = t[k];
+      const b = cur[k];
+      if (a !== undefined && (b === undefined || a > b)) (cur as Record<string, number | string | undefined>)[k] = a;
+    }
+  }
+  out.targets = [...targets.values()].sort((x, y) => x.name.localeCompare(y.name));
+  return out;
 }
 
 /** Deep equality that ignores key order (the apiserver returns objects with sorted keys). */

@@ -1,0 +1,225 @@
+// A leader change must be invisible in StreamPath status: real operator processes against the real
+// apiserver, agents played by HTTP servers of this test that answer like the sidecar agent, slowly (600 ms,
+// an agent on a busy node), so a new leader that computed status before hearing them would show it.
+// Killing the leader (SIGKILL, no release) must cause no Ready transition, no counter going backwards and no
+// second Attached Event; a StreamPath deleted across a leader change keeps its finalizer until the agents
+// report it detached.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { AgentReport } from '../api/agent.js';
+import { KubeRest, isStatus } from '../kube/rest.js';
+import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
+import { streamPathPath } from './reconciler.js';
+
+const kubeconfig = inject('kubeconfig');
+const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const LEASE_MS = 3_000;
+const AGENT_DELAY_MS = 600;
+
+/** Answers GET /v1/report after a delay; its counters grow with every answer, as live traffic makes them. */
+class SlowAgent {
+  attached = true;
+  answers = 0;
+  private server: Server | undefined;
+  port = 0;
+  constructor(
+    private readonly namespace: string,
+    private readonly pod: string,
+  ) {}
+
+  report(): AgentReport {
+    const n = 10 + this.answers;
+    return {
+      pod: { namespace: this.namespace, name: this.pod },
+      ready: true,
+      streamPaths: this.attached
+        ? [
+            {
+              name: 'shadow',
+              generation: 1,
+              attached: true,
+              connections: n,
+              bytesPrimary: n * 1000,
+              bytesMirrored: n * 900,
+              bytesDropped: n * 100,
+              targets: [{ name: '127.0.0.1:9', connectionsMirrored: n, connectionsCut: 0, connectFailures: 0, bytesMirrored: n * 900, bytesDropped: n * 100 }],
+            },
+          ]
+        : [],
+    };
+  }
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => {
+      if (req.url !== '/v1/report') return void res.writeHead(404).end();
+      const t = setTimeout(() => {
+        this.answers++;
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.report()));
+      }, AGENT_DELAY_MS);
+      res.on('close', () => clearTimeout(t));
+    });
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => {
+      if (!this.server) return r();
+      this.server.close(() => r());
+      this.server.closeAllConnections();
+    });
+  }
+}
+
+interface Replica {
+  identity: string;
+  child: ChildProcess;
+  lines: Record<string, unknown>[];
+  exit: Promise<unknown>;
+}
+
+function startReplica(identity: string, namespace: string): Replica {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
+    cwd: REPO,
+    env: {
+      ...process.env,
+      KUBECONFIG: kubeconfig,
+      KSTREAMS_IDENTITY: identity,
+      KSTREAMS_NAMESPACE: namespace,
+      KSTREAMS_LEASE_DURATION_MS: String(LEASE_MS),
+      KSTREAMS_RENEW_DEADLINE_MS: '2000',
+      KSTREAMS_RETRY_PERIOD_MS: '300',
+      KSTREAMS_WEBHOOK_ENABLED: 'false',
+      KSTREAMS_MANAGE_SIDECAR_BINDINGS: 'false',
+      KSTREAMS_METRICS_PORT: '0',
+      KSTREAMS_AGENT_POLL_INTERVAL_MS: '1000',
+      KSTREAMS_AGENT_TIMEOUT_MS: '2000',
+      KSTREAMS_DETACH_TIMEOUT_MS: '60000',
+      KSTREAMS_LOG_LEVEL: 'info',
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines: Record<string, unknown>[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => {
+    try {
+      lines.push(JSON.parse(l) as Record<string, unknown>);
+    } catch {
+      lines.push({ msg: l });
+    }
+  });
+  return { identity, child, lines, exit: new Promise((r) => child.once('exit', r)) };
+}
+
+describe('status across leader changes', () => {
+  let kube: KubeRest;
+  const replicas: Replica[] = [];
+  const agents: SlowAgent[] = [];
+
+  beforeAll(async () => {
+    kube = await KubeRest.create(kubeconfig);
+    await installCrd(kube);
+  });
+
+  afterAll(async () => {
+    for (const r of replicas) {
+      if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
+      await r.exit;
+    }
+    await Promise.all(agents.map((a) => a.stop()));
+    kube?.close();
+  });
+
+  it('a killed leader: no Ready transition, no counter backwards, one Attached Event; a delete across a change waits for the agents', async () => {
+    const opNs = freshName('ksh3-op');
+    const ns = freshName('ksh3-sp');
+    await createNamespace(kube, opNs);
+    await createNamespace(kube, ns);
+    for (const name of ['p1', 'p2']) {
+      const agent = new SlowAgent(ns, name);
+      await agent.start();
+      agents.push(agent);
+      await createPod(kube, ns, name, { labels: { app: 'checkout' }, agentPort: agent.port, podIP: '127.0.0.1' });
+    }
+    await createStreamPath(kube, ns, 'shadow', exampleSpec('checkout'));
+    const leasePath = `/apis/coordination.k8s.io/v1/namespaces/${opNs}/leases/kstreams-operator`;
+    const holder = async () => {
+      try {
+        return (await kube.request<{ spec?: { holderIdentity?: string } }>('GET', leasePath)).spec?.holderIdentity ?? '';
+      } catch (err) {
+        if (isStatus(err, 404)) return '';
+        throw err;
+      }
+    };
+    const attachedEvents = async () => {
+      const list = await kube.request<{ items: { involvedObject: { name: string }; reason: string; type: string; message: string }[] }>('GET', `/api/v1/namespaces/${ns}/events`);
+      return list.items.filter((e) => e.involvedObject.name === 'shadow');
+    };
+
+    replicas.push(startReplica('ksh3-a', opNs), startReplica('ksh3-b', opNs));
+    await eventually('Ready with both pods attached', async () => {
+      const sp = await getStreamPath(kube, ns, 'shadow');
+      return condition(sp, 'Ready')?.status === 'True' && sp?.status?.podsAttached === 2;
+    }, 40_000);
+    expect((await attachedEvents()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
+
+    // Watch the status the whole time, as a user's dashboard would.
+    const samples: { ready?: string; reason?: string; connections?: number; bytesMirrored?: number; target?: number }[] = [];
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const sp = await getStreamPath(kube, ns, 'shadow');
+        const ready = condition(sp, 'Ready');
+        samples.push({ ready: ready?.status, reason: ready?.reason, connections: sp?.status?.connections, bytesMirrored: sp?.status?.bytesMirrored, target: sp?.status?.targets?.[0]?.connectionsMirrored });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+
+    const first = await holder();
+    const leader = replicas.find((r) => r.identity === first)!;
+    const follower = replicas.find((r) => r.identity !== first)!;
+    leader.child.kill('SIGKILL');
+    await leader.exit;
+    await eventually('the follower to reconcile', async () => follower.lines.some((l) => l.msg === 'caches synced, reconciling'), LEASE_MS + 15_000);
+    // The new leader writes the growing counters once it heard the agents; a few rounds of that.
+    await eventually('the new leader to write status', async () => follower.lines.filter((l) => l.msg === 'status written').length >= 2, 15_000);
+    watching = false;
+    await watcher;
+
+    console.log(
+      `[failover-status] ${samples.length} samples over the leader change, all Ready/Attached; connections ${samples[0]?.connections} -> ${samples.at(-1)?.connections}`,
+    );
+    expect(samples.length).toBeGreaterThan(20);
+    expect(samples.filter((s) => s.ready !== 'True' || s.reason !== 'Attached')).toEqual([]);
+    for (let i = 1; i < samples.length; i++) {
+      expect(samples[i]!.connections!).toBeGreaterThanOrEqual(samples[i - 1]!.connections!);
+      expect(samples[i]!.bytesMirrored!).toBeGreaterThanOrEqual(samples[i - 1]!.bytesMirrored!);
+      expect(samples[i]!.target!).toBeGreaterThanOrEqual(samples[i - 1]!.target!);
+    }
+    const events = await attachedEvents();
+    expect(events.filter((e) => e.reason === 'Attached')).toHaveLength(1);
+    expect(events.filter((e) => e.type === 'Warning')).toEqual([]);
+
+    // A delete across a leader change: the finalizer stays until the agents say detached.
+    const third = startReplica('ksh3-c', opNs);
+    replicas.push(third);
+    await eventually('the third replica to stand by', async () => third.lines.some((l) => l.msg === 'kstreams operator running'), 20_000);
+    follower.child.kill('SIGKILL');
+    await follower.exit;
+    await kube.request('DELETE', streamPathPath(ns, 'shadow'));
+    await eventually('the third replica to reconcile', async () => third.lines.some((l) => l.msg === 'caches synced, reconciling'), LEASE_MS + 15_000);
+    const syncedAt = Date.now();
+    // Well past its first reconcile and its first poll round: still held, since the agents report it attached.
+    await new Promise((r) => setTimeout(r, 2_500));
+    const held = await getStreamPath(kube, ns, 'shadow');
+    expect(held?.metadata.deletionTimestamp).toBeDefined();
+    expect(held?.metadata.finalizers).toContain('kstreams.io/detach');
+    for (const a of agents) a.attached = false;
+    await eventually('the StreamPath to go once the agents detached', async () => (await getStreamPath(kube, ns, 'shadow')) === undefined, 15_000);
+    console.log(`[failover-status] deleted across a leader change: finalizer removed ${Date.now() - syncedAt} ms after the new leader synced, once the agents reported detached`);
+  });
+});
