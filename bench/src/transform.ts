@@ -680,7 +680,7 @@ export function transformTables(run: TransformRun, op: BenchOpName): string[] {
     plain && xform && (xform.gbps !== undefined || xform.rps !== undefined)
       ? `Mirror tax of ${op} on the mirror: primary throughput ${taxOf(xform.gbps, plain.gbps, xform.mirrorWholeRuns, plain.mirrorWholeRuns)} (bulk) and ` +
         `${taxOf(xform.rps, plain.rps, xform.rrMirrorWholeRuns, plain.rrMirrorWholeRuns)} (req/s) of the same mirror without a transform, over the runs whose mirror was whole.`
-      : `Mirror tax of ${op} on the mirror: not measured (${xformRow?.unavailable ? 'the transform is not available, see Notes' : 'row not run or failed'}).`;
+      : `Mirror tax of ${op} on the mirror: not measured (${!xformRow || !plain ? 'not asked for (--only)' : xformRow.unavailable ? 'the transform is not available, see Notes' : 'a row failed, see Failures'}).`;
   return [
     `${OP_TEXT[op]}: ${fmt(run.data.perKiB[op], 1)} ${op === 'uppercase' ? 'bytes changed' : 'occurrences'} per KiB of the bulk data; medians of ${runs} run(s)`,
     '',
@@ -714,7 +714,7 @@ function header(run: TransformRun, facts: MachineFacts): string[] {
     `load average ${facts.loadBefore.toFixed(2)} before, ${fmt(facts.loadAfter)} after${facts.addon ? `; addon ${facts.addon}` : ''}`,
     `bulk: ${(run.rows[0]?.bulk[0]?.bytes ?? o.bytes) / 2 ** 20} MiB per run, one connection, a ${run.data.blockBytes} B block of HTTP-like requests repeated; ` +
       `request/response: ${o.rrCount} timed round trips over ${o.rrConns} connections; ${o.runs} run(s), interleaved; every sink checks the bytes it gets`,
-    `KStreams rows: ${run.kstreams.command}; ${run.kstreams.mirror}`,
+    ...(run.rows.some((r) => r.id.startsWith('kstreams')) ? [`KStreams rows: ${run.kstreams.command}; ${run.kstreams.mirror}`] : []),
   ];
 }
 
