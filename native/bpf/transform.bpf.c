@@ -540,6 +540,8 @@ static int map_block(__u32 i, void *ctx)
 
 	if (!op || from >= p->w->end)
 		return 1;
+	if (ensure(p, from))
+		return 1;
 	stop = p->w->end - from < XF_BLOCK ? p->w->end : from + XF_BLOCK;
 	if (stop - from == XF_BLOCK) {
 		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);

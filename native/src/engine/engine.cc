@@ -63,12 +63,21 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
   }
   auto next = std::make_shared<ActiveSettings>();
   if (settings.transform) {
-    TransformError xe;
-    if (!transforms_) transforms_ = TransformRuntime::Create(&xe);
-    if (transforms_) next->transform = transforms_->AddProfile(*settings.transform, &xe);
-    if (!next->transform) {
-      *error = {EINVAL, "bpf", xe.message, xe.code, xe.log};
-      return false;
+    // An unchanged transform (an edit of something else, a target that moved) keeps its profile.
+    std::shared_ptr<const ActiveSettings> current = Current();
+    if (current && current->transform && currentTransform_ && *currentTransform_ == *settings.transform) {
+      next->transform = current->transform;
+    } else {
+      TransformError xe;
+      if (!transforms_) transforms_ = TransformRuntime::Create(&xe);
+      if (transforms_) next->transform = transforms_->AddProfile(*settings.transform, &xe);
+      if (!next->transform) {
+        // Nothing of a refused transform stays loaded: without a profile in use, the program goes too
+        // (connections of older profiles keep the runtime alive through them).
+        if (!(current && current->transform)) transforms_.reset();
+        *error = {EINVAL, "bpf", xe.message, xe.code, xe.log};
+        return false;
+      }
     }
   }
   next->pipeSize = effective;
@@ -80,6 +89,7 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
     next->targets.push_back({m.address, uint32_t(pct * 100 + 0.5), CountersFor(m.name)});
   }
   settings_ = next;
+  currentTransform_ = settings.transform;
   return true;
 }
 

@@ -96,6 +96,7 @@ class Engine {
   std::atomic<int64_t> mirrorBufferInUse_{0};
   // Loaded with the first transform (start or update) and kept for the engine's life.
   std::shared_ptr<TransformRuntime> transforms_;
+  std::shared_ptr<const TransformSpec> currentTransform_;  // what settings_->transform was loaded from
 
   std::atomic<int> mode_{kRunning};
   std::atomic<uint64_t> drainDeadline_{0};

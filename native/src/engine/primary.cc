@@ -121,6 +121,10 @@ void Worker::RearmPrimary(Conn* c) {
 bool Worker::AttachAppTransform(Conn* c) {
   if (!c->xfProfile || c->appXf) return true;
   c->appXf = std::make_unique<TransformedSocket>();
+  // A fixed send buffer: sends are sized to its free room (transform.h), and with the kernel's
+  // autotuning a fresh socket's room (16 KiB) would keep them tiny until it grows.
+  int sndbuf = int(TransformedSocket::kSendBuffer);
+  setsockopt(c->app.fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   if (c->appXf->Attach(c->xfProfile, c->app.fd)) return true;
   Add(k_.transformFailures);
   AbortPrimary(c);

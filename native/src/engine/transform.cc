@@ -21,8 +21,9 @@ namespace engine {
 
 namespace {
 
-// Room a send leaves in the send buffer for the skb heads the kernel adds to the bytes.
-constexpr int64_t kSendSlack = 16 << 10;
+// Room a send leaves in the send buffer for the skb heads the kernel adds to the bytes: a head per
+// 64 KiB skb at most, and a fixed margin.
+constexpr int64_t kSendSlack = 4 << 10;
 // A user program larger than this is refused before libbpf sees it (a ConfigMap holds 1 MiB).
 constexpr size_t kMaxProgramBytes = 1u << 20;
 
@@ -37,21 +38,27 @@ std::string Errno(int err) {
   return std::string(strerror(err)) + " (" + (name ? name : "EUNKNOWN") + ")";
 }
 
-// The verifier's last lines say why: what the CLI and the condition show.
-std::string LastLines(const std::string& log, size_t lines) {
-  size_t end = log.size();
-  while (end > 0 && (log[end - 1] == '\n' || log[end - 1] == ' ')) end--;
-  size_t pos = end;
-  for (size_t n = 0; n < lines && pos > 0; n++) {
-    size_t nl = log.rfind('\n', pos - 1);
-    if (nl == std::string::npos) {
-      pos = 0;
-      break;
-    }
-    pos = nl;
+// The verifier says why in the last lines of its log, before its statistics: what the one-line message
+// shows (the whole log goes along verbatim).
+std::string VerifierReason(const std::string& log) {
+  size_t stop = log.rfind("-- END PROG LOAD LOG --");
+  std::string body = log.substr(0, stop == std::string::npos ? log.size() : stop);
+  size_t begin = body.rfind("-- BEGIN PROG LOAD LOG --");
+  if (begin != std::string::npos) body = body.substr(begin + strlen("-- BEGIN PROG LOAD LOG --"));
+  std::vector<std::string> lines;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    size_t nl = body.find('\n', pos);
+    if (nl == std::string::npos) nl = body.size();
+    std::string line = body.substr(pos, nl - pos);
+    pos = nl + 1;
+    if (line.empty() || line.rfind("processed ", 0) == 0 || line.rfind("verification time", 0) == 0 ||
+        line.rfind("stack depth", 0) == 0)
+      continue;
+    lines.push_back(line);
   }
-  std::string out = log.substr(pos, end - pos);
-  while (!out.empty() && out[0] == '\n') out.erase(0, 1);
+  std::string out;
+  for (size_t i = lines.size() >= 2 ? lines.size() - 2 : 0; i < lines.size(); i++) out += (out.empty() ? "" : "; ") + lines[i];
   return out;
 }
 
@@ -172,7 +179,7 @@ int LoadUserProgram(const TransformSpec& spec, TransformError* error) {
   if (bpf_object__load(obj) != 0) {
     int err = errno;
     std::string log = capture.text();
-    std::string tail = LastLines(log, 3);
+    std::string tail = VerifierReason(log);
     SetError(error, "ProgramRejected",
              where + " was rejected by the kernel's verifier: " + Errno(err) + (tail.empty() ? "" : ": " + tail), log);
     bpf_object__close(obj);
@@ -373,7 +380,12 @@ size_t TransformedSocket::Limit(size_t want) const {
   if (getsockopt(fd_, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0) return 0;
   int64_t room = int64_t(mem[SK_MEMINFO_SNDBUF]) - int64_t(mem[SK_MEMINFO_WMEM_QUEUED]) - kSendSlack;
   if (room <= 0) return 0;
-  return std::min<size_t>({want, size_t(room), size_t(profile_->maxSend)});
+  size_t n = std::min<size_t>({want, size_t(room), size_t(profile_->maxSend)});
+  // The heads of the skbs this send may start (one per 16 KiB: the sk_msg ring's entries are pushed
+  // one by one) must fit too.
+  int64_t heads = int64_t(n / (16 << 10) + 1) * 1024;
+  if (int64_t(n) + heads > room) n = room > heads ? size_t(room - heads) : 0;
+  return n;
 }
 
 bool TransformedSocket::Sent(size_t n) {

@@ -30,6 +30,7 @@ struct TransformOp {
   uint8_t kind = 0;  // enum xf_kind
   uint8_t with = '*';
   std::string a, b;  // bytes; byteMap: a is the 256-byte table
+  bool operator==(const TransformOp& o) const { return kind == o.kind && with == o.with && a == o.a && b == o.b; }
 };
 
 // What spec.transform asks for, encoded (native/lib builds it from the API's encodeOps()).
@@ -43,6 +44,10 @@ struct TransformSpec {
   // How long bytes held back for a possibly split pattern wait for the client's next bytes (then they
   // are released as no match). A mirror also releases them once the app has answered the turn.
   uint32_t holdMs = 20;
+  bool operator==(const TransformSpec& o) const {
+    return mirror == o.mirror && primary == o.primary && ops == o.ops && programElf == o.programElf &&
+           programSection == o.programSection && holdMs == o.holdMs;
+  }
 };
 
 struct TransformError {
@@ -95,6 +100,8 @@ class TransformRuntime : public std::enable_shared_from_this<TransformRuntime> {
 // A sink socket with a transform: the engine's side of the contract above.
 class TransformedSocket {
  public:
+  // SO_SNDBUF of a transformed upstream socket (the kernel doubles it).
+  static constexpr uint32_t kSendBuffer = 1u << 20;
   TransformedSocket() = default;
   ~TransformedSocket() { Release(); }
   TransformedSocket(const TransformedSocket&) = delete;
