@@ -28,6 +28,8 @@ export class CliError extends Error {
   constructor(
     readonly exitCode: ExitCode,
     message: string,
+    /** Printed verbatim after the one-line message (the verifier's output for a rejected program). */
+    readonly detail?: string,
   ) {
     super(message);
   }
@@ -35,7 +37,9 @@ export class CliError extends Error {
 
 const EXIT_BY_REASON: Record<AttachReason, ExitCode> = {
   InvalidSpec: EXIT.usage,
-  TransformUnsupported: EXIT.usage,
+  TransformUnsupported: EXIT.privileges,
+  ProgramRejected: EXIT.usage,
+  TransformFailed: EXIT.runtime,
   TargetUnresolvable: EXIT.usage,
   NetnsNotFound: EXIT.netns,
   InsufficientPrivileges: EXIT.privileges,
@@ -48,7 +52,7 @@ export function toCliError(err: unknown, context?: string): CliError {
   if (err instanceof AttachError) {
     // Field errors already start with the field; others get the StreamPath they concern.
     const msg = err.field || !context ? err.message : `${context}: ${err.message}`;
-    return new CliError(EXIT_BY_REASON[err.reason], msg);
+    return new CliError(EXIT_BY_REASON[err.reason], msg, err.detail);
   }
   const msg = err instanceof Error ? err.message : String(err);
   return new CliError(EXIT.runtime, context ? `${context}: ${msg}` : msg);

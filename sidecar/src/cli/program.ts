@@ -20,7 +20,8 @@ spec.selector and metadata.namespace are ignored locally: the namespace given wi
 the one kstreams runs in) plays the role of the pod. New connections to spec.port in that namespace are
 steered to the kstreams stream engine, which forwards them to the app unchanged and tees the client's
 bytes to every mirror target (spec.mirror.targets[].address, host:port; names are resolved once at start).
-Service targets need a cluster: give address: host:port instead. spec.transform is refused in this version.
+Service targets need a cluster: give address: host:port instead. spec.transform runs in the kernel
+(an sk_msg program on the engine's sockets); a program op reads its BPF object from program.path.
 
 One StreamPath per file: a file with several YAML documents (---) is refused.
 
@@ -123,7 +124,9 @@ export function buildProgram(version: string): Command {
     .action(async (o: { file: string }) => {
       const sp = await loadStreamPath(o.file);
       const notes: string[] = [];
-      if (sp.spec.transform) notes.push('spec.transform is valid but `kstreams run` refuses it in this version');
+      if (sp.spec.transform?.ops.some((op) => op.program?.configMap !== undefined)) {
+        notes.push('a program from a ConfigMap needs a cluster (`kstreams run` reads program.path)');
+      }
       const targets = mirrorTargets(sp.spec);
       if (targets.some((t) => t.service)) notes.push('service targets need a cluster (`kstreams run` refuses them)');
       const mirror = sp.spec.mirror ? `${targets.length} mirror target(s)` : 'no mirror: transforms the primary stream only';
@@ -215,6 +218,7 @@ export async function main(argv: string[], version: string): Promise<number> {
     }
     const e = toCliError(err);
     process.stderr.write(`kstreams: ${oneLine(e.message)}\n`);
+    if (e.detail) process.stderr.write(`${e.detail.replace(/\n*$/, '')}\n`);
     return e.exitCode;
   }
 }

@@ -7,6 +7,7 @@ import { formatSeconds, LiveBlock, renderLive, type Summary } from './live.js';
 import { loadStreamPath } from './load.js';
 import { resolveNetns } from './netns.js';
 import { currentPrivileges } from './privileges.js';
+import { readProgramFile } from './program-file.js';
 
 export interface RunOptions {
   file: string;
@@ -104,6 +105,7 @@ export async function runCommand(opts: RunOptions): Promise<number> {
       spec: sp.spec,
       ...(netnsPath !== undefined ? { netnsPath } : {}),
       ...(opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: opts.mirrorBufferBudget } : {}),
+      readProgram: readProgramFile,
     });
   } catch (err) {
     process.off('SIGHUP', onHup);

@@ -29,6 +29,7 @@ function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
     connectionsReset: 0,
     resetFailures: 0,
     workerFailures: 0,
+    transformFailures: 0,
     pipeResizeFailures: 0,
     bytesClientToApp: 100 * n,
     bytesAppToClient: 50 * n,
@@ -48,6 +49,7 @@ function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
       connectionsActive: 0,
       bytesMirrored: 90 * n,
       bytesDropped: 10 * n,
+      transformFailures: 0,
       turnWaitsExpired: 2,
     })),
   };

@@ -8,12 +8,13 @@ import type {
   EngineConfig,
   EngineSettings,
   EngineStats,
+  EngineTransform,
   InterceptionConfig,
   MirrorConfig,
 } from '../../../native/lib/types.js';
 import { Engine, Interception } from '../../../native/lib/index.js';
 import { AttachError, classifyNativeError } from './errors.js';
-import { planTransform, type TransformPlan } from './transform.js';
+import { planTransform, sameTransform, type ProgramReader } from './transform.js';
 import { resolveMirrors, type HostLookup, type ServiceResolver } from './targets.js';
 
 /** The part of native/lib's Engine this module uses. */
@@ -141,6 +142,11 @@ export interface AttachOptions {
   mirrorConnectTimeoutMs?: number;
   /** Engine-wide cap on mirror send-buffer growth (spec.mirror.bufferSize). Default 64 MiB (native/lib). */
   mirrorBufferBudget?: number;
+  /**
+   * Reads the BPF object of a spec.transform program op (the CLI reads `path`, the agent a ConfigMap).
+   * Without it a program op is refused.
+   */
+  readProgram?: ProgramReader;
 }
 
 export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
@@ -169,7 +175,8 @@ function sameSettings(a: EngineSettings, b: EngineSettings): boolean {
     sameMirrors(a.mirrors, b.mirrors) &&
     a.pipeSize === b.pipeSize &&
     a.turnTimeoutMs === b.turnTimeoutMs &&
-    a.mirrorBufferSize === b.mirrorBufferSize
+    a.mirrorBufferSize === b.mirrorBufferSize &&
+    sameTransform(a.transform, b.transform)
   );
 }
 
@@ -271,7 +278,7 @@ export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirror
 }
 
 /** What a running engine applies to its new connections, from a spec and its resolved targets. */
-export function engineSettings(spec: StreamPathSpec, mirrors: MirrorConfig[]): EngineSettings {
+export function engineSettings(spec: StreamPathSpec, mirrors: MirrorConfig[], transform?: EngineTransform): EngineSettings {
   // A spec without spec.mirror (a primary-only transform) has no targets and the default settings.
   const mirror = mirrorSettings(spec);
   return {
@@ -279,25 +286,21 @@ export function engineSettings(spec: StreamPathSpec, mirrors: MirrorConfig[]): E
     pipeSize: mirror.pipeSize,
     turnTimeoutMs: mirror.turnTimeoutMs,
     mirrorBufferSize: mirror.bufferSize,
+    ...(transform ? { transform } : {}),
   };
 }
 
-/**
- * The engine's configuration for a spec. `transform` is where in-kernel transforms plug in: today
- * planTransform() refuses every transform, so it is always undefined here; the release that adds them
- * turns the plan into sk_msg programs on the mirror and/or upstream sockets at this point.
- */
+/** The engine's configuration for a spec; `transform` is spec.transform as planTransform() encoded it. */
 function engineConfig(
   spec: StreamPathSpec,
   mirrors: MirrorConfig[],
   opts: AttachOptions,
-  transform: TransformPlan | undefined,
+  transform: EngineTransform | undefined,
 ): EngineConfig {
-  if (transform) throw new AttachError('TransformUnsupported', 'spec.transform: no transform plan can be applied yet', 'spec.transform');
   return {
     ...(opts.netnsPath !== undefined ? { netnsPath: opts.netnsPath } : {}),
     upstream: 'original-destination',
-    ...engineSettings(spec, mirrors),
+    ...engineSettings(spec, mirrors, transform),
     mirrorConnectTimeoutMs: opts.mirrorConnectTimeoutMs ?? DEFAULT_MIRROR_CONNECT_TIMEOUT_MS,
     ...(opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: opts.mirrorBufferBudget } : {}),
   };
@@ -337,7 +340,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     throw new AttachError('NetnsNotFound', `network namespace ${netnsPath} does not exist`);
   }
   // Everything that can be refused without touching the kernel is checked before anything is started.
-  const transform = planTransform(opts.spec.transform);
+  const transform = await planTransform(opts.spec.transform, opts.readProgram);
   const resolveOpts = {
     ...(opts.lookup ? { lookup: opts.lookup } : {}),
     ...(opts.resolve ? { resolveService: opts.resolve } : {}),
@@ -347,7 +350,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
   const dp = opts.dataPlane ?? nativeDataPlane;
 
   const initial = engineConfig(spec, mirrors, opts, transform);
-  let settings: EngineSettings = engineSettings(spec, mirrors);
+  let settings: EngineSettings = engineSettings(spec, mirrors, transform);
   // One engine for the attachment's whole life: every spec field is a setting for new connections.
   const engine = await startEngine(dp, initial, netnsPath);
   let interception: InterceptionHandle;
@@ -458,11 +461,11 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
     update(next) {
       return serial(async () => {
         if (state !== 'attached') throw new AttachError('DataPlaneError', `StreamPath ${opts.name} is detached; attach it again`);
-        // Nothing in a spec needs a new engine in this version: every field is a setting for new
-        // connections, or the port. A transform, once there are any, is where one would be needed.
-        planTransform(next.transform);
+        // Nothing in a spec needs a new engine: every field is a setting for new connections (a
+        // transform too: live connections keep the ops they started with), or the port.
+        const nextTransform = await planTransform(next.transform, opts.readProgram);
         const nextMirrors = await resolveMirrors(next, resolveOpts);
-        const nextSettings = engineSettings(next, nextMirrors);
+        const nextSettings = engineSettings(next, nextMirrors, nextTransform);
         // A new port is tapped before anything else changes, so that a refusal leaves the attachment as
         // it was, and before the old port is released, so that there is no untapped window.
         const moved = next.port !== spec.port ? await intercept(dp, next.port, engine, netnsPath) : undefined;

@@ -6,8 +6,13 @@ import { existsSync } from 'node:fs';
 export type AttachReason =
   /** A field of the spec cannot be applied as written (names the field). */
   | 'InvalidSpec'
-  /** spec.transform is set but this version has no in-kernel transforms. */
+  /** spec.transform cannot run here: the kernel lacks sk_msg on SOCKHASH, bpf_loop or sk_storage. */
   | 'TransformUnsupported'
+  /** The user's BPF program (spec.transform ops[].program) was refused: not an ELF, no sk_msg program,
+   * too large, or the verifier rejected it (its output is in the message). */
+  | 'ProgramRejected'
+  /** The transform was valid but could not be put in place (kernel memory, too many live versions). */
+  | 'TransformFailed'
   /** A mirror target's name or Service could not be turned into an address. */
   | 'TargetUnresolvable'
   /** The network namespace to attach in does not exist. */
@@ -21,6 +26,8 @@ export type AttachReason =
 
 export class AttachError extends Error {
   override readonly name = 'AttachError';
+  /** More than the one-line message: the verifier's output for ProgramRejected, verbatim. */
+  detail?: string;
 
   constructor(
     readonly reason: AttachReason,
@@ -47,6 +54,14 @@ export function classifyNativeError(err: unknown, step: string, netnsPath?: stri
   const e = err as { code?: unknown; message?: unknown; syscall?: unknown };
   const code = typeof e?.code === 'string' ? e.code : '';
   const detail = typeof e?.message === 'string' ? e.message : String(err);
+  if (code === 'ProgramRejected' || code === 'TransformUnsupported' || code === 'TransformFailed' || code === 'TransformInvalid') {
+    // The verifier's output, verbatim, is what the author of a program needs: it goes into the message.
+    const log = typeof (e as { log?: unknown }).log === 'string' ? ((e as { log: string }).log).trim() : '';
+    const reason: AttachReason = code === 'TransformInvalid' ? 'InvalidSpec' : code;
+    const out = new AttachError(reason, `${step} failed: ${detail}`, 'spec.transform', { cause: err });
+    if (code === 'ProgramRejected' && log) out.detail = log;
+    return out;
+  }
   if (PRIVILEGE_CODES.has(code)) {
     return new AttachError(
       'InsufficientPrivileges',
