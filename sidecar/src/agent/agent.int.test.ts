@@ -260,13 +260,14 @@ describe('the agent against a real apiserver and kernel', () => {
     await reportUntil(port, 'clash gone from the report', (x) => entry(x, 'clash') === undefined);
   });
 
-  it('reports a spec it cannot apply (a transform) without breaking anything', async () => {
+  it('reports a spec it cannot apply (a transform program whose ConfigMap does not exist) without breaking anything', async () => {
     const body = streamPath('masked', [{ name: 'staging', address: staging() }]) as { spec: Record<string, unknown> };
     body.spec['port'] = 9999;
-    body.spec['transform'] = { applyTo: 'mirror', ops: [{ replace: { from: 'a', to: 'b' } }] };
+    body.spec['transform'] = { applyTo: 'mirror', ops: [{ program: { configMap: 'no-such-programs', key: 'mask.o' } }] };
     await createStreamPath(body);
     const r = await reportUntil(port, 'masked reported', (x) => entry(x, 'masked')?.problem !== undefined);
-    expect(entry(r, 'masked')).toMatchObject({ attached: false, generation: 1, problem: { reason: 'TransformUnsupported' } });
+    expect(entry(r, 'masked')).toMatchObject({ attached: false, generation: 1, problem: { reason: 'ProgramRejected' } });
+    expect(entry(r, 'masked')!.problem!.message).toMatch(/ConfigMap .*\/no-such-programs does not exist/);
     expect(entry(r, 'shadow')!.attached).toBe(true);
     await deleteStreamPath('masked');
     await reportUntil(port, 'masked gone', (x) => entry(x, 'masked') === undefined);

@@ -19,6 +19,7 @@ import type { AgentDataPlane } from './dataplane.js';
 import { createMetrics, type AgentMetrics } from './metrics.js';
 import { planShutdown, type ShutdownPlan } from './shutdown.js';
 import { serviceResolver } from './resolver.js';
+import { configMapProgramReader } from './programs.js';
 import { startAgentServer, type AgentHttpServer, type Readiness } from './server.js';
 import { ResourceWatch, realTimers, type Timers } from './watch.js';
 
@@ -72,6 +73,7 @@ export class Agent {
       dataPlane: deps.dataPlane,
       ...(config.netnsPath !== undefined ? { netnsPath: config.netnsPath } : {}),
       resolve: serviceResolver(core, ns),
+      readProgram: configMapProgramReader(core, ns),
       ...(config.mirrorBufferBudgetBytes !== undefined ? { mirrorBufferBudget: config.mirrorBufferBudgetBytes } : {}),
       onDrained: (_name, outcome) => this.metrics.drainDone(outcome),
       logger: this.logger,

@@ -10,6 +10,7 @@ import {
   type TargetCounters,
 } from '../../../operator/src/api/streampath.js';
 import type { Attachment, AttachmentStats, AgentDataPlane, DrainOutcome, ServiceResolver } from './dataplane.js';
+import type { ProgramReader } from '../dataplane/transform.js';
 import { selectorMatches, type Labels } from './selector.js';
 
 /** Condition reasons the agent reports, beyond the data plane's own (AttachError reasons pass through). */
@@ -87,8 +88,10 @@ export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailu
 
 /** A condition reason and a message for an error thrown by the data plane. */
 export function problemFromError(err: unknown, action: 'attach' | 'update' | 'detach'): Problem {
-  const e = err as { reason?: unknown; code?: unknown; message?: unknown; cause?: { code?: unknown } };
-  const message = typeof e?.message === 'string' ? e.message : String(err);
+  const e = err as { reason?: unknown; code?: unknown; message?: unknown; detail?: unknown; cause?: { code?: unknown } };
+  // A rejected program's verifier output goes into the condition verbatim: it is what its author needs.
+  const detail = typeof e?.detail === 'string' && e.detail ? `\nverifier log:\n${e.detail}` : '';
+  const message = (typeof e?.message === 'string' ? e.message : String(err)) + detail;
   const code = typeof e?.code === 'string' ? e.code : typeof e?.cause?.code === 'string' ? e.cause.code : '';
   // The kernel refusing our program is worth its own reason, whatever generic reason it was wrapped in.
   if (code === 'EKSTREAMS_BPF_LOAD') return { reason: Reasons.ProgramRejected, message };
@@ -126,6 +129,7 @@ export class Reconciler {
       dataPlane: AgentDataPlane;
       netnsPath?: string;
       resolve?: ServiceResolver;
+      readProgram?: ProgramReader;
       /** Engine-wide cap on mirror send-buffer growth, per attachment. */
       mirrorBufferBudget?: number;
       /** A detach's drain ended: how many connections ended by themselves, how many were reset. */
@@ -267,6 +271,7 @@ export class Reconciler {
           spec,
           ...(this.opts.netnsPath !== undefined ? { netnsPath: this.opts.netnsPath } : {}),
           ...(this.opts.resolve ? { resolve: this.opts.resolve } : {}),
+          ...(this.opts.readProgram ? { readProgram: this.opts.readProgram } : {}),
           ...(this.opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: this.opts.mirrorBufferBudget } : {}),
         });
         entry.attachment = attachment;

@@ -3,6 +3,7 @@
 // converge logic be tested without a kernel.
 import type { MirrorTarget, StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
 import type { Endpoint } from '../../../native/lib/types.js';
+import type { ProgramReader } from '../dataplane/transform.js';
 import { attachStreamPath, type AttachmentMemory, type DetachOptions } from '../dataplane/attach.js';
 
 export interface AttachmentStats {
@@ -56,6 +57,8 @@ export interface AttachRequest {
   resolve?: ServiceResolver;
   /** Engine-wide cap on mirror send-buffer growth, bytes (default 64 MiB). */
   mirrorBufferBudget?: number;
+  /** Reads a transform program op's BPF object (the agent: from a ConfigMap). */
+  readProgram?: ProgramReader;
 }
 
 /** Attaches one StreamPath; rejects with an error carrying `reason` (AttachError) or `code` (errno-like). */

@@ -114,9 +114,12 @@ describe('kstreams CLI', { timeout: 60_000 }, () => {
     expectOneLineError(await kstreams(['run', '-f', p, '--netns', '/proc/999999999/ns/net']), 3, /not found/);
   });
 
-  it('refuses spec.transform in run with the reason, exit 2', async () => {
-    const p = file('transform.yaml', `${EXAMPLE_STREAMPATH_YAML}  transform:\n    ops:\n      - replace: {from: prod-db-1, to: stag-db-1}\n`);
-    expectOneLineError(await kstreams(['run', '-f', p]), 2, /^kstreams: spec\.transform: in-kernel transforms are not available/);
+  it('refuses a transform program that is not a BPF object in run, naming the field, exit 2, before touching the kernel', async () => {
+    const junk = file('junk.o', 'not an object');
+    const p = file('transform.yaml', `${EXAMPLE_STREAMPATH_YAML}  transform:\n    ops:\n      - program: {path: ${junk}}\n`);
+    expectOneLineError(await kstreams(['run', '-f', p]), 2, /^kstreams: spec\.transform\.ops\[0\]\.program: .*junk\.o is not an ELF object/);
+    const missing = file('missing.yaml', `${EXAMPLE_STREAMPATH_YAML}  transform:\n    ops:\n      - program: {path: ${junk}.absent}\n`);
+    expectOneLineError(await kstreams(['run', '-f', missing]), 2, /junk\.o\.absent does not exist/);
   });
 
   it('refuses a Service target in run, naming the field', async () => {

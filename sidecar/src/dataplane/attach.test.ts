@@ -3,6 +3,7 @@ import { parse } from 'yaml';
 import {
   EXAMPLE_STREAMPATH_YAML,
   parseStreamPath,
+  TransformSchema,
   type StreamPathSpec,
 } from '../../../operator/src/api/streampath.js';
 import type { DrainResult, EngineConfig, EngineSettings, EngineStats, InterceptionConfig, MirrorConfig } from '../../../native/lib/types.js';
@@ -315,16 +316,26 @@ describe('attachStreamPath', () => {
     expect(dp.log).toEqual(['engine.start fd=10', 'engine.stop fd=10']);
   });
 
-  it('refuses spec.transform before starting anything', async () => {
+  it('hands the transform to the engine encoded, and refuses a program op it cannot read before starting anything', async () => {
     const dp = new FakeDataPlane();
     const s = spec((x) => {
-      x.transform = { ops: [{ replace: { from: 'a', to: 'b' } }] };
+      x.transform = TransformSchema.parse({ applyTo: 'both', ops: [{ replace: { from: 'a', to: 'bc' } }, { byteMap: { preset: 'uppercase' } }] });
     });
-    const err = (await attachStreamPath({ name: 'sp', spec: s, dataPlane: dp }).catch((e: unknown) => e)) as AttachError;
-    expect(err.reason).toBe('TransformUnsupported');
-    expect(err.field).toBe('spec.transform');
-    expect(err.message).toContain('mirroring without the transform would send unmasked bytes');
-    expect(dp.log).toEqual([]);
+    await attachStreamPath({ name: 'sp', spec: s, dataPlane: dp });
+    const t = dp.engines[0]!.transform!;
+    expect(t).toMatchObject({ mirror: true, primary: true, holdMs: 20 });
+    expect(t.ops.map((o) => o.kind)).toEqual([2, 3]);
+    expect(Buffer.from(t.ops[0]!.b!).toString()).toBe('bc');
+    expect(t.ops[1]!.a[0x61]).toBe(0x41);
+
+    const dp2 = new FakeDataPlane();
+    const withProgram = spec((x) => {
+      x.transform = TransformSchema.parse({ applyTo: 'mirror', ops: [{ program: { configMap: 'progs', key: 'mask.o' } }] });
+    });
+    const err = (await attachStreamPath({ name: 'sp', spec: withProgram, dataPlane: dp2 }).catch((e: unknown) => e)) as AttachError;
+    expect(err.reason).toBe('InvalidSpec');
+    expect(err.field).toBe('spec.transform.ops[0].program');
+    expect(dp2.log).toEqual([]);
   });
 
   it('refuses Service targets without a resolver, naming the field', async () => {
@@ -504,13 +515,23 @@ describe('attachStreamPath', () => {
       expect(a.stats().targets.map((t) => t.name)).toEqual(['10.0.0.2:8080']);
     });
 
-    it('refuses a transform in an update and leaves the attachment as it was', async () => {
+    it('applies a transform added by an update to the engine, and refuses one the engine refuses, keeping the attachment as it was', async () => {
       const dp = new FakeDataPlane();
       const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
-      await expect(a.update(spec((x) => {
-        x.transform = { ops: [{ byteMap: { preset: 'uppercase' } }] };
-      }))).rejects.toThrow(/spec\.transform/);
-      expect(dp.log).toHaveLength(2);
+      const upper = spec((x) => {
+        x.transform = TransformSchema.parse({ ops: [{ byteMap: { preset: 'uppercase' } }] });
+      });
+      await a.update(upper);
+      expect(dp.handles[0]!.settings.transform?.ops[0]?.kind).toBe(3);
+      dp.failUpdate = Object.assign(new Error('test program was rejected by the kernel\'s verifier'), { code: 'ProgramRejected', log: 'R2 offset is outside of the packet' });
+      const err = (await a
+        .update(spec((x) => {
+          x.port = 9090;
+          x.transform = TransformSchema.parse({ ops: [{ replace: { from: 'a', to: 'b' } }] });
+        }))
+        .catch((e: unknown) => e)) as AttachError;
+      expect(err.reason).toBe('ProgramRejected');
+      expect(err.detail).toBe('R2 offset is outside of the packet');
       expect(a.port).toBe(8080);
     });
 
