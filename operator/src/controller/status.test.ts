@@ -133,6 +133,52 @@ describe('computeStatus', () => {
     expect(cond(r, 'Ready').status).toBe('False');
   });
 
+  it('a rejected transform program: Degraded ProgramRejected with the agent\'s message and verifier log verbatim, old generation still counted', () => {
+    const a = pod('a');
+    const log = '0: R1=ctx() R10=fp0\n; return data[100];\n1: (61) r0 = *(u32 *)(r1 +400)\ninvalid bpf_context access off=400 size=4';
+    const message = `update failed: spec.transform.ops[1].program: ConfigMap shop/xf-prog has no binaryData key prog.o\nverifier log:\n${log}`;
+    // The edit (generation 3) was refused; the agent keeps running generation 2 and says why.
+    const r = computeStatus(input([a], { a: { report: report(a, { generation: 2, attached: true, problem: { reason: 'ProgramRejected', message } }), at: NOW } }));
+    const d = cond(r, 'Degraded');
+    expect(d).toMatchObject({ status: 'True', reason: Reason.ProgramRejected, observedGeneration: 3 });
+    expect(d.message).toBe(`the data plane of 1 pod(s) (a) rejected a program: ${message}`);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.ProgramRejected });
+    expect(r.status.podsAttached).toBe(0);
+    expect(r.status.bytesMirrored).toBe(900);
+    expect(r.attachedAnyGeneration).toEqual(['a']);
+  });
+
+  it('names TransformUnsupported and TransformFailed, ranked after ProgramRejected and before unreachable targets', () => {
+    const a = pod('a');
+    const b = pod('bb');
+    const c = pod('ccc');
+    const unsupported = { reason: 'TransformUnsupported', message: 'loading the transform program failed: EINVAL (the kernel lacks sk_msg on SOCKHASH, bpf_loop or sk_storage: 5.17 or later)' };
+    const failed = { reason: 'TransformFailed', message: 'no free transform profile' };
+    const unreachable = { targets: [{ name: 't1', connectionsMirrored: 0, connectionsCut: 0, connectFailures: 2, bytesMirrored: 0, bytesDropped: 0 }] };
+    const r = computeStatus(
+      input([a, b, c], {
+        a: { report: report(a, { attached: false, problem: failed }), at: NOW },
+        bb: { report: report(b, { attached: false, problem: unsupported }), at: NOW },
+        ccc: { report: report(c, unreachable), at: NOW },
+      }),
+    );
+    const d = cond(r, 'Degraded');
+    expect(d.reason).toBe(Reason.TransformUnsupported);
+    expect(d.message).toContain(`the kernel of 1 pod(s) (bb) cannot run spec.transform: ${unsupported.message}`);
+    expect(d.message).toContain(`the data plane of 1 pod(s) (a) could not put spec.transform in place: ${failed.message}`);
+    expect(d.message.indexOf('cannot run')).toBeLessThan(d.message.indexOf('could not put'));
+    expect(d.message.indexOf('could not put')).toBeLessThan(d.message.indexOf('cannot reach a mirror target'));
+
+    const withProgram = computeStatus(
+      input([a, b], {
+        a: { report: report(a, { attached: false, problem: { reason: 'ProgramRejected', message: 'ConfigMap shop/x does not exist' } }), at: NOW },
+        bb: { report: report(b, { attached: false, problem: unsupported }), at: NOW },
+      }),
+    );
+    expect(cond(withProgram, 'Degraded').reason).toBe(Reason.ProgramRejected);
+    expect(Reason).toMatchObject({ ProgramRejected: 'ProgramRejected', TransformUnsupported: 'TransformUnsupported', TransformFailed: 'TransformFailed', InvalidSpec: 'InvalidSpec' });
+  });
+
   it('keeps lastTransitionTime while a condition keeps its status, and is equal to itself', () => {
     const a = pod('a');
     const obs = { a: { report: report(a), at: NOW } };

@@ -15,7 +15,12 @@ export const Reason = {
   NoPodsMatched: 'NoPodsMatched',
   PodsNotInjected: 'PodsNotInjected',
   AgentUnreachable: 'AgentUnreachable',
+  /** spec.transform ops[].program was refused (missing ConfigMap or key, not an sk_msg ELF, the verifier). */
   ProgramRejected: 'ProgramRejected',
+  /** The pod's kernel cannot run spec.transform (sk_msg on SOCKHASH, bpf_loop, sk_storage). */
+  TransformUnsupported: 'TransformUnsupported',
+  /** A valid transform could not be put in place (kernel memory, too many live versions). */
+  TransformFailed: 'TransformFailed',
   TargetUnreachable: 'TargetUnreachable',
   AgentNotReady: 'AgentNotReady',
   /** Ready=False without a problem: agents have not attached the current generation yet. */
@@ -30,6 +35,8 @@ const REASON_ORDER: string[] = [
   Reason.PodsNotInjected,
   Reason.AgentUnreachable,
   Reason.ProgramRejected,
+  Reason.TransformUnsupported,
+  Reason.TransformFailed,
   Reason.TargetUnreachable,
   Reason.AgentNotReady,
 ];
@@ -215,6 +222,8 @@ export function computeStatus(input: StatusInput): StatusResult {
       [Reason.AgentUnreachable]: `the agent of ${who} does not answer`,
       [Reason.TargetUnreachable]: `${who} cannot reach a mirror target`,
       [Reason.ProgramRejected]: `the data plane of ${who} rejected a program`,
+      [Reason.TransformUnsupported]: `the kernel of ${who} cannot run spec.transform`,
+      [Reason.TransformFailed]: `the data plane of ${who} could not put spec.transform in place`,
     };
     const head = what[p.reason] ?? (who ? `${who}: ${p.reason}` : '');
     return [head, listNames(p.detail, 2)].filter(Boolean).join(': ');
