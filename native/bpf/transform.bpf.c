@@ -251,6 +251,7 @@ static __noinline int hold_tail(struct pass *p, __u32 x)
 	h->len = n;
 	h->phase = p->w->phase;
 	p->w->valid = 0;
+	p->w->mvalid = 0;
 	p->w->end = x;
 	p->w->held = n;
 	return 0;
@@ -344,29 +345,51 @@ static int fill_byte_cb(__u32 i, void *ctx)
 }
 
 /* First x in [from, min(from + XF_BLOCK, end)) with byte c, or the block's end when there is none. A full
- * block is scanned a word at a time (SWAR, no per-byte branch); a short block at the end byte by byte. */
-static __always_inline __u32 find_in_block(struct pass *p, __u32 from, __u8 c, int *err)
+ * block is scanned a word at a time (SWAR, no per-byte branch); a short block at the end byte by byte.
+ * With dist > 0 (a pattern of dist + 1 bytes) and the block's whole pattern span inside the region, a
+ * candidate must also have the pattern's last byte `cl` dist bytes further: far fewer false candidates
+ * for the same work per word, and no partial match can start in such a block. */
+static __always_inline __u32 find_in_block(struct pass *p, __u32 from, __u8 c, __u8 cl, __u32 dist, int *err)
 {
-	__u32 stop = p->w->end - from < XF_BLOCK ? p->w->end : from + XF_BLOCK;
+	__u32 end = p->w->end;
+	__u32 stop = end - from < XF_BLOCK ? end : from + XF_BLOCK;
 	__u64 c8 = 0x0101010101010101ULL * c;
+	__u64 l8 = 0x0101010101010101ULL * cl;
 
 	if (stop - from == XF_BLOCK) {
 		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
-		__u64 h;
+		__u64 *v = 0;
+		__u64 h[XF_BLOCK / 8], acc = 0;
 
 		if (!w) {
 			*err = XF_PULL;
 			return stop;
 		}
+		if (dist > 0 && dist < XF_MAX_PATTERN && end - from >= XF_BLOCK + dist)
+			v = (__u64 *)AT(p, from + dist, XF_BLOCK);
+		if (v) {
+#pragma unroll
+			for (int k = 0; k < XF_BLOCK / 8; k++) {
+				h[k] = hits(w[k], c8) & hits(v[k], l8);
+				acc |= h[k];
+			}
+		} else {
+#pragma unroll
+			for (int k = 0; k < XF_BLOCK / 8; k++) {
+				h[k] = hits(w[k], c8);
+				acc |= h[k];
+			}
+		}
+		if (!acc)
+			return stop;
 		/* branch-free: the verifier would fork at every "if (hit)" */
 		__u64 best = XF_BLOCK;
 #pragma unroll
 		for (int k = XF_BLOCK / 8 - 1; k >= 0; k--) {
 			__u64 any, cand, less;
 
-			h = hits(w[k], c8);
-			any = (h | -h) >> 63;                      /* 1 when word k has a hit */
-			cand = 8 * k + first_hit(h);               /* its first hit (garbage when none) */
+			any = (h[k] | -h[k]) >> 63;                /* 1 when word k has a hit */
+			cand = 8 * k + first_hit(h[k]);            /* its first hit (garbage when none) */
 			cand = any * cand + (1 - any) * XF_BLOCK;  /* XF_BLOCK when none */
 			less = (cand - best) >> 63;                /* cand < best (both < 2^63) */
 			best = less * cand + (1 - less) * best;
@@ -382,24 +405,119 @@ static __always_inline __u32 find_in_block(struct pass *p, __u32 from, __u8 c, i
 	}
 }
 
-/* Overwrite [from, to) with `with`; at most one block. */
+/* De Bruijn: the index of the lowest set bit of a 64-bit word, without a branch or a count instruction. */
+static const __u8 ctz_table[64] = {
+	0, 1, 56, 2, 57, 49, 28, 3, 61, 58, 42, 50, 38, 29, 17, 4, 62, 47, 59, 36, 45, 43, 51, 22, 53, 39, 33, 30, 24, 18, 12, 5,
+	63, 55, 48, 27, 60, 41, 37, 16, 46, 35, 44, 21, 52, 32, 23, 11, 54, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6,
+};
+
+static __always_inline __u32 lowest_bit(__u64 m)
+{
+	return ctz_table[bounded((__u32)(((m & -m) * 0x03f79d71b4ca8b09ULL) >> 58), 63)];
+}
+
+/* The candidate map of the 64-byte block at base: bit i set when byte base + i is the pattern's first
+ * byte c and (when the pattern's whole span of the block lies in the region) its last byte cl follows dist
+ * bytes later. -1: the block is not whole in the region (the byte-by-byte path takes it); -2: unreadable. */
+static __always_inline int block_map(struct pass *p, __u32 base, __u8 c, __u8 cl, __u32 dist, __u64 *out)
+{
+	__u32 end = p->w->end;
+	__u64 c8 = 0x0101010101010101ULL * c;
+	__u64 l8 = 0x0101010101010101ULL * cl;
+	__u64 *w, *v = 0, m = 0;
+
+	if (base >= end || end - base < XF_BLOCK)
+		return -1;
+	w = (__u64 *)AT(p, base, XF_BLOCK);
+	if (!w)
+		return -2;
+	if (dist > 0 && dist < XF_MAX_PATTERN && end - base >= XF_BLOCK + dist)
+		v = (__u64 *)AT(p, base + dist, XF_BLOCK);
+	if (v) {
+#pragma unroll
+		for (int k = 0; k < XF_BLOCK / 8; k++) {
+			__u64 h = hits(w[k], c8) & hits(v[k], l8);
+
+			m |= (((h >> 7) * 0x0102040810204080ULL) >> 56) << (8 * k);
+		}
+	} else {
+#pragma unroll
+		for (int k = 0; k < XF_BLOCK / 8; k++) {
+			__u64 h = hits(w[k], c8);
+
+			m |= (((h >> 7) * 0x0102040810204080ULL) >> 56) << (8 * k);
+		}
+	}
+	*out = m;
+	return 0;
+}
+
+/* The low bytes of word `word` that lie within the first `len` bytes (a mask): for comparing and writing
+ * short runs a word at a time. Branch-free: unrolled per word, a branch would fork the verifier's paths. */
+static __always_inline __u64 word_mask(__u32 len, __u32 word)
+{
+	__s64 d = (__s64)len - 8 * (__s64)word;  /* bytes of this word within len, before clamping */
+	__u64 n;
+
+	d &= ~(d >> 63);                         /* max(d, 0) */
+	d -= (d - 8) & ~((d - 8) >> 63);         /* min(d, 8) */
+	n = (__u64)d;
+	return ((1ULL << (4 * n)) << (4 * n)) - 1; /* n == 8: 2^64 - 1 */
+}
+
+enum { QUICK_NONE = 0, QUICK_MATCH = 1, QUICK_MISS = 2 };
+
+/* A pattern of at most 16 bytes compared at x in two words, when its bytes are all in the region and the
+ * window: QUICK_MATCH or QUICK_MISS; QUICK_NONE when the slow path must decide (long pattern, near the end). */
+static __always_inline int quick_match(struct pass *p, __u32 x, const __u8 *pat, __u32 len)
+{
+	__u64 *w, m0, m1, d;
+
+	if (len == 0 || len > 16 || x + len > p->w->end)
+		return QUICK_NONE;
+	w = (__u64 *)AT(p, x, 16);
+	if (!w)
+		return QUICK_NONE;
+	m0 = word_mask(len, 0);
+	m1 = word_mask(len, 1);
+	d = ((w[0] ^ *(const __u64 *)pat) & m0) | ((w[1] ^ *(const __u64 *)(pat + 8)) & m1);
+	return d ? QUICK_MISS : QUICK_MATCH;
+}
+
+/* Overwrite [from, to) with `with`; at most one block. A word at a time under a mask when the block is in
+ * the window; byte by byte only near the end of the message. */
 static __always_inline int fill(struct pass *p, __u32 from, __u32 to, __u8 with)
 {
-	if (to - from == XF_BLOCK) {
-		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
-		__u64 v = 0x0101010101010101ULL * with;
+	__u64 v = 0x0101010101010101ULL * with;
+	__u64 *w;
 
-		if (!w)
-			return -1;
-		w[0] = v; w[1] = v; w[2] = v; w[3] = v; w[4] = v; w[5] = v; w[6] = v; w[7] = v;
+	if (to <= from)
 		return 0;
-	} else if (to > from) {
+	if (to - from == 1) {
+		__u8 *b = AT(p, from, 1);
+
+		if (!b)
+			return -1;
+		*b = with;
+		return 0;
+	}
+	w = (__u64 *)AT(p, from, XF_BLOCK);
+	if (w && to - from <= XF_BLOCK) {
+		__u32 n = to - from;
+
+#pragma unroll
+		for (int k = 0; k < XF_BLOCK / 8; k++) {
+			__u64 m = word_mask(n, k);
+
+			w[k] = (w[k] & ~m) | (v & m);
+		}
+		return 0;
+	} else {
 		struct bytes_ctx f = { .p = p, .from = from, .stop = to, .c = with };
 
 		bpf_loop(XF_BLOCK, fill_byte_cb, &f, 0);
 		return f.err ? -1 : 0;
 	}
-	return 0;
 }
 
 /* One step of a mask or replace op. */
@@ -414,24 +532,107 @@ static int step(__u32 i, void *ctx)
 		return 1;
 
 	if (p->w->action == ACT_SCAN) {
-		__u8 c;
+		__u8 *pat;
+		__u32 len;
+		int q;
 
 		if (from >= p->w->end)
 			return 1;
 		if (ensure(p, from))
 			return 1;
-		c = p->w->phase == XF_IN_MASK ? op->b[0] : op->a[0];
-		x = find_in_block(p, from, c, &err);
-		if (err) {
-			p->w->err = XF_PULL;
+		if (p->w->phase == XF_IN_MASK) {
+			pat = op->b;
+			len = op->b_len;
+		} else {
+			pat = op->a;
+			len = op->a_len;
+		}
+		if (len == 0 || len > XF_MAX_PATTERN) {
+			p->w->err = XF_TOO_LONG;
 			return 1;
 		}
-		if (p->w->phase == XF_IN_MASK && fill(p, from, x, op->with)) {
-			p->w->err = XF_PULL;
-			return 1;
+		{
+			__u32 which = p->w->phase == XF_IN_MASK ? 1 : 0;
+			__u32 base = p->w->mbase, block_end;
+			__u64 m;
+			int r = 0;
+
+			if (!(p->w->mvalid & (1 << which)) || from < base || from - base >= XF_BLOCK) {
+				r = block_map(p, from, pat[0], pat[bounded(len - 1, XF_MAX_PATTERN - 1)], len - 1, &m);
+				if (r == -2) {
+					p->w->err = XF_PULL;
+					return 1;
+				}
+				if (r == 0) {
+					if (base != from)
+						p->w->mvalid = 0;
+					p->w->mbase = base = from;
+					p->w->map[which & 1] = m;
+					p->w->mvalid |= 1 << which;
+				}
+			}
+			if (r == 0) {
+				__u32 off = bounded(from - base, XF_BLOCK - 1);
+
+				m = p->w->map[which & 1] & ~((1ULL << off) - 1);
+				block_end = base + XF_BLOCK;
+				x = m ? base + lowest_bit(m) : block_end;
+			} else {
+				/* the short block at the end of the region, byte by byte */
+				x = find_in_block(p, from, pat[0], pat[bounded(len - 1, XF_MAX_PATTERN - 1)], len - 1, &err);
+				if (err) {
+					p->w->err = XF_PULL;
+					return 1;
+				}
+				block_end = from + XF_BLOCK;
+			}
+			if (p->w->phase == XF_IN_MASK && fill(p, from, x < p->w->end ? x : p->w->end, op->with)) {
+				p->w->err = XF_PULL;
+				return 1;
+			}
+			if (x >= p->w->end || x >= block_end) {
+				p->w->pos = x < p->w->end ? x : p->w->end;
+				return 0;
+			}
 		}
-		if (x >= p->w->end || x >= from + XF_BLOCK) {
-			p->w->pos = x;
+		/* The common case in this same step: a short pattern, decided in two words. */
+		q = quick_match(p, x, pat, len);
+		if (q == QUICK_MISS) {
+			if (p->w->phase == XF_IN_MASK && fill(p, x, x + 1, op->with)) {
+				p->w->err = XF_PULL;
+				return 1;
+			}
+			p->w->pos = x + 1;
+			return 0;
+		}
+		if (q == QUICK_MATCH) {
+			if (p->w->phase == XF_IN_MASK) {
+				p->w->phase = XF_SEARCH;
+				p->w->pos = x + len;
+				return 0;
+			}
+			if (op->kind == XF_MASK) {
+				p->w->phase = XF_IN_MASK;
+				p->w->pos = x + len;
+				return 0;
+			}
+			if (op->b_len == len) {
+				/* an equal-length replace, in place */
+				__u64 *w = (__u64 *)AT(p, x, 16);
+				__u64 m0 = word_mask(len, 0), m1 = word_mask(len, 1);
+
+				if (!w) {
+					p->w->err = XF_PULL;
+					return 1;
+				}
+				w[0] = (w[0] & ~m0) | (*(const __u64 *)op->b & m0);
+				w[1] = (w[1] & ~m1) | (*(const __u64 *)(op->b + 8) & m1);
+				p->w->pos = x + len;
+				return 0;
+			}
+			p->w->cand = x;
+			p->w->match = FULL;
+			p->w->action = ACT_APPLY;
 			return 0;
 		}
 		p->w->cand = x;
@@ -493,6 +694,7 @@ static int step(__u32 i, void *ctx)
 				return 1;
 			}
 			p->w->valid = 0;
+			p->w->mvalid = 0;
 			p->w->end -= a - b;
 		} else if (b > a) {
 			if (bpf_msg_push_data(p->msg, x + a, b - a, 0)) {
@@ -500,6 +702,7 @@ static int step(__u32 i, void *ctx)
 				return 1;
 			}
 			p->w->valid = 0;
+			p->w->mvalid = 0;
 			p->w->end += b - a;
 			if (p->w->end > XF_MAX_MSG) {
 				p->w->err = XF_TOO_LONG;
@@ -543,7 +746,25 @@ static int map_block(__u32 i, void *ctx)
 	if (ensure(p, from))
 		return 1;
 	stop = p->w->end - from < XF_BLOCK ? p->w->end : from + XF_BLOCK;
-	if (stop - from == XF_BLOCK) {
+	if (stop - from == XF_BLOCK && op->with != XF_TABLE) {
+		/* ASCII case: the letters' bit 5 flipped, eight bytes at a time (bytes >= 0x80 untouched) */
+		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
+		__u64 first = op->with == XF_ASCII_UPPER ? 'a' : 'A';
+		__u64 ge = 0x0101010101010101ULL * (0x80 - first);
+		__u64 gt = 0x0101010101010101ULL * (0x80 - (first + 25) - 1);
+
+		if (!w) {
+			p->w->err = XF_PULL;
+			return 1;
+		}
+#pragma unroll
+		for (j = 0; j < XF_BLOCK / 8; j++) {
+			__u64 v = w[j], lo = v & 0x7f7f7f7f7f7f7f7fULL;
+			__u64 letter = (lo + ge) & ~(lo + gt) & ~v & 0x8080808080808080ULL;
+
+			w[j] = v ^ (letter >> 2);
+		}
+	} else if (stop - from == XF_BLOCK) {
 		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
 
 		if (!w) {
@@ -569,6 +790,18 @@ static int map_block(__u32 i, void *ctx)
 	}
 	p->w->pos = stop;
 	return 0;
+}
+
+/* One bpf_loop call site per callback: the verifier inlines a bpf_loop only when its call site always has
+ * the same callback (two walks behind one call, as clang merges them, cost an indirect call per step). */
+static __noinline int walk_map(struct pass *p)
+{
+	return bpf_loop(XF_MAX_MSG / XF_BLOCK + 1, map_block, p, 0);
+}
+
+static __noinline int walk_steps(struct pass *p)
+{
+	return bpf_loop(XF_MAX_STEPS, step, p, 0);
 }
 
 struct run {
@@ -606,6 +839,7 @@ static int run_op(__u32 i, void *ctx)
 	w->err = 0;
 	w->held = 0;
 	w->action = ACT_SCAN;
+	w->mvalid = 0;
 	/* a flush's trigger byte is the last one: the ops never see it */
 	w->end = r->final && size ? size - 1 : size;
 	if (op->kind == XF_MASK || op->kind == XF_REPLACE) {
@@ -619,9 +853,9 @@ static int run_op(__u32 i, void *ctx)
 		return 1;
 	}
 	if (op->kind == XF_BYTEMAP)
-		bpf_loop(XF_MAX_MSG / XF_BLOCK + 1, map_block, &p, 0);
+		walk_map(&p);
 	else if (op->kind == XF_MASK || op->kind == XF_REPLACE)
-		bpf_loop(XF_MAX_STEPS, step, &p, 0);
+		walk_steps(&p);
 	if (w->err) {
 		w->run_err = w->err;
 		return 1;

@@ -24,7 +24,14 @@ enum xf_kind {
 	XF_NONE = 0,
 	XF_MASK = 1,    /* a = after, b = until, with */
 	XF_REPLACE = 2, /* a = from, b = to */
-	XF_BYTEMAP = 3, /* a = the 256-byte table */
+	XF_BYTEMAP = 3, /* a = the 256-byte table; with = XF_ASCII_UPPER/LOWER when it is exactly that table */
+};
+
+/* byteMap tables the program applies with word arithmetic instead of a lookup per byte. */
+enum xf_table {
+	XF_TABLE = 0,
+	XF_ASCII_UPPER = 1,
+	XF_ASCII_LOWER = 2,
 };
 
 struct xf_op {
@@ -75,6 +82,12 @@ struct xf_walk {
 	__u32 match;  /* outcome of the candidate's comparison */
 	__u32 run_err;
 	__u32 run_held;
+	/* Candidate maps of the 64-byte block at mbase, one bit per byte, for the op's first pattern (bit 0 of
+	 * mvalid) and its second (bit 1): computed once per block, so that the candidates of a dense block
+	 * are taken one by one without scanning it again. */
+	__u32 mbase;
+	__u32 mvalid;
+	__u64 map[2];
 };
 
 /* Per-socket state (BPF_MAP_TYPE_SK_STORAGE): created by the loader before the socket's first byte. */

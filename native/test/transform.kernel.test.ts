@@ -202,6 +202,17 @@ describe('data', () => {
     expect(mirror.equals(want)).toBe(true);
   });
 
+  it('the ASCII case presets (word arithmetic in the kernel) leave every other byte value alone', async () => {
+    const s = await setup(await plan('both', [UPPER]));
+    const lower = await setup(await plan('primary', [{ byteMap: { preset: 'lowercase' } }]));
+    const data = Buffer.concat([randomBytes(1 << 20), Buffer.from(Array.from({ length: 256 }, (_, b) => b))]);
+    const { app, mirror } = await converse(s, [data]);
+    expect(app.equals(applyOps([UPPER], data))).toBe(true);
+    expect(mirror.equals(applyOps([UPPER], data))).toBe(true);
+    const low = await converse(lower, [data]);
+    expect(low.app.equals(applyOps([{ byteMap: { preset: 'lowercase' } }], data))).toBe(true);
+  });
+
   it('200 concurrent connections, each transformed on both legs', async () => {
     const s = await setup(await plan('both', [MASK, REPLACE]));
     const texts = Array.from({ length: 200 }, (_, i) =>

@@ -206,14 +206,22 @@ std::shared_ptr<const TransformProfile> TransformRuntime::AddProfile(const Trans
     const TransformOp& in = spec.ops[i];
     xf_op& o = ops[i];
     memset(&o, 0, sizeof o);
+    uint8_t in_with = in.with;
     std::string field = "spec.transform.ops[" + std::to_string(i) + "]";
     o.kind = in.kind;
-    o.with = in.with;
     if (in.kind == XF_BYTEMAP) {
       if (in.a.size() != 256) {
         SetError(error, "TransformInvalid", field + ".byteMap: the table must have 256 entries");
         return nullptr;
       }
+      // The ASCII case tables run as word arithmetic in the program.
+      bool upper = true, lower = true;
+      for (int b = 0; b < 256; b++) {
+        uint8_t t = uint8_t(in.a[size_t(b)]);
+        upper = upper && t == ((b >= 'a' && b <= 'z') ? b - 32 : b);
+        lower = lower && t == ((b >= 'A' && b <= 'Z') ? b + 32 : b);
+      }
+      in_with = upper ? XF_ASCII_UPPER : lower ? XF_ASCII_LOWER : XF_TABLE;
     } else if (in.kind == XF_MASK || in.kind == XF_REPLACE) {
       if (in.a.empty() || in.a.size() > XF_MAX_PATTERN || in.b.size() > XF_MAX_PATTERN ||
           (in.kind == XF_MASK && in.b.empty())) {
@@ -226,6 +234,7 @@ std::shared_ptr<const TransformProfile> TransformRuntime::AddProfile(const Trans
       SetError(error, "TransformInvalid", field + ": unknown op");
       return nullptr;
     }
+    o.with = in_with;
     memcpy(o.a, in.a.data(), in.a.size());
     memcpy(o.b, in.b.data(), in.b.size());
     o.a_len = uint16_t(in.kind == XF_BYTEMAP ? 256 : in.a.size());
