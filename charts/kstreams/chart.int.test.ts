@@ -164,10 +164,10 @@ describe('the chart rendered with its default values', () => {
     ]);
     const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
     expect(env).toEqual({ KSTREAMS_OPERATOR_CONFIG: '/etc/kstreams/config/config.yaml', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace', POD_IP: 'status.podIP' });
-    // Graceful webhook shutdown: a preStop sleep while the Endpoints drop the pod, then the operator's own
-    // drain; the grace period covers both.
-    expect(c.lifecycle.preStop.exec.command).toEqual(['node', '-e', 'setTimeout(() => {}, 5000)']);
-    expect(pod.spec.terminationGracePeriodSeconds).toBe(5 + 10 + 5);
+    // Graceful webhook shutdown by default is the operator's own drain (no preStop hook); the grace period
+    // covers the shutdown timeout.
+    expect(c.lifecycle).toBeUndefined();
+    expect(pod.spec.terminationGracePeriodSeconds).toBe(10 + 5);
     expect(c.volumeMounts).toEqual([{ name: 'config', mountPath: '/etc/kstreams/config', readOnly: true }]);
   });
 
@@ -220,6 +220,13 @@ describe('the chart rendered with its default values', () => {
 });
 
 describe('values that change the rendered chart', () => {
+  it('webhook.shutdown.preStopSeconds adds a preStop wait (an httpGet the webhook port answers in plain HTTP) and lengthens the grace period', async () => {
+    const objects = await render({ 'webhook.shutdown.preStopSeconds': 5 });
+    const deployment = findObject(objects, 'Deployment') as Obj;
+    expect(operatorContainer(objects).lifecycle.preStop.httpGet).toEqual({ path: '/prestop?ms=5000', port: 'https-webhook', scheme: 'HTTP' });
+    expect(deployment.spec.template.spec.terminationGracePeriodSeconds).toBe(5 + 10 + 5);
+  });
+
   it('crds.install=false leaves the CRD out; crds.keep=false lets uninstall delete it', async () => {
     const without = await render({ 'crds.install': false });
     expect(without.filter((o) => o.kind === 'CustomResourceDefinition')).toEqual([]);

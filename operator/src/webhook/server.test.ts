@@ -1,4 +1,5 @@
 // The HTTPS server on loopback with an in-memory cert: no cluster needed (serverVersion is passed in).
+import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -100,6 +101,45 @@ describe('webhook HTTPS server', () => {
     expect(await get('/healthz')).toBe(200);
     expect(await get('/mutate-pods')).toBe(405);
     expect(await get('/nope')).toBe(404);
+  });
+
+  it('GET /prestop?ms=N (the preStop hook) answers after N ms, a few at a time, and changes nothing', async () => {
+    const get = (path: string) =>
+      new Promise<{ status: number; ms: number }>((resolve, reject) => {
+        const t0 = performance.now();
+        request({ host: '127.0.0.1', port: hook.port, path, ca: tls.caPem, agent: false }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: performance.now() - t0 }));
+        })
+          .on('error', reject)
+          .end();
+      });
+    const waits = [1, 2, 3, 4].map(() => get('/prestop?ms=400'));
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await get('/prestop?ms=400')).status).toBe(429); // a fifth while four wait
+    for (const w of await Promise.all(waits)) {
+      expect(w.status).toBe(200);
+      expect(w.ms).toBeGreaterThanOrEqual(390);
+    }
+    expect((await get('/prestop?ms=nonsense')).status).toBe(200);
+    // Plain HTTP on the same port, as kubelets before 1.23 call a preStop httpGet whatever its scheme; only
+    // the preStop wait is served that way.
+    const plainGet = (path: string) =>
+      new Promise<{ status: number; ms: number }>((resolve, reject) => {
+        const t0 = performance.now();
+        httpRequest({ host: '127.0.0.1', port: hook.port, path, agent: false }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: performance.now() - t0 }));
+        })
+          .on('error', reject)
+          .end();
+      });
+    const plainWait = await plainGet('/prestop?ms=200');
+    expect(plainWait.status).toBe(200);
+    expect(plainWait.ms).toBeGreaterThanOrEqual(190);
+    expect((await plainGet('/mutate-pods')).status).toBe(400);
+    // Still serving admissions afterwards.
+    expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
   });
 
   it('refuses a body over the cap with 413, whether announced or streamed', async () => {

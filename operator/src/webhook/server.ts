@@ -1,7 +1,8 @@
 // The HTTPS server every operator replica runs (not only the leader): POST <path> for AdmissionReviews,
 // GET /healthz. Bodies are capped, header and request times bounded, TLS hot-reloaded.
 import { createServer, type Server } from 'node:https';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { CoreV1Api, VersionApi, type KubeConfig } from '@kubernetes/client-node';
 import { formatApiError } from '../kube/errors.js';
@@ -97,6 +98,11 @@ async function resolveServerVersion(opts: StartWebhookOptions): Promise<ServerVe
   }
 }
 
+/** GET <PRESTOP_PATH>?ms=N answers after N ms (at most PRESTOP_MAX_MS): the chart's preStop hook. */
+export const PRESTOP_PATH = '/prestop';
+const PRESTOP_MAX_MS = 60_000;
+const PRESTOP_CONCURRENCY = 4;
+
 function sendJson(res: ServerResponse, status: number, body: unknown, close = false): void {
   const payload = JSON.stringify(body);
   res.writeHead(status, {
@@ -186,6 +192,31 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     });
   };
 
+  // The kubelet's preStop hook (an httpGet, so nothing is exec'd in the container): answers after the
+  // requested wait, while the terminating pod is dropped from the Service's Endpoints and still serves.
+  // It changes nothing, so whoever else calls it gains nothing; a few at a time, the rest get 429.
+  let preStopWaiting = 0;
+  const preStopWait = (req: IncomingMessage, res: ServerResponse) => {
+    const asked = Number(new URL(req.url ?? '/', 'https://webhook').searchParams.get('ms') ?? '0');
+    const ms = Number.isFinite(asked) ? Math.min(PRESTOP_MAX_MS, Math.max(0, asked)) : 0;
+    if (preStopWaiting >= PRESTOP_CONCURRENCY) return sendJson(res, 429, statusBody(429, 'TooManyRequests', 'preStop waits already running'), true);
+    preStopWaiting++;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      preStopWaiting--;
+      clearTimeout(timer);
+    };
+    const timer = setTimeout(() => {
+      finish();
+      res.writeHead(200, { 'content-type': 'text/plain', connection: 'close' });
+      res.end(`waited ${ms} ms`);
+    }, ms);
+    res.on('close', finish);
+    log.info({ ms }, 'preStop: waiting while the Endpoints drop this pod');
+  };
+
   const server: Server = createServer(
     {
       key: pem.keyPem,
@@ -212,13 +243,34 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
           res.writeHead(200, { 'content-type': 'text/plain' });
           return res.end('ok');
         }
-        sendJson(res, 404, statusBody(404, 'NotFound', `no such path; the webhook serves POST ${config.path} and GET /healthz`));
+        if (path === PRESTOP_PATH && req.method === 'GET') return preStopWait(req, res);
+        sendJson(res, 404, statusBody(404, 'NotFound', `no such path; the webhook serves POST ${config.path}, GET /healthz and GET ${PRESTOP_PATH}`));
       } catch (e) {
         log.error({ err: (e as Error).message }, 'webhook request handler failed');
         if (!res.headersSent) sendJson(res, 500, statusBody(500, 'InternalError', 'internal error'), true);
       }
     },
   );
+  // One port, two protocols: TLS for admissions (the first byte of a ClientHello is 0x16), plain HTTP for
+  // the kubelet's preStop httpGet only (kubelets before 1.23 ignore the hook's scheme and always speak HTTP).
+  const plain = createHttpServer(
+    { requestTimeout: config.requestTimeoutMs, headersTimeout: config.headersTimeoutMs, keepAliveTimeout: 1000 },
+    (req, res) => {
+      req.resume();
+      const path = (req.url ?? '/').split('?')[0];
+      if (path === PRESTOP_PATH && req.method === 'GET') return preStopWait(req, res);
+      sendJson(res, 400, statusBody(400, 'BadRequest', `plain HTTP serves only GET ${PRESTOP_PATH}; admissions need TLS`), true);
+    },
+  );
+  const front = createNetServer((socket: Socket) => {
+    socket.on('error', () => {});
+    socket.once('data', (first: Buffer) => {
+      socket.pause();
+      socket.unshift(first);
+      (first[0] === 0x16 ? server : plain).emit('connection', socket);
+      process.nextTick(() => socket.resume());
+    });
+  });
   server.on('secureConnection', () => metrics.handshakes.inc());
   server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
 
@@ -234,9 +286,9 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
 
   try {
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(config.port, config.host, () => {
-        server.off('error', reject);
+      front.once('error', reject);
+      front.listen(config.port, config.host, () => {
+        front.off('error', reject);
         resolve();
       });
     });
@@ -245,7 +297,11 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     await tls.stop();
     throw new Error(`webhook cannot listen on ${config.host}:${config.port}: ${(e as Error).message}`);
   }
-  const address = server.address();
+  // The two servers get their connections from `front` and never listen themselves: start their
+  // header/request timeout checks (Node starts them on 'listening') by hand.
+  server.emit('listening');
+  plain.emit('listening');
+  const address = front.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   log.info({ port, host: config.host, path: config.path, nativeSidecar: native, version }, 'webhook listening');
 
@@ -301,12 +357,19 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       closing ??= (async () => {
         await tls.stop();
         await new Promise<void>((resolve) => {
-          server.close(() => resolve());
+          front.close(() => resolve());
+          // Stops their timeout checks (they were never listening: the callbacks get ERR_SERVER_NOT_RUNNING).
+          server.close(() => undefined);
+          plain.close(() => undefined);
           // Keep-alive connections from the apiserver would hold close() open.
           server.closeIdleConnections();
-          const t = setTimeout(() => server.closeAllConnections(), 2000);
+          plain.closeIdleConnections();
+          const t = setTimeout(() => {
+            server.closeAllConnections();
+            plain.closeAllConnections();
+          }, 2000);
           t.unref();
-          server.once('close', () => clearTimeout(t));
+          front.once('close', () => clearTimeout(t));
         });
       })();
       return closing;
