@@ -95,6 +95,8 @@ export const WebhookConfigSchema = z.object({
       /** This pod's IP (the chart sets POD_IP from the downward API). */
       podIP: z.string().min(1).optional(),
       drainTimeoutMs: z.number().int().min(0).default(8_000),
+      /** When the Endpoints cannot be read (e.g. RBAC already removed by an uninstall), serve on this long only. */
+      blindDrainMs: z.number().int().min(0).default(3_000),
       endpointsGraceMs: z.number().int().min(0).default(1_000),
       pollMs: z.number().int().positive().default(250),
     })

@@ -313,7 +313,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
     });
   const drainOnce = async (signal?: AbortSignal): Promise<DrainOutcome> => {
-    const { podIP, drainTimeoutMs, endpointsGraceMs, pollMs } = config.shutdown;
+    const { podIP, drainTimeoutMs, endpointsGraceMs, pollMs, blindDrainMs } = config.shutdown;
     if (!podIP) {
       log.info('webhook drain: no pod IP known (out of cluster), nothing routes here through Endpoints');
       return 'not-routed';
@@ -322,6 +322,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     const started = performance.now();
     const object = `Endpoints ${config.namespace}/${config.serviceName}`;
     log.info({ podIP, endpoints: object, drainTimeoutMs }, 'webhook drain: serving until the Endpoints no longer list this pod');
+    let warned = false;
     while (!signal?.aborted) {
       const left = drainTimeoutMs - (performance.now() - started);
       if (left <= 0) {
@@ -334,7 +335,12 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
         listed = (ep.subsets ?? []).some((sub) => (sub.addresses ?? []).some((a) => a.ip === podIP));
       } catch (e) {
         if ((e as { code?: unknown }).code === 404) listed = false;
-        else log.warn({ err: formatApiError(e, { verb: 'get', object }) }, 'webhook drain: cannot read the Endpoints; serving on until the drain timeout');
+        else {
+          // Blind: the endpoints controller drops a terminating pod within a moment; serve that long.
+          if (!warned) log.warn({ err: formatApiError(e, { verb: 'get', object }), blindDrainMs }, 'webhook drain: cannot read the Endpoints; serving on for blindDrainMs');
+          warned = true;
+          if (performance.now() - started >= Math.min(blindDrainMs, drainTimeoutMs)) return 'timeout';
+        }
       }
       if (!listed) {
         // The apiserver routes to Services through its own Endpoints informer: give it a moment.

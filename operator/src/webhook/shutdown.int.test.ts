@@ -17,6 +17,7 @@ import { KubeRest } from '../kube/rest.js';
 import { installCrd } from '../testing/kube.js';
 import { WebhookConfigSchema } from './config.js';
 import { startWebhook } from './server.js';
+import { StaticTls } from './testing/static-tls.js';
 import { bestEffort, createNamespace, freshName, isInjected, podBody } from './testing/cluster.js';
 
 const kubeconfig = inject('kubeconfig');
@@ -167,6 +168,33 @@ describe('webhook graceful shutdown', () => {
       expect(await hook.drain()).toBe('timeout');
       const took = performance.now() - t0;
       expect(took).toBeGreaterThanOrEqual(1_000);
+      expect(took).toBeLessThan(2_000);
+    } finally {
+      await hook.close();
+    }
+  });
+
+  it('Endpoints it may not read (RBAC already gone, as during an uninstall) hold it only for blindDrainMs', async () => {
+    const opNs = await createNamespace(core, 'ksh3-op');
+    namespaces.push(opNs);
+    await serviceWithEndpoints(opNs, WEBHOOK_PORT_BOUNDED);
+    // The same credentials impersonating a user without any rights: every read is a real 403.
+    const nobody = new KubeConfig();
+    nobody.loadFromOptions({ clusters: kc.clusters, users: kc.users.map((u) => ({ ...u, impersonateUser: 'ksh3-nobody' })), contexts: kc.contexts, currentContext: kc.currentContext });
+    const config = WebhookConfigSchema.parse({
+      port: WEBHOOK_PORT_BOUNDED,
+      host: '127.0.0.1',
+      namespace: opNs,
+      url: `https://127.0.0.1:${WEBHOOK_PORT_BOUNDED}/mutate-pods`,
+      manageWebhookConfiguration: false,
+      shutdown: { podIP: POD_IP, drainTimeoutMs: 10_000, blindDrainMs: 800, pollMs: 100 },
+    });
+    const hook = await startWebhook({ config, kube: nobody, logger: pino({ level: 'silent' }), registry: new Registry(), serverVersion: { major: 1, minor: 20 }, tlsSource: await StaticTls.create() });
+    try {
+      const t0 = performance.now();
+      expect(await hook.drain()).toBe('timeout');
+      const took = performance.now() - t0;
+      expect(took).toBeGreaterThanOrEqual(800);
       expect(took).toBeLessThan(2_000);
     } finally {
       await hook.close();
