@@ -1,17 +1,23 @@
-// The user's journey of /work/shared/docs/design.md on a real cluster (the local one-node cluster of
+// The user's journey of the design contract on a real cluster (the local one-node cluster of
 // e2e/cluster/local, or any cluster KUBECONFIG names, e.g. kind), with the real chart and the real image:
 //
-//   build + load the image -> helm install (CRD, operator x2 with one leader, self-managed webhook TLS)
+//   build + load the image (carrying the working tree's addon and its transform program) -> helm install
+//   (CRD, operator x2 with one leader, self-managed webhook TLS)
 //   -> label namespace shop -> staging recorder behind a headless Service -> StreamPath
 //   -> a new app pod is injected, the sidecar attaches before the app starts -> requests are answered by the
-//   app and their bytes arrive at staging; `kubectl get sp` shows it -> an opted-out pod is left alone
+//   app and their bytes arrive at staging; `kubectl get sp` shows it -> a live edit adds a mask transform:
+//   the app gets the Authorization header, staging gets it masked -> an edit whose program op names a missing
+//   ConfigMap is refused (Degraded ProgramRejected) while the previous spec keeps running
+//   -> an opted-out pod is left alone
 //   -> deleting the StreamPath detaches the data plane (report, no sk_lookup link) and the finalizer goes
 //   -> helm uninstall removes what it installed; new pods are no longer injected.
 //
 // Traffic goes from a client pod to the app's pod IP and from the sidecar to the staging pod (found through
 // the API: headless Service). Agent and operator endpoints are read through the apiserver's pod proxy, so
 // nothing here needs the host to reach pod IPs. See docs/e2e.md.
-import { readFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { helmBinary, kubectlBinary, poll, repoRoot, run, Timings } from './lib/tools.js';
 
@@ -38,8 +44,66 @@ net.createServer((s) => {
 }).listen(8080, () => console.log('recorder listening on 8080'));
 `;
 
+/** The StreamPath of the journey; `transform` lines (YAML, indented under spec) are a live edit. */
+function streamPathYaml(transform: string[] = []): string {
+  return [
+    'apiVersion: kstreams.io/v1alpha1',
+    'kind: StreamPath',
+    `metadata: {name: ${SP}, namespace: ${SHOP}}`,
+    'spec:',
+    '  selector: {matchLabels: {app: checkout}}',
+    '  port: 8080',
+    '  mirror:',
+    '    targets:',
+    `      - service: {name: checkout, namespace: ${STAGING}, port: 8080}`,
+    '    sampling: {percent: 100}',
+    '    onOverflow: cut',
+    ...transform,
+    '',
+  ].join('\n');
+}
+
+const MASK_TRANSFORM = ['  transform:', '    applyTo: mirror', '    ops:', '      - mask: {after: "Authorization: ", until: "\\r\\n", with: "*"}'];
+const MISSING_CONFIGMAP = 'xf-filter-missing';
+
+/**
+ * The app's page and a CGI that answers with the Authorization header busybox httpd handed it: what the
+ * app itself received.
+ */
+const APP_COMMAND = [
+  'mkdir -p /www/cgi-bin && echo checkout-says-hi > /www/index.html',
+  String.raw`printf '%s\n' '#!/bin/sh' 'printf "Content-Type: text/plain\r\n\r\n"' 'echo "authorization=$HTTP_AUTHORIZATION"' > /www/cgi-bin/auth`,
+  'chmod +x /www/cgi-bin/auth',
+  'exec httpd -f -p 8080 -h /www',
+].join(' && ');
+
+/** Newest mtime under `dir` of files whose name matches `re`. */
+function newest(dir: string, re: RegExp): { file: string; mtime: number } {
+  let best = { file: '', mtime: 0 };
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile() || !re.test(e.name)) continue;
+    const f = join(e.parentPath, e.name);
+    const m = statSync(f).mtimeMs;
+    if (m > best.mtime) best = { file: f, mtime: m };
+  }
+  return best;
+}
+
 function request(i: number): string {
   return `GET /index.html?i=${i} HTTP/1.0\r\nHost: checkout\r\nUser-Agent: kstreams-e2e\r\nX-Request: ${i}\r\n\r\n`;
+}
+
+interface Condition {
+  type: string;
+  status: string;
+  reason: string;
+  message: string;
+  observedGeneration?: number;
+}
+
+interface StreamPathJson {
+  metadata: { generation: number; finalizers?: string[] };
+  status?: { observedGeneration?: number; conditions?: Condition[]; bytesMirrored?: number };
 }
 
 interface AgentReport {
@@ -94,6 +158,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   const exec = (ns: string, pod: string, container: string, cmd: string[]) => k(['-n', ns, 'exec', pod, '-c', container, '--', ...cmd]);
   let appIP = '';
   let netnsIno = 0;
+  let imageTar = '';
 
   /** sk_lookup links on the app pod's network namespace (kind and local nodes share this kernel). */
   const skLookupLinks = async (): Promise<number | undefined> => {
@@ -126,6 +191,55 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
       const m = /^(\d+) rc=(\d+)\n([\s\S]*)$/.exec(p);
       return { i: Number(m?.[1]), rc: Number(m?.[2]), response: m?.[3] ?? p };
     });
+  };
+
+  /** A real HTTP client (busybox wget, from the client pod) with an Authorization header, to the app's CGI. */
+  const authorized = (token: string) =>
+    exec(STAGING, 'client', 'client', ['wget', '-q', '-O', '-', '--header', `Authorization: ${token}`, `http://${appIP}:8080/cgi-bin/auth`]);
+
+  const streamPath = () => kJson<StreamPathJson>(['-n', SHOP, 'get', 'streampath', SP]);
+  const conditionOf = (sp: StreamPathJson, type: string) => sp.status?.conditions?.find((c) => c.type === type);
+
+  /** Applies the StreamPath; returns its new generation. */
+  const applyStreamPath = async (transform: string[]) => {
+    await k(['apply', '-f', '-'], streamPathYaml(transform));
+    return (await streamPath()).metadata.generation;
+  };
+
+  /** The one connection staging recorded for a request to the CGI that it had not recorded before. */
+  const recordedAuthRequest = async (seen: number) => {
+    const got = await poll('the CGI request at staging', async () => {
+      const rec = (await recorded()).filter((b) => b.startsWith('GET /cgi-bin/auth '));
+      return rec.length > seen ? rec : undefined;
+    }, { timeoutMs: 30_000 });
+    expect(got).toHaveLength(seen + 1);
+    return got[seen]!;
+  };
+  const authRequestsRecorded = async () => (await recorded()).filter((b) => b.startsWith('GET /cgi-bin/auth ')).length;
+
+  /**
+   * One request with `Bearer <secret>`: the app saw the secret, staging saw the same request with the
+   * header's value masked ('*', same length), and the agent counted the request's bytes as mirrored
+   * (counters count what the client sent, before any transform: the same number, since a mask keeps lengths).
+   */
+  const sendSecretAndCheckMasked = async (label: string) => {
+    const token = `Bearer ${label.replace(/\W+/g, '-')}-${randomBytes(12).toString('hex')}`;
+    const seen = await authRequestsRecorded();
+    const before = (await report('checkout')).streamPaths.find((x) => x.name === SP)?.bytesMirrored ?? 0;
+    const answer = await timings.time(`${label}: request with Authorization (wget)`, () => authorized(token));
+    expect(answer.trim()).toBe(`authorization=${token}`);
+    const mirrored = await timings.time(`${label}: masked request at staging`, () => recordedAuthRequest(seen));
+    expect(mirrored).not.toContain(token.slice('Bearer '.length));
+    expect(mirrored).toContain(`\r\nAuthorization: ${'*'.repeat(token.length)}\r\n`);
+    // Everything but the value is what the client sent.
+    const unmasked = mirrored.replace(`Authorization: ${'*'.repeat(token.length)}\r\n`, `Authorization: ${token}\r\n`);
+    expect(unmasked).toMatch(new RegExp(`^GET /cgi-bin/auth HTTP/1\\.[01]\r\n(.+\r\n)*Authorization: ${token}\r\n(.+\r\n)*\r\n$`));
+    const after = await poll('bytesMirrored counted the request', async () => {
+      const n = (await report('checkout')).streamPaths.find((x) => x.name === SP)?.bytesMirrored ?? 0;
+      return n >= before + mirrored.length ? n : undefined;
+    }, { timeoutMs: 10_000 });
+    expect(after - before).toBe(mirrored.length);
+    console.log(`[journey] ${label}: app saw ${JSON.stringify(answer.trim())}; staging saw ${JSON.stringify(mirrored)}`);
   };
 
   beforeAll(async () => {
@@ -167,7 +281,29 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
       }
       const tar = (await run('bash', args, { timeoutMs: 600_000 })).trim();
       expect(tar).toMatch(/kstreams-.*\.tar$/);
+      imageTar = tar;
     });
+    // The image packs dist/ and the addon as they are: they must be built from this working tree, or the
+    // transform steps below would test an older data plane. The transform program is compiled into the
+    // addon (its bpftool skeleton embeds the object), so the addon must be newer than every BPF and native
+    // source, and dist/ newer than every TypeScript source it is compiled from.
+    const addonPath = `${repoRoot}/native/build/Release/kstreams.node`;
+    const addonTime = statSync(addonPath).mtimeMs;
+    for (const src of [newest(`${repoRoot}/native/bpf`, /\.(c|h)$/), newest(`${repoRoot}/native/src`, /\.(cc|h)$/)]) {
+      expect(addonTime, `${src.file} is newer than the addon: run npm run build (or KSTREAMS_E2E_BUILD=1)`).toBeGreaterThanOrEqual(src.mtime);
+    }
+    for (const dir of ['sidecar/src', 'operator/src', 'native/lib']) {
+      const ts = newest(`${repoRoot}/${dir}`, /^(?!.*\.test\.ts$).*\.ts$/);
+      const js = `${repoRoot}/dist/${ts.file.slice(repoRoot.length + 1).replace(/\.ts$/, '.js')}`;
+      expect(statSync(js).mtimeMs, `${ts.file} is newer than ${js}: run npm run build (or KSTREAMS_E2E_BUILD=1)`).toBeGreaterThanOrEqual(ts.mtime);
+    }
+    const layer = await run('bash', ['-c', `tar -xOf "$1" layer.tar | tar -xO ./opt/kstreams/native/build/Release/kstreams.node | base64 -w0`, '-', imageTar]);
+    const imageAddon = Buffer.from(layer, 'base64');
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    expect(sha(imageAddon)).toBe(sha(readFileSync(addonPath)));
+    expect(imageAddon.includes('xf_verdict'), 'the transform program (xf_verdict) is embedded in the image\'s addon').toBe(true);
+    const files = await run('bash', ['-c', `tar -xOf "$1" layer.tar | tar -t`, '-', imageTar]);
+    expect(files.split('\n')).toEqual(expect.arrayContaining(['./opt/kstreams/dist/sidecar/src/agent/programs.js', './opt/kstreams/dist/sidecar/src/dataplane/transform.js']));
     if (provider === 'local') {
       const images = await run('ctr', ['--address', inject('containerdSocket'), '--namespace', 'k8s.io', 'images', 'ls', '-q']);
       expect(images.split('\n')).toContain(`docker.io/${IMAGE}`);
@@ -266,21 +402,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   });
 
   it('applies the StreamPath; a new checkout pod gets the sidecar, which is ready before the app starts', async () => {
-    await timings.time('apply StreamPath', () =>
-      k(['apply', '-f', '-'], [
-        'apiVersion: kstreams.io/v1alpha1',
-        'kind: StreamPath',
-        `metadata: {name: ${SP}, namespace: ${SHOP}}`,
-        'spec:',
-        '  selector: {matchLabels: {app: checkout}}',
-        '  port: 8080',
-        '  mirror:',
-        '    targets:',
-        `      - service: {name: checkout, namespace: ${STAGING}, port: 8080}`,
-        '    sampling: {percent: 100}',
-        '    onOverflow: cut',
-        '',
-      ].join('\n')));
+    await timings.time('apply StreamPath', () => k(['apply', '-f', '-'], streamPathYaml()));
     await timings.time('finalizer set by the operator', () =>
       poll('finalizer kstreams.io/detach', async () => {
         const sp = await kJson<{ metadata: { finalizers?: string[] } }>(['-n', SHOP, 'get', 'streampath', SP]);
@@ -295,7 +417,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
           terminationGracePeriodSeconds: 5,
           containers: [{
             name: 'app', image: busybox, imagePullPolicy: pullPolicy,
-            command: ['sh', '-c', 'mkdir -p /www && echo checkout-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www'],
+            command: ['sh', '-c', APP_COMMAND],
             ports: [{ containerPort: 8080 }],
             readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 2 },
           }],
@@ -372,6 +494,57 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
       }, { timeoutMs: 60_000 }));
     expect(row).toMatchObject({ name: SP, port: '8080', pods: '1', dropped: '0', ready: 'True' });
     console.log(`[journey] kubectl get sp:\n${await k(['-n', SHOP, 'get', 'sp'])}`);
+  });
+
+  it('a live edit adds a mask transform: the app gets the Authorization header, staging gets it masked, Ready stays True', async () => {
+    const generation = await timings.time('apply transform (live edit)', () => applyStreamPath(MASK_TRANSFORM));
+    // A live edit applies to connections accepted after the agent has it: wait for the agent to say so.
+    await timings.time('agent attached the transform generation', () =>
+      poll(`generation ${generation} attached`, async () => {
+        const s = (await report('checkout')).streamPaths.find((x) => x.name === SP);
+        if (s?.problem) throw Object.assign(new Error(`agent: ${s.problem.reason}: ${s.problem.message}`), { fatal: true });
+        return s?.attached && s.generation === generation ? s : undefined;
+      }, { timeoutMs: 30_000 }));
+
+    await sendSecretAndCheckMasked('transform');
+
+    const sp = await timings.time('StreamPath Ready at the transform generation', () =>
+      poll('Ready True, observedGeneration current', async () => {
+        const x = await streamPath();
+        const ready = conditionOf(x, 'Ready');
+        return ready?.status === 'True' && ready.observedGeneration === generation ? x : undefined;
+      }, { timeoutMs: 30_000 }));
+    expect(conditionOf(sp, 'Degraded')).toMatchObject({ status: 'False', reason: 'AsExpected' });
+    const pod = await kJson<PodJson>(['-n', SHOP, 'get', 'pod', 'checkout']);
+    const sidecar = [...(pod.status.initContainerStatuses ?? []), ...(pod.status.containerStatuses ?? [])].find((c) => c.name === 'kstreams-sidecar');
+    expect(sidecar?.restartCount).toBe(0);
+  });
+
+  it('a program op whose ConfigMap does not exist: Degraded ProgramRejected naming it, the previous spec keeps masking', async () => {
+    const previous = (await streamPath()).metadata.generation;
+    const edit = [...MASK_TRANSFORM, `      - program: {configMap: ${MISSING_CONFIGMAP}, key: filter.o}`];
+    const generation = await timings.time('apply program op (missing ConfigMap)', () => applyStreamPath(edit));
+    expect(generation).toBe(previous + 1);
+
+    const sp = await timings.time('Degraded ProgramRejected', () =>
+      poll('Degraded True with reason ProgramRejected', async () => {
+        const x = await streamPath();
+        const d = conditionOf(x, 'Degraded');
+        return d?.status === 'True' && d.reason === 'ProgramRejected' && d.observedGeneration === generation ? x : undefined;
+      }, { timeoutMs: 30_000 }));
+    const degraded = conditionOf(sp, 'Degraded')!;
+    console.log(`[journey] Degraded: ${degraded.reason}: ${degraded.message}`);
+    expect(degraded.message).toContain(`ConfigMap ${SHOP}/${MISSING_CONFIGMAP} does not exist`);
+    expect(degraded.message).toContain('checkout');
+    expect(conditionOf(sp, 'Ready')).toMatchObject({ status: 'False', reason: 'ProgramRejected' });
+
+    // The agent kept the previous generation attached and says why the edit is not applied.
+    const s = (await report('checkout')).streamPaths.find((x) => x.name === SP);
+    expect(s).toMatchObject({ attached: true, generation: previous, problem: { reason: 'ProgramRejected' } });
+    expect(s?.problem?.message).toContain(MISSING_CONFIGMAP);
+
+    // And it still runs: the app answers, staging still gets the header masked.
+    await sendSecretAndCheckMasked('after refused edit');
   });
 
   it('a pod labelled kstreams.io/inject=false is not injected', async () => {
