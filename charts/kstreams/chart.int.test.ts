@@ -210,6 +210,8 @@ describe('the chart rendered with its default values', () => {
       { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+      // a transform program's object (binaryData of the ConfigMap a StreamPath names): get only
+      { apiGroups: [''], resources: ['configmaps'], verbs: ['get'] },
     ]);
     for (const kind of ['ClusterRoleBinding', 'RoleBinding'] as const) {
       expect((findObject(objects, kind, 'kstreams-operator') as Obj).subjects).toEqual([

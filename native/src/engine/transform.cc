@@ -79,10 +79,15 @@ std::shared_ptr<TransformRuntime> TransformRuntime::Create(TransformError* error
   rt->skel_ = transform_bpf__open_and_load();
   if (!rt->skel_) {
     int err = errno;
-    const char* code = (err == EPERM || err == EACCES) ? "TransformUnsupported" : "TransformUnsupported";
-    std::string hint = (err == EPERM) ? " (the sidecar needs CAP_BPF and CAP_NET_ADMIN)"
-                                      : " (the kernel lacks sk_msg on SOCKHASH, bpf_loop or sk_storage: 5.17 or later)";
-    SetError(error, code, "loading the transform program failed: " + Errno(err) + hint, capture.text());
+    std::string log = capture.text();
+    std::string hint;
+    if (log.find("!root") != std::string::npos)
+      hint = " (the verifier needs CAP_PERFMON besides CAP_BPF and CAP_NET_ADMIN for this program)";
+    else if (err == EPERM)
+      hint = " (the sidecar needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)";
+    else
+      hint = " (the kernel lacks sk_msg on SOCKHASH, bpf_loop or sk_storage: 5.17 or later)";
+    SetError(error, "TransformUnsupported", "loading the transform program failed: " + Errno(err) + hint, log);
     return nullptr;
   }
   rt->sockets_ = bpf_map__fd(rt->skel_->maps.xf_sockets);

@@ -83,7 +83,7 @@ describe('computePodPatch', () => {
       runAsUser: 0,
       runAsNonRoot: false,
       readOnlyRootFilesystem: true,
-      capabilities: { add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] },
+      capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON'], drop: ['ALL'] },
     });
     const env = Object.fromEntries((s.env as any[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
     expect(env).toEqual({
