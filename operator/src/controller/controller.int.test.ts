@@ -204,7 +204,7 @@ describe('the operator against a real apiserver', () => {
     expect((await get('/healthz')).status).toBe(200);
     expect((await get('/readyz')).status).toBe(200);
     const metrics = (await get('/metrics')).text;
-    for (const name of ['kstreams_operator_reconcile_total', 'kstreams_operator_reconcile_duration_seconds', 'kstreams_operator_queue_depth', 'kstreams_operator_informer_events_total', 'kstreams_operator_informer_relists_total', 'kstreams_operator_leader 1']) {
+    for (const name of ['kstreams_operator_reconcile_total', 'kstreams_operator_reconcile_duration_seconds', 'kstreams_operator_queue_depth', 'kstreams_operator_informer_events_total', 'kstreams_operator_informer_relists_total', 'kstreams_operator_leader 1', 'process_cpu_seconds_total']) {
       expect(metrics).toContain(name);
     }
   });

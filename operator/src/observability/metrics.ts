@@ -25,7 +25,7 @@ export interface OperatorMetrics {
 }
 
 export function createMetrics(registry = new Registry(), opts: { defaultMetrics?: boolean } = {}): OperatorMetrics {
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'kstreams_operator_' });
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   const registers = [registry];
   const informerEvents = new Counter({
     name: 'kstreams_operator_informer_events_total',

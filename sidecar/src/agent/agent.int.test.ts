@@ -221,8 +221,8 @@ describe('the agent against a real apiserver and kernel', () => {
 
     const metrics = await get(port, '/metrics');
     expect(metrics.status).toBe(200);
-    expect(metrics.body).toContain(`kstreams_agent_bytes_mirrored_total{streampath="shadow"} ${appBytes}`);
-    expect(metrics.body).toContain(`kstreams_agent_target_bytes_mirrored_total{streampath="shadow",target="staging"} ${appBytes}`);
+    expect(metrics.body).toContain(`kstreams_mirrored_bytes_total{streampath="shadow"} ${appBytes}`);
+    expect(metrics.body).toContain(`kstreams_target_mirrored_bytes_total{streampath="shadow",target="staging"} ${appBytes}`);
     expect(metrics.body).toContain('kstreams_agent_streampath_attached{streampath="shadow"} 1');
     expect(metrics.body).toMatch(/kstreams_agent_watch_events_total\{resource="streampaths",event="added"\} [1-9]/);
   });

@@ -84,7 +84,7 @@ interface Drain {
 }
 
 /** What /metrics shows beside the report: the data plane's own figures (not in StreamPath status). */
-export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailures' | 'memory'>;
+export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailures' | 'memory' | 'transformFailures' | 'targetTransformFailures'>;
 
 /** A condition reason and a message for an error thrown by the data plane. */
 export function problemFromError(err: unknown, action: 'attach' | 'update' | 'detach'): Problem {
@@ -457,6 +457,8 @@ export class Reconciler {
         ...(stats.connectionsActive !== undefined ? { connectionsActive: e.attachment ? stats.connectionsActive : 0 } : {}),
         ...(stats.setupFailures !== undefined ? { setupFailures: stats.setupFailures } : {}),
         ...(stats.memory !== undefined && e.attachment ? { memory: stats.memory } : {}),
+        ...(stats.transformFailures !== undefined ? { transformFailures: stats.transformFailures } : {}),
+        ...(stats.targetTransformFailures !== undefined ? { targetTransformFailures: stats.targetTransformFailures } : {}),
       };
       out.push({
         report: {

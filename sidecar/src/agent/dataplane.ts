@@ -18,6 +18,9 @@ export interface AttachmentStats {
   connectionsActive?: number;
   setupFailures?: number;
   memory?: AttachmentMemory;
+  /** Connections reset because their transform could not be applied: the primary's, and per target. */
+  transformFailures?: number;
+  targetTransformFailures?: Record<string, number>;
 }
 
 /** How a detach's drain ended. */

@@ -41,6 +41,8 @@ describe('agent metrics', () => {
             mirrorBufferBudget: 67108864,
             mirrorBufferDenied: 5,
           },
+          transformFailures: 7,
+          targetTransformFailures: { staging: 2 },
         },
       },
       { report: report({ name: 'clash', attached: false, problem: { reason: 'PortConflict', message: 'port 8080 taken' } }), local: {} },
@@ -55,27 +57,30 @@ describe('agent metrics', () => {
     });
     const text = await m.registry.metrics();
     expect(snapshots).toBe(1);
-    expect(text).toContain('# TYPE kstreams_agent_bytes_mirrored_total counter');
-    expect(text).toContain('kstreams_agent_connections_total{streampath="shadow"} 4');
-    expect(text).toContain('kstreams_agent_bytes_primary_total{streampath="shadow"} 1000');
-    expect(text).toContain('kstreams_agent_bytes_dropped_total{streampath="shadow"} 100');
-    expect(text).toContain('kstreams_agent_target_connections_cut_total{streampath="shadow",target="staging"} 1');
-    expect(text).toContain('kstreams_agent_target_bytes_mirrored_total{streampath="shadow",target="staging"} 900');
+    expect(text).toContain('# TYPE kstreams_mirrored_bytes_total counter');
+    expect(text).toContain('kstreams_connections_total{streampath="shadow"} 4');
+    expect(text).toContain('kstreams_primary_bytes_total{streampath="shadow"} 1000');
+    expect(text).toContain('kstreams_dropped_bytes_total{streampath="shadow"} 100');
+    expect(text).toContain('kstreams_target_connections_cut_total{streampath="shadow",target="staging"} 1');
+    expect(text).toContain('kstreams_target_mirrored_bytes_total{streampath="shadow",target="staging"} 900');
     expect(text).toContain('kstreams_agent_streampath_attached{streampath="clash"} 0');
     expect(text).toContain('kstreams_agent_streampath_generation{streampath="shadow"} 3');
     expect(text).toContain('kstreams_agent_streampath_problem{streampath="clash",reason="PortConflict"} 1');
     expect(text).toContain('kstreams_agent_ready 1');
-    expect(text).toContain('kstreams_agent_connections_reset_total{streampath="shadow"} 2');
-    expect(text).toContain('kstreams_agent_connections_reset_total{streampath="clash"} 0');
-    expect(text).toContain('kstreams_agent_target_turn_waits_expired_total{streampath="shadow",target="staging"} 6');
-    expect(text).toContain('kstreams_agent_setup_failures_total{streampath="shadow"} 3');
-    expect(text).toContain('kstreams_agent_connections_active{streampath="shadow"} 1');
-    expect(text).toContain('kstreams_agent_pipes_in_use{streampath="shadow"} 3');
-    expect(text).toContain('kstreams_agent_pipe_bytes_pooled{streampath="shadow"} 65536');
-    expect(text).toContain('kstreams_agent_mirror_buffer_bytes{streampath="shadow"} 4096');
-    expect(text).toContain('kstreams_agent_mirror_buffer_budget_bytes{streampath="shadow"} 67108864');
-    expect(text).toContain('kstreams_agent_mirror_buffer_denied_total{streampath="shadow"} 5');
-    expect(text).not.toContain('kstreams_agent_pipes_in_use{streampath="clash"}');
+    expect(text).toContain('kstreams_connections_reset_total{streampath="shadow"} 2');
+    expect(text).toContain('kstreams_connections_reset_total{streampath="clash"} 0');
+    expect(text).toContain('kstreams_target_turn_waits_expired_total{streampath="shadow",target="staging"} 6');
+    expect(text).toContain('kstreams_setup_failures_total{streampath="shadow"} 3');
+    expect(text).toContain('kstreams_connections_active{streampath="shadow"} 1');
+    expect(text).toContain('kstreams_pipes_in_use{streampath="shadow"} 3');
+    expect(text).toContain('kstreams_pipe_pooled_bytes{streampath="shadow"} 65536');
+    expect(text).toContain('kstreams_mirror_buffer_in_use_bytes{streampath="shadow"} 4096');
+    expect(text).toContain('kstreams_mirror_buffer_budget_bytes{streampath="shadow"} 67108864');
+    expect(text).toContain('kstreams_mirror_buffer_denied_total{streampath="shadow"} 5');
+    expect(text).toContain('kstreams_transform_failures_total{streampath="shadow"} 7');
+    expect(text).toContain('kstreams_target_transform_failures_total{streampath="shadow",target="staging"} 2');
+    expect(text).not.toContain('kstreams_pipes_in_use{streampath="clash"}');
+    expect(text).not.toContain('kstreams_transform_failures_total{streampath="clash"}');
 
     // A StreamPath that went away disappears from the next scrape instead of freezing at its last value.
     reports = [];
@@ -83,6 +88,26 @@ describe('agent metrics', () => {
     const after = await m.registry.metrics();
     expect(snapshots).toBe(2);
     expect(after).not.toContain('streampath="shadow"');
+  });
+
+  it('exports the process metrics without a prefix', async () => {
+    const m = createMetrics({ snapshot: async () => [], ready: () => true });
+    const text = await m.registry.metrics();
+    expect(text).toMatch(/^# TYPE process_cpu_seconds_total counter$/m);
+    expect(text).toMatch(/^# TYPE nodejs_eventloop_lag_seconds gauge$/m);
+    expect(text).not.toContain('kstreams_agent_process_');
+  });
+
+  it('names counters *_total, byte figures *_bytes(_total), and the agent\'s own workings kstreams_agent_*', async () => {
+    const m = createMetrics({ snapshot: async () => [], ready: () => true, defaultMetrics: false });
+    const metrics = await m.registry.getMetricsAsJSON();
+    expect(metrics.length).toBeGreaterThan(20);
+    for (const { name, type } of metrics) {
+      expect(name).toMatch(/^kstreams_[a-z_]+$/);
+      if (String(type) === 'counter') expect(name).toMatch(/_total$/);
+      else expect(name).not.toMatch(/_total$/);
+      if (/bytes/.test(name)) expect(name).toMatch(/_bytes(_total)?$/);
+    }
   });
 
   it('counts watch lifecycle events, converges and drained or reset connections', async () => {

@@ -1,6 +1,9 @@
 // Prometheus metrics of one agent, on a registry of its own (no global state: tests run several agents in
 // one process). Data-plane counters are read at scrape time from the attachments, so a scrape always sees
 // the kernel's latest totals; they are Prometheus counters, and a re-attach shows up as a counter reset.
+// Names (docs/metrics.md): the traffic of the pod's StreamPaths is kstreams_* (per target kstreams_target_*),
+// the agent's own workings kstreams_agent_*, and the process metrics carry no prefix; Prometheus adds the
+// pod and namespace labels when it scrapes.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
 import type { LocalStats } from './converge.js';
@@ -30,7 +33,7 @@ export function createMetrics(opts: {
   defaultMetrics?: boolean;
 }): AgentMetrics {
   const registry = new Registry();
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'kstreams_agent_' });
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
 
   // One snapshot per scrape, shared by every metric's collect().
   let pending: Promise<MetricsEntry[]> | undefined;
@@ -57,12 +60,12 @@ export function createMetrics(opts: {
         for (const r of await reports()) this.inc({ streampath: r.name }, pick(r));
       },
     });
-  perStreamPath('kstreams_agent_connections_total', 'Connections intercepted on the tapped port', (r) => r.connections);
-  perStreamPath('kstreams_agent_bytes_primary_total', 'Client-to-app bytes delivered to the app', (r) => r.bytesPrimary);
-  perStreamPath('kstreams_agent_bytes_mirrored_total', 'Bytes that reached the mirror targets, all targets', (r) => r.bytesMirrored);
-  perStreamPath('kstreams_agent_bytes_dropped_total', 'Primary bytes that sampled mirror connections did not get', (r) => r.bytesDropped);
+  perStreamPath('kstreams_connections_total', 'Connections intercepted on the tapped port', (r) => r.connections);
+  perStreamPath('kstreams_primary_bytes_total', 'Client-to-app bytes delivered to the app', (r) => r.bytesPrimary);
+  perStreamPath('kstreams_mirrored_bytes_total', 'Bytes that reached the mirror targets, all targets', (r) => r.bytesMirrored);
+  perStreamPath('kstreams_dropped_bytes_total', 'Primary bytes that sampled mirror connections did not get', (r) => r.bytesDropped);
   perStreamPath(
-    'kstreams_agent_connections_reset_total',
+    'kstreams_connections_reset_total',
     'Connections reset (RST both ways) because they were still open when a detach ran out of spec.drainTimeoutSeconds',
     (r) => r.connectionsReset ?? 0,
   );
@@ -101,15 +104,16 @@ export function createMetrics(opts: {
       });
     }
   };
-  perLocal('counter', 'kstreams_agent_setup_failures_total', 'Intercepted connections reset because the engine lacked a resource (fds, pipes, memory)', (l) => l.setupFailures);
-  perLocal('gauge', 'kstreams_agent_connections_active', 'Connections open now', (l) => l.connectionsActive);
-  perLocal('gauge', 'kstreams_agent_pipes_in_use', 'Kernel pipes held by connections now', (l) => l.memory?.pipesInUse);
-  perLocal('gauge', 'kstreams_agent_pipes_pooled', "Idle kernel pipes in the engine's pools", (l) => l.memory?.pipesPooled);
-  perLocal('gauge', 'kstreams_agent_pipe_bytes_in_use', "Capacity of the pipes in use: the engine's share of the node's per-uid pipe budget", (l) => l.memory?.pipeBytesInUse);
-  perLocal('gauge', 'kstreams_agent_pipe_bytes_pooled', 'Capacity of the pooled pipes', (l) => l.memory?.pipeBytesPooled);
-  perLocal('gauge', 'kstreams_agent_mirror_buffer_bytes', 'Send-buffer bytes granted to lagging mirror connections now', (l) => l.memory?.mirrorBufferInUse);
-  perLocal('gauge', 'kstreams_agent_mirror_buffer_budget_bytes', 'Cap on that send-buffer growth (KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES)', (l) => l.memory?.mirrorBufferBudget);
-  perLocal('counter', 'kstreams_agent_mirror_buffer_denied_total', 'Send-buffer grows of lagging mirrors refused because the budget was used up', (l) => l.memory?.mirrorBufferDenied);
+  perLocal('counter', 'kstreams_setup_failures_total', 'Intercepted connections reset because the engine lacked a resource (fds, pipes, memory)', (l) => l.setupFailures);
+  perLocal('gauge', 'kstreams_connections_active', 'Connections open now', (l) => l.connectionsActive);
+  perLocal('gauge', 'kstreams_pipes_in_use', 'Kernel pipes held by connections now', (l) => l.memory?.pipesInUse);
+  perLocal('gauge', 'kstreams_pipes_pooled', "Idle kernel pipes in the engine's pools", (l) => l.memory?.pipesPooled);
+  perLocal('gauge', 'kstreams_pipe_in_use_bytes', "Capacity of the pipes in use: the engine's share of the node's per-uid pipe budget", (l) => l.memory?.pipeBytesInUse);
+  perLocal('gauge', 'kstreams_pipe_pooled_bytes', 'Capacity of the pooled pipes', (l) => l.memory?.pipeBytesPooled);
+  perLocal('gauge', 'kstreams_mirror_buffer_in_use_bytes', 'Send-buffer bytes granted to lagging mirror connections now', (l) => l.memory?.mirrorBufferInUse);
+  perLocal('gauge', 'kstreams_mirror_buffer_budget_bytes', 'Cap on that send-buffer growth (KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES)', (l) => l.memory?.mirrorBufferBudget);
+  perLocal('counter', 'kstreams_transform_failures_total', 'Connections reset because the transform of their bytes to the app (spec.transform) could not be applied', (l) => l.transformFailures);
+  perLocal('counter', 'kstreams_mirror_buffer_denied_total', 'Send-buffer grows of lagging mirrors refused because the budget was used up', (l) => l.memory?.mirrorBufferDenied);
 
   const perTarget = (
     name: string,
@@ -128,17 +132,30 @@ export function createMetrics(opts: {
         }
       },
     });
-  perTarget('kstreams_agent_target_connections_mirrored_total', 'Primary connections mirrored to this target', (t) => t.connectionsMirrored);
-  perTarget('kstreams_agent_target_connections_cut_total', 'Mirror connections cut because the target could not keep up', (t) => t.connectionsCut);
-  perTarget('kstreams_agent_target_connect_failures_total', 'Mirror connections that failed to connect', (t) => t.connectFailures);
-  perTarget('kstreams_agent_target_connections_skipped_total', "Sampled connections not mirrored because the node's pipe budget ran out", (t) => t.connectionsSkipped ?? 0);
-  perTarget('kstreams_agent_target_bytes_mirrored_total', 'Bytes that reached this target', (t) => t.bytesMirrored);
-  perTarget('kstreams_agent_target_bytes_dropped_total', 'Primary bytes this target did not get', (t) => t.bytesDropped);
+  perTarget('kstreams_target_connections_mirrored_total', 'Primary connections mirrored to this target', (t) => t.connectionsMirrored);
+  perTarget('kstreams_target_connections_cut_total', 'Mirror connections cut because the target could not keep up', (t) => t.connectionsCut);
+  perTarget('kstreams_target_connect_failures_total', 'Mirror connections that failed to connect', (t) => t.connectFailures);
+  perTarget('kstreams_target_connections_skipped_total', "Sampled connections not mirrored because the node's pipe budget ran out", (t) => t.connectionsSkipped ?? 0);
+  perTarget('kstreams_target_mirrored_bytes_total', 'Bytes that reached this target', (t) => t.bytesMirrored);
+  perTarget('kstreams_target_dropped_bytes_total', 'Primary bytes this target did not get', (t) => t.bytesDropped);
   perTarget(
-    'kstreams_agent_target_turn_waits_expired_total',
+    'kstreams_target_turn_waits_expired_total',
     "Turns released to this target after spec.mirror.turnTimeoutMs without its answer to the previous one",
     (t) => t.turnWaitsExpired ?? 0,
   );
+
+  new Counter({
+    name: 'kstreams_target_transform_failures_total',
+    help: 'Mirror connections to this target reset, or never opened, because their transform could not be applied (never sent untransformed)',
+    labelNames: ['streampath', 'target'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const e of await entries()) {
+        for (const [target, v] of Object.entries(e.local?.targetTransformFailures ?? {})) this.inc({ streampath: e.report.name, target }, v);
+      }
+    },
+  });
 
   new Gauge({
     name: 'kstreams_agent_streampath_attached',

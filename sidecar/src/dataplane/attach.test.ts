@@ -30,7 +30,7 @@ function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
     connectionsReset: 0,
     resetFailures: 0,
     workerFailures: 0,
-    transformFailures: 0,
+    transformFailures: 4,
     pipeResizeFailures: 0,
     bytesClientToApp: 100 * n,
     bytesAppToClient: 50 * n,
@@ -50,7 +50,7 @@ function stats(mirrors: MirrorConfig[], n = 1, active = 0): EngineStats {
       connectionsActive: 0,
       bytesMirrored: 90 * n,
       bytesDropped: 10 * n,
-      transformFailures: 0,
+      transformFailures: 1,
       turnWaitsExpired: 2,
     })),
   };
@@ -211,6 +211,8 @@ describe('attachStreamPath', () => {
         mirrorBufferBudget: 64 << 20,
         mirrorBufferDenied: 1,
       },
+      transformFailures: 4,
+      targetTransformFailures: { '10.0.0.2:8080': 1 },
     };
     expect(a.stats()).toEqual(expected);
     await a.detach();

@@ -68,6 +68,13 @@ export interface AttachmentCounters {
   setupFailures: number;
   /** Not in the StreamPath status. */
   memory: AttachmentMemory;
+  /** Not in the StreamPath status. Connections reset because the transform of their bytes to the app could not be applied. */
+  transformFailures?: number;
+  /**
+   * Not in the StreamPath status. Per target listed in the engine's stats: mirror connections reset, or
+   * never opened, because their transform could not be applied.
+   */
+  targetTransformFailures?: Record<string, number>;
 }
 
 export type AttachmentState = 'attached' | 'draining' | 'detached';
@@ -274,6 +281,8 @@ export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirror
       mirrorBufferBudget: s.mirrorBufferBudget ?? 0,
       mirrorBufferDenied: s.mirrorBufferDenied ?? 0,
     },
+    transformFailures: s.transformFailures ?? 0,
+    targetTransformFailures: Object.fromEntries(s.targets.map((t) => [t.name, t.transformFailures ?? 0])),
   };
 }
 
