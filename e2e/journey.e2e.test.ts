@@ -485,14 +485,14 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     expect(s?.bytesDropped).toBe(0);
     expect(s?.connections).toBeGreaterThanOrEqual(REQUESTS);
 
-    const row = await timings.time('kubectl get sp: PODS 1, MIRRORED, Ready True', () =>
+    const row = await timings.time('kubectl get sp: SELECTED 1, ATTACHED 1, MIRRORED, Ready True, Degraded AsExpected', () =>
       poll('StreamPath status with the counters', async () => {
         const out = await k(['-n', SHOP, 'get', 'sp', SP, '--no-headers']);
-        const [name, port, pods, conns, mirrored, dropped, ready] = out.trim().split(/\s+/);
-        const v = { name, port, pods, conns: Number(conns), mirrored: Number(mirrored), dropped, ready };
-        return pods === '1' && ready === 'True' && v.mirrored === total && v.conns >= REQUESTS ? v : undefined;
+        const [name, port, selected, attached, conns, mirrored, dropped, ready, degraded] = out.trim().split(/\s+/);
+        const v = { name, port, selected, attached, conns: Number(conns), mirrored: Number(mirrored), dropped, ready, degraded };
+        return attached === '1' && ready === 'True' && v.mirrored === total && v.conns >= REQUESTS ? v : undefined;
       }, { timeoutMs: 60_000 }));
-    expect(row).toMatchObject({ name: SP, port: '8080', pods: '1', dropped: '0', ready: 'True' });
+    expect(row).toMatchObject({ name: SP, port: '8080', selected: '1', attached: '1', dropped: '0', ready: 'True', degraded: 'AsExpected' });
     console.log(`[journey] kubectl get sp:\n${await k(['-n', SHOP, 'get', 'sp'])}`);
   });
 

@@ -63,7 +63,30 @@ describe('the StreamPath CRD on a real apiserver', () => {
     expect(spec.mirror.bufferSize).toBe(4 * 1024 * 1024);
     expect(spec.drainTimeoutSeconds).toBe(20);
     const table = kubectl(['get', 'streampaths', '-n', namespace]);
-    expect(table.stdout.split('\n')[0]).toMatch(/NAME\s+PORT\s+PODS\s+CONNECTIONS\s+MIRRORED\s+DROPPED\s+READY\s+AGE/);
+    expect(table.stdout.split('\n')[0]).toMatch(/NAME\s+PORT\s+SELECTED\s+ATTACHED\s+CONNECTIONS\s+MIRRORED\s+DROPPED\s+READY\s+DEGRADED\s+AGE/);
+  });
+
+  it('shows the selected and attached pods and the reason of the Degraded condition in kubectl get sp', async () => {
+    const name = 'columns';
+    const r = kubectl(['apply', '-f', '-'], YAML.stringify(manifest(name, validSpec())));
+    expect(r.code, r.stderr).toBe(0);
+    const current = (await api.getNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL, name })) as Record<string, unknown>;
+    const now = new Date().toISOString();
+    const status = {
+      podsSelected: 3,
+      podsAttached: 1,
+      connections: 7,
+      bytesMirrored: 4096,
+      bytesDropped: 12,
+      conditions: [
+        { type: 'Ready', status: 'False', reason: 'TargetUnreachable', message: 'staging refused', lastTransitionTime: now },
+        { type: 'Degraded', status: 'True', reason: 'TargetUnreachable', message: 'staging refused', lastTransitionTime: now },
+      ],
+    };
+    await api.replaceNamespacedCustomObjectStatus({ group: GROUP, version: VERSION, namespace, plural: PLURAL, name, body: { ...current, status } });
+    const row = kubectl(['get', 'sp', name, '-n', namespace, '--no-headers']);
+    expect(row.code, row.stderr).toBe(0);
+    expect(row.stdout.trim().split(/\s+/).slice(0, 9)).toEqual(['columns', '8080', '3', '1', '7', '4096', '12', 'False', 'TargetUnreachable']);
   });
 
   /** The stored spec, as the operator reads it from the apiserver. */

@@ -32,7 +32,11 @@ describe('the StreamPath CRD', () => {
     expect(crd.spec.names.shortNames).toEqual(['sp']);
     expect(version.subresources).toEqual({ status: {} });
     expect(version.additionalPrinterColumns.map((c: { name: string }) => c.name)).toEqual([
-      'Port', 'Pods', 'Connections', 'Mirrored', 'Dropped', 'Ready', 'Age',
+      'Port', 'Selected', 'Attached', 'Connections', 'Mirrored', 'Dropped', 'Ready', 'Degraded', 'Age',
     ]);
+    const column = (name: string) => version.additionalPrinterColumns.find((c: { name: string }) => c.name === name).jsonPath;
+    expect(column('Selected')).toBe('.status.podsSelected');
+    expect(column('Attached')).toBe('.status.podsAttached');
+    expect(column('Degraded')).toBe('.status.conditions[?(@.type=="Degraded")].reason');
   });
 });

@@ -86,7 +86,7 @@ function addCrossFieldRules(spec: JsonSchema): JsonSchema {
   return spec;
 }
 
-const condition = (type: string) => `.status.conditions[?(@.type=="${type}")].status`;
+const condition = (type: string, field: 'status' | 'reason' = 'status') => `.status.conditions[?(@.type=="${type}")].${field}`;
 
 export function buildCrd(): JsonSchema {
   return {
@@ -108,11 +108,13 @@ export function buildCrd(): JsonSchema {
           subresources: { status: {} },
           additionalPrinterColumns: [
             { name: 'Port', type: 'integer', jsonPath: '.spec.port' },
-            { name: 'Pods', type: 'integer', description: 'Pods whose data plane is attached', jsonPath: '.status.podsAttached' },
+            { name: 'Selected', type: 'integer', description: 'Pods the selector picks', jsonPath: '.status.podsSelected' },
+            { name: 'Attached', type: 'integer', description: 'Pods whose data plane is attached', jsonPath: '.status.podsAttached' },
             { name: 'Connections', type: 'integer', description: 'Primary connections seen', jsonPath: '.status.connections' },
             { name: 'Mirrored', type: 'integer', description: 'Bytes mirrored', jsonPath: '.status.bytesMirrored' },
             { name: 'Dropped', type: 'integer', description: 'Bytes not mirrored (cut or failed mirrors)', jsonPath: '.status.bytesDropped' },
             { name: 'Ready', type: 'string', jsonPath: condition('Ready') },
+            { name: 'Degraded', type: 'string', description: 'Reason of the Degraded condition (AsExpected when nothing is wrong)', jsonPath: condition('Degraded', 'reason') },
             { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
           ],
           schema: {
