@@ -45,10 +45,13 @@ const METRIC = {
   handshakes: 'kstreams_webhook_tls_handshakes_total',
 } as const;
 
-type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge; handshakes: Counter };
+export type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge; handshakes: Counter };
 
-/** Registers once per registry: a second server in the same process (tests, restarts) reuses them. */
-function metricsIn(registry: Registry): Metrics {
+/**
+ * Registers once per registry: a second server in the same process (tests, restarts) reuses them.
+ * Exported for the chart's dashboard test, which checks its queries against the names registered here.
+ */
+export function metricsIn(registry: Registry): Metrics {
   const existing = registry.getSingleMetric(METRIC.requests);
   if (existing) {
     return {
