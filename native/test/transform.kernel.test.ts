@@ -38,7 +38,7 @@ interface Recorder {
   conns: Recorded[];
 }
 
-async function recorder(opts: { readDelayMs?: number; answer?: string } = {}): Promise<Recorder> {
+async function recorder(opts: { readDelayMs?: number; answer?: string; readGate?: Promise<void> } = {}): Promise<Recorder> {
   const conns: Recorded[] = [];
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     sockets.push(sock);
@@ -62,6 +62,12 @@ async function recorder(opts: { readDelayMs?: number; answer?: string } = {}): P
       sock.end();
       done(Buffer.concat(r.bytes));
     });
+    if (opts.readGate) {
+      // A reader that stalls until the gate opens: its socket's receive queue and the sender's send
+      // buffer fill up.
+      sock.pause();
+      void opts.readGate.then(() => sock.resume());
+    }
   });
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -285,27 +291,35 @@ describe('the primary with a mirror-only transform', () => {
 });
 
 describe('memory', () => {
-  it('a slow transformed mirror keeps its socket memory within its send buffer, and the primary goes on', async () => {
-    const s = await setup(await plan('mirror', [REPLACE]), { readDelayMs: 20 });
-    const data = Buffer.alloc(64 << 20, 'prod-db-1 ');
-    const c = net.connect(s.engine.listenAddress.port, '127.0.0.1');
-    sockets.push(c);
-    await new Promise<void>((r) => c.once('connect', () => r()));
-    let maxQueued = 0;
+  it('a stalled transformed mirror keeps its socket memory within its send buffer, and the primary goes on', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const s = await setup(await plan('mirror', [REPLACE]), { readGate: gate });
+    const data = Buffer.alloc(32 << 20, 'prod-db-1 ');
     const mirrorPort = s.mirror.port;
-    const probe = setInterval(() => {
-      // skmem: w<wmem_queued> of the engine's socket to the mirror target.
+    // skmem: w<wmem_queued> of the engine's socket to the mirror target, at its largest.
+    const queued = () => {
       const out = spawnSync('ss', ['-tmnH', 'dst', `127.0.0.1:${mirrorPort}`], { encoding: 'utf8' }).stdout;
-      for (const m of out.matchAll(/\bw(\d+)\b/g)) maxQueued = Math.max(maxQueued, Number(m[1]));
-    }, 50);
+      return Math.max(0, ...[...out.matchAll(/\bw(\d+)\b/g)].map((m) => Number(m[1])));
+    };
+    let maxQueued = 0;
+    const probe = setInterval(() => (maxQueued = Math.max(maxQueued, queued())), 20);
     try {
+      const c = net.connect(s.engine.listenAddress.port, '127.0.0.1');
+      sockets.push(c);
+      c.on('error', () => undefined);
+      await new Promise<void>((r) => c.once('connect', () => r()));
       c.end(data);
       c.resume();
+      // The mirror lags: its send buffer holds transformed bytes the target does not read.
+      await until('the stalled mirror socket to hold queued bytes', () => queued() > 0, 20_000);
       await until('the app connection', () => s.app.conns.length === 1);
       const app = await s.app.conns[0]!.ended;
       expect(app.length).toBe(data.length);
+      open();
     } finally {
       clearInterval(probe);
+      open();
     }
     expect(maxQueued).toBeGreaterThan(0);
     // The send buffer may grow to spec.mirror.bufferSize (4 MiB here; the kernel doubles it).

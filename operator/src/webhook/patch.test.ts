@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../api/agent.js';
 import { WebhookConfigSchema, type WebhookConfig } from './config.js';
-import { computePodPatch, parseServerVersion, useNativeSidecar, INJECTOR_VERSION, type ServerVersion } from './patch.js';
+import { computePodPatch, parseServerVersion, sidecarContainer, useNativeSidecar, INJECTOR_VERSION, type ServerVersion } from './patch.js';
 import { applyJsonPatch } from './testing/json-patch.js';
 
 const config: WebhookConfig = WebhookConfigSchema.parse({ namespace: 'kstreams-system', excludedNamespaces: ['legacy'] });
@@ -101,6 +101,12 @@ describe('computePodPatch', () => {
       [AGENT_PORT_ANNOTATION]: '15090',
       'kubectl.kubernetes.io/default-container': 'app',
     });
+  });
+
+  it('adds CAP_PERFMON for in-kernel transforms unless sidecar.transforms is false', () => {
+    const cfg = WebhookConfigSchema.parse({ sidecar: { transforms: false } });
+    const s = sidecarContainer(cfg.sidecar, false) as { securityContext: { capabilities: unknown } };
+    expect(s.securityContext.capabilities).toEqual({ add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] });
   });
 
   it('is privileged only when the config asks, and then without contradicting allowPrivilegeEscalation', () => {

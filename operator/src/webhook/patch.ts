@@ -103,7 +103,7 @@ export function sidecarContainer(sidecar: SidecarConfig, native: boolean): Obj {
         runAsUser: 0,
         runAsNonRoot: false,
         readOnlyRootFilesystem: true,
-        capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON'], drop: ['ALL'] },
+        capabilities: { add: sidecar.transforms ? ['NET_ADMIN', 'BPF', 'PERFMON'] : ['NET_ADMIN', 'BPF'], drop: ['ALL'] },
       };
   const container: Obj = {
     name: SIDECAR_CONTAINER_NAME,
