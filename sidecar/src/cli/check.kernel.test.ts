@@ -1,7 +1,7 @@
 // `kstreams check` on this kernel: the in-kernel transforms line comes from really loading the engine's
 // transform runtime (sk_msg verdict on a SOCKHASH, bpf_loop, sk_storage) with this process's privileges.
-// Run with the capability sets that matter: root, the injected sidecar's (CAP_BPF + CAP_NET_ADMIN, uid 0),
-// that plus CAP_PERFMON, and none.
+// Run with the capability sets that matter: root, the injected sidecar's (CAP_BPF + CAP_NET_ADMIN +
+// CAP_PERFMON, uid 0), the same without CAP_PERFMON (sidecar.transforms: false), and none.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type { CheckReport } from './check.js';
@@ -31,12 +31,12 @@ describe('kstreams check: in-kernel transforms on a real kernel', () => {
     expect(text.stdout).not.toMatch(/^note:/m);
   });
 
-  it('with CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON the runtime loads', () => {
+  it("with the injected sidecar's CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON the runtime loads", () => {
     const r = check(['bpf', 'net_admin', 'perfmon']);
     expect(r.report?.transforms).toEqual({ available: true, unknown: false, missing: [] });
   });
 
-  it("with the injected sidecar's CAP_BPF + CAP_NET_ADMIN the line tells whether the verifier accepts the program, and names CAP_PERFMON when it does not", () => {
+  it('with CAP_BPF + CAP_NET_ADMIN only (sidecar.transforms: false) the line tells whether the verifier accepts the program, and names CAP_PERFMON when it does not', () => {
     const r = check(['bpf', 'net_admin']);
     const t = r.report!.transforms;
     console.log(`[check] transforms with CAP_BPF + CAP_NET_ADMIN only: ${t.available ? 'available' : t.problem}`);
