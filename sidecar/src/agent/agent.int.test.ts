@@ -225,6 +225,8 @@ describe('the agent against a real apiserver and kernel', () => {
     expect(metrics.body).toContain(`kstreams_target_mirrored_bytes_total{streampath="shadow",target="staging"} ${appBytes}`);
     expect(metrics.body).toContain('kstreams_agent_streampath_attached{streampath="shadow"} 1');
     expect(metrics.body).toMatch(/kstreams_agent_watch_events_total\{resource="streampaths",event="added"\} [1-9]/);
+    expect(metrics.body).toMatch(/^process_cpu_seconds_total \d/m);
+    expect(metrics.body).toMatch(/^kstreams_connections_total\{streampath="shadow"\} [1-9]/m);
   });
 
   it('applies an edit live: a second target gets traffic, same agent process, new generation', async () => {
