@@ -588,8 +588,22 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
 
   it('helm uninstall removes the operator, its webhook and RBAC (the CRD is kept); new pods are not injected', async () => {
     await timings.time('helm uninstall', () => run(helm, ['uninstall', RELEASE, '-n', SYSTEM_NS, '--wait', '--timeout', '120s'], { kubeconfig }));
+    // What the operator promises: its processes end promptly on SIGTERM (the webhook drain is bounded).
+    // Removing the pod objects afterwards is the kubelet's: on this node's kubelet 1.20 that took from
+    // 3.5 s to over 60 s after the containers had exited, so it gets a longer wait of its own.
+    await timings.time('operator containers ended', () =>
+      poll(
+        'every operator container in kstreams-system terminated',
+        async () => {
+          const pods = (await kJson<{ items: PodJson[] }>(['-n', SYSTEM_NS, 'get', 'pods'])).items;
+          return pods.every((p) => (p.status.containerStatuses ?? []).every((c) => c.state?.running === undefined)) ? true : undefined;
+        },
+        { timeoutMs: 30_000 },
+      ));
     await timings.time('operator pods gone', () =>
-      poll('no pods in kstreams-system', async () => ((await k(['-n', SYSTEM_NS, 'get', 'pods', '-o', 'name'])).trim() === '' ? true : undefined)));
+      poll('no pods in kstreams-system', async () => ((await k(['-n', SYSTEM_NS, 'get', 'pods', '-o', 'name'])).trim() === '' ? true : undefined), {
+        timeoutMs: 180_000,
+      }));
     const gone = async (args: string[]) => (await k(['get', ...args, '--ignore-not-found', '-o', 'name'])).trim();
     expect(await gone(['mutatingwebhookconfiguration', 'kstreams-sidecar-injector'])).toBe('');
     expect(await gone(['clusterrole', 'kstreams-operator'])).toBe('');
