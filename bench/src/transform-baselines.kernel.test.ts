@@ -1,6 +1,6 @@
 // The transform bench's user-space baselines (bench/tools/xform-proxy.c and xform-proxy.mjs) must produce
 // what the reference produces, however the stream is cut into reads. Each proxy runs in its own network
-// namespace (ksb1-xt-*), reached over a veth pair from this process, which plays the client and the server.
+// namespace (ks-b1-xt-*), reached over a veth pair from this process, which plays the client and the server.
 // Every cut is forced into its own read: the test writes up to the cut, waits until the server has what the
 // proxy can already pass on (all but pendingBytes: a partial `until` while masking, a partial `from`), then
 // writes the rest. A proxy that holds back more than that would stall request/response traffic, and fails.
@@ -11,7 +11,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Proc } from './procs.js';
 import { BENCH_REPLY, benchBlock, benchRequest } from './transform-data.js';
-import { XformNetns } from './transform-netns.js';
+import { benchNetns, vethTo, type XformNetns } from './transform-netns.js';
 import { buildXformTools, startBaseline, type BaselineImpl, type XformTools } from './transform-proxies.js';
 import { applyOp, BENCH_OP_NAMES, BENCH_OPS, pendingBytes, type BenchOpName, type XformOp } from './transform-reference.js';
 
@@ -114,8 +114,8 @@ const procs: Proc[] = [];
 
 beforeAll(async () => {
   tools = buildXformTools();
-  ns = XformNetns.create('xt');
-  const veth = ns.veth();
+  ns = benchNetns('xt');
+  const veth = vethTo(ns);
   proxyHost = veth.nsAddress;
   capture = new Capture();
   await capture.listen(veth.rootAddress, CAPTURE_PORT);

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TransformBench, transformConsoleReport, type TransformRun } from './transform.js';
 import { machineFacts } from './machine.js';
-import { XformNetns } from './transform-netns.js';
+import { benchNetns, type XformNetns } from './transform-netns.js';
 import { buildXformTools, startListening } from './transform-proxies.js';
 import { benchBlock } from './transform-data.js';
 import { applyOp, BENCH_OPS } from './transform-reference.js';
@@ -59,7 +59,7 @@ describe('the transform bench', () => {
 
   it("the sink refuses a stream that is not the expected output (a path that does not transform can't pass)", async () => {
     const tools = buildXformTools();
-    ns = XformNetns.create('xs');
+    ns = benchNetns('xs');
     dir = mkdtempSync(join(tmpdir(), 'kstreams-xform-sink-'));
     const block = benchBlock();
     writeFileSync(join(dir, 'block'), block);

@@ -6,7 +6,7 @@
 // connection, the bench block repeated: HTTP-like requests dense with the patterns) and request/response
 // (4 KiB requests with Authorization headers, 64 B replies, on several connections). Every sink compares
 // what arrives with the expected output, so a path that does not transform (or transforms wrongly) fails
-// instead of looking fast. Everything runs in one namespace, ksb1-xf-<pid>, over its loopback.
+// instead of looking fast. Everything runs in one namespace, ks-b1-xf-<pid>, over its loopback.
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { loadavg, tmpdir } from 'node:os';
@@ -18,7 +18,7 @@ import { repoPath } from './repo.js';
 import { table } from './report.js';
 import { median, ratio } from './stats.js';
 import { BENCH_REPLY, benchBlock, benchRequest, density } from './transform-data.js';
-import { XformNetns } from './transform-netns.js';
+import { benchNetns, type XformNetns } from './transform-netns.js';
 import { buildXformTools, startBaseline, startListening, type XformTools } from './transform-proxies.js';
 import { applyOp, BENCH_OPS, type BenchOpName, type XformOp } from './transform-reference.js';
 
@@ -273,7 +273,7 @@ export class TransformBench {
       for (const x of r) x.notes.push('spec.mirror is required by this build with applyTo primary: a mirror to a discard sink is included (a tee the C and Node rows do not pay)');
     }
 
-    this.ns = XformNetns.create('xf');
+    this.ns = benchNetns('xf');
     const perConn = Math.max(1, Math.ceil(o.rrCount / o.rrConns));
     const warmup = Math.min(500, Math.ceil(perConn / 10));
     try {

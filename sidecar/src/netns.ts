@@ -38,9 +38,14 @@ export class Netns {
       stdio: ['ignore', 'pipe', 'pipe'],
       ...options,
     });
+    this.track(child);
+    return child;
+  }
+
+  /** Counts a process started otherwise (e.g. `kstreams run --netns`) as this namespace's, for destroy(). */
+  track(child: ChildProcess): void {
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
-    return child;
   }
 
   /** Runs a command in the namespace to completion; throws with its stderr if it fails. */
