@@ -86,6 +86,12 @@ bool PipePool::Take(uint32_t want, Pipe* out) {
   p.wr = fds[1];
   p.wanted = rounded;
   p.capacity = ResizePipe(p.rd, rounded);
+  if (p.capacity < rounded && !free_.empty()) {
+    // The uid's pipe budget is used up, and idle pipes of other sizes in the pool count against it: a
+    // connection with bytes to move needs the pages more than the pool does.
+    DropPooled();
+    p.capacity = ResizePipe(p.rd, rounded);
+  }
   p.slots = p.capacity / PageSize();
   *out = p;
   inUse_++;
@@ -104,6 +110,12 @@ void PipePool::Give(Pipe* p) {
   pooledBytes_ += p->capacity;
   free_.push_back(*p);
   *p = Pipe{};
+}
+
+void PipePool::DropPooled() {
+  for (Pipe& p : free_) CloseBoth(&p);
+  free_.clear();
+  pooledBytes_ = 0;
 }
 
 void PipePool::Discard(Pipe* p) {

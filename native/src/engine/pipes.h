@@ -57,6 +57,7 @@ class PipePool {
   // Idle pipes kept per worker: enough to absorb the churn of busy connections, few enough that the pool
   // itself is a small share of the node's per-uid pipe budget.
   static constexpr size_t kMaxPooled = 16;
+  void DropPooled();
   std::vector<Pipe> free_;
   size_t inUse_ = 0;
   uint64_t inUseBytes_ = 0, pooledBytes_ = 0;
