@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { InformerLifecycle } from '../kube/informer.js';
 import { createMetrics } from './metrics.js';
 
 describe('operator metrics', () => {
@@ -21,5 +22,23 @@ describe('operator metrics', () => {
       if (String(type) === 'counter') expect(name).toMatch(/_total$/);
       else expect(name).not.toMatch(/_total$/);
     }
+  });
+
+  it('counts each list of an informer once, under the reason that caused it', async () => {
+    const m = createMetrics(undefined, { defaultMetrics: false });
+    // The order in which an informer reports them: first list, a 410, a silent watch, a failed list retried.
+    const L = InformerLifecycle;
+    for (const e of [L.ListStarted, L.Listed, L.WatchStarted, L.Expired, L.ListStarted, L.Listed, L.WatchStarted, L.IdleTimeout, L.ListStarted, L.Failed, L.ListStarted, L.Listed])
+      m.recordLifecycle('pods', e);
+    m.recordLifecycle('streampaths', L.ListStarted);
+    const text = await m.registry.metrics();
+    const relists = text.split('\n').filter((l) => l.startsWith('kstreams_operator_informer_relists_total{'));
+    expect(relists.sort()).toEqual([
+      'kstreams_operator_informer_relists_total{resource="pods",reason="expired"} 1',
+      'kstreams_operator_informer_relists_total{resource="pods",reason="failed"} 1',
+      'kstreams_operator_informer_relists_total{resource="pods",reason="idle_timeout"} 1',
+      'kstreams_operator_informer_relists_total{resource="pods",reason="initial"} 1',
+      'kstreams_operator_informer_relists_total{resource="streampaths",reason="initial"} 1',
+    ]);
   });
 });

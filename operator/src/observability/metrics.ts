@@ -1,7 +1,7 @@
 // The operator's Prometheus metrics, all in one registry that is passed in (the webhook registers its own
 // metrics in the same registry, so /metrics shows both).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { InformerLifecycle } from '../kube/informer.js';
+import { InformerLifecycle } from '../kube/informer.js';
 
 export interface OperatorMetrics {
   registry: Registry;
@@ -29,16 +29,18 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
   const registers = [registry];
   const informerEvents = new Counter({
     name: 'kstreams_operator_informer_events_total',
-    help: 'Informer lifecycle events (list_started, listed, watch_started, watch_closed, expired, failed, resync, stopped)',
+    help: 'Informer lifecycle events (list_started, listed, watch_started, watch_closed, expired, idle_timeout, failed, handler_failed, resync, stopped)',
     labelNames: ['resource', 'event'] as const,
     registers,
   });
   const informerRelists = new Counter({
     name: 'kstreams_operator_informer_relists_total',
-    help: 'Full relists of an informer cache, by reason (initial, expired = 410 Gone, failed)',
+    help: 'Full lists of an informer cache, by reason: initial (the first), expired (410 Gone), idle_timeout (a silent watch abandoned), failed (a list that failed, retried)',
     labelNames: ['resource', 'reason'] as const,
     registers,
   });
+  const listCause = new Map<string, string>();
+  const listed = new Set<string>();
   return {
     registry,
     reconcileTotal: new Counter({
@@ -84,8 +86,15 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     }),
     recordLifecycle(resource, event) {
       informerEvents.inc({ resource, event });
-      if (event === 'list_started') informerRelists.inc({ resource, reason: 'list' });
-      if (event === 'expired') informerRelists.inc({ resource, reason: 'expired' });
+      // A list's reason is what ended the watch before it; a list after nothing else is a retry of one
+      // that failed.
+      if (event === InformerLifecycle.Expired || event === InformerLifecycle.IdleTimeout) listCause.set(resource, event);
+      if (event === InformerLifecycle.ListStarted) {
+        const reason = listCause.get(resource) ?? (listed.has(resource) ? 'failed' : 'initial');
+        listCause.delete(resource);
+        listed.add(resource);
+        informerRelists.inc({ resource, reason });
+      }
     },
   };
 }
