@@ -6,6 +6,9 @@ import type { Clock } from './clock.js';
 import type { OperatorConfig } from './config.js';
 import { Controller } from './controller/controller.js';
 import type { AgentFetcher } from './controller/agents.js';
+import { Backoff } from './kube/backoff.js';
+import { Informer, InformerLifecycle } from './kube/informer.js';
+import { sameSlimNamespace, slimNamespace, type SlimNamespace } from './kube/objects.js';
 import { CountingTransport, KubeRest, type KubeTransport } from './kube/rest.js';
 import { LeaderElector } from './leader/election.js';
 import { createMetrics, type OperatorMetrics } from './observability/metrics.js';
@@ -62,9 +65,36 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     return stopping;
   };
 
-  const webhook = config.webhook.enabled
-    ? await startWebhook({ config: config.webhook, kube: rest.kubeConfig, logger: log.child({ component: 'webhook' }), registry })
+  // Every replica's webhook reads the namespaces' Pod Security labels from its own cache (the leader's
+  // controller has another one, which lives only while it leads). Admissions never wait for it to sync.
+  const webhookNamespaces = config.webhook.enabled
+    ? new Informer<SlimNamespace>({
+        name: 'namespaces',
+        transport,
+        path: '/api/v1/namespaces',
+        transform: slimNamespace,
+        key: (n) => n.name,
+        equal: sameSlimNamespace,
+        clock,
+        backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }),
+        resyncPeriodMs: config.resyncPeriodMs,
+        onLifecycle: (event, detail) => {
+          metrics.recordLifecycle('webhook_namespaces', event);
+          if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired)
+            log.warn({ event, delayMs: detail.delayMs, err: detail.error }, 'webhook namespaces informer: retrying after backoff');
+        },
+      })
     : undefined;
+  webhookNamespaces?.start();
+  let webhook: RunningWebhook | undefined;
+  try {
+    webhook = config.webhook.enabled
+      ? await startWebhook({ config: config.webhook, kube: rest.kubeConfig, logger: log.child({ component: 'webhook' }), registry, namespaces: webhookNamespaces })
+      : undefined;
+  } catch (err) {
+    await webhookNamespaces?.stop();
+    throw err;
+  }
 
   const electionAbort = new AbortController();
   let elector: LeaderElector | undefined;
@@ -105,6 +135,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     electionAbort.abort();
     await election;
     await webhook?.close();
+    await webhookNamespaces?.stop();
     throw err;
   }
 
@@ -128,6 +159,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       const outcome = await drained;
       if (outcome) log.info({ outcome }, 'webhook drained');
       await webhook?.close();
+      await webhookNamespaces?.stop();
       await health.close();
       rest.close();
     },

@@ -127,6 +127,27 @@ describe('the operator against a real apiserver', () => {
     expect(reasons.filter((r) => r === 'Warning/NoPodsMatched')).toHaveLength(1);
   });
 
+  it('a namespace whose Pod Security enforce level forbids the sidecar: PodSecurityForbidsSidecar with the fix and an Event, cleared by the label', async () => {
+    // 1.20 has no PodSecurity admission: the label is a plain label here, but it is what the operator reads.
+    const ns = freshName('op-psa');
+    await createNamespace(kube, ns, { 'kstreams.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'baseline' });
+    await createStreamPath(kube, ns, 'shadow', exampleSpec('checkout'));
+    const forbidden = await eventually('PodSecurityForbidsSidecar', async () => {
+      const sp = await getStreamPath(kube, ns, 'shadow');
+      return condition(sp, 'Ready')?.reason === 'PodSecurityForbidsSidecar' ? sp : undefined;
+    });
+    expect(condition(forbidden, 'Ready')?.status).toBe('False');
+    expect(condition(forbidden, 'Degraded')?.message).toContain(`kubectl label --overwrite ns ${ns} pod-security.kubernetes.io/enforce=privileged`);
+    const events = await kube.request<{ items: { type: string; reason: string; message: string }[] }>('GET', `/api/v1/namespaces/${ns}/events`);
+    const event = events.items.find((e) => e.reason === 'PodSecurityForbidsSidecar');
+    expect(event?.type).toBe('Warning');
+    expect(event?.message).toContain('capabilities NET_ADMIN, BPF, PERFMON');
+
+    // The fix the message gives: the namespace watch brings the change, the condition follows.
+    await kube.request('PATCH', `/api/v1/namespaces/${ns}`, { body: { metadata: { labels: { 'pod-security.kubernetes.io/enforce': 'privileged' } } }, patch: 'merge' });
+    await eventually('back to NoPodsMatched', async () => condition(await getStreamPath(kube, ns, 'shadow'), 'Ready')?.reason === 'NoPodsMatched');
+  });
+
   it('a second reconcile with nothing changed makes zero writes', async () => {
     const ns = freshName('op-writes');
     await createNamespace(kube, ns);

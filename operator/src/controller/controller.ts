@@ -15,6 +15,7 @@ import type { OperatorMetrics } from '../observability/metrics.js';
 import { AgentPoller, httpAgentFetcher, type AgentFetcher } from './agents.js';
 import { WorkQueue } from './queue.js';
 import { Reconciler, type StreamPathObject } from './reconciler.js';
+import { sidecarContainer } from '../webhook/patch.js';
 import { bindingSettings, sameSlimRoleBinding, SidecarBindingReconciler, slimRoleBinding, type SlimRoleBinding } from './sidecar-bindings.js';
 
 export interface ControllerDeps {
@@ -144,6 +145,8 @@ export class Controller {
       getNamespace: (name) => this.namespaces.get(name),
       observe: (pod) => this.agents.observe(pod),
       detachTimeoutMs: config.detachTimeoutMs,
+      // Native or not, the sidecar's securityContext is the same: that is what Pod Security judges.
+      sidecar: sidecarContainer(config.webhook.sidecar, false),
       detachRecheckMs: Math.min(config.agent.pollIntervalMs, 5_000),
       onStatusWrite: () => metrics.statusWrites.inc(),
       onResult: (result) => metrics.reconcileTotal.inc({ result }),

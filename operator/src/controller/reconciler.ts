@@ -47,6 +47,8 @@ export interface ReconcilerDeps {
   getNamespace(name: string): SlimNamespace | undefined;
   observe(pod: SlimPod): AgentObservation | undefined;
   detachTimeoutMs: number;
+  /** The container the webhook injects, checked against each namespace's Pod Security labels (computeStatus). */
+  sidecar?: Record<string, unknown>;
   /** While waiting for agents to detach, look again this often. */
   detachRecheckMs: number;
   onStatusWrite?: () => void;
@@ -116,6 +118,7 @@ export class Reconciler {
       observe: (p) => this.d.observe(p),
       previous: current.status,
       now: this.d.clock.now(),
+      sidecar: this.d.sidecar,
     });
     if (result.unheard.length > 0 && this.d.warmingUp?.()) {
       // Not heard every agent yet since becoming leader: the stored status stands (no write, no Event).

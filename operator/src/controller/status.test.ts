@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { AgentReportSchema, type AgentReport } from '../api/agent.js';
 import { sameSlimPod, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+import { SidecarConfigSchema } from '../webhook/config.js';
+import { sidecarContainer } from '../webhook/patch.js';
 import { computeStatus, holdCounters, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
@@ -232,5 +234,52 @@ describe('computeStatus', () => {
     // Higher sums win, and nothing stored means nothing to hold.
     expect(holdCounters({ ...full.status, connections: 9 }, full.status).connections).toBe(9);
     expect(holdCounters(partial.status, undefined)).toBe(partial.status);
+  });
+});
+
+describe('computeStatus with the namespace\'s Pod Security labels', () => {
+  const sidecar = sidecarContainer(SidecarConfigSchema.parse({}), false);
+  const ns = (labels: Record<string, string>): SlimNamespace => ({ name: 'shop', labels: { 'kstreams.io/inject': 'enabled', ...labels } });
+  const attached = (names: string[]) => Object.fromEntries(names.map((n) => [n, { report: report(pod(n)), at: NOW }]));
+
+  it('enforce baseline and no pod: PodSecurityForbidsSidecar (not just NoPodsMatched), with the kubectl fix', () => {
+    const r = computeStatus(input([], {}, { sidecar, namespaceObject: ns({ 'pod-security.kubernetes.io/enforce': 'baseline' }) }));
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.PodSecurityForbidsSidecar });
+    expect(cond(r, 'Degraded')).toMatchObject({ status: 'True', reason: Reason.PodSecurityForbidsSidecar });
+    const m = cond(r, 'Degraded').message;
+    expect(m).toContain('enforces Pod Security "baseline:latest"');
+    expect(m).toContain('capabilities NET_ADMIN, BPF, PERFMON');
+    expect(m).toContain('kubectl label --overwrite ns shop pod-security.kubernetes.io/enforce=privileged');
+    expect(m).toContain('no running pod in namespace shop matches spec.selector');
+  });
+
+  it('without the sidecar shape (no check) or with enforce privileged, it stays NoPodsMatched', () => {
+    const labels = ns({ 'pod-security.kubernetes.io/enforce': 'restricted' });
+    expect(cond(computeStatus(input([], {}, { namespaceObject: labels })), 'Ready').reason).toBe(Reason.NoPodsMatched);
+    const privileged = ns({ 'pod-security.kubernetes.io/enforce': 'privileged' });
+    expect(cond(computeStatus(input([], {}, { sidecar, namespaceObject: privileged })), 'Ready').reason).toBe(Reason.NoPodsMatched);
+  });
+
+  it('enforce restricted over pods that lack the sidecar: Ready=False PodSecurityForbidsSidecar before PodsNotInjected', () => {
+    const r = computeStatus(input([pod('a', { injected: false })], {}, { sidecar, namespaceObject: ns({ 'pod-security.kubernetes.io/enforce': 'restricted' }) }));
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.PodSecurityForbidsSidecar });
+    expect(cond(r, 'Ready').message).toContain('runAsUser 0');
+    expect(cond(r, 'Ready').message).toContain('without the kstreams sidecar');
+  });
+
+  it('enforce baseline while injected pods run attached (admitted before the label, or exempt): Ready stays True, Degraded says new pods will be rejected', () => {
+    const r = computeStatus(input([pod('a'), pod('bb')], attached(['a', 'bb']), { sidecar, namespaceObject: ns({ 'pod-security.kubernetes.io/enforce': 'baseline' }) }));
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'True', reason: Reason.Attached });
+    expect(cond(r, 'Degraded')).toMatchObject({ status: 'True', reason: Reason.PodSecurityForbidsSidecar });
+    expect(cond(r, 'Degraded').message).toContain('the 2 running injected pod(s) were admitted before the label was set or the namespace is exempt, but new ones will be rejected');
+  });
+
+  it('warn and audit levels are notes in the Ready message, not problems', () => {
+    const labels = ns({ 'pod-security.kubernetes.io/warn': 'baseline', 'pod-security.kubernetes.io/audit': 'restricted' });
+    const r = computeStatus(input([pod('a')], attached(['a']), { sidecar, namespaceObject: labels }));
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'True', reason: Reason.Attached });
+    expect(cond(r, 'Degraded')).toMatchObject({ status: 'False', reason: Reason.AsExpected });
+    expect(cond(r, 'Ready').message).toMatch(/^1 of 1 selected pod\(s\) attached; namespace shop's Pod Security warn level "baseline:latest" warns/);
+    expect(cond(r, 'Ready').message).toContain('pod-security.kubernetes.io/audit=privileged');
   });
 });

@@ -5,6 +5,7 @@ import type { AgentReport, AgentStreamPathReport } from '../api/agent.js';
 import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../api/agent.js';
 import type { Condition, LabelSelector, StreamPathStatus, TargetCounters } from '../api/streampath.js';
 import { namespaceInjectionEnabled, selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
+import { describeVerdict, sidecarPodSecurity } from '../webhook/pod-security.js';
 
 export const CONDITION_READY = 'Ready';
 export const CONDITION_DEGRADED = 'Degraded';
@@ -12,6 +13,12 @@ export const CONDITION_DEGRADED = 'Degraded';
 /** Reasons of the Degraded condition, most important first (the first one found names the condition). */
 export const Reason = {
   InvalidSpec: 'InvalidSpec',
+  /**
+   * The namespace's Pod Security enforce level forbids the sidecar. Ready=False while no selected pod carries
+   * the sidecar (the apiserver rejects them); with injected pods running (admitted before the label, or an
+   * exempt namespace) only Degraded=True: new pods would be rejected.
+   */
+  PodSecurityForbidsSidecar: 'PodSecurityForbidsSidecar',
   NoPodsMatched: 'NoPodsMatched',
   PodsNotInjected: 'PodsNotInjected',
   AgentUnreachable: 'AgentUnreachable',
@@ -31,6 +38,7 @@ export const Reason = {
 
 const REASON_ORDER: string[] = [
   Reason.InvalidSpec,
+  Reason.PodSecurityForbidsSidecar,
   Reason.NoPodsMatched,
   Reason.PodsNotInjected,
   Reason.AgentUnreachable,
@@ -62,6 +70,11 @@ export interface StatusInput {
   observe: (pod: SlimPod) => AgentObservation | undefined;
   previous: StreamPathStatus | undefined;
   now: number;
+  /**
+   * The container the webhook injects (sidecarContainer()): its securityContext is checked against the
+   * namespace's Pod Security labels. Without it, no Pod Security check.
+   */
+  sidecar?: Record<string, unknown>;
 }
 
 export interface StatusResult {
@@ -78,6 +91,8 @@ interface Problem {
   reason: string;
   pods: string[];
   detail: string[];
+  /** Degraded=True but Ready as it would be without it: the StreamPath works, something else is wrong. */
+  soft?: boolean;
 }
 
 export function formatTime(ms: number): string {
@@ -121,9 +136,9 @@ function condition(type: string, status: Condition['status'], reason: string, me
 export function computeStatus(input: StatusInput): StatusResult {
   const { name, namespace, generation, previous, now } = input;
   const problems = new Map<string, Problem>();
-  const addProblem = (reason: string, pod: string | undefined, detail: string) => {
+  const addProblem = (reason: string, pod: string | undefined, detail: string, soft = false) => {
     let p = problems.get(reason);
-    if (!p) problems.set(reason, (p = { reason, pods: [], detail: [] }));
+    if (!p) problems.set(reason, (p = { reason, pods: [], detail: [], ...(soft ? { soft } : {}) }));
     if (pod && !p.pods.includes(pod)) p.pods.push(pod);
     if (detail && !p.detail.includes(detail)) p.detail.push(detail);
   };
@@ -139,6 +154,9 @@ export function computeStatus(input: StatusInput): StatusResult {
   // Only in the status once an agent reports it (agents before it do not).
   let connectionsReset: number | undefined;
   const targets = new Map<string, TargetCounters>();
+  /** Said in the Ready condition's message, whatever its status: Pod Security warn/audit levels. */
+  const notes: string[] = [];
+  let injectedSelected = 0;
 
   if (input.specErrors?.length) {
     addProblem(Reason.InvalidSpec, undefined, input.specErrors.join('; '));
@@ -150,6 +168,7 @@ export function computeStatus(input: StatusInput): StatusResult {
         notInjected.push(pod);
         continue;
       }
+      injectedSelected++;
       if (!pod.podIP) {
         waiting++;
         continue;
@@ -185,6 +204,19 @@ export function computeStatus(input: StatusInput): StatusResult {
       else if (!entry?.problem) {
         if (obs.report && !obs.report.ready) addProblem(Reason.AgentNotReady, pod.name, 'the agent reports its data plane not ready');
         else waiting++;
+      }
+    }
+    if (input.sidecar) {
+      for (const v of sidecarPodSecurity(input.namespaceObject?.labels, input.sidecar)) {
+        if (v.mode !== 'enforce') notes.push(describeVerdict(namespace, v));
+        else if (injectedSelected === 0) addProblem(Reason.PodSecurityForbidsSidecar, undefined, describeVerdict(namespace, v));
+        else
+          addProblem(
+            Reason.PodSecurityForbidsSidecar,
+            undefined,
+            `${describeVerdict(namespace, v)}; the ${injectedSelected} running injected pod(s) were admitted before the label was set or the namespace is exempt, but new ones will be rejected`,
+            true,
+          );
       }
     }
     if (selected === 0) {
@@ -230,19 +262,23 @@ export function computeStatus(input: StatusInput): StatusResult {
   };
 
   const conditions: Condition[] = [];
-  const first = ordered[0];
+  const first = ordered.find((p) => !p.soft);
+  const firstSoft = ordered[0];
+  const withNotes = (message: string) => [message, ...notes].join('; ');
   if (first) {
     const message = ordered.map(describe).join('; ');
-    conditions.push(condition(CONDITION_READY, 'False', first.reason, message, generation, previous, now));
+    conditions.push(condition(CONDITION_READY, 'False', first.reason, withNotes(message), generation, previous, now));
     conditions.push(condition(CONDITION_DEGRADED, 'True', first.reason, message, generation, previous, now));
-  } else if (attached > 0 && waiting === 0) {
-    conditions.push(condition(CONDITION_READY, 'True', Reason.Attached, `${attached} of ${selected} selected pod(s) attached`, generation, previous, now));
-    conditions.push(condition(CONDITION_DEGRADED, 'False', Reason.AsExpected, 'no problem reported', generation, previous, now));
   } else {
-    conditions.push(
-      condition(CONDITION_READY, 'False', Reason.Attaching, `${attached} of ${selected} selected pod(s) attached; waiting for ${waiting} agent(s) to attach generation ${generation}`, generation, previous, now),
-    );
-    conditions.push(condition(CONDITION_DEGRADED, 'False', Reason.AsExpected, 'no problem reported', generation, previous, now));
+    if (attached > 0 && waiting === 0) {
+      conditions.push(condition(CONDITION_READY, 'True', Reason.Attached, withNotes(`${attached} of ${selected} selected pod(s) attached`), generation, previous, now));
+    } else {
+      conditions.push(
+        condition(CONDITION_READY, 'False', Reason.Attaching, withNotes(`${attached} of ${selected} selected pod(s) attached; waiting for ${waiting} agent(s) to attach generation ${generation}`), generation, previous, now),
+      );
+    }
+    if (firstSoft) conditions.push(condition(CONDITION_DEGRADED, 'True', firstSoft.reason, ordered.map(describe).join('; '), generation, previous, now));
+    else conditions.push(condition(CONDITION_DEGRADED, 'False', Reason.AsExpected, 'no problem reported', generation, previous, now));
   }
 
   return {

@@ -53,6 +53,15 @@ describe('handleAdmissionReview', () => {
     expect(out.result).toEqual({ kind: 'allowed', reason: 'not-pod-create' });
   });
 
+  it('passes the mutator\'s warnings on beside the patch, and none when there are none', () => {
+    const warned: PodMutator = (pod, ns) => ({ ...mutate(pod, ns), warnings: ['Pod Security "baseline:latest" rejects kstreams-sidecar'] });
+    const body = handleAdmissionReview(JSON.stringify(review('admission.k8s.io/v1')), warned).body as any;
+    expect(body.response.warnings).toEqual(['Pod Security "baseline:latest" rejects kstreams-sidecar']);
+    expect(body.response.patchType).toBe('JSONPatch');
+    const quiet = handleAdmissionReview(JSON.stringify(review('admission.k8s.io/v1')), (pod, ns) => ({ ...mutate(pod, ns), warnings: [] })).body as any;
+    expect(quiet.response).not.toHaveProperty('warnings');
+  });
+
   it('allows pods it must not touch without a patch, saying why', () => {
     const out = handleAdmissionReview(JSON.stringify(review('admission.k8s.io/v1', { namespace: 'kube-system' })), mutate);
     expect((out.body as any).response.patch).toBeUndefined();

@@ -43,7 +43,11 @@ export interface AdmissionOutcome {
   request?: { uid: string; namespace?: string; name?: string; operation: string };
 }
 
-export type PodMutator = (pod: unknown, namespace: string) => { patch: JsonPatchOp[]; reason: PatchReason };
+/**
+ * `warnings` go back to whoever created the pod (AdmissionReview response.warnings, shown by kubectl as
+ * "Warning: ..."; the apiserver truncates each to 256 characters).
+ */
+export type PodMutator = (pod: unknown, namespace: string) => { patch: JsonPatchOp[]; reason: PatchReason; warnings?: string[] };
 
 function badRequest(reason: 'bad-json' | 'bad-review', message: string): AdmissionOutcome {
   // Not an AdmissionReview: there is no uid to echo, so answer as a plain HTTP error with a Status body.
@@ -100,7 +104,7 @@ export function handleAdmissionReview(body: string, mutate: PodMutator): Admissi
   // Pods created through a namespaced endpoint always carry the namespace in the request; the object's
   // metadata.namespace may be empty at CREATE.
   const namespace = req.namespace ?? '';
-  let outcome: { patch: JsonPatchOp[]; reason: PatchReason };
+  let outcome: ReturnType<PodMutator>;
   try {
     outcome = mutate(req.object, namespace);
   } catch {
@@ -112,9 +116,10 @@ export function handleAdmissionReview(body: string, mutate: PodMutator): Admissi
     return { status: 200, body: respond({}), result: { kind: 'allowed', reason: outcome.reason }, request };
   }
   const patch = Buffer.from(JSON.stringify(outcome.patch)).toString('base64');
+  const warnings = outcome.warnings?.length ? { warnings: outcome.warnings } : {};
   return {
     status: 200,
-    body: respond({ patchType: 'JSONPatch', patch }),
+    body: respond({ patchType: 'JSONPatch', patch, ...warnings }),
     result: { kind: 'patched', reason: outcome.reason },
     request,
   };

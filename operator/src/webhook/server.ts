@@ -11,7 +11,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';
 import type { CertKeyPem } from './certs.js';
 import type { WebhookConfig } from './config.js';
-import { computePodPatch, parseServerVersion, useNativeSidecar, type ServerVersion } from './patch.js';
+import { computePodPatch, parseServerVersion, sidecarContainer, useNativeSidecar, type ServerVersion } from './patch.js';
+import { describeVerdict, sidecarPodSecurity } from './pod-security.js';
 import { MountedTls, SelfManagedTls, type TlsSource } from './tls-source.js';
 
 export interface StartWebhookOptions {
@@ -23,6 +24,11 @@ export interface StartWebhookOptions {
   serverVersion?: ServerVersion | { major?: string; minor?: string };
   /** Where the serving cert comes from; by default chosen by config.tls.mode. */
   tlsSource?: TlsSource;
+  /**
+   * The namespaces' labels (a cache the caller keeps): a pod injected where a Pod Security level forbids the
+   * sidecar gets an AdmissionReview warning with the fix. Without it, no such warnings.
+   */
+  namespaces?: { get(name: string): { labels: Readonly<Record<string, string>> } | undefined };
 }
 
 export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborted';
@@ -141,7 +147,17 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   };
   setExpiry(pem);
 
-  const mutate = (pod: unknown, namespace: string) => computePodPatch(pod, { name: namespace }, config, version);
+  // The pod is injected even where Pod Security forbids the sidecar: the apiserver then rejects it with an
+  // error that names the kstreams-sidecar container, which the user sees (or the ReplicaSet's FailedCreate
+  // Event shows), instead of a pod that runs unmirrored without a word (docs/webhook.md, Pod Security).
+  const sidecarShape = sidecarContainer(config.sidecar, native);
+  const mutate = (pod: unknown, namespace: string) => {
+    const result = computePodPatch(pod, { name: namespace }, config, version);
+    const ns = result.reason === 'injected' ? opts.namespaces?.get(namespace) : undefined;
+    if (!ns) return result;
+    const warnings = sidecarPodSecurity(ns.labels, sidecarShape).map((v) => describeVerdict(namespace, v, true));
+    return warnings.length > 0 ? { ...result, warnings } : result;
+  };
 
   const observe = (started: bigint, result: AdmissionOutcome['result'] | { kind: 'invalid'; reason: string }) => {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -1,5 +1,6 @@
 // The webhook against the real kube-apiserver 1.20 of the integration run, with real TLS: the apiserver
 // calls https://127.0.0.1:PORT/mutate-pods trusting the caBundle the webhook wrote itself.
+import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { connect } from 'node:tls';
 import {
   AdmissionregistrationV1Api,
@@ -20,6 +21,12 @@ import { computePodPatch, parseServerVersion, type ServerVersion } from './patch
 import { startWebhook, type RunningWebhook } from './server.js';
 import { bestEffort, createNamespace, freshName, isInjected, podBody, sidecarIndex } from './testing/cluster.js';
 import { SelfManagedTls, type Clock } from './tls-source.js';
+import { systemClock } from '../clock.js';
+import { Backoff } from '../kube/backoff.js';
+import { Informer } from '../kube/informer.js';
+import { slimNamespace, type SlimNamespace } from '../kube/objects.js';
+import { KubeRest } from '../kube/rest.js';
+import { podSecurityFixCommand } from './pod-security.js';
 
 const kubeconfig = inject('kubeconfig');
 const logger = pino({ level: process.env.KSTREAMS_TEST_LOG ?? 'silent' });
@@ -66,6 +73,30 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
   let ownNs: string;
   let shop: string;
   const namespaces: string[] = [];
+  let rest: KubeRest;
+  let nsCache: Informer<SlimNamespace>;
+
+  /** POST a pod with dryRun: the apiserver's Warning headers (client-node does not expose them) and the pod. */
+  const createWithWarnings = async (namespace: string): Promise<{ warnings: string[]; pod: V1Pod }> => {
+    const opts: RequestOptions = { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json' } };
+    await kc.applyToHTTPSOptions(opts);
+    const url = new URL(`${kc.getCurrentCluster()!.server}/api/v1/namespaces/${namespace}/pods?dryRun=All`);
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest(url, opts, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          if ((res.statusCode ?? 0) >= 300) return reject(new Error(`pod create: HTTP ${res.statusCode}: ${text}`));
+          // Not res.headers.warning: Node joins repeated headers with ", ".
+          const warnings = res.rawHeaders.filter((_, i) => i % 2 === 1 && res.rawHeaders[i - 1]!.toLowerCase() === 'warning');
+          resolve({ warnings, pod: JSON.parse(text) as V1Pod });
+        });
+      });
+      req.on('error', reject);
+      req.end(JSON.stringify(podBody(freshName('pod'))));
+    });
+  };
 
   const createPod = (namespace: string, labels: Record<string, string> = {}) =>
     core.createNamespacedPod({ namespace, body: podBody(freshName('pod'), labels) });
@@ -76,11 +107,26 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
     shop = await createNamespace(core, 'shop', { inject: true });
     namespaces.push(ownNs, shop);
     config = await webhookConfig({ namespace: ownNs, tls: { mode: 'self-managed', extraSANs: ['127.0.0.1'] } });
-    hook = await startWebhook({ config, kube: kc, logger, registry });
+    rest = await KubeRest.create(kubeconfig);
+    nsCache = new Informer<SlimNamespace>({
+      name: 'namespaces',
+      transport: rest,
+      path: '/api/v1/namespaces',
+      transform: slimNamespace,
+      key: (n) => n.name,
+      clock: systemClock,
+      backoff: new Backoff({ initialMs: 100, maxMs: 1000 }),
+      resyncPeriodMs: 600_000,
+    });
+    nsCache.start();
+    await nsCache.whenSynced();
+    hook = await startWebhook({ config, kube: kc, logger, registry, namespaces: nsCache });
   });
 
   afterAll(async () => {
     await hook?.close();
+    await nsCache?.stop();
+    rest?.close();
     if (config) await bestEffort(() => admission.deleteMutatingWebhookConfiguration({ name: config.webhookConfigurationName }));
     for (const ns of namespaces) await bestEffort(() => core.deleteNamespace({ name: ns }));
   });
@@ -118,6 +164,33 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
     expect(pod.spec!.containers[1]!.name).toBe('app');
     expect(pod.metadata?.annotations?.[INJECTED_ANNOTATION]).toBe('1');
     expect(pod.metadata?.annotations?.[AGENT_PORT_ANNOTATION]).toBe('15090');
+  });
+
+  it('warns whoever creates a pod where a Pod Security level forbids the sidecar, with the fix (1.20 does not enforce the label)', async () => {
+    const name = freshName('psa');
+    await core.createNamespace({
+      body: {
+        metadata: {
+          name,
+          labels: { 'kstreams.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'baseline', 'pod-security.kubernetes.io/warn': 'restricted' },
+        },
+      },
+    });
+    namespaces.push(name);
+    await core.createNamespacedServiceAccount({ namespace: name, body: { metadata: { name: 'default' } } });
+    await waitFor('the namespace in the webhook\'s cache', async () => nsCache.get(name) !== undefined, { timeoutMs: 5000, intervalMs: 20 });
+    const { warnings, pod } = await createWithWarnings(name);
+    // The Warning header: 299 - "<text>"; one per AdmissionReview warning, enforce first.
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(/^299 - "Pod Security \\?"baseline:latest\\?" rejects kstreams-sidecar; fix: /);
+    expect(warnings[0]).toContain(podSecurityFixCommand(name, 'enforce'));
+    expect(warnings[1]).toMatch(/^299 - "Pod Security warn \\?"restricted:latest\\?" flags kstreams-sidecar; to silence it: /);
+    expect(warnings[1]).toContain(podSecurityFixCommand(name, 'warn'));
+    // Still injected: a rejection that names the container beats an unmirrored pod (docs/webhook.md).
+    expect(isInjected(pod)).toBe(true);
+    const plain = await createWithWarnings(shop);
+    expect(plain.warnings).toEqual([]);
+    expect(isInjected(plain.pod)).toBe(true);
   });
 
   it('is idempotent: the stored pod, sent through the function and through the endpoint again, yields no patch', async () => {
