@@ -16,7 +16,9 @@
         "src/engine/worker.cc",
         "src/engine_binding.cc",
         "src/interception.cc",
-        "src/interception_binding.cc"
+        "src/interception_binding.cc",
+        "src/replay/replayer.cc",
+        "src/replay_binding.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

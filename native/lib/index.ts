@@ -3,3 +3,4 @@ export * from './types.js';
 export { Interception, DEFAULT_BYPASS_SOURCE, type InterceptionCounters } from './interception.js';
 export { probeKernelFeatures, describeKernelProbe, type RawKernelProbe } from './kernel.js';
 export { Engine, samplingBucket, DEFAULT_MIRROR_BUFFER_BUDGET } from './engine.js';
+export { Replay, type ReplayConfig, type ReplayConnection, type ReplayFailure, type ReplayOutcome, type ReplayResult, type ReplayStats } from './replay.js';

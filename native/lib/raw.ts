@@ -3,6 +3,7 @@
 import type { DrainResult, Endpoint, EngineConfig, EngineSettings, EngineStats } from './types.js';
 import type { InterceptionCounters } from './interception.js';
 import type { RawKernelProbe } from './kernel.js';
+import type { ReplayConfig, ReplayConnection, ReplayResult, ReplayStats } from './replay.js';
 
 /** An opaque engine handle (a napi External); the engine stops when it is collected. */
 export type RawEngineHandle = { readonly __brand: 'kstreams.EngineHandle' };
@@ -45,4 +46,12 @@ export interface RawAddon {
   samplingBucket(src: Endpoint, dst: Endpoint): number;
   Interception: new (options: RawInterceptionOptions) => RawInterception;
   probeKernelFeatures(): RawKernelProbe;
+  replayStart(config: ReplayConfig, conns: ReplayConnection[]): RawReplayHandle;
+  replayStats(handle: RawReplayHandle): ReplayStats;
+  /** Resets the connections still open; replayWait then resolves with cancelled: true. */
+  replayCancel(handle: RawReplayHandle): void;
+  replayWait(handle: RawReplayHandle): Promise<ReplayResult>;
 }
+
+/** An opaque replay handle (a napi External); the replay is cancelled when it is collected. */
+export type RawReplayHandle = { readonly __brand: 'kstreams.ReplayHandle' };

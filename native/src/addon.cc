@@ -4,11 +4,13 @@
 namespace kstreams {
 Napi::Object InitEngine(Napi::Env env, Napi::Object exports);
 Napi::Object InitInterception(Napi::Env env, Napi::Object exports);
+Napi::Object InitReplay(Napi::Env env, Napi::Object exports);
 }  // namespace kstreams
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kstreams::InitEngine(env, exports);
   kstreams::InitInterception(env, exports);
+  kstreams::InitReplay(env, exports);
   return exports;
 }
 

@@ -12,6 +12,8 @@ export const EXIT = {
   netns: 3,
   /** Missing privileges (CAP_BPF, CAP_NET_ADMIN) or a missing kernel feature. */
   privileges: 4,
+  /** `replay --compare`: every connection replayed, but some answers differ from the recording. */
+  differs: 5,
 } as const;
 
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
@@ -22,7 +24,8 @@ export const EXIT_CODES_HELP = `Exit codes:
   1  runtime error (the data plane failed, the native addon is not built, detach failed)
   2  bad usage, unreadable file, invalid StreamPath (the message names the field), field that cannot be applied
   3  network namespace not found (--netns)
-  4  missing privileges (root, or CAP_BPF + CAP_NET_ADMIN) or missing kernel feature (see kstreams check)`;
+  4  missing privileges (root, or CAP_BPF + CAP_NET_ADMIN) or missing kernel feature (see kstreams check)
+  5  replay --compare: every connection replayed, but some answers differ from the recording`;
 
 export class CliError extends Error {
   constructor(

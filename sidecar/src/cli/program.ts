@@ -5,6 +5,7 @@ import { EXAMPLE_STREAMPATH_YAML, mirrorTargets } from '../../../operator/src/ap
 import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
 import { loadStreamPath } from './load.js';
+import { DEFAULT_ANSWER_TIMEOUT_MS, DEFAULT_CONCURRENCY, replayCommand } from './replay.js';
 import { runCommand } from './run.js';
 
 const EXAMPLES = `Examples:
@@ -12,7 +13,8 @@ const EXAMPLES = `Examples:
   kstreams validate -f sp.yaml               parse and check a StreamPath without attaching
   kstreams check                             can this machine and user run the data plane?
   sudo kstreams run -f sp.yaml --netns app   mirror port spec.port of network namespace "app"
-  kubectl get sp checkout-shadow -o yaml | kstreams validate -f -`;
+  kubectl get sp checkout-shadow -o yaml | kstreams validate -f -
+  kstreams replay ./capture --to 10.0.0.5:8080 --speed max --compare   play a capture against a staging copy`;
 
 const RUN_HELP = `
 Applies spec.port and spec.mirror of the StreamPath to a port on this machine, without Kubernetes.
@@ -72,6 +74,50 @@ export function byteSize(value: string): number {
   return n;
 }
 
+const REPLAY_HELP = `
+Replays every connection of a capture (a file target's directory, or one session in it; see
+docs/capture.md) as a new connection to HOST:PORT. The client's bytes go from the capture's files to the
+socket with sendfile(), turn by turn: before each turn the replayer waits for the target's answer to the
+previous one (as many bytes as the recorded answer, or --answer-timeout), and for the recorded gap
+between the turns' starts divided by --speed. Connections start at their recorded offsets, also divided
+by --speed. A connection recorded as ended by FIN ends with FIN; one recorded as reset, or cut short by
+the capture, ends with RST.
+
+--compare reads the target's answers and compares them with the recorded ones, byte by byte: per
+connection the same, or differs at byte N (with an excerpt of both on stderr).
+
+Progress is redrawn on stderr when it is a terminal. At the end a JSON summary goes to stdout:
+{"type":"replay", connections, connectionsReplayed, connectionsFailed, bytesSent, bytesReceived, turns,
+turnWaitsExpired, failures: {connect, reset, closed, stalled, file}, seconds, recordedSeconds, compare?}.
+
+Exit codes: 0 every connection replayed; 1 a connection failed, the target is unreachable, or the replay
+was stopped (SIGINT/SIGTERM); 2 a bad flag, a missing or corrupt capture (the file and byte offset are
+named); 3 --netns not found; 5 with --compare, answers differ.
+
+Examples:
+  kstreams replay ./capture --to 127.0.0.1:6379
+  kstreams replay ./capture/20261202T031500Z-shop-7f9c-1234 --to staging:5432 --speed 2
+  kstreams replay ./capture --to 10.0.0.5:8080 --speed max --concurrency 32 --loop 10 --compare`;
+
+function replaySpeed(value: string): number {
+  if (value === 'max') return 0;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0 || n > 1_000_000) {
+    throw new InvalidArgumentError('must be a factor greater than 0 (0.5 is half speed, 2 twice as fast) or max');
+  }
+  return n;
+}
+
+function positiveInteger(max: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1 || n > max) {
+      throw new InvalidArgumentError(`must be a whole number from 1 to ${max}`);
+    }
+    return n;
+  };
+}
+
 function portNumber(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number, 1-65535');
@@ -114,6 +160,31 @@ export function buildProgram(version: string): Command {
         ...(o.jsonInterval !== undefined ? { jsonInterval: o.jsonInterval } : {}),
         ...(o.drainTimeout !== undefined ? { drainTimeout: o.drainTimeout } : {}),
         ...(o.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: o.mirrorBufferBudget } : {}),
+      });
+    });
+
+  program
+    .command('replay')
+    .description('replay a capture\'s connections against HOST:PORT, optionally comparing the answers')
+    .argument('<dir>', 'capture directory (a file target\'s path, or one session in it)')
+    .requiredOption('--to <host:port>', 'the target to replay to')
+    .option('--speed <factor|max>', 'divide the recorded gaps by <factor>; max: no gaps, as fast as the target answers', replaySpeed, 1)
+    .option('--concurrency <n>', `connections open at once, at most (default ${DEFAULT_CONCURRENCY})`, positiveInteger(65536))
+    .option('--loop <n>', 'replay the whole capture <n> times, one pass after the other', positiveInteger(1_000_000_000), 1)
+    .option('--compare', 'compare each connection\'s answers with the recorded responses')
+    .option('--answer-timeout <seconds>', `how long a turn waits for the answer to the previous one (default ${DEFAULT_ANSWER_TIMEOUT_MS / 1000})`, positiveSeconds)
+    .option('--netns <name|path>', 'connect from this network namespace (default: the current one)')
+    .addHelpText('after', REPLAY_HELP)
+    .action(async (dir: string, o: { to: string; speed: number; concurrency?: number; loop: number; compare?: boolean; answerTimeout?: number; netns?: string }) => {
+      process.exitCode = await replayCommand({
+        dir,
+        to: o.to,
+        speed: o.speed,
+        loops: o.loop,
+        compare: o.compare ?? false,
+        ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
+        ...(o.answerTimeout !== undefined ? { answerTimeoutMs: Math.round(o.answerTimeout * 1000) } : {}),
+        ...(o.netns !== undefined ? { netns: o.netns } : {}),
       });
     });
 
@@ -205,7 +276,7 @@ export function buildProgram(version: string): Command {
 export async function main(argv: string[], version: string): Promise<number> {
   const program = buildProgram(version);
   if (argv.length <= 2) {
-    process.stderr.write('kstreams: no command given; try kstreams example, validate, check or run (see kstreams --help)\n');
+    process.stderr.write('kstreams: no command given; try kstreams example, validate, check, run or replay (see kstreams --help)\n');
     return EXIT.usage;
   }
   try {
