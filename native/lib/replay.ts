@@ -18,7 +18,7 @@ export interface ReplayConfig {
   compare?: boolean;
   /** How long a turn waits for the target's answer to the previous one. Default 5000. */
   answerTimeoutMs?: number;
-  /** Without recorded responses: the silence after the first answer bytes that ends a turn's wait. Default 2. */
+  /** The silence after first answer bytes that ends a turn's wait without responses, or with an answer shorter than recorded. Default 5. */
   quietMs?: number;
   connectTimeoutMs?: number;
   /** A connection whose target takes no bytes for this long fails as stalled. Default 30000. */

@@ -70,6 +70,8 @@ struct Replayer::Live {
   uint64_t sendEnd = 0;
   uint64_t received = 0;
   uint64_t sent = 0;
+  // Where the last answer wait ended: in the recording's s2c, and in the bytes received.
+  uint64_t baseRecorded = 0, baseReceived = 0;
   uint64_t startedAt = 0;      // when the connect began
   uint64_t turnStartedAt = 0;  // when the previous turn's bytes began
   uint64_t gateSince = 0;
@@ -356,30 +358,33 @@ void Replayer::Run() {
   };
 
   // Is the wait before turn c->turn (or before the end) over? Sets the timer when not.
+  //
+  // With responses, the wait is for as many bytes as the app sent in the recording between the previous
+  // turn and this one, counted from where the previous wait ended (so an answer a few bytes longer or
+  // shorter than recorded, like a counter's value, does not shift every later wait); an answer that
+  // stays short ends its wait after quietMs of silence. Without responses: first bytes, then quietMs of
+  // silence. In both, answerTimeoutMs at most (counted in turnWaitsExpired).
   auto gateOpen = [&](Live* c, uint64_t now) -> bool {
     const ConnSpec& s = *c->spec;
     const bool last = c->turn >= s.turns.size();
     const uint64_t deadline = c->gateSince + cfg.answerTimeoutMs * kMs;
-    bool open;
-    if (c->eof) {
-      open = true;  // nothing more will come
-    } else if (s.responses) {
-      uint64_t need = last ? s.endS2c : s.turns[c->turn].s2c;
-      open = c->received >= need;
+    if (c->eof) return true;  // nothing more will come
+    if (s.responses) {
+      const uint64_t recorded = last ? s.endS2c : s.turns[c->turn].s2c;
+      if (c->received >= c->baseReceived + (recorded - std::min(recorded, c->baseRecorded))) return true;
     } else if (c->turn == 0 || (last && s.how == End::kFin)) {
-      // No answers recorded: nothing to wait for before the first turn; at the end the FIN and the
-      // wait for the target's own end take the last answer.
-      open = true;
-    } else if (c->answeredSinceSend) {
+      // Nothing to wait for before the first turn; at the end, the FIN and the wait for the target's own
+      // end take the last answer.
+      return true;
+    }
+    if (c->answeredSinceSend) {
       const uint64_t quietUntil = c->lastRecvAt + cfg.quietMs * kMs;
       if (now >= quietUntil) return true;
-      setTimer(c, std::min(quietUntil, deadline));
-      if (now < deadline) return false;
-      open = true;
-    } else {
-      open = false;
+      if (now < deadline) {
+        setTimer(c, std::min(quietUntil, deadline));
+        return false;
+      }
     }
-    if (open) return true;
     if (now >= deadline) {
       k.turnWaitsExpired.fetch_add(1, std::memory_order_relaxed);
       return true;
@@ -399,6 +404,8 @@ void Replayer::Run() {
         case Live::kGate: {
           if (!gateOpen(c, now)) return true;
           setTimer(c, 0);
+          c->baseRecorded = c->turn < s.turns.size() ? s.turns[c->turn].s2c : s.endS2c;
+          c->baseReceived = c->received;
           if (c->turn < s.turns.size()) {
             c->phase = Live::kPace;
             continue;

@@ -46,7 +46,7 @@ struct Config {
   uint32_t loops = 1;
   bool compare = false;
   uint32_t answerTimeoutMs = 5000;
-  uint32_t quietMs = 2;
+  uint32_t quietMs = 5;
   uint32_t connectTimeoutMs = 5000;
   uint32_t stallTimeoutMs = 30000;
 };
