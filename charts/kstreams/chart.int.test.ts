@@ -187,6 +187,8 @@ describe('the chart rendered with its default values', () => {
       { apiGroups: ['kstreams.io'], resources: ['streampaths/status'], verbs: ['get', 'update', 'patch'] },
       { apiGroups: ['kstreams.io'], resources: ['streampaths/finalizers'], verbs: ['update'] },
       { apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] },
+      // the webhook's node cache (sidecar.nativeSidecar=auto)
+      { apiGroups: [''], resources: ['nodes'], verbs: ['list', 'watch'] },
       { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
       {
@@ -465,6 +467,7 @@ describe('helm install into the real apiserver', () => {
       ['update', 'streampaths.kstreams.io/finalizers', '-n', appNamespace],
       ['list', 'pods', '--all-namespaces'],
       ['watch', 'namespaces'],
+      ['watch', 'nodes'],
       ['get', 'endpoints', '-n', appNamespace],
       ['create', 'events', '-n', appNamespace],
       ['update', 'leases.coordination.k8s.io', '-n', namespace],
@@ -487,6 +490,8 @@ describe('helm install into the real apiserver', () => {
       ['bind', 'clusterroles/admin'],
       ['delete', 'rolebindings/someone-elses', '-n', appNamespace],
       ['list', 'rolebindings', '--all-namespaces'],
+      ['get', 'nodes'],
+      ['patch', 'nodes'],
     ];
     const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
     expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));

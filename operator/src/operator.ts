@@ -14,6 +14,7 @@ import { LeaderElector } from './leader/election.js';
 import { createMetrics, type OperatorMetrics } from './observability/metrics.js';
 import { startHealthServer, type RunningHealthServer } from './observability/server.js';
 import { startWebhook, type RunningWebhook } from './webhook/server.js';
+import { sameSlimNode, slimNode, type SlimNode } from './webhook/sidecar-mode.js';
 
 export interface OperatorDeps {
   config: OperatorConfig;
@@ -65,34 +66,40 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     return stopping;
   };
 
-  // Every replica's webhook reads the namespaces' Pod Security labels from its own cache (the leader's
-  // controller has another one, which lives only while it leads). Admissions never wait for it to sync.
-  const webhookNamespaces = config.webhook.enabled
-    ? new Informer<SlimNamespace>({
-        name: 'namespaces',
-        transport,
-        path: '/api/v1/namespaces',
-        transform: slimNamespace,
-        key: (n) => n.name,
-        equal: sameSlimNamespace,
-        clock,
-        backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }),
-        resyncPeriodMs: config.resyncPeriodMs,
-        onLifecycle: (event, detail) => {
-          metrics.recordLifecycle('webhook_namespaces', event);
-          if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired)
-            log.warn({ event, delayMs: detail.delayMs, err: detail.error }, 'webhook namespaces informer: retrying after backoff');
-        },
-      })
-    : undefined;
-  webhookNamespaces?.start();
+  // Every replica's webhook keeps its own caches (the leader's controller has others, which live only while it
+  // leads): the namespaces' Pod Security labels, and with nativeSidecar auto the nodes' kubelet versions,
+  // which decide native or classic sidecars per pod. Admissions never wait for them to sync.
+  const webhookCache = <T extends { name: string }>(resource: string, transform: (raw: Record<string, unknown>) => T, equal: (a: T, b: T) => boolean) => {
+    const informer = new Informer<T>({
+      name: resource,
+      transport,
+      path: `/api/v1/${resource}`,
+      transform,
+      key: (o) => o.name,
+      equal,
+      clock,
+      backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: (event, detail) => {
+        metrics.recordLifecycle(`webhook_${resource}`, event);
+        if (event === InformerLifecycle.Failed || event === InformerLifecycle.Expired)
+          log.warn({ event, delayMs: detail.delayMs, err: detail.error }, `webhook ${resource} informer: retrying after backoff`);
+      },
+    });
+    informer.start();
+    return informer;
+  };
+  const webhookNamespaces = config.webhook.enabled ? webhookCache<SlimNamespace>('namespaces', slimNamespace, sameSlimNamespace) : undefined;
+  const webhookNodes =
+    config.webhook.enabled && config.webhook.sidecar.nativeSidecar === 'auto' ? webhookCache<SlimNode>('nodes', slimNode, sameSlimNode) : undefined;
+  const stopCaches = () => Promise.all([webhookNamespaces?.stop(), webhookNodes?.stop()]);
   let webhook: RunningWebhook | undefined;
   try {
     webhook = config.webhook.enabled
-      ? await startWebhook({ config: config.webhook, kube: rest.kubeConfig, logger: log.child({ component: 'webhook' }), registry, namespaces: webhookNamespaces })
+      ? await startWebhook({ config: config.webhook, kube: rest.kubeConfig, logger: log.child({ component: 'webhook' }), registry, namespaces: webhookNamespaces, nodes: webhookNodes })
       : undefined;
   } catch (err) {
-    await webhookNamespaces?.stop();
+    await stopCaches();
     throw err;
   }
 
@@ -135,7 +142,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     electionAbort.abort();
     await election;
     await webhook?.close();
-    await webhookNamespaces?.stop();
+    await stopCaches();
     throw err;
   }
 
@@ -159,7 +166,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       const outcome = await drained;
       if (outcome) log.info({ outcome }, 'webhook drained');
       await webhook?.close();
-      await webhookNamespaces?.stop();
+      await stopCaches();
       await health.close();
       rest.close();
     },

@@ -11,7 +11,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';
 import type { CertKeyPem } from './certs.js';
 import type { WebhookConfig } from './config.js';
-import { computePodPatch, parseServerVersion, sidecarContainer, useNativeSidecar, type ServerVersion } from './patch.js';
+import { computePodPatch, parseServerVersion, sidecarContainer, type ServerVersion } from './patch.js';
+import { chooseSidecarMode, type SlimNode } from './sidecar-mode.js';
 import { describeVerdict, sidecarPodSecurity } from './pod-security.js';
 import { MountedTls, SelfManagedTls, type TlsSource } from './tls-source.js';
 
@@ -29,6 +30,12 @@ export interface StartWebhookOptions {
    * sidecar gets an AdmissionReview warning with the fix. Without it, no such warnings.
    */
   namespaces?: { get(name: string): { labels: Readonly<Record<string, string>> } | undefined };
+  /**
+   * The nodes' kubelet versions (a cache the caller keeps, used once synced): with sidecar.nativeSidecar=auto a
+   * pod gets a native sidecar only where its kubelet will run one (sidecar-mode.ts). Without it, the
+   * apiserver's version decides alone.
+   */
+  nodes?: { list(): Iterable<SlimNode>; readonly synced: boolean };
 }
 
 export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborted';
@@ -131,7 +138,9 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   const log = logger.child({ component: 'webhook' });
   const metrics = metricsIn(opts.registry);
   const version = await resolveServerVersion(opts);
-  const native = useNativeSidecar(config.sidecar.nativeSidecar, version);
+  const modeFor = (nodeName?: string) =>
+    chooseSidecarMode(config.sidecar.nativeSidecar, version, opts.nodes?.synced ? opts.nodes.list() : undefined, nodeName);
+  const initialMode = modeFor();
   const tls: TlsSource =
     opts.tlsSource ??
     (config.tls.mode === 'self-managed'
@@ -150,9 +159,18 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   // The pod is injected even where Pod Security forbids the sidecar: the apiserver then rejects it with an
   // error that names the kstreams-sidecar container, which the user sees (or the ReplicaSet's FailedCreate
   // Event shows), instead of a pod that runs unmirrored without a word (docs/webhook.md, Pod Security).
-  const sidecarShape = sidecarContainer(config.sidecar, native);
+  const sidecarShape = sidecarContainer(config.sidecar, false);
+  // The mode is decided here, per pod, and handed to computePodPatch as a forced one.
+  const forced = { never: { ...config, sidecar: { ...config.sidecar, nativeSidecar: 'never' as const } }, always: { ...config, sidecar: { ...config.sidecar, nativeSidecar: 'always' as const } } };
+  let lastNative = initialMode.native;
   const mutate = (pod: unknown, namespace: string) => {
-    const result = computePodPatch(pod, { name: namespace }, config, version);
+    const spec = (pod as { spec?: { nodeName?: unknown } } | null)?.spec;
+    const mode = modeFor(typeof spec?.nodeName === 'string' && spec.nodeName !== '' ? spec.nodeName : undefined);
+    if (mode.native !== lastNative && spec?.nodeName === undefined) {
+      lastNative = mode.native;
+      log.info({ nativeSidecar: mode.native, why: mode.why }, 'sidecar mode for new pods changed');
+    }
+    const result = computePodPatch(pod, { name: namespace }, mode.native ? forced.always : forced.never, version);
     const ns = result.reason === 'injected' ? opts.namespaces?.get(namespace) : undefined;
     if (!ns) return result;
     const warnings = sidecarPodSecurity(ns.labels, sidecarShape).map((v) => describeVerdict(namespace, v, true));
@@ -322,7 +340,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   plain.emit('listening');
   const address = front.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ port, host: config.host, path: config.path, nativeSidecar: native, version }, 'webhook listening');
+  log.info({ port, host: config.host, path: config.path, nativeSidecar: initialMode.native, why: initialMode.why, version }, 'webhook listening');
 
   let closing: Promise<void> | undefined;
   let draining: Promise<DrainOutcome> | undefined;
