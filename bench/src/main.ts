@@ -61,6 +61,11 @@ const program = new Command('bench')
     'run the transform bench instead (in-kernel transforms against C and Node transform proxies): ops mask,replace,uppercase (default all); ' +
       'uses --bytes (default 1G, --quick 256M), --runs, --rr, --conns, --only (rows: c, node, kstreams, kstreams-mirror, kstreams-mirror-xform), --addon, --out',
   )
+  .option(
+    '--replay',
+    'run the replay bench instead (kstreams replay --speed max against a Node replayer, bulk and many-turn captures): ' +
+      'uses --bytes (default 1G, --quick 64M), --runs (default 3), --out',
+  )
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
 
@@ -90,7 +95,26 @@ const cli = program.opts<{
   write: boolean;
   silent?: boolean;
   transform?: string | boolean;
+  replay?: boolean;
 }>();
+
+if (cli.replay) {
+  const { replayMain } = await import('./replay.js');
+  const code = await replayMain({
+    bytes: cli.bytes ?? (cli.quick ? 64 * 2 ** 20 : 2 ** 30),
+    bulkConns: 4,
+    turnConns: 8,
+    turnsPerConn: cli.quick ? 200 : 2000,
+    turnSize: 4096,
+    runs: cli.runs ?? (cli.quick ? 1 : 3),
+    quick: cli.quick ?? false,
+    out: cli.out,
+    write: cli.write,
+    silent: cli.silent ?? false,
+  });
+  process.stdout.write('', () => process.exit(code));
+  await new Promise<never>(() => {});
+}
 
 if (cli.transform !== undefined) {
   // The transform section: its own rows, loads and report (bench/src/transform.ts).

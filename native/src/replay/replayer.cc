@@ -37,6 +37,8 @@ constexpr uint64_t kMs = 1000000;
 // Bytes one connection sends per round before the others' events are served.
 constexpr uint64_t kBurst = 4u << 20;
 constexpr size_t kBuf = 64 * 1024;
+// The longest wait for the last answer before the FIN goes anyway (see gateOpen).
+constexpr uint64_t kFinGraceMs = 1000;
 
 }  // namespace
 
@@ -367,7 +369,11 @@ void Replayer::Run() {
   auto gateOpen = [&](Live* c, uint64_t now) -> bool {
     const ConnSpec& s = *c->spec;
     const bool last = c->turn >= s.turns.size();
-    const uint64_t deadline = c->gateSince + cfg.answerTimeoutMs * kMs;
+    // Before the FIN the wait is short: some apps answer the last turn only after the client's FIN (a
+    // sink that acknowledges what it got), and a FIN does not stop an answer: it is still read, and
+    // compared, until the target ends (answerTimeoutMs).
+    const bool beforeFin = last && s.how == End::kFin;
+    const uint64_t deadline = c->gateSince + (beforeFin ? std::min<uint64_t>(cfg.answerTimeoutMs, kFinGraceMs) : cfg.answerTimeoutMs) * kMs;
     if (c->eof) return true;  // nothing more will come
     if (s.responses) {
       const uint64_t recorded = last ? s.endS2c : s.turns[c->turn].s2c;
@@ -386,7 +392,7 @@ void Replayer::Run() {
       }
     }
     if (now >= deadline) {
-      k.turnWaitsExpired.fetch_add(1, std::memory_order_relaxed);
+      if (!beforeFin) k.turnWaitsExpired.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
     setTimer(c, deadline);

@@ -133,6 +133,8 @@ export interface ReplaySummary {
   failures: ReplayStats['failures'];
   seconds: number;
   recordedSeconds: number;
+  /** CPU time of this process (all its threads) during the replay, seconds. */
+  cpuSeconds: number;
   compare?: {
     same: number;
     differ: number;
@@ -144,7 +146,7 @@ export interface ReplaySummary {
   cancelled?: boolean;
 }
 
-export function summarize(cap: Capture, o: ReplayOptions, target: string, r: ReplayResult): ReplaySummary {
+export function summarize(cap: Capture, o: ReplayOptions, target: string, r: ReplayResult, cpuSeconds: number): ReplaySummary {
   const s = r.stats;
   const loops = o.loops ?? 1;
   const summary: ReplaySummary = {
@@ -164,6 +166,7 @@ export function summarize(cap: Capture, o: ReplayOptions, target: string, r: Rep
     failures: s.failures,
     seconds: Math.round(r.ms) / 1000,
     recordedSeconds: recordedSeconds(cap),
+    cpuSeconds: Math.round(cpuSeconds * 1000) / 1000,
   };
   if (o.compare) {
     const differing = r.outcomes.filter((x) => x.differsAt !== undefined);
@@ -199,6 +202,7 @@ export async function replayCommand(o: ReplayOptions): Promise<number> {
   const loops = o.loops ?? 1;
 
   let replay: Replay;
+  const cpu = process.cpuUsage();
   try {
     replay = Replay.start(
       {
@@ -243,7 +247,8 @@ export async function replayCommand(o: ReplayOptions): Promise<number> {
     const e = result.unreachable;
     throw new CliError(EXIT.runtime, `cannot reach the target ${targetText}: ${e.syscall ?? 'connect'}: ${oneLine(e.message.replace(/^\w+ to the target: /, ''))}; is it listening, and reachable from ${o.netns !== undefined ? `netns ${o.netns}` : 'here'}?`);
   }
-  const summary = summarize(cap, o, o.to, result);
+  const used = process.cpuUsage(cpu);
+  const summary = summarize(cap, o, o.to, result, (used.user + used.system) / 1e6);
   await new Promise<void>((resolve) => process.stdout.write(`${JSON.stringify(summary, null, process.stdout.isTTY ? 2 : undefined)}\n`, () => resolve()));
   for (const d of summary.compare?.differences ?? []) {
     const where = d.answerTo === 0 ? 'the greeting' : `the answer to turn ${d.answerTo}`;
