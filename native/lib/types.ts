@@ -30,15 +30,49 @@ export interface Endpoint {
   port: number;
 }
 
-/** One mirror target as the engine sees it: resolved, with its share of connections. */
-export interface MirrorConfig {
+/**
+ * A capture (docs/capture.md): the sampled connections are recorded into files under `path` instead of
+ * being sent to a socket. The engine makes a session directory there at start() / update() (which throw
+ * when it cannot) and writes it from a thread of its own: a disk that is slow, full or failing cuts the
+ * capture of a connection (TargetStats.capture), never the primary.
+ */
+export interface CaptureConfig {
+  /** Absolute directory; made if missing. Each engine target writes its own session directory in it. */
+  path: string;
+  /** Also record the app's answers (app -> client bytes, `<id>.s2c`). Default false. */
+  responses?: boolean;
+  /**
+   * Data bytes the capture may hold (both directions, all connections); once reached, new connections
+   * are not recorded and live ones are cut (end how: cut) at exactly that many bytes. 0 or absent: none.
+   */
+  maxBytes?: number;
+  /** Data bytes one connection's record may hold (both directions); then that capture is cut. 0: none. */
+  maxConnectionBytes?: number;
+}
+
+interface MirrorCommon {
   /** Name in counters and status (e.g. the StreamPath target's name or address). Unique per engine. */
   name: string;
-  host: string;
-  port: number;
   /** 0..100: a connection is mirrored to this target when hash(4-tuple) mod 10000 < percent * 100. */
   samplingPercent: number;
 }
+
+/** A mirror socket target: resolved to a numeric address. */
+export interface SocketMirrorConfig extends MirrorCommon {
+  host: string;
+  port: number;
+  file?: undefined;
+}
+
+/** A capture target: the connections go to files. */
+export interface FileMirrorConfig extends MirrorCommon {
+  file: CaptureConfig;
+  host?: undefined;
+  port?: undefined;
+}
+
+/** One mirror target as the engine sees it: resolved, with its share of connections. */
+export type MirrorConfig = SocketMirrorConfig | FileMirrorConfig;
 
 /**
  * What a running engine may change for the connections it accepts from then on (Engine.update). Live
@@ -116,8 +150,15 @@ export interface EngineConfig extends EngineSettings {
   /**
    * Where primary bytes go: a fixed endpoint (plain proxy), or 'original-destination': the address the
    * client connected to, read with getsockname() on the accepted socket (after sk_lookup steering).
+   * 'none': a recorder. There is no app: the client's bytes go to the mirror targets only (a file target
+   * records them) and the engine ends each connection when its client does.
    */
-  upstream: Endpoint | 'original-destination';
+  upstream: Endpoint | 'original-destination' | 'none';
+  /**
+   * upstream 'none' (a recorder, `kstreams record`): a client turn starts after this many milliseconds of
+   * silence, since no answers end one (docs/capture.md). Default 50.
+   */
+  turnGapMs?: number;
   /**
    * Source addresses the engine binds its upstream connections to, at most one per family (an upstream
    * of a family without one is left unbound). The sk_lookup program lets connections from them through
@@ -180,6 +221,28 @@ export interface TargetStats {
   /** Mirror connections of this target closed with a reset, or never opened, because their transform
    * could not be applied (never sent untransformed). */
   transformFailures: number;
+  /**
+   * File targets only. For them connectionsMirrored counts the connections recorded, connectionsCut the
+   * captures cut (any reason below), bytesMirrored the client bytes written to the data files,
+   * bytesDropped the client bytes of sampled connections not written (after a cut, or lost by a failed
+   * write), connectionsSkipped the connections whose capture pipes the kernel refused.
+   */
+  capture?: CaptureStats;
+}
+
+export interface CaptureStats {
+  /** The session directory this target writes now. */
+  session: string;
+  /** App -> client bytes written (responses: true). */
+  responseBytes: number;
+  /** Sampled connections not recorded because the capture was full (maxBytes reached, or the disk full). */
+  connectionsNotRecorded: number;
+  /** Captures cut because maxBytes or maxConnectionBytes was reached. */
+  cutsFull: number;
+  /** Captures cut because the writer fell behind (the capture pipe was full: the disk too slow). */
+  cutsSlow: number;
+  /** Captures cut because a write failed (ENOSPC, EDQUOT, EIO). */
+  cutsDisk: number;
 }
 
 export interface EngineStats {

@@ -58,6 +58,36 @@ bool ReadEndpoint(Napi::Env env, Napi::Value v, const std::string& name, engine:
   return true;
 }
 
+bool ReadInteger(Napi::Env env, Napi::Object o, const std::string& prefix, const char* key, bool required, double min,
+                 double max, double* out);
+
+// mirrors[i].file: {path, responses?, maxBytes?, maxConnectionBytes?} (a capture; docs/capture.md).
+bool ReadCapture(Napi::Env env, Napi::Value v, const std::string& name, engine::MirrorTarget* t) {
+  if (!v.IsObject()) {
+    ArgumentError(env, name, "an object {path, responses?, maxBytes?, maxConnectionBytes?}").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Object o = v.As<Napi::Object>();
+  auto spec = std::make_shared<engine::CaptureSpec>();
+  if (!o.Get("path").IsString()) {
+    ArgumentError(env, name + ".path", "an absolute directory path").ThrowAsJavaScriptException();
+    return false;
+  }
+  spec->dir = o.Get("path").As<Napi::String>().Utf8Value();
+  if (spec->dir.empty() || spec->dir[0] != '/') {
+    ArgumentError(env, name + ".path", "an absolute directory path, got '" + spec->dir + "'").ThrowAsJavaScriptException();
+    return false;
+  }
+  spec->responses = o.Get("responses").ToBoolean();
+  double max = 0, perConn = 0;
+  if (!ReadInteger(env, o, name + ".", "maxBytes", false, 0, double(1ull << 50), &max)) return false;
+  if (!ReadInteger(env, o, name + ".", "maxConnectionBytes", false, 0, double(1ull << 50), &perConn)) return false;
+  spec->maxBytes = uint64_t(max);
+  spec->maxConnectionBytes = uint64_t(perConn);
+  t->file = spec;
+  return true;
+}
+
 bool ReadMirrors(Napi::Env env, Napi::Value v, engine::Settings* settings) {
   std::vector<engine::MirrorTarget>* out = &settings->mirrors;
   if (!v.IsArray()) {
@@ -85,7 +115,12 @@ bool ReadMirrors(Napi::Env env, Napi::Value v, engine::Settings* settings) {
             .ThrowAsJavaScriptException();
         return false;
       }
-    if (!ReadEndpoint(env, o, name, &t.address)) return false;
+    Napi::Value file = o.Get("file");
+    if (!file.IsUndefined()) {
+      if (!ReadCapture(env, file, name + ".file", &t)) return false;
+    } else if (!ReadEndpoint(env, o, name, &t.address)) {
+      return false;
+    }
     Napi::Value pct = o.Get("samplingPercent");
     double p = pct.IsNumber() ? pct.As<Napi::Number>().DoubleValue() : -1;
     if (!(p >= 0 && p <= 100)) {
@@ -236,10 +271,15 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Value up = o.Get("upstream");
   if (up.IsString() && up.As<Napi::String>().Utf8Value() == "original-destination") {
     cfg.upstreamOriginalDestination = true;
+  } else if (up.IsString() && up.As<Napi::String>().Utf8Value() == "none") {
+    cfg.recorder = true;
+    double gap = cfg.recorderTurnGapMs;
+    if (!ReadInteger(env, o, "config.", "turnGapMs", false, 0, 3600000, &gap)) return env.Undefined();
+    cfg.recorderTurnGapMs = uint32_t(gap);
   } else if (up.IsObject()) {
     if (!ReadEndpoint(env, up, "config.upstream", &cfg.upstream)) return env.Undefined();
   } else {
-    ArgumentError(env, "config.upstream", "{host, port} or 'original-destination'").ThrowAsJavaScriptException();
+    ArgumentError(env, "config.upstream", "{host, port}, 'original-destination' or 'none'").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   // upstreamSources: exactly these (native/lib passes it always). upstreamSource alone: replaces the
@@ -349,6 +389,16 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     to.Set("bytesDropped", double(t.bytesDropped));
     to.Set("turnWaitsExpired", double(t.turnWaitsExpired));
     to.Set("transformFailures", double(t.transformFailures));
+    if (t.file) {
+      Napi::Object c = Napi::Object::New(env);
+      c.Set("session", t.captureSession);
+      c.Set("responseBytes", double(t.responseBytes));
+      c.Set("connectionsNotRecorded", double(t.connectionsNotRecorded));
+      c.Set("cutsFull", double(t.capturesCutFull));
+      c.Set("cutsSlow", double(t.capturesCutSlow));
+      c.Set("cutsDisk", double(t.capturesCutDisk));
+      to.Set("capture", c);
+    }
     targets.Set(uint32_t(i), to);
   }
   o.Set("targets", targets);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "address.h"
+#include "capture.h"
 #include "counters.h"
 #include "transform.h"
 
@@ -18,6 +19,8 @@ struct MirrorTarget {
   std::string name;
   SockAddr address;
   double samplingPercent = 100;  // 0..100
+  // A file target (a capture) instead of an address; null: a socket target.
+  std::shared_ptr<const CaptureSpec> file;
 };
 
 // Live settings (Engine::Update).
@@ -36,6 +39,11 @@ struct Config {
   std::string netnsPath;  // empty: the caller's namespace
   SockAddr listen;        // family 0: dual-stack [::]:0
   bool upstreamOriginalDestination = false;
+  // A recorder (`kstreams record`): no app; the client's bytes go to the legs only (a capture) and are
+  // then discarded in the kernel (P is spliced to /dev/null). A client turn starts after `recorderTurnGapMs`
+  // of silence, since there are no answers to end one.
+  bool recorder = false;
+  uint32_t recorderTurnGapMs = 50;
   SockAddr upstream;      // when !upstreamOriginalDestination
   // Bound (with IP_FREEBIND / IPV6_FREEBIND) as the source of upstream connections, at most one per
   // family; an upstream of a family without one is left unbound. The sk_lookup program lets these
@@ -55,6 +63,8 @@ struct ActiveTarget {
   SockAddr address;
   uint32_t threshold;  // mirrored when bucket < threshold
   std::shared_ptr<TargetCounters> counters;
+  // File targets: the capture their connections are recorded in (address unused).
+  std::shared_ptr<CaptureSession> capture;
 };
 
 // The settings a new connection is opened with, resolved; shared by the workers, replaced whole.

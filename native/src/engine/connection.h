@@ -41,6 +41,8 @@ struct Conn {
   uint32_t pWant = 0, rWant = 0;  // this connection's pipe sizes (settings at accept)
   bool resizeCounted = false;
   bool appConnected = false;
+  bool appIsSink = false;  // a recorder's: app.fd is /dev/null, never watched, never reset
+  uint64_t lastReadMs = 0; // a recorder's: when client bytes last came (its turns are bursts)
   bool primaryDone = false;  // both primary sockets closed (legs may still be draining)
   bool freed = false;
   bool ready = false;  // on the worker's ready list: it used its batch and has more to move

@@ -59,6 +59,22 @@ struct alignas(64) TargetSlot {
   Counter turnWaitsExpired{0};
   // Mirror connections closed (reset) or not opened because their transform could not be applied.
   Counter transformFailures{0};
+  // File targets (capture.h): sampled connections not recorded because the capture was full, and
+  // captures cut because maxBytes / maxConnectionBytes was reached, or because the writer fell behind
+  // (the capture pipe was full: the disk is too slow).
+  Counter connectionsNotRecorded{0};
+  Counter capturesCutFull{0};
+  Counter capturesCutSlow{0};
+};
+
+// What a capture's writer thread counts (one writer per session; fetch_add: an old session of the same
+// name may still be finishing).
+struct CaptureTotals {
+  std::atomic<uint64_t> bytesWritten{0};   // client -> app bytes in the data files (the target's bytesMirrored)
+  std::atomic<uint64_t> responseBytes{0};  // app -> client bytes in the data files
+  std::atomic<uint64_t> bytesLost{0};      // client bytes tee'd but never written (a failed write)
+  std::atomic<uint64_t> cutsDisk{0};       // captures cut because a write failed (ENOSPC, EDQUOT, EIO)
+  std::atomic<uint64_t> connectionsWritten{0};  // connections whose end record was written
 };
 
 // One mirror target's counters, one slot per worker; kept per target name for the engine's lifetime.
@@ -68,6 +84,8 @@ struct TargetCounters {
   std::unique_ptr<TargetSlot[]> slots;
   size_t count;
   TargetSlot& at(int worker) { return slots[size_t(worker)]; }
+  CaptureTotals capture;
+  std::atomic<bool> file{false};  // a file target (capture.h) as last configured
 };
 
 struct TargetStats {
@@ -75,6 +93,10 @@ struct TargetStats {
   uint64_t connectionsMirrored = 0, connectionsCut = 0, connectFailures = 0, connectionsSkipped = 0;
   int64_t connectionsActive = 0;
   uint64_t bytesMirrored = 0, bytesDropped = 0, turnWaitsExpired = 0, transformFailures = 0;
+  // File targets only.
+  bool file = false;
+  std::string captureSession;  // the session directory being written
+  uint64_t responseBytes = 0, connectionsNotRecorded = 0, capturesCutFull = 0, capturesCutSlow = 0, capturesCutDisk = 0;
 };
 
 struct Stats {

@@ -43,9 +43,12 @@ std::unique_ptr<Engine> Engine::Start(const Config& config, StartError* error) {
     if (!e->workers_.back()->Start(&e->listener_, &e->listenAddress_, error)) {
       e->workers_.pop_back();
       e->Stop();
+      for (auto& c : e->allCaptures_) c->Discard();  // nothing was recorded: no empty sessions left behind
       return nullptr;
     }
   }
+  // The captures' session.json names the listener, known only now; records posted meanwhile wait.
+  for (auto& c : e->allCaptures_) c->Begin(e->ListenText(), e->config_.recorder ? "recorder" : "engine");
   return e;
 }
 
@@ -84,9 +87,34 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
   next->turnTimeoutMs = settings.turnTimeoutMs;
   next->mirrorBufferSize = settings.mirrorBufferSize;
   std::lock_guard<std::mutex> lock(settingsMu_);
+  // File targets: an unchanged one keeps writing its session; a new or changed one opens a new session
+  // (its directories are made now, so that a path that cannot be written fails start() or update()).
+  std::map<std::string, std::shared_ptr<CaptureSession>> captures, opened;
+  for (const MirrorTarget& m : settings.mirrors) {
+    if (!m.file) continue;
+    auto it = captures_.find(m.name);
+    if (it != captures_.end() && it->second->spec() == *m.file) {
+      captures[m.name] = it->second;
+      continue;
+    }
+    auto s = CaptureSession::Create(*m.file, m.name, CountersFor(m.name), error);
+    if (!s) {
+      for (auto& o : opened) o.second->Discard();
+      return false;
+    }
+    captures[m.name] = opened[m.name] = s;
+  }
   for (const MirrorTarget& m : settings.mirrors) {
     double pct = std::max(0.0, std::min(100.0, m.samplingPercent));
-    next->targets.push_back({m.address, uint32_t(pct * 100 + 0.5), CountersFor(m.name)});
+    std::shared_ptr<TargetCounters> counters = CountersFor(m.name);
+    counters->file.store(bool(m.file), std::memory_order_relaxed);
+    next->targets.push_back({m.address, uint32_t(pct * 100 + 0.5), counters, m.file ? captures[m.name] : nullptr});
+  }
+  for (auto& c : captures) captures_[c.first] = c.second;
+  for (auto& o : opened) {
+    allCaptures_.push_back(o.second);
+    // At start the listener is not bound yet: Start() begins them.
+    if (!workers_.empty()) o.second->Begin(ListenText(), config_.recorder ? "recorder" : "engine");
   }
   settings_ = next;
   currentTransform_ = settings.transform;
@@ -94,6 +122,12 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
 }
 
 bool Engine::Update(const Settings& settings, StartError* error) { return Apply(settings, error); }
+
+std::string Engine::ListenText() const {
+  SockAddr a = Unmap(listenAddress_);
+  std::string host = FormatHost(a);
+  return (a.family() == AF_INET6 ? "[" + host + "]" : host) + ":" + std::to_string(Port(a));
+}
 
 uint32_t Engine::pipeSize() const { return Current()->pipeSize; }
 
@@ -155,6 +189,8 @@ DrainResult Engine::End(Mode mode, uint32_t timeoutMs) {
   // Outside the lock, so that Stop() can cut a drain short meanwhile.
   for (auto& w : workers_) w->Join();
   CloseFd(listener_);
+  // The workers posted every connection's end; the writers write them and stop.
+  for (auto& c : allCaptures_) c->Close();
   DrainResult r;
   for (uint32_t i = 0; i < config_.threads && workerCounters_; i++) {
     r.drained += Read(workerCounters_[i].connectionsDrained);
@@ -217,6 +253,20 @@ Stats Engine::Snapshot() const {
       ts.bytesDropped += Read(k.bytesDropped);
       ts.turnWaitsExpired += Read(k.turnWaitsExpired);
       ts.transformFailures += Read(k.transformFailures);
+      ts.connectionsNotRecorded += Read(k.connectionsNotRecorded);
+      ts.capturesCutFull += Read(k.capturesCutFull);
+      ts.capturesCutSlow += Read(k.capturesCutSlow);
+    }
+    ts.file = t.file.load(std::memory_order_relaxed);
+    if (ts.file) {
+      // The writer's figures: what is in the files, what a failed write lost.
+      ts.bytesMirrored += t.capture.bytesWritten.load(std::memory_order_relaxed);
+      ts.bytesDropped += t.capture.bytesLost.load(std::memory_order_relaxed);
+      ts.responseBytes = t.capture.responseBytes.load(std::memory_order_relaxed);
+      ts.capturesCutDisk = t.capture.cutsDisk.load(std::memory_order_relaxed);
+      ts.connectionsCut += ts.capturesCutDisk;
+      auto c = captures_.find(name);
+      if (c != captures_.end()) ts.captureSession = c->second->path();
     }
     // A skipped leg counts as closed but not as mirrored.
     uint64_t opened = ts.connectionsMirrored + ts.connectionsSkipped;

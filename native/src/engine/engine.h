@@ -3,7 +3,8 @@
 // conversation's turns), then spliced to the app; app bytes are spliced back to the client. Worker
 // threads on edge-triggered epoll own the connections; nothing here knows about Node, so the engine can
 // be driven (and tested) from plain C++. Files: address (addresses, sampling), pipes (sizing, the pool),
-// accept_policy, counters, leg + mirror_leg, connection, primary (the primary pump), worker (the loop),
+// accept_policy, counters, leg + mirror_leg + file_leg (with capture: a capture session and its writer),
+// connection, primary (the primary pump), worker (the loop),
 // engine (this facade).
 #pragma once
 
@@ -92,6 +93,11 @@ class Engine {
   std::shared_ptr<const ActiveSettings> settings_;
   std::map<std::string, std::shared_ptr<TargetCounters>> allCounters_;
   std::vector<std::string> order_;  // names in the order first configured
+  // File targets: the capture each name writes now, and every capture opened (closed at the end, after
+  // the workers, so that their last records are written).
+  std::map<std::string, std::shared_ptr<CaptureSession>> captures_;
+  std::vector<std::shared_ptr<CaptureSession>> allCaptures_;
+  std::string ListenText() const;
 
   std::atomic<int64_t> mirrorBufferInUse_{0};
   // Loaded with the first transform (start or update) and kept for the engine's life.

@@ -1,6 +1,6 @@
 // A leg: one destination of a copy of the client's stream, beside the primary path to the app. A leg is
-// a pipe (its private copy, filled by tee() from the primary pipe P), a sink (a mirror socket today; a
-// socket with an sk_msg transform or a capture file next) and a policy (when bytes may go out: turn
+// a pipe (its private copy, filled by tee() from the primary pipe P), a sink (a mirror socket, possibly
+// with an sk_msg transform, or a capture's files: file_leg.h) and a policy (when bytes may go out: turn
 // pacing; what happens when the sink falls behind: cut). The primary pump only offers each batch of P
 // and says when the client's stream ended; it never waits for a leg, and a leg never touches P's bytes
 // beyond its tee.
@@ -60,6 +60,9 @@ class Leg : public Timed {
   // A batch at the head of the primary pipe P: `n` bytes of client turn `turn`. The leg copies it
   // (tee, non-blocking) or gives up (cut, counted). It must not consume P.
   virtual void Offer(const Pipe& p, size_t n, uint32_t turn) = 0;
+  // A batch at the head of the response pipe R: `n` bytes the app sent. Only a leg that records
+  // responses (a capture) copies it, the same way; it must not consume R.
+  virtual void OfferResponse(const Pipe& r, size_t n) {}
   // Epoll readiness of the leg's own fd.
   virtual void OnEvent(uint32_t events) = 0;
   // Moves what it can; true when something moved.

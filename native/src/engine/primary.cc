@@ -210,7 +210,7 @@ bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered
   }
   if (xf && !FlushHeld(c, progress)) return false;
   if (from.eof && pipe.bytes == 0 && !to.shut && !(xf && xf->held() > 0)) {
-    shutdown(to.fd, SHUT_WR);
+    if (!c->appIsSink || &to != &c->app) shutdown(to.fd, SHUT_WR);
     to.shut = true;
     *progress = true;
   }
@@ -223,6 +223,12 @@ bool Worker::PumpPrimary(Conn* c) {
   // client -> P, then offer the batch to every leg; P -> app follows at once.
   if (!Fill(c, c->client, c->p, c->pWant, &n, &progress)) return false;
   if (n > 0) {
+    if (c->appIsSink) {
+      // A recorder has no answers: a burst after a silence of the turn gap starts a new turn.
+      uint64_t now = NowMs();
+      if (c->lastReadMs && now - c->lastReadMs > engine_->config().recorderTurnGapMs) c->appAnswered = true;
+      c->lastReadMs = now;
+    }
     if (c->appAnswered) {
       c->turn++;
       c->appAnswered = false;
@@ -234,10 +240,15 @@ bool Worker::PumpPrimary(Conn* c) {
   }
   if (c->appConnected && !Flush(c, c->client, c->p, c->app, k_.bytesClientToApp, c->appXf.get(), &progress))
     return false;
+  // A recorder's "app" has nothing to say and ends with the client.
+  if (c->appIsSink && c->client.eof) c->app.eof = true;
   // app -> R -> client, the same way; app bytes end the client's turn.
-  if (c->appConnected) {
+  if (c->appConnected && !c->appIsSink) {
     if (!Fill(c, c->app, c->r, c->rWant, &n, &progress)) return false;
-    if (n > 0) c->appAnswered = true;
+    if (n > 0) {
+      c->appAnswered = true;
+      for (auto& leg : c->legs) leg->OfferResponse(c->r, n);
+    }
   }
   if (!Flush(c, c->app, c->r, c->client, k_.bytesAppToClient, nullptr, &progress)) return false;
   if (c->app.shut && c->client.shut) {
@@ -252,7 +263,8 @@ bool Worker::PumpPrimary(Conn* c) {
 void Worker::AbortPrimary(Conn* c) {
   if (c->primaryDone) return;
   if (!CloseWithReset(c->client.fd)) Add(k_.resetFailures);
-  if (c->app.fd >= 0 && !CloseWithReset(c->app.fd)) Add(k_.resetFailures);
+  if (c->appIsSink) CloseFd(c->app.fd);
+  else if (c->app.fd >= 0 && !CloseWithReset(c->app.fd)) Add(k_.resetFailures);
   for (auto& leg : c->legs) leg->Abort();
   ClosePrimary(c);
 }

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "file_leg.h"
 #include "mirror_leg.h"
 #include "sockets.h"
 
@@ -247,11 +248,28 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   // whole batches of jitter before a target that keeps up on average is cut.
   c->pWant = sampled.empty() ? s->pipeSize : std::max<uint32_t>(s->pipeSize / 4, 16 * 4096);
   c->rWant = s->pipeSize;
+  // A capture of the app's answers tees R's batches the same way: R is then as small as P.
+  for (const ActiveTarget* t : sampled)
+    if (t->capture && t->capture->spec().responses) c->rWant = c->pWant;
 
   bool ok = true;
-  c->app.fd = socket(dst.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (cfg.recorder) {
+    // No app: P is emptied into /dev/null (a splice that only drops page references) once every leg
+    // took its copy, and the "app" ends when the client does.
+    c->app.fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    c->appIsSink = true;
+    c->appConnected = c->app.writable = c->app.fd >= 0;
+    ok = Watch(c->client.fd, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) && c->app.fd >= 0;
+    if (!ok) {
+      Add(k_.setupFailures);
+      AbortPrimary(c);
+      MaybeFree(c);
+      return;
+    }
+  }
+  if (!cfg.recorder) c->app.fd = socket(dst.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   ok = c->app.fd >= 0;
-  if (ok) {
+  if (ok && !cfg.recorder) {
     SetNoDelay(c->app.fd);
     SetOobInline(c->app.fd);
     // The upstream source lets sk_lookup tell our own connections to the app from the clients'.
@@ -264,13 +282,13 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
     }
   }
   bool setup = ok;  // past this point a failure is the app's (refused, unreachable)
-  if (ok) {
+  if (ok && !cfg.recorder) {
     int r = connect(c->app.fd, dst.sa(), dst.len);
     if (r == 0) c->appConnected = c->app.writable = true;
     else ok = errno == EINPROGRESS;
     setup = ok || !IsResourceShortage(errno);
   }
-  if (ok) {
+  if (ok && !cfg.recorder) {
     ok = Watch(c->client.fd, &c->clientHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET) &&
          Watch(c->app.fd, &c->appHandle, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET);
     setup = ok;
@@ -300,6 +318,13 @@ void Worker::OpenConnection(int fd, const SockAddr& peer, const SockAddr& local)
   mo.connectTimeoutMs = cfg.mirrorConnectTimeoutMs;
   if (s->transform && s->transform->mirror) mo.transform = s->transform;
   for (const ActiveTarget* t : sampled) {
+    if (t->capture) {
+      auto leg = std::make_unique<FileLeg>(this, c, *t, mo.pipeCapacity, mo.bufferSize);
+      FileLeg* f = leg.get();
+      c->legs.push_back(std::move(leg));
+      f->Open(peer, local);
+      continue;
+    }
     auto leg = std::make_unique<MirrorLeg>(this, c, *t, mo);
     MirrorLeg* m = leg.get();
     c->legs.push_back(std::move(leg));

@@ -58,7 +58,7 @@ function addCrossFieldRules(spec: JsonSchema): JsonSchema {
   const mirror = (spec['properties'] as JsonSchema)['mirror'] as JsonSchema;
   const targets = (mirror['properties'] as JsonSchema)['targets'] as JsonSchema;
   const items = targets['items'] as JsonSchema;
-  items['oneOf'] = [{ required: ['address'] }, { required: ['service'] }];
+  items['oneOf'] = [{ required: ['address'] }, { required: ['service'] }, { required: ['file'] }];
   // spec.mirror is required unless spec.transform.applyTo is primary. The apiserver states the part it can
   // word well: a spec with neither mirror nor transform is refused as `spec.mirror: Required value` (when no
   // branch holds, it reports the first one's errors). A transform of the mirror without a mirror passes here

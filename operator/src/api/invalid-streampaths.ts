@@ -84,6 +84,27 @@ export const INVALID_CASES: InvalidCase[] = [
     mentions: /spec\.mirror\.targets\[0\]/,
   },
   { name: 'target with neither address nor service', mutate: (s) => (s['mirror'].targets = [{ name: 'x' }]), mentions: /spec\.mirror\.targets\[0\]/ },
+  {
+    name: 'target with both address and file',
+    mutate: (s) => (target0(s)['file'] = { path: '/var/lib/kstreams/capture' }),
+    mentions: /spec\.mirror\.targets\[0\]/,
+  },
+  {
+    name: 'file target with a relative path',
+    mutate: (s) => (s['mirror'].targets = [{ file: { path: 'captures' } }]),
+    mentions: /spec\.mirror\.targets\[0\]\.file\.path/,
+  },
+  {
+    name: 'file target with maxBytes 0',
+    mutate: (s) => (s['mirror'].targets = [{ file: { path: '/captures', maxBytes: 0 } }]),
+    mentions: /spec\.mirror\.targets\[0\]\.file\.maxBytes/,
+  },
+  {
+    name: 'file target without a path',
+    mutate: (s) => (s['mirror'].targets = [{ file: { responses: true } }]),
+    mentions: /spec\.mirror\.targets\[0\]\.file\.path/,
+    kubectlMentions: /missing required field "path"/,
+  },
   { name: 'address without a port', mutate: (s) => (target0(s)['address'] = 'staging'), mentions: /spec\.mirror\.targets\[0\]\.address/ },
   { name: 'address with port 0', mutate: (s) => (target0(s)['address'] = 'staging:0'), mentions: /spec\.mirror\.targets\[0\]\.address/ },
   {
@@ -285,6 +306,11 @@ export const VALID_CASES: ValidCase[] = [
   {
     name: 'a byteMap of hex pairs over a preset (EBCDIC-style)',
     mutate: ops({ byteMap: { preset: 'lowercase', pairs: { '0xC1': 'A', '0x81': 'a', '0x40': ' ', A: '0xff', '0x00': '0x0A' } } }),
+  },
+  {
+    name: 'a file target (a capture) beside an address, with responses and both bounds',
+    mutate: (s) =>
+      s['mirror'].targets.push({ name: 'capture', file: { path: '/var/lib/kstreams/capture', responses: true, maxBytes: 1 << 30, maxConnectionBytes: 1 << 20 } }),
   },
   { name: 'a program with a section', mutate: ops(mask, { program: { configMap: 'bpf.programs', key: 'mask_v2.o', section: 'sk_msg/mask' } }) },
 ];

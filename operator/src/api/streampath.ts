@@ -37,6 +37,10 @@ export const LIMITS = {
   // Transforms: how long bytes that may start a split pattern wait for the rest.
   maxHoldMs: 10_000,
   defaultHoldMs: 20,
+  // Captures (file targets): a capture is bounded, whatever the disk has room for.
+  defaultCaptureMaxBytes: 1024 * 1024 * 1024,
+  maxCaptureMaxBytes: 1024 * 1024 * 1024 * 1024,
+  maxPathLength: 1024,
 } as const;
 
 const port = z.number().int().min(1).max(65535);
@@ -82,13 +86,48 @@ export const ServiceRefSchema = z.strictObject({
   port: port.describe('Service port'),
 });
 
+const captureBytes = z.number().int().min(1).max(LIMITS.maxCaptureMaxBytes);
+
+export const FileTargetSchema = z
+  .strictObject({
+    path: z
+      .string()
+      .min(2)
+      .max(LIMITS.maxPathLength)
+      .regex(/^\/[^\0]*$/, 'must be an absolute directory path')
+      .describe(
+        'Directory the capture is written to, in the filesystem of the process that mirrors (the sidecar, ' +
+          'kstreams run); made if missing. Each writer makes its own session directory in it (docs/capture.md)',
+      ),
+    responses: z
+      .boolean()
+      .default(false)
+      .describe("Also record the app's answers (app -> client bytes) and their offsets at each turn"),
+    maxBytes: captureBytes
+      .default(LIMITS.defaultCaptureMaxBytes)
+      .describe(
+        'Data bytes the capture may hold, both directions of all its connections (default 1 GiB, at most ' +
+          '1 TiB). Once reached, new connections are not recorded and live ones are cut cleanly at exactly ' +
+          'this many bytes; the primary never notices',
+      ),
+    maxConnectionBytes: captureBytes
+      .optional()
+      .describe("Data bytes one connection's record may hold, both directions; then that capture is cut"),
+  })
+  .describe(
+    'Record the sampled connections into files (a capture, docs/capture.md) instead of sending them to a ' +
+      'socket: stream bytes go socket -> pipe -> file with splice, never through user space. A slow, full ' +
+      'or failing disk cuts the capture of a connection, never the primary',
+  );
+
 export const MirrorTargetSchema = z
   .strictObject({
     name: dnsLabel.optional().describe('Name of this target in counters and status; defaults to its address'),
     address: hostPort.optional().describe('host:port of the target'),
     service: ServiceRefSchema.optional().describe('A Service to mirror to, resolved through the API'),
+    file: FileTargetSchema.optional(),
   })
-  .describe('Where mirrored bytes go: exactly one of address or service.');
+  .describe('Where mirrored bytes go: exactly one of address, service or file.');
 
 export const SamplingSchema = z.strictObject({
   percent: z
@@ -443,11 +482,12 @@ export const StreamPathSpecSchema = z
       });
     }
     spec.mirror?.targets.forEach((t, i) => {
-      if ((t.address === undefined) === (t.service === undefined)) {
+      const kinds = [t.address, t.service, t.file].filter((k) => k !== undefined).length;
+      if (kinds !== 1) {
         ctx.addIssue({
           code: 'custom',
           path: ['mirror', 'targets', i],
-          message: 'exactly one of address or service must be set',
+          message: 'exactly one of address, service or file must be set',
         });
       }
     });
@@ -643,6 +683,7 @@ export function mirrorTargets(spec: Pick<StreamPathSpec, 'mirror'>): readonly Mi
 export function targetName(t: MirrorTarget): string {
   if (t.name) return t.name;
   if (t.address) return t.address;
+  if (t.file) return `file:${t.file.path}`;
   const s = t.service!;
   return `${s.name}${s.namespace ? `.${s.namespace}` : ''}:${s.port}`;
 }

@@ -84,7 +84,7 @@ interface Drain {
 }
 
 /** What /metrics shows beside the report: the data plane's own figures (not in StreamPath status). */
-export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailures' | 'memory' | 'transformFailures' | 'targetTransformFailures'>;
+export type LocalStats = Pick<AttachmentStats, 'connectionsActive' | 'setupFailures' | 'memory' | 'transformFailures' | 'targetTransformFailures' | 'captures'>;
 
 /** A condition reason and a message for an error thrown by the data plane. */
 export function problemFromError(err: unknown, action: 'attach' | 'update' | 'detach'): Problem {
@@ -459,6 +459,7 @@ export class Reconciler {
         ...(stats.memory !== undefined && e.attachment ? { memory: stats.memory } : {}),
         ...(stats.transformFailures !== undefined ? { transformFailures: stats.transformFailures } : {}),
         ...(stats.targetTransformFailures !== undefined ? { targetTransformFailures: stats.targetTransformFailures } : {}),
+        ...(stats.captures !== undefined ? { captures: stats.captures } : {}),
       };
       out.push({
         report: {

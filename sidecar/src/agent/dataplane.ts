@@ -2,7 +2,7 @@
 // sidecar/src/dataplane/attach.ts (realDataPlane below); unit tests inject a fake. Keeping the seam this narrow lets the
 // converge logic be tested without a kernel.
 import type { MirrorTarget, StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
-import type { Endpoint } from '../../../native/lib/types.js';
+import type { CaptureStats, Endpoint } from '../../../native/lib/types.js';
 import type { ProgramReader } from '../dataplane/transform.js';
 import { attachStreamPath, type AttachmentMemory, type DetachOptions } from '../dataplane/attach.js';
 
@@ -21,6 +21,8 @@ export interface AttachmentStats {
   /** Connections reset because their transform could not be applied: the primary's, and per target. */
   transformFailures?: number;
   targetTransformFailures?: Record<string, number>;
+  /** File targets: what each capture wrote and cut. */
+  captures?: Record<string, CaptureStats>;
 }
 
 /** How a detach's drain ended. */

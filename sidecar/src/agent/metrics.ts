@@ -6,6 +6,7 @@
 // pod and namespace labels when it scrapes.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { CaptureStats } from '../../../native/lib/types.js';
 import type { LocalStats } from './converge.js';
 import type { DrainOutcome } from './dataplane.js';
 import type { WatchLifecycle } from './watch.js';
@@ -153,6 +154,41 @@ export function createMetrics(opts: {
       this.reset();
       for (const e of await entries()) {
         for (const [target, v] of Object.entries(e.local?.targetTransformFailures ?? {})) this.inc({ streampath: e.report.name, target }, v);
+      }
+    },
+  });
+
+  // File targets (captures, docs/capture.md): the target's other counters mean the same as for a socket
+  // (bytesMirrored: client bytes written to the files); these say what only a capture has.
+  const perCapture = (name: string, help: string, pick: (c: CaptureStats) => number) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['streampath', 'target'] as const,
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const e of await entries()) {
+          for (const [target, c] of Object.entries(e.local?.captures ?? {})) this.inc({ streampath: e.report.name, target }, pick(c));
+        }
+      },
+    });
+  perCapture('kstreams_target_capture_response_bytes_total', "App -> client bytes a capture wrote (file.responses)", (c) => c.responseBytes);
+  perCapture('kstreams_target_capture_not_recorded_total', 'Sampled connections a capture did not record because it was full (maxBytes, or the disk)', (c) => c.connectionsNotRecorded);
+  new Counter({
+    name: 'kstreams_target_capture_cuts_total',
+    help: 'Captures of connections cut: reason full (maxBytes, maxConnectionBytes), slow (the disk fell behind) or disk (a write failed)',
+    labelNames: ['streampath', 'target', 'reason'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const e of await entries()) {
+        for (const [target, c] of Object.entries(e.local?.captures ?? {})) {
+          const labels = { streampath: e.report.name, target };
+          this.inc({ ...labels, reason: 'full' }, c.cutsFull);
+          this.inc({ ...labels, reason: 'slow' }, c.cutsSlow);
+          this.inc({ ...labels, reason: 'disk' }, c.cutsDisk);
+        }
       }
     },
   });

@@ -2,8 +2,10 @@
 // listener receives the tapped port's new connections through an sk_lookup interception. Shared by the
 // `kstreams` CLI and the in-pod agent, so both attach, update and detach the same way.
 import { existsSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { mirrorSettings, type StreamPathSpec, type TargetCounters } from '../../../operator/src/api/streampath.js';
 import type {
+  CaptureStats,
   DrainResult,
   EngineConfig,
   EngineSettings,
@@ -75,6 +77,8 @@ export interface AttachmentCounters {
    * never opened, because their transform could not be applied.
    */
   targetTransformFailures?: Record<string, number>;
+  /** Not in the StreamPath status. Per file target (a capture, docs/capture.md): what it wrote and cut. */
+  captures?: Record<string, CaptureStats>;
 }
 
 export type AttachmentState = 'attached' | 'draining' | 'detached';
@@ -172,7 +176,13 @@ function sameMirrors(a: MirrorConfig[], b: MirrorConfig[]): boolean {
     a.length === b.length &&
     a.every((m, i) => {
       const o = b[i]!;
-      return m.name === o.name && m.host === o.host && m.port === o.port && m.samplingPercent === o.samplingPercent;
+      return (
+        m.name === o.name &&
+        m.host === o.host &&
+        m.port === o.port &&
+        m.samplingPercent === o.samplingPercent &&
+        isDeepStrictEqual(m.file, o.file)
+      );
     })
   );
 }
@@ -283,6 +293,9 @@ export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirror
     },
     transformFailures: s.transformFailures ?? 0,
     targetTransformFailures: Object.fromEntries(s.targets.map((t) => [t.name, t.transformFailures ?? 0])),
+    ...(s.targets.some((t) => t.capture)
+      ? { captures: Object.fromEntries(s.targets.flatMap((t) => (t.capture ? [[t.name, { ...t.capture }]] : []))) }
+      : {}),
   };
 }
 

@@ -3,7 +3,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { mirrorSettings, targetName, type MirrorTarget, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
-import type { Endpoint, MirrorConfig } from '../../../native/lib/types.js';
+import type { CaptureConfig, Endpoint, MirrorConfig } from '../../../native/lib/types.js';
 import { AttachError } from './errors.js';
 
 /** Resolves a host name (not a numeric address) to a numeric address. */
@@ -25,7 +25,15 @@ export interface ResolveOptions {
   resolveService?: ServiceResolver;
 }
 
-async function resolveOne(t: MirrorTarget, field: string, opts: ResolveOptions): Promise<Endpoint> {
+async function resolveOne(t: MirrorTarget, field: string, opts: ResolveOptions): Promise<Endpoint | CaptureConfig> {
+  if (t.file !== undefined) {
+    return {
+      path: t.file.path,
+      responses: t.file.responses,
+      maxBytes: t.file.maxBytes,
+      ...(t.file.maxConnectionBytes !== undefined ? { maxConnectionBytes: t.file.maxConnectionBytes } : {}),
+    };
+  }
   if (t.address !== undefined) {
     const { host, port } = splitHostPort(t.address);
     if (isIP(host)) return { host, port };
@@ -79,11 +87,9 @@ export async function resolveMirrors(spec: StreamPathSpec, opts: ResolveOptions 
     const n = (seen.get(base) ?? 0) + 1;
     seen.set(base, n);
     const ep = endpoints[i]!;
-    return {
-      name: n === 1 ? base : `${base}#${n}`,
-      host: ep.host,
-      port: ep.port,
-      samplingPercent: mirror.sampling.percent,
-    };
+    const name = n === 1 ? base : `${base}#${n}`;
+    const samplingPercent = mirror.sampling.percent;
+    if ('path' in ep) return { name, file: ep, samplingPercent };
+    return { name, host: ep.host, port: ep.port, samplingPercent };
   });
 }
