@@ -198,7 +198,7 @@ describe('a file target records connections byte-exact', () => {
     expect(results.filter((r) => r.error)).toEqual([]);
     await app.closed();
     const s = await stopped(e);
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.session).toMatchObject({ format: 'kstreams-capture', version: 1, writer: 'engine', responses: true, target: 'rec' });
     expect(cap.session.listen).toBe(`127.0.0.1:${e.listenAddress.port}`);
     expect(cap.conns.map((c) => c.id)).toEqual(Array.from({ length: 12 }, (_, i) => String(i + 1).padStart(9, '0')));
@@ -209,8 +209,8 @@ describe('a file target records connections byte-exact', () => {
     expect(got).toEqual(want);
     for (const c of cap.conns) {
       expect(c.end).toMatchObject({ how: 'fin' });
-      expect(c.open.server).toBe(`127.0.0.1:${e.listenAddress.port}`);
-      expect(c.open.client).toMatch(/^127\.0\.0\.1:\d+$/);
+      expect(c.server).toBe(`127.0.0.1:${e.listenAddress.port}`);
+      expect(c.client).toMatch(/^127\.0\.0\.1:\d+$/);
       expect(c.turns[0]).toMatchObject({ n: 1, c2s: 0, s2c: 0 });
     }
     const total = payloads.reduce((a, p) => a + p.length, 0);
@@ -230,7 +230,7 @@ describe('a file target records connections byte-exact', () => {
     expect(r.got.length).toBe(1000);
     await app.closed();
     const s = await stopped(e);
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.session.responses).toBe(false);
     expect(cap.conns).toHaveLength(1);
     const c = cap.conns[0]!;
@@ -249,7 +249,7 @@ describe('a file target records connections byte-exact', () => {
     expect(r.got.length).toBe(33 + 6 * 5000);
     await app.closed();
     await stopped(e);
-    const c = readOnlySession(dir).conns[0]!;
+    const c = (await readOnlySession(dir)).conns[0]!;
     // The app spoke first: turn 1 starts after its greeting.
     expect(c.turns.map((t) => [t.n, t.c2s, t.s2c])).toEqual(reqs.map((_, i) => [i + 1, i * 700, 33 + i * 5000]));
     expect(fileBytes(c.c2sPath).equals(Buffer.concat(reqs))).toBe(true);
@@ -276,7 +276,7 @@ describe('a file target records connections byte-exact', () => {
     });
     await settled(e, 1);
     await stopped(e);
-    const c = readOnlySession(dir).conns[0]!;
+    const c = (await readOnlySession(dir)).conns[0]!;
     expect(c.end).toMatchObject({ how: 'rst', c2s: p.length });
     expect(fileBytes(c.c2sPath).equals(p)).toBe(true);
   });
@@ -305,7 +305,7 @@ describe('a file target records connections byte-exact', () => {
     await stopped(e);
     const sessions = sessionsIn(dir);
     expect(sessions).toHaveLength(2);
-    expect(sessions.map((s) => readSession(join(dir, s)).conns.length)).toEqual([2, 1]);
+    expect(await Promise.all(sessions.map(async (s) => (await readSession(join(dir, s))).conns.length))).toEqual([2, 1]);
   });
 });
 
@@ -337,7 +337,7 @@ describe('a recorder (upstream none)', () => {
     await settled(rec, 1);
     await stopped(prod);
     const s = await stopped(rec);
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.session).toMatchObject({ writer: 'recorder', responses: false, target: 'record' });
     const c = cap.conns[0]!;
     expect(c.end).toMatchObject({ how: 'fin', c2s: 3000, s2c: 0 });
@@ -359,7 +359,7 @@ describe('a capture is bounded', () => {
     await app.closed();
     for (const [i, p] of payloads.entries()) expect(Buffer.concat(app.conns[i]!.received).equals(p)).toBe(true);
     const s = await stopped(e);
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.conns).toHaveLength(3);
     expect(cap.conns.map((c) => c.end!.how)).toEqual(['fin', 'fin', 'cut']);
     expect(cap.conns[2]!.end!.c2s).toBe(max - 2 * MB);
@@ -383,7 +383,7 @@ describe('a capture is bounded', () => {
     expect(r1.got.length + r2.got.length).toBe(20_000);
     await app.closed();
     const s = await stopped(e);
-    const [c1, c2] = readOnlySession(dir).conns;
+    const [c1, c2] = (await readOnlySession(dir)).conns;
     expect(c1!.end).toMatchObject({ how: 'fin', c2s: 20_000, s2c: 10_000 });
     expect(c2!.end).toMatchObject({ how: 'cut', c2s: 64 * 1024, s2c: 0 });
     expect(fileBytes(c2!.c2sPath).equals(big.subarray(0, 64 * 1024))).toBe(true);
@@ -405,7 +405,7 @@ describe('a capture is bounded', () => {
     expect(Buffer.concat(app.conns[0]!.received).equals(big)).toBe(true);
     expect(Buffer.concat(app.conns[1]!.received).equals(after)).toBe(true);
     const s = await stopped(e);
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.conns).toHaveLength(1);
     const c = cap.conns[0]!;
     // The files hold a prefix of the stream; the index says exactly how long (its end record fit in the
@@ -475,7 +475,7 @@ describe('a capture in a separate engine process', () => {
     expect(peak - idleRss).toBeLessThan(20 * 1024);
     child.child.stdin!.end();
     await new Promise((res) => child.child.once('exit', res));
-    const cap = readOnlySession(dir);
+    const cap = await readOnlySession(dir);
     expect(cap.conns).toHaveLength(4);
     // On a shared machine the disk may fall behind for a moment (a cut, counted); the primary never does,
     // and whatever was recorded is an exact prefix. Here it must have kept up with most of it.
@@ -503,7 +503,7 @@ describe('a capture in a separate engine process', () => {
     }, 30_000);
     child.child.kill('SIGKILL');
     await new Promise((res) => child.child.once('exit', res));
-    const cap: Capture = readOnlySession(dir);
+    const cap: Capture = await readOnlySession(dir);
     expect(cap.conns).toHaveLength(1);
     const c = cap.conns[0]!;
     expect(c.end).toBeUndefined();

@@ -86,7 +86,7 @@ describe('captures of real clients through kstreams run', () => {
     expect(code).toBe(0);
     await http.stop('SIGTERM');
 
-    const cap = readOnlySession(out);
+    const cap = await readOnlySession(out);
     expect(cap.conns).toHaveLength(1);
     const c = cap.conns[0]!;
     expect(c.end).toMatchObject({ how: 'fin' });
@@ -140,7 +140,7 @@ describe('captures of real clients through kstreams run', () => {
       const { code } = await run.interrupt();
       expect(code).toBe(0);
 
-      const cap = readOnlySession(out);
+      const cap = await readOnlySession(out);
       expect(cap.conns).toHaveLength(1);
       const c = cap.conns[0]!;
       expect(c.end).toMatchObject({ how: 'fin' });
@@ -170,7 +170,7 @@ describe('captures of real clients through kstreams run', () => {
       const { code, summary } = await run.interrupt();
       expect(code).toBe(0);
       const s = summary as unknown as CaptureSummary;
-      const cap = readOnlySession(out);
+      const cap = await readOnlySession(out);
       expect(cap.conns).toHaveLength(s.connections);
       let sets = 0;
       let oks = 0;
