@@ -25,11 +25,19 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/*
+ * What the verifier demands of a program loaded with CAP_BPF and CAP_NET_ADMIN only (no CAP_PERFMON, so
+ * with its Spectre v1 hardening on), and how the program meets it:
+ *  - a packet pointer moves only by constants: every access to the message first moves msg->data to the
+ *    bytes it needs with bpf_msg_pull_data(msg, x, x + n) (no copy: the message is linear after the first
+ *    pull) and then reads msg->data + constant, after one comparison with msg->data_end;
+ *  - no pointer is compared with NULL unless the verifier knows it may be NULL (a map lookup's result);
+ *  - no variable offset into a map value or the stack (it would turn on the verifier's exact comparison
+ *    of scalars, and the loops would stop converging): an op, a pattern word and a byteMap table word are
+ *    looked up by key in array maps (the lookup is inlined, the pointer comes back at offset 0), an op's
+ *    hold state is taken out of the socket's state by constant offsets, and bit tricks replace tables.
+ */
 #define XF_BLOCK 64
-/* Accesses stay within this distance of the window's base (the verifier bounds packet offsets at 64 KiB,
- * and offsets must stay provable): ensure() slides the window forward, which costs no copy once the
- * message is linear. */
-#define XF_WINDOW 16384
 #define XF_MAX_STEPS (1 << 17)
 
 struct {
@@ -55,6 +63,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XF_MAX_PROFILES * XF_MAX_OPS);
+	__type(key, __u32);
+	__type(value, struct xf_op);
+} xf_ops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XF_MAX_PROFILES * XF_MAX_OPS * 2 * XF_PATTERN_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} xf_words SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, XF_MAX_SLOTS);
 	__type(key, __u32);
@@ -70,12 +92,13 @@ struct {
 } xf_user SEC(".maps");
 
 /* One op's walk over one message: pointers on the stack (constant while the walk's loops run), the
- * changing scalars in the socket's state (struct xf_walk). */
+ * changing scalars in the socket's state (struct xf_walk: the verifier does not track map values, so each
+ * loop callback is checked once, not once per position). */
 struct pass {
 	struct sk_msg_md *msg;
 	struct xf_op *op;
-	struct xf_hold *hold;
 	struct xf_walk *w;
+	__u32 key;   /* XF_WORD_KEY(op key, 0, 0) */
 	__u32 final;
 };
 
@@ -83,57 +106,56 @@ struct pass {
  * would fork the verifier's paths, so the verifier checks each action once instead of every product. */
 enum action { ACT_SCAN = 0, ACT_CHECK = 1, ACT_APPLY = 2 };
 
+enum { NO_MATCH = 0, FULL = 1, PARTIAL = 2 };
 
-static __always_inline int ensure(struct pass *p, __u32 pos)
+/* c ? a : b for c in {0, 1}, both loaded: clang turns a conditional load of one of two fields into a
+ * variable offset, which the verifier refuses. */
+static __always_inline __u64 sel(__u32 c, __u64 a, __u64 b)
+{
+	return b ^ ((a ^ b) & -(__u64)(c & 1));
+}
+
+/* 1 when x == k, 0 otherwise, without a branch (x, k < 2^63). */
+static __always_inline __u64 is(__u64 x, __u64 k)
+{
+	return ((x ^ k) - 1) >> 63;
+}
+
+/* Moves msg->data to byte x of the message with min(n, size - x) bytes readable behind it (msg->data_end). */
+static __always_inline int pull(struct pass *p, __u32 x, __u32 n)
 {
 	__u32 size = p->msg->size;
 
-	if (p->w->valid && pos >= p->w->base && pos - p->w->base < XF_WINDOW)
-		return 0;
-	if (pos >= size)
-		return 0;
-	if (bpf_msg_pull_data(p->msg, pos, size, 0)) {
+	if (x >= size || n == 0) {
 		p->w->err = XF_PULL;
 		return -1;
 	}
-	p->w->base = pos;
-	p->w->valid = 1;
+	if (bpf_msg_pull_data(p->msg, x, size - x < n ? size : x + n, 0)) {
+		p->w->err = XF_PULL;
+		return -1;
+	}
 	return 0;
 }
 
-/* x & mask, in a way clang cannot fold away after an earlier range check (the verifier needs the mask). */
-static __always_inline __u32 bounded(__u32 x, __u32 mask)
+#define DATA(p) ((__u8 *)(long)(p)->msg->data)
+#define DATA_END(p) ((__u8 *)(long)(p)->msg->data_end)
+
+/* Word k of the op's pattern `which` (0: a, or the byteMap table; 1: b), or NULL. */
+static __always_inline __u64 *pattern_word(struct pass *p, __u32 which, __u32 k)
 {
-	asm volatile("" : "+r"(x));
-	return x & mask;
+	__u32 key = p->key + which * XF_PATTERN_WORDS + k;
+
+	return bpf_map_lookup_elem(&xf_words, &key);
 }
 
-/* A pointer to byte `x` of the message with `n` (a constant) readable bytes behind it, or NULL. */
-#define AT(p, x, n)                                                                  \
-	({                                                                           \
-		__u8 *__data = (__u8 *)(long)(p)->msg->data;                         \
-		__u8 *__end = (__u8 *)(long)(p)->msg->data_end;                      \
-		__u32 __off = (x) - (p)->w->base;                                       \
-		__u8 *__r = 0;                                                       \
-		if (__off < XF_WINDOW + 1024) {                                      \
-			__off = bounded(__off, 0x7fff);                              \
-			if (__data + __off + (n) <= __end)                           \
-				__r = __data + __off;                                \
-		}                                                                    \
-		__r;                                                                 \
-	})
-
-enum { NO_MATCH = 0, FULL = 1, PARTIAL = 2 };
-
-
-/* Compare or copy n bytes between the message at x and buf: words first, then the tail bytes; one
- * bpf_loop callback per unit, so that the verifier walks the body once whatever n is. */
-enum { UNIT_CMP = 0, UNIT_TO_MSG = 1, UNIT_FROM_MSG = 2 };
+/* Compare or write n bytes of the op's pattern `which` with the message at x: a word at a time, then the
+ * tail bytes; one bpf_loop callback per unit, so that the verifier walks the body once whatever n is. */
+enum { UNIT_CMP = 0, UNIT_TO_MSG = 1 };
 
 struct units {
 	struct pass *p;
-	__u8 *buf;
 	__u32 x;
+	__u32 which;
 	__u32 words;
 	__u32 n;
 	__u32 mode;
@@ -144,60 +166,65 @@ struct units {
 static int unit_cb(__u32 i, void *ctx)
 {
 	struct units *u = ctx;
+	struct pass *p = u->p;
+	__u32 j = i < u->words ? 8 * i : u->words * 8 + (i - u->words);
+	__u64 *v;
+	__u8 *d;
 
+	if (j >= u->n || j >= XF_MAX_PATTERN) 
+		return 1;
+	v = pattern_word(p, u->which, j / 8);
+	if (!v) {
+		u->err = 1;
+		return 1;
+	}
 	if (i < u->words) {
-		__u32 k = bounded(i, XF_MAX_PATTERN / 8 - 1);
-		__u64 *w = (__u64 *)AT(u->p, u->x + 8 * k, 8);
-		__u64 *v = (__u64 *)(u->buf + 8 * k);
-
-		if (!w) {
+		if (pull(p, u->x + j, 8)) {
+			u->err = 1;
+			return 1;
+		}
+		d = DATA(p);
+		if (d + 8 > DATA_END(p)) {
 			u->err = 1;
 			return 1;
 		}
 		if (u->mode == UNIT_CMP) {
-			if (*w != *v) {
+			if (*(__u64 *)d != *v) {
 				u->differ = 1;
 				return 1;
 			}
-		} else if (u->mode == UNIT_TO_MSG) {
-			*w = *v;
 		} else {
-			*v = *w;
+			*(__u64 *)d = *v;
 		}
 	} else {
-		__u32 j = u->words * 8 + (i - u->words);
-		__u8 *b, *c;
+		__u8 c = *v >> (8 * (j & 7));
 
-		if (j >= u->n)
+		if (pull(p, u->x + j, 1)) {
+			u->err = 1;
 			return 1;
-		j = bounded(j, XF_MAX_PATTERN - 1);
-		b = AT(u->p, u->x + j, 1);
-		c = u->buf + j;
-		if (!b) {
+		}
+		d = DATA(p);
+		if (d + 1 > DATA_END(p)) {
 			u->err = 1;
 			return 1;
 		}
 		if (u->mode == UNIT_CMP) {
-			if (*b != *c) {
+			if (*d != c) {
 				u->differ = 1;
 				return 1;
 			}
-		} else if (u->mode == UNIT_TO_MSG) {
-			*b = *c;
 		} else {
-			*c = *b;
+			*d = c;
 		}
 	}
 	return 0;
 }
 
-static __noinline int units(struct pass *p, __u32 x, __u8 *buf, __u32 n, __u32 mode)
+static __noinline int units(struct pass *p, __u32 x, __u32 which, __u32 n, __u32 mode)
 {
-	struct units u = { .p = p, .buf = buf, .x = x, .n = n, .mode = mode };
+	struct units u = { .p = p, .x = x, .which = which, .n = n, .mode = mode };
 
-	if (n > XF_MAX_PATTERN || !buf)
-		return -1;
-	if (ensure(p, x))
+	if (n > XF_MAX_PATTERN)
 		return -1;
 	u.words = n / 8;
 	bpf_loop(u.words + (n - u.words * 8), unit_cb, &u, 0);
@@ -208,8 +235,9 @@ static __noinline int units(struct pass *p, __u32 x, __u8 *buf, __u32 n, __u32 m
 	return u.differ;
 }
 
-/* Does pat[0..len) occur at x? PARTIAL: the bytes from x to p->w->end are a proper prefix of it. */
-static __always_inline int match_at(struct pass *p, __u32 x, __u8 *pat, __u32 len)
+/* Does the pattern `which` (len bytes) occur at x? PARTIAL: the bytes from x to p->w->end are a proper
+ * prefix of it. */
+static __always_inline int match_at(struct pass *p, __u32 x, __u32 which, __u32 len)
 {
 	__u32 avail, n;
 	int r;
@@ -218,67 +246,47 @@ static __always_inline int match_at(struct pass *p, __u32 x, __u8 *pat, __u32 le
 		return NO_MATCH;
 	avail = p->w->end - x;
 	n = len < avail ? len : avail;
-	r = units(p, x, pat, n, UNIT_CMP);
+	r = units(p, x, which, n, UNIT_CMP);
 	if (r != 0)
 		return NO_MATCH;
 	return n == len ? FULL : PARTIAL;
 }
 
-static __always_inline int copy_at(struct pass *p, __u32 x, __u8 *buf, __u32 len, int to_msg)
+static __always_inline int write_at(struct pass *p, __u32 x, __u32 which, __u32 len)
 {
-	return units(p, x, buf, len, to_msg ? UNIT_TO_MSG : UNIT_FROM_MSG) ? -1 : 0;
+	return units(p, x, which, len, UNIT_TO_MSG) ? -1 : 0;
 }
 
-static __always_inline int write_at(struct pass *p, __u32 x, const __u8 *src, __u32 len)
-{
-	return copy_at(p, x, (__u8 *)src, len, 1);
-}
-
-/* Hold back [x, end): copy into the op's hold and pop from the message. */
+/* Hold back [x, end), a proper prefix of the pattern of the current phase: pop it (its count is kept). */
 static __noinline int hold_tail(struct pass *p, __u32 x)
 {
-	struct xf_hold *h = p->hold;
 	__u32 n = p->w->end - x;
 
-	if (!h || n == 0 || n >= XF_MAX_PATTERN)
-		return -1;
-	if (copy_at(p, x, h->bytes, n, 0))
+	if (n == 0 || n > XF_HOLD_LEN)
 		return -1;
 	if (bpf_msg_pop_data(p->msg, x, n, 0)) {
 		p->w->err = XF_POP;
 		return -1;
 	}
-	h->len = n;
-	h->phase = p->w->phase;
-	p->w->valid = 0;
 	p->w->mvalid = 0;
 	p->w->end = x;
 	p->w->held = n;
 	return 0;
 }
 
-/* Push the op's held bytes back in front of the message. */
-static __noinline int release_hold(struct pass *p)
+/* Push the op's held bytes (the first n bytes of the pattern of its phase) back in front of the message. */
+static __noinline int release_hold(struct pass *p, __u32 n)
 {
-	struct xf_hold *h = p->hold;
-	__u32 n;
-
-	if (!h)
-		return -1;
-	n = h->len;
 	if (n == 0)
 		return 0;
-	if (n >= XF_MAX_PATTERN)
+	if (n > XF_HOLD_LEN)
 		return -1;
 	if (bpf_msg_push_data(p->msg, 0, n, 0)) {
 		p->w->err = XF_PUSH;
 		return -1;
 	}
-	p->w->valid = 0;
 	p->w->end += n;
-	p->w->phase = h->phase;
-	h->len = 0;
-	return write_at(p, 0, h->bytes, n);
+	return write_at(p, 0, p->w->phase == XF_IN_MASK ? 1 : 0, n);
 }
 
 /* Bytes equal to c in the 8 bytes of v: the high bit of each matching byte set (exact, no false hits). */
@@ -290,162 +298,74 @@ static __always_inline __u64 hits(__u64 v, __u64 c8)
 	return ~(t | x | 0x7f7f7f7f7f7f7f7fULL);
 }
 
-/* Index (0-7) of the lowest byte flagged in h (bit 7 of each flagged byte), branch-free. */
-static __always_inline __u32 first_hit(__u64 h)
+/* The high bits of the 8 bytes of h (bit 7 of each) as 8 bits. */
+static __always_inline __u64 pack(__u64 h)
 {
-	__u64 low = h & -h;
-
-	return ((low >> 7) * 0x0001020304050607ULL) >> 56;
+	return ((h >> 7) * 0x0102040810204080ULL) >> 56;
 }
 
-struct bytes_ctx {
-	struct pass *p;
-	__u32 from;
-	__u32 stop;
-	__u32 found;
-	__u8 c;
-	__u8 err;
-};
-
-static int find_byte_cb(__u32 i, void *ctx)
-{
-	struct bytes_ctx *f = ctx;
-	__u32 x = f->from + i;
-	__u8 *b;
-
-	if (x >= f->stop)
-		return 1;
-	b = AT(f->p, x, 1);
-	if (!b) {
-		f->err = 1;
-		return 1;
-	}
-	if (*b == f->c) {
-		f->found = x;
-		return 1;
-	}
-	return 0;
-}
-
-static int fill_byte_cb(__u32 i, void *ctx)
-{
-	struct bytes_ctx *f = ctx;
-	__u32 x = f->from + i;
-	__u8 *b;
-
-	if (x >= f->stop)
-		return 1;
-	b = AT(f->p, x, 1);
-	if (!b) {
-		f->err = 1;
-		return 1;
-	}
-	*b = f->c;
-	return 0;
-}
-
-/* First x in [from, min(from + XF_BLOCK, end)) with byte c, or the block's end when there is none. A full
- * block is scanned a word at a time (SWAR, no per-byte branch); a short block at the end byte by byte.
- * With dist > 0 (a pattern of dist + 1 bytes) and the block's whole pattern span inside the region, a
- * candidate must also have the pattern's last byte `cl` dist bytes further: far fewer false candidates
- * for the same work per word, and no partial match can start in such a block. */
-static __always_inline __u32 find_in_block(struct pass *p, __u32 from, __u8 c, __u8 cl, __u32 dist, int *err)
-{
-	__u32 end = p->w->end;
-	__u32 stop = end - from < XF_BLOCK ? end : from + XF_BLOCK;
-	__u64 c8 = 0x0101010101010101ULL * c;
-	__u64 l8 = 0x0101010101010101ULL * cl;
-
-	if (stop - from == XF_BLOCK) {
-		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
-		__u64 *v = 0;
-		__u64 h[XF_BLOCK / 8], acc = 0;
-
-		if (!w) {
-			*err = XF_PULL;
-			return stop;
-		}
-		if (dist > 0 && dist < XF_MAX_PATTERN && end - from >= XF_BLOCK + dist)
-			v = (__u64 *)AT(p, from + dist, XF_BLOCK);
-		if (v) {
-#pragma unroll
-			for (int k = 0; k < XF_BLOCK / 8; k++) {
-				h[k] = hits(w[k], c8) & hits(v[k], l8);
-				acc |= h[k];
-			}
-		} else {
-#pragma unroll
-			for (int k = 0; k < XF_BLOCK / 8; k++) {
-				h[k] = hits(w[k], c8);
-				acc |= h[k];
-			}
-		}
-		if (!acc)
-			return stop;
-		/* branch-free: the verifier would fork at every "if (hit)" */
-		__u64 best = XF_BLOCK;
-#pragma unroll
-		for (int k = XF_BLOCK / 8 - 1; k >= 0; k--) {
-			__u64 any, cand, less;
-
-			any = (h[k] | -h[k]) >> 63;                /* 1 when word k has a hit */
-			cand = 8 * k + first_hit(h[k]);            /* its first hit (garbage when none) */
-			cand = any * cand + (1 - any) * XF_BLOCK;  /* XF_BLOCK when none */
-			less = (cand - best) >> 63;                /* cand < best (both < 2^63) */
-			best = less * cand + (1 - less) * best;
-		}
-		return from + (__u32)best;
-	} else {
-		struct bytes_ctx f = { .p = p, .from = from, .stop = stop, .found = stop, .c = c };
-
-		bpf_loop(XF_BLOCK, find_byte_cb, &f, 0);
-		if (f.err)
-			*err = XF_PULL;
-		return f.found;
-	}
-}
-
-/* De Bruijn: the index of the lowest set bit of a 64-bit word, without a branch or a count instruction. */
-static const __u8 ctz_table[64] = {
-	0, 1, 56, 2, 57, 49, 28, 3, 61, 58, 42, 50, 38, 29, 17, 4, 62, 47, 59, 36, 45, 43, 51, 22, 53, 39, 33, 30, 24, 18, 12, 5,
-	63, 55, 48, 27, 60, 41, 37, 16, 46, 35, 44, 21, 52, 32, 23, 11, 54, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6,
-};
-
+/* Index of the lowest set bit of m (m != 0), without a branch, a table or a count instruction. */
 static __always_inline __u32 lowest_bit(__u64 m)
 {
-	return ctz_table[bounded((__u32)(((m & -m) * 0x03f79d71b4ca8b09ULL) >> 58), 63)];
+	__u64 x = (m & -m) - 1;
+
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
 }
 
-/* The candidate map of the 64-byte block at base: bit i set when byte base + i is the pattern's first
- * byte c and (when the pattern's whole span of the block lies in the region) its last byte cl follows dist
- * bytes later. -1: the block is not whole in the region (the byte-by-byte path takes it); -2: unreadable. */
-static __always_inline int block_map(struct pass *p, __u32 base, __u8 c, __u8 cl, __u32 dist, __u64 *out)
+/* The candidate map of the bytes [from, min(from + XF_BLOCK, end)): bit i set when byte from + i is the
+ * pattern's first byte c (cc's low byte) and, when the pattern is longer and the byte after is in the region, that byte
+ * is its second one c2 (cc's second byte). One pull for the block; the block's words at constant offsets. */
+static __noinline int block_map(struct pass *p, __u32 from, __u32 cc, __u32 len, __u64 *out)
 {
-	__u32 end = p->w->end;
+	__u8 c = cc, c2 = cc >> 8;
+	__u32 end = p->w->end, avail;
 	__u64 c8 = 0x0101010101010101ULL * c;
-	__u64 l8 = 0x0101010101010101ULL * cl;
-	__u64 *w, *v = 0, m = 0;
+	__u64 m = 0;
+	__u8 *d;
 
-	if (base >= end || end - base < XF_BLOCK)
+	if (from >= end)
 		return -1;
-	w = (__u64 *)AT(p, base, XF_BLOCK);
-	if (!w)
-		return -2;
-	if (dist > 0 && dist < XF_MAX_PATTERN && end - base >= XF_BLOCK + dist)
-		v = (__u64 *)AT(p, base + dist, XF_BLOCK);
-	if (v) {
-#pragma unroll
-		for (int k = 0; k < XF_BLOCK / 8; k++) {
-			__u64 h = hits(w[k], c8) & hits(v[k], l8);
+	avail = end - from;
+	if (avail >= XF_BLOCK) {
+		if (pull(p, from, XF_BLOCK + 8))
+			return -1;
+		d = DATA(p);
+		if (len > 1 && avail > XF_BLOCK && d + XF_BLOCK + 8 <= DATA_END(p)) {
+			__u64 s8 = 0x0101010101010101ULL * c2;
+			__u64 *w = (__u64 *)d;
 
-			m |= (((h >> 7) * 0x0102040810204080ULL) >> 56) << (8 * k);
+#pragma unroll
+			for (int k = 0; k < XF_BLOCK / 8; k++) {
+				__u64 next = (w[k] >> 8) | (w[k + 1] << 56);
+
+				m |= pack(hits(w[k], c8) & hits(next, s8)) << (8 * k);
+			}
+		} else if (d + XF_BLOCK <= DATA_END(p)) {
+			__u64 *w = (__u64 *)d;
+
+#pragma unroll
+			for (int k = 0; k < XF_BLOCK / 8; k++)
+				m |= pack(hits(w[k], c8)) << (8 * k);
+		} else {
+			p->w->err = XF_PULL;
+			return -1;
 		}
 	} else {
+		/* the short block at the end of the region: byte by byte, up to the region's end */
+		if (pull(p, from, avail))
+			return -1;
+		d = DATA(p);
 #pragma unroll
-		for (int k = 0; k < XF_BLOCK / 8; k++) {
-			__u64 h = hits(w[k], c8);
+		for (int k = 0; k < XF_BLOCK - 1; k++) {
+			__u64 x;
 
-			m |= (((h >> 7) * 0x0102040810204080ULL) >> 56) << (8 * k);
+			if (d + k + 1 > DATA_END(p))
+				break;
+			x = d[k] ^ c;
+			m |= ((x - 1) >> 63) << k;
 		}
 	}
 	*out = m;
@@ -467,43 +387,81 @@ static __always_inline __u64 word_mask(__u32 len, __u32 word)
 
 enum { QUICK_NONE = 0, QUICK_MATCH = 1, QUICK_MISS = 2 };
 
-/* A pattern of at most 16 bytes compared at x in two words, when its bytes are all in the region and the
- * window: QUICK_MATCH or QUICK_MISS; QUICK_NONE when the slow path must decide (long pattern, near the end). */
-static __always_inline int quick_match(struct pass *p, __u32 x, const __u8 *pat, __u32 len)
+/* A pattern of at most XF_QUICK bytes (its words p0, p1) compared at x in two words, when its bytes are
+ * all in the region and 16 bytes are readable there: QUICK_MATCH or QUICK_MISS (msg->data is then at x);
+ * QUICK_NONE when the slow path must decide (long pattern, near the end). */
+static __always_inline int quick_match(struct pass *p, __u32 x, __u64 p0, __u64 p1, __u32 len)
 {
 	__u64 *w, m0, m1, d;
 
-	if (len == 0 || len > 16 || x + len > p->w->end)
+	if (len == 0 || len > XF_QUICK || x + len > p->w->end)
 		return QUICK_NONE;
-	w = (__u64 *)AT(p, x, 16);
-	if (!w)
+	if (pull(p, x, 16))
+		return QUICK_NONE;
+	w = (__u64 *)DATA(p);
+	if ((__u8 *)w + 16 > DATA_END(p))
 		return QUICK_NONE;
 	m0 = word_mask(len, 0);
 	m1 = word_mask(len, 1);
-	d = ((w[0] ^ *(const __u64 *)pat) & m0) | ((w[1] ^ *(const __u64 *)(pat + 8)) & m1);
+	d = ((w[0] ^ p0) & m0) | ((w[1] ^ p1) & m1);
 	return d ? QUICK_MISS : QUICK_MATCH;
 }
 
-/* Overwrite [from, to) with `with`; at most one block. A word at a time under a mask when the block is in
- * the window; byte by byte only near the end of the message. */
-static __always_inline int fill(struct pass *p, __u32 from, __u32 to, __u8 with)
+struct fill_ctx {
+	struct pass *p;
+	__u32 from;
+	__u32 n;
+	__u8 with;
+	__u8 err;
+};
+
+static int fill_byte_cb(__u32 i, void *ctx)
+{
+	struct fill_ctx *f = ctx;
+	__u8 *d;
+
+	if (i >= f->n)
+		return 1;
+	if (pull(f->p, f->from + i, 1)) {
+		f->err = 1;
+		return 1;
+	}
+	d = DATA(f->p);
+	if (d + 1 > DATA_END(f->p)) {
+		f->err = 1;
+		return 1;
+	}
+	*d = f->with;
+	return 0;
+}
+
+/* Overwrite [from, to) with `with`; at most one block. A word at a time under a mask when a whole block is
+ * readable; byte by byte only near the end of the message. */
+static __noinline int fill(struct pass *p, __u32 from, __u32 to, __u32 with)
 {
 	__u64 v = 0x0101010101010101ULL * with;
-	__u64 *w;
+	__u32 n;
+	__u8 *d;
 
 	if (to <= from)
 		return 0;
-	if (to - from == 1) {
-		__u8 *b = AT(p, from, 1);
-
-		if (!b)
+	n = to - from;
+	if (n > XF_BLOCK)
+		return -1;
+	if (n == 1) {
+		if (pull(p, from, 1))
 			return -1;
-		*b = with;
+		d = DATA(p);
+		if (d + 1 > DATA_END(p))
+			return -1;
+		*d = with;
 		return 0;
 	}
-	w = (__u64 *)AT(p, from, XF_BLOCK);
-	if (w && to - from <= XF_BLOCK) {
-		__u32 n = to - from;
+	if (pull(p, from, XF_BLOCK))
+		return -1;
+	d = DATA(p);
+	if (d + XF_BLOCK <= DATA_END(p)) {
+		__u64 *w = (__u64 *)d;
 
 #pragma unroll
 		for (int k = 0; k < XF_BLOCK / 8; k++) {
@@ -512,12 +470,14 @@ static __always_inline int fill(struct pass *p, __u32 from, __u32 to, __u8 with)
 			w[k] = (w[k] & ~m) | (v & m);
 		}
 		return 0;
-	} else {
-		struct bytes_ctx f = { .p = p, .from = from, .stop = to, .c = with };
+	}
+	{
+		struct fill_ctx f = { .p = p, .from = from, .n = n, .with = with };
 
 		bpf_loop(XF_BLOCK, fill_byte_cb, &f, 0);
 		return f.err ? -1 : 0;
 	}
+	return 0;
 }
 
 /* One step of a mask or replace op. */
@@ -525,161 +485,140 @@ static int step(__u32 i, void *ctx)
 {
 	struct pass *p = ctx;
 	struct xf_op *op = p->op;
-	__u32 x, from = p->w->pos;
-	int err = 0;
+	struct xf_walk *w = p->w;
+	__u32 x, from = w->pos;
 
-	if (!op || p->w->err)
+	if (w->err)
 		return 1;
 
-	if (p->w->action == ACT_SCAN) {
-		__u8 *pat;
-		__u32 len;
+	if (w->action == ACT_SCAN) {
+		__u32 in_mask = w->phase == XF_IN_MASK, len, base, block_end, off;
+		__u64 m, p0, p1;
+		__u8 c, c2;
 		int q;
 
-		if (from >= p->w->end)
+		if (from >= w->end)
 			return 1;
-		if (ensure(p, from))
-			return 1;
-		if (p->w->phase == XF_IN_MASK) {
-			pat = op->b;
-			len = op->b_len;
-		} else {
-			pat = op->a;
-			len = op->a_len;
-		}
+		len = sel(in_mask, op->b_len, op->a_len);
+		c = sel(in_mask, op->b[0], op->a[0]);
+		c2 = sel(in_mask, op->b[1], op->a[1]);
+		p0 = sel(in_mask, *(__u64 *)op->b, *(__u64 *)op->a);
+		p1 = sel(in_mask, *(__u64 *)(op->b + 8), *(__u64 *)(op->a + 8));
 		if (len == 0 || len > XF_MAX_PATTERN) {
-			p->w->err = XF_TOO_LONG;
+			w->err = XF_TOO_LONG;
 			return 1;
 		}
-		{
-			__u32 which = p->w->phase == XF_IN_MASK ? 1 : 0;
-			__u32 base = p->w->mbase, block_end;
-			__u64 m;
-			int r = 0;
-
-			if (!(p->w->mvalid & (1 << which)) || from < base || from - base >= XF_BLOCK) {
-				r = block_map(p, from, pat[0], pat[bounded(len - 1, XF_MAX_PATTERN - 1)], len - 1, &m);
-				if (r == -2) {
-					p->w->err = XF_PULL;
-					return 1;
-				}
-				if (r == 0) {
-					if (base != from)
-						p->w->mvalid = 0;
-					p->w->mbase = base = from;
-					p->w->map[which & 1] = m;
-					p->w->mvalid |= 1 << which;
-				}
-			}
-			if (r == 0) {
-				__u32 off = bounded(from - base, XF_BLOCK - 1);
-
-				m = p->w->map[which & 1] & ~((1ULL << off) - 1);
-				block_end = base + XF_BLOCK;
-				x = m ? base + lowest_bit(m) : block_end;
-			} else {
-				/* the short block at the end of the region, byte by byte */
-				x = find_in_block(p, from, pat[0], pat[bounded(len - 1, XF_MAX_PATTERN - 1)], len - 1, &err);
-				if (err) {
-					p->w->err = XF_PULL;
-					return 1;
-				}
-				block_end = from + XF_BLOCK;
-			}
-			if (p->w->phase == XF_IN_MASK && fill(p, from, x < p->w->end ? x : p->w->end, op->with)) {
-				p->w->err = XF_PULL;
+		base = w->mbase;
+		if (!(w->mvalid & (1 << in_mask)) || from < base || from - base >= XF_BLOCK) {
+			if (block_map(p, from, c | (__u32)c2 << 8, len, &m)) {
+				w->err = XF_PULL;
 				return 1;
 			}
-			if (x >= p->w->end || x >= block_end) {
-				p->w->pos = x < p->w->end ? x : p->w->end;
-				return 0;
-			}
+			if (base != from)
+				w->mvalid = 0;
+			w->mbase = base = from;
+			w->map1 = sel(in_mask, m, w->map1);
+			w->map0 = sel(in_mask, w->map0, m);
+			w->mvalid |= 1 << in_mask;
+		}
+		off = (from - base) & (XF_BLOCK - 1);
+		m = sel(in_mask, w->map1, w->map0);
+		m &= ~((1ULL << off) - 1);
+		block_end = base + XF_BLOCK;
+		x = m ? base + lowest_bit(m) : block_end;
+		if (in_mask && fill(p, from, x < w->end ? x : w->end, op->with)) {
+			w->err = XF_PULL;
+			return 1;
+		}
+		if (x >= w->end || x >= block_end) {
+			w->pos = x < w->end ? x : w->end;
+			return 0;
 		}
 		/* The common case in this same step: a short pattern, decided in two words. */
-		q = quick_match(p, x, pat, len);
+		q = quick_match(p, x, p0, p1, len);
 		if (q == QUICK_MISS) {
-			if (p->w->phase == XF_IN_MASK && fill(p, x, x + 1, op->with)) {
-				p->w->err = XF_PULL;
+			if (in_mask && fill(p, x, x + 1, op->with)) {
+				w->err = XF_PULL;
 				return 1;
 			}
-			p->w->pos = x + 1;
+			w->pos = x + 1;
 			return 0;
 		}
 		if (q == QUICK_MATCH) {
-			if (p->w->phase == XF_IN_MASK) {
-				p->w->phase = XF_SEARCH;
-				p->w->pos = x + len;
+			if (in_mask) {
+				w->phase = XF_SEARCH;
+				w->pos = x + len;
 				return 0;
 			}
 			if (op->kind == XF_MASK) {
-				p->w->phase = XF_IN_MASK;
-				p->w->pos = x + len;
+				w->phase = XF_IN_MASK;
+				w->pos = x + len;
 				return 0;
 			}
 			if (op->b_len == len) {
-				/* an equal-length replace, in place */
-				__u64 *w = (__u64 *)AT(p, x, 16);
+				/* an equal-length replace, in place: msg->data is still at x */
+				__u64 *d = (__u64 *)DATA(p);
 				__u64 m0 = word_mask(len, 0), m1 = word_mask(len, 1);
 
-				if (!w) {
-					p->w->err = XF_PULL;
+				if ((__u8 *)d + 16 > DATA_END(p)) {
+					w->err = XF_PULL;
 					return 1;
 				}
-				w[0] = (w[0] & ~m0) | (*(const __u64 *)op->b & m0);
-				w[1] = (w[1] & ~m1) | (*(const __u64 *)(op->b + 8) & m1);
-				p->w->pos = x + len;
+				d[0] = (d[0] & ~m0) | (*(__u64 *)op->b & m0);
+				d[1] = (d[1] & ~m1) | (*(__u64 *)(op->b + 8) & m1);
+				w->pos = x + len;
 				return 0;
 			}
-			p->w->cand = x;
-			p->w->match = FULL;
-			p->w->action = ACT_APPLY;
+			w->cand = x;
+			w->match = FULL;
+			w->action = ACT_APPLY;
 			return 0;
 		}
-		p->w->cand = x;
-		p->w->action = ACT_CHECK;
+		w->cand = x;
+		w->action = ACT_CHECK;
 		return 0;
 	}
 
-	if (p->w->action == ACT_CHECK) {
-		x = p->w->cand;
-		if (p->w->phase == XF_IN_MASK)
-			p->w->match = match_at(p, x, op->b, op->b_len);
+	if (w->action == ACT_CHECK) {
+		x = w->cand;
+		if (w->phase == XF_IN_MASK)
+			w->match = match_at(p, x, 1, op->b_len);
 		else
-			p->w->match = match_at(p, x, op->a, op->a_len);
-		if (p->w->err)
+			w->match = match_at(p, x, 0, op->a_len);
+		if (w->err)
 			return 1;
-		p->w->action = ACT_APPLY;
+		w->action = ACT_APPLY;
 		return 0;
 	}
 
 	/* ACT_APPLY */
-	x = p->w->cand;
-	p->w->action = ACT_SCAN;
-	if (p->w->match == PARTIAL && !p->final) {
+	x = w->cand;
+	w->action = ACT_SCAN;
+	if (w->match == PARTIAL && !p->final) {
 		hold_tail(p, x);
 		return 1;
 	}
-	if (p->w->phase == XF_IN_MASK) {
-		if (p->w->match == FULL) {
-			p->w->phase = XF_SEARCH;
-			p->w->pos = x + op->b_len;
+	if (w->phase == XF_IN_MASK) {
+		if (w->match == FULL) {
+			w->phase = XF_SEARCH;
+			w->pos = x + op->b_len;
 			return 0;
 		}
 		/* not the terminator (or a flush inside a value): masked too */
 		if (fill(p, x, x + 1, op->with)) {
-			p->w->err = XF_PULL;
+			w->err = XF_PULL;
 			return 1;
 		}
-		p->w->pos = x + 1;
+		w->pos = x + 1;
 		return 0;
 	}
-	if (p->w->match != FULL) {
-		p->w->pos = x + 1;
+	if (w->match != FULL) {
+		w->pos = x + 1;
 		return 0;
 	}
 	if (op->kind == XF_MASK) {
-		p->w->phase = XF_IN_MASK;
-		p->w->pos = x + op->a_len;
+		w->phase = XF_IN_MASK;
+		w->pos = x + op->a_len;
 		return 0;
 	}
 	/* XF_REPLACE */
@@ -690,105 +629,106 @@ static int step(__u32 i, void *ctx)
 			return 1;
 		if (b < a) {
 			if (bpf_msg_pop_data(p->msg, x + b, a - b, 0)) {
-				p->w->err = XF_POP;
+				w->err = XF_POP;
 				return 1;
 			}
-			p->w->valid = 0;
-			p->w->mvalid = 0;
-			p->w->end -= a - b;
+			w->mvalid = 0;
+			w->end -= a - b;
 		} else if (b > a) {
 			if (bpf_msg_push_data(p->msg, x + a, b - a, 0)) {
-				p->w->err = XF_PUSH;
+				w->err = XF_PUSH;
 				return 1;
 			}
-			p->w->valid = 0;
-			p->w->mvalid = 0;
-			p->w->end += b - a;
-			if (p->w->end > XF_MAX_MSG) {
-				p->w->err = XF_TOO_LONG;
+			w->mvalid = 0;
+			w->end += b - a;
+			if (w->end > XF_MAX_MSG) {
+				w->err = XF_TOO_LONG;
 				return 1;
 			}
 		}
-		if (b && write_at(p, x, op->b, b))
+		if (b && write_at(p, x, 1, b))
 			return 1;
-		p->w->pos = x + b;
+		w->pos = x + b;
 	}
 	return 0;
 }
 
-static int map_byte_cb(__u32 i, void *ctx)
+/* ASCII case of the 8 bytes of v: bit 5 of every letter of the other case flipped (bytes >= 0x80 kept). */
+static __always_inline __u64 ascii_case(__u64 v, __u64 ge, __u64 gt)
 {
-	struct bytes_ctx *f = ctx;
-	struct xf_op *op = f->p->op;
-	__u32 x = f->from + i;
-	__u8 *b;
+	__u64 lo = v & 0x7f7f7f7f7f7f7f7fULL;
+	__u64 letter = (lo + ge) & ~(lo + gt) & ~v & 0x8080808080808080ULL;
 
-	if (x >= f->stop || !op)
-		return 1;
-	b = AT(f->p, x, 1);
-	if (!b) {
-		f->err = 1;
-		return 1;
-	}
-	*b = op->a[*b];
-	return 0;
+	return v ^ (letter >> 2);
 }
 
-/* byteMap over one block. */
+/* Table byte b of a byteMap op; sets *err when the table cannot be read. */
+static __always_inline __u64 table_byte(struct pass *p, __u64 b, int *err)
+{
+	__u64 *t = pattern_word(p, 0, (b >> 3) & (XF_PATTERN_WORDS - 1));
+
+	if (!t) {
+		*err = 1;
+		return 0;
+	}
+	return (*t >> (8 * (b & 7))) & 0xff;
+}
+
+/* byteMap over one block, or over one byte at the end of the region. */
 static int map_block(__u32 i, void *ctx)
 {
 	struct pass *p = ctx;
 	struct xf_op *op = p->op;
-	__u32 from = p->w->pos, stop, j;
+	struct xf_walk *w = p->w;
+	__u32 from = w->pos, n;
+	__u64 first = op->with == XF_ASCII_UPPER ? 'a' : 'A';
+	__u64 ge = 0x0101010101010101ULL * (0x80 - first);
+	__u64 gt = 0x0101010101010101ULL * (0x80 - (first + 25) - 1);
+	int err = 0;
+	__u8 *d;
 
-	if (!op || from >= p->w->end)
+	if (from >= w->end)
 		return 1;
-	if (ensure(p, from))
+	n = w->end - from >= XF_BLOCK ? XF_BLOCK : 1;
+	if (pull(p, from, n))
 		return 1;
-	stop = p->w->end - from < XF_BLOCK ? p->w->end : from + XF_BLOCK;
-	if (stop - from == XF_BLOCK && op->with != XF_TABLE) {
-		/* ASCII case: the letters' bit 5 flipped, eight bytes at a time (bytes >= 0x80 untouched) */
-		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
-		__u64 first = op->with == XF_ASCII_UPPER ? 'a' : 'A';
-		__u64 ge = 0x0101010101010101ULL * (0x80 - first);
-		__u64 gt = 0x0101010101010101ULL * (0x80 - (first + 25) - 1);
+	d = DATA(p);
+	if (n == XF_BLOCK) {
+		__u64 *wd = (__u64 *)d;
 
-		if (!w) {
-			p->w->err = XF_PULL;
+		if (d + XF_BLOCK > DATA_END(p)) {
+			w->err = XF_PULL;
 			return 1;
 		}
+		if (op->with != XF_TABLE) {
 #pragma unroll
-		for (j = 0; j < XF_BLOCK / 8; j++) {
-			__u64 v = w[j], lo = v & 0x7f7f7f7f7f7f7f7fULL;
-			__u64 letter = (lo + ge) & ~(lo + gt) & ~v & 0x8080808080808080ULL;
-
-			w[j] = v ^ (letter >> 2);
-		}
-	} else if (stop - from == XF_BLOCK) {
-		__u64 *w = (__u64 *)AT(p, from, XF_BLOCK);
-
-		if (!w) {
-			p->w->err = XF_PULL;
-			return 1;
-		}
+			for (int j = 0; j < XF_BLOCK / 8; j++)
+				wd[j] = ascii_case(wd[j], ge, gt);
+		} else {
 #pragma unroll
-		for (j = 0; j < XF_BLOCK / 8; j++) {
-			__u64 v = w[j], o = 0;
+			for (int j = 0; j < XF_BLOCK / 8; j++) {
+				__u64 v = wd[j], o = 0;
 #pragma unroll
-			for (int k = 0; k < 8; k++)
-				o |= (__u64)op->a[(v >> (8 * k)) & 0xff] << (8 * k);
-			w[j] = o;
+				for (int k = 0; k < 8; k++)
+					o |= table_byte(p, (v >> (8 * k)) & 0xff, &err) << (8 * k);
+				wd[j] = o;
+			}
 		}
 	} else {
-		struct bytes_ctx f = { .p = p, .from = from, .stop = stop };
-
-		bpf_loop(XF_BLOCK, map_byte_cb, &f, 0);
-		if (f.err) {
-			p->w->err = XF_PULL;
+		if (d + 1 > DATA_END(p)) {
+			w->err = XF_PULL;
 			return 1;
 		}
+		if (op->with != XF_TABLE)
+			*d = ascii_case(*d, ge, gt);
+		else
+			*d = table_byte(p, *d, &err);
 	}
-	p->w->pos = stop;
+	if (err) {
+		w->err = XF_PULL;
+		return 1;
+	}
+	w->pos = from + n;
 	return 0;
 }
 
@@ -796,7 +736,7 @@ static int map_block(__u32 i, void *ctx)
  * the same callback (two walks behind one call, as clang merges them, cost an indirect call per step). */
 static __noinline int walk_map(struct pass *p)
 {
-	return bpf_loop(XF_MAX_MSG / XF_BLOCK + 1, map_block, p, 0);
+	return bpf_loop(XF_MAX_MSG / XF_BLOCK + XF_BLOCK, map_block, p, 0);
 }
 
 static __noinline int walk_steps(struct pass *p)
@@ -804,10 +744,34 @@ static __noinline int walk_steps(struct pass *p)
 	return bpf_loop(XF_MAX_STEPS, step, p, 0);
 }
 
+/* Op i's hold state (XF_HOLD_*) in the socket's state, by constant offsets. */
+static __always_inline __u32 hold_get(struct xf_conn *conn, __u32 i)
+{
+	__u64 v = 0, q = i / 4;
+
+#pragma unroll
+	for (int k = 0; k < XF_MAX_OPS / 4; k++)
+		v |= conn->holds[k] & -is(q, k);
+	return (v >> (16 * (i & 3))) & 0xffff;
+}
+
+static __always_inline void hold_set(struct xf_conn *conn, __u32 i, __u32 s)
+{
+	__u64 q = i / 4, sh = 16 * (i & 3), keep = ~(0xffffULL << sh), put = (__u64)(s & 0xffff) << sh;
+
+#pragma unroll
+	for (int k = 0; k < XF_MAX_OPS / 4; k++) {
+		__u64 mine = -is(q, k);
+
+		conn->holds[k] = (conn->holds[k] & (keep | ~mine)) | (put & mine);
+	}
+}
+
 struct run {
 	struct sk_msg_md *msg;
 	struct xf_conn *conn;
 	struct xf_profile *prof;
+	__u32 profile;
 	__u32 final;
 };
 
@@ -815,27 +779,29 @@ static int run_op(__u32 i, void *ctx)
 {
 	struct run *r = ctx;
 	struct xf_conn *conn = r->conn;
-	struct xf_walk *w;
+	struct xf_walk *w = &conn->walk;
 	struct pass p = {};
 	struct xf_op *op;
-	__u32 size;
+	__u32 size, key, hs;
 
-	if (!r->prof || !conn || i >= r->prof->nops || i >= XF_MAX_OPS)
+	if (i >= r->prof->nops || i >= XF_MAX_OPS)
 		return 1;
-	w = &conn->walk;
-	i = bounded(i, XF_MAX_OPS - 1);
-	op = &r->prof->ops[i];
+	key = XF_OP_KEY(r->profile, i);
+	op = bpf_map_lookup_elem(&xf_ops, &key);
+	if (!op) {
+		w->run_err = XF_NO_PROFILE;
+		return 1;
+	}
 	p.msg = r->msg;
 	p.op = op;
-	p.hold = &conn->hold[i];
 	p.w = w;
+	p.key = XF_WORD_KEY(key, 0, 0);
 	p.final = r->final;
+	hs = hold_get(conn, i);
 	size = r->msg->size;
-	w->base = 0;
-	w->valid = 0;
 	w->pos = 0;
 	/* a masked value may go on across sends: the phase is the op's, kept with its hold */
-	w->phase = p.hold->phase;
+	w->phase = hs & XF_HOLD_PHASE ? XF_IN_MASK : XF_SEARCH;
 	w->err = 0;
 	w->held = 0;
 	w->action = ACT_SCAN;
@@ -843,7 +809,7 @@ static int run_op(__u32 i, void *ctx)
 	/* a flush's trigger byte is the last one: the ops never see it */
 	w->end = r->final && size ? size - 1 : size;
 	if (op->kind == XF_MASK || op->kind == XF_REPLACE) {
-		if (release_hold(&p)) {
+		if (release_hold(&p, hs & XF_HOLD_LEN)) {
 			w->run_err = w->err ? w->err : XF_PUSH;
 			return 1;
 		}
@@ -865,7 +831,7 @@ static int run_op(__u32 i, void *ctx)
 		w->run_err = XF_TOO_LONG;
 		return 1;
 	}
-	p.hold->phase = w->phase;
+	hold_set(conn, i, (w->held & XF_HOLD_LEN) | (w->phase == XF_IN_MASK ? XF_HOLD_PHASE : 0));
 	w->run_held += w->held;
 	return 0;
 }
@@ -900,6 +866,7 @@ int xf_verdict(struct sk_msg_md *msg)
 	r.msg = msg;
 	r.conn = conn;
 	r.prof = prof;
+	r.profile = profile;
 	r.final = led->flush;
 	led->flush = 0;
 	conn->walk.run_err = 0;
@@ -908,6 +875,7 @@ int xf_verdict(struct sk_msg_md *msg)
 		led->failed = XF_TOO_LONG;
 		return SK_DROP;
 	}
+	/* one piece from here on: the walk's pulls only move msg->data */
 	if (bpf_msg_pull_data(msg, 0, size, 0)) {
 		led->failed = XF_PULL;
 		return SK_DROP;

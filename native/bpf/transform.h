@@ -34,20 +34,30 @@ enum xf_table {
 	XF_ASCII_LOWER = 2,
 };
 
+/* The op as the program reads it, at constant offsets only (the verifier without CAP_PERFMON refuses
+ * variable offsets into packets and the stack, and variable offsets into map values stop its pruning): the
+ * first XF_QUICK bytes of each pattern here; every pattern byte, and a byteMap's table, in xf_words. */
+#define XF_QUICK 16
+#define XF_PATTERN_WORDS (XF_MAX_PATTERN / 8)
+
 struct xf_op {
 	__u8 kind;
 	__u8 with;
 	__u16 a_len;
 	__u16 b_len;
 	__u16 pad;
-	__u8 a[XF_MAX_PATTERN];
-	__u8 b[XF_MAX_PATTERN];
+	__u8 a[XF_QUICK]; /* zero-padded */
+	__u8 b[XF_QUICK];
 };
+
+/* Keys of the per-op maps: xf_ops[XF_OP_KEY(profile, op)], and word k of pattern `which` (0: a or the
+ * byteMap table, 1: b) at xf_words[XF_WORD_KEY(XF_OP_KEY(profile, op), which, k)] (bytes in memory order). */
+#define XF_OP_KEY(profile, op) ((profile) * XF_MAX_OPS + (op))
+#define XF_WORD_KEY(opkey, which, k) (((opkey) * 2 + (which)) * XF_PATTERN_WORDS + (k))
 
 struct xf_profile {
 	__u32 nops;
 	__u32 user_program; /* 1: tail-call the user's program (slot 0 of xf_user) after the ops */
-	struct xf_op ops[XF_MAX_OPS];
 };
 
 enum xf_phase {
@@ -55,23 +65,19 @@ enum xf_phase {
 	XF_IN_MASK = 1, /* inside a masked value, looking for `until` */
 };
 
-/* An op's state between messages: its phase (a masked value may go on in the next send) and the bytes it
- * held back at the end of a message because they may start a pattern that the next bytes complete;
- * pushed back in front of the next message (or released by a flush). */
-struct xf_hold {
-	__u16 len;
-	__u8 phase;
-	__u8 pad;
-	__u8 bytes[XF_MAX_PATTERN];
-};
+/* An op's state between messages, 16 bits in xf_conn.holds: its phase (bit 8: a masked value may go on in
+ * the next send) and how many bytes it held back at the end of a message (bits 0-7) because they may start
+ * a pattern that the next bytes complete. Those bytes are a proper prefix of the pattern the op was looking
+ * for in that phase (`after`/`from` in XF_SEARCH, `until` in XF_IN_MASK), so their count is all the program
+ * keeps: the next run pushes that prefix back in front of the message (or a flush releases it). */
+#define XF_HOLD_PHASE 0x100
+#define XF_HOLD_LEN 0xff
 
 /* The scalars of one op's walk over one message. They live in the socket's state rather than on the
  * program's stack: the verifier does not track map values, so the walk's loop callbacks converge at once
  * (on the stack, every iteration's different position was a new state to verify). The socket is locked
  * while its program runs, so one walk at a time uses them. */
 struct xf_walk {
-	__u32 base;   /* [base, msg->size) is readable at msg->data (after bpf_msg_pull_data) */
-	__u32 valid;  /* 0 after a push or pop: the next access pulls again */
 	__u32 pos;    /* next byte to examine */
 	__u32 end;    /* end of the bytes this op may touch (the trigger byte of a flush excluded) */
 	__u32 phase;
@@ -82,12 +88,14 @@ struct xf_walk {
 	__u32 match;  /* outcome of the candidate's comparison */
 	__u32 run_err;
 	__u32 run_held;
+	__u32 pad;
 	/* Candidate maps of the 64-byte block at mbase, one bit per byte, for the op's first pattern (bit 0 of
 	 * mvalid) and its second (bit 1): computed once per block, so that the candidates of a dense block
 	 * are taken one by one without scanning it again. */
 	__u32 mbase;
 	__u32 mvalid;
-	__u64 map[2];
+	__u64 map0;
+	__u64 map1;
 };
 
 /* Per-socket state (BPF_MAP_TYPE_SK_STORAGE): created by the loader before the socket's first byte. */
@@ -95,7 +103,7 @@ struct xf_conn {
 	__u32 profile;
 	__u32 slot;
 	struct xf_walk walk;
-	struct xf_hold hold[XF_MAX_OPS];
+	__u64 holds[XF_MAX_OPS / 4]; /* op i: bits 16 * (i % 4) of holds[i / 4] */
 };
 
 /* Per-slot ledger (mmapped by the engine): what the program saw, to prove after every send that it ran

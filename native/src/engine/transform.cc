@@ -93,6 +93,8 @@ std::shared_ptr<TransformRuntime> TransformRuntime::Create(TransformError* error
   rt->sockets_ = bpf_map__fd(rt->skel_->maps.xf_sockets);
   rt->conns_ = bpf_map__fd(rt->skel_->maps.xf_conns);
   rt->profiles_ = bpf_map__fd(rt->skel_->maps.xf_profiles);
+  rt->ops_ = bpf_map__fd(rt->skel_->maps.xf_ops);
+  rt->words_ = bpf_map__fd(rt->skel_->maps.xf_words);
   rt->user_ = bpf_map__fd(rt->skel_->maps.xf_user);
   int prog = bpf_program__fd(rt->skel_->progs.xf_verdict);
   if (bpf_prog_attach(prog, rt->sockets_, BPF_SK_MSG_VERDICT, 0) != 0) {
@@ -240,8 +242,8 @@ std::shared_ptr<const TransformProfile> TransformRuntime::AddProfile(const Trans
       return nullptr;
     }
     o.with = in_with;
-    memcpy(o.a, in.a.data(), in.a.size());
-    memcpy(o.b, in.b.data(), in.b.size());
+    memcpy(o.a, in.a.data(), std::min<size_t>(in.a.size(), XF_QUICK));
+    memcpy(o.b, in.b.data(), std::min<size_t>(in.b.size(), XF_QUICK));
     o.a_len = uint16_t(in.kind == XF_BYTEMAP ? 256 : in.a.size());
     o.b_len = uint16_t(in.b.size());
   }
@@ -275,12 +277,29 @@ std::shared_ptr<const TransformProfile> TransformRuntime::AddProfile(const Trans
                  "): connections opened under older edits still run");
     return nullptr;
   }
-  auto value = std::make_unique<xf_profile>();
-  memset(value.get(), 0, sizeof *value);
-  value->nops = uint32_t(ops.size());
-  value->user_program = userFd >= 0 ? 1 : 0;
-  for (size_t i = 0; i < ops.size(); i++) value->ops[i] = ops[i];
-  if (bpf_map_update_elem(profiles_, &index, value.get(), BPF_ANY) != 0) {
+  // The ops, then every pattern byte (and byteMap table) as words, then the profile that points at them.
+  std::vector<uint32_t> keys, wordKeys;
+  std::vector<uint64_t> words;
+  for (size_t i = 0; i < ops.size(); i++) {
+    uint32_t opKey = XF_OP_KEY(index, uint32_t(i));
+    keys.push_back(opKey);
+    const std::string* patterns[2] = {&spec.ops[i].a, &spec.ops[i].b};
+    for (uint32_t which = 0; which < 2; which++) {
+      uint64_t w[XF_PATTERN_WORDS] = {};
+      memcpy(w, patterns[which]->data(), std::min<size_t>(patterns[which]->size(), XF_MAX_PATTERN));
+      for (uint32_t k = 0; k < XF_PATTERN_WORDS; k++) {
+        wordKeys.push_back(XF_WORD_KEY(opKey, which, k));
+        words.push_back(w[k]);
+      }
+    }
+  }
+  xf_profile value = {};
+  value.nops = uint32_t(ops.size());
+  value.user_program = userFd >= 0 ? 1 : 0;
+  uint32_t nops = uint32_t(ops.size()), nwords = uint32_t(words.size());
+  if ((nops && bpf_map_update_batch(ops_, keys.data(), ops.data(), &nops, nullptr) != 0) ||
+      (nwords && bpf_map_update_batch(words_, wordKeys.data(), words.data(), &nwords, nullptr) != 0) ||
+      bpf_map_update_elem(profiles_, &index, &value, BPF_ANY) != 0) {
     int err = errno;
     if (userFd >= 0) close(userFd);
     SetError(error, "TransformFailed", "writing the transform profile failed: " + Errno(err));

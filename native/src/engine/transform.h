@@ -88,7 +88,7 @@ class TransformRuntime : public std::enable_shared_from_this<TransformRuntime> {
   void FreeProfile(uint32_t index);
 
   transform_bpf* skel_ = nullptr;
-  int sockets_ = -1, conns_ = -1, profiles_ = -1, user_ = -1;
+  int sockets_ = -1, conns_ = -1, profiles_ = -1, ops_ = -1, words_ = -1, user_ = -1;
   void* ledger_ = nullptr;
   size_t ledgerBytes_ = 0;
   std::mutex mu_;
