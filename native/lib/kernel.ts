@@ -79,8 +79,9 @@ export function probeKernelFeatures(): KernelFeatures {
  * (5.17+), a BPF_MAP_TYPE_SK_STORAGE map and an mmap-able array; the object carries its own BTF (the
  * sk_storage map needs it) and uses no kfuncs and no CO-RE, so /sys/kernel/btf/vmlinux is not needed for it.
  * The verifier also decides by capability: without CAP_PERFMON (or CAP_SYS_ADMIN) it applies its Spectre
- * rules to the program's packet pointer arithmetic and refuses it, so CAP_BPF + CAP_NET_ADMIN alone are
- * not enough for this program on kernels that enforce that.
+ * rules (packet pointers move by constants only, no variable offsets into map values or the stack). The
+ * program keeps those rules, so CAP_BPF + CAP_NET_ADMIN (the sidecar's) are enough on Linux 6.18; a
+ * verifier that still refuses it as "!root" is reported as needing CAP_PERFMON.
  */
 export interface TransformFeatures {
   /** The runtime loaded, its verdict attached to the SOCKHASH, and it was unloaded again. */

@@ -2,7 +2,7 @@
 // reference meaning of each op (bench/src/transform-reference.ts), with real sockets on 127.0.0.1. The app
 // and the mirror target are servers in this process that record every connection's bytes.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -14,7 +14,7 @@ import { applyOps, type XformOp } from '../../bench/src/transform-reference.js';
 import { planTransform } from '../../sidecar/src/dataplane/transform.js';
 import { Engine } from '../lib/engine.js';
 import type { EngineTransform } from '../lib/types.js';
-import { startLocalEngine, until } from './fixtures/engine-harness.js';
+import { Peer, startLocalEngine, until } from './fixtures/engine-harness.js';
 
 const engines: Engine[] = [];
 const servers: net.Server[] = [];
@@ -436,5 +436,74 @@ describe('user programs', () => {
     const t = TransformSchema.parse({ applyTo: 'primary', ops: [{ program: { path: f } }] });
     const { readProgramFile } = await import('../../sidecar/src/cli/program-file.js');
     await expect(planTransform(t, readProgramFile)).rejects.toThrow(/not an ELF object/);
+  });
+});
+
+// The sidecar runs with CAP_BPF and CAP_NET_ADMIN only (the webhook adds nothing else): the transform
+// program and a user program must load and run with exactly those. The engine runs here in a child process
+// (uid 0, as in the pod) whose capabilities setpriv cut to that set.
+describe("with the sidecar's capabilities only (CAP_BPF + CAP_NET_ADMIN)", () => {
+  const CAP_NET_ADMIN = 12n, CAP_BPF = 39n;
+  let child: Peer | undefined;
+  beforeAll(() => {
+    objDir = mkdtempSync(join(tmpdir(), 'ks-xf-caps-'));
+  });
+  afterEach(() => {
+    if (child && child.child.exitCode === null) child.child.kill('SIGKILL');
+    child = undefined;
+  });
+  afterAll(() => rmSync(objDir, { recursive: true, force: true }));
+
+  it('every op and a user program load and transform both legs byte-exact', async () => {
+    // a byteMap table (not a case preset), so that the table lookups run too
+    const ops: XformOp[] = [MASK, REPLACE, GROW, { byteMap: { pairs: { x: 'y', '0x7a': 'Z' } } }];
+    const t = await plan('both', ops, 10_000);
+    const transform: EngineTransform = { ...t, program: { elf: compile('a_to_b'), name: 'test program' } };
+    const app = await recorder();
+    const mirror = await recorder();
+    const config = {
+      listen: { host: '127.0.0.1', port: 0 },
+      upstream: { host: '127.0.0.1', port: app.port },
+      mirrors: [{ name: 'staging', host: '127.0.0.1', port: mirror.port, samplingPercent: 100 }],
+      pipeSize: 256 * 1024,
+      mirrorConnectTimeoutMs: 2000,
+      turnTimeoutMs: 0,
+      mirrorBufferSize: 4 << 20,
+      transform,
+    };
+    const json = JSON.stringify(config, (_k, v: unknown) => (v instanceof Uint8Array ? { $bytes: Buffer.from(v).toString('base64') } : v));
+    const script = fileURLToPath(new URL('./fixtures/engine-child.mjs', import.meta.url));
+    child = new Peer(
+      spawn('setpriv', ['--inh-caps=-all', '--bounding-set=-all,+bpf,+net_admin', '--', process.execPath, script, json], { stdio: ['pipe', 'pipe', 'pipe'] }),
+    );
+    const [l] = await child.waitFor<{ port: number }>('listening', 1, 30_000);
+    const capEff = BigInt(`0x${/^CapEff:\s+([0-9a-f]+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]}`);
+    expect(capEff).toBe((1n << CAP_NET_ADMIN) | (1n << CAP_BPF));
+
+    // Dense with every pattern, cut into sends at odd places so that holds are exercised too.
+    const unit = 'GET /a HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\nX-DB: prod-db-1\r\nbody: alpha xyz db-1 prod-db-';
+    const text = Buffer.from(unit.repeat(3000) + 'end');
+    const c = net.connect(l!.port, '127.0.0.1');
+    sockets.push(c);
+    c.on('error', () => undefined);
+    await new Promise<void>((r) => c.once('connect', () => r()));
+    for (let at = 0; at < text.length; ) {
+      const n = Math.min(text.length - at, 1 + ((at * 7919) % 40_000));
+      c.write(text.subarray(at, at + n));
+      at += n;
+    }
+    c.end();
+    c.resume();
+    await until('both connections', () => app.conns.length > 0 && mirror.conns.length > 0);
+    const [gotApp, gotMirror] = await Promise.all([app.conns[0]!.ended, mirror.conns[0]!.ended]);
+    const want = Buffer.from(applyOps(ops, text).toString('latin1').replaceAll('a', 'b'), 'latin1');
+    expect(gotApp.length).toBe(want.length);
+    expect(gotApp.equals(want)).toBe(true);
+    expect(gotMirror.equals(want)).toBe(true);
+    type Sample = { stats: { transformFailures: number; targets: { transformFailures: number }[] } };
+    const seen = child.lines.filter((x) => x.event === 'sample').length;
+    const [sample] = (await child.waitFor<Sample>('sample', seen + 1)).slice(-1);
+    expect(sample!.stats.transformFailures).toBe(0);
+    expect(sample!.stats.targets[0]!.transformFailures).toBe(0);
   });
 });

@@ -81,10 +81,13 @@ std::shared_ptr<TransformRuntime> TransformRuntime::Create(TransformError* error
     int err = errno;
     std::string log = capture.text();
     std::string hint;
+    // The program is written to verify with CAP_BPF + CAP_NET_ADMIN alone (ADR 0007); a verifier that
+    // still holds it to the !root rules is one whose checks differ from those of the kernels it was
+    // verified on, and CAP_PERFMON lifts those rules.
     if (log.find("!root") != std::string::npos)
-      hint = " (the verifier needs CAP_PERFMON besides CAP_BPF and CAP_NET_ADMIN for this program)";
+      hint = " (this kernel's verifier refuses it without CAP_PERFMON, which the sidecar does not have)";
     else if (err == EPERM)
-      hint = " (the sidecar needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)";
+      hint = " (the sidecar needs CAP_BPF and CAP_NET_ADMIN)";
     else
       hint = " (the kernel lacks sk_msg on SOCKHASH, bpf_loop or sk_storage: 5.17 or later)";
     SetError(error, "TransformUnsupported", "loading the transform program failed: " + Errno(err) + hint, log);
