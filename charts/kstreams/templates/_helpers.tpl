@@ -179,7 +179,6 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "resources" $v.sidecar.resources
   "agentPort" $v.sidecar.agentPort
   "privileged" $v.sidecar.privileged
-  "transforms" $v.sidecar.transforms
   "holdApplicationUntilAttached" $v.sidecar.holdApplicationUntilAttached
   "attachTimeoutSeconds" $v.sidecar.attachTimeoutSeconds
   "nativeSidecar" $v.sidecar.nativeSidecar }}

@@ -141,7 +141,7 @@ describe('the operator against a real apiserver', () => {
     const events = await kube.request<{ items: { type: string; reason: string; message: string }[] }>('GET', `/api/v1/namespaces/${ns}/events`);
     const event = events.items.find((e) => e.reason === 'PodSecurityForbidsSidecar');
     expect(event?.type).toBe('Warning');
-    expect(event?.message).toContain('capabilities NET_ADMIN, BPF, PERFMON');
+    expect(event?.message).toContain('capabilities NET_ADMIN, BPF');
 
     // The fix the message gives: the namespace watch brings the change, the condition follows.
     await kube.request('PATCH', `/api/v1/namespaces/${ns}`, { body: { metadata: { labels: { 'pod-security.kubernetes.io/enforce': 'privileged' } } }, patch: 'merge' });

@@ -248,7 +248,7 @@ describe('computeStatus with the namespace\'s Pod Security labels', () => {
     expect(cond(r, 'Degraded')).toMatchObject({ status: 'True', reason: Reason.PodSecurityForbidsSidecar });
     const m = cond(r, 'Degraded').message;
     expect(m).toContain('enforces Pod Security "baseline:latest"');
-    expect(m).toContain('capabilities NET_ADMIN, BPF, PERFMON');
+    expect(m).toContain('capabilities NET_ADMIN, BPF');
     expect(m).toContain('kubectl label --overwrite ns shop pod-security.kubernetes.io/enforce=privileged');
     expect(m).toContain('no running pod in namespace shop matches spec.selector');
   });

@@ -16,12 +16,6 @@ export const SidecarConfigSchema = z.object({
   agentPort: z.number().int().min(1).max(65535).default(DEFAULT_AGENT_PORT),
   /** Only for kernels/runtimes where CAP_BPF + CAP_NET_ADMIN are not enough; off by default. */
   privileged: z.boolean().default(false),
-  /**
-   * Give the sidecar CAP_PERFMON, which the kernel's verifier needs to accept the in-kernel transform
-   * program (docs/adr/0007-in-kernel-transforms.md). false: least privilege for clusters that use no
-   * spec.transform; a StreamPath with one then reports TransformUnsupported, naming CAP_PERFMON.
-   */
-  transforms: z.boolean().default(true),
   /** Start the app containers only once the data plane is attached (native sidecar or postStart wait). */
   holdApplicationUntilAttached: z.boolean().default(true),
   /** How long the postStart hook (clusters without native sidecars) waits for /readyz. */

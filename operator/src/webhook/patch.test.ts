@@ -83,7 +83,7 @@ describe('computePodPatch', () => {
       runAsUser: 0,
       runAsNonRoot: false,
       readOnlyRootFilesystem: true,
-      capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON'], drop: ['ALL'] },
+      capabilities: { add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] },
     });
     const env = Object.fromEntries((s.env as any[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
     expect(env).toEqual({
@@ -103,9 +103,8 @@ describe('computePodPatch', () => {
     });
   });
 
-  it('adds CAP_PERFMON for in-kernel transforms unless sidecar.transforms is false', () => {
-    const cfg = WebhookConfigSchema.parse({ sidecar: { transforms: false } });
-    const s = sidecarContainer(cfg.sidecar, false) as { securityContext: { capabilities: unknown } };
+  it('gives the sidecar CAP_NET_ADMIN and CAP_BPF only: the transform program verifies without CAP_PERFMON', () => {
+    const s = sidecarContainer(WebhookConfigSchema.parse({}).sidecar, false) as { securityContext: { capabilities: unknown } };
     expect(s.securityContext.capabilities).toEqual({ add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] });
   });
 

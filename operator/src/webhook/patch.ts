@@ -85,9 +85,8 @@ export const DEFAULT_CONTAINER_ANNOTATION = 'kubectl.kubernetes.io/default-conta
 /**
  * The sidecar container. Why these privileges: the agent loads eBPF programs (CAP_BPF) and attaches an
  * sk_lookup program to the pod's network namespace and sets up sockets for splice (CAP_NET_ADMIN). The
- * in-kernel transform program reads the stream at offsets it computes, which the verifier allows only
- * with CAP_PERFMON (without it, its Spectre v1 hardening refuses variable offsets on packet pointers and
- * stops pruning loop states): docs/adr/0007-in-kernel-transforms.md.
+ * in-kernel transform program (and a user's program) verifies with these two: no CAP_PERFMON
+ * (docs/adr/0007-in-kernel-transforms.md).
  * runAsUser 0 is needed because capabilities granted by the runtime land in the effective set only for
  * uid 0 (a non-root process gets them only as ambient capabilities, which Kubernetes cannot request).
  */
@@ -103,7 +102,7 @@ export function sidecarContainer(sidecar: SidecarConfig, native: boolean): Obj {
         runAsUser: 0,
         runAsNonRoot: false,
         readOnlyRootFilesystem: true,
-        capabilities: { add: sidecar.transforms ? ['NET_ADMIN', 'BPF', 'PERFMON'] : ['NET_ADMIN', 'BPF'], drop: ['ALL'] },
+        capabilities: { add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] },
       };
   const container: Obj = {
     name: SIDECAR_CONTAINER_NAME,

@@ -78,9 +78,8 @@ describe('namespacePolicy follows the apiserver on labels', () => {
 describe('what each level forbids in the injected sidecar', () => {
   it('privileged allows it; baseline forbids the added capabilities; restricted also root and no runAsNonRoot', () => {
     expect(containerViolations(sidecar(), { level: 'privileged' })).toEqual([]);
-    expect(containerViolations(sidecar(), { level: 'baseline' })).toEqual(['capabilities NET_ADMIN, BPF, PERFMON']);
-    expect(containerViolations(sidecar({ transforms: false }), { level: 'baseline' })).toEqual(['capabilities NET_ADMIN, BPF']);
-    expect(containerViolations(sidecar(), { level: 'restricted' })).toEqual(['capabilities NET_ADMIN, BPF, PERFMON', 'runAsNonRoot not true', 'runAsUser 0']);
+    expect(containerViolations(sidecar(), { level: 'baseline' })).toEqual(['capabilities NET_ADMIN, BPF']);
+    expect(containerViolations(sidecar(), { level: 'restricted' })).toEqual(['capabilities NET_ADMIN, BPF', 'runAsNonRoot not true', 'runAsUser 0']);
   });
 
   it('sidecar.privileged: privileged: true is already refused by baseline', () => {
@@ -95,8 +94,8 @@ describe('what each level forbids in the injected sidecar', () => {
   });
 
   it('restricted pinned before a check existed does not run it (capabilities v1.22, runAsUser v1.23)', () => {
-    expect(containerViolations(sidecar(), { level: 'restricted', minor: 21 })).toEqual(['capabilities NET_ADMIN, BPF, PERFMON', 'runAsNonRoot not true']);
-    expect(containerViolations(sidecar(), { level: 'restricted', minor: 22 })).toEqual(['capabilities NET_ADMIN, BPF, PERFMON', 'runAsNonRoot not true']);
+    expect(containerViolations(sidecar(), { level: 'restricted', minor: 21 })).toEqual(['capabilities NET_ADMIN, BPF', 'runAsNonRoot not true']);
+    expect(containerViolations(sidecar(), { level: 'restricted', minor: 22 })).toEqual(['capabilities NET_ADMIN, BPF', 'runAsNonRoot not true']);
     expect(containerViolations(sidecar(), { level: 'restricted', minor: 23 })).toContain('runAsUser 0');
     // Still forbidden at every version: the sidecar never passes restricted.
     for (let minor = 0; minor <= 35; minor++) expect(containerViolations(sidecar(), { level: 'restricted', minor }).length).toBeGreaterThan(0);

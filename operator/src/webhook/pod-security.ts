@@ -28,7 +28,7 @@ export interface PodSecurityPolicy {
 export interface PodSecurityVerdict {
   mode: PodSecurityMode;
   policy: PodSecurityPolicy;
-  /** One short phrase per failed check, e.g. "capabilities BPF, NET_ADMIN, PERFMON". */
+  /** One short phrase per failed check, e.g. "capabilities NET_ADMIN, BPF". */
   forbidden: string[];
 }
 

@@ -159,7 +159,7 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
     expect(sidecarIndex(pod)).toBe(0);
     const sidecar = pod.spec!.containers[0]!;
     expect(sidecar.lifecycle?.postStart?.exec?.command?.slice(0, 3)).toEqual(['kstreams', 'agent', 'wait']);
-    expect(sidecar.securityContext?.capabilities).toEqual({ add: ['NET_ADMIN', 'BPF', 'PERFMON'], drop: ['ALL'] });
+    expect(sidecar.securityContext?.capabilities).toEqual({ add: ['NET_ADMIN', 'BPF'], drop: ['ALL'] });
     expect(sidecar.env?.find((e) => e.name === 'POD_IP')?.valueFrom?.fieldRef?.fieldPath).toBe('status.podIP');
     expect(pod.spec!.containers[1]!.name).toBe('app');
     expect(pod.metadata?.annotations?.[INJECTED_ANNOTATION]).toBe('1');
