@@ -7,6 +7,7 @@
 //   const server = inject('apiServer');          // https://127.0.0.1:<port>
 //   const token = inject('adminToken');          // bearer token, user kstreams-admin in system:masters
 //   const caFile = inject('apiServerCaFile');    // CA (also signs client certs: see caKeyFile)
+//   const audit = inject('auditLogFile');        // audit log of every ServiceAccount's requests
 // process.env.KUBECONFIG is set in this process too, so child processes (kubectl, helm) spawned from the
 // main vitest process see it; test workers should use inject('kubeconfig').
 //
@@ -35,6 +36,8 @@ declare module 'vitest' {
     apiServerCaKeyFile: string;
     /** Whether kube-controller-manager runs (default ServiceAccounts exist, namespaces finish deleting). */
     controllerManager: boolean;
+    /** The apiserver's audit log of every ServiceAccount's requests (JSON lines, level Metadata); '' when off. */
+    auditLogFile: string;
   }
 }
 
@@ -46,6 +49,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     project.provide('apiServerCaFile', cp?.caFile ?? '');
     project.provide('apiServerCaKeyFile', cp?.caKeyFile ?? '');
     project.provide('controllerManager', controllers);
+    project.provide('auditLogFile', cp?.auditLogPath ?? '');
   };
   if (process.env.KSTREAMS_CONTROLPLANE === 'off') {
     provideAll();
@@ -54,6 +58,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const controllers = process.env.KSTREAMS_CONTROLPLANE_CONTROLLERS === '1';
   const cp = await startControlPlane({
     controllerManager: controllers,
+    // The chart test compares what the operator asked for, under the chart's RBAC, with the chart's rules.
+    auditServiceAccounts: true,
     log: (m) => {
       if (process.env.KSTREAMS_CLUSTER_DEBUG) console.error(`[integration-setup] ${m}`);
     },

@@ -10,9 +10,12 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { waitFor } from '../../e2e/cluster/local/processes.js';
 import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
+import { API_VERSION } from '../../operator/src/api/streampath.js';
+import { exampleSpec } from '../../operator/src/testing/kube.js';
 import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';
 import { CRD_SOURCE, REPO_ROOT } from './generate.js';
 import { CHART_DIR, findObject, helmBinary, KUBECTL, mustRun, renderChart, run, type K8sObject } from './testing/helm.js';
+import { allows, grantKey, grantsFromDocsTable, grantsOf, requestKey, requestsFromAudit, type PolicyRule } from './testing/rbac.js';
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -182,32 +185,12 @@ describe('the chart rendered with its default values', () => {
   });
 
   it('grants least privilege: reads cluster-wide, writes only StreamPaths, Events, its Lease, its Secret and its webhook', () => {
-    expect(rulesOf(objects, 'ClusterRole', 'kstreams-operator')).toEqual([
-      { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch', 'update', 'patch'] },
-      { apiGroups: ['kstreams.io'], resources: ['streampaths/status'], verbs: ['get', 'update', 'patch'] },
-      { apiGroups: ['kstreams.io'], resources: ['streampaths/finalizers'], verbs: ['update'] },
-      { apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] },
-      // the webhook's node cache (sidecar.nativeSidecar=auto)
-      { apiGroups: [''], resources: ['nodes'], verbs: ['list', 'watch'] },
-      { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
-      {
-        apiGroups: ['admissionregistration.k8s.io'],
-        resources: ['mutatingwebhookconfigurations'],
-        resourceNames: ['kstreams-sidecar-injector'],
-        verbs: ['get', 'update', 'patch'],
-      },
-      // The sidecars' RoleBindings: by name where Kubernetes allows it, create cannot be limited by name.
-      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['rolebindings'], resourceNames: ['kstreams-sidecar'], verbs: ['get', 'list', 'watch', 'update', 'patch', 'delete'] },
-      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['rolebindings'], verbs: ['create'] },
-      { apiGroups: ['rbac.authorization.k8s.io'], resources: ['clusterroles'], resourceNames: ['kstreams-sidecar'], verbs: ['bind'] },
-    ]);
-    const role = findObject(objects, 'Role', 'kstreams-operator') as Obj;
-    expect(role.metadata.namespace).toBe('kstreams-system');
-    expect(role.rules).toEqual([
-      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
-      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'watch', 'create', 'update'] },
-    ]);
+    // The operator's rules are the RBAC table of docs/helm.md, grant for grant (what the code uses is checked
+    // against a real run's audit log below).
+    const rendered = [...grantsOf(rulesOf(objects, 'ClusterRole', 'kstreams-operator') as PolicyRule[], 'cluster'), ...grantsOf(rulesOf(objects, 'Role', 'kstreams-operator') as PolicyRule[], 'namespace')];
+    const documented = grantsFromDocsTable(readFileSync(join(REPO_ROOT, 'docs/helm.md'), 'utf8'), '## RBAC');
+    expect(rendered.map(grantKey).sort()).toEqual(documented.map(grantKey).sort());
+    expect((findObject(objects, 'Role', 'kstreams-operator') as Obj).metadata.namespace).toBe('kstreams-system');
     expect(rulesOf(objects, 'ClusterRole', 'kstreams-sidecar')).toEqual([
       { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch'] },
       { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
@@ -464,14 +447,14 @@ describe('helm install into the real apiserver', () => {
     const yes = [
       ['watch', 'streampaths.kstreams.io', '--all-namespaces'],
       ['patch', 'streampaths.kstreams.io/status', '-n', appNamespace],
-      ['update', 'streampaths.kstreams.io/finalizers', '-n', appNamespace],
       ['list', 'pods', '--all-namespaces'],
       ['watch', 'namespaces'],
       ['watch', 'nodes'],
-      ['get', 'endpoints', '-n', appNamespace],
+      ['get', `endpoints/${fullname}-webhook`, '-n', namespace],
       ['create', 'events', '-n', appNamespace],
       ['update', 'leases.coordination.k8s.io', '-n', namespace],
       ['create', 'secrets', '-n', namespace],
+      ['watch', `secrets/${fullname}-webhook-tls`, '-n', namespace],
       ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
       ['create', 'rolebindings', '-n', appNamespace],
       ['list', `rolebindings/${fullname}-sidecar`, '--all-namespaces'],
@@ -492,6 +475,12 @@ describe('helm install into the real apiserver', () => {
       ['list', 'rolebindings', '--all-namespaces'],
       ['get', 'nodes'],
       ['patch', 'nodes'],
+      ['get', 'secrets/someone-elses', '-n', namespace],
+      ['list', 'secrets', '-n', namespace],
+      ['get', 'endpoints', '-n', appNamespace],
+      ['get', 'services', '-n', appNamespace],
+      ['update', 'streampaths.kstreams.io', '-n', appNamespace],
+      ['update', 'streampaths.kstreams.io/finalizers', '-n', appNamespace],
     ];
     const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
     expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));
@@ -542,7 +531,7 @@ describe('helm install into the real apiserver', () => {
     let stderr = '';
     operator = spawn(process.execPath, ['--import', 'tsx', 'operator/src/main.ts'], {
       cwd: REPO_ROOT,
-      env: { PATH: process.env.PATH, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: saKubeconfig, POD_NAME: 'chart-test-operator', POD_NAMESPACE: namespace },
+      env: { PATH: process.env.PATH, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: saKubeconfig, POD_NAME: 'chart-test-operator', POD_NAMESPACE: namespace, POD_IP: '127.0.0.1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<number | null>((resolve) => operator!.once('exit', (code) => resolve(code)));
@@ -585,6 +574,13 @@ describe('helm install into the real apiserver', () => {
     expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${fullname}-sidecar` });
     expect(binding.subjects).toEqual([{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: `system:serviceaccounts:${shopNamespace}` }]);
     expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('yes');
+    // Its subjects changed by hand: the operator restores them (a merge patch).
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'patch', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--type=merge', '-p', '{"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"someone-else"}]}']);
+    await waitFor(
+      'the subjects restored',
+      async () => (await alive()) && (await getJson('rolebinding', `${fullname}-sidecar`, '-n', shopNamespace)).subjects[0].name === `system:serviceaccounts:${shopNamespace}`,
+      { timeoutMs: 60_000 },
+    );
     // The chart's own binding in the listed namespace is left to Helm.
     const chartBinding = await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace);
     expect(chartBinding.metadata.labels['app.kubernetes.io/managed-by']).toBe('Helm');
@@ -598,12 +594,54 @@ describe('helm install into the real apiserver', () => {
     expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('no');
     expect((await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace)).metadata.uid).toBe(chartBinding.metadata.uid);
 
+    // A StreamPath's life under the chart's rights: finalizer and status (merge patches), a Warning Event,
+    // and on delete the finalizer removed (no pod attached).
+    const spFile = join(helmHome, 'streampath.json');
+    writeFileSync(spFile, JSON.stringify({ apiVersion: API_VERSION, kind: 'StreamPath', metadata: { name: 'audited', namespace: shopNamespace }, spec: exampleSpec('checkout') }));
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'apply', '-f', spFile]);
+    await waitFor(
+      'the StreamPath status and Event',
+      async () =>
+        (await alive()) &&
+        (await getJson('streampaths.kstreams.io', 'audited', '-n', shopNamespace)).status?.conditions?.some((c: Obj) => c.reason === 'NoPodsMatched') &&
+        (await getJson('events', '-n', shopNamespace)).items.some((e: Obj) => e.involvedObject.name === 'audited' && e.reason === 'NoPodsMatched'),
+      { timeoutMs: 60_000 },
+    );
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'delete', 'streampaths.kstreams.io', 'audited', '-n', shopNamespace, '--timeout=60s']);
+    // A damaged TLS Secret is repaired in place (update).
+    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'patch', 'secret', `${fullname}-webhook-tls`, '-n', namespace, '--type=json', '-p', '[{"op":"replace","path":"/data/tls.crt","value":"eA=="}]']);
+    await waitFor('the Secret repaired', async () => (await alive()) && (await getJson('secret', `${fullname}-webhook-tls`, '-n', namespace)).data['tls.crt'] !== 'eA==', { timeoutMs: 60_000 });
+
     const refused = lines.filter((l) => /forbidden|403/i.test(JSON.stringify(l)));
     expect(refused).toEqual([]);
 
+    // SIGTERM with POD_IP set: the drain reads the webhook Service's Endpoints before it exits.
     operator.kill('SIGTERM');
     expect(await exited).toBe(0);
+    expect(lines.some((l) => l.msg === 'webhook drained' && l.outcome === 'endpoints-gone')).toBe(true);
     operator = undefined;
+  });
+
+  it("the operator asked the apiserver for exactly what the chart grants: every request of that run allowed, every grant used (the audit log)", async () => {
+    const requests = requestsFromAudit(readFileSync(inject('auditLogFile'), 'utf8'), sa);
+    expect(requests.length).toBeGreaterThan(10);
+    const grants = [
+      ...grantsOf((await getJson('clusterrole', `${fullname}-operator`)).rules as PolicyRule[], 'cluster'),
+      ...grantsOf((await getJson('role', `${fullname}-operator`, '-n', namespace)).rules as PolicyRule[], 'namespace'),
+    ];
+    const resourceRequests = requests.filter((r) => r.resource !== '');
+    expect(resourceRequests.filter((r) => !grants.some((g) => allows(g, r, namespace))).map(requestKey)).toEqual([]);
+    expect(requests.filter((r) => r.code === 403).map(requestKey)).toEqual([]);
+    // Outside the chart's rules: discovery, which every authenticated user may read.
+    expect([...new Set(requests.filter((r) => r.resource === '').map((r) => r.uri.split('?')[0]))]).toEqual(['/version']);
+    // Granted and used by the code, but not in this run, each for a stated reason (and each must still be granted).
+    const notInThisRun = new Map([
+      [`cluster rbac.authorization.k8s.io/clusterroles/${fullname}-sidecar bind`, 'checked by the apiserver inside the RoleBinding create: no request of its own'],
+      [`cluster rbac.authorization.k8s.io/rolebindings/${fullname}-sidecar get`, 'read back only when a create answers 409 (sidecar-bindings.test.ts)'],
+    ]);
+    expect([...notInThisRun.keys()].filter((k) => !grants.some((g) => grantKey(g) === k))).toEqual([]);
+    const unused = grants.filter((g) => !notInThisRun.has(grantKey(g)) && !resourceRequests.some((r) => allows(g, r, namespace)));
+    expect(unused.map(grantKey)).toEqual([]);
   });
 
   it('helm upgrade changes the webhook and keeps the caBundle the operator wrote', async () => {

@@ -37,6 +37,12 @@ export interface ControlPlaneOptions {
   serviceClusterIPRange?: string;
   /** Extra kube-apiserver flags (`--name=value`). */
   extraApiServerArgs?: string[];
+  /**
+   * Audit-log every request made by a ServiceAccount (level Metadata: verb, resource, namespace, name, user,
+   * status; no bodies) as JSON lines to `auditLogPath`, so a test can see what a component asked for under
+   * its own RBAC. Nothing else is logged.
+   */
+  auditServiceAccounts?: boolean;
   readyTimeoutMs?: number;
   /** Progress lines. Default: silent unless $KSTREAMS_CLUSTER_DEBUG is set. */
   log?: (msg: string) => void;
@@ -80,6 +86,8 @@ export interface ControlPlane {
   binDir: string;
   /** The temp dir (pki/, logs/, etcd/, kubeconfig). Removed by stop(). */
   dir: string;
+  /** With auditServiceAccounts: the apiserver's audit log (one JSON audit.k8s.io/v1 Event per line). */
+  auditLogPath?: string;
   timings: ControlPlaneTimings;
   processes: ManagedProcess[];
   /** Stops the processes started here (SIGTERM, SIGKILL after a timeout), awaits their exit, removes dir. */
@@ -340,6 +348,26 @@ async function startControlPlaneOnce(opts: ControlPlaneOptions): Promise<Control
     log(`etcd ready in ${Math.round(tEtcd - tPki)} ms at ${etcdUrl} (pid ${etcd.pid})`);
 
     // kube-apiserver
+    const auditLogPath = opts.auditServiceAccounts ? join(dir, 'logs', 'audit.log') : undefined;
+    const auditArgs: string[] = [];
+    if (auditLogPath) {
+      const policy = join(dir, 'audit-policy.yaml');
+      writeFileSync(
+        policy,
+        [
+          'apiVersion: audit.k8s.io/v1',
+          'kind: Policy',
+          'omitStages: ["RequestReceived"]',
+          'rules:',
+          '- level: Metadata',
+          '  userGroups: ["system:serviceaccounts"]',
+          '- level: None',
+          '',
+        ].join('\n'),
+      );
+      // blocking: each event is written before the request's stage completes, so a test reads it at once.
+      auditArgs.push(`--audit-policy-file=${policy}`, `--audit-log-path=${auditLogPath}`, '--audit-log-format=json', '--audit-log-mode=blocking', '--audit-log-maxbackup=1');
+    }
     const server = `https://${bind === '0.0.0.0' ? '127.0.0.1' : bind}:${apiPort}`;
     const apiserver = group.start('kube-apiserver', join(binDir, 'kube-apiserver'), [
       `--etcd-servers=${etcdUrl}`,
@@ -369,6 +397,7 @@ async function startControlPlaneOnce(opts: ControlPlaneOptions): Promise<Control
       '--profiling=false',
       '--logtostderr=true',
       '--v=1',
+      ...auditArgs,
       ...(opts.extraApiServerArgs ?? []),
     ]);
     const ca = readFileSync(join(pki, 'ca.crt'));
@@ -452,6 +481,7 @@ async function startControlPlaneOnce(opts: ControlPlaneOptions): Promise<Control
       etcdUrl,
       binDir,
       dir,
+      ...(auditLogPath ? { auditLogPath } : {}),
       timings,
       processes: group.processes,
       stop: () => {

@@ -68,7 +68,7 @@ function errMessage(e: unknown): string {
 /** The fix for a 403 on the TLS Secret. */
 function secretsHint(namespace: string): string {
   return (
-    `the operator's ServiceAccount needs get, list, watch, create and update on secrets in namespace ${namespace} ` +
+    `the operator's ServiceAccount needs get, watch, update (on its Secret's name) and create on secrets in namespace ${namespace} ` +
     `(the chart's Role <release>-operator grants them; with rbac.create=false bind an equivalent Role)`
   );
 }

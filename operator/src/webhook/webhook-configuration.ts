@@ -88,8 +88,9 @@ export async function ensureWebhookConfiguration(
     verb,
     object: `MutatingWebhookConfiguration ${name}`,
     forbiddenHint:
-      `the operator's ServiceAccount needs get, create and update on mutatingwebhookconfigurations ${name} (the chart's ClusterRole ` +
-      `<release>-operator grants them), or set webhook.manageWebhookConfiguration=false and keep the caBundle yourself`,
+      `the operator's ServiceAccount needs get and update on mutatingwebhookconfigurations ${name} (the chart's ClusterRole ` +
+      `<release>-operator grants them; the chart creates the object, without it the operator needs create too), or set ` +
+      `webhook.manageWebhookConfiguration=false and keep the caBundle yourself`,
   });
   for (let attempt = 0; attempt < 5; attempt++) {
     let current: V1MutatingWebhookConfiguration | undefined;
