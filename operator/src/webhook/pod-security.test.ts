@@ -5,57 +5,10 @@ import { describe, expect, it } from 'vitest';
 import { SidecarConfigSchema } from './config.js';
 import { sidecarContainer } from './patch.js';
 import { containerViolations, describeVerdict, namespacePolicy, podSecurityFixCommand, sidecarPodSecurity } from './pod-security.js';
+import { NAMESPACES } from './testing/versions.js';
 
 const sidecar = (o: Record<string, unknown> = {}) => sidecarContainer(SidecarConfigSchema.parse(o), false);
 const labelsOf = (ns: { metadata: { labels?: Record<string, string> } }) => ns.metadata.labels;
-
-/** GET /api/v1/namespaces/shop on each version (metadata trimmed to what matters; 1.21+ add metadata.name). */
-const NAMESPACES = {
-  '1.20': { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'kstreams.io/inject': 'enabled' } }, status: { phase: 'Active' } },
-  '1.25': {
-    apiVersion: 'v1',
-    kind: 'Namespace',
-    metadata: {
-      name: 'shop',
-      labels: {
-        'kubernetes.io/metadata.name': 'shop',
-        'kstreams.io/inject': 'enabled',
-        'pod-security.kubernetes.io/enforce': 'baseline',
-        'pod-security.kubernetes.io/enforce-version': 'v1.25',
-        'pod-security.kubernetes.io/warn': 'restricted',
-        'pod-security.kubernetes.io/warn-version': 'v1.25',
-      },
-    },
-    spec: { finalizers: ['kubernetes'] },
-    status: { phase: 'Active' },
-  },
-  '1.29': {
-    apiVersion: 'v1',
-    kind: 'Namespace',
-    metadata: {
-      name: 'shop',
-      labels: { 'kubernetes.io/metadata.name': 'shop', 'kstreams.io/inject': 'enabled', 'pod-security.kubernetes.io/enforce': 'restricted' },
-    },
-    spec: { finalizers: ['kubernetes'] },
-    status: { phase: 'Active' },
-  },
-  '1.31': {
-    apiVersion: 'v1',
-    kind: 'Namespace',
-    metadata: {
-      name: 'shop',
-      labels: {
-        'kubernetes.io/metadata.name': 'shop',
-        'kstreams.io/inject': 'enabled',
-        'pod-security.kubernetes.io/enforce': 'privileged',
-        'pod-security.kubernetes.io/enforce-version': 'latest',
-        'pod-security.kubernetes.io/audit': 'baseline',
-      },
-    },
-    spec: { finalizers: ['kubernetes'] },
-    status: { phase: 'Active' },
-  },
-};
 
 describe('namespacePolicy follows the apiserver on labels', () => {
   it('absent: privileged, latest; pinned versions parse; anything else is latest', () => {

@@ -9,8 +9,11 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCA, fingerprint, issueServingCert } from './certs.js';
 import { WebhookConfigSchema } from './config.js';
+import { SIDECAR_CONTAINER_NAME } from '../api/agent.js';
 import { startWebhook, type RunningWebhook } from './server.js';
+import type { SlimNode } from './sidecar-mode.js';
 import { StaticTls } from './testing/static-tls.js';
+import { slim, VERSION } from './testing/versions.js';
 
 interface Reply {
   status: number;
@@ -203,5 +206,50 @@ describe('webhook HTTPS server', () => {
     tls.rotate(next);
     expect(await servedFingerprint(hook.port, ca.certPem)).toBe(fingerprint(next.certPem));
     expect((await post(hook.port, ca.certPem, review())).status).toBe(200);
+  });
+});
+
+describe('the webhook server decides native or classic sidecars per pod from its node cache', () => {
+  let tls: StaticTls;
+  let hook: RunningWebhook;
+  const nodes: { synced: boolean; items: SlimNode[]; list(): SlimNode[] } = { synced: true, items: slim('1.31', '1.28'), list: () => nodes.items };
+
+  beforeAll(async () => {
+    tls = await StaticTls.create();
+    hook = await startWebhook({
+      config: WebhookConfigSchema.parse({ port: 0, host: '127.0.0.1' }),
+      kube: new KubeConfig(),
+      logger: pino({ level: 'silent' }),
+      registry: new Registry(),
+      serverVersion: VERSION['1.31'],
+      tlsSource: tls,
+      nodes,
+    });
+  });
+  afterAll(async () => {
+    await hook?.close();
+  });
+
+  type Container = { name?: string; restartPolicy?: string };
+  /** The op of the patch that adds the sidecar (to containers or initContainers; the app has no init containers). */
+  const sidecarOp = async (spec: Record<string, unknown>) => {
+    const r = await post(hook.port, tls.caPem, review({ spec: { containers: [{ name: 'app', image: 'x' }], ...spec } }));
+    const ops = JSON.parse(Buffer.from(JSON.parse(r.body).response.patch, 'base64').toString()) as { path: string; value: Container | Container[] }[];
+    const op = ops.find((o) => o.path.startsWith('/spec/containers') || o.path.startsWith('/spec/initContainers'));
+    expect((Array.isArray(op?.value) ? op.value[0] : op?.value)?.name).toBe(SIDECAR_CONTAINER_NAME);
+    return op!;
+  };
+
+  it('a 1.28 node in the cache: classic container; bound to the 1.31 node: native init container; the old node gone: native', async () => {
+    expect((await sidecarOp({})).path).toBe('/spec/containers/0');
+    const bound = await sidecarOp({ nodeName: 'n131' });
+    expect(bound.path).toBe('/spec/initContainers');
+    expect((bound.value as Container[])[0]!.restartPolicy).toBe('Always');
+    nodes.items = slim('1.31');
+    expect((await sidecarOp({})).path).toBe('/spec/initContainers');
+    // Not synced yet: the apiserver's 1.31 decides.
+    nodes.items = slim('1.28');
+    nodes.synced = false;
+    expect((await sidecarOp({})).path).toBe('/spec/initContainers');
   });
 });
