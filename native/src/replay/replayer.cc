@@ -310,8 +310,11 @@ void Replayer::Run() {
     while (c->readable && !c->eof) {
       // Compared until the first difference, then only counted.
       const bool comparing = cfg.compare && c->spec->responses && !c->out.differs;
-      ssize_t n = comparing ? recv(c->sock, got.data(), got.size(), MSG_DONTWAIT)
-                            : recv(c->sock, nullptr, 1 << 20, MSG_TRUNC | MSG_DONTWAIT);
+      // After a difference, the target's excerpt is filled up from the next answers too.
+      const bool excerpting = c->out.differs && c->out.got.size() < kExcerpt;
+      ssize_t n = comparing || excerpting ? recv(c->sock, got.data(), got.size(), MSG_DONTWAIT)
+                                          : recv(c->sock, nullptr, 1 << 20, MSG_TRUNC | MSG_DONTWAIT);
+      if (n > 0 && excerpting) c->out.got.append(got.data(), std::min<size_t>(size_t(n), kExcerpt - c->out.got.size()));
       if (n > 0) {
         if (comparing) {
           const uint64_t at = c->received;
