@@ -75,7 +75,6 @@ struct Replayer::Live {
   // Where the last answer wait ended: in the recording's s2c, and in the bytes received.
   uint64_t baseRecorded = 0, baseReceived = 0;
   uint64_t startedAt = 0;      // when the connect began
-  uint64_t turnStartedAt = 0;  // when the previous turn's bytes began
   uint64_t gateSince = 0;
   uint64_t lastRecvAt = 0;
   uint64_t lastSendProgress = 0;
@@ -433,8 +432,10 @@ void Replayer::Run() {
           return true;
         }
         case Live::kPace: {
-          uint64_t due = c->turn == 0 ? c->startedAt + scaled(s.turns[0].atNs)
-                                      : c->turnStartedAt + scaled(s.turns[c->turn].atNs - s.turns[c->turn - 1].atNs);
+          // Due at its recorded offset from the connection's open, scaled: a turn held back by a slow
+          // answer does not push the later ones back (the recorded pauses absorb it), so the replay takes
+          // the recorded time divided by the speed whenever the target keeps up on the whole.
+          uint64_t due = c->startedAt + scaled(s.turns[c->turn].atNs);
           if (now < due) {
             setTimer(c, due);
             return true;
@@ -445,7 +446,6 @@ void Replayer::Run() {
             finish(c, kClosed, 0, "recv");
             return false;
           }
-          c->turnStartedAt = now;
           c->sendOff = off_t(s.turns[c->turn].c2s);
           c->sendEnd = c->turn + 1 < s.turns.size() ? s.turns[c->turn + 1].c2s : s.endC2s;
           c->lastSendProgress = now;
