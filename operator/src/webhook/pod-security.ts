@@ -131,7 +131,7 @@ export function describeVerdict(namespace: string, v: PodSecurityVerdict, short 
   if (v.mode === 'enforce') {
     return short
       ? `Pod Security ${describePolicy(v.policy)} rejects kstreams-sidecar; fix: ${fix} or exempt the namespace (forbidden: ${v.forbidden.join(', ')})`
-      : `namespace ${namespace} enforces Pod Security ${describePolicy(v.policy)} (label ${POD_SECURITY_LABEL_PREFIX}enforce), which forbids ${what}, so the apiserver rejects every injected pod: run ${fix} (or exempt the namespace in the apiserver's PodSecurity admission configuration), then recreate the pods`;
+      : `namespace ${namespace} enforces Pod Security ${describePolicy(v.policy)} (label ${POD_SECURITY_LABEL_PREFIX}enforce), which forbids ${what}, so the apiserver rejects every new injected pod: run ${fix} (or exempt the namespace in the apiserver's PodSecurity admission configuration), then recreate the pods`;
   }
   if (short) return `Pod Security ${v.mode} ${describePolicy(v.policy)} flags kstreams-sidecar; to silence it: ${fix} (forbidden: ${v.forbidden.join(', ')})`;
   const effect = v.mode === 'warn' ? 'warns on every injected pod' : 'adds an audit annotation to every injected pod';
