@@ -121,6 +121,10 @@ static __always_inline __u64 is(__u64 x, __u64 k)
 	return ((x ^ k) - 1) >> 63;
 }
 
+/* Between the words of an unrolled loop: keeps clang from loading every word first and spilling them, which
+ * without CAP_PERFMON costs an lfence per spill (the verifier's Spectre v4 guard after stack stores). */
+#define WORD_BARRIER(v) asm volatile("" : "+r"(v) :: "memory")
+
 /* Moves msg->data to byte x of the message with min(n, size - x) bytes readable behind it (msg->data_end). */
 static __always_inline int pull(struct pass *p, __u32 x, __u32 n)
 {
@@ -315,13 +319,31 @@ static __always_inline __u32 lowest_bit(__u64 m)
 	return (x * 0x0101010101010101ULL) >> 56;
 }
 
-/* The candidate map of the bytes [from, min(from + XF_BLOCK, end)): bit i set when byte from + i is the
- * pattern's first byte c (cc's low byte) and, when the pattern is longer and the byte after is in the region, that byte
- * is its second one c2 (cc's second byte). One pull for the block; the block's words at constant offsets. */
-static __noinline int block_map(struct pass *p, __u32 from, __u32 cc, __u32 len, __u64 *out)
+/* Enter `phase`: the walk's copy of the pattern it looks for (struct xf_walk.plen .. p1). */
+static __noinline int set_phase(struct pass *p, __u32 phase)
 {
-	__u8 c = cc, c2 = cc >> 8;
-	__u32 end = p->w->end, avail;
+	struct xf_op *op = p->op;
+	struct xf_walk *w = p->w;
+	__u32 m = phase == XF_IN_MASK;
+
+	w->phase = phase;
+	w->plen = sel(m, op->b_len, op->a_len);
+	w->pc = sel(m, op->b[0] | (__u32)op->b[1] << 8, op->a[0] | (__u32)op->a[1] << 8);
+	w->p0 = sel(m, *(__u64 *)op->b, *(__u64 *)op->a);
+	w->p1 = sel(m, *(__u64 *)(op->b + 8), *(__u64 *)(op->a + 8));
+	return 0;
+}
+
+/* The candidate map of the bytes [from, min(from + XF_BLOCK, end)): bit i set when byte from + i is the
+ * pattern's first byte c and, when the pattern is longer and the byte after is in the region, that byte
+ * is its second one c2 (the walk's pattern: set_phase). Into w->map0 or map1 by phase. One pull for the
+ * block; the block's words at constant offsets. */
+static __noinline int block_map(struct pass *p, __u32 from)
+{
+	struct xf_walk *w = p->w;
+	__u8 c = w->pc, c2 = w->pc >> 8;
+	__u32 len = w->plen, in_mask = w->phase == XF_IN_MASK;
+	__u32 end = w->end, avail;
 	__u64 c8 = 0x0101010101010101ULL * c;
 	__u64 m = 0;
 	__u8 *d;
@@ -342,13 +364,16 @@ static __noinline int block_map(struct pass *p, __u32 from, __u32 cc, __u32 len,
 				__u64 next = (w[k] >> 8) | (w[k + 1] << 56);
 
 				m |= pack(hits(w[k], c8) & hits(next, s8)) << (8 * k);
+				WORD_BARRIER(m);
 			}
 		} else if (d + XF_BLOCK <= DATA_END(p)) {
 			__u64 *w = (__u64 *)d;
 
 #pragma unroll
-			for (int k = 0; k < XF_BLOCK / 8; k++)
+			for (int k = 0; k < XF_BLOCK / 8; k++) {
 				m |= pack(hits(w[k], c8)) << (8 * k);
+				WORD_BARRIER(m);
+			}
 		} else {
 			p->w->err = XF_PULL;
 			return -1;
@@ -368,7 +393,10 @@ static __noinline int block_map(struct pass *p, __u32 from, __u32 cc, __u32 len,
 			m |= ((x - 1) >> 63) << k;
 		}
 	}
-	*out = m;
+	w = p->w;
+	in_mask = w->phase == XF_IN_MASK;
+	w->map1 = sel(in_mask, m, w->map1);
+	w->map0 = sel(in_mask, w->map0, m);
 	return 0;
 }
 
@@ -387,24 +415,26 @@ static __always_inline __u64 word_mask(__u32 len, __u32 word)
 
 enum { QUICK_NONE = 0, QUICK_MATCH = 1, QUICK_MISS = 2 };
 
-/* A pattern of at most XF_QUICK bytes (its words p0, p1) compared at x in two words, when its bytes are
+/* The walk's pattern, when it has at most XF_QUICK bytes, compared at x in two words, when its bytes are
  * all in the region and 16 bytes are readable there: QUICK_MATCH or QUICK_MISS (msg->data is then at x);
  * QUICK_NONE when the slow path must decide (long pattern, near the end). */
-static __always_inline int quick_match(struct pass *p, __u32 x, __u64 p0, __u64 p1, __u32 len)
+static __always_inline int quick_match(struct pass *p, __u32 x)
 {
-	__u64 *w, m0, m1, d;
+	__u64 *d, m0, m1, diff;
+	__u32 len = p->w->plen;
 
 	if (len == 0 || len > XF_QUICK || x + len > p->w->end)
 		return QUICK_NONE;
 	if (pull(p, x, 16))
 		return QUICK_NONE;
-	w = (__u64 *)DATA(p);
-	if ((__u8 *)w + 16 > DATA_END(p))
+	d = (__u64 *)DATA(p);
+	if ((__u8 *)d + 16 > DATA_END(p))
 		return QUICK_NONE;
+	len = p->w->plen;
 	m0 = word_mask(len, 0);
 	m1 = word_mask(len, 1);
-	d = ((w[0] ^ p0) & m0) | ((w[1] ^ p1) & m1);
-	return d ? QUICK_MISS : QUICK_MATCH;
+	diff = ((d[0] ^ p->w->p0) & m0) | ((d[1] ^ p->w->p1) & m1);
+	return diff ? QUICK_MISS : QUICK_MATCH;
 }
 
 struct fill_ctx {
@@ -468,6 +498,7 @@ static __noinline int fill(struct pass *p, __u32 from, __u32 to, __u32 with)
 			__u64 m = word_mask(n, k);
 
 			w[k] = (w[k] & ~m) | (v & m);
+			WORD_BARRIER(n);
 		}
 		return 0;
 	}
@@ -492,33 +523,26 @@ static int step(__u32 i, void *ctx)
 		return 1;
 
 	if (w->action == ACT_SCAN) {
-		__u32 in_mask = w->phase == XF_IN_MASK, len, base, block_end, off;
-		__u64 m, p0, p1;
-		__u8 c, c2;
+		__u32 base, block_end, off, in_mask, len;
+		__u64 m;
 		int q;
 
 		if (from >= w->end)
 			return 1;
-		len = sel(in_mask, op->b_len, op->a_len);
-		c = sel(in_mask, op->b[0], op->a[0]);
-		c2 = sel(in_mask, op->b[1], op->a[1]);
-		p0 = sel(in_mask, *(__u64 *)op->b, *(__u64 *)op->a);
-		p1 = sel(in_mask, *(__u64 *)(op->b + 8), *(__u64 *)(op->a + 8));
-		if (len == 0 || len > XF_MAX_PATTERN) {
+		if (w->plen == 0 || w->plen > XF_MAX_PATTERN) {
 			w->err = XF_TOO_LONG;
 			return 1;
 		}
+		in_mask = w->phase == XF_IN_MASK;
 		base = w->mbase;
 		if (!(w->mvalid & (1 << in_mask)) || from < base || from - base >= XF_BLOCK) {
-			if (block_map(p, from, c | (__u32)c2 << 8, len, &m)) {
+			if (base != from)
+				w->mvalid = 0;
+			if (block_map(p, from)) {
 				w->err = XF_PULL;
 				return 1;
 			}
-			if (base != from)
-				w->mvalid = 0;
 			w->mbase = base = from;
-			w->map1 = sel(in_mask, m, w->map1);
-			w->map0 = sel(in_mask, w->map0, m);
 			w->mvalid |= 1 << in_mask;
 		}
 		off = (from - base) & (XF_BLOCK - 1);
@@ -535,23 +559,26 @@ static int step(__u32 i, void *ctx)
 			return 0;
 		}
 		/* The common case in this same step: a short pattern, decided in two words. */
-		q = quick_match(p, x, p0, p1, len);
+		w->cand = x;
+		q = quick_match(p, x);
+		x = w->cand;
 		if (q == QUICK_MISS) {
-			if (in_mask && fill(p, x, x + 1, op->with)) {
+			if (w->phase == XF_IN_MASK && fill(p, x, x + 1, op->with)) {
 				w->err = XF_PULL;
 				return 1;
 			}
-			w->pos = x + 1;
+			w->pos = w->cand + 1;
 			return 0;
 		}
 		if (q == QUICK_MATCH) {
-			if (in_mask) {
-				w->phase = XF_SEARCH;
+			len = w->plen;
+			if (w->phase == XF_IN_MASK) {
+				set_phase(p, XF_SEARCH);
 				w->pos = x + len;
 				return 0;
 			}
 			if (op->kind == XF_MASK) {
-				w->phase = XF_IN_MASK;
+				set_phase(p, XF_IN_MASK);
 				w->pos = x + len;
 				return 0;
 			}
@@ -569,12 +596,10 @@ static int step(__u32 i, void *ctx)
 				w->pos = x + len;
 				return 0;
 			}
-			w->cand = x;
 			w->match = FULL;
 			w->action = ACT_APPLY;
 			return 0;
 		}
-		w->cand = x;
 		w->action = ACT_CHECK;
 		return 0;
 	}
@@ -600,7 +625,7 @@ static int step(__u32 i, void *ctx)
 	}
 	if (w->phase == XF_IN_MASK) {
 		if (w->match == FULL) {
-			w->phase = XF_SEARCH;
+			set_phase(p, XF_SEARCH);
 			w->pos = x + op->b_len;
 			return 0;
 		}
@@ -617,7 +642,7 @@ static int step(__u32 i, void *ctx)
 		return 0;
 	}
 	if (op->kind == XF_MASK) {
-		w->phase = XF_IN_MASK;
+		set_phase(p, XF_IN_MASK);
 		w->pos = x + op->a_len;
 		return 0;
 	}
@@ -702,8 +727,10 @@ static int map_block(__u32 i, void *ctx)
 		}
 		if (op->with != XF_TABLE) {
 #pragma unroll
-			for (int j = 0; j < XF_BLOCK / 8; j++)
+			for (int j = 0; j < XF_BLOCK / 8; j++) {
 				wd[j] = ascii_case(wd[j], ge, gt);
+				WORD_BARRIER(ge);
+			}
 		} else {
 #pragma unroll
 			for (int j = 0; j < XF_BLOCK / 8; j++) {
@@ -712,6 +739,7 @@ static int map_block(__u32 i, void *ctx)
 				for (int k = 0; k < 8; k++)
 					o |= table_byte(p, (v >> (8 * k)) & 0xff, &err) << (8 * k);
 				wd[j] = o;
+				WORD_BARRIER(o);
 			}
 		}
 	} else {
@@ -801,7 +829,7 @@ static int run_op(__u32 i, void *ctx)
 	size = r->msg->size;
 	w->pos = 0;
 	/* a masked value may go on across sends: the phase is the op's, kept with its hold */
-	w->phase = hs & XF_HOLD_PHASE ? XF_IN_MASK : XF_SEARCH;
+	set_phase(&p, hs & XF_HOLD_PHASE ? XF_IN_MASK : XF_SEARCH);
 	w->err = 0;
 	w->held = 0;
 	w->action = ACT_SCAN;

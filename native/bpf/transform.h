@@ -88,7 +88,14 @@ struct xf_walk {
 	__u32 match;  /* outcome of the candidate's comparison */
 	__u32 run_err;
 	__u32 run_held;
+	/* The pattern the op looks for in its phase (`after`/`from`, or `until` inside a mask): its length,
+	 * first two bytes (pc: first | second << 8) and first 16 bytes as words, copied at each phase change so
+	 * that a step reads them at constant offsets instead of choosing between two fields. */
+	__u32 plen;
+	__u32 pc;
 	__u32 pad;
+	__u64 p0;
+	__u64 p1;
 	/* Candidate maps of the 64-byte block at mbase, one bit per byte, for the op's first pattern (bit 0 of
 	 * mvalid) and its second (bit 1): computed once per block, so that the candidates of a dense block
 	 * are taken one by one without scanning it again. */
