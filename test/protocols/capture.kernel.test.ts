@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, link, Netns } from '../../sidecar/src/netns.js';
 import { readOnlySession } from '../../native/test/fixtures/capture-files.js';
-import { KstreamsRun, Proc, runIn, waitFor } from './fixtures/harness.js';
+import { cliCommand, KstreamsRun, Proc, repoRoot, runIn, waitFor } from './fixtures/harness.js';
 
 let app: Netns;
 let client: Netns;
@@ -159,6 +159,52 @@ describe('captures of real clients through kstreams run', () => {
       }
       expect(s2c.endsWith('+OK\r\n:10\r\n$10\r\nhelloworld\r\n:1\r\n')).toBe(true);
       expect(s2c.slice(ours[1]!.s2c, ours[2]!.s2c)).toBe(':10\r\n');
+    });
+
+    it('kstreams record behind a mirror: redis-cli sessions recorded (writer recorder), then kstreams replay rebuilds the dataset on another redis', async () => {
+      const staging = Netns.create('capp-stg');
+      const stagingAddress = link(app, staging).bAddress;
+      const out = join(dir, 'recorder');
+      const [cmd, ...cli] = cliCommand();
+      const recorder = new Proc(staging.spawn(cmd!, [...cli, 'record', '--listen', `${stagingAddress}:9100`, '--dir', out], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] }), 'kstreams record');
+      await recorder.until('the recorder to listen', () => recorder.stderr.includes('kstreams: recording connections to'), 20_000);
+      const sp = join(dir, 'to-recorder.yaml');
+      writeFileSync(sp, ['apiVersion: kstreams.io/v1alpha1', 'kind: StreamPath', 'metadata:', '  name: to-recorder', 'spec:', '  selector: {}', `  port: ${port}`, '  mirror:', '    turnTimeoutMs: 0', '    targets:', `      - address: ${stagingAddress}:9100`, ''].join('\n'));
+      const run = KstreamsRun.start(sp, app);
+      await run.attached();
+      const script = join(dir, 'session.txt');
+      writeFileSync(script, 'SET visits 10\nINCRBY visits 5\nRPUSH log a b c\nHSET user:1 name ada\n');
+      for (let i = 0; i < 3; i++) {
+        const r = await runIn(client, 'sh', ['-c', `redis-cli -h ${appAddress} -p ${port} < ${script}`]);
+        expect(r.code, r.stderr).toBe(0);
+      }
+      const { code, summary } = await run.interrupt();
+      expect(code).toBe(0);
+      const s = summary as unknown as CaptureSummary;
+      expect(s.targets[0]).toMatchObject({ connectionsMirrored: 3, connectionsCut: 0, bytesDropped: 0 });
+      recorder.child.kill('SIGINT');
+      const ended = await recorder.exited;
+      expect(ended.code).toBe(0);
+      const rec = JSON.parse(recorder.lines.find((l) => l.includes('"type":"record"'))!) as { connectionsRecorded: number; bytesRecorded: number; session: string };
+      expect(rec).toMatchObject({ connectionsRecorded: 3, bytesRecorded: s.bytesPrimary });
+
+      const cap = await readOnlySession(out);
+      expect(cap.session).toMatchObject({ writer: 'recorder', responses: false });
+      expect(cap.path).toBe(rec.session);
+      expect(cap.conns.map((c) => c.end?.how)).toEqual(['fin', 'fin', 'fin']);
+      expect(cap.conns.reduce((n, c) => n + c.c2sBytes, 0)).toBe(s.bytesPrimary);
+
+      // The capture replayed against a fresh redis: the same commands, the same data.
+      const fresh = new Proc(staging.spawn('redis-server', ['--port', '6391', '--bind', stagingAddress, '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir, '--daemonize', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] }), 'redis-server fresh');
+      await fresh.until('the fresh redis', () => fresh.lines.some((l) => l.includes('Ready to accept connections')), 20_000);
+      const replay = await runIn(staging, cmd!, [...cli, 'replay', out, '--to', `${stagingAddress}:6391`, '--speed', 'max', '--concurrency', '1']);
+      expect(replay.code, replay.stderr).toBe(0);
+      const get = async (...args: string[]) => (await runIn(staging, 'redis-cli', ['-h', stagingAddress, '-p', '6391', ...args])).stdout.trim();
+      const prod = async (...args: string[]) => (await runIn(app, 'redis-cli', ['-h', appAddress, '-p', String(port), ...args])).stdout.trim();
+      expect(await get('GET', 'visits')).toBe('15');
+      expect(await get('LRANGE', 'log', '0', '-1')).toBe(await prod('LRANGE', 'log', '0', '-1'));
+      expect(await get('HGET', 'user:1', 'name')).toBe('ada');
+      await fresh.stop('SIGTERM');
     });
 
     it('redis-benchmark, 10 connections: every connection recorded, every SET in the files, totals equal to the primary', async () => {

@@ -6,6 +6,7 @@ import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
 import { loadStreamPath } from './load.js';
 import { DEFAULT_ANSWER_TIMEOUT_MS, DEFAULT_CONCURRENCY, replayCommand } from './replay.js';
+import { DEFAULT_RECORD_DRAIN_SECONDS, DEFAULT_TURN_GAP_MS, recordCommand } from './record.js';
 import { runCommand } from './run.js';
 
 const EXAMPLES = `Examples:
@@ -14,7 +15,29 @@ const EXAMPLES = `Examples:
   kstreams check                             can this machine and user run the data plane?
   sudo kstreams run -f sp.yaml --netns app   mirror port spec.port of network namespace "app"
   kubectl get sp checkout-shadow -o yaml | kstreams validate -f -
-  kstreams replay ./capture --to 10.0.0.5:8080 --speed max --compare   play a capture against a staging copy`;
+  kstreams replay ./capture --to 10.0.0.5:8080 --speed max --compare   play a capture against a staging copy
+  kstreams record --listen :9000 --dir /var/lib/kstreams/capture       a recorder to mirror to`;
+
+const RECORD_HELP = `
+Records every connection made to --listen into a capture (docs/capture.md) under --dir: a recorder that
+a StreamPath mirrors to (give that target turnTimeoutMs: 0 in spec.mirror: a recorder never answers).
+The stream engine receives the bytes and moves them socket -> pipe -> file with splice; nothing answers
+the sender. A recorder sees only what the mirror sends, the client's bytes: it writes no responses, and
+it marks a new turn where the bytes stop for more than --turn-gap (a capture taken in the sidecar, a
+file target, has the app's answers and the real turns).
+
+--max-bytes bounds the capture (default 1Gi): once full, live connections are cut at exactly that many
+bytes and new ones are not recorded (the sender is not slowed: its mirror connection stays open). A full
+disk does the same.
+
+On SIGINT/SIGTERM it stops accepting, lets live connections end for up to --drain-timeout, resets the
+rest (their records end with rst), prints {"type":"record", listen, session, connections,
+connectionsRecorded, bytesRecorded, bytesDropped, connectionsNotRecorded, cutsFull, cutsSlow, cutsDisk,
+connectionsReset, seconds} on stdout and exits 0.
+
+Examples:
+  kstreams record --listen :9000 --dir /var/lib/kstreams/capture
+  kstreams record --listen 10.0.0.9:9000 --dir ./capture --max-bytes 10Gi --netns staging`;
 
 const RUN_HELP = `
 Applies spec.port and spec.mirror of the StreamPath to a port on this machine, without Kubernetes.
@@ -62,17 +85,23 @@ function drainSeconds(value: string): number {
   return n;
 }
 
-const BYTE_UNITS: Record<string, number> = { '': 1, Ki: 1024, KiB: 1024, Mi: 1024 ** 2, MiB: 1024 ** 2, Gi: 1024 ** 3, GiB: 1024 ** 3 };
+const BYTE_UNITS: Record<string, number> = { '': 1, Ki: 1024, KiB: 1024, Mi: 1024 ** 2, MiB: 1024 ** 2, Gi: 1024 ** 3, GiB: 1024 ** 3, Ti: 1024 ** 4, TiB: 1024 ** 4 };
 
-/** `67108864`, `64Mi` or `64MiB`. */
-export function byteSize(value: string): number {
-  const m = /^(\d+)(Ki|KiB|Mi|MiB|Gi|GiB)?$/.exec(value.trim());
-  const n = m ? Number(m[1]) * BYTE_UNITS[m[2] ?? '']! : NaN;
-  if (!Number.isSafeInteger(n) || n > 16 * 1024 ** 3) {
-    throw new InvalidArgumentError('must be a number of bytes up to 16 GiB, optionally with Ki, Mi or Gi (e.g. 67108864 or 64Mi)');
-  }
-  return n;
+function bytesUpTo(min: number, max: number, maxText: string, units: string): (value: string) => number {
+  return (value) => {
+    const m = /^(\d+)(Ki|KiB|Mi|MiB|Gi|GiB|Ti|TiB)?$/.exec(value.trim());
+    const n = m ? Number(m[1]) * BYTE_UNITS[m[2] ?? '']! : NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max || (!units.includes('Ti') && m?.[2]?.startsWith('Ti'))) {
+      throw new InvalidArgumentError(`must be a number of bytes up to ${maxText}, optionally with ${units} (e.g. 67108864 or 64Mi)`);
+    }
+    return n;
+  };
 }
+
+/** `67108864`, `64Mi` or `64MiB`, up to 16 GiB. */
+export const byteSize = bytesUpTo(0, 16 * 1024 ** 3, '16 GiB', 'Ki, Mi or Gi');
+/** A capture's bound, up to 1 TiB (as spec...file.maxBytes). */
+const captureSize = bytesUpTo(1, 1024 ** 4, '1 TiB', 'Ki, Mi, Gi or Ti');
 
 const REPLAY_HELP = `
 Replays every connection of a capture (a file target's directory, or one session in it; see
@@ -189,6 +218,31 @@ export function buildProgram(version: string): Command {
     });
 
   program
+    .command('record')
+    .description('record every connection to a port into a capture directory (a recorder to mirror to)')
+    .requiredOption('--listen <[host]:port>', 'where to listen: :PORT (every address), IPv4:PORT or [IPv6]:PORT')
+    .requiredOption('--dir <path>', 'capture directory; a session directory is made in it')
+    .option('--max-bytes <bytes>', 'bound of the capture, both directions (default 1Gi)', captureSize)
+    .option('--max-connection-bytes <bytes>', 'bound of one connection\'s record', captureSize)
+    .option('--turn-gap <ms>', `silence that starts a new turn, in milliseconds (default ${DEFAULT_TURN_GAP_MS})`, positiveInteger(3_600_000))
+    .option('--drain-timeout <seconds>', `on SIGINT/SIGTERM, how long live connections may take to end (default ${DEFAULT_RECORD_DRAIN_SECONDS})`, drainSeconds)
+    .option('--json-interval <seconds>', 'also print the counters as a JSON line on stdout every <seconds>', positiveSeconds)
+    .option('--netns <name|path>', 'listen in this network namespace (default: the current one)')
+    .addHelpText('after', RECORD_HELP)
+    .action(async (o: { listen: string; dir: string; maxBytes?: number; maxConnectionBytes?: number; turnGap?: number; drainTimeout?: number; jsonInterval?: number; netns?: string }) => {
+      process.exitCode = await recordCommand({
+        listen: o.listen,
+        dir: o.dir,
+        ...(o.maxBytes !== undefined ? { maxBytes: o.maxBytes } : {}),
+        ...(o.maxConnectionBytes !== undefined ? { maxConnectionBytes: o.maxConnectionBytes } : {}),
+        ...(o.turnGap !== undefined ? { turnGapMs: o.turnGap } : {}),
+        ...(o.drainTimeout !== undefined ? { drainTimeout: o.drainTimeout } : {}),
+        ...(o.jsonInterval !== undefined ? { jsonInterval: o.jsonInterval } : {}),
+        ...(o.netns !== undefined ? { netns: o.netns } : {}),
+      });
+    });
+
+  program
     .command('validate')
     .description('parse a StreamPath file and report every invalid field; attaches nothing')
     .addOption(fileOption())
@@ -276,7 +330,7 @@ export function buildProgram(version: string): Command {
 export async function main(argv: string[], version: string): Promise<number> {
   const program = buildProgram(version);
   if (argv.length <= 2) {
-    process.stderr.write('kstreams: no command given; try kstreams example, validate, check, run or replay (see kstreams --help)\n');
+    process.stderr.write('kstreams: no command given; try kstreams example, validate, check, run, record or replay (see kstreams --help)\n');
     return EXIT.usage;
   }
   try {
