@@ -144,12 +144,15 @@ static __always_inline int pull(struct pass *p, __u32 x, __u32 n)
 #define DATA(p) ((__u8 *)(long)(p)->msg->data)
 #define DATA_END(p) ((__u8 *)(long)(p)->msg->data_end)
 
-/* Word k of the op's pattern `which` (0: a, or the byteMap table; 1: b), or NULL. */
+/* Word k of the op's pattern `which` (0: a, or the byteMap table; 1: b), or NULL. The key is written to
+ * the walk's state, not the stack: without CAP_PERFMON the verifier puts an lfence after a stack store
+ * over a slot that held a spilled register, which a key written per byte would pay every time. */
 static __always_inline __u64 *pattern_word(struct pass *p, __u32 which, __u32 k)
 {
-	__u32 key = p->key + which * XF_PATTERN_WORDS + k;
+	struct xf_walk *w = p->w;
 
-	return bpf_map_lookup_elem(&xf_words, &key);
+	w->wkey = p->key + which * XF_PATTERN_WORDS + k;
+	return bpf_map_lookup_elem(&xf_words, &w->wkey);
 }
 
 /* Compare or write n bytes of the op's pattern `which` with the message at x: a word at a time, then the
@@ -687,13 +690,13 @@ static __always_inline __u64 ascii_case(__u64 v, __u64 ge, __u64 gt)
 	return v ^ (letter >> 2);
 }
 
-/* Table byte b of a byteMap op; sets *err when the table cannot be read. */
-static __always_inline __u64 table_byte(struct pass *p, __u64 b, int *err)
+/* Table byte b of a byteMap op; sets the walk's error when the table cannot be read. */
+static __always_inline __u64 table_byte(struct pass *p, __u64 b)
 {
 	__u64 *t = pattern_word(p, 0, (b >> 3) & (XF_PATTERN_WORDS - 1));
 
 	if (!t) {
-		*err = 1;
+		p->w->err = XF_PULL;
 		return 0;
 	}
 	return (*t >> (8 * (b & 7))) & 0xff;
@@ -709,7 +712,6 @@ static int map_block(__u32 i, void *ctx)
 	__u64 first = op->with == XF_ASCII_UPPER ? 'a' : 'A';
 	__u64 ge = 0x0101010101010101ULL * (0x80 - first);
 	__u64 gt = 0x0101010101010101ULL * (0x80 - (first + 25) - 1);
-	int err = 0;
 	__u8 *d;
 
 	if (from >= w->end)
@@ -732,15 +734,10 @@ static int map_block(__u32 i, void *ctx)
 				WORD_BARRIER(ge);
 			}
 		} else {
+			/* byte by byte in place: few values live across the lookups, so few spills */
 #pragma unroll
-			for (int j = 0; j < XF_BLOCK / 8; j++) {
-				__u64 v = wd[j], o = 0;
-#pragma unroll
-				for (int k = 0; k < 8; k++)
-					o |= table_byte(p, (v >> (8 * k)) & 0xff, &err) << (8 * k);
-				wd[j] = o;
-				WORD_BARRIER(o);
-			}
+			for (int k = 0; k < XF_BLOCK; k++)
+				d[k] = table_byte(p, d[k]);
 		}
 	} else {
 		if (d + 1 > DATA_END(p)) {
@@ -750,12 +747,10 @@ static int map_block(__u32 i, void *ctx)
 		if (op->with != XF_TABLE)
 			*d = ascii_case(*d, ge, gt);
 		else
-			*d = table_byte(p, *d, &err);
+			*d = table_byte(p, *d);
 	}
-	if (err) {
-		w->err = XF_PULL;
+	if (w->err)
 		return 1;
-	}
 	w->pos = from + n;
 	return 0;
 }

@@ -93,7 +93,7 @@ struct xf_walk {
 	 * that a step reads them at constant offsets instead of choosing between two fields. */
 	__u32 plen;
 	__u32 pc;
-	__u32 pad;
+	__u32 wkey;   /* the key of the last xf_words lookup (a key in map memory costs no stack store) */
 	__u64 p0;
 	__u64 p1;
 	/* Candidate maps of the 64-byte block at mbase, one bit per byte, for the op's first pattern (bit 0 of
