@@ -124,8 +124,9 @@ export function describeTransformProbe(err: unknown): TransformFeatures {
       missing: [],
       needsCapability: 'CAP_PERFMON',
       problem:
-        'in-kernel transforms need CAP_PERFMON (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_NET_ADMIN: without it the verifier ' +
-        `refuses the transform program (${verdict ?? message}); spec.transform is refused, mirroring works`,
+        "in-kernel transforms need CAP_PERFMON (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_NET_ADMIN on this kernel: without it this kernel's verifier " +
+        `refuses the transform program (${verdict ?? message}); spec.transform is refused, mirroring works ` +
+        '(in a cluster the sidecar has CAP_BPF and CAP_NET_ADMIN only; the chart value sidecar.privileged: true gives it more)',
     };
   }
   if (/\b(EPERM|EACCES)\b/.test(message)) {
