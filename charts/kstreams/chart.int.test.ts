@@ -269,6 +269,16 @@ describe('values that change the rendered chart', () => {
     expect(defaults.webhook.sidecar).toMatchObject({ privileged: false, image: 'kstreams/kstreams:1.2.3', imagePullPolicy: 'Always' });
   });
 
+  it('sidecar.nativeSidecar: only auto (per-node choice) gives the operator nodes list/watch; always/never reach the operator config', async () => {
+    const hasNodes = (objects: K8sObject[]) => rulesOf(objects, 'ClusterRole', 'kstreams-operator').some((r) => r.resources.includes('nodes'));
+    expect(hasNodes(await render())).toBe(true);
+    for (const mode of ['always', 'never']) {
+      const forced = await render({ 'sidecar.nativeSidecar': mode });
+      expect(hasNodes(forced)).toBe(false);
+      expect(operatorConfig(forced).webhook.sidecar.nativeSidecar).toBe(mode);
+    }
+  });
+
   it('webhook.excludedNamespaces joins the always-excluded ones, in the selector and in the operator config', async () => {
     const objects = await render({ 'webhook.excludedNamespaces': ['legacy', 'aaa-batch'], 'webhook.failurePolicy': 'Fail', 'webhook.timeoutSeconds': 3 });
     const entry = webhookEntry(objects);
