@@ -55,6 +55,11 @@ interface MirrorCommon {
   name: string;
   /** 0..100: a connection is mirrored to this target when hash(4-tuple) mod 10000 < percent * 100. */
   samplingPercent: number;
+  /**
+   * Socket targets: read the target's answers and compare them with the app's answers of the same
+   * connection (TargetStats.responsesCompared / responsesDiverged). The app's stay zero-copy.
+   */
+  compareResponses?: boolean;
 }
 
 /** A mirror socket target: resolved to a numeric address. */
@@ -218,6 +223,13 @@ export interface TargetStats {
   bytesDropped: number;
   /** Turns released to this target because its answer to the previous turn did not come within turnTimeoutMs. */
   turnWaitsExpired: number;
+  /**
+   * compareResponses: mirror connections whose answers were compared with the app's to their clean end
+   * (a cut, failed or reset mirror, or one whose target fell more than the compare pipe behind, is not),
+   * and those of them whose answers differed (a byte, or the length).
+   */
+  responsesCompared?: number;
+  responsesDiverged?: number;
   /** Mirror connections of this target closed with a reset, or never opened, because their transform
    * could not be applied (never sent untransformed). */
   transformFailures: number;

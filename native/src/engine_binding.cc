@@ -128,6 +128,7 @@ bool ReadMirrors(Napi::Env env, Napi::Value v, engine::Settings* settings) {
       return false;
     }
     t.samplingPercent = p;
+    t.compareResponses = o.Get("compareResponses").ToBoolean();
     out->push_back(t);
   }
   return true;
@@ -388,6 +389,8 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     to.Set("bytesMirrored", double(t.bytesMirrored));
     to.Set("bytesDropped", double(t.bytesDropped));
     to.Set("turnWaitsExpired", double(t.turnWaitsExpired));
+    to.Set("responsesCompared", double(t.responsesCompared));
+    to.Set("responsesDiverged", double(t.responsesDiverged));
     to.Set("transformFailures", double(t.transformFailures));
     if (t.file) {
       Napi::Object c = Napi::Object::New(env);

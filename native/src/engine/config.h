@@ -21,6 +21,8 @@ struct MirrorTarget {
   double samplingPercent = 100;  // 0..100
   // A file target (a capture) instead of an address; null: a socket target.
   std::shared_ptr<const CaptureSpec> file;
+  // Compare the target's answers with the app's answers of the same connection (socket targets).
+  bool compareResponses = false;
 };
 
 // Live settings (Engine::Update).
@@ -65,6 +67,7 @@ struct ActiveTarget {
   std::shared_ptr<TargetCounters> counters;
   // File targets: the capture their connections are recorded in (address unused).
   std::shared_ptr<CaptureSession> capture;
+  bool compareResponses = false;
 };
 
 // The settings a new connection is opened with, resolved; shared by the workers, replaced whole.

@@ -57,6 +57,10 @@ struct alignas(64) TargetSlot {
   Counter bytesMirrored{0};
   Counter bytesDropped{0};
   Counter turnWaitsExpired{0};
+  // compareResponses: mirror connections whose answers were compared with the app's to the end, and
+  // those of them whose answers differed.
+  Counter responsesCompared{0};
+  Counter responsesDiverged{0};
   // Mirror connections closed (reset) or not opened because their transform could not be applied.
   Counter transformFailures{0};
   // File targets (capture.h): sampled connections not recorded because the capture was full, and
@@ -93,6 +97,7 @@ struct TargetStats {
   uint64_t connectionsMirrored = 0, connectionsCut = 0, connectFailures = 0, connectionsSkipped = 0;
   int64_t connectionsActive = 0;
   uint64_t bytesMirrored = 0, bytesDropped = 0, turnWaitsExpired = 0, transformFailures = 0;
+  uint64_t responsesCompared = 0, responsesDiverged = 0;
   // File targets only.
   bool file = false;
   std::string captureSession;  // the session directory being written

@@ -108,7 +108,7 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
     double pct = std::max(0.0, std::min(100.0, m.samplingPercent));
     std::shared_ptr<TargetCounters> counters = CountersFor(m.name);
     counters->file.store(bool(m.file), std::memory_order_relaxed);
-    next->targets.push_back({m.address, uint32_t(pct * 100 + 0.5), counters, m.file ? captures[m.name] : nullptr});
+    next->targets.push_back({m.address, uint32_t(pct * 100 + 0.5), counters, m.file ? captures[m.name] : nullptr, m.compareResponses && !m.file});
   }
   for (auto& c : captures) captures_[c.first] = c.second;
   for (auto& o : opened) {
@@ -252,6 +252,8 @@ Stats Engine::Snapshot() const {
       ts.bytesMirrored += Read(k.bytesMirrored);
       ts.bytesDropped += Read(k.bytesDropped);
       ts.turnWaitsExpired += Read(k.turnWaitsExpired);
+      ts.responsesCompared += Read(k.responsesCompared);
+      ts.responsesDiverged += Read(k.responsesDiverged);
       ts.transformFailures += Read(k.transformFailures);
       ts.connectionsNotRecorded += Read(k.connectionsNotRecorded);
       ts.capturesCutFull += Read(k.capturesCutFull);

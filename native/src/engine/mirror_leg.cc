@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "connection.h"
 #include "sockets.h"
@@ -61,7 +62,8 @@ MirrorLeg::MirrorLeg(LegHost* host, Conn* owner, const ActiveTarget& target, con
       slot_(target.counters->at(host->workerIndex())),
       opt_(options),
       address_(target.address),
-      paced_(options.turnTimeoutMs > 0) {}
+      paced_(options.turnTimeoutMs > 0),
+      compare_(target.compareResponses ? kComparing : kCompareOff) {}
 
 MirrorLeg::~MirrorLeg() {
   // The worker closes legs before freeing them; this only guards against leaks on teardown paths.
@@ -193,7 +195,15 @@ bool MirrorLeg::Pump() {
   // Answers first: one may release the next turn. They are not wanted otherwise: MSG_TRUNC makes TCP
   // discard them without copying.
   while (readable_ && !peerEof_) {
-    ssize_t n = recv(sock_, nullptr, 1 << 20, MSG_TRUNC | MSG_DONTWAIT);
+    ssize_t n;
+    if (compare_ == kComparing) {
+      // Compared answers are read (a copy, on the mirror side only); the app's stay zero-copy.
+      char buf[16 << 10];
+      n = recv(sock_, buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0) CompareAnswer(buf, size_t(n));
+    } else {
+      n = recv(sock_, nullptr, 1 << 20, MSG_TRUNC | MSG_DONTWAIT);
+    }
     if (n > 0) {
       answered_ = everAnswered_ = true;
       continue;
@@ -439,8 +449,75 @@ void MirrorLeg::Fail() {
   Close();
 }
 
+void MirrorLeg::OfferResponse(const Pipe& r, size_t n) {
+  if (compare_ != kComparing || state_ == kClosed) return;
+  if (!cmp_.held() && !host_->pipes().Take(kComparePipe, &cmp_)) {
+    host_->pipes().Discard(&cmp_);
+    StopComparing();
+    return;
+  }
+  // The batch is all of R (the pump fills R only when it is empty): a copy of its pages, or nothing.
+  ssize_t t = tee(r.rd, cmp_.wr, n, SPLICE_F_NONBLOCK);
+  if (t != ssize_t(n)) {
+    StopComparing();  // the target is too far behind: this connection goes uncompared
+    return;
+  }
+  cmp_.bytes += n;
+  appAnswerBytes_ += n;
+  ComparePending();
+}
+
+void MirrorLeg::CompareAnswer(const char* got, size_t n) {
+  targetAnswerBytes_ += n;
+  if (compare_ != kComparing) return;
+  pending_.append(got, n);
+  ComparePending();
+  if (compare_ == kComparing && pending_.size() > kComparePending) StopComparing();
+}
+
+void MirrorLeg::ComparePending() {
+  char app[16 << 10];
+  while (compare_ == kComparing && !pending_.empty() && cmp_.bytes > 0) {
+    size_t want = std::min({pending_.size(), cmp_.bytes, sizeof app});
+    ssize_t m = read(cmp_.rd, app, want);
+    if (m <= 0) {
+      StopComparing();
+      return;
+    }
+    cmp_.bytes -= size_t(m);
+    if (memcmp(app, pending_.data(), size_t(m)) != 0) {
+      compare_ = kDiverged;
+      host_->pipes().Give(&cmp_);  // closed, not pooled, when it still holds bytes
+      pending_.clear();
+      return;
+    }
+    compared_ += uint64_t(m);
+    pending_.erase(0, size_t(m));
+  }
+}
+
+void MirrorLeg::StopComparing() {
+  if (compare_ == kComparing) compare_ = kUncompared;
+  host_->pipes().Give(&cmp_);
+  pending_.clear();
+  pending_.shrink_to_fit();
+}
+
+void MirrorLeg::CompareVerdict() {
+  if (compare_ == kComparing) {
+    ComparePending();
+    // Same bytes as far as both went; a different length is a difference too.
+    if (compare_ == kComparing && appAnswerBytes_ != targetAnswerBytes_) compare_ = kDiverged;
+  }
+  if (compare_ == kComparing || compare_ == kDiverged) Add(slot_.responsesCompared);
+  if (compare_ == kDiverged) Add(slot_.responsesDiverged);
+  StopComparing();
+  compare_ = kCompareOff;
+}
+
 void MirrorLeg::Finish() {
   if (state_ == kClosed) return;
+  CompareVerdict();
   CloseFd(sock_);
   Close();
 }
@@ -462,6 +539,7 @@ void MirrorLeg::Close() {
   Add(slot_.connectionsClosed);
   queue_.clear();
   host_->pipes().Discard(&pipe_);
+  StopComparing();
   ReleaseSpill();
   CloseFd(spillFd_);
   if (granted_) host_->ReleaseMirrorBuffer(granted_);

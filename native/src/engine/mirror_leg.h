@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 
 #include "config.h"
 #include "leg.h"
@@ -22,6 +23,10 @@ class MirrorLeg final : public Leg {
     // The mirror's transform (spec.transform applyTo mirror|both); null: none.
     std::shared_ptr<const TransformProfile> transform;
   };
+  // The app's answers not yet compared that a compared mirror may hold (its compare pipe); past it, or
+  // when the target is further ahead than kComparePending, the connection is left uncompared.
+  static constexpr uint32_t kComparePipe = 1u << 20;
+  static constexpr size_t kComparePending = 64u << 10;
   // A lagging mirror's socket starts at this send buffer (fixed, so the kernel's autotuning cannot grow
   // every mirror socket to tcp_wmem[2]) and grows to Options.bufferSize from the engine's budget.
   static constexpr uint32_t kStartBuffer = 256u << 10;
@@ -36,6 +41,7 @@ class MirrorLeg final : public Leg {
   void Open();
 
   void Offer(const Pipe& p, size_t n, uint32_t turn) override;
+  void OfferResponse(const Pipe& r, size_t n) override;
   void OnEvent(uint32_t events) override;
   bool Pump() override;
   void OnClientEnd() override { clientEnded_ = true; }
@@ -76,6 +82,12 @@ class MirrorLeg final : public Leg {
   // Bytes written but thrown away by the reset that follows: moved from mirrored to dropped.
   void ForgetUnsent();
   void Rearm();
+  // Response comparison: the target's bytes in `got` against the app's from the compare pipe.
+  void CompareAnswer(const char* got, size_t n);
+  void ComparePending();
+  void StopComparing();
+  // The verdict at a clean end: counted as compared, and as diverged when the answers differed.
+  void CompareVerdict();
 
   LegHost* host_;
   Handle handle_;
@@ -107,6 +119,13 @@ class MirrorLeg final : public Leg {
   TransformedSocket xf_;
   uint64_t xfRetryAt_ = 0, xfHoldAt_ = 0;
   bool holdDue_ = false;
+  // Response comparison (Options.compareResponses): the app's answers of this connection tee'd from R
+  // into cmp_, the target's answers read and compared against them in order.
+  enum Compare { kCompareOff, kComparing, kDiverged, kUncompared };
+  Compare compare_ = kCompareOff;
+  Pipe cmp_;
+  uint64_t appAnswerBytes_ = 0, targetAnswerBytes_ = 0, compared_ = 0;
+  std::string pending_;  // target bytes ahead of the app's
 };
 
 }  // namespace engine

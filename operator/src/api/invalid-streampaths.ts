@@ -90,6 +90,12 @@ export const INVALID_CASES: InvalidCase[] = [
     mentions: /spec\.mirror\.targets\[0\]/,
   },
   {
+    name: 'compareResponses on a file target',
+    mutate: (s) => (s['mirror'].targets = [{ file: { path: '/captures' }, compareResponses: true }]),
+    mentions: /spec\.mirror\.targets\[0\]\.compareResponses/,
+    zodOnly: true,
+  },
+  {
     name: 'file target with a relative path',
     mutate: (s) => (s['mirror'].targets = [{ file: { path: 'captures' } }]),
     mentions: /spec\.mirror\.targets\[0\]\.file\.path/,
@@ -307,6 +313,7 @@ export const VALID_CASES: ValidCase[] = [
     name: 'a byteMap of hex pairs over a preset (EBCDIC-style)',
     mutate: ops({ byteMap: { preset: 'lowercase', pairs: { '0xC1': 'A', '0x81': 'a', '0x40': ' ', A: '0xff', '0x00': '0x0A' } } }),
   },
+  { name: 'compareResponses on an address target', mutate: (s) => (target0(s)['compareResponses'] = true) },
   {
     name: 'a file target (a capture) beside an address, with responses and both bounds',
     mutate: (s) =>

@@ -126,6 +126,14 @@ export const MirrorTargetSchema = z
     address: hostPort.optional().describe('host:port of the target'),
     service: ServiceRefSchema.optional().describe('A Service to mirror to, resolved through the API'),
     file: FileTargetSchema.optional(),
+    compareResponses: z
+      .boolean()
+      .optional()
+      .describe(
+        "Compare this target's answers with the app's answers of the same connection, byte by byte (read on " +
+          'the mirror side only: the primary stays zero-copy); connections whose answers differ are counted in ' +
+          'status.targets[].responsesDiverged. Address and service targets only',
+      ),
   })
   .describe('Where mirrored bytes go: exactly one of address, service or file.');
 
@@ -490,6 +498,13 @@ export const StreamPathSpecSchema = z
           message: 'exactly one of address, service or file must be set',
         });
       }
+      if (t.compareResponses && t.file !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['mirror', 'targets', i, 'compareResponses'],
+          message: 'a file target has no answers to compare; set it on an address or service target',
+        });
+      }
     });
   });
 
@@ -517,6 +532,17 @@ export const TargetCountersSchema = z.object({
     .int()
     .optional()
     .describe("Turns released to this target after spec.mirror.turnTimeoutMs without its answer to the previous turn"),
+  /** compareResponses: mirror connections whose answers were compared with the app's to the end, and those that differed. */
+  responsesCompared: z
+    .number()
+    .int()
+    .optional()
+    .describe("With compareResponses: mirror connections whose answers were compared with the app's to the end"),
+  responsesDiverged: z
+    .number()
+    .int()
+    .optional()
+    .describe("With compareResponses: mirror connections whose answers differed from the app's (a byte, or the length)"),
 });
 
 export const StreamPathStatusSchema = z.object({

@@ -114,6 +114,8 @@ function mergeTargets(into: Map<string, TargetCounters>, targets: TargetCounters
       cur.connectFailures += t.connectFailures;
       if (t.connectionsSkipped !== undefined) cur.connectionsSkipped = (cur.connectionsSkipped ?? 0) + t.connectionsSkipped;
       if (t.turnWaitsExpired !== undefined) cur.turnWaitsExpired = (cur.turnWaitsExpired ?? 0) + t.turnWaitsExpired;
+      if (t.responsesCompared !== undefined) cur.responsesCompared = (cur.responsesCompared ?? 0) + t.responsesCompared;
+      if (t.responsesDiverged !== undefined) cur.responsesDiverged = (cur.responsesDiverged ?? 0) + t.responsesDiverged;
       cur.bytesMirrored += t.bytesMirrored;
       cur.bytesDropped += t.bytesDropped;
     }
@@ -301,7 +303,7 @@ export function computeStatus(input: StatusInput): StatusResult {
 }
 
 const COUNTERS = ['connections', 'bytesPrimary', 'bytesMirrored', 'bytesDropped', 'connectionsReset'] as const;
-const TARGET_COUNTERS = ['connectionsMirrored', 'connectionsCut', 'connectFailures', 'connectionsSkipped', 'turnWaitsExpired', 'bytesMirrored', 'bytesDropped'] as const;
+const TARGET_COUNTERS = ['connectionsMirrored', 'connectionsCut', 'connectFailures', 'connectionsSkipped', 'turnWaitsExpired', 'responsesCompared', 'responsesDiverged', 'bytesMirrored', 'bytesDropped'] as const;
 
 /**
  * While some selected pods' counters are unknown (their agent not heard yet, or never answered this

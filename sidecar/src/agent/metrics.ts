@@ -144,6 +144,16 @@ export function createMetrics(opts: {
     "Turns released to this target after spec.mirror.turnTimeoutMs without its answer to the previous one",
     (t) => t.turnWaitsExpired ?? 0,
   );
+  perTarget(
+    'kstreams_target_responses_compared_total',
+    "Mirror connections whose answers were compared with the app's (compareResponses)",
+    (t) => t.responsesCompared ?? 0,
+  );
+  perTarget(
+    'kstreams_target_responses_diverged_total',
+    "Mirror connections whose answers differed from the app's (compareResponses)",
+    (t) => t.responsesDiverged ?? 0,
+  );
 
   new Counter({
     name: 'kstreams_target_transform_failures_total',

@@ -46,7 +46,7 @@ export function renderLive(h: LiveHeader, c: AttachmentCounters, now: number): s
   ];
   for (const t of c.targets) {
     lines.push(
-      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures${t.connectionsSkipped ? `, ${t.connectionsSkipped} skipped (pipe budget)` : ''}, ${t.turnWaitsExpired ?? 0} turn waits expired, ${formatBytes(t.bytesDropped)} dropped`,
+      `  -> ${t.name}: ${t.connectionsMirrored} conns, ${formatBytes(t.bytesMirrored)} mirrored, ${t.connectionsCut} cut, ${t.connectFailures} connect failures${t.connectionsSkipped ? `, ${t.connectionsSkipped} skipped (pipe budget)` : ''}, ${t.turnWaitsExpired ?? 0} turn waits expired, ${formatBytes(t.bytesDropped)} dropped${t.responsesCompared !== undefined ? `, answers compared ${t.responsesCompared}, diverged ${t.responsesDiverged ?? 0}` : ''}`,
     );
   }
   return lines;

@@ -270,6 +270,7 @@ export function toCounters(s: EngineStats, retired: RetiredBytes = { bytesMirror
     bytesMirrored: t.bytesMirrored,
     bytesDropped: t.bytesDropped,
     turnWaitsExpired: t.turnWaitsExpired ?? 0,
+    ...(t.responsesCompared !== undefined && (t.responsesCompared > 0 || t.responsesDiverged) ? { responsesCompared: t.responsesCompared, responsesDiverged: t.responsesDiverged ?? 0 } : {}),
   }));
   const sum = (k: 'bytesMirrored' | 'bytesDropped') => s.targets.reduce((a, t) => a + t[k], 0) + retired[k];
   return {

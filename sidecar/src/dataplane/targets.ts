@@ -90,6 +90,6 @@ export async function resolveMirrors(spec: StreamPathSpec, opts: ResolveOptions 
     const name = n === 1 ? base : `${base}#${n}`;
     const samplingPercent = mirror.sampling.percent;
     if ('path' in ep) return { name, file: ep, samplingPercent };
-    return { name, host: ep.host, port: ep.port, samplingPercent };
+    return { name, host: ep.host, port: ep.port, samplingPercent, ...(t.compareResponses ? { compareResponses: true } : {}) };
   });
 }
