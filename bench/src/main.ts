@@ -66,6 +66,11 @@ const program = new Command('bench')
     'run the replay bench instead (kstreams replay --speed max against a Node replayer, bulk and many-turn captures): ' +
       'uses --bytes (default 1G, --quick 64M), --runs (default 3), --out',
   )
+  .option(
+    '--capture',
+    'run the capture bench instead (a file target against an unrecorded mirror, kstreams record and a Node recorder): ' +
+      'uses --bytes (default 1G, --quick 256M), --runs (default 3), --out',
+  )
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
 
@@ -96,7 +101,23 @@ const cli = program.opts<{
   silent?: boolean;
   transform?: string | boolean;
   replay?: boolean;
+  capture?: boolean;
 }>();
+
+if (cli.capture) {
+  const { captureMain } = await import('./capture.js');
+  const code = await captureMain({
+    bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30),
+    conns: 4,
+    runs: cli.runs ?? (cli.quick ? 1 : 3),
+    quick: cli.quick ?? false,
+    out: cli.out,
+    write: cli.write,
+    silent: cli.silent ?? false,
+  });
+  process.stdout.write('', () => process.exit(code));
+  await new Promise<never>(() => {});
+}
 
 if (cli.replay) {
   const { replayMain } = await import('./replay.js');
