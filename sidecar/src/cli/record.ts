@@ -102,7 +102,9 @@ export async function recordCommand(o: RecordOptions): Promise<number> {
           },
         },
       ],
-      pipeSize: 256 * 1024,
+      // A recorder's connections are all bulk receivers: the largest pipe a sidecar may have (the kernel
+      // keeps a smaller one where the pipe budget says so, counted, never refused).
+      pipeSize: 1024 * 1024,
       turnTimeoutMs: 0,
       mirrorBufferSize: 4 * 1024 * 1024,
       mirrorConnectTimeoutMs: 1000,
