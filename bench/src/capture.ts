@@ -10,16 +10,17 @@
 // A row's time runs from the clients' start until every byte is recorded (for the mirror: sent to the
 // sink), so a capture that lags behind the primary is measured as slow, and one that is cut is counted
 // short (its recorded bytes are reported). CPU is the engine's process and the recorder's, all threads.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { EngineConfig, EngineStats } from '../../native/lib/types.js';
-import { machineFacts, type MachineFacts } from './machine.js';
+import type { MachineFacts } from './machine.js';
 import { processTicks, USER_HZ } from './procfs.js';
 import { Proc, start } from './procs.js';
 import { repoPath } from './repo.js';
 import { table } from './report.js';
+import { runSection, type SectionOptions } from './section.js';
 import { median, ratio } from './stats.js';
 import { benchNetns, type XformNetns } from './transform-netns.js';
 
@@ -251,33 +252,6 @@ export function captureReport(run: CaptureBenchRun, facts: MachineFacts): string
   return `${lines.join('\n')}\n`;
 }
 
-export async function captureMain(o: CaptureBenchOptions & { out: string; write: boolean; silent: boolean }): Promise<number> {
-  const log = o.silent ? () => undefined : (line: string) => process.stderr.write(`${line}\n`);
-  const facts = machineFacts();
-  const bench = new CaptureBench(o, log);
-  let interrupted = false;
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(signal, () => {
-      if (interrupted) return;
-      interrupted = true;
-      void bench.cleanup().finally(() => process.exit(130));
-    });
-  }
-  let run: CaptureBenchRun;
-  try {
-    run = await bench.run();
-  } finally {
-    await bench.cleanup();
-  }
-  facts.loadAfter = loadavg()[0] ?? 0;
-  const report = captureReport(run, facts);
-  process.stdout.write(`\n${report}`);
-  if (o.write) {
-    mkdirSync(o.out, { recursive: true });
-    const base = join(o.out, `${run.startedAt.slice(0, 16).replace(/:/g, '-')}-capture${o.quick ? '-quick' : ''}`);
-    writeFileSync(`${base}.md`, report);
-    writeFileSync(`${base}.json`, `${JSON.stringify({ machine: facts, ...run, summary: summarizeCapture(run), targets: captureTargets(run) }, null, 2)}\n`);
-    process.stderr.write(`\nwrote ${relative(process.cwd(), base)}.md and .json\n`);
-  }
-  return run.errors.length ? 1 : 0;
+export function captureMain(o: CaptureBenchOptions & SectionOptions): Promise<number> {
+  return runSection('capture', o, (log) => new CaptureBench(o, log), captureReport, (run) => ({ summary: summarizeCapture(run), targets: captureTargets(run) }));
 }

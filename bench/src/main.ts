@@ -104,35 +104,19 @@ const cli = program.opts<{
   capture?: boolean;
 }>();
 
-if (cli.capture) {
-  const { captureMain } = await import('./capture.js');
-  const code = await captureMain({
-    bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30),
-    conns: 4,
-    runs: cli.runs ?? (cli.quick ? 1 : 3),
-    quick: cli.quick ?? false,
-    out: cli.out,
-    write: cli.write,
-    silent: cli.silent ?? false,
-  });
-  process.stdout.write('', () => process.exit(code));
-  await new Promise<never>(() => {});
-}
-
-if (cli.replay) {
-  const { replayMain } = await import('./replay.js');
-  const code = await replayMain({
-    bytes: cli.bytes ?? (cli.quick ? 64 * 2 ** 20 : 2 ** 30),
-    bulkConns: 4,
-    turnConns: 8,
-    turnsPerConn: cli.quick ? 200 : 2000,
-    turnSize: 4096,
-    runs: cli.runs ?? (cli.quick ? 1 : 3),
-    quick: cli.quick ?? false,
-    out: cli.out,
-    write: cli.write,
-    silent: cli.silent ?? false,
-  });
+if (cli.capture || cli.replay) {
+  // A separate section: its own rows and report (bench/src/capture.ts, bench/src/replay.ts).
+  const common = { runs: cli.runs ?? (cli.quick ? 1 : 3), quick: cli.quick ?? false, out: cli.out, write: cli.write, silent: cli.silent ?? false };
+  const code = cli.capture
+    ? await (await import('./capture.js')).captureMain({ ...common, bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30), conns: 4 })
+    : await (await import('./replay.js')).replayMain({
+        ...common,
+        bytes: cli.bytes ?? (cli.quick ? 64 * 2 ** 20 : 2 ** 30),
+        bulkConns: 4,
+        turnConns: 8,
+        turnsPerConn: cli.quick ? 200 : 2000,
+        turnSize: 4096,
+      });
   process.stdout.write('', () => process.exit(code));
   await new Promise<never>(() => {});
 }

@@ -8,14 +8,15 @@
 import { spawnSync } from 'node:child_process';
 import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { loadavg, tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { writeTestSession } from '../../sidecar/src/capture/testing.js';
-import { machineFacts, type MachineFacts } from './machine.js';
+import type { MachineFacts } from './machine.js';
 import { Proc, start } from './procs.js';
 import { repoPath } from './repo.js';
 import { table } from './report.js';
+import { runSection, type SectionOptions } from './section.js';
 import { median, ratio } from './stats.js';
 import { benchNetns, type XformNetns } from './transform-netns.js';
 
@@ -226,33 +227,6 @@ export function replayReport(run: ReplayBenchRun, facts: MachineFacts): string {
   return `${lines.join('\n')}\n`;
 }
 
-export async function replayMain(o: ReplayBenchOptions & { out: string; write: boolean; silent: boolean }): Promise<number> {
-  const log = o.silent ? () => undefined : (line: string) => process.stderr.write(`${line}\n`);
-  const facts = machineFacts();
-  const bench = new ReplayBench(o, log);
-  let interrupted = false;
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(signal, () => {
-      if (interrupted) return;
-      interrupted = true;
-      void bench.cleanup().finally(() => process.exit(130));
-    });
-  }
-  let run: ReplayBenchRun;
-  try {
-    run = await bench.run();
-  } finally {
-    await bench.cleanup();
-  }
-  facts.loadAfter = loadavg()[0] ?? 0;
-  const report = replayReport(run, facts);
-  process.stdout.write(`\n${report}`);
-  if (o.write) {
-    mkdirSync(o.out, { recursive: true });
-    const base = join(o.out, `${run.startedAt.slice(0, 16).replace(/:/g, '-')}-replay${o.quick ? '-quick' : ''}`);
-    writeFileSync(`${base}.md`, report);
-    writeFileSync(`${base}.json`, `${JSON.stringify({ machine: facts, ...run, summary: summarizeReplay(run), targets: replayTargets(run) }, null, 2)}\n`);
-    process.stderr.write(`\nwrote ${relative(process.cwd(), base)}.md and .json\n`);
-  }
-  return run.errors.length ? 1 : 0;
+export function replayMain(o: ReplayBenchOptions & SectionOptions): Promise<number> {
+  return runSection('replay', o, (log) => new ReplayBench(o, log), replayReport, (run) => ({ summary: summarizeReplay(run), targets: replayTargets(run) }));
 }
