@@ -11,7 +11,10 @@ import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { waitFor } from '../../e2e/cluster/local/processes.js';
 import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
 import { API_VERSION } from '../../operator/src/api/streampath.js';
-import { exampleSpec } from '../../operator/src/testing/kube.js';
+import { programKey } from '../../operator/src/api/feed.js';
+import { KubeRest } from '../../operator/src/kube/rest.js';
+import { FeedAgent } from '../../operator/src/testing/feed-agent.js';
+import { createPod, createStreamPath, exampleSpec } from '../../operator/src/testing/kube.js';
 import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';
 import { CRD_SOURCE, REPO_ROOT } from './generate.js';
 import { CHART_DIR, findObject, helmBinary, KUBECTL, mustRun, renderChart, run, type K8sObject } from './testing/helm.js';
@@ -73,7 +76,6 @@ describe('the chart rendered with its default values', () => {
     expect(kinds).toEqual(
       [
         'ClusterRole/kstreams-operator',
-        'ClusterRole/kstreams-sidecar',
         'ClusterRoleBinding/kstreams-operator',
         'ConfigMap/kstreams-config',
         'CustomResourceDefinition/streampaths.kstreams.io',
@@ -114,8 +116,12 @@ describe('the chart rendered with its default values', () => {
     expect(config.webhook.sidecar.image).toBe(operatorContainer(objects).image);
     expect(operatorContainer(objects).image).toBe('kstreams/kstreams:0.1.0');
     expect(config.webhook.sidecar.privileged).toBe(false);
-    // The operator binds the chart's sidecar ClusterRole in opted-in namespaces, under the same name.
-    expect(config.sidecarRbac).toEqual({ manageBindings: true, clusterRoleName: 'kstreams-sidecar', bindingName: 'kstreams-sidecar' });
+    // The agents' feed on its port, status writes bounded.
+    expect(config.feed).toMatchObject({ port: 9444, disconnectGraceMs: 10_000, warmupMs: 30_000 });
+    expect(config.statusWriteIntervalMs).toBe(10_000);
+    const service = findObject(objects, 'Service', 'kstreams-webhook') as Obj;
+    expect(service.spec.ports).toContainEqual({ name: 'https-feed', port: 9444, targetPort: 'https-feed', protocol: 'TCP' });
+    expect(operatorContainer(objects).ports).toContainEqual({ name: 'https-feed', containerPort: 9444, protocol: 'TCP' });
   });
 
   it('renders exactly the webhook the operator computes, without a caBundle (the operator patches it)', () => {
@@ -164,6 +170,7 @@ describe('the chart rendered with its default values', () => {
     expect(c.ports).toEqual([
       { name: 'https-webhook', containerPort: 9443, protocol: 'TCP' },
       { name: 'http-metrics', containerPort: 8080, protocol: 'TCP' },
+      { name: 'https-feed', containerPort: 9444, protocol: 'TCP' },
     ]);
     const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value ?? e.valueFrom.fieldRef.fieldPath]));
     expect(env).toEqual({ KSTREAMS_OPERATOR_CONFIG: '/etc/kstreams/config/config.yaml', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace', POD_IP: 'status.podIP' });
@@ -174,9 +181,12 @@ describe('the chart rendered with its default values', () => {
     expect(c.volumeMounts).toEqual([{ name: 'config', mountPath: '/etc/kstreams/config', readOnly: true }]);
   });
 
-  it('maps the webhook Service 443 to the webhook port, and a PDB keeps one replica', () => {
+  it('maps the webhook Service 443 to the webhook port and 9444 to the agent feed, and a PDB keeps one replica', () => {
     const svc = findObject(objects, 'Service', 'kstreams-webhook') as Obj;
-    expect(svc.spec.ports).toEqual([{ name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' }]);
+    expect(svc.spec.ports).toEqual([
+      { name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' },
+      { name: 'https-feed', port: 9444, targetPort: 'https-feed', protocol: 'TCP' },
+    ]);
     const metrics = findObject(objects, 'Service', 'kstreams-metrics') as Obj;
     expect(metrics.spec.ports[0]).toMatchObject({ port: 8080, targetPort: 'http-metrics' });
     const pdb = findObject(objects, 'PodDisruptionBudget') as Obj;
@@ -184,20 +194,15 @@ describe('the chart rendered with its default values', () => {
     expect(pdb.spec.selector.matchLabels).toEqual((findObject(objects, 'Deployment') as Obj).spec.selector.matchLabels);
   });
 
-  it('grants least privilege: reads cluster-wide, writes only StreamPaths, Events, its Lease, its Secret and its webhook', () => {
+  it('grants least privilege: reads cluster-wide, writes only StreamPaths, Events, its Lease, its Secret and its webhook; the sidecars get nothing', () => {
     // The operator's rules are the RBAC table of docs/helm.md, grant for grant (what the code uses is checked
     // against a real run's audit log below).
     const rendered = [...grantsOf(rulesOf(objects, 'ClusterRole', 'kstreams-operator') as PolicyRule[], 'cluster'), ...grantsOf(rulesOf(objects, 'Role', 'kstreams-operator') as PolicyRule[], 'namespace')];
     const documented = grantsFromDocsTable(readFileSync(join(REPO_ROOT, 'docs/helm.md'), 'utf8'), '## RBAC');
     expect(rendered.map(grantKey).sort()).toEqual(documented.map(grantKey).sort());
     expect((findObject(objects, 'Role', 'kstreams-operator') as Obj).metadata.namespace).toBe('kstreams-system');
-    expect(rulesOf(objects, 'ClusterRole', 'kstreams-sidecar')).toEqual([
-      { apiGroups: ['kstreams.io'], resources: ['streampaths'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: [''], resources: ['services', 'endpoints'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
-      // a transform program's object (binaryData of the ConfigMap a StreamPath names): get only
-      { apiGroups: [''], resources: ['configmaps'], verbs: ['get'] },
-    ]);
+    // No role and no binding for the app pods' ServiceAccounts: the agents read nothing from the API.
+    expect(objects.filter((o) => /sidecar/.test(o.metadata.name) && /Role/.test(o.kind))).toEqual([]);
     for (const kind of ['ClusterRoleBinding', 'RoleBinding'] as const) {
       expect((findObject(objects, kind, 'kstreams-operator') as Obj).subjects).toEqual([
         { kind: 'ServiceAccount', name: 'kstreams', namespace: 'kstreams-system' },
@@ -289,33 +294,14 @@ describe('values that change the rendered chart', () => {
     expect(entry).toEqual(JSON.parse(JSON.stringify(desiredWebhook(config.webhook, undefined))));
   });
 
-  it('sidecar.rbac.namespaces binds the sidecar ClusterRole to every ServiceAccount of those namespaces', async () => {
-    const objects = await render({ 'sidecar.rbac.namespaces': ['shop', 'cart'] });
-    const bindings = objects.filter((o) => o.kind === 'RoleBinding' && o.metadata.name === 'kstreams-sidecar') as Obj[];
-    expect(bindings.map((b) => [b.metadata.namespace, b.roleRef.name, b.subjects])).toEqual([
-      ['shop', 'kstreams-sidecar', [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:serviceaccounts:shop' }]],
-      ['cart', 'kstreams-sidecar', [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:serviceaccounts:cart' }]],
-    ]);
-  });
-
-  it('sidecar.rbac.manageBindings=false gives the operator no rights on RoleBindings and turns the management off', async () => {
-    const objects = await render({ 'sidecar.rbac.manageBindings': false });
-    const rbacRules = rulesOf(objects, 'ClusterRole', 'kstreams-operator').filter((r) => r.apiGroups.includes('rbac.authorization.k8s.io'));
-    expect(rbacRules).toEqual([]);
-    expect(operatorConfig(objects).sidecarRbac.manageBindings).toBe(false);
-  });
-
   it('release and fullnameOverride name every object, cluster-scoped ones included', async () => {
     const objects = await renderChart({ fullnameOverride: 'mirror' }, { release: 'prod', namespace: 'net', env: helmEnv });
     expect(findObject(objects, 'MutatingWebhookConfiguration').metadata.name).toBe('mirror-sidecar-injector');
     expect(operatorConfig(objects).leaderElection.leaseName).toBe('mirror-operator');
     const byRelease = await renderChart({}, { release: 'edge', namespace: 'net', env: helmEnv });
     expect(findObject(byRelease, 'Deployment').metadata.name).toBe('edge-kstreams');
-    expect(findObject(byRelease, 'ClusterRole', 'edge-kstreams-sidecar')).toBeDefined();
-    // The operator binds and may bind exactly the ClusterRole of its own release.
-    expect(operatorConfig(byRelease).sidecarRbac).toMatchObject({ clusterRoleName: 'edge-kstreams-sidecar', bindingName: 'edge-kstreams-sidecar' });
-    const bind = rulesOf(byRelease, 'ClusterRole', 'edge-kstreams-operator').find((r) => r.verbs.includes('bind'));
-    expect(bind).toEqual({ apiGroups: ['rbac.authorization.k8s.io'], resources: ['clusterroles'], resourceNames: ['edge-kstreams-sidecar'], verbs: ['bind'] });
+    expect(findObject(byRelease, 'ClusterRole', 'edge-kstreams-operator')).toBeDefined();
+    expect(operatorConfig(byRelease).webhook.serviceName).toBe('edge-kstreams-webhook');
   });
 });
 
@@ -326,20 +312,21 @@ describe('NOTES.txt', () => {
     return r.stdout.slice(r.stdout.indexOf('NOTES:'));
   };
 
-  it('tells the next steps: label a namespace (the operator binds the sidecar role), apply a StreamPath, kubectl get sp', async () => {
+  it('tells the next steps: label a namespace (no RBAC for the sidecars), apply a StreamPath, kubectl get sp', async () => {
     const notes = await notesOf();
     expect(notes).toContain('kubectl label namespace <ns> kstreams.io/inject=enabled');
-    expect(notes).toContain('The operator then creates RoleBinding kstreams-sidecar there');
+    expect(notes).toContain('The sidecars need no RBAC');
+    expect(notes).toContain('port 9444');
     expect(notes).not.toContain('create rolebinding');
     expect(notes).toContain('apply -f streampath.yaml');
     expect(notes).toContain('get streampaths');
     expect(notes).toContain('the operator creates Secret kstreams-webhook-tls');
   });
 
-  it('with sidecar.rbac.manageBindings=false, shows the RoleBinding to create by hand', async () => {
-    const notes = await notesOf('--set', 'sidecar.rbac.manageBindings=false');
-    expect(notes).toContain('kubectl -n <ns> create rolebinding kstreams-sidecar');
-    expect(notes).not.toContain('The operator then creates');
+  it('says what to delete when upgrading from a release whose sidecars read the API', async () => {
+    const notes = await notesOf();
+    expect(notes).toContain('kubectl delete rolebinding -A -l app.kubernetes.io/managed-by=kstreams-operator');
+    expect(notes).toContain('kubectl delete clusterrole kstreams-sidecar --ignore-not-found');
   });
 });
 
@@ -355,7 +342,9 @@ describe('values.schema.json', () => {
     [['--set', 'webhook.failurePolicy=ignore'], '/webhook/failurePolicy'],
     [['--set', 'webhook.timeoutSeconds=60'], '/webhook/timeoutSeconds'],
     [['--set-json', 'webhook.excludedNamespaces=["Not_A_Namespace"]'], '/webhook/excludedNamespaces/0'],
-    [['--set', 'sidecar.rbac.manageBindings=yes'], "at '/sidecar/rbac/manageBindings': got string, want boolean"],
+    // The sidecar RBAC settings of earlier releases are gone: an old values file says so instead of being ignored.
+    [['--set', 'sidecar.rbac.manageBindings=true'], "additional properties 'rbac' not allowed"],
+    [['--set', 'operator.feed.port=0'], '/operator/feed/port'],
   ])('refuses %j naming the value (%s)', async (args, message) => {
     const r = await template(...args);
     expect(r.code).not.toBe(0);
@@ -371,7 +360,7 @@ describe('helm install into the real apiserver', () => {
   const suffix = randomBytes(3).toString('hex');
   const namespace = `kstreams-chart-${suffix}`;
   const appNamespace = `kstreams-chart-app-${suffix}`;
-  /** Opted in by its label only: the operator binds the sidecar role there. */
+  /** Opted in by its label only. */
   const shopNamespace = `kstreams-chart-shop-${suffix}`;
   const release = `ks-${suffix}`;
   const fullname = `${release}-kstreams`;
@@ -392,8 +381,7 @@ describe('helm install into the real apiserver', () => {
     // kubectl before this file runs; a user's first install into a fresh cluster does not need it.
     await mustRun(
       helmBinary(),
-      ['install', release, CHART_DIR, '--namespace', namespace, '--create-namespace', '--kubeconfig', kubeconfig, '--take-ownership',
-        '--set-json', `sidecar.rbac.namespaces=["${appNamespace}"]`],
+      ['install', release, CHART_DIR, '--namespace', namespace, '--create-namespace', '--kubeconfig', kubeconfig, '--take-ownership'],
       helmEnv,
     );
     installed = true;
@@ -422,7 +410,10 @@ describe('helm install into the real apiserver', () => {
     const deployment = await getJson('deployment', fullname, '-n', namespace);
     expect(deployment.spec.replicas).toBe(2);
     const webhookSvc = await getJson('service', `${fullname}-webhook`, '-n', namespace);
-    expect(webhookSvc.spec.ports).toEqual([{ name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' }]);
+    expect(webhookSvc.spec.ports).toEqual([
+      { name: 'https-webhook', port: 443, targetPort: 'https-webhook', protocol: 'TCP' },
+      { name: 'https-feed', port: 9444, targetPort: 'https-feed', protocol: 'TCP' },
+    ]);
     expect(webhookSvc.spec.clusterIP).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
     await getJson('service', `${fullname}-metrics`, '-n', namespace);
     // 1.20 has no policy/v1: the chart picked v1beta1 from the server's API versions.
@@ -466,10 +457,8 @@ describe('helm install into the real apiserver', () => {
       ['create', 'secrets', '-n', namespace],
       ['watch', `secrets/${fullname}-webhook-tls`, '-n', namespace],
       ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
-      ['create', 'rolebindings', '-n', appNamespace],
-      ['list', `rolebindings/${fullname}-sidecar`, '--all-namespaces'],
-      ['delete', `rolebindings/${fullname}-sidecar`, '-n', appNamespace],
-      ['bind', `clusterroles/${fullname}-sidecar`],
+      ['create', 'tokenreviews.authentication.k8s.io'],
+      ['get', 'configmaps', '-n', appNamespace],
     ];
     const no = [
       ['get', 'secrets', '-n', appNamespace],
@@ -491,27 +480,26 @@ describe('helm install into the real apiserver', () => {
       ['get', 'services', '-n', appNamespace],
       ['update', 'streampaths.kstreams.io', '-n', appNamespace],
       ['update', 'streampaths.kstreams.io/finalizers', '-n', appNamespace],
+      ['create', 'rolebindings', '-n', appNamespace],
+      ['bind', `clusterroles/${fullname}-sidecar`],
+      ['list', 'configmaps', '--all-namespaces'],
+      ['create', 'tokenrequests', '-n', appNamespace],
     ];
     const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
     expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));
     expect(await answers(no)).toEqual(no.map((a) => `${a.join(' ')}: no`));
   });
 
-  it('lets sidecars of a listed namespace read their StreamPaths and Services, read-only, there only', async () => {
+  it("gives the app pods' ServiceAccounts nothing: the sidecars read no API", async () => {
     const asPodSa = (ns: string) => ['--as', `system:serviceaccount:${ns}:default`, '--as-group', `system:serviceaccounts:${ns}`, '--as-group', 'system:serviceaccounts'];
-    expect(await canI(['watch', 'streampaths.kstreams.io', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
-    expect(await canI(['get', 'services', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
-    expect(await canI(['watch', 'pods', '-n', appNamespace], asPodSa(appNamespace))).toBe('yes');
-    expect(await canI(['update', 'streampaths.kstreams.io/status', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
-    expect(await canI(['get', 'secrets', '-n', appNamespace], asPodSa(appNamespace))).toBe('no');
-    expect(await canI(['watch', 'streampaths.kstreams.io', '-n', namespace], asPodSa(namespace))).toBe('no');
+    for (const args of [['watch', 'streampaths.kstreams.io'], ['get', 'services'], ['get', 'endpoints'], ['watch', 'pods'], ['get', 'configmaps']]) {
+      expect(`${args.join(' ')}: ${await canI([...args, '-n', appNamespace], asPodSa(appNamespace))}`).toBe(`${args.join(' ')}: no`);
+    }
   });
 
-  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret, caBundle and the sidecars' RoleBindings", async () => {
-    const asPodSa = (ns: string) => [`--as=system:serviceaccount:${ns}:default`];
+  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret and caBundle, serves the feed, binds nothing", async () => {
     await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'create', 'namespace', shopNamespace]);
     await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'label', 'namespace', shopNamespace, appNamespace, 'kstreams.io/inject=enabled']);
-    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('no');
 
     // A real token of the ServiceAccount (TokenRequest), so the apiserver authorizes exactly the chart's RBAC.
     const newerKubectl = join(dirname(helmBinary()), 'kubectl');
@@ -534,6 +522,7 @@ describe('helm install into the real apiserver', () => {
     const fileConfig = parseYaml(cm.data['config.yaml']) as Obj;
     fileConfig.server = { host: '127.0.0.1', port: 0 };
     fileConfig.webhook = { ...fileConfig.webhook, host: '127.0.0.1', port: 0 };
+    fileConfig.feed = { ...fileConfig.feed, host: '127.0.0.1', port: 0 };
     const configFile = join(helmHome, 'operator-config.yaml');
     writeFileSync(configFile, toYaml(fileConfig));
 
@@ -573,36 +562,30 @@ describe('helm install into the real apiserver', () => {
     const secret = await getJson('secret', `${fullname}-webhook-tls`, '-n', namespace);
     expect(Object.keys(secret.data)).toEqual(expect.arrayContaining(['tls.crt', 'tls.key']));
 
-    // The labelled namespace got the sidecars' RoleBinding, made by the operator with the chart's rights.
-    await waitFor(
-      'the sidecar RoleBinding',
-      async () => (await alive()) && (await kubectl('get', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--ignore-not-found', '-o', 'name')).stdout.trim() !== '',
-      { timeoutMs: 60_000 },
-    );
-    const binding = await getJson('rolebinding', `${fullname}-sidecar`, '-n', shopNamespace);
-    expect(binding.metadata.labels['app.kubernetes.io/managed-by']).toBe('kstreams-operator');
-    expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${fullname}-sidecar` });
-    expect(binding.subjects).toEqual([{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: `system:serviceaccounts:${shopNamespace}` }]);
-    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('yes');
-    // Its subjects changed by hand: the operator restores them (a merge patch).
-    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'patch', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--type=merge', '-p', '{"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"someone-else"}]}']);
-    await waitFor(
-      'the subjects restored',
-      async () => (await alive()) && (await getJson('rolebinding', `${fullname}-sidecar`, '-n', shopNamespace)).subjects[0].name === `system:serviceaccounts:${shopNamespace}`,
-      { timeoutMs: 60_000 },
-    );
-    // The chart's own binding in the listed namespace is left to Helm.
-    const chartBinding = await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace);
-    expect(chartBinding.metadata.labels['app.kubernetes.io/managed-by']).toBe('Helm');
-    // Unlabelled: the operator deletes its binding, the ServiceAccounts lose the right.
-    await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'label', 'namespace', shopNamespace, 'kstreams.io/inject-']);
-    await waitFor(
-      'the sidecar RoleBinding deleted',
-      async () => (await alive()) && (await kubectl('get', 'rolebinding', `${fullname}-sidecar`, '-n', shopNamespace, '--ignore-not-found', '-o', 'name')).stdout.trim() === '',
-      { timeoutMs: 60_000 },
-    );
-    expect(await canI(['list', 'streampaths.kstreams.io', '-n', shopNamespace], asPodSa(shopNamespace))).toBe('no');
-    expect((await getJson('rolebinding', `${fullname}-sidecar`, '-n', appNamespace)).metadata.uid).toBe(chartBinding.metadata.uid);
+    // The leader publishes where agents find it; the labelled namespaces get no RoleBinding.
+    expect(lease.metadata.annotations['kstreams.io/feed-address']).toMatch(/^127\.0\.0\.1:\d+$/);
+    const feedPort = lines.find((l) => l.msg === 'agent feed listening')!.port as number;
+    expect((await kubectl('get', 'rolebindings', '-n', shopNamespace, '-o', 'name')).stdout.trim()).toBe('');
+    // An agent on the feed, as the chart's operator sees one: its token reviewed (TokenReview), its
+    // StreamPath's program read from the ConfigMap for it (get configmaps).
+    const admin = await KubeRest.create(kubeconfig);
+    try {
+      await admin.request('POST', `/api/v1/namespaces/${shopNamespace}/serviceaccounts`, { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } }).catch(() => undefined);
+      await createPod(admin, shopNamespace, 'fed', { labels: { app: 'fed' }, agentPort: 15090, podIP: '127.0.0.1' });
+      await createStreamPath(admin, shopNamespace, 'programmed', { ...exampleSpec('fed'), transform: { applyTo: 'mirror', ops: [{ program: { configMap: 'progs', key: 'filter.o' } }] } });
+      const agent = new FeedAgent(shopNamespace, 'fed');
+      const ca = Buffer.from(secret.data['ca.crt'], 'base64').toString('utf8');
+      await agent.connect(admin, [`127.0.0.1:${feedPort}`], ca, { serverName: `${fullname}-webhook.${namespace}.svc` });
+      try {
+        await waitFor('the agent configured with its program', async () => (await alive()) && agent.lastConfig?.programs[programKey('progs', 'filter.o')] !== undefined, { timeoutMs: 60_000 });
+        expect(agent.lastConfig?.programs[programKey('progs', 'filter.o')]).toEqual({ error: expect.stringContaining(`ConfigMap ${shopNamespace}/progs does not exist`) });
+      } finally {
+        await agent.stop();
+      }
+      await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'delete', 'streampaths.kstreams.io', 'programmed', '-n', shopNamespace, '--timeout=60s']);
+    } finally {
+      admin.close();
+    }
 
     // A StreamPath's life under the chart's rights: finalizer and status (merge patches), a Warning Event,
     // and on delete the finalizer removed (no pod attached).
@@ -645,10 +628,7 @@ describe('helm install into the real apiserver', () => {
     // Outside the chart's rules: discovery, which every authenticated user may read.
     expect([...new Set(requests.filter((r) => r.resource === '').map((r) => r.uri.split('?')[0]))]).toEqual(['/version']);
     // Granted and used by the code, but not in this run, each for a stated reason (and each must still be granted).
-    const notInThisRun = new Map([
-      [`cluster rbac.authorization.k8s.io/clusterroles/${fullname}-sidecar bind`, 'checked by the apiserver inside the RoleBinding create: no request of its own'],
-      [`cluster rbac.authorization.k8s.io/rolebindings/${fullname}-sidecar get`, 'read back only when a create answers 409 (sidecar-bindings.test.ts)'],
-    ]);
+    const notInThisRun = new Map<string, string>([]);
     expect([...notInThisRun.keys()].filter((k) => !grants.some((g) => grantKey(g) === k))).toEqual([]);
     const unused = grants.filter((g) => !notInThisRun.has(grantKey(g)) && !resourceRequests.some((r) => allows(g, r, namespace)));
     expect(unused.map(grantKey)).toEqual([]);
@@ -679,9 +659,7 @@ describe('helm install into the real apiserver', () => {
       ['serviceaccount', fullname, '-n', namespace],
       ['poddisruptionbudgets.v1beta1.policy', fullname, '-n', namespace],
       ['role', `${fullname}-operator`, '-n', namespace],
-      ['rolebinding', `${fullname}-sidecar`, '-n', appNamespace],
       ['clusterrole', `${fullname}-operator`],
-      ['clusterrole', `${fullname}-sidecar`],
       ['clusterrolebinding', `${fullname}-operator`],
       ['mutatingwebhookconfiguration', `${fullname}-sidecar-injector`],
     ];

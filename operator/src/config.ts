@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { DEFAULT_FEED_PORT } from './api/feed.js';
 import { formatIssues } from './api/streampath.js';
 import { WebhookConfigSchema } from './webhook/config.js';
 
@@ -30,25 +31,30 @@ export const LeaderElectionConfigSchema = z
     message: 'retryPeriodMs must be less than renewDeadlineMs, or the leader cannot renew in time',
   });
 
-/** Names Kubernetes accepts for a RoleBinding or ClusterRole (RFC 1123 subdomain, as `kubectl create` checks). */
-const rbacName = z
-  .string()
-  .min(1)
-  .max(253)
-  .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a lowercase RFC 1123 name (a-z, 0-9, "-", ".")');
-
 /**
- * The injected agents read with their pod's own ServiceAccount: the leader keeps a RoleBinding to the sidecar
- * ClusterRole in every namespace labelled kstreams.io/inject=enabled (never in the excluded ones), and deletes
- * it when the label goes.
+ * The agent feed (docs/adr/0008-agents-get-their-configuration-from-the-operator.md): every replica listens;
+ * the leader serves the agents' streams, the others redirect them to it.
  */
-export const SidecarRbacConfigSchema = z.strictObject({
-  /** Off: nothing is created or deleted, bind the ClusterRole yourself (e.g. the chart's sidecar.rbac.namespaces). */
-  manageBindings: z.boolean().default(true),
-  /** The ClusterRole the RoleBindings grant (the chart's `<fullname>-sidecar`). */
-  clusterRoleName: rbacName.default('kstreams-sidecar'),
-  /** Name of the RoleBinding in each namespace; one of that name not labelled as the operator's is left alone. */
-  bindingName: rbacName.default('kstreams-sidecar'),
+export const FeedConfigSchema = z.strictObject({
+  host: z.string().default('0.0.0.0'),
+  /** HTTP/2 over TLS (the webhook's certificate). 0 picks a free port (tests). */
+  port: z.number().int().min(0).max(65535).default(DEFAULT_FEED_PORT),
+  /** host:port agents are sent to while this replica leads; default POD_IP and port. */
+  advertiseAddress: z.string().min(1).optional(),
+  /** A stream with no frame from its agent for this long is closed (agents report at least every 15 s). */
+  idleTimeoutMs: ms.default(45_000),
+  /** An agent whose stream closed counts as unreachable (AgentUnreachable) only after this long. */
+  disconnectGraceMs: ms.default(10_000),
+  /**
+   * After becoming leader, a StreamPath's status is not written while some pod it selects has not reported
+   * on the feed yet, for at most this long (the agents reconnect to the new leader meanwhile).
+   */
+  warmupMs: ms.default(30_000),
+  /** Transform program ConfigMaps that agents use are read again this often. */
+  programRefreshMs: ms.default(30_000),
+  /** PEM files of the feed's certificate when the webhook is off (out of cluster, tests); else the webhook's. */
+  certFile: z.string().min(1).optional(),
+  keyFile: z.string().min(1).optional(),
 });
 
 export const OperatorConfigSchema = z.strictObject({
@@ -67,15 +73,12 @@ export const OperatorConfigSchema = z.strictObject({
   /** Retry backoff of a failing reconcile. */
   retryInitialMs: ms.default(500),
   retryMaxMs: ms.default(60_000),
-  agent: z
-    .strictObject({
-      /** How often each injected pod's agent is asked for its report. */
-      pollIntervalMs: ms.default(10_000),
-      timeoutMs: ms.default(2_000),
-      /** Agents polled at the same time. */
-      concurrency: z.number().int().min(1).max(256).default(32),
-    })
-    .default({ pollIntervalMs: 10_000, timeoutMs: 2_000, concurrency: 32 }),
+  feed: FeedConfigSchema.prefault({}),
+  /**
+   * At most one status write per StreamPath per this interval, whatever the agents report (counters change
+   * every second): later changes are written together when it has passed.
+   */
+  statusWriteIntervalMs: ms.default(10_000),
   /** How long a deleted StreamPath waits for agents to report it detached before the finalizer goes anyway. */
   detachTimeoutMs: ms.default(60_000),
   /** Shutdown on SIGTERM must finish within this, then the process exits regardless. */
@@ -87,13 +90,12 @@ export const OperatorConfigSchema = z.strictObject({
       port: z.number().int().min(0).max(65535).default(8080),
     })
     .default({ host: '0.0.0.0', port: 8080 }),
-  sidecarRbac: SidecarRbacConfigSchema.prefault({}),
   /** The mutating webhook (served by every replica), validated by the webhook module's own schema. */
   webhook: WebhookConfigSchema.prefault({}),
 });
 
 export type OperatorConfig = z.infer<typeof OperatorConfigSchema>;
-export type SidecarRbacConfig = z.infer<typeof SidecarRbacConfigSchema>;
+export type FeedConfig = z.infer<typeof FeedConfigSchema>;
 export type OperatorConfigInput = z.input<typeof OperatorConfigSchema>;
 
 export class ConfigError extends Error {
@@ -118,13 +120,13 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_RETRY_PERIOD_MS', path: ['leaderElection', 'retryPeriodMs'], type: 'int' },
   { env: 'KSTREAMS_RESYNC_PERIOD_MS', path: ['resyncPeriodMs'], type: 'int' },
   { env: 'KSTREAMS_RECONCILE_CONCURRENCY', path: ['reconcileConcurrency'], type: 'int' },
-  { env: 'KSTREAMS_AGENT_POLL_INTERVAL_MS', path: ['agent', 'pollIntervalMs'], type: 'int' },
-  { env: 'KSTREAMS_AGENT_TIMEOUT_MS', path: ['agent', 'timeoutMs'], type: 'int' },
+  { env: 'KSTREAMS_FEED_PORT', path: ['feed', 'port'], type: 'int' },
+  { env: 'KSTREAMS_FEED_CERT_FILE', path: ['feed', 'certFile'], type: 'string' },
+  { env: 'KSTREAMS_FEED_KEY_FILE', path: ['feed', 'keyFile'], type: 'string' },
+  { env: 'KSTREAMS_STATUS_WRITE_INTERVAL_MS', path: ['statusWriteIntervalMs'], type: 'int' },
   { env: 'KSTREAMS_DETACH_TIMEOUT_MS', path: ['detachTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_SHUTDOWN_TIMEOUT_MS', path: ['shutdownTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_METRICS_PORT', path: ['server', 'port'], type: 'int' },
-  { env: 'KSTREAMS_MANAGE_SIDECAR_BINDINGS', path: ['sidecarRbac', 'manageBindings'], type: 'bool' },
-  { env: 'KSTREAMS_SIDECAR_CLUSTER_ROLE', path: ['sidecarRbac', 'clusterRoleName'], type: 'string' },
   { env: 'KSTREAMS_WEBHOOK_ENABLED', path: ['webhook', 'enabled'], type: 'bool' },
   { env: 'KSTREAMS_WEBHOOK_PORT', path: ['webhook', 'port'], type: 'int' },
   { env: 'KSTREAMS_WEBHOOK_URL', path: ['webhook', 'url'], type: 'string' },

@@ -1,14 +1,19 @@
-// One operator replica: the webhook and the health/metrics server run on every replica; the controller
-// (informers, queue, reconciles, agent polling) runs only while this replica holds the leader Lease.
+// One operator replica: the webhook, the agent feed's server and the health/metrics server run on every
+// replica; the controller (informers, queue, reconciles, the agents' streams) runs only while this replica
+// holds the leader Lease. The others redirect agents to the leader's address, published on the Lease.
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import type { Clock } from './clock.js';
 import type { OperatorConfig } from './config.js';
 import { Controller } from './controller/controller.js';
-import type { AgentFetcher } from './controller/agents.js';
 import { Backoff } from './kube/backoff.js';
 import { Informer, InformerLifecycle } from './kube/informer.js';
 import { sameSlimNamespace, slimNamespace, type SlimNamespace } from './kube/objects.js';
+import { FEED_ADDRESS_ANNOTATION } from './api/feed.js';
+import { FeedAuthError, reviewAgentToken } from './feed/auth.js';
+import { startFeedServer, type RunningFeedServer } from './feed/server.js';
+import type { TlsSource } from './webhook/tls-source.js';
 import { CountingTransport, KubeRest, type KubeTransport } from './kube/rest.js';
 import { LeaderElector } from './leader/election.js';
 import { createMetrics, type OperatorMetrics } from './observability/metrics.js';
@@ -23,7 +28,8 @@ export interface OperatorDeps {
   /** Defaults to a KubeRest built from config.kubeconfig. */
   rest?: KubeRest;
   registry?: Registry;
-  agentFetcher?: AgentFetcher;
+  /** TLS of the agent feed when the webhook is off (tests); with the webhook on, its certificate is used. */
+  feedTls?: TlsSource;
 }
 
 export interface RunningOperator {
@@ -31,6 +37,10 @@ export interface RunningOperator {
   transport: CountingTransport;
   healthPort: number;
   webhook: RunningWebhook | undefined;
+  /** The agent feed's server; undefined without TLS (webhook off and no feedTls). */
+  feed: RunningFeedServer | undefined;
+  /** host:port this replica publishes for agents while it leads. */
+  feedAddress: string | undefined;
   isLeader(): boolean;
   /** The running controller while leading (tests and benchmarks look into its caches). */
   controller(): Controller | undefined;
@@ -49,7 +59,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   let stopping: Promise<void> | undefined;
   let shuttingDown = false;
   const startController = (leaderSignal?: AbortSignal) => {
-    const c = new Controller({ config, transport: transport as KubeTransport, clock, log, metrics, agentFetcher: d.agentFetcher });
+    const c = new Controller({ config, transport: transport as KubeTransport, clock, log, metrics });
     controller = c;
     metrics.leader.set(1);
     metrics.leaderTransitions.inc({ event: 'started' });
@@ -93,18 +103,77 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   const webhookNodes =
     config.webhook.enabled && config.webhook.sidecar.nativeSidecar === 'auto' ? webhookCache<SlimNode>('nodes', slimNode, sameSlimNode) : undefined;
   const stopCaches = () => Promise.all([webhookNamespaces?.stop(), webhookNodes?.stop()]);
+  let feedAddress: string | undefined;
+  let feed: RunningFeedServer | undefined;
+  const feedServiceName = `${config.webhook.serviceName}.${config.webhook.namespace}.svc`;
   let webhook: RunningWebhook | undefined;
   try {
     webhook = config.webhook.enabled
-      ? await startWebhook({ config: config.webhook, kube: rest.kubeConfig, logger: log.child({ component: 'webhook' }), registry, namespaces: webhookNamespaces, nodes: webhookNodes })
+      ? await startWebhook({
+          config: config.webhook,
+          kube: rest.kubeConfig,
+          logger: log.child({ component: 'webhook' }),
+          registry,
+          namespaces: webhookNamespaces,
+          nodes: webhookNodes,
+          // Where injected agents find the operator: this replica first (no DNS or kube-proxy needed), then
+          // the Service; the TLS name to check is the Service's, which the serving cert carries.
+          feed: () => (feed && feedAddress ? { addresses: [feedAddress, `${feedServiceName}:${feed.port}`], serverName: feedServiceName } : undefined),
+        })
       : undefined;
   } catch (err) {
     await stopCaches();
     throw err;
   }
 
-  const electionAbort = new AbortController();
   let elector: LeaderElector | undefined;
+  const certFile = config.feed.certFile;
+  const keyFile = config.feed.keyFile;
+  const fileTls: TlsSource | undefined =
+    certFile && keyFile
+      ? {
+          start: async () => ({ certPem: readFileSync(certFile, 'utf8'), keyPem: readFileSync(keyFile, 'utf8') }),
+          onChange: () => {},
+          stop: async () => {},
+        }
+      : undefined;
+  const feedTls = webhook?.tls ?? d.feedTls ?? fileTls;
+  if (feedTls) {
+    const pem = webhook ? webhook.servingPem() : await feedTls.start();
+    feed = await startFeedServer({
+      host: config.feed.host,
+      port: config.feed.port,
+      tls: pem,
+      log: log.child({ component: 'feed' }),
+      idleTimeoutMs: config.feed.idleTimeoutMs,
+      onStream: (outcome) => metrics.feedStreams.inc({ outcome }),
+      backend: {
+        leaderAddress: () => {
+          if (controller) return undefined;
+          const seen = elector?.observedLeader();
+          return seen?.identity ? (seen.annotations[FEED_ADDRESS_ANNOTATION] ?? null) : null;
+        },
+        authenticate: (token) => reviewAgentToken(transport, token),
+        attach: (identity, conn) => {
+          const c = controller;
+          if (!c) throw new FeedAuthError(503, 'this replica stopped leading; reconnect');
+          const handlers = c.feed.attach(identity, conn);
+          metrics.feedConnected.set(c.feed.connected);
+          return {
+            frame: handlers.frame,
+            closed: () => {
+              handlers.closed();
+              metrics.feedConnected.set(c.feed.connected);
+            },
+          };
+        },
+      },
+    });
+    feedTls.onChange((next) => feed?.setTls(next));
+    feedAddress = config.feed.advertiseAddress ?? `${config.webhook.shutdown.podIP ?? '127.0.0.1'}:${feed.port}`;
+  }
+
+  const electionAbort = new AbortController();
   let election: Promise<void> | undefined;
   if (config.leaderElection.enabled) {
     const le = config.leaderElection;
@@ -118,6 +187,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       leaseDurationMs: le.leaseDurationMs,
       renewDeadlineMs: le.renewDeadlineMs,
       retryPeriodMs: le.retryPeriodMs,
+      ...(feedAddress ? { annotations: { [FEED_ADDRESS_ANNOTATION]: feedAddress } } : {}),
       onStartedLeading: (signal) => startController(signal),
       onStoppedLeading: () => stopController(),
       onNewLeader: (holder) => log.info({ leader: holder }, 'leader observed'),
@@ -141,6 +211,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   } catch (err) {
     electionAbort.abort();
     await election;
+    await feed?.close();
     await webhook?.close();
     await stopCaches();
     throw err;
@@ -151,6 +222,8 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     transport,
     healthPort: health.port,
     webhook,
+    feed,
+    feedAddress,
     isLeader: () => controller !== undefined,
     controller: () => controller,
     async shutdown() {
@@ -163,6 +236,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       await stopController();
       electionAbort.abort();
       await election;
+      await feed?.close();
       const outcome = await drained;
       if (outcome) log.info({ outcome }, 'webhook drained');
       await webhook?.close();

@@ -204,11 +204,11 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "leaderElection" (dict "enabled" true "leaseName" (printf "%s-operator" (include "kstreams.fullname" .)) "leaseDurationMs" $v.operator.leaderElection.leaseDurationMs "renewDeadlineMs" $v.operator.leaderElection.renewDeadlineMs "retryPeriodMs" $v.operator.leaderElection.retryPeriodMs)
   "resyncPeriodMs" $v.operator.resyncPeriodMs
   "reconcileConcurrency" $v.operator.reconcileConcurrency
-  "agent" $v.operator.agent
+  "statusWriteIntervalMs" $v.operator.statusWriteIntervalMs
+  "feed" (dict "port" $v.operator.feed.port "disconnectGraceMs" $v.operator.feed.disconnectGraceMs "warmupMs" $v.operator.feed.warmupMs)
   "detachTimeoutMs" $v.operator.detachTimeoutMs
   "shutdownTimeoutMs" $v.operator.shutdownTimeoutMs
   "server" (dict "host" "0.0.0.0" "port" $v.operator.metricsPort)
-  "sidecarRbac" (dict "manageBindings" $v.sidecar.rbac.manageBindings "clusterRoleName" (include "kstreams.sidecarRoleName" .) "bindingName" (include "kstreams.sidecarRoleName" .))
   "webhook" $webhook }}
 {{- toYaml $config }}
 {{- end }}

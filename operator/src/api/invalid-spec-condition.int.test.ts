@@ -30,7 +30,7 @@ describe('the operator on StreamPaths only zod refuses', () => {
       logLevel: 'warn',
       leaderElection: { enabled: false },
       resyncPeriodMs: 600_000,
-      agent: { pollIntervalMs: 300, timeoutMs: 1000, concurrency: 8 },
+      statusWriteIntervalMs: 200,
       detachTimeoutMs: 3_000,
       server: { host: '127.0.0.1', port: 0 },
       webhook: { enabled: false },

@@ -7,8 +7,9 @@ import { parseConfig } from '../config.js';
 import { KubeRest } from '../kube/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { streamPathPath } from './reconciler.js';
+import { FeedAgent } from '../testing/feed-agent.js';
+import { StaticTls } from '../webhook/testing/static-tls.js';
 import {
-  FakeAgent,
   condition,
   createNamespace,
   createPod,
@@ -25,11 +26,13 @@ const kubeconfig = inject('kubeconfig');
 describe('the operator against a real apiserver', () => {
   let kube: KubeRest;
   let op: RunningOperator;
-  const agents: FakeAgent[] = [];
+  let tls: StaticTls;
+  const agents: FeedAgent[] = [];
 
   beforeAll(async () => {
     kube = await KubeRest.create(kubeconfig);
     await installCrd(kube);
+    tls = await StaticTls.create(['kstreams-webhook.kstreams-system.svc', '127.0.0.1']);
     const config = parseConfig({
       identity: 'int-test',
       namespace: 'kstreams-system',
@@ -37,12 +40,13 @@ describe('the operator against a real apiserver', () => {
       logLevel: 'warn',
       leaderElection: { enabled: false },
       resyncPeriodMs: 600_000,
-      agent: { pollIntervalMs: 300, timeoutMs: 1000, concurrency: 8 },
+      statusWriteIntervalMs: 200,
+      feed: { host: '127.0.0.1', port: 0, warmupMs: 1_000 },
       detachTimeoutMs: 3_000,
       server: { host: '127.0.0.1', port: 0 },
       webhook: { enabled: false },
     });
-    op = await startOperator({ config, log: pino({ level: 'warn' }), clock: systemClock });
+    op = await startOperator({ config, log: pino({ level: 'warn' }), clock: systemClock, feedTls: tls });
     await eventually('caches synced', async () => op.controller()?.synced);
   });
 
@@ -52,12 +56,13 @@ describe('the operator against a real apiserver', () => {
     kube?.close();
   });
 
-  async function newAgent(ns: string, pod: string): Promise<FakeAgent> {
-    const a = new FakeAgent(ns, pod);
-    await a.start();
+  /** An agent on the feed for a pod that exists (its token is bound to the pod). */
+  async function newAgent(ns: string, pod: string): Promise<FeedAgent> {
+    const a = new FeedAgent(ns, pod);
     agents.push(a);
     return a;
   }
+  const connect = (a: FeedAgent) => a.connect(kube, [`127.0.0.1:${op.feed!.port}`], tls.caPem);
 
   it('walks NoPodsMatched -> PodsNotInjected -> Ready with counters, and follows edits', async () => {
     const ns = freshName('op-status');
@@ -84,7 +89,8 @@ describe('the operator against a real apiserver', () => {
     await kube.request('PATCH', `/api/v1/namespaces/${ns}/pods/plain`, { body: { metadata: { labels: { app: 'other' } } }, patch: 'merge' });
     const agent = await newAgent(ns, 'injected');
     agent.attach('shadow', 1);
-    await createPod(kube, ns, 'injected', { labels: { app: 'checkout' }, agentPort: agent.port, podIP: '127.0.0.1' });
+    await createPod(kube, ns, 'injected', { labels: { app: 'checkout' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await connect(agent);
     const ready = await eventually('Ready', async () => {
       const sp = await getStreamPath(kube, ns, 'shadow');
       return condition(sp, 'Ready')?.status === 'True' ? sp : undefined;
@@ -153,13 +159,14 @@ describe('the operator against a real apiserver', () => {
     await createNamespace(kube, ns);
     const agent = await newAgent(ns, 'p');
     agent.attach('quiet', 1);
-    await createPod(kube, ns, 'p', { labels: { app: 'quiet' }, agentPort: agent.port, podIP: '127.0.0.1' });
+    await createPod(kube, ns, 'p', { labels: { app: 'quiet' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await connect(agent);
     await createStreamPath(kube, ns, 'quiet', exampleSpec('quiet'));
     await eventually('Ready', async () => condition(await getStreamPath(kube, ns, 'quiet'), 'Ready')?.status === 'True');
     const controller = op.controller()!;
-    // Several agent polls pass without change; then reconcile again on purpose, fully (memo forgotten).
-    const polls = agent.requests;
-    await eventually('two more agent polls', async () => agent.requests >= polls + 2);
+    // Several report checks pass without change; then reconcile again on purpose, fully (memo forgotten).
+    const polls = agent.reportsBuilt;
+    await eventually('two more report checks', async () => agent.reportsBuilt >= polls + 2);
     await controller.queue.idle();
     const writes = op.transport.writes;
     // prom-client hands out its live label objects: copy the numbers now.
@@ -183,7 +190,8 @@ describe('the operator against a real apiserver', () => {
     await createNamespace(kube, ns);
     const agent = await newAgent(ns, 'p');
     agent.attach('gone', 1);
-    await createPod(kube, ns, 'p', { labels: { app: 'gone' }, agentPort: agent.port, podIP: '127.0.0.1' });
+    await createPod(kube, ns, 'p', { labels: { app: 'gone' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await connect(agent);
     await createStreamPath(kube, ns, 'gone', exampleSpec('gone'));
     await eventually('Ready', async () => condition(await getStreamPath(kube, ns, 'gone'), 'Ready')?.status === 'True');
 
@@ -191,8 +199,9 @@ describe('the operator against a real apiserver', () => {
     const deleting = await getStreamPath(kube, ns, 'gone');
     expect(deleting?.metadata.deletionTimestamp).toBeDefined();
     // The agent still reports it attached: the object must stay.
-    const polls = agent.requests;
-    await eventually('two more agent polls', async () => agent.requests >= polls + 2);
+    const polls = agent.reportsBuilt;
+    await eventually('two more report checks', async () => agent.reportsBuilt >= polls + 2);
+    await op.controller()!.queue.idle();
     expect(await getStreamPath(kube, ns, 'gone')).toBeDefined();
     agent.detach('gone');
     await eventually('StreamPath gone', async () => (await getStreamPath(kube, ns, 'gone')) === undefined);
@@ -203,7 +212,8 @@ describe('the operator against a real apiserver', () => {
     await createNamespace(kube, ns);
     const agent = await newAgent(ns, 'p');
     agent.attach('stuck', 1);
-    await createPod(kube, ns, 'p', { labels: { app: 'stuck' }, agentPort: agent.port, podIP: '127.0.0.1' });
+    await createPod(kube, ns, 'p', { labels: { app: 'stuck' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await connect(agent);
     await createStreamPath(kube, ns, 'stuck', exampleSpec('stuck'));
     await eventually('Ready', async () => condition(await getStreamPath(kube, ns, 'stuck'), 'Ready')?.status === 'True');
     const t0 = Date.now();

@@ -1,7 +1,7 @@
 // The leader's machinery: three informers (StreamPaths, Pods, Namespaces) feed one reconcile queue; the
-// agent poller feeds it too. Pod and Namespace events are mapped to the StreamPaths that select them.
-// With sidecarRbac.manageBindings, a fourth informer (the sidecar RoleBindings, by name) and the Namespaces
-// feed a second queue keyed by namespace that keeps the sidecars' RoleBinding in each opted-in namespace.
+// agents' reports on the feed feed it too. Pod and Namespace events are mapped to the StreamPaths that
+// select them. Two more informers (Services, Endpoints) and the program ConfigMaps feed the agents'
+// configurations (feed/hub.ts), which follow every change of what they are computed from.
 import type { Logger } from 'pino';
 import { GROUP, PLURAL, VERSION } from '../api/streampath.js';
 import type { Clock } from '../clock.js';
@@ -12,11 +12,12 @@ import { Informer, InformerLifecycle } from '../kube/informer.js';
 import { podKey, sameSlimNamespace, sameSlimPod, selectorMatches, slimNamespace, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import type { KubeTransport } from '../kube/rest.js';
 import type { OperatorMetrics } from '../observability/metrics.js';
-import { AgentPoller, httpAgentFetcher, type AgentFetcher } from './agents.js';
+import { FeedHub } from '../feed/hub.js';
+import { ProgramCache } from '../feed/programs.js';
+import { sameJson, slimEndpoints, slimService, type SlimEndpoints, type SlimService } from '../feed/resolve.js';
 import { WorkQueue } from './queue.js';
 import { Reconciler, type StreamPathObject } from './reconciler.js';
 import { sidecarContainer } from '../webhook/patch.js';
-import { bindingSettings, sameSlimRoleBinding, SidecarBindingReconciler, slimRoleBinding, type SlimRoleBinding } from './sidecar-bindings.js';
 
 export interface ControllerDeps {
   config: OperatorConfig;
@@ -25,7 +26,6 @@ export interface ControllerDeps {
   log: Logger;
   metrics: OperatorMetrics;
   random?: () => number;
-  agentFetcher?: AgentFetcher;
 }
 
 function spKey(sp: { metadata: { namespace: string; name: string } }): string {
@@ -43,20 +43,19 @@ export class Controller {
   readonly streamPaths: Informer<StreamPathObject>;
   readonly pods: Informer<SlimPod>;
   readonly namespaces: Informer<SlimNamespace>;
+  readonly services: Informer<SlimService>;
+  readonly endpoints: Informer<SlimEndpoints>;
   readonly queue: WorkQueue;
-  readonly agents: AgentPoller;
+  /** The agents' streams: their configurations out, their reports in. */
+  readonly feed: FeedHub;
+  readonly programs: ProgramCache;
   readonly reconciler: Reconciler;
-  /** The sidecar RoleBindings named sidecarRbac.bindingName in every namespace; undefined when not managed. */
-  readonly roleBindings: Informer<SlimRoleBinding> | undefined;
-  /** Keyed by namespace name; undefined when sidecarRbac.manageBindings is off. */
-  readonly bindingQueue: WorkQueue | undefined;
-  readonly bindingReconciler: SidecarBindingReconciler | undefined;
   /** namespace -> pod name -> pod, so a reconcile looks only at its own namespace. */
   private readonly podsByNamespace = new Map<string, Map<string, SlimPod>>();
   /** namespace -> StreamPath keys, to map pod events to StreamPaths. */
   private readonly spByNamespace = new Map<string, Set<string>>();
   private readonly abort = new AbortController();
-  private pollerLoop: Promise<void> | undefined;
+  private timers: NodeJS.Timeout[] = [];
   private started = false;
   /** When the caches synced and reconciles began (the warm-up for the first agent reports counts from here). */
   private reconcilingSince: number | undefined;
@@ -115,14 +114,48 @@ export class Controller {
       onLifecycle: lifecycle('namespaces'),
     });
 
-    this.agents = new AgentPoller({
+    const nsName = (o: { namespace: string; name: string }) => `${o.namespace}/${o.name}`;
+    this.services = new Informer<SlimService>({
+      name: 'services',
+      transport,
+      path: '/api/v1/services',
+      transform: slimService,
+      key: nsName,
+      equal: sameJson,
       clock,
-      intervalMs: config.agent.pollIntervalMs,
-      timeoutMs: config.agent.timeoutMs,
-      concurrency: config.agent.concurrency,
-      fetch: d.agentFetcher ?? httpAgentFetcher,
-      onChange: (pod) => this.enqueueForPod(pod),
-      onPoll: (outcome) => metrics.agentPolls.inc({ outcome }),
+      backoff: informerBackoff(),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: lifecycle('services'),
+    });
+    this.endpoints = new Informer<SlimEndpoints>({
+      name: 'endpoints',
+      transport,
+      path: '/api/v1/endpoints',
+      transform: slimEndpoints,
+      key: nsName,
+      equal: sameJson,
+      clock,
+      backoff: informerBackoff(),
+      resyncPeriodMs: config.resyncPeriodMs,
+      onLifecycle: lifecycle('endpoints'),
+    });
+    this.programs = new ProgramCache({
+      transport,
+      log,
+      onChange: (ns, name) => this.feed.configMapChanged(ns, name),
+    });
+    this.feed = new FeedHub({
+      clock,
+      log: log.child({ component: 'feed' }),
+      getPod: (key) => this.pods.get(key),
+      streamPathsIn: (ns) => this.streamPathsIn(ns),
+      getService: (ns, name) => this.services.get(`${ns}/${name}`),
+      getEndpoints: (ns, name) => this.endpoints.get(`${ns}/${name}`),
+      programs: this.programs,
+      onObservation: (pod) => this.enqueueForPod(pod),
+      disconnectGraceMs: config.feed.disconnectGraceMs,
+      onConfigSent: () => metrics.feedFrames.inc({ frame: 'config' }),
+      onReport: () => metrics.feedFrames.inc({ frame: 'report' }),
     });
 
     const events = new EventRecorder({
@@ -143,15 +176,16 @@ export class Controller {
       storeStreamPath: (obj) => this.storeWritten(obj),
       podsInNamespace: (ns) => this.podsByNamespace.get(ns)?.values() ?? [],
       getNamespace: (name) => this.namespaces.get(name),
-      observe: (pod) => this.agents.observe(pod),
+      observe: (pod) => this.feed.observe(pod),
       detachTimeoutMs: config.detachTimeoutMs,
       // Native or not, the sidecar's securityContext is the same: that is what Pod Security judges.
       sidecar: sidecarContainer(config.webhook.sidecar, false),
-      detachRecheckMs: Math.min(config.agent.pollIntervalMs, 5_000),
+      detachRecheckMs: 1_000,
       onStatusWrite: () => metrics.statusWrites.inc(),
       onResult: (result) => metrics.reconcileTotal.inc({ result }),
-      // A new leader (or a restarted one) first hears every selected agent once, at most for two poll rounds.
-      warmingUp: () => this.reconcilingSince === undefined || clock.now() - this.reconcilingSince < 2 * (config.agent.pollIntervalMs + config.agent.timeoutMs),
+      statusWriteIntervalMs: config.statusWriteIntervalMs,
+      // A new leader (or a restarted one) first hears every selected agent once, for at most feed.warmupMs.
+      warmingUp: () => this.reconcilingSince === undefined || clock.now() - this.reconcilingSince < config.feed.warmupMs,
     });
 
     this.queue = new WorkQueue({
@@ -179,57 +213,14 @@ export class Controller {
       onDepth: (depth) => metrics.queueDepth.set(depth),
     });
 
-    if (config.sidecarRbac.manageBindings) {
-      const settings = bindingSettings(config.sidecarRbac, config.namespace, [config.webhook.namespace, ...config.webhook.excludedNamespaces]);
-      this.roleBindings = new Informer<SlimRoleBinding>({
-        name: 'rolebindings',
-        transport,
-        path: '/apis/rbac.authorization.k8s.io/v1/rolebindings',
-        // By name, so the operator's RBAC can be limited to that name (resourceNames) for get, list and watch.
-        fieldSelector: `metadata.name=${settings.bindingName}`,
-        transform: slimRoleBinding,
-        key: (rb) => rb.namespace,
-        equal: sameSlimRoleBinding,
-        clock,
-        backoff: informerBackoff(),
-        resyncPeriodMs: config.resyncPeriodMs,
-        onLifecycle: lifecycle('rolebindings'),
-      });
-      const roleBindings = this.roleBindings;
-      this.bindingReconciler = new SidecarBindingReconciler({
-        transport,
-        log: log.child({ component: 'sidecar-rbac' }),
-        settings,
-        getNamespace: (name) => this.namespaces.get(name),
-        getBinding: (ns) => roleBindings.get(ns),
-        storeBinding: (ns, rb) => (rb ? roleBindings.upsertLocal(rb) : roleBindings.deleteLocal(ns)),
-        onWrite: (action) => metrics.sidecarBindingWrites.inc({ action }),
-        onResult: (result) => metrics.sidecarBindingReconciles.inc({ result }),
-      });
-      const bindingReconciler = this.bindingReconciler;
-      this.bindingQueue = new WorkQueue({
-        concurrency: config.reconcileConcurrency,
-        clock,
-        retryInitialMs: config.retryInitialMs,
-        retryMaxMs: config.retryMaxMs,
-        random: d.random,
-        process: (ns, signal) => bindingReconciler.reconcile(ns, signal),
-        onError: (ns, err, retryInMs) => {
-          metrics.sidecarBindingErrors.inc();
-          log.warn({ namespace: ns, err, retryInMs }, 'sidecar RoleBinding reconcile failed, retrying with backoff');
-        },
-      });
-    }
-
     this.wireHandlers();
   }
 
-  /** Every namespace the operator knows of, or holds a sidecar RoleBinding in, goes through the binding queue. */
-  resyncSidecarBindings(): void {
-    const q = this.bindingQueue;
-    if (!q) return;
-    for (const ns of this.namespaces.list()) q.add(ns.name);
-    for (const rb of this.roleBindings?.list() ?? []) q.add(rb.namespace);
+  private *streamPathsIn(namespace: string): Iterable<StreamPathObject> {
+    for (const key of this.spByNamespace.get(namespace) ?? []) {
+      const sp = this.streamPaths.get(key);
+      if (sp) yield sp;
+    }
   }
 
   private wireHandlers(): void {
@@ -237,11 +228,19 @@ export class Controller {
       add: (sp) => {
         this.indexStreamPath(sp, true);
         this.enqueue(spKey(sp));
+        this.feed.streamPathsChanged(sp.metadata.namespace);
       },
-      update: (_old, sp) => this.enqueue(spKey(sp)),
+      update: (old, sp) => {
+        this.enqueue(spKey(sp));
+        // Status writes come back as updates too: only a spec, generation or deletion is news for the agents.
+        if (old.metadata.generation !== sp.metadata.generation || old.metadata.deletionTimestamp !== sp.metadata.deletionTimestamp || old.metadata.uid !== sp.metadata.uid) {
+          this.feed.streamPathsChanged(sp.metadata.namespace);
+        }
+      },
       delete: (sp) => {
         this.indexStreamPath(sp, false);
         this.reconciler.forget(spKey(sp));
+        this.feed.streamPathsChanged(sp.metadata.namespace);
       },
       resync: () => {
         this.reconciler.forgetAll();
@@ -251,17 +250,17 @@ export class Controller {
     this.pods.on({
       add: (pod) => {
         this.indexPod(pod, true);
-        this.agents.update(pod);
+        this.feed.podChanged(pod);
         this.enqueueForPod(pod);
       },
       update: (old, pod) => {
         this.indexPod(pod, true);
-        this.agents.update(pod);
+        this.feed.podChanged(pod);
         this.enqueueForPod(pod, old);
       },
       delete: (pod) => {
         this.indexPod(pod, false);
-        this.agents.remove(pod);
+        this.feed.podDeleted(pod);
         this.enqueueForPod(pod);
       },
     });
@@ -270,13 +269,9 @@ export class Controller {
     };
     this.namespaces.on({ add: nsChanged, update: (_o, ns) => nsChanged(ns), delete: nsChanged });
 
-    const bindingQueue = this.bindingQueue;
-    if (bindingQueue && this.roleBindings) {
-      const nsKey = (ns: SlimNamespace) => bindingQueue.add(ns.name);
-      this.namespaces.on({ add: nsKey, update: (_o, ns) => nsKey(ns), delete: nsKey, resync: () => this.resyncSidecarBindings() });
-      const rbKey = (rb: SlimRoleBinding) => bindingQueue.add(rb.namespace);
-      this.roleBindings.on({ add: rbKey, update: (_o, rb) => rbKey(rb), delete: rbKey });
-    }
+    const svcChanged = (o: { namespace: string; name: string }) => this.feed.serviceChanged(o.namespace, o.name);
+    this.services.on({ add: svcChanged, update: (_o, x) => svcChanged(x), delete: svcChanged });
+    this.endpoints.on({ add: svcChanged, update: (_o, x) => svcChanged(x), delete: svcChanged });
   }
 
   private storeWritten(obj: StreamPathObject): void {
@@ -325,19 +320,23 @@ export class Controller {
     this.queue.add(key);
   }
 
-  /** Starts the informers and the agent poller; reconciles begin once every cache holds a full list. */
+  /** Starts the informers; reconciles and agent configurations begin once every cache holds a full list. */
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
     this.queue.pause();
-    this.bindingQueue?.pause();
     this.namespaces.start();
-    this.roleBindings?.start();
     this.pods.start();
     this.streamPaths.start();
-    this.pollerLoop = this.agents.run(this.abort.signal);
+    this.services.start();
+    this.endpoints.start();
+    // One timer each for all agents: disconnected agents turn unreachable after the grace; program
+    // ConfigMaps in use are read again.
+    this.timers.push(setInterval(() => this.feed.sweep(), 1_000));
+    this.timers.push(setInterval(() => void this.programs.refresh(this.feed.configMapsInUse()), this.d.config.feed.programRefreshMs));
+    for (const t of this.timers) t.unref();
     await Promise.race([
-      Promise.all([this.namespaces.whenSynced(), this.pods.whenSynced(), this.streamPaths.whenSynced(), this.roleBindings?.whenSynced()]),
+      Promise.all([this.namespaces.whenSynced(), this.pods.whenSynced(), this.streamPaths.whenSynced(), this.services.whenSynced(), this.endpoints.whenSynced()]),
       new Promise<void>((resolve) => this.abort.signal.addEventListener('abort', () => resolve(), { once: true })),
     ]);
     if (this.abort.signal.aborted) return;
@@ -346,19 +345,20 @@ export class Controller {
       'caches synced, reconciling',
     );
     this.reconcilingSince = this.d.clock.now();
+    this.feed.setSynced();
     this.queue.resume();
-    this.bindingQueue?.resume();
   }
 
   get synced(): boolean {
-    return this.streamPaths.synced && this.pods.synced && this.namespaces.synced && (this.roleBindings?.synced ?? true);
+    return this.streamPaths.synced && this.pods.synced && this.namespaces.synced && this.services.synced && this.endpoints.synced;
   }
 
   /** Stops at once: no reconcile starts and in-flight ones see their signal aborted before any write. */
   async stop(): Promise<void> {
     this.abort.abort();
-    await Promise.all([this.queue.stop(), this.bindingQueue?.stop()]);
-    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop(), this.roleBindings?.stop()]);
-    await this.pollerLoop?.catch(() => {});
+    for (const t of this.timers) clearInterval(t);
+    this.feed.stop();
+    await this.queue.stop();
+    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop(), this.services.stop(), this.endpoints.stop()]);
   }
 }

@@ -1,43 +1,47 @@
 // A leader change must be invisible in StreamPath status: real operator processes against the real
-// apiserver, agents played by HTTP servers of this test that answer like the sidecar agent, slowly (600 ms,
-// an agent on a busy node), so a new leader that computed status before hearing them would show it.
-// Killing the leader (SIGKILL, no release) must cause no Ready transition, no counter going backwards and no
-// second Attached Event; a StreamPath deleted across a leader change keeps its finalizer until the agents
-// report it detached.
+// apiserver, agents on the feed played by the sidecar's real feed client in this test (their counters grow
+// with every report, as live traffic makes them). The agents are redirected to the leader; when it dies
+// they lose their stream and find the new leader themselves, which hears nothing from them meanwhile.
+// Killing the leader (SIGKILL, no release) must cause no Ready transition, no counter going backwards and
+// no second Attached Event; a StreamPath deleted across a leader change keeps its finalizer until the
+// agents report it detached.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { AgentReport } from '../api/agent.js';
 import { KubeRest, isStatus } from '../kube/rest.js';
+import { FeedAgent } from '../testing/feed-agent.js';
 import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
+import { StaticTls } from '../webhook/testing/static-tls.js';
 import { streamPathPath } from './reconciler.js';
 
 const kubeconfig = inject('kubeconfig');
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const LEASE_MS = 3_000;
-const AGENT_DELAY_MS = 600;
 
-/** Answers GET /v1/report after a delay; its counters grow with every answer, as live traffic makes them. */
-class SlowAgent {
-  attached = true;
-  answers = 0;
-  private server: Server | undefined;
-  port = 0;
-  constructor(
-    private readonly namespace: string,
-    private readonly pod: string,
-  ) {}
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
 
-  report(): AgentReport {
-    const n = 10 + this.answers;
+/** Counters that grow with every report the agent builds. */
+function growing(namespace: string, pod: string, attached: () => boolean): (r: AgentReport) => AgentReport {
+  let answers = 0;
+  return () => {
+    const n = 10 + answers++;
     return {
-      pod: { namespace: this.namespace, name: this.pod },
+      pod: { namespace, name: pod },
       ready: true,
-      streamPaths: this.attached
+      streamPaths: attached()
         ? [
             {
               name: 'shadow',
@@ -52,28 +56,7 @@ class SlowAgent {
           ]
         : [],
     };
-  }
-
-  async start(): Promise<void> {
-    this.server = createServer((req, res) => {
-      if (req.url !== '/v1/report') return void res.writeHead(404).end();
-      const t = setTimeout(() => {
-        this.answers++;
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.report()));
-      }, AGENT_DELAY_MS);
-      res.on('close', () => clearTimeout(t));
-    });
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
-    this.port = (this.server.address() as AddressInfo).port;
-  }
-
-  async stop(): Promise<void> {
-    await new Promise<void>((r) => {
-      if (!this.server) return r();
-      this.server.close(() => r());
-      this.server.closeAllConnections();
-    });
-  }
+  };
 }
 
 interface Replica {
@@ -83,7 +66,9 @@ interface Replica {
   exit: Promise<unknown>;
 }
 
-function startReplica(identity: string, namespace: string): Replica {
+let certDir: string;
+
+function startReplica(identity: string, namespace: string, feedPort: number): Replica {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
     cwd: REPO,
     env: {
@@ -95,10 +80,11 @@ function startReplica(identity: string, namespace: string): Replica {
       KSTREAMS_RENEW_DEADLINE_MS: '2000',
       KSTREAMS_RETRY_PERIOD_MS: '300',
       KSTREAMS_WEBHOOK_ENABLED: 'false',
-      KSTREAMS_MANAGE_SIDECAR_BINDINGS: 'false',
       KSTREAMS_METRICS_PORT: '0',
-      KSTREAMS_AGENT_POLL_INTERVAL_MS: '1000',
-      KSTREAMS_AGENT_TIMEOUT_MS: '2000',
+      KSTREAMS_FEED_PORT: String(feedPort),
+      KSTREAMS_FEED_CERT_FILE: join(certDir, 'tls.crt'),
+      KSTREAMS_FEED_KEY_FILE: join(certDir, 'tls.key'),
+      KSTREAMS_STATUS_WRITE_INTERVAL_MS: '500',
       KSTREAMS_DETACH_TIMEOUT_MS: '60000',
       KSTREAMS_LOG_LEVEL: 'info',
     },
@@ -118,11 +104,16 @@ function startReplica(identity: string, namespace: string): Replica {
 describe('status across leader changes', () => {
   let kube: KubeRest;
   const replicas: Replica[] = [];
-  const agents: SlowAgent[] = [];
+  const agents: FeedAgent[] = [];
+  let tls: StaticTls;
 
   beforeAll(async () => {
     kube = await KubeRest.create(kubeconfig);
     await installCrd(kube);
+    tls = await StaticTls.create(['kstreams-webhook.kstreams-system.svc', '127.0.0.1']);
+    certDir = mkdtempSync(join(tmpdir(), 'kstreams-failover-'));
+    writeFileSync(join(certDir, 'tls.crt'), tls.pem.certPem);
+    writeFileSync(join(certDir, 'tls.key'), tls.pem.keyPem);
   });
 
   afterAll(async () => {
@@ -132,6 +123,7 @@ describe('status across leader changes', () => {
     }
     await Promise.all(agents.map((a) => a.stop()));
     kube?.close();
+    if (certDir) rmSync(certDir, { recursive: true, force: true });
   });
 
   it('a killed leader: no Ready transition, no counter backwards, one Attached Event; a delete across a change waits for the agents', async () => {
@@ -139,11 +131,14 @@ describe('status across leader changes', () => {
     const ns = freshName('ksh3-sp');
     await createNamespace(kube, opNs);
     await createNamespace(kube, ns);
+    const ports = [await freePort(), await freePort(), await freePort()];
+    const addresses = ports.map((p) => `127.0.0.1:${p}`);
+    let attached = true;
     for (const name of ['p1', 'p2']) {
-      const agent = new SlowAgent(ns, name);
-      await agent.start();
+      await createPod(kube, ns, name, { labels: { app: 'checkout' }, agentPort: 15090, podIP: '127.0.0.1' });
+      const agent = new FeedAgent(ns, name);
+      agent.onReport = growing(ns, name, () => attached);
       agents.push(agent);
-      await createPod(kube, ns, name, { labels: { app: 'checkout' }, agentPort: agent.port, podIP: '127.0.0.1' });
     }
     await createStreamPath(kube, ns, 'shadow', exampleSpec('checkout'));
     const leasePath = `/apis/coordination.k8s.io/v1/namespaces/${opNs}/leases/kstreams-operator`;
@@ -160,7 +155,9 @@ describe('status across leader changes', () => {
       return list.items.filter((e) => e.involvedObject.name === 'shadow');
     };
 
-    replicas.push(startReplica('ksh3-a', opNs), startReplica('ksh3-b', opNs));
+    replicas.push(startReplica('ksh3-a', opNs, ports[0]!), startReplica('ksh3-b', opNs, ports[1]!));
+    // Every agent knows every replica; whichever it reaches sends it to the leader.
+    for (const a of agents) await a.connect(kube, addresses, tls.caPem);
     await eventually('Ready with both pods attached', async () => {
       const sp = await getStreamPath(kube, ns, 'shadow');
       return condition(sp, 'Ready')?.status === 'True' && sp?.status?.podsAttached === 2;
@@ -205,9 +202,9 @@ describe('status across leader changes', () => {
     expect(events.filter((e) => e.type === 'Warning')).toEqual([]);
 
     // A delete across a leader change: the finalizer stays until the agents say detached.
-    const third = startReplica('ksh3-c', opNs);
+    const third = startReplica('ksh3-c', opNs, ports[2]!);
     replicas.push(third);
-    await eventually('the third replica to stand by', async () => third.lines.some((l) => l.msg === 'kstreams operator running'), 20_000);
+    await eventually('the third replica to stand by', async () => third.lines.some((l) => l.msg === 'kstreams operator running'), 40_000);
     follower.child.kill('SIGKILL');
     await follower.exit;
     await kube.request('DELETE', streamPathPath(ns, 'shadow'));
@@ -218,7 +215,7 @@ describe('status across leader changes', () => {
     const held = await getStreamPath(kube, ns, 'shadow');
     expect(held?.metadata.deletionTimestamp).toBeDefined();
     expect(held?.metadata.finalizers).toContain('kstreams.io/detach');
-    for (const a of agents) a.attached = false;
+    attached = false;
     await eventually('the StreamPath to go once the agents detached', async () => (await getStreamPath(kube, ns, 'shadow')) === undefined, 15_000);
     console.log(`[failover-status] deleted across a leader change: finalizer removed ${Date.now() - syncedAt} ms after the new leader synced, once the agents reported detached`);
   });

@@ -51,8 +51,14 @@ export interface ReconcilerDeps {
   sidecar?: Record<string, unknown>;
   /** While waiting for agents to detach, look again this often. */
   detachRecheckMs: number;
-  onStatusWrite?: () => void;
-  onResult?: (result: 'changed' | 'unchanged' | 'skipped' | 'waiting') => void;
+  /** A status write went out (key: namespace/name). */
+  onStatusWrite?: (key: string) => void;
+  onResult?: (result: 'changed' | 'unchanged' | 'skipped' | 'waiting' | 'deferred') => void;
+  /**
+   * At most one status write per StreamPath per this many ms: a change within it is written when it has
+   * passed (the reconcile is requeued for then), together with whatever changed meanwhile. 0: no bound.
+   */
+  statusWriteIntervalMs?: number;
   /**
    * True while this operator has only just started leading: a StreamPath's status is then not written (nor
    * its Events emitted) until every pod it selects has been polled once, so the status stored by the previous
@@ -64,6 +70,8 @@ export interface ReconcilerDeps {
 export class Reconciler {
   /** Inputs of the last successful reconcile per key: equal inputs mean nothing to do. */
   private readonly memo = new Map<string, string>();
+  /** Clock time of the last status write per key, for the write bound (kept across resyncs). */
+  private readonly lastWrite = new Map<string, number>();
 
   constructor(private readonly d: ReconcilerDeps) {}
 
@@ -74,6 +82,7 @@ export class Reconciler {
 
   forget(key: string): void {
     this.memo.delete(key);
+    this.lastWrite.delete(key);
   }
 
   async reconcile(key: string, signal: AbortSignal): Promise<ProcessResult | void> {
@@ -133,6 +142,14 @@ export class Reconciler {
       this.d.onResult?.('unchanged');
       return;
     }
+    const interval = this.d.statusWriteIntervalMs ?? 0;
+    const last = this.lastWrite.get(key);
+    const now = this.d.clock.now();
+    if (interval > 0 && last !== undefined && now - last < interval) {
+      // Written less than an interval ago: this change (and any that follows) goes out when it has passed.
+      this.d.onResult?.('deferred');
+      return { requeueAfterMs: last + interval - now };
+    }
     if (signal.aborted) throw new AbortError('leadership lost: status not written');
     let written: StreamPathObject;
     try {
@@ -144,7 +161,8 @@ export class Reconciler {
       if (isStatus(err, 404)) return; // deleted meanwhile: the delete event ends it
       throw err;
     }
-    this.d.onStatusWrite?.();
+    this.lastWrite.set(key, this.d.clock.now());
+    this.d.onStatusWrite?.(key);
     const ready = status.conditions?.find((c) => c.type === CONDITION_READY);
     this.d.log.info({ streamPath: key, generation, ready: ready?.status, reason: ready?.reason, podsSelected: status.podsSelected, podsAttached: status.podsAttached }, 'status written');
     this.d.storeStreamPath(written);

@@ -18,6 +18,14 @@ export interface SlimPod {
   /** phase Succeeded or Failed: its containers have ended for good (a Job's pod, an evicted pod) and its
    *  agent with them. Such a pod is neither selected, nor polled, nor waited on to detach. */
   terminated?: boolean;
+  /** What bounds its agent's drain at shutdown (sent to the agent on the feed). */
+  termination?: PodTermination;
+}
+
+export interface PodTermination {
+  deletionTimestamp?: string;
+  deletionGracePeriodSeconds?: number;
+  terminationGracePeriodSeconds?: number;
 }
 
 export interface SlimNamespace {
@@ -34,6 +42,7 @@ interface RawMeta {
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
   deletionTimestamp?: string;
+  deletionGracePeriodSeconds?: number;
 }
 
 export function slimPod(raw: Record<string, unknown>): SlimPod {
@@ -53,6 +62,13 @@ export function slimPod(raw: Record<string, unknown>): SlimPod {
     deleting: meta.deletionTimestamp !== undefined,
   };
   if (status.podIP) pod.podIP = status.podIP;
+  const grace = ((raw.spec ?? {}) as { terminationGracePeriodSeconds?: unknown }).terminationGracePeriodSeconds;
+  const termination: PodTermination = {
+    ...(meta.deletionTimestamp !== undefined ? { deletionTimestamp: meta.deletionTimestamp } : {}),
+    ...(typeof meta.deletionGracePeriodSeconds === 'number' ? { deletionGracePeriodSeconds: meta.deletionGracePeriodSeconds } : {}),
+    ...(typeof grace === 'number' ? { terminationGracePeriodSeconds: grace } : {}),
+  };
+  if (Object.keys(termination).length > 0) pod.termination = termination;
   if (status.phase === 'Succeeded' || status.phase === 'Failed') pod.terminated = true;
   return pod;
 }

@@ -28,6 +28,8 @@ export interface LeaderElectionOptions {
   /** Called when leadership is lost or released; must stop every leader-only activity. */
   onStoppedLeading: () => void;
   onNewLeader?: (identity: string) => void;
+  /** Written on the Lease whenever this replica acquires or renews it (e.g. where agents find the leader). */
+  annotations?: Record<string, string>;
   /** Monotonic milliseconds for every duration (default performance.now()); clock.now() only writes timestamps. */
   monotonic?: () => number;
 }
@@ -130,6 +132,17 @@ export class LeaderElector {
     this.o.onStoppedLeading();
   }
 
+  /**
+   * The holder of the Lease as last seen and its annotations; identity '' when nobody holds it, or when the
+   * holder has not renewed for its lease duration (it is gone; a successor is about to take over).
+   */
+  observedLeader(): { identity: string; annotations: Record<string, string> } {
+    const spec = this.lease?.spec;
+    const durationMs = (spec?.leaseDurationSeconds ?? Math.ceil(this.o.leaseDurationMs / 1000)) * 1000;
+    const alive = this.observedAt + durationMs > this.mono();
+    return { identity: alive ? (spec?.holderIdentity ?? '') : '', annotations: { ...this.lease?.metadata?.annotations } };
+  }
+
   private observe(lease: V1Lease): void {
     const spec = lease.spec ?? {};
     const record = `${spec.holderIdentity ?? ''}|${String(spec.renewTime ?? '')}|${spec.leaseDurationSeconds ?? ''}`;
@@ -158,7 +171,7 @@ export class LeaderElector {
       const fresh: V1Lease = {
         apiVersion: 'coordination.k8s.io/v1',
         kind: 'Lease',
-        metadata: { name: this.o.name, namespace: this.o.namespace },
+        metadata: { name: this.o.name, namespace: this.o.namespace, ...(this.o.annotations ? { annotations: { ...this.o.annotations } } : {}) },
         spec: {
           holderIdentity: identity,
           leaseDurationSeconds: durationSeconds,
@@ -186,6 +199,7 @@ export class LeaderElector {
 
     const updated: V1Lease = {
       ...existing,
+      ...(this.o.annotations ? { metadata: { ...existing.metadata, annotations: { ...existing.metadata?.annotations, ...this.o.annotations } } } : {}),
       spec: {
         ...spec,
         holderIdentity: identity,

@@ -16,11 +16,10 @@ export interface OperatorMetrics {
   leaderTransitions: Counter<'event'>;
   statusWrites: Counter;
   apiRequests: Counter<'verb' | 'outcome'>;
-  agentPolls: Counter<'outcome'>;
   eventsEmitted: Counter<'type'>;
-  sidecarBindingWrites: Counter<'action'>;
-  sidecarBindingErrors: Counter;
-  sidecarBindingReconciles: Counter<'result'>;
+  feedStreams: Counter<'outcome'>;
+  feedFrames: Counter<'frame'>;
+  feedConnected: Gauge;
   recordLifecycle(resource: string, event: InformerLifecycle): void;
 }
 
@@ -65,25 +64,15 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     leaderTransitions: new Counter({ name: 'kstreams_operator_leader_transitions_total', help: 'Leadership gained or lost by this replica', labelNames: ['event'] as const, registers }),
     statusWrites: new Counter({ name: 'kstreams_operator_status_writes_total', help: 'StreamPath status patches sent', registers }),
     apiRequests: new Counter({ name: 'kstreams_operator_api_requests_total', help: 'Requests to the apiserver (watches excluded)', labelNames: ['verb', 'outcome'] as const, registers }),
-    agentPolls: new Counter({ name: 'kstreams_operator_agent_polls_total', help: 'Agent report polls by outcome', labelNames: ['outcome'] as const, registers }),
     eventsEmitted: new Counter({ name: 'kstreams_operator_events_total', help: 'Kubernetes Events created', labelNames: ['type'] as const, registers }),
-    sidecarBindingWrites: new Counter({
-      name: 'kstreams_operator_sidecar_rolebinding_writes_total',
-      help: 'Writes to the sidecar RoleBindings of opted-in namespaces (create, update, delete)',
-      labelNames: ['action'] as const,
+    feedStreams: new Counter({
+      name: 'kstreams_operator_feed_streams_total',
+      help: 'Agent streams opened on the feed, by outcome (served by the leader, redirected to it, refused)',
+      labelNames: ['outcome'] as const,
       registers,
     }),
-    sidecarBindingErrors: new Counter({
-      name: 'kstreams_operator_sidecar_rolebinding_errors_total',
-      help: 'Sidecar RoleBinding reconciles that failed and were retried with backoff',
-      registers,
-    }),
-    sidecarBindingReconciles: new Counter({
-      name: 'kstreams_operator_sidecar_rolebinding_reconciles_total',
-      help: 'Sidecar RoleBinding reconciles by plan: create, update, recreate, delete, or why nothing was done (up-to-date, not-enabled, excluded, foreign, namespace-gone)',
-      labelNames: ['result'] as const,
-      registers,
-    }),
+    feedFrames: new Counter({ name: 'kstreams_operator_feed_frames_total', help: 'Feed frames: configs sent to agents, reports received', labelNames: ['frame'] as const, registers }),
+    feedConnected: new Gauge({ name: 'kstreams_operator_feed_agents', help: 'Agents connected to this replica on the feed (the leader)', registers }),
     recordLifecycle(resource, event) {
       informerEvents.inc({ resource, event });
       // A list's reason is what ended the watch before it; a list after nothing else is a retry of one

@@ -1,12 +1,10 @@
 // Helpers for the operator's integration tests and bench against the real apiserver: CRD install,
-// fresh namespaces, pods that can exist without a controller-manager, and a fake-but-real agent.
+// fresh namespaces, pods that can exist without a controller-manager (agents on the feed: testing/feed-agent.ts).
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, type AgentReport } from '../api/agent.js';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION } from '../api/agent.js';
 import { API_VERSION, KIND, type StreamPathSpecInput } from '../api/streampath.js';
 import { streamPathPath, type StreamPathObject } from '../controller/reconciler.js';
 import { isStatus, type KubeTransport } from '../kube/rest.js';
@@ -108,53 +106,4 @@ export function condition(sp: StreamPathObject | undefined, type: string) {
 
 export function exampleSpec(app: string, port = 8080): StreamPathSpecInput {
   return { selector: { matchLabels: { app } }, port, mirror: { targets: [{ address: '127.0.0.1:9' }] } };
-}
-
-/** A real HTTP server that answers GET /v1/report like the sidecar agent, with a report the test edits. */
-export class FakeAgent {
-  report: AgentReport;
-  requests = 0;
-  private server: Server | undefined;
-  port = 0;
-
-  constructor(namespace: string, pod: string) {
-    this.report = { pod: { namespace, name: pod }, ready: true, streamPaths: [] };
-  }
-
-  async start(): Promise<void> {
-    this.server = createServer((req, res) => {
-      this.requests++;
-      if (req.url !== '/v1/report') return void res.writeHead(404).end();
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.report));
-    });
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', () => r()));
-    this.port = (this.server.address() as AddressInfo).port;
-  }
-
-  attach(name: string, generation: number, counters: Partial<AgentReport['streamPaths'][number]> = {}): void {
-    this.report.streamPaths = this.report.streamPaths.filter((s) => s.name !== name);
-    this.report.streamPaths.push({
-      name,
-      generation,
-      attached: true,
-      connections: 3,
-      bytesPrimary: 3000,
-      bytesMirrored: 2500,
-      bytesDropped: 500,
-      targets: [{ name: '127.0.0.1:9', connectionsMirrored: 3, connectionsCut: 1, connectFailures: 0, bytesMirrored: 2500, bytesDropped: 500 }],
-      ...counters,
-    });
-  }
-
-  detach(name: string): void {
-    this.report.streamPaths = this.report.streamPaths.filter((s) => s.name !== name);
-  }
-
-  async stop(): Promise<void> {
-    await new Promise<void>((r) => {
-      if (!this.server) return r();
-      this.server.close(() => r());
-      this.server.closeAllConnections();
-    });
-  }
 }

@@ -262,3 +262,36 @@ describe('server version', () => {
     expect(useNativeSidecar('never', V130)).toBe(false);
   });
 });
+
+describe('computePodPatch with the agent feed', () => {
+  const feed = { addresses: ['10.244.0.3:9444', 'kstreams-webhook.kstreams-system.svc:9444'], serverName: 'kstreams-webhook.kstreams-system.svc', caPem: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' };
+
+  it('tells the sidecar where the operator is and what to trust, and mounts a pod-bound token for the feed audience', () => {
+    const pod = { ...appPod(), spec: { ...appPod().spec, volumes: [{ name: 'data', emptyDir: {} }] } };
+    const first = computePodPatch(pod, shop, config, V120, feed);
+    const patched = applyJsonPatch(pod, first.patch) as Pod & { spec: { volumes: Array<Record<string, any>> } };
+    const sidecar = patched.spec.containers!.find((c) => c.name === SIDECAR_CONTAINER_NAME) as Record<string, any>;
+    const env = Object.fromEntries((sidecar.env as Array<{ name: string; value?: string }>).map((e) => [e.name, e.value]));
+    expect(env).toMatchObject({
+      KSTREAMS_OPERATOR_ADDRESSES: '10.244.0.3:9444,kstreams-webhook.kstreams-system.svc:9444',
+      KSTREAMS_OPERATOR_SERVER_NAME: 'kstreams-webhook.kstreams-system.svc',
+      KSTREAMS_OPERATOR_CA: feed.caPem,
+      KSTREAMS_FEED_TOKEN_FILE: '/var/run/secrets/kstreams.io/feed/token',
+    });
+    expect(sidecar.volumeMounts).toEqual([{ name: 'kstreams-feed-token', mountPath: '/var/run/secrets/kstreams.io/feed', readOnly: true }]);
+    expect(patched.spec.volumes).toEqual([
+      { name: 'data', emptyDir: {} },
+      { name: 'kstreams-feed-token', projected: { sources: [{ serviceAccountToken: { audience: 'kstreams.io/agent-feed', expirationSeconds: 3600, path: 'token' } }] } },
+    ]);
+    // Level-triggered: the injected pod gets nothing more, not a second volume.
+    expect(computePodPatch(patched, shop, config, V120, feed)).toEqual({ patch: [], reason: 'already-injected' });
+  });
+
+  it('creates the volumes list when the pod has none; leaves feed settings out when the feed is not serving yet', () => {
+    const withFeed = applyJsonPatch(appPod(), computePodPatch(appPod(), shop, config, V120, feed).patch) as { spec: { volumes?: unknown[] } };
+    expect(withFeed.spec.volumes).toHaveLength(1);
+    const without = applyJsonPatch(appPod(), computePodPatch(appPod(), shop, config, V120).patch) as { spec: { volumes?: unknown[]; containers: Array<Record<string, any>> } };
+    expect(without.spec.volumes).toBeUndefined();
+    expect(without.spec.containers[0]!.volumeMounts).toBeUndefined();
+  });
+});

@@ -11,6 +11,7 @@ import {
   SIDECAR_CONTAINER_NAME,
 } from '../api/agent.js';
 import type { SidecarConfig, WebhookConfig } from './config.js';
+import { feedEnv, feedVolume, feedVolumeMount, type FeedInjection } from './feed-injection.js';
 
 /** Value of the injected annotation: bumped when the shape of the injected sidecar changes. */
 export const INJECTOR_VERSION = '1';
@@ -90,7 +91,7 @@ export const DEFAULT_CONTAINER_ANNOTATION = 'kubectl.kubernetes.io/default-conta
  * runAsUser 0 is needed because capabilities granted by the runtime land in the effective set only for
  * uid 0 (a non-root process gets them only as ambient capabilities, which Kubernetes cannot request).
  */
-export function sidecarContainer(sidecar: SidecarConfig, native: boolean): Obj {
+export function sidecarContainer(sidecar: SidecarConfig, native: boolean, feed?: FeedInjection): Obj {
   const port = sidecar.agentPort;
   const httpGet = (path: string) => ({ path, port, scheme: 'HTTP' });
   const fieldEnv = (name: string, fieldPath: string) => ({ name, valueFrom: { fieldRef: { fieldPath } } });
@@ -116,7 +117,9 @@ export function sidecarContainer(sidecar: SidecarConfig, native: boolean): Obj {
       fieldEnv('POD_UID', 'metadata.uid'),
       fieldEnv('POD_IP', 'status.podIP'),
       { name: 'KSTREAMS_AGENT_PORT', value: String(port) },
+      ...(feed ? feedEnv(feed) : []),
     ],
+    ...(feed ? { volumeMounts: [feedVolumeMount] } : {}),
     resources: structuredClone(sidecar.resources),
     securityContext,
     readinessProbe: { httpGet: httpGet('/readyz'), periodSeconds: 2, failureThreshold: 3, timeoutSeconds: 1 },
@@ -156,6 +159,7 @@ export function computePodPatch(
   namespace: NamespaceInfo,
   config: Pick<WebhookConfig, 'namespace' | 'excludedNamespaces' | 'sidecar'>,
   serverVersion?: ServerVersion,
+  feed?: FeedInjection,
 ): PatchResult {
   const none = (reason: PatchReason): PatchResult => ({ patch: [], reason });
   if (ALWAYS_EXCLUDED_NAMESPACES.includes(namespace.name as (typeof ALWAYS_EXCLUDED_NAMESPACES)[number]))
@@ -179,7 +183,9 @@ export function computePodPatch(
   const present =
     hasContainerNamed(spec.containers, SIDECAR_CONTAINER_NAME) || hasContainerNamed(spec.initContainers, SIDECAR_CONTAINER_NAME);
   if (!present) {
-    const sidecar = sidecarContainer(config.sidecar, native);
+    const sidecar = sidecarContainer(config.sidecar, native, feed);
+    if (feed && spec.volumes !== undefined && !Array.isArray(spec.volumes)) return none('invalid-pod');
+    if (feed) patch.push(spec.volumes === undefined ? { op: 'add', path: '/spec/volumes', value: [feedVolume] } : { op: 'add', path: '/spec/volumes/-', value: feedVolume });
     if (native) {
       // First, so that later init containers and the app start after the data plane is attached.
       if (spec.initContainers === undefined) patch.push({ op: 'add', path: '/spec/initContainers', value: [sidecar] });

@@ -36,6 +36,8 @@ export interface StartWebhookOptions {
    * apiserver's version decides alone.
    */
   nodes?: { list(): Iterable<SlimNode>; readonly synced: boolean };
+  /** Where injected agents reach the operator's feed (undefined: not serving yet; pods get no feed settings). */
+  feed?: () => { addresses: string[]; serverName: string } | undefined;
 }
 
 export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborted';
@@ -43,6 +45,8 @@ export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborte
 export interface RunningWebhook {
   port: number;
   tls: TlsSource;
+  /** The certificate served now (the agent feed serves the same one). */
+  servingPem(): CertKeyPem;
   /**
    * Keeps serving until the webhook Service's Endpoints no longer list this pod (plus a grace for the
    * apiserver to notice), bounded by shutdown.drainTimeoutMs. Call it once the replica reports not ready.
@@ -156,6 +160,12 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   };
   setExpiry(pem);
 
+  let serving = pem;
+  const feedSettings = () => {
+    const f = opts.feed?.();
+    const caPem = tls.trustPem?.();
+    return f && caPem ? { ...f, caPem } : undefined;
+  };
   // The pod is injected even where Pod Security forbids the sidecar: the apiserver then rejects it with an
   // error that names the kstreams-sidecar container, which the user sees (or the ReplicaSet's FailedCreate
   // Event shows), instead of a pod that runs unmirrored without a word (docs/webhook.md, Pod Security).
@@ -170,7 +180,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       lastNative = mode.native;
       log.info({ nativeSidecar: mode.native, why: mode.why }, 'sidecar mode for new pods changed');
     }
-    const result = computePodPatch(pod, { name: namespace }, mode.native ? forced.always : forced.never, version);
+    const result = computePodPatch(pod, { name: namespace }, mode.native ? forced.always : forced.never, version, feedSettings());
     const ns = result.reason === 'injected' ? opts.namespaces?.get(namespace) : undefined;
     if (!ns) return result;
     const warnings = sidecarPodSecurity(ns.labels, sidecarShape).map((v) => describeVerdict(namespace, v, true));
@@ -314,6 +324,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   tls.onChange((next) => {
     try {
       server.setSecureContext({ key: next.keyPem, cert: next.certPem, minVersion: 'TLSv1.2' });
+      serving = next;
       setExpiry(next);
       log.info('webhook TLS context reloaded');
     } catch (e) {
@@ -392,6 +403,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
   return {
     port,
     tls,
+    servingPem: () => serving,
     drain(signal) {
       draining ??= drainOnce(signal);
       return draining;

@@ -52,6 +52,8 @@ export interface TlsSource {
   /** Called with every new cert/key after start(). */
   onChange(listener: (pem: CertKeyPem) => void): void;
   stop(): Promise<void>;
+  /** The CA certificates (PEM) a client of the served cert should trust; undefined when not known here. */
+  trustPem?(): string | undefined;
 }
 
 /** setTimeout takes at most 2^31-1 ms; longer waits are re-checked at the resync anyway. */
@@ -88,6 +90,7 @@ export class SelfManagedTls implements TlsSource {
   private readonly sans: string[];
   private listeners: Array<(pem: CertKeyPem) => void> = [];
   private served: CertKeyPem | undefined;
+  private trust: string | undefined;
   private timer: unknown;
   private watchAbort: AbortController | undefined;
   private stopped = false;
@@ -295,7 +298,12 @@ export class SelfManagedTls implements TlsSource {
     }
   }
 
+  trustPem(): string | undefined {
+    return this.trust;
+  }
+
   private serve(bundle: TlsBundle): void {
+    this.trust = caBundlePem(bundle);
     if (this.served && this.served.certPem === bundle.serving.certPem && this.served.keyPem === bundle.serving.keyPem) return;
     const first = this.served === undefined;
     this.served = { ...bundle.serving };
@@ -399,6 +407,7 @@ export class SelfManagedTls implements TlsSource {
 export class MountedTls implements TlsSource {
   private listeners: Array<(pem: CertKeyPem) => void> = [];
   private current: CertKeyPem | undefined;
+  private ca: string | undefined;
   private timer: unknown;
   private stopped = false;
 
@@ -410,8 +419,14 @@ export class MountedTls implements TlsSource {
     this.listeners.push(listener);
   }
 
+  trustPem(): string | undefined {
+    return this.ca;
+  }
+
   private async read(): Promise<CertKeyPem> {
     const { certDir, certFile, keyFile } = this.opts.tls;
+    // cert-manager writes the issuing CA as ca.crt into the same Secret; agents of the feed trust it.
+    this.ca = await readFile(join(certDir, 'ca.crt'), 'utf8').catch(() => this.ca);
     const [certPem, keyPem] = await Promise.all([readFile(join(certDir, certFile), 'utf8'), readFile(join(certDir, keyFile), 'utf8')]);
     return { certPem, keyPem };
   }

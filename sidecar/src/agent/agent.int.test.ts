@@ -1,10 +1,16 @@
-// The real agent as a child process against a real kube-apiserver and the real kernel: a Pod object (it
-// stays Pending, there is no kubelet) stands for the pod, a network namespace we made stands for its
-// network, and the agent programs that namespace (KSTREAMS_NETNS). Every step is checked where a user
-// would look: traffic at the servers, /v1/report, /metrics, and bpftool for links left on the namespace.
+// The real agent as a child process, fed by a real operator against a real kube-apiserver, on the real
+// kernel: a Pod object (it stays Pending, there is no kubelet) stands for the pod, a network namespace we
+// made stands for its network, and the agent programs that namespace (KSTREAMS_NETNS). The agent has no
+// kubeconfig at all: everything it knows comes from the operator's feed, authenticated by a token the
+// apiserver bound to the pod. Every step is checked where a user would look: traffic at the servers,
+// /v1/report, /metrics, and bpftool for links left on the namespace.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { statSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from '@kubernetes/client-node';
@@ -14,7 +20,13 @@ import { AgentReportSchema, type AgentReport } from '../../../operator/src/api/a
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../../../operator/src/api/streampath.js';
 import { HttpServer, nodeScript, repoRoot, startScene, waitFor, type Scene } from '../demo/scenario.js';
 import { KeepAlive } from '../dataplane/keep-alive-client.js';
-import { serviceResolver } from './resolver.js';
+import { INJECTED_ANNOTATION } from '../../../operator/src/api/agent.js';
+import { systemClock } from '../../../operator/src/clock.js';
+import { parseConfig } from '../../../operator/src/config.js';
+import { KubeRest } from '../../../operator/src/kube/rest.js';
+import { startOperator, type RunningOperator } from '../../../operator/src/operator.js';
+import { podToken } from '../../../operator/src/testing/feed-agent.js';
+import { StaticTls } from '../../../operator/src/webhook/testing/static-tls.js';
 
 const crdFile = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
 const kubectlBin = `${process.env['KSTREAMS_K8S_BIN'] ?? DEFAULT_BIN_DIR}/kubectl`;
@@ -73,6 +85,14 @@ class AgentProcess {
   }
 }
 
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const p = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}
+
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
   return { status: res.status, body: await res.text() };
@@ -96,8 +116,13 @@ async function reportUntil(port: number, what: string, pred: (r: AgentReport) =>
   }
 }
 
-describe('the agent against a real apiserver and kernel', () => {
+describe('the agent fed by the operator, on a real apiserver and kernel', () => {
   let kc: KubeConfig;
+  let kube: KubeRest;
+  let op: RunningOperator | undefined;
+  let startOp: () => Promise<RunningOperator>;
+  let feedPort: number;
+  let tokenDir: string;
   let core: CoreV1Api;
   let custom: CustomObjectsApi;
   let scene: Scene;
@@ -142,13 +167,37 @@ describe('the agent against a real apiserver and kernel', () => {
     // Without kube-controller-manager nobody creates the default ServiceAccount; the pod admission needs it.
     await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'default' } } });
     const pod: V1Pod = {
-      metadata: { name: 'checkout-0', namespace, labels: { app: 'checkout' } },
+      metadata: { name: 'checkout-0', namespace, labels: { app: 'checkout' }, annotations: { [INJECTED_ANNOTATION]: 'test' } },
       spec: {
         automountServiceAccountToken: false,
         containers: [{ name: 'app', image: 'kstreams-test/none:0', imagePullPolicy: 'Never' }],
       },
     };
     await core.createNamespacedPod({ namespace, body: pod });
+
+    // The operator, with its feed on a free port of loopback (the webhook is off: the test sets what it would inject).
+    kube = await KubeRest.create(inject('kubeconfig'));
+    const serverName = 'kstreams-webhook.kstreams-system.svc';
+    const tls = await StaticTls.create([serverName, '127.0.0.1']);
+    feedPort = await freePort();
+    startOp = () => startOperator({
+      config: parseConfig({
+        identity: 'agent-int-operator',
+        kubeconfig: inject('kubeconfig'),
+        logLevel: 'warn',
+        leaderElection: { enabled: false },
+        statusWriteIntervalMs: 500,
+        server: { host: '127.0.0.1', port: 0 },
+        webhook: { enabled: false },
+        feed: { host: '127.0.0.1', port: feedPort },
+      }),
+      log: pino({ level: 'warn' }),
+      clock: systemClock,
+      feedTls: tls,
+    });
+    op = await startOp();
+    tokenDir = mkdtempSync(join(tmpdir(), 'kstreams-agent-int-'));
+    writeFileSync(join(tokenDir, 'token'), await podToken(kube, namespace, 'checkout-0'));
 
     scene = await startScene(PORT);
     secondTarget = await HttpServer.start(scene.staging, 'staging-2', SECOND_TARGET_PORT);
@@ -161,7 +210,9 @@ describe('the agent against a real apiserver and kernel', () => {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: {
           ...process.env,
-          KUBECONFIG: inject('kubeconfig'),
+          // No API access: a kubeconfig that does not exist and no in-cluster variables.
+          KUBECONFIG: '/nonexistent/kubeconfig',
+          KUBERNETES_SERVICE_HOST: '',
           POD_NAME: 'checkout-0',
           POD_NAMESPACE: namespace,
           KSTREAMS_NETNS: scene.app.path,
@@ -169,6 +220,10 @@ describe('the agent against a real apiserver and kernel', () => {
           KSTREAMS_AGENT_BIND: '127.0.0.1',
           KSTREAMS_STATS_INTERVAL_SECONDS: '1',
           KSTREAMS_LOG_LEVEL: 'debug',
+          KSTREAMS_OPERATOR_ADDRESSES: `127.0.0.1:${feedPort}`,
+          KSTREAMS_OPERATOR_SERVER_NAME: serverName,
+          KSTREAMS_OPERATOR_CA: tls.caPem,
+          KSTREAMS_FEED_TOKEN_FILE: join(tokenDir, 'token'),
         },
       }),
     );
@@ -178,9 +233,12 @@ describe('the agent against a real apiserver and kernel', () => {
   afterAll(async () => {
     await agent?.kill();
     await scene?.destroy();
+    await op?.shutdown();
+    kube?.close();
+    if (tokenDir) rmSync(tokenDir, { recursive: true, force: true });
   });
 
-  it('serves /healthz at once and /readyz after the first sync and the kernel probe', async () => {
+  it('serves /healthz at once and /readyz after the first configuration from the operator and the kernel probe', async () => {
     expect((await get(port, '/healthz')).status).toBe(200);
     const deadline = Date.now() + 30_000;
     for (let r = await get(port, '/readyz'); r.status !== 200; r = await get(port, '/readyz')) {
@@ -224,7 +282,7 @@ describe('the agent against a real apiserver and kernel', () => {
     expect(metrics.body).toContain(`kstreams_mirrored_bytes_total{streampath="shadow"} ${appBytes}`);
     expect(metrics.body).toContain(`kstreams_target_mirrored_bytes_total{streampath="shadow",target="staging"} ${appBytes}`);
     expect(metrics.body).toContain('kstreams_agent_streampath_attached{streampath="shadow"} 1');
-    expect(metrics.body).toMatch(/kstreams_agent_watch_events_total\{resource="streampaths",event="added"\} [1-9]/);
+    expect(metrics.body).toMatch(/kstreams_agent_feed_events_total\{event="config"\} [1-9]/);
     expect(metrics.body).toMatch(/^process_cpu_seconds_total \d/m);
     expect(metrics.body).toMatch(/^kstreams_connections_total\{streampath="shadow"\} [1-9]/m);
   });
@@ -248,6 +306,22 @@ describe('the agent against a real apiserver and kernel', () => {
     expect(agent.child.pid).toBe(pid);
     expect(agent.logs.filter((l) => l['msg'] === 'agent listening')).toHaveLength(1);
     expect(skLookupLinks(scene.app.path)).toHaveLength(1);
+  });
+
+  it('fail-static: with the operator gone it keeps mirroring, and it takes edits again once the operator is back', async () => {
+    await op!.shutdown();
+    op = undefined;
+    await waitFor('the agent to notice', () => agent.logs.find((l) => String(l['msg']).startsWith('operator feed closed')), 20_000);
+    const before = secondTarget.requests().length;
+    expect(await scene.curl('/operator-away')).toBe(200);
+    await waitFor('the mirror to go on without the operator', () => secondTarget.requests().length === before + 1, 20_000);
+    expect(entry(await report(port), 'shadow')).toMatchObject({ attached: true, generation: 2 });
+    expect((await get(port, '/readyz')).status).toBe(200);
+    op = await startOp();
+    await createStreamPath(streamPath('after-return', [{ name: 'staging', address: staging() }], undefined, { port: 9998 }));
+    await reportUntil(port, 'an edit made after the operator came back', (x) => entry(x, 'after-return')?.attached === true, 40_000);
+    await deleteStreamPath('after-return');
+    await reportUntil(port, 'after-return gone', (x) => entry(x, 'after-return') === undefined);
   });
 
   it('gives a second StreamPath on the same port a PortConflict and leaves the first running', async () => {
@@ -336,49 +410,5 @@ describe('the agent against a real apiserver and kernel', () => {
     expect(await conn.ended()).toBe('ECONNRESET');
     expect(skLookupLinks(scene.app.path)).toEqual([]);
     expect(await scene.curl('/after-exit')).toBe(200);
-  });
-});
-
-describe('Service targets resolved through a real apiserver', () => {
-  const ns = `${namespace}-svc`;
-  let core: CoreV1Api;
-
-  beforeAll(async () => {
-    const kc = new KubeConfig();
-    kc.loadFromFile(inject('kubeconfig'));
-    core = kc.makeApiClient(CoreV1Api);
-    await core.createNamespace({ body: { metadata: { name: ns } } });
-    await core.createNamespacedService({
-      namespace: ns,
-      body: { metadata: { name: 'staging' }, spec: { ports: [{ name: 'http', port: 8080, targetPort: 80 }] } },
-    });
-    await core.createNamespacedService({
-      namespace: ns,
-      body: { metadata: { name: 'headless' }, spec: { clusterIP: 'None', ports: [{ name: 'http', port: 8080, targetPort: 80 }] } },
-    });
-    await core.createNamespacedEndpoints({
-      namespace: ns,
-      body: {
-        metadata: { name: 'headless' },
-        subsets: [{ addresses: [{ ip: '10.213.250.9' }], ports: [{ name: 'http', port: 80 }] }],
-      },
-    });
-  });
-
-  it('resolves a ClusterIP Service to its ClusterIP and port', async () => {
-    const svc = await core.readNamespacedService({ name: 'staging', namespace: ns });
-    const resolve = serviceResolver(core, ns);
-    expect(await resolve({ service: { name: 'staging', port: 8080 } })).toEqual({ host: svc.spec!.clusterIP, port: 8080 });
-  });
-
-  it('resolves a headless Service to a ready endpoint and the target port', async () => {
-    const resolve = serviceResolver(core, 'elsewhere');
-    expect(await resolve({ service: { name: 'headless', namespace: ns, port: 8080 } })).toEqual({ host: '10.213.250.9', port: 80 });
-  });
-
-  it('says clearly what is missing', async () => {
-    const resolve = serviceResolver(core, ns);
-    await expect(resolve({ service: { name: 'nope', port: 8080 } })).rejects.toThrow(`Service ${ns}/nope does not exist`);
-    await expect(resolve({ service: { name: 'staging', port: 9 } })).rejects.toThrow(/has no port 9 \(it has: 8080\)/);
   });
 });

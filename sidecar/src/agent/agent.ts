@@ -1,31 +1,33 @@
-// The in-pod agent: watches its own Pod and the StreamPaths of its namespace, converges the data plane to
-// the StreamPaths that select the pod, and serves /healthz, /readyz, /metrics and /v1/report.
-import {
-  CoreV1Api,
-  CustomObjectsApi,
-  KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
-  type V1Pod,
-} from '@kubernetes/client-node';
+// The in-pod agent: gets its configuration from the operator's feed (the StreamPaths that select its pod,
+// their Service targets resolved, their transform programs), converges the data plane to it, reports back
+// on the same stream, and serves /healthz, /readyz, /metrics and /v1/report. It makes no API request of its
+// own: the pod's ServiceAccount needs no rights (docs/adr/0008-agents-get-their-configuration-from-the-operator.md).
 import { pino, type Logger } from 'pino';
 import type { AgentReport } from '../../../operator/src/api/agent.js';
-import { GROUP, PLURAL, VERSION } from '../../../operator/src/api/streampath.js';
+import { programKey, serviceKey, type ConfigFrame } from '../../../operator/src/api/feed.js';
+import type { MirrorTarget } from '../../../operator/src/api/streampath.js';
 import { errSerializer } from '../../../operator/src/kube/errors.js';
 import type { KernelFeatures } from '../../../native/lib/types.js';
 import type { AgentConfig } from './config.js';
 import { Reconciler, type World } from './converge.js';
 import type { AgentDataPlane } from './dataplane.js';
+import { FeedClient } from './feed-client.js';
 import { createMetrics, type AgentMetrics } from './metrics.js';
 import { planShutdown, type ShutdownPlan } from './shutdown.js';
-import { serviceResolver } from './resolver.js';
-import { configMapProgramReader } from './programs.js';
+import type { ProgramSource } from '../dataplane/transform.js';
 import { startAgentServer, type AgentHttpServer, type Readiness } from './server.js';
-import { ResourceWatch, realTimers, type Timers } from './watch.js';
+
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): { unref?: () => unknown } | unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const realTimers: Timers = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
 
 export interface AgentDeps {
-  /** Default: in-cluster service account, else $KUBECONFIG (KubeConfig.loadFromDefault). */
-  kubeConfig?: KubeConfig;
   /** Default: the native data plane (sidecar/src/dataplane/attach.ts). */
   dataPlane?: AgentDataPlane;
   /** Default: native/lib/kernel.ts probeKernelFeatures. */
@@ -34,15 +36,15 @@ export interface AgentDeps {
   timers?: Timers;
 }
 
-type StreamPathObject = KubernetesObject & { spec?: unknown };
-
 export class Agent {
   readonly logger: Logger;
   private readonly reconciler: Reconciler;
   private readonly metrics: AgentMetrics;
-  private readonly podWatch: ResourceWatch<V1Pod>;
-  private readonly streamPathWatch: ResourceWatch<StreamPathObject>;
+  private readonly feed: FeedClient;
   private readonly timers: Timers;
+  /** The last configuration from the operator: kept when the stream breaks (fail-static). */
+  private config_: ConfigFrame | undefined;
+  private servicesKey = '';
   private http: AgentHttpServer | undefined;
   private kernelProblems: string[] | undefined;
   private firstSyncDone = false;
@@ -64,16 +66,12 @@ export class Agent {
       deps.logger ??
       pino({ level: config.logLevel, base: { pod: config.podName, namespace: config.podNamespace }, serializers: { err: errSerializer } });
     this.timers = deps.timers ?? realTimers;
-    const kc = deps.kubeConfig ?? defaultKubeConfig();
-    const core = kc.makeApiClient(CoreV1Api);
-    const custom = kc.makeApiClient(CustomObjectsApi);
-    const ns = config.podNamespace;
 
     this.reconciler = new Reconciler({
       dataPlane: deps.dataPlane,
       ...(config.netnsPath !== undefined ? { netnsPath: config.netnsPath } : {}),
-      resolve: serviceResolver(core, ns),
-      readProgram: configMapProgramReader(core, ns),
+      resolve: (target) => this.resolveService(target),
+      readProgram: (source) => this.readProgram(source),
       ...(config.mirrorBufferBudgetBytes !== undefined ? { mirrorBufferBudget: config.mirrorBufferBudgetBytes } : {}),
       onDrained: (_name, outcome) => this.metrics.drainDone(outcome),
       logger: this.logger,
@@ -83,43 +81,55 @@ export class Agent {
       ready: () => this.readiness().ready,
       drainsInProgress: () => this.reconciler.drainsInProgress(),
     });
-    const onLifecycle = (resource: string) => (e: Parameters<AgentMetrics['watchEvent']>[1]) =>
-      this.metrics.watchEvent(resource, e);
-
-    this.podWatch = new ResourceWatch<V1Pod>({
-      resource: 'pods',
-      kubeConfig: kc,
-      path: `/api/v1/namespaces/${ns}/pods`,
-      fieldSelector: `metadata.name=${config.podName}`,
-      list: () => core.listNamespacedPod({ namespace: ns, fieldSelector: `metadata.name=${config.podName}` }),
-      onChange: () => this.schedule(),
-      onLifecycle: onLifecycle('pods'),
+    this.feed = new FeedClient({
+      addresses: config.operatorAddresses,
+      ...(config.operatorServerName ? { serverName: config.operatorServerName } : {}),
+      ...(config.operatorCa ? { caPem: config.operatorCa } : {}),
+      tokenFile: config.feedTokenFile,
       logger: this.logger,
-      timers: this.timers,
-    });
-    this.streamPathWatch = new ResourceWatch<StreamPathObject>({
-      resource: 'streampaths',
-      kubeConfig: kc,
-      path: `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}`,
-      list: async () =>
-        (await custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural: PLURAL })) as KubernetesListObject<StreamPathObject>,
-      onChange: () => this.schedule(),
-      onLifecycle: onLifecycle('streampaths'),
-      logger: this.logger,
-      timers: this.timers,
+      onConfig: (frame) => this.applyConfig(frame),
+      report: () => this.report(),
+      onEvent: (e) => this.metrics.feedEvent(e),
     });
   }
 
-  /** Our pod as the watch sees it; a pod of the same name with another uid is not ours. */
-  private ownPod(): V1Pod | undefined {
-    const pod = this.podWatch.list().find((p) => p.metadata?.name === this.config.podName);
-    if (pod && this.config.podUid && pod.metadata?.uid !== this.config.podUid) return undefined;
-    return pod;
+  /** A `service:` target, as the operator resolved it for this configuration. */
+  private async resolveService(target: MirrorTarget) {
+    const ref = target.service;
+    if (!ref) throw new Error('target has no service reference');
+    const key = serviceKey(ref.namespace ?? this.config.podNamespace, ref.name, ref.port);
+    const got = this.config_?.services[key];
+    if (!got) throw new Error(`the operator sent no resolution for Service ${key}`);
+    if ('error' in got) throw new Error(got.error);
+    return got;
+  }
+
+  /** A transform program's bytes, as the operator read them from the ConfigMap. */
+  private async readProgram(source: ProgramSource): Promise<Uint8Array> {
+    if (!('configMap' in source)) {
+      throw new Error(`program.path ${source.path} is a file of the kstreams CLI's machine; in a cluster give configMap and key`);
+    }
+    const got = this.config_?.programs[programKey(source.configMap, source.key)];
+    if (!got) throw new Error(`the operator sent no program for ConfigMap ${this.config_ ? `${this.config.podNamespace}/${source.configMap}` : source.configMap} key ${source.key}`);
+    if ('error' in got) throw new Error(got.error);
+    return new Uint8Array(Buffer.from(got.data, 'base64'));
+  }
+
+  /** A configuration from the operator: converge to it; targets are re-resolved when their addresses moved. */
+  private async applyConfig(frame: ConfigFrame): Promise<void> {
+    this.config_ = frame;
+    this.schedule();
+    await this.settled();
+  }
+
+  /** Resolves once no converge runs or is due. */
+  private async settled(): Promise<void> {
+    while (this.running) await this.running;
   }
 
   private world(): World {
-    const pod = this.ownPod();
-    return { podLabels: pod ? (pod.metadata?.labels ?? {}) : undefined, streamPaths: this.streamPathWatch.list() };
+    const c = this.config_;
+    return { podLabels: c?.pod.labels, streamPaths: c?.streamPaths ?? [] };
   }
 
   /** Asks for a converge soon; many events in a burst make one pass. */
@@ -134,17 +144,22 @@ export class Agent {
   private async loop(): Promise<void> {
     try {
       while (this.dirty && !this.stopping) {
-        if (!this.podWatch.synced || !this.streamPathWatch.synced) return;
+        if (!this.config_) return;
         this.dirty = false;
         const retryFailed = this.retryFailed;
         this.retryFailed = false;
         const started = process.hrtime.bigint();
         try {
+          const version = this.config_.version;
           await this.reconciler.converge(this.world(), { retryFailed });
-          if (retryFailed) {
+          // The operator follows the Services' addresses: when they moved, running attachments follow too.
+          const servicesKey = JSON.stringify(this.config_.services);
+          if (servicesKey !== this.servicesKey) {
+            this.servicesKey = servicesKey;
             const moved = await this.reconciler.refreshTargets();
-            if (moved.length) this.logger.info({ streamPaths: moved }, 'mirror targets re-resolved to new endpoints');
+            if (moved.length) this.logger.info({ streamPaths: moved }, 'mirror targets follow their Services to new addresses');
           }
+          this.logger.debug({ version }, 'configuration applied');
           this.metrics.convergeDone('ok', Number(process.hrtime.bigint() - started) / 1e9);
         } catch (err) {
           this.metrics.convergeDone('error', Number(process.hrtime.bigint() - started) / 1e9);
@@ -152,7 +167,7 @@ export class Agent {
         }
         if (!this.firstSyncDone) {
           this.firstSyncDone = true;
-          this.logger.info({ attached: this.reconciler.attachedNames() }, 'first sync done');
+          this.logger.info({ attached: this.reconciler.attachedNames() }, 'first configuration from the operator applied');
           for (const w of this.syncWaiters.splice(0)) w();
         }
       }
@@ -163,8 +178,7 @@ export class Agent {
 
   readiness(): Readiness {
     const reasons: string[] = [];
-    if (!this.firstSyncDone) reasons.push('first sync with the API not done yet');
-    else if (!this.ownPod()) reasons.push(`pod ${this.config.podNamespace}/${this.config.podName} not found`);
+    if (!this.firstSyncDone) reasons.push('no configuration from the operator yet');
     if (this.kernelProblems === undefined) reasons.push('kernel features not probed yet');
     else reasons.push(...this.kernelProblems);
     if (this.stopping) reasons.push('shutting down');
@@ -187,7 +201,7 @@ export class Agent {
     return this.http?.port;
   }
 
-  /** Resolves once the first converge after both watches listed has run. */
+  /** Resolves once the first configuration from the operator has been applied. */
   firstSync(): Promise<void> {
     if (this.firstSyncDone) return Promise.resolve();
     return new Promise((resolve) => this.syncWaiters.push(resolve));
@@ -209,8 +223,7 @@ export class Agent {
       'agent listening',
     );
     await this.probeKernel();
-    this.podWatch.start();
-    this.streamPathWatch.start();
+    this.feed.start();
     this.armResync();
     this.armStats();
   }
@@ -248,24 +261,12 @@ export class Agent {
   }
 
   /**
-   * How long a shutdown that starts now may drain (pod termination): from what the watch last saw of
+   * How long a shutdown that starts now may drain (pod termination): from what the operator last said of
    * our Pod (grace period, deletionTimestamp) and KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS.
    */
   shutdownPlan(now = Date.now()): ShutdownPlan {
-    const pod = this.ownPod();
-    return planShutdown({
-      now,
-      ...(pod
-        ? {
-            pod: {
-              deletionTimestamp: pod.metadata?.deletionTimestamp,
-              deletionGracePeriodSeconds: pod.metadata?.deletionGracePeriodSeconds,
-              terminationGracePeriodSeconds: pod.spec?.terminationGracePeriodSeconds,
-            },
-          }
-        : {}),
-      shutdownTimeoutSeconds: this.config.shutdownTimeoutSeconds,
-    });
+    const pod = this.config_?.pod.termination;
+    return planShutdown({ now, ...(pod ? { pod } : {}), shutdownTimeoutSeconds: this.config.shutdownTimeoutSeconds });
   }
 
   /**
@@ -286,19 +287,14 @@ export class Agent {
   private async shutdown(why: string, drainTimeoutMs: number | undefined): Promise<void> {
     this.stopping = true;
     this.logger.info({ why, attached: this.reconciler.attachedNames(), drainTimeoutMs }, 'stopping: detaching everything');
-    this.podWatch.stop();
-    this.streamPathWatch.stop();
     this.timers.clearTimeout(this.resyncTimer);
     this.timers.clearTimeout(this.statsTimer);
     await this.running;
     await this.reconciler.detachAll(why, drainTimeoutMs !== undefined ? { timeoutMs: drainTimeoutMs } : {});
+    // The operator hears that nothing is attached any more (a deleted StreamPath's finalizer waits for it).
+    await this.feed.flush();
+    await this.feed.stop();
     await this.http?.close();
     this.logger.info('stopped');
   }
-}
-
-function defaultKubeConfig(): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromDefault();
-  return kc;
 }

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentConfigError, loadAgentConfig } from './config.js';
 
 describe('loadAgentConfig', () => {
-  const base = { POD_NAME: 'checkout-1', POD_NAMESPACE: 'shop' };
+  const base = { POD_NAME: 'checkout-1', POD_NAMESPACE: 'shop', KSTREAMS_OPERATOR_ADDRESSES: '10.244.0.3:9444, kstreams-webhook.kstreams-system.svc:9444' };
 
   it('fills defaults: port 15090 on all addresses, own netns, info logs, 60 s resync; shutdown from the pod', () => {
     expect(loadAgentConfig(base)).toEqual({
@@ -13,7 +13,15 @@ describe('loadAgentConfig', () => {
       logLevel: 'info',
       resyncSeconds: 60,
       statsIntervalSeconds: 5,
+      operatorAddresses: ['10.244.0.3:9444', 'kstreams-webhook.kstreams-system.svc:9444'],
+      feedTokenFile: '/var/run/secrets/kstreams.io/feed/token',
     });
+  });
+
+  it('needs the operator feed address and refuses one without a port', () => {
+    expect(() => loadAgentConfig({ POD_NAME: 'p', POD_NAMESPACE: 'n' })).toThrow(/KSTREAMS_OPERATOR_ADDRESSES: is required/);
+    expect(() => loadAgentConfig({ ...base, KSTREAMS_OPERATOR_ADDRESSES: 'operator' })).toThrow(/KSTREAMS_OPERATOR_ADDRESSES: each entry must be host:port/);
+    expect(loadAgentConfig({ ...base, KSTREAMS_OPERATOR_ADDRESSES: '[fd00::5]:9444' }).operatorAddresses).toEqual(['[fd00::5]:9444']);
   });
 
   it('reads every variable', () => {

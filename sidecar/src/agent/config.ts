@@ -29,12 +29,16 @@ export const AGENT_ENV = {
   statsIntervalSeconds: 'KSTREAMS_STATS_INTERVAL_SECONDS',
   shutdownTimeoutSeconds: 'KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS',
   mirrorBufferBudgetBytes: 'KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES',
+  operatorAddresses: 'KSTREAMS_OPERATOR_ADDRESSES',
+  operatorServerName: 'KSTREAMS_OPERATOR_SERVER_NAME',
+  operatorCa: 'KSTREAMS_OPERATOR_CA',
+  feedTokenFile: 'KSTREAMS_FEED_TOKEN_FILE',
 } as const;
 
 export const AgentConfigSchema = z.strictObject({
   /** The pod this agent serves (downward API metadata.name). */
   podName: z.string().min(1, 'is required (downward API metadata.name)'),
-  /** Its namespace (downward API metadata.namespace): the StreamPaths of this namespace are watched. */
+  /** Its namespace (downward API metadata.namespace). */
   podNamespace: z.string().min(1, 'is required (downward API metadata.namespace)'),
   /** Its uid (downward API metadata.uid): a pod recreated under the same name is not mistaken for ours. */
   podUid: z.string().min(1).optional(),
@@ -50,7 +54,7 @@ export const AgentConfigSchema = z.strictObject({
     .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
     .optional()
     .transform((v) => v ?? 'info'),
-  /** Every resync the agent re-converges from its cache and retries StreamPaths that failed to attach. */
+  /** Every resync the agent re-converges its last configuration and retries StreamPaths that failed to attach. */
   resyncSeconds: intFromEnv(60, 1, 86_400),
   /** How often counters are sampled for /metrics and for spotting unreachable targets. */
   statsIntervalSeconds: intFromEnv(5, 1, 3600),
@@ -61,6 +65,20 @@ export const AgentConfigSchema = z.strictObject({
   shutdownTimeoutSeconds: optionalIntFromEnv(1, 3600),
   /** Per StreamPath: cap on the send-buffer memory lagging mirror connections may grow into. Default 64 MiB. */
   mirrorBufferBudgetBytes: optionalIntFromEnv(0, 16 * 1024 ** 3),
+  /**
+   * Where the operator's feed is: host:port, comma-separated, tried in turn (the webhook puts the replica
+   * that injected the pod first, then the feed Service). The agent gets its configuration there.
+   */
+  operatorAddresses: z
+    .string({ error: 'is required (the kstreams webhook sets it): host:port of the operator feed, comma-separated' })
+    .transform((v) => v.split(',').map((a) => a.trim()).filter(Boolean))
+    .pipe(z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d+$/, 'each entry must be host:port')).min(1)),
+  /** The name the operator's certificate is checked against (its Service's DNS name). */
+  operatorServerName: z.string().min(1).optional(),
+  /** PEM of the CA that signs the operator's certificate (set by the webhook). */
+  operatorCa: z.string().includes('BEGIN CERTIFICATE', { message: 'must hold PEM certificates' }).optional(),
+  /** The projected ServiceAccount token (audience kstreams.io/agent-feed) the agent presents; re-read on every connect. */
+  feedTokenFile: z.string().startsWith('/').optional().transform((v) => v ?? '/var/run/secrets/kstreams.io/feed/token'),
 });
 
 export type AgentConfig = z.output<typeof AgentConfigSchema>;

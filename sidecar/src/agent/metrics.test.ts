@@ -110,18 +110,18 @@ describe('agent metrics', () => {
     }
   });
 
-  it('counts watch lifecycle events, converges and drained or reset connections', async () => {
+  it('counts feed events, converges and drained or reset connections', async () => {
     let draining = 2;
     const m = createMetrics({ snapshot: async () => [], ready: () => false, drainsInProgress: () => draining, defaultMetrics: false });
-    m.watchEvent('pods', 'error');
-    m.watchEvent('pods', 'error');
+    m.feedEvent('error');
+    m.feedEvent('error');
     m.convergeDone('ok', 0.25);
     m.drainDone({ timeoutMs: 20_000, drained: 3, reset: 1, ms: 20_000, cutShort: false });
     m.drainDone({ timeoutMs: 20_000, drained: 1, reset: 0, ms: 10, cutShort: false });
     expect(await m.registry.metrics()).toContain('kstreams_agent_drains_in_progress 2');
     draining = 0;
     const text = await m.registry.metrics();
-    expect(text).toContain('kstreams_agent_watch_events_total{resource="pods",event="error"} 2');
+    expect(text).toContain('kstreams_agent_feed_events_total{event="error"} 2');
     expect(text).toContain('kstreams_agent_converge_total{result="ok"} 1');
     expect(text).toContain('kstreams_agent_converge_seconds_total 0.25');
     expect(text).toContain('kstreams_agent_ready 0');

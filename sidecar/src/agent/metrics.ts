@@ -9,11 +9,13 @@ import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
 import type { CaptureStats } from '../../../native/lib/types.js';
 import type { LocalStats } from './converge.js';
 import type { DrainOutcome } from './dataplane.js';
-import type { WatchLifecycle } from './watch.js';
+
+export type FeedEvent = 'connected' | 'config' | 'redirect' | 'refused' | 'error' | 'closed';
 
 export interface AgentMetrics {
   registry: Registry;
-  watchEvent(resource: string, event: WatchLifecycle): void;
+  /** The operator feed: connected, config, redirect, refused, error, closed. */
+  feedEvent(event: FeedEvent): void;
   convergeDone(result: 'ok' | 'error', seconds: number): void;
   /** A detach's drain ended: its connections count as drained or reset. */
   drainDone(outcome: DrainOutcome): void;
@@ -257,10 +259,10 @@ export function createMetrics(opts: {
     registers: [registry],
   });
 
-  const watchEvents = new Counter({
-    name: 'kstreams_agent_watch_events_total',
-    help: 'Watch lifecycle events (listed, connected, added, updated, deleted, error, restart)',
-    labelNames: ['resource', 'event'] as const,
+  const feedEvents = new Counter({
+    name: 'kstreams_agent_feed_events_total',
+    help: 'Events of the stream to the operator (connected, config, redirect, refused, error, closed)',
+    labelNames: ['event'] as const,
     registers: [registry],
   });
   const converges = new Counter({
@@ -277,7 +279,7 @@ export function createMetrics(opts: {
 
   return {
     registry,
-    watchEvent: (resource, event) => watchEvents.inc({ resource, event }),
+    feedEvent: (event) => feedEvents.inc({ event }),
     convergeDone: (result, seconds) => {
       converges.inc({ result });
       convergeSeconds.inc(seconds);

@@ -26,5 +26,8 @@ export class StaticTls implements TlsSource {
     this.pem = pem;
     for (const l of this.listeners) l(pem);
   }
+  trustPem(): string {
+    return this.caPem;
+  }
   async stop(): Promise<void> {}
 }
