@@ -303,7 +303,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     expect(sha(imageAddon)).toBe(sha(readFileSync(addonPath)));
     expect(imageAddon.includes('xf_verdict'), 'the transform program (xf_verdict) is embedded in the image\'s addon').toBe(true);
     const files = await run('bash', ['-c', `tar -xOf "$1" layer.tar | tar -t`, '-', imageTar]);
-    expect(files.split('\n')).toEqual(expect.arrayContaining(['./opt/kstreams/dist/sidecar/src/agent/programs.js', './opt/kstreams/dist/sidecar/src/dataplane/transform.js']));
+    expect(files.split('\n')).toEqual(expect.arrayContaining(['./opt/kstreams/dist/sidecar/src/agent/feed-client.js', './opt/kstreams/dist/sidecar/src/dataplane/transform.js']));
     if (provider === 'local') {
       const images = await run('ctr', ['--address', inject('containerdSocket'), '--namespace', 'k8s.io', 'images', 'ls', '-q']);
       expect(images.split('\n')).toContain(`docker.io/${IMAGE}`);
@@ -315,8 +315,8 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
       run(helm, [
         'install', RELEASE, 'charts/kstreams', '-n', SYSTEM_NS, '--create-namespace',
         '--set', `image.pullPolicy=${pullPolicy}`,
-        // Counters reach StreamPath status sooner than with the 10 s default.
-        '--set', 'operator.agent.pollIntervalMs=2000',
+        // Counters reach StreamPath status sooner than with the 10 s default write bound.
+        '--set', 'operator.statusWriteIntervalMs=2000',
       ], { kubeconfig }));
     await timings.time('operator rollout (2 replicas Ready)', () =>
       k(['-n', SYSTEM_NS, 'rollout', 'status', `deployment/${RELEASE}`, '--timeout=180s'], undefined, 200_000));
@@ -348,16 +348,12 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   });
 
   it('opts namespace shop in; staging runs a recorder behind a headless Service', async () => {
-    await timings.time('namespaces, RBAC, staging pods', async () => {
+    await timings.time('namespaces, staging pods', async () => {
       await k(['create', 'namespace', SHOP]);
       await k(['label', 'namespace', SHOP, 'kstreams.io/inject=enabled']);
       await k(['create', 'namespace', STAGING]);
-      // The sidecars of shop read StreamPaths and pods there, and the target Service in staging (docs/helm.md).
-      // Applied, not created: the operator may make the one in shop itself when the namespace opts in.
-      for (const ns of [SHOP, STAGING]) {
-        const rb = await k(['-n', ns, 'create', 'rolebinding', 'kstreams-sidecar', '--clusterrole=kstreams-sidecar', `--group=system:serviceaccounts:${SHOP}`, '--dry-run=client', '-o', 'yaml']);
-        await k(['apply', '-f', '-'], rb);
-      }
+      // No RoleBinding anywhere: the sidecars of shop read nothing from the API, the operator resolves the
+      // Service in staging for them (docs/adr/0008-agents-get-their-configuration-from-the-operator.md).
       await applyPods({
         apiVersion: 'v1',
         kind: 'List',
@@ -399,6 +395,14 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     });
     const ns = await kJson<{ metadata: { labels?: Record<string, string> } }>(['get', 'namespace', SHOP]);
     expect(ns.metadata.labels?.['kstreams.io/inject']).toBe('enabled');
+    // shop's pods may not read the target Service, nor StreamPaths or pods of their own namespace.
+    const asShop = ['--as', `system:serviceaccount:${SHOP}:default`, '--as-group', `system:serviceaccounts:${SHOP}`, '--as-group', 'system:serviceaccounts'];
+    for (const [verb, what, where] of [['get', 'services', STAGING], ['get', 'endpoints', STAGING], ['list', 'streampaths.kstreams.io', SHOP], ['list', 'pods', SHOP]] as const) {
+      // can-i answers "no" with exit code 1, which run() reports as a failure holding the output.
+      const r = await run(kubectl, ['auth', 'can-i', verb, what, '-n', where, ...asShop], { kubeconfig }).then((o) => o.trim(), (e: Error) => (/\bno\s*$/.test(e.message) ? 'no' : e.message));
+      expect(`${verb} ${what} -n ${where}: ${r}`).toBe(`${verb} ${what} -n ${where}: no`);
+    }
+    expect((await k(['get', 'rolebindings', '-n', SHOP, '-o', 'name'])).trim()).toBe('');
   });
 
   it('applies the StreamPath; a new checkout pod gets the sidecar, which is ready before the app starts', async () => {

@@ -158,7 +158,7 @@ describe('the agent feed', () => {
     const agent = await agentFor(ns, 'p');
     const key = programKey('progs', 'mask.o');
     const missing = await eventually('the program error', async () => agent.lastConfig?.programs[key]);
-    expect(missing).toEqual({ error: `ConfigMap ${ns}/progs does not exist (kubectl create configmap progs --from-file=KEY=PROGRAM.o -n ${ns})` });
+    expect(missing).toEqual({ error: `ConfigMap ${ns}/progs does not exist (kubectl create configmap progs --from-file=mask.o=PROGRAM.o -n ${ns})` });
     const bytes = Buffer.from([0x7f, 0x45, 0x4c, 0x46, 1, 2, 3]);
     await kube.request('POST', `/api/v1/namespaces/${ns}/configmaps`, {
       body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'progs' }, binaryData: { 'mask.o': bytes.toString('base64') } },

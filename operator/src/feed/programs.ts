@@ -12,6 +12,8 @@ interface Entry {
   binaryData?: Record<string, string>;
   dataKeys?: string[];
   error?: string;
+  /** The ConfigMap does not exist (the message names the key asked for). */
+  missing?: boolean;
   fingerprint?: string;
   loading?: Promise<void>;
 }
@@ -37,8 +39,9 @@ export class ProgramCache {
       this.entries.set(id, e);
       void this.load(namespace, configMap, e);
     }
-    if (e.binaryData === undefined && e.error === undefined) return undefined;
+    if (e.binaryData === undefined && e.error === undefined && !e.missing) return undefined;
     const what = `ConfigMap ${namespace}/${configMap}`;
+    if (e.missing) return { error: `${what} does not exist (kubectl create configmap ${configMap} --from-file=${key}=PROGRAM.o -n ${namespace})` };
     if (e.error !== undefined) return { error: e.error };
     const b64 = e.binaryData?.[key];
     if (b64 === undefined) {
@@ -56,7 +59,7 @@ export class ProgramCache {
     if (e.loading) return e.loading;
     const what = `ConfigMap ${namespace}/${configMap}`;
     e.loading = (async () => {
-      let next: Pick<Entry, 'binaryData' | 'dataKeys' | 'error'>;
+      let next: Pick<Entry, 'binaryData' | 'dataKeys' | 'error' | 'missing'>;
       try {
         const cm = await this.o.transport.request<{ binaryData?: Record<string, string>; data?: Record<string, string> }>(
           'GET',
@@ -65,11 +68,9 @@ export class ProgramCache {
         );
         next = { binaryData: cm.binaryData ?? {}, dataKeys: Object.keys(cm.data ?? {}) };
       } catch (err) {
-        next = {
-          error: isStatus(err, 404)
-            ? `${what} does not exist (kubectl create configmap ${configMap} --from-file=KEY=PROGRAM.o -n ${namespace})`
-            : formatApiError(err, { verb: 'get', object: what, forbiddenHint: 'the operator ClusterRole needs get on configmaps' }),
-        };
+        next = isStatus(err, 404)
+          ? { missing: true }
+          : { error: formatApiError(err, { verb: 'get', object: what, forbiddenHint: 'the operator ClusterRole needs get on configmaps' }) };
       }
       const fingerprint = JSON.stringify(next);
       e.loading = undefined;
@@ -78,6 +79,7 @@ export class ProgramCache {
       e.binaryData = next.binaryData;
       e.dataKeys = next.dataKeys;
       e.error = next.error;
+      e.missing = next.missing;
       e.fingerprint = fingerprint;
       if (changed) this.o.onChange(namespace, configMap);
     })().catch((err: unknown) => this.o.log.warn({ err }, 'reading a program ConfigMap failed'));
