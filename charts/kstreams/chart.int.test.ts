@@ -459,6 +459,8 @@ describe('helm install into the real apiserver', () => {
       ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
       ['create', 'tokenreviews.authentication.k8s.io'],
       ['get', 'configmaps', '-n', appNamespace],
+      ['watch', 'services', '--all-namespaces'],
+      ['list', 'endpoints', '--all-namespaces'],
     ];
     const no = [
       ['get', 'secrets', '-n', appNamespace],

@@ -7,7 +7,6 @@
 // agents report it detached.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -16,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { AgentReport } from '../api/agent.js';
 import { KubeRest, isStatus } from '../kube/rest.js';
 import { FeedAgent } from '../testing/feed-agent.js';
-import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
+import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freeLoopbackPort, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 import { StaticTls } from '../webhook/testing/static-tls.js';
 import { streamPathPath } from './reconciler.js';
 
@@ -25,13 +24,6 @@ const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const LEASE_MS = 3_000;
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 /** Counters that grow with every report the agent builds. */
 function growing(namespace: string, pod: string, attached: () => boolean): (r: AgentReport) => AgentReport {
@@ -131,7 +123,7 @@ describe('status across leader changes', () => {
     const ns = freshName('ksh3-sp');
     await createNamespace(kube, opNs);
     await createNamespace(kube, ns);
-    const ports = [await freePort(), await freePort(), await freePort()];
+    const ports = [await freeLoopbackPort(), await freeLoopbackPort(), await freeLoopbackPort()];
     const addresses = ports.map((p) => `127.0.0.1:${p}`);
     let attached = true;
     for (const name of ['p1', 'p2']) {
@@ -161,7 +153,12 @@ describe('status across leader changes', () => {
     await eventually('Ready with both pods attached', async () => {
       const sp = await getStreamPath(kube, ns, 'shadow');
       return condition(sp, 'Ready')?.status === 'True' && sp?.status?.podsAttached === 2;
-    }, 40_000);
+    }, 40_000).catch((err: unknown) => {
+      // What the replicas and the agents did, for whoever reads the failure.
+      for (const r of replicas) console.log(`[failover-status] ${r.identity}: ${r.lines.slice(-12).map((l) => JSON.stringify(l)).join('\n')}`);
+      for (const a of agents) console.log(`[failover-status] agent ${a.pod}: connected ${a.connected}, ${a.configs.length} configs\n${a.logs.slice(-10).join('\n')}`);
+      throw err;
+    });
     expect((await attachedEvents()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
 
     // Watch the status the whole time, as a user's dashboard would.
@@ -182,8 +179,9 @@ describe('status across leader changes', () => {
     leader.child.kill('SIGKILL');
     await leader.exit;
     await eventually('the follower to reconcile', async () => follower.lines.some((l) => l.msg === 'caches synced, reconciling'), LEASE_MS + 15_000);
-    // The new leader writes the growing counters once it heard the agents; a few rounds of that.
-    await eventually('the new leader to write status', async () => follower.lines.filter((l) => l.msg === 'status written').length >= 2, 15_000);
+    // The new leader writes the growing counters once it heard the agents, which find it with full-jitter
+    // backoff (up to 10 s between attempts while no leader answers); a few rounds of that.
+    await eventually('the new leader to write status', async () => follower.lines.filter((l) => l.msg === 'status written').length >= 2, 30_000);
     watching = false;
     await watcher;
 

@@ -3,7 +3,6 @@
 // What an agent receives (its StreamPaths, cross-namespace Service targets resolved, headless endpoints
 // followed, program bytes), that it receives only its own, that its reports become status under the write
 // bound, and that it keeps its configuration while the operator is away and reconnects.
-import { createServer } from 'node:net';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { FEED_AUDIENCE, programKey, serviceKey } from '../api/feed.js';
@@ -13,20 +12,13 @@ import { KubeRest } from '../kube/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { streamPathPath } from '../controller/reconciler.js';
 import { FeedAgent, podToken } from '../testing/feed-agent.js';
-import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
+import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freeLoopbackPort, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 import { StaticTls } from '../webhook/testing/static-tls.js';
 import { FeedAuthError, reviewAgentToken } from './auth.js';
 
 const kubeconfig = inject('kubeconfig');
 const SERVICE_NAME = 'kstreams-webhook.kstreams-system.svc';
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 describe('the agent feed', () => {
   let kube: KubeRest;
@@ -66,7 +58,7 @@ describe('the agent feed', () => {
     kube = await KubeRest.create(kubeconfig);
     await installCrd(kube);
     tls = await StaticTls.create([SERVICE_NAME, '127.0.0.1']);
-    feedPort = await freePort();
+    feedPort = await freeLoopbackPort();
     await start();
   });
 

@@ -29,6 +29,8 @@ export class FeedAgent {
   /** Called for every report the client builds (the counters may grow with it). */
   onReport: ((r: AgentReport) => AgentReport) | undefined;
   reportsBuilt = 0;
+  /** What the feed client logged (JSON lines), for a failing test to show. */
+  readonly logs: string[] = [];
   private client: FeedClient | undefined;
   private dir: string | undefined;
 
@@ -57,7 +59,7 @@ export class FeedAgent {
       caPem,
       serverName: opts.serverName ?? 'kstreams-webhook.kstreams-system.svc',
       tokenFile,
-      logger: pino({ level: 'silent' }),
+      logger: pino({ level: 'debug' }, { write: (line: string) => void this.logs.push(line.trim()) }),
       reportCheckMs: 100,
       onConfig: async (f) => {
         this.configs.push(f);

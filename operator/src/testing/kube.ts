@@ -1,6 +1,7 @@
 // Helpers for the operator's integration tests and bench against the real apiserver: CRD install,
 // fresh namespaces, pods that can exist without a controller-manager (agents on the feed: testing/feed-agent.ts).
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
@@ -43,6 +44,15 @@ export async function installCrd(kube: KubeTransport): Promise<void> {
     await kube.request('GET', '/apis/kstreams.io/v1alpha1/streampaths?limit=1');
     return true;
   });
+}
+
+/** A port free on 127.0.0.1 now: for a server that must come back on the same port after a restart. */
+export async function freeLoopbackPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
 }
 
 export function freshName(prefix: string): string {

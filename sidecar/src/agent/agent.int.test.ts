@@ -6,7 +6,6 @@
 // /v1/report, /metrics, and bpftool for links left on the namespace.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +25,7 @@ import { parseConfig } from '../../../operator/src/config.js';
 import { KubeRest } from '../../../operator/src/kube/rest.js';
 import { startOperator, type RunningOperator } from '../../../operator/src/operator.js';
 import { podToken } from '../../../operator/src/testing/feed-agent.js';
+import { freeLoopbackPort } from '../../../operator/src/testing/kube.js';
 import { StaticTls } from '../../../operator/src/webhook/testing/static-tls.js';
 
 const crdFile = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
@@ -85,13 +85,6 @@ class AgentProcess {
   }
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
@@ -179,7 +172,7 @@ describe('the agent fed by the operator, on a real apiserver and kernel', () => 
     kube = await KubeRest.create(inject('kubeconfig'));
     const serverName = 'kstreams-webhook.kstreams-system.svc';
     const tls = await StaticTls.create([serverName, '127.0.0.1']);
-    feedPort = await freePort();
+    feedPort = await freeLoopbackPort();
     startOp = () => startOperator({
       config: parseConfig({
         identity: 'agent-int-operator',
