@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, link, Netns } from '../../sidecar/src/netns.js';
 import { readOnlySession } from '../../native/test/fixtures/capture-files.js';
-import { cliCommand, KstreamsRun, Proc, repoRoot, runIn, waitFor } from './fixtures/harness.js';
+import { cliCommand, KstreamsRun, Proc, repoRoot, runIn, waitFor, writeCaptureStreamPath } from './fixtures/harness.js';
 
 let app: Netns;
 let client: Netns;
@@ -30,29 +30,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function streamPath(name: string, port: number, file: Record<string, unknown>): string {
-  const path = join(dir, `${name}.yaml`);
-  const fileLines = Object.entries(file).map(([k, v]) => `          ${k}: ${JSON.stringify(v)}`);
-  writeFileSync(
-    path,
-    [
-      'apiVersion: kstreams.io/v1alpha1',
-      'kind: StreamPath',
-      'metadata:',
-      `  name: ${name}`,
-      'spec:',
-      '  selector: {}',
-      `  port: ${port}`,
-      '  mirror:',
-      '    targets:',
-      '      - name: capture',
-      '        file:',
-      ...fileLines,
-      '',
-    ].join('\n'),
-  );
-  return path;
-}
+const streamPath = (name: string, port: number, file: Record<string, unknown>) => writeCaptureStreamPath(dir, name, port, file);
 
 interface CaptureSummary {
   connections: number;

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, link, Netns } from '../../sidecar/src/netns.js';
 import { KstreamsRun, Proc, runIn, waitForAsync, writeStreamPath } from './fixtures/harness.js';
+import { Redis } from './fixtures/redis.js';
 
 const PORT = 6379;
 const TESTS = 'set,incr,lpush,sadd,hset';
@@ -21,40 +22,6 @@ let appAddress: string;
 let stagingAddress: string;
 let dir: string;
 
-class Redis {
-  private constructor(readonly ns: Netns, readonly socket: string, readonly proc: Proc) {}
-
-  /** redis-server on host:PORT and a Unix socket (for the test's own commands, never tapped). */
-  static async start(label: string, ns: Netns, host: string): Promise<Redis> {
-    const socket = join(dir, `${label}.sock`);
-    const child = ns.spawn('redis-server', [
-      '--port', String(PORT), '--bind', host, '--unixsocket', socket, '--unixsocketperm', '700',
-      '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--enable-debug-command', 'yes',
-      '--dir', dir, '--dbfilename', `${label}.rdb`, '--daemonize', 'no', '--loglevel', 'notice',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const r = new Redis(ns, socket, new Proc(child, `redis ${label}`));
-    await r.proc.until('redis to be ready', () => r.proc.lines.some((l) => l.includes('Ready to accept connections')), 20_000);
-    return r;
-  }
-
-  async cli(...args: string[]): Promise<string> {
-    const r = await runIn(this.ns, 'redis-cli', ['-s', this.socket, ...args]);
-    if (r.code !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
-    return r.stdout.trim();
-  }
-
-  async info(section: string): Promise<Record<string, string>> {
-    const out = await this.cli('INFO', section);
-    return Object.fromEntries(out.split(/\r?\n/).filter((l) => l.includes(':')).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]));
-  }
-
-  /** Calls per command (INFO commandstats), for the benchmark's commands. */
-  async calls(): Promise<Record<string, number>> {
-    const stats = await this.info('commandstats');
-    return Object.fromEntries(COMMANDS.map((c) => [c, Number(/calls=(\d+)/.exec(stats[`cmdstat_${c}`] ?? '')?.[1] ?? 0)]));
-  }
-}
-
 let production: Redis;
 let stagingRedis: Redis;
 
@@ -66,7 +33,7 @@ beforeAll(async () => {
   client = Netns.create('rds-cli');
   appAddress = link(client, app).bAddress;
   stagingAddress = link(app, staging).bAddress;
-  [production, stagingRedis] = await Promise.all([Redis.start('production', app, appAddress), Redis.start('staging', staging, stagingAddress)]);
+  [production, stagingRedis] = await Promise.all([Redis.start('production', app, appAddress, dir), Redis.start('staging', staging, stagingAddress, dir)]);
 });
 
 afterAll(async () => {
@@ -107,7 +74,7 @@ describe('Redis through a kstreams mirror', () => {
     const out = await benchmark(client, appAddress, 50_000);
     for (const t of ['SET', 'INCR', 'LPUSH', 'SADD', 'HSET']) expect(out).toMatch(new RegExp(`^${t}: .*requests per second`, 'm'));
 
-    const calls = await production.calls();
+    const calls = await production.calls(COMMANDS);
     expect(calls).toEqual(Object.fromEntries(COMMANDS.map((c) => [c, 50_000])));
     // Staging is done when every mirrored connection has closed (the engine ends each after its last
     // byte) and only our redis-cli is connected.
@@ -120,7 +87,7 @@ describe('Redis through a kstreams mirror', () => {
     // Staging answers every pipeline within milliseconds: no turn should wait out turnTimeoutMs.
     expect(summary!.targets[0]!.turnWaitsExpired ?? 0).toBe(0);
 
-    expect(await stagingRedis.calls()).toEqual(calls);
+    expect(await stagingRedis.calls(COMMANDS)).toEqual(calls);
     expect(await stagingRedis.cli('DBSIZE')).toBe(await production.cli('DBSIZE'));
     expect(Number(await production.cli('DBSIZE'))).toBeGreaterThan(5000);
     expect(await stagingRedis.cli('DEBUG', 'DIGEST')).toBe(await production.cli('DEBUG', 'DIGEST'));

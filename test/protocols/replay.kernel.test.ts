@@ -4,15 +4,16 @@
 // replayed with the real `kstreams replay` into fresh servers. The replays must rebuild the recorded
 // data: Redis's DEBUG DIGEST, PostgreSQL's balances and history.
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readCapture } from '../../sidecar/src/capture/reader.js';
 import type { ReplaySummary } from '../../sidecar/src/cli/replay.js';
 import { cleanupAll, link, Netns } from '../../sidecar/src/netns.js';
-import { cliCommand, KstreamsRun, Proc, runIn } from './fixtures/harness.js';
+import { cliCommand, KstreamsRun, Proc, runIn, writeCaptureStreamPath } from './fixtures/harness.js';
 import { libpqEnv, PG_BIN, PGBENCH_STATE_SQL, Postgres } from './fixtures/postgres.js';
+import { Redis, REDIS_PORT } from './fixtures/redis.js';
 
 let app: Netns;
 let client: Netns;
@@ -37,35 +38,10 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A StreamPath that records every connection of `port` into `capture`, with the app's answers. */
-function captureStreamPath(name: string, port: number, capture: string): string {
-  const file = join(dir, `${name}.yaml`);
-  writeFileSync(
-    file,
-    [
-      'apiVersion: kstreams.io/v1alpha1',
-      'kind: StreamPath',
-      'metadata:',
-      `  name: ${name}`,
-      'spec:',
-      '  selector: {}',
-      `  port: ${port}`,
-      '  mirror:',
-      '    targets:',
-      '      - name: capture',
-      '        file:',
-      `          path: ${JSON.stringify(capture)}`,
-      '          responses: true',
-      '',
-    ].join('\n'),
-  );
-  return file;
-}
-
 /** Records what `drive` does against port `port` of the app namespace; returns the capture directory. */
 async function record(name: string, port: number, drive: () => Promise<void>): Promise<string> {
   const capture = join(dir, `${name}-capture`);
-  const run = KstreamsRun.start(captureStreamPath(name, port, capture), app);
+  const run = KstreamsRun.start(writeCaptureStreamPath(dir, name, port, { path: capture, responses: true }), app);
   await run.attached();
   await drive();
   const { code, summary } = await run.interrupt();
@@ -103,41 +79,8 @@ function replay(capture: string, to: string, ...args: string[]): Promise<Replaye
   });
 }
 
-const REDIS_PORT = 6379;
 const TESTS = 'set,incr,lpush,sadd,hset';
 const COMMANDS = ['set', 'incr', 'lpush', 'sadd', 'hset'];
-
-class Redis {
-  private constructor(readonly ns: Netns, readonly socket: string, readonly proc: Proc) {}
-
-  static async start(label: string, ns: Netns, host: string): Promise<Redis> {
-    const socket = join(dir, `${label}.sock`);
-    const child = ns.spawn('redis-server', [
-      '--port', String(REDIS_PORT), '--bind', host, '--unixsocket', socket, '--unixsocketperm', '700',
-      '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--enable-debug-command', 'yes',
-      '--dir', dir, '--dbfilename', `${label}.rdb`, '--daemonize', 'no', '--loglevel', 'notice',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const r = new Redis(ns, socket, new Proc(child, `redis ${label}`));
-    await r.proc.until('redis to be ready', () => r.proc.lines.some((l) => l.includes('Ready to accept connections')), 20_000);
-    return r;
-  }
-
-  async cli(...args: string[]): Promise<string> {
-    const r = await runIn(this.ns, 'redis-cli', ['-s', this.socket, ...args]);
-    if (r.code !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
-    return r.stdout.trim();
-  }
-
-  async calls(): Promise<Record<string, number>> {
-    const out = await this.cli('INFO', 'commandstats');
-    return Object.fromEntries(COMMANDS.map((c) => [c, Number(new RegExp(`cmdstat_${c}:calls=(\\d+)`).exec(out)?.[1] ?? 0)]));
-  }
-
-  async reset(): Promise<void> {
-    await this.cli('FLUSHALL');
-    await this.cli('CONFIG', 'RESETSTAT');
-  }
-}
 
 async function redisBenchmark(args: string[]): Promise<void> {
   const r = await runIn(client, 'redis-benchmark', ['-h', appAddress, '-p', String(REDIS_PORT), '-q', ...args], { timeoutMs: 90_000 });
@@ -149,7 +92,7 @@ describe('record redis-benchmark against Redis, replay into a fresh Redis', () =
   let replica: Redis;
 
   beforeAll(async () => {
-    [production, replica] = await Promise.all([Redis.start('production', app, appAddress), Redis.start('fresh', fresh, freshAddress)]);
+    [production, replica] = await Promise.all([Redis.start('production', app, appAddress, dir), Redis.start('fresh', fresh, freshAddress, dir)]);
   });
 
   afterAll(async () => {
@@ -176,8 +119,8 @@ describe('record redis-benchmark against Redis, replay into a fresh Redis', () =
       connectionsFailed: 0,
       bytesSent: cap.connections.reduce((n, c) => n + c.end.c2s, 0),
     });
-    expect(await replica.calls()).toEqual(Object.fromEntries(COMMANDS.map((c) => [c, 20_000])));
-    expect(await replica.calls()).toEqual(await production.calls());
+    expect(await replica.calls(COMMANDS)).toEqual(Object.fromEntries(COMMANDS.map((c) => [c, 20_000])));
+    expect(await replica.calls(COMMANDS)).toEqual(await production.calls(COMMANDS));
     expect(await replica.cli('DEBUG', 'DIGEST')).toBe(await production.cli('DEBUG', 'DIGEST'));
   });
 

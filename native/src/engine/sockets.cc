@@ -4,6 +4,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -58,6 +60,23 @@ int ConnectError(int fd) {
   socklen_t len = sizeof err;
   if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return -1;
   return err;
+}
+
+bool EnterNetns(const std::string& path, const char** syscall) {
+  int nsfd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (nsfd < 0) {
+    *syscall = "open";
+    return false;
+  }
+  if (setns(nsfd, CLONE_NEWNET) != 0) {
+    int e = errno;
+    close(nsfd);
+    errno = e;
+    *syscall = "setns";
+    return false;
+  }
+  close(nsfd);
+  return true;
 }
 
 uint64_t NowMs() {

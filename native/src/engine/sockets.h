@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace kstreams {
 namespace engine {
@@ -25,6 +26,9 @@ uint64_t UnsentBytes(int fd);
 // The pending error of a socket whose non-blocking connect finished (SO_ERROR).
 int ConnectError(int fd);
 uint64_t NowMs();
+// Moves the calling thread (only it: the process and Node's threads stay) into the network namespace at
+// `path`. False with errno set and *syscall naming the call that failed (open or setns).
+bool EnterNetns(const std::string& path, const char** syscall);
 
 }  // namespace engine
 }  // namespace kstreams

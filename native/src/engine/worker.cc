@@ -75,16 +75,8 @@ bool Worker::Setup(int* listener, SockAddr* listenAddress, StartError* error) {
     return false;
   };
   if (!cfg.netnsPath.empty()) {
-    // setns() on this thread only: the process (and Node's threads) stay in their namespace.
-    int nsfd = open(cfg.netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0) return fail("open", "network namespace " + cfg.netnsPath);
-    if (setns(nsfd, CLONE_NEWNET) != 0) {
-      int e = errno;
-      close(nsfd);
-      errno = e;
-      return fail("setns", "network namespace " + cfg.netnsPath);
-    }
-    close(nsfd);
+    const char* syscall = "";
+    if (!EnterNetns(cfg.netnsPath, &syscall)) return fail(syscall, "network namespace " + cfg.netnsPath);
   }
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) return fail("epoll_create1", "engine worker");

@@ -135,16 +135,8 @@ bool Replayer::Setup(StartError* error) {
     return false;
   };
   if (!config_.netnsPath.empty()) {
-    // setns() on this thread only: the process stays in its namespace.
-    int nsfd = open(config_.netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0) return fail("open", "network namespace " + config_.netnsPath);
-    if (setns(nsfd, CLONE_NEWNET) != 0) {
-      int e = errno;
-      close(nsfd);
-      errno = e;
-      return fail("setns", "network namespace " + config_.netnsPath);
-    }
-    close(nsfd);
+    const char* syscall = "";
+    if (!engine::EnterNetns(config_.netnsPath, &syscall)) return fail(syscall, "network namespace " + config_.netnsPath);
   }
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) return fail("epoll_create1", "replayer");
