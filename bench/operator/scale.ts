@@ -2,54 +2,35 @@
 // a real kube-apiserver + etcd. Run by hand: `npx tsx bench/operator/scale.ts` (starts its own control
 // plane unless KUBECONFIG is set). Targets: <= 200 MiB resident, lag <= 1 s (StreamPath edit -> its
 // status.observedGeneration updated).
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { startControlPlane, type ControlPlane } from '../../e2e/cluster/local/controlplane.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
 import { KubeRest } from '../../operator/src/kube/rest.js';
 import { createNamespace, createPod, createStreamPath, exampleSpec, getStreamPath, installCrd } from '../../operator/src/testing/kube.js';
+import { percentile } from '../webhook/stats.js';
+import { compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';
 
 const NAMESPACES = Number(process.env.BENCH_NAMESPACES ?? 100);
 const PODS = Number(process.env.BENCH_PODS ?? 10_000);
 const STREAMPATHS = Number(process.env.BENCH_STREAMPATHS ?? 1000);
 const LAG_SAMPLES = Number(process.env.BENCH_LAG_SAMPLES ?? 30);
 const CONCURRENCY = 32;
-const REPO = fileURLToPath(new URL('../../', import.meta.url));
 
-async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let i = 0;
-  await Promise.all(Array.from({ length: n }, async () => {
-    while (i < items.length) await fn(items[i++]!);
-  }));
-}
-
-function rssMiB(pid: number): { rss: number; hwm: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
-  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
-}
-
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+const pct = (xs: number[], p: number) => percentile(xs, p / 100);
 
 async function main(): Promise<void> {
   let cp: ControlPlane | undefined;
   let kubeconfig = process.env.KUBECONFIG;
-  // Inside the repo so the compiled operator resolves node_modules; removed at the end.
-  const outDir = mkdtempSync(join(REPO, 'bench/operator/.build-'));
   let operator: ReturnType<typeof spawn> | undefined;
-  try {
-    if (!kubeconfig) {
-      cp = await startControlPlane({});
-      kubeconfig = cp.kubeconfigPath;
-      console.log(`control plane up in ${cp.timings.totalMs} ms`);
-    }
-    // The operator runs compiled, as in production (no tsx transpiler in its RSS).
-    execFileSync(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.build.json'), '--outDir', outDir], { cwd: REPO, stdio: 'ignore' }).toString();
-  } catch (err) {
-    // tsc exits non-zero on type errors in unrelated parts but still emits; only a missing main.js is fatal.
-    if (!cp && !kubeconfig) throw err;
+  const outDir = compileOperator();
+  if (!kubeconfig) {
+    cp = await startControlPlane({}).catch((err: unknown) => {
+      rmSync(outDir, { recursive: true, force: true });
+      throw err;
+    });
+    kubeconfig = cp.kubeconfigPath;
+    console.log(`control plane up in ${cp.timings.totalMs} ms`);
   }
   const kube = await KubeRest.create(kubeconfig);
   try {
@@ -61,7 +42,7 @@ async function main(): Promise<void> {
     // Pods: injected (pending, no IP yet, so no agent to poll), spread over the namespaces, 10 apps each.
     const pods = Array.from({ length: PODS }, (_, i) => ({ ns: namespaces[i % NAMESPACES]!, name: `pod-${i}`, app: `app-${Math.floor(i / NAMESPACES) % 10}` }));
     let t = Date.now();
-    await pool(pods, CONCURRENCY, (p) => createPod(kube, p.ns, p.name, { labels: { app: p.app }, agentPort: 15090 }));
+    await pool(pods, CONCURRENCY, async (p) => void (await createPod(kube, p.ns, p.name, { labels: { app: p.app }, agentPort: 15090 })));
     const podsMs = Date.now() - t;
     console.log(`created ${PODS} pods in ${(podsMs / 1000).toFixed(1)} s (${Math.round(PODS / (podsMs / 1000))}/s, concurrency ${CONCURRENCY})`);
 
@@ -74,7 +55,7 @@ async function main(): Promise<void> {
     const opNs = `bench-${run}-system`;
     await createNamespace(kube, opNs);
     const started = Date.now();
-    operator = spawn(process.execPath, [join(outDir, 'operator/src/main.js')], {
+    operator = spawn(process.execPath, [operatorMain(outDir)], {
       cwd: REPO,
       env: { ...process.env, KUBECONFIG: kubeconfig, KSTREAMS_NAMESPACE: opNs, KSTREAMS_IDENTITY: 'bench', KSTREAMS_WEBHOOK_ENABLED: 'false', KSTREAMS_METRICS_PORT: '0', KSTREAMS_LOG_LEVEL: 'warn', KSTREAMS_LEADER_ELECTION: 'false' },
       stdio: ['ignore', 'inherit', 'inherit'],

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { diffHistogram, fractionWithin, histogramQuantile, parseHistogram, percentile } from './stats.js';
+import { counterSum, diffHistogram, fractionWithin, histogramQuantile, parseHistogram, percentile } from './stats.js';
 
 const scrape = (n5: number, n25: number, inf: number, sum: number) => `
 # HELP apiserver_admission_webhook_admission_duration_seconds x
@@ -37,5 +37,17 @@ describe('webhook bench statistics', () => {
   it('returns the highest finite bound when the rank lies in +Inf', () => {
     const h = { buckets: [{ le: 0.005, count: 1 }, { le: Number.POSITIVE_INFINITY, count: 10 }], sum: 0, count: 10 };
     expect(histogramQuantile(h, 0.99)).toBe(0.005);
+  });
+
+  it('sums the samples of one counter whose labels match, exactly or by pattern', () => {
+    const text = [
+      'apiserver_request_total{resource="streampaths",subresource="status",verb="PATCH",code="200"} 7',
+      'apiserver_request_total{resource="streampaths",subresource="status",verb="PUT",code="409"} 2',
+      'apiserver_request_total{resource="streampaths",subresource="",verb="PATCH",code="200"} 100',
+      'apiserver_request_total_other{resource="streampaths",subresource="status",verb="PATCH"} 1000',
+    ].join('\n');
+    expect(counterSum(text, 'apiserver_request_total', { resource: 'streampaths', subresource: 'status' })).toBe(9);
+    expect(counterSum(text, 'apiserver_request_total', { resource: 'streampaths', verb: /^(PATCH|PUT)$/, code: /^2/ })).toBe(107);
+    expect(counterSum(text, 'apiserver_request_total', { resource: 'pods' })).toBe(0);
   });
 });

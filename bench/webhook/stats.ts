@@ -87,3 +87,16 @@ export function fractionWithin(h: Histogram, le: number): number {
   const b = h.buckets.find((x) => x.le === le);
   return total === 0 || !b ? Number.NaN : b.count / total;
 }
+
+/** Sum of every sample of counter `metric` in Prometheus text whose labels include `match` (values may be a RegExp). */
+export function counterSum(text: string, metric: string, match: Record<string, string | RegExp> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(metric)) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== metric) continue;
+    const labels = parseLabels(m[2] ?? '');
+    if (Object.entries(match).every(([k, v]) => (typeof v === 'string' ? labels[k] === v : v.test(labels[k] ?? '')))) sum += Number(m[3]);
+  }
+  return sum;
+}

@@ -11,8 +11,8 @@ import { FEED_AUDIENCE, type ConfigFrame } from '../api/feed.js';
 import type { KubeTransport } from '../kube/rest.js';
 
 /** A token for the feed's audience bound to the pod, as the kubelet projects it into the sidecar. */
-export async function podToken(kube: KubeTransport, namespace: string, pod: string, opts: { serviceAccount?: string; audience?: string } = {}): Promise<string> {
-  const p = await kube.request<{ metadata: { uid: string } }>('GET', `/api/v1/namespaces/${namespace}/pods/${pod}`);
+export async function podToken(kube: KubeTransport, namespace: string, pod: string, opts: { serviceAccount?: string; audience?: string; uid?: string } = {}): Promise<string> {
+  const p = opts.uid ? { metadata: { uid: opts.uid } } : await kube.request<{ metadata: { uid: string } }>('GET', `/api/v1/namespaces/${namespace}/pods/${pod}`);
   const r = await kube.request<{ status: { token: string } }>('POST', `/api/v1/namespaces/${namespace}/serviceaccounts/${opts.serviceAccount ?? 'default'}/token`, {
     body: {
       apiVersion: 'authentication.k8s.io/v1',
@@ -23,11 +23,28 @@ export async function podToken(kube: KubeTransport, namespace: string, pod: stri
   return r.status.token;
 }
 
+export interface FeedAgentOptions {
+  serverName?: string;
+  /** The token itself (default: one minted for the pod), or a file holding it, shared by many agents' runs. */
+  token?: string;
+  tokenFile?: string;
+  /** How often the client compares its report with the last one sent (the agent's own default is 1 s). */
+  reportCheckMs?: number;
+  /** Only the last this many configurations are kept (a load generator runs thousands of agents). */
+  keepConfigs?: number;
+  /** false: the client's log is dropped instead of kept in `logs`. */
+  keepLogs?: boolean;
+}
+
+const silent = pino({ level: 'silent' });
+
 export class FeedAgent {
   report: AgentReport;
   readonly configs: ConfigFrame[] = [];
   /** Called for every report the client builds (the counters may grow with it). */
   onReport: ((r: AgentReport) => AgentReport) | undefined;
+  /** Called for every configuration received, after it is recorded. */
+  onConfig: ((f: ConfigFrame) => void) | undefined;
   reportsBuilt = 0;
   /** What the feed client logged (JSON lines), for a failing test to show. */
   readonly logs: string[] = [];
@@ -50,19 +67,25 @@ export class FeedAgent {
   }
 
   /** Connects once the pod exists (its token is bound to it). */
-  async connect(kube: KubeTransport, addresses: string[], caPem: string, opts: { serverName?: string; token?: string } = {}): Promise<void> {
-    this.dir = mkdtempSync(join(tmpdir(), 'kstreams-feed-agent-'));
-    const tokenFile = join(this.dir, 'token');
-    writeFileSync(tokenFile, opts.token ?? (await podToken(kube, this.namespace, this.pod)));
+  async connect(kube: KubeTransport | undefined, addresses: string[], caPem: string, opts: FeedAgentOptions = {}): Promise<void> {
+    let tokenFile = opts.tokenFile;
+    if (!tokenFile) {
+      if (!kube && !opts.token) throw new Error('FeedAgent.connect: no token, no token file and no API client to mint one');
+      this.dir = mkdtempSync(join(tmpdir(), 'kstreams-feed-agent-'));
+      tokenFile = join(this.dir, 'token');
+      writeFileSync(tokenFile, opts.token ?? (await podToken(kube!, this.namespace, this.pod)));
+    }
     this.client = new FeedClient({
       addresses,
       caPem,
       serverName: opts.serverName ?? 'kstreams-webhook.kstreams-system.svc',
       tokenFile,
-      logger: pino({ level: 'debug' }, { write: (line: string) => void this.logs.push(line.trim()) }),
-      reportCheckMs: 100,
+      logger: opts.keepLogs === false ? silent : pino({ level: 'debug' }, { write: (line: string) => void this.logs.push(line.trim()) }),
+      reportCheckMs: opts.reportCheckMs ?? 100,
       onConfig: async (f) => {
         this.configs.push(f);
+        if (opts.keepConfigs !== undefined && this.configs.length > opts.keepConfigs) this.configs.splice(0, this.configs.length - opts.keepConfigs);
+        this.onConfig?.(f);
       },
       report: async () => {
         this.reportsBuilt++;

@@ -86,8 +86,9 @@ export function podManifest(name: string, o: TestPodOptions): Record<string, unk
   };
 }
 
-export async function createPod(kube: KubeTransport, namespace: string, name: string, o: TestPodOptions & { podIP?: string }): Promise<void> {
-  await kube.request('POST', `/api/v1/namespaces/${namespace}/pods`, { body: podManifest(name, o) });
+/** Creates the pod (and sets its IP when given); returns its uid. */
+export async function createPod(kube: KubeTransport, namespace: string, name: string, o: TestPodOptions & { podIP?: string }): Promise<string> {
+  const created = await kube.request<{ metadata: { uid: string } }>('POST', `/api/v1/namespaces/${namespace}/pods`, { body: podManifest(name, o) });
   // No kubelet runs: set the pod IP ourselves, through the status subresource as a kubelet would.
   if (o.podIP) {
     await kube.request('PATCH', `/api/v1/namespaces/${namespace}/pods/${name}/status`, {
@@ -95,6 +96,7 @@ export async function createPod(kube: KubeTransport, namespace: string, name: st
       patch: 'merge',
     });
   }
+  return created.metadata.uid;
 }
 
 export async function createStreamPath(kube: KubeTransport, namespace: string, name: string, spec: StreamPathSpecInput): Promise<StreamPathObject> {

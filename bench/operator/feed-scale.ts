@@ -1,0 +1,533 @@
+// The control plane at scale (issue 9, item 2; docs/adr/0008): N simulated agents, each the sidecar's real
+// feed client on its own HTTP/2 + TLS connection with a token minted by the real apiserver's TokenRequest for
+// its own pod, against the compiled operator run as a real process (webhook and feed on, one replica) on a
+// real kube-apiserver + etcd. Measures:
+//   1. edit-to-all-agents propagation: one wide StreamPath per namespace (1000 pods each) edited at once,
+//      until every agent received the new generation: p50/p99/max;
+//   2. the operator's CPU seconds and RSS (VmRSS, VmHWM) idle with N streams and during the edit;
+//   3. status writes (the apiserver's own apiserver_request_total for streampaths/status) per s and per
+//      StreamPath per 10 s, while every agent's counters change every second (as under traffic);
+//   4. reconnect storm: SIGKILL the operator, start it again, until every agent is configured again; Ready
+//      transitions of the StreamPaths across it; the TokenReviews it cost;
+//   5. webhook p99: AdmissionReviews sent straight to the webhook's HTTPS port, with 0 and N agents connected.
+// Run by hand: `npx tsx bench/operator/feed-scale.ts [--agents 500] [--generators 4]`; writes
+// bench/results/<date>-feed-scale-<N>.md and .json. Not a timed test.
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { httpGet, startControlPlane, type ControlPlane } from '../../e2e/cluster/local/controlplane.js';
+import { freePort } from '../../e2e/cluster/local/processes.js';
+import { streamPathPath } from '../../operator/src/controller/reconciler.js';
+import { KubeRest } from '../../operator/src/kube/rest.js';
+import { podToken } from '../../operator/src/testing/feed-agent.js';
+import { createNamespace, createPod, createStreamPath, exampleSpec, installCrd, podManifest } from '../../operator/src/testing/kube.js';
+import { processTicks, USER_HZ } from '../src/procfs.js';
+import { counterSum, percentile } from '../webhook/stats.js';
+import type { AgentSpec, QueryMessage, Stats } from './feed-agents.js';
+import { compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';
+
+const { values: args } = parseArgs({
+  options: {
+    agents: { type: 'string', default: '500' },
+    generators: { type: 'string', default: '4' },
+    'pods-per-namespace': { type: 'string', default: '1000' },
+    'idle-seconds': { type: 'string', default: '20' },
+    'webhook-reviews': { type: 'string', default: '2000' },
+    'counter-ms': { type: 'string', default: '1000' },
+    'start-per-second': { type: 'string', default: '100' },
+    'phase-timeout': { type: 'string', default: '300' },
+  },
+});
+const N = Number(args.agents);
+const GENERATORS = Math.min(Number(args.generators), N);
+const PER_NS = Math.min(N, Number(args['pods-per-namespace']));
+const IDLE_S = Number(args['idle-seconds']);
+const REVIEWS = Number(args['webhook-reviews']);
+const COUNTER_MS = Number(args['counter-ms']);
+const START_PER_S = Number(args['start-per-second']);
+/** Each phase (all connected, all Ready, all at the new generation, all back after the restart) must end within this. */
+const PHASE_MS = Number(args['phase-timeout']) * 1000;
+const CONCURRENCY = 32;
+/** Pods per narrow StreamPath (app label). */
+const APP_PODS = 10;
+const WARMUP_MS = 30_000;
+const STATUS_INTERVAL_MS = 10_000;
+
+const TARGETS = { propagationP99Ms: 2000, writesPerStreamPathPer10s: 1, rssMiB: 300, webhookP99Ratio: 1.2 };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const cpuSeconds = (pid: number) => (processTicks(pid) ?? 0) / USER_HZ;
+const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
+
+interface Generator {
+  child: ChildProcess;
+  query(q: Omit<QueryMessage, 'type' | 'id'>): Promise<Stats>;
+}
+
+function startGenerator(): Promise<Generator> {
+  const child = fork(join(REPO, 'bench/operator/feed-agents.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  let nextId = 0;
+  const waiting = new Map<number, (s: Stats) => void>();
+  child.on('message', (m: { type: string; id?: number } & Stats) => {
+    if (m.type === 'stats') waiting.get(m.id!)?.(m);
+  });
+  const query = (q: Omit<QueryMessage, 'type' | 'id'>) =>
+    new Promise<Stats>((resolve) => {
+      const id = nextId++;
+      waiting.set(id, (s) => {
+        waiting.delete(id);
+        resolve(s);
+      });
+      child.send({ type: 'query', id, ...q });
+    });
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`load generator exited with ${code} before it was ready`)));
+    child.on('message', (m: { type: string }) => {
+      if (m.type === 'ready') resolve({ child, query });
+    });
+  });
+}
+
+/** Sums the generators' stats; reachedAt is concatenated. */
+async function allStats(gens: Generator[], q: Omit<QueryMessage, 'type' | 'id'>): Promise<Stats> {
+  const parts = await Promise.all(gens.map((g) => g.query(q)));
+  const sum: Stats = { agents: 0, connected: 0, configured: 0, reached: 0, configuredSince: 0, rssMiB: 0, ...(q.times ? { reachedAt: [] } : {}) };
+  for (const p of parts) {
+    for (const k of ['agents', 'connected', 'configured', 'reached', 'configuredSince', 'rssMiB'] as const) sum[k] += p[k];
+    if (q.times) sum.reachedAt!.push(...(p.reachedAt ?? []));
+  }
+  return sum;
+}
+
+let interrupted: string | undefined;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => (interrupted = sig));
+
+async function until<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (interrupted) throw new Error(`${interrupted} while waiting for ${what}`);
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** AdmissionReviews straight to the webhook's HTTPS port over keep-alive connections, 4 at a time: latencies in ms. */
+async function admissionLatencies(port: number, ca: string, namespace: string, n: number): Promise<{ ms: number[]; mutated: number }> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 4, ca });
+  const body = (i: number) =>
+    JSON.stringify({
+      apiVersion: 'admission.k8s.io/v1',
+      kind: 'AdmissionReview',
+      request: {
+        uid: `bench-${i}`,
+        kind: { group: '', version: 'v1', kind: 'Pod' },
+        resource: { group: '', version: 'v1', resource: 'pods' },
+        operation: 'CREATE',
+        namespace,
+        object: podManifest(`review-${i}`, { labels: { app: 'review' } }),
+      },
+    });
+  const ms: number[] = [];
+  let mutated = 0;
+  const one = (i: number) =>
+    new Promise<void>((resolve, reject) => {
+      const b = body(i);
+      const t0 = performance.now();
+      const req = request({ host: '127.0.0.1', port, path: '/mutate-pods', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b) } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          ms.push(performance.now() - t0);
+          const r = JSON.parse(Buffer.concat(chunks).toString()) as { response?: { allowed?: boolean; patch?: string } };
+          if (res.statusCode !== 200 || !r.response?.allowed) return reject(new Error(`webhook answered ${res.statusCode}: ${Buffer.concat(chunks).toString().slice(0, 200)}`));
+          if (r.response.patch) mutated++;
+          resolve();
+        });
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end(b);
+    });
+  await pool(Array.from({ length: n }, (_, i) => i), 4, one);
+  agent.destroy();
+  return { ms, mutated };
+}
+
+/** The operator's log lines counted by level and message (errors shortened to their first 120 characters). */
+function logSummary(file: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    let key: string;
+    try {
+      const j = JSON.parse(line) as { level?: number; msg?: string; err?: { message?: string } };
+      key = `[${j.level}] ${j.msg}${j.err?.message ? `: ${j.err.message.slice(0, 120)}` : ''}`;
+    } catch {
+      key = line.slice(0, 160);
+    }
+    out[key] = (out[key] ?? 0) + 1;
+  }
+  return out;
+}
+
+const q = (xs: number[], p: number) => percentile(xs, p);
+const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : 'n/a');
+const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : 'n/a');
+const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
+
+async function main(): Promise<void> {
+  // The operator holds one socket per agent, inherited limit: say so before minutes of setup.
+  const nofile = Number(execFileSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).trim());
+  if (Number.isFinite(nofile) && nofile < N + 1024) throw new Error(`open files limit ${nofile} is too low for ${N} agents: raise it (ulimit -n ${N + 1024}) and run again`);
+  const startedAt = new Date();
+  const loadBefore = loadavg()[0] ?? 0;
+  const outDir = compileOperator();
+  const tmp = mkdtempSync(join(tmpdir(), 'kstreams-feed-scale-'));
+  let cp: ControlPlane | undefined;
+  let kube: KubeRest | undefined;
+  let operator: ChildProcess | undefined;
+  const gens: Generator[] = [];
+  const lines: string[] = [];
+  const log = (s: string) => {
+    const line = `[${((Date.now() - startedAt.getTime()) / 1000).toFixed(0).padStart(4)} s] ${s}`;
+    lines.push(line);
+    console.log(line);
+  };
+  // When a phase does not end: what the agents and the operator say at that moment, for the results file.
+  let diagnose: (() => Promise<string[]>) | undefined;
+  const resultBase = join(REPO, 'bench/results', `${startedAt.toISOString().slice(0, 16).replace(':', '-')}-feed-scale-${N}`);
+  try {
+    cp = await startControlPlane({});
+    log(`control plane up in ${cp.timings.totalMs} ms`);
+    const ca = readFileSync(cp.caFile);
+    const apiMetrics = async () => (await httpGet(`${cp!.server}/metrics`, { ca, token: cp!.token, timeoutMs: 30_000 })).body;
+    kube = await KubeRest.create(cp.kubeconfigPath);
+    await installCrd(kube);
+
+    // Layout: namespaces of PER_NS pods; per namespace one StreamPath per APP_PODS pods (app label) and one
+    // wide StreamPath `all` selecting every pod of the namespace (the edit that reaches all agents).
+    const nsCount = Math.ceil(N / PER_NS);
+    const namespaces = Array.from({ length: nsCount }, (_, i) => `feed-bench-${i}`);
+    const opNs = 'feed-bench-system';
+    await createNamespace(kube, opNs);
+    await pool(namespaces, 8, (ns) => createNamespace(kube!, ns, { 'kstreams.io/inject': 'enabled' }));
+    const pods = Array.from({ length: N }, (_, i) => ({ ns: namespaces[Math.floor(i / PER_NS)]!, name: `pod-${i}`, app: `app-${Math.floor((i % PER_NS) / APP_PODS)}`, uid: '' }));
+    let t = Date.now();
+    await pool(pods, CONCURRENCY, async (p) => {
+      p.uid = await createPod(kube!, p.ns, p.name, { labels: { app: p.app, bench: 'feed' }, agentPort: 15090, podIP: '127.0.0.1' });
+    });
+    log(`created ${N} pods in ${f1((Date.now() - t) / 1000)} s`);
+    const apps = [...new Set(pods.map((p) => `${p.ns}/${p.app}`))];
+    t = Date.now();
+    await pool(apps, CONCURRENCY, async (a) => {
+      const [ns, app] = a.split('/') as [string, string];
+      await createStreamPath(kube!, ns, `sp-${app}`, exampleSpec(app));
+    });
+    await pool(namespaces, 8, async (ns) => void (await createStreamPath(kube!, ns, 'all', { ...exampleSpec('unused', 8081), selector: { matchLabels: { bench: 'feed' } } })));
+    const streamPathCount = apps.length + namespaces.length;
+    log(`created ${streamPathCount} StreamPaths in ${f1((Date.now() - t) / 1000)} s`);
+
+    // Tokens: one TokenRequest per pod, bound to it, for the feed's audience; files reused for every (re)connect.
+    const tokenDir = join(tmp, 'tokens');
+    mkdirSync(tokenDir);
+    t = Date.now();
+    const specs: AgentSpec[] = [];
+    await pool(pods, CONCURRENCY, async (p) => {
+      const tokenFile = join(tokenDir, `${p.ns}_${p.name}`);
+      writeFileSync(tokenFile, await podToken(kube!, p.ns, p.name, { uid: p.uid }));
+      specs.push({ namespace: p.ns, pod: p.name, tokenFile });
+    });
+    const tokensS = (Date.now() - t) / 1000;
+    log(`minted ${N} tokens in ${f1(tokensS)} s (${f0(N / tokensS)}/s)`);
+
+    // The operator: production defaults (statusWriteIntervalMs 10 s, warmup 30 s) but one replica, no lease.
+    const [feedPort, webhookPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
+    const configFile = join(tmp, 'operator.json');
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        identity: 'feed-bench',
+        namespace: opNs,
+        logLevel: 'warn',
+        leaderElection: { enabled: false },
+        statusWriteIntervalMs: STATUS_INTERVAL_MS,
+        server: { host: '127.0.0.1', port: metricsPort },
+        feed: { host: '127.0.0.1', port: feedPort, advertiseAddress: `127.0.0.1:${feedPort}`, warmupMs: WARMUP_MS },
+        webhook: {
+          host: '127.0.0.1',
+          port: webhookPort,
+          namespace: opNs,
+          url: `https://127.0.0.1:${webhookPort}/mutate-pods`,
+          webhookConfigurationName: 'kstreams-feed-bench',
+          tls: { mode: 'self-managed', extraSANs: ['127.0.0.1'] },
+        },
+      }),
+    );
+    const operatorLogs: string[] = [];
+    const startOperatorProcess = async () => {
+      // Its log (warnings up) goes to a file: at N agents a refusal per agent is N lines. Summarised at the end.
+      const logFile = join(tmp, `operator-${operatorLogs.length + 1}.log`);
+      operatorLogs.push(logFile);
+      const fd = openSync(logFile, 'w');
+      const p = spawn(process.execPath, [operatorMain(outDir)], {
+        cwd: REPO,
+        env: { ...process.env, KUBECONFIG: cp!.kubeconfigPath, KSTREAMS_OPERATOR_CONFIG: configFile },
+        stdio: ['ignore', fd, fd],
+      });
+      closeSync(fd);
+      operator = p;
+      const t0 = Date.now();
+      await until('the operator ready (leader, caches synced)', 300_000, async () => {
+        if (p.exitCode !== null) throw new Error(`the operator exited with code ${p.exitCode}`);
+        const r = await httpGet(`http://127.0.0.1:${metricsPort}/readyz`).catch(() => undefined);
+        return r?.status === 200 ? true : undefined;
+      }, 50);
+      return { p, readyMs: Date.now() - t0 };
+    };
+    diagnose = async () => {
+      const out: string[] = [];
+      if (gens.length) {
+        const s = await allStats(gens, { streamPath: 'all', generation: 1, since: 0 });
+        out.push(`agents: ${s.connected} connected, ${s.configured} configured of ${s.agents}`);
+      }
+      const m = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`, { timeoutMs: 60_000 }).catch((err: Error) => ({ body: `# metrics: ${err.message}` }));
+      out.push(...m.body.split('\n').filter((l) => /^(kstreams_operator_feed|nodejs_eventloop_lag_p99|process_cpu_seconds_total|process_resident_memory_bytes|# metrics)/.test(l)));
+      for (const f of operatorLogs) for (const [msg, n] of Object.entries(logSummary(f))) out.push(`${f.split('/').pop()}: ${n} x ${msg}`);
+      out.push(`load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      return out;
+    };
+    const first = await startOperatorProcess();
+    const pid = () => operator!.pid!;
+    log(`operator ready in ${first.readyMs} ms (pid ${pid()})`);
+    const secret = await kube.request<{ data: Record<string, string> }>('GET', `/api/v1/namespaces/${opNs}/secrets/kstreams-webhook-tls`);
+    const caPem = Buffer.from(secret.data['ca.crt']!, 'base64').toString();
+
+    // 5a. Webhook latency without agents.
+    const hookIdle = await admissionLatencies(webhookPort, caPem, namespaces[0]!, REVIEWS);
+    if (hookIdle.mutated !== REVIEWS) throw new Error(`the webhook injected ${hookIdle.mutated}/${REVIEWS} pods of an opted-in namespace`);
+    log(`webhook, 0 agents: p50 ${f2(q(hookIdle.ms, 0.5))} ms, p99 ${f2(q(hookIdle.ms, 0.99))} ms`);
+    const rssNoAgents = rssMiB(pid());
+
+    // The agents: GENERATORS processes, the specs dealt round robin.
+    for (let i = 0; i < GENERATORS; i++) gens.push(await startGenerator());
+    const tConnect = Date.now();
+    const reviewsBefore = counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'tokenreviews' });
+    gens.forEach((g, i) =>
+      g.child.send({
+        type: 'start',
+        agents: specs.filter((_, j) => j % GENERATORS === i),
+        address: `127.0.0.1:${feedPort}`,
+        caPem,
+        serverName: `kstreams-webhook.${opNs}.svc`,
+        counterMs: COUNTER_MS,
+        startPerSecond: START_PER_S / GENERATORS,
+      }),
+    );
+    const everyone = { streamPath: 'all', generation: 1, since: 0 };
+    await until(`all ${N} agents configured`, PHASE_MS, async () => {
+      const s = await allStats(gens, everyone);
+      return s.reached === N && s.connected === N ? s : undefined;
+    }, 250);
+    const connectS = (Date.now() - tConnect) / 1000;
+    const initialReviews = counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'tokenreviews' }) - reviewsBefore;
+    log(`all ${N} agents connected and configured in ${f1(connectS)} s (${initialReviews} TokenReviews)`);
+
+    // Every StreamPath Ready from the agents' reports.
+    const list = () => kube!.request<{ items: { metadata: { namespace: string; name: string }; status?: { conditions?: { type: string; status: string; lastTransitionTime?: string }[] } }[] }>('GET', '/apis/kstreams.io/v1alpha1/streampaths');
+    const readyOf = (i: Awaited<ReturnType<typeof list>>['items'][number]) => i.status?.conditions?.find((c) => c.type === 'Ready');
+    await until('every StreamPath Ready', PHASE_MS, async () => {
+      const l = await list();
+      return l.items.filter((i) => readyOf(i)?.status === 'True').length === streamPathCount ? true : undefined;
+    }, 1000);
+    log(`every StreamPath Ready`);
+
+    // 2+3. Idle with N streams whose counters change every COUNTER_MS: CPU, RSS, status writes.
+    const statusWrites = async () => counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'streampaths', subresource: 'status', verb: /^(PATCH|PUT|UPDATE|APPLY)$/ });
+    const w0 = await statusWrites();
+    const c0 = cpuSeconds(pid());
+    const i0 = Date.now();
+    await sleep(IDLE_S * 1000);
+    const idleS = (Date.now() - i0) / 1000;
+    const idleCpu = cpuSeconds(pid()) - c0;
+    const idleWrites = (await statusWrites()) - w0;
+    const rssIdle = rssMiB(pid());
+    const genIdle = await allStats(gens, everyone);
+    log(`idle ${f0(idleS)} s: CPU ${f2(idleCpu)} s (${f0((idleCpu / idleS) * 100)}% of a core), RSS ${f0(rssIdle.rss)} MiB, ${idleWrites} status writes`);
+
+    // 5b. Webhook latency with N agents connected (their reports keep coming meanwhile).
+    const hookBusy = await admissionLatencies(webhookPort, caPem, namespaces[0]!, REVIEWS);
+    log(`webhook, ${N} agents: p50 ${f2(q(hookBusy.ms, 0.5))} ms, p99 ${f2(q(hookBusy.ms, 0.99))} ms`);
+
+    // 1. The edit: every namespace's `all` StreamPath gets a new port at once (generation 2).
+    const e0cpu = cpuSeconds(pid());
+    // From just before the PATCHes are sent: the figure includes the apiserver's write and watch delivery.
+    const t0 = Date.now();
+    await Promise.all(namespaces.map((ns) => kube!.request('PATCH', streamPathPath(ns, 'all'), { body: { spec: { port: 8082 } }, patch: 'merge' })));
+    const edited = { streamPath: 'all', generation: 2, since: 0 };
+    await until(`all ${N} agents at generation 2`, PHASE_MS, async () => ((await allStats(gens, edited)).reached === N ? true : undefined), 50);
+    const editCpu = cpuSeconds(pid()) - e0cpu;
+    const rssEdit = rssMiB(pid());
+    const reached = await allStats(gens, { ...edited, times: true });
+    const prop = reached.reachedAt!.map((at) => at - t0);
+    log(`edit -> all ${N} agents: p50 ${f0(q(prop, 0.5))} ms, p99 ${f0(q(prop, 0.99))} ms, max ${f0(Math.max(...prop))} ms; CPU ${f2(editCpu)} s`);
+
+    // 4. Reconnect storm: SIGKILL, start again, until every agent has a config from the new process.
+    await sleep(STATUS_INTERVAL_MS); // the edit's status writes are done
+    const readyBefore = new Map((await list()).items.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, readyOf(i)?.lastTransitionTime]));
+    const reviews0 = counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'tokenreviews' });
+    const storm0 = Date.now();
+    const killed = first.p;
+    killed.kill('SIGKILL');
+    await once(killed, 'exit');
+    const killedAt = Date.now();
+    let notReadySeen = 0;
+    const second = await startOperatorProcess();
+    const stormCpu0 = cpuSeconds(pid());
+    await until(`all ${N} agents configured by the new operator`, PHASE_MS, async () => {
+      const s = await allStats(gens, { streamPath: 'all', generation: 2, since: killedAt });
+      return s.configuredSince === N && s.connected === N ? s : undefined;
+    }, 250);
+    const stormS = (Date.now() - storm0) / 1000;
+    const stormReviews = counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'tokenreviews' }) - reviews0;
+    const stormCpu = cpuSeconds(pid()) - stormCpu0;
+    const rssStorm = rssMiB(pid());
+    log(`storm: all ${N} agents configured again ${f1(stormS)} s after the SIGKILL (operator ready after ${f1(second.readyMs / 1000)} s; ${stormReviews} TokenReviews; CPU ${f2(stormCpu)} s)`);
+    // Ready transitions: watched through the warm-up and one write interval after it.
+    const watchEnd = killedAt + second.readyMs + WARMUP_MS + STATUS_INTERVAL_MS + 2000;
+    while (Date.now() < watchEnd) {
+      notReadySeen = Math.max(notReadySeen, (await list()).items.filter((i) => readyOf(i)?.status !== 'True').length);
+      await sleep(1000);
+    }
+    const after = (await list()).items;
+    const flapped = after.filter((i) => readyOf(i)?.lastTransitionTime !== readyBefore.get(`${i.metadata.namespace}/${i.metadata.name}`)).length;
+    const rssEnd = rssMiB(pid());
+    log(`storm: ${flapped} StreamPaths with a Ready transition, at most ${notReadySeen} seen not Ready at once`);
+
+    const operatorLog = operatorLogs.map((f, i) => ({ process: i + 1, messages: logSummary(f) }));
+    for (const l of operatorLog) for (const [msg, n] of Object.entries(l.messages)) log(`operator ${l.process} logged ${n} x ${msg}`);
+    const result = {
+      operatorLog,
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      machine: { cpus: cpus().length, model: cpus()[0]?.model ?? '', kernel: release(), node: process.version, loadBefore, loadAfter: loadavg()[0] ?? 0 },
+      commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8' }).trim(),
+      agents: N,
+      generators: GENERATORS,
+      namespaces: nsCount,
+      streamPaths: streamPathCount,
+      counterMs: COUNTER_MS,
+      statusWriteIntervalMs: STATUS_INTERVAL_MS,
+      setup: { tokensPerSecond: N / tokensS, initialConnectS: connectS, initialTokenReviews: initialReviews },
+      propagationMs: { p50: q(prop, 0.5), p99: q(prop, 0.99), max: Math.max(...prop), n: prop.length },
+      operator: {
+        rssNoAgentsMiB: rssNoAgents.rss,
+        rssIdleMiB: rssIdle.rss,
+        rssAfterEditMiB: rssEdit.rss,
+        rssAfterStormMiB: rssStorm.rss,
+        rssEndMiB: rssEnd.rss,
+        hwmFirstProcessMiB: rssEdit.hwm,
+        hwmSecondProcessMiB: rssEnd.hwm,
+        idleCpuS: idleCpu,
+        idleS,
+        editCpuS: editCpu,
+        stormCpuS: stormCpu,
+      },
+      generatorsRssMiB: genIdle.rssMiB,
+      statusWrites: { count: idleWrites, seconds: idleS, perSecond: idleWrites / idleS, perStreamPathPer10s: idleWrites / streamPathCount / (idleS / 10) },
+      storm: { allConfiguredS: stormS, operatorReadyS: second.readyMs / 1000, tokenReviews: stormReviews, readyTransitions: flapped, maxNotReady: notReadySeen },
+      webhook: {
+        reviews: REVIEWS,
+        noAgents: { p50Ms: q(hookIdle.ms, 0.5), p99Ms: q(hookIdle.ms, 0.99) },
+        withAgents: { p50Ms: q(hookBusy.ms, 0.5), p99Ms: q(hookBusy.ms, 0.99) },
+      },
+    };
+    const ratio = result.webhook.withAgents.p99Ms / result.webhook.noAgents.p99Ms;
+    const peak = Math.max(rssEdit.hwm, rssEnd.hwm);
+    const rows: [string, string, string, string][] = [
+      ['edit -> all agents p99', `${f0(result.propagationMs.p99)} ms (p50 ${f0(result.propagationMs.p50)}, max ${f0(result.propagationMs.max)})`, `<= ${TARGETS.propagationP99Ms} ms`, mark(result.propagationMs.p99 <= TARGETS.propagationP99Ms)],
+      ['status writes per StreamPath per 10 s', `${f2(result.statusWrites.perStreamPathPer10s)} (${f1(result.statusWrites.perSecond)}/s over ${streamPathCount} StreamPaths)`, `<= ${TARGETS.writesPerStreamPathPer10s}`, mark(result.statusWrites.perStreamPathPer10s <= TARGETS.writesPerStreamPathPer10s)],
+      ['operator peak RSS (VmHWM)', `${f0(peak)} MiB (idle ${f0(rssIdle.rss)}, 0 agents ${f0(rssNoAgents.rss)})`, `<= ${TARGETS.rssMiB} MiB`, mark(peak <= TARGETS.rssMiB)],
+      ['webhook p99, N agents / 0 agents', `${f2(ratio)}x (${f2(result.webhook.withAgents.p99Ms)} / ${f2(result.webhook.noAgents.p99Ms)} ms)`, `<= ${TARGETS.webhookP99Ratio}x`, mark(ratio <= TARGETS.webhookP99Ratio)],
+      ['operator CPU idle with N streams', `${f2(idleCpu / idleS)} cores (${f2(idleCpu)} s in ${f0(idleS)} s)`, '-', '-'],
+      ['operator CPU for the edit', `${f2(editCpu)} s`, '-', '-'],
+      ['reconnect storm: all configured again', `${f1(stormS)} s after SIGKILL (operator ready ${f1(second.readyMs / 1000)} s, ${stormReviews} TokenReviews, CPU ${f2(stormCpu)} s)`, '-', '-'],
+      ['reconnect storm: Ready transitions', `${flapped} of ${streamPathCount} StreamPaths (max not Ready at once ${notReadySeen})`, '0', mark(flapped === 0)],
+    ];
+    const table = [
+      '| figure | measured | target | |',
+      '|:--|:--|:--|:--|',
+      ...rows.map((r) => `| ${r.join(' | ')} |`),
+    ].join('\n');
+    console.log(`\n${N} agents (${GENERATORS} generator processes), ${nsCount} namespaces, ${streamPathCount} StreamPaths, counters changing every ${COUNTER_MS} ms:\n${table}`);
+    const base = resultBase;
+    writeFileSync(`${base}.json`, `${JSON.stringify(result, null, 2)}\n`);
+    writeFileSync(
+      `${base}.md`,
+      [
+        `# KStreams control plane at scale: ${N} agents on the feed`,
+        '',
+        `${result.startedAt} .. ${result.finishedAt}; ${result.machine.model}, ${result.machine.cpus} cores, kernel ${result.machine.kernel}, node ${result.machine.node}, commit ${result.commit}  `,
+        `load average ${f2(loadBefore)} before, ${f2(result.machine.loadAfter)} after; kube-apiserver ${cp.binDir} + etcd on the same machine  `,
+        `${N} agents = ${N} HTTP/2 + TLS connections of the sidecar's feed client in ${GENERATORS} processes (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
+        `setup: ${f0(N / tokensS)} TokenRequests/s; first connect of all agents ${f1(connectS)} s (${initialReviews} TokenReviews)`,
+        '',
+        table,
+        '',
+        'How to read this: docs/bench.md, "The control plane at scale".',
+        '',
+      ].join('\n'),
+    );
+    console.log(`\nwrote ${base}.md and .json`);
+  } catch (err) {
+    // Where it broke and why, with the figures measured up to there.
+    const diag = await diagnose?.().catch((e: Error) => [`diagnosis failed: ${e.message}`]);
+    writeFileSync(
+      `${resultBase}-broken.md`,
+      [
+        `# KStreams control plane at scale: ${N} agents on the feed, did not finish`,
+        '',
+        `${startedAt.toISOString()} .. ${new Date().toISOString()}; ${cpus()[0]?.model ?? ''}, ${cpus().length} cores, load average ${f2(loadBefore)} before, ${f2(loadavg()[0] ?? 0)} at the failure; ${GENERATORS} generator processes, start ${START_PER_S}/s, counters every ${COUNTER_MS} ms`,
+        '',
+        `Broke with: ${(err as Error).message}`,
+        '',
+        '```',
+        ...lines,
+        '--- at the failure',
+        ...(diag ?? []),
+        '```',
+        '',
+      ].join('\n'),
+    );
+    console.error(`wrote ${resultBase}-broken.md`);
+    throw err;
+  } finally {
+    await Promise.all(
+      gens.map(async (g) => {
+        if (g.child.exitCode !== null) return;
+        g.child.send({ type: 'stop' });
+        const t = setTimeout(() => g.child.kill('SIGKILL'), 15_000);
+        await once(g.child, 'exit');
+        clearTimeout(t);
+      }),
+    );
+    if (operator && operator.exitCode === null) {
+      operator.kill('SIGTERM');
+      await once(operator, 'exit');
+    }
+    kube?.close();
+    await cp?.stop();
+    rmSync(tmp, { recursive: true, force: true });
+    rmSync(outDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
