@@ -407,7 +407,7 @@ async function main(): Promise<void> {
     const after = (await list()).items;
     const flapped = after.filter((i) => readyOf(i)?.lastTransitionTime !== readyBefore.get(`${i.metadata.namespace}/${i.metadata.name}`)).length;
     const rssEnd = rssMiB(pid());
-    log(`storm: ${flapped} StreamPaths with a Ready transition, at most ${notReadySeen} seen not Ready at once`);
+    log(`storm: ${flapped} StreamPaths whose Ready lastTransitionTime moved, at most ${notReadySeen} seen not Ready at once`);
 
     const operatorLog = operatorLogs.map((f, i) => ({ process: i + 1, messages: logSummary(f) }));
     for (const l of operatorLog) for (const [msg, n] of Object.entries(l.messages)) log(`operator ${l.process} logged ${n} x ${msg}`);
@@ -457,7 +457,9 @@ async function main(): Promise<void> {
       ['operator CPU idle with N streams', `${f2(idleCpu / idleS)} cores (${f2(idleCpu)} s in ${f0(idleS)} s)`, '-', '-'],
       ['operator CPU for the edit', `${f2(editCpu)} s`, '-', '-'],
       ['reconnect storm: all configured again', `${f1(stormS)} s after SIGKILL (operator ready ${f1(second.readyMs / 1000)} s, ${stormReviews} TokenReviews, CPU ${f2(stormCpu)} s)`, '-', '-'],
-      ['reconnect storm: Ready transitions', `${flapped} of ${streamPathCount} StreamPaths (max not Ready at once ${notReadySeen})`, '0', mark(flapped === 0)],
+      // A moved lastTransitionTime with Ready never seen otherwise than True (polled every second, writes 10 s
+      // apart) is a condition rewritten with a new time, not a False in between.
+      ['reconnect storm: Ready lastTransitionTime moved', `${flapped} of ${streamPathCount} StreamPaths (seen not Ready at once, 1 s polls: at most ${notReadySeen})`, '0', mark(flapped === 0 && notReadySeen === 0)],
     ];
     const table = [
       '| figure | measured | target | |',
