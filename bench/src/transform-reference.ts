@@ -5,7 +5,7 @@
 //
 // Bytes: the ops' strings are UTF-8 (as the StreamPath's are); mask.with must be one byte; a byteMap pair's
 // key and value are bytes written as the StreamPath writes them (one ASCII character, or 0xNN).
-import { byteOf } from '../../operator/src/api/streampath.js';
+import { byteOf } from '../../api/src/streampath.js';
 
 /** One op, in the shape of a StreamPath's spec.transform.ops[] entry (program ops are not modelled here). */
 export type XformOp =

@@ -9,7 +9,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { TransformSchema } from '../../operator/src/api/streampath.js';
+import { TransformSchema } from '../../api/src/streampath.js';
 import { applyOps, type XformOp } from '../../bench/src/transform-reference.js';
 import { planTransform } from '../../sidecar/src/dataplane/transform.js';
 import { Engine } from '../lib/engine.js';

@@ -5,8 +5,8 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { DEFAULT_FEED_PORT } from './api/feed.js';
-import { formatIssues } from './api/streampath.js';
+import { DEFAULT_FEED_PORT } from '../../api/src/feed.js';
+import { formatIssues } from '../../api/src/streampath.js';
 import { WebhookConfigSchema } from './webhook/config.js';
 
 const ms = z.number().int().positive();

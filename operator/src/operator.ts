@@ -10,7 +10,7 @@ import { Controller } from './controller/controller.js';
 import { Backoff } from './kube/backoff.js';
 import { Informer, InformerLifecycle } from './kube/informer.js';
 import { sameSlimNamespace, slimNamespace, type SlimNamespace } from './kube/objects.js';
-import { FEED_ADDRESS_ANNOTATION } from './api/feed.js';
+import { FEED_ADDRESS_ANNOTATION } from '../../api/src/feed.js';
 import { FeedAuthError, reviewAgentToken } from './feed/auth.js';
 import { startFeedServer, type RunningFeedServer } from './feed/server.js';
 import type { TlsSource } from './webhook/tls-source.js';

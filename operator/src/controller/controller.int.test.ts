@@ -1,7 +1,7 @@
 // The controller against the real kube-apiserver: status, conditions, events, finalizers and write counts.
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { FINALIZER } from '../api/agent.js';
+import { FINALIZER } from '../../../api/src/agent.js';
 import { systemClock } from '../clock.js';
 import { parseConfig } from '../config.js';
 import { KubeRest } from '../kube/rest.js';

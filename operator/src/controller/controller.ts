@@ -3,7 +3,7 @@
 // select them. Two more informers (Services, Endpoints) and the program ConfigMaps feed the agents'
 // configurations (feed/hub.ts), which follow every change of what they are computed from.
 import type { Logger } from 'pino';
-import { GROUP, PLURAL, VERSION } from '../api/streampath.js';
+import { GROUP, PLURAL, VERSION } from '../../../api/src/streampath.js';
 import type { Clock } from '../clock.js';
 import type { OperatorConfig } from '../config.js';
 import { Backoff } from '../kube/backoff.js';

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { AgentReport } from '../api/agent.js';
+import type { AgentReport } from '../../../api/src/agent.js';
 import { KubeRest, isStatus } from '../kube/rest.js';
 import { FeedAgent } from '../testing/feed-agent.js';
 import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freeLoopbackPort, freshName, getStreamPath, installCrd } from '../testing/kube.js';

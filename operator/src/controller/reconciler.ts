@@ -3,8 +3,8 @@
 // result equals the stored status makes no write at all.
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { FINALIZER } from '../api/agent.js';
-import { API_VERSION, GROUP, KIND, PLURAL, VERSION, parseClusterSpec, type Condition, type LabelSelector, type StreamPathStatus } from '../api/streampath.js';
+import { FINALIZER } from '../../../api/src/agent.js';
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION, parseClusterSpec, type Condition, type LabelSelector, type StreamPathStatus } from '../../../api/src/streampath.js';
 import { AbortError, type Clock } from '../clock.js';
 import type { EventRecorder, EventType, InvolvedObject } from '../kube/events.js';
 import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AgentReportSchema, type AgentReport } from '../api/agent.js';
+import { AgentReportSchema, type AgentReport } from '../../../api/src/agent.js';
 import { sameSlimPod, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { SidecarConfigSchema } from '../webhook/config.js';
 import { sidecarContainer } from '../webhook/patch.js';

@@ -1,9 +1,9 @@
 // The heart of the reconcile, as a pure function: from a StreamPath, the pods of its namespace, the
 // namespace's labels and the agents' last reports, compute the status the StreamPath should have.
 // Nothing here does I/O, so every condition rule is unit-tested with plain objects.
-import type { AgentReport, AgentStreamPathReport } from '../api/agent.js';
-import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../api/agent.js';
-import type { Condition, LabelSelector, StreamPathStatus, TargetCounters } from '../api/streampath.js';
+import type { AgentReport, AgentStreamPathReport } from '../../../api/src/agent.js';
+import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../../../api/src/agent.js';
+import type { Condition, LabelSelector, StreamPathStatus, TargetCounters } from '../../../api/src/streampath.js';
 import { namespaceInjectionEnabled, selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { describeVerdict, sidecarPodSecurity } from '../webhook/pod-security.js';
 

@@ -1,7 +1,7 @@
 // Who is at the other end of an agent stream: the pod whose projected ServiceAccount token (audience
 // FEED_AUDIENCE, bound to the pod) it presents, as the apiserver says through a TokenReview. The pod comes
 // from the token's own claims (the apiserver puts them in status.user.extra), never from what the agent says.
-import { FEED_AUDIENCE } from '../api/feed.js';
+import { FEED_AUDIENCE } from '../../../api/src/feed.js';
 import { formatApiError } from '../kube/errors.js';
 import type { KubeTransport } from '../kube/rest.js';
 

@@ -5,7 +5,7 @@
 // bound, and that it keeps its configuration while the operator is away and reconnects.
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { FEED_AUDIENCE, programKey, serviceKey } from '../api/feed.js';
+import { FEED_AUDIENCE, programKey, serviceKey } from '../../../api/src/feed.js';
 import { systemClock } from '../clock.js';
 import { parseConfig, type OperatorConfigInput } from '../config.js';
 import { KubeRest } from '../kube/rest.js';

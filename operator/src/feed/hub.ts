@@ -3,8 +3,8 @@
 // when it differs from the last one sent), and the last report each agent sent, which the reconciler reads
 // instead of polling. Changes are batched: a burst of events recomputes each affected pod once.
 import type { Logger } from 'pino';
-import { programKey, serviceKey, type ConfigFrame, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../api/feed.js';
-import { LabelSelectorSchema, StreamPathSpecSchema } from '../api/streampath.js';
+import { programKey, serviceKey, type ConfigFrame, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../../../api/src/feed.js';
+import { LabelSelectorSchema, StreamPathSpecSchema } from '../../../api/src/streampath.js';
 import type { Clock } from '../clock.js';
 import { podKey, selectorMatches, type SlimPod } from '../kube/objects.js';
 import type { StreamPathObject } from '../controller/reconciler.js';

@@ -3,7 +3,7 @@
 // pod's ServiceAccount needs to read ConfigMaps. Read on first use, then again every refreshMs while some
 // agent's configuration still names them (one timer for all); the others are dropped.
 import type { Logger } from 'pino';
-import type { DeliveredProgram } from '../api/feed.js';
+import type { DeliveredProgram } from '../../../api/src/feed.js';
 import { formatApiError } from '../kube/errors.js';
 import { isStatus, type KubeTransport } from '../kube/rest.js';
 

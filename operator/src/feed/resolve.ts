@@ -1,7 +1,7 @@
 // What the operator resolves for the agents, as pure functions of its caches: `service:` mirror targets
 // (a ClusterIP Service to ClusterIP:port, a headless one to its first ready endpoint for that port, as the
 // agents did before through the API) and the ConfigMaps holding transform programs.
-import type { ResolvedService } from '../api/feed.js';
+import type { ResolvedService } from '../../../api/src/feed.js';
 
 export interface SlimService {
   namespace: string;

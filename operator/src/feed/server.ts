@@ -5,8 +5,8 @@
 import { constants, createSecureServer, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame, type OperatorFrame } from '../api/feed.js';
-import { formatIssues } from '../api/streampath.js';
+import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame, type OperatorFrame } from '../../../api/src/feed.js';
+import { formatIssues } from '../../../api/src/streampath.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
 
 /** What the hub sees of one agent's stream. */

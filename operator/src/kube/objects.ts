@@ -1,6 +1,6 @@
 // What the operator keeps of Pods and Namespaces, and label selector matching.
-import { AGENT_PORT_ANNOTATION, DEFAULT_AGENT_PORT, INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL, INJECTED_ANNOTATION } from '../api/agent.js';
-import type { LabelSelector } from '../api/streampath.js';
+import { AGENT_PORT_ANNOTATION, DEFAULT_AGENT_PORT, INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL, INJECTED_ANNOTATION } from '../../../api/src/agent.js';
+import type { LabelSelector } from '../../../api/src/streampath.js';
 
 /** A pod as the operator needs it: a few hundred bytes instead of the full object. */
 export interface SlimPod {

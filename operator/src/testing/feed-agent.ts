@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { FeedClient } from '../../../sidecar/src/agent/feed-client.js';
-import type { AgentReport, AgentStreamPathReport } from '../api/agent.js';
-import { FEED_AUDIENCE, type ConfigFrame } from '../api/feed.js';
+import type { AgentReport, AgentStreamPathReport } from '../../../api/src/agent.js';
+import { FEED_AUDIENCE, type ConfigFrame } from '../../../api/src/feed.js';
 import type { KubeTransport } from '../kube/rest.js';
 
 /** A token for the feed's audience bound to the pod, as the kubelet projects it into the sidecar. */

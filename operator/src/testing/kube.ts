@@ -5,8 +5,8 @@ import { createServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION } from '../api/agent.js';
-import { API_VERSION, KIND, type StreamPathSpecInput } from '../api/streampath.js';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION } from '../../../api/src/agent.js';
+import { API_VERSION, KIND, type StreamPathSpecInput } from '../../../api/src/streampath.js';
 import { streamPathPath, type StreamPathObject } from '../controller/reconciler.js';
 import { isStatus, type KubeTransport } from '../kube/rest.js';
 

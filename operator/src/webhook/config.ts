@@ -2,7 +2,7 @@
 // Nested objects use .prefault({}) so that an absent section still gets every inner default (zod 4's
 // .default() would return the literal {} unparsed).
 import { z } from 'zod';
-import { DEFAULT_AGENT_PORT } from '../api/agent.js';
+import { DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
 
 const QuantitySchema = z.union([z.string().min(1), z.number()]).transform(String);
 const ResourceListSchema = z.record(z.string(), QuantitySchema);

@@ -2,7 +2,7 @@
 // feed is (this replica first, then the Service), the CA that signs the operator's certificate and the TLS
 // name to check, and a projected ServiceAccount token for the feed's audience, bound to the pod, which the
 // operator checks with a TokenReview. The pod's ServiceAccount needs no rights at all for this.
-import { FEED_AUDIENCE, FEED_TOKEN_DIR, FEED_TOKEN_FILE, FEED_TOKEN_VOLUME } from '../api/feed.js';
+import { FEED_AUDIENCE, FEED_TOKEN_DIR, FEED_TOKEN_FILE, FEED_TOKEN_VOLUME } from '../../../api/src/feed.js';
 
 export interface FeedInjection {
   /** host:port, tried in order. */

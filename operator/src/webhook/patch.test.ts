@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../api/agent.js';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
 import { WebhookConfigSchema, type WebhookConfig } from './config.js';
 import { computePodPatch, parseServerVersion, sidecarContainer, useNativeSidecar, INJECTOR_VERSION, type ServerVersion } from './patch.js';
 import { applyJsonPatch } from './testing/json-patch.js';

@@ -9,7 +9,7 @@ import {
   INJECT_POD_LABEL,
   INJECTED_ANNOTATION,
   SIDECAR_CONTAINER_NAME,
-} from '../api/agent.js';
+} from '../../../api/src/agent.js';
 import type { SidecarConfig, WebhookConfig } from './config.js';
 import { feedEnv, feedVolume, feedVolumeMount, type FeedInjection } from './feed-injection.js';
 

@@ -9,7 +9,7 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCA, fingerprint, issueServingCert } from './certs.js';
 import { WebhookConfigSchema } from './config.js';
-import { SIDECAR_CONTAINER_NAME } from '../api/agent.js';
+import { SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
 import { startWebhook, type RunningWebhook } from './server.js';
 import type { SlimNode } from './sidecar-mode.js';
 import { StaticTls } from './testing/static-tls.js';

@@ -1,7 +1,7 @@
 // The MutatingWebhookConfiguration the operator owns: desired state computed purely from the config and
 // the CA bundle, written only when it differs (every replica runs this; a second run makes no write).
 import type { AdmissionregistrationV1Api, V1MutatingWebhook, V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
-import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../api/agent.js';
+import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../../../api/src/agent.js';
 import type { WebhookConfig } from './config.js';
 import { kubeCall } from '../kube/errors.js';
 import { excludedNamespaces } from './patch.js';

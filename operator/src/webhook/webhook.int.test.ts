@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { Registry, type Counter } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freePort, waitFor } from '../../../e2e/cluster/local/processes.js';
-import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../api/agent.js';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
 import { handleAdmissionReview } from './admission.js';
 import { bundleFromSecretData, fingerprint } from './certs.js';
 import { WebhookConfigSchema, type WebhookConfig } from './config.js';

@@ -3,9 +3,9 @@
 // on the same stream, and serves /healthz, /readyz, /metrics and /v1/report. It makes no API request of its
 // own: the pod's ServiceAccount needs no rights (docs/adr/0008-agents-get-their-configuration-from-the-operator.md).
 import { pino, type Logger } from 'pino';
-import type { AgentReport } from '../../../operator/src/api/agent.js';
-import { programKey, serviceKey, type ConfigFrame } from '../../../operator/src/api/feed.js';
-import type { MirrorTarget } from '../../../operator/src/api/streampath.js';
+import type { AgentReport } from '../../../api/src/agent.js';
+import { programKey, serviceKey, type ConfigFrame } from '../../../api/src/feed.js';
+import type { MirrorTarget } from '../../../api/src/streampath.js';
 import { errSerializer } from '../../../operator/src/kube/errors.js';
 import type { KernelFeatures } from '../../../native/lib/types.js';
 import type { AgentConfig } from './config.js';

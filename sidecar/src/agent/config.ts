@@ -1,7 +1,7 @@
 // The agent's whole configuration, parsed once at start-up from the environment the webhook (or a test)
 // gives it, then passed in. Nothing else in the agent reads process.env.
 import { z } from 'zod';
-import { DEFAULT_AGENT_PORT } from '../../../operator/src/api/agent.js';
+import { DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
 
 const intFromEnv = (def: number, min: number, max: number) =>
   z

@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import type { StreamPathSpec } from '../../../operator/src/api/streampath.js';
+import type { StreamPathSpec } from '../../../api/src/streampath.js';
 import { problemFromError, Reconciler, type World } from './converge.js';
 import type { AgentDataPlane, Attachment, AttachRequest, DrainOutcome } from './dataplane.js';
 

@@ -2,13 +2,13 @@
 // set of live attachments equal to the set of StreamPaths that select the pod, touching only what differs.
 // A second converge with nothing changed makes no data-plane call. Calls are serialised by the caller.
 import type { Logger } from 'pino';
-import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { AgentStreamPathReport } from '../../../api/src/agent.js';
 import {
   LabelSelectorSchema,
   parseStreamPath,
   type StreamPathSpec,
   type TargetCounters,
-} from '../../../operator/src/api/streampath.js';
+} from '../../../api/src/streampath.js';
 import type { Attachment, AttachmentStats, AgentDataPlane, DrainOutcome, ServiceResolver } from './dataplane.js';
 import type { ProgramReader } from '../dataplane/transform.js';
 import { selectorMatches, type Labels } from './selector.js';

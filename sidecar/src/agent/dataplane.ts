@@ -1,7 +1,7 @@
 // What the agent needs from the data plane, as an interface: the real one is attachStreamPath() in
 // sidecar/src/dataplane/attach.ts (realDataPlane below); unit tests inject a fake. Keeping the seam this narrow lets the
 // converge logic be tested without a kernel.
-import type { MirrorTarget, StreamPathSpec, TargetCounters } from '../../../operator/src/api/streampath.js';
+import type { MirrorTarget, StreamPathSpec, TargetCounters } from '../../../api/src/streampath.js';
 import type { CaptureStats, Endpoint } from '../../../native/lib/types.js';
 import type { ProgramReader } from '../dataplane/transform.js';
 import { attachStreamPath, type AttachmentMemory, type DetachOptions } from '../dataplane/attach.js';

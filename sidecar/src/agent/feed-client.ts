@@ -6,9 +6,9 @@
 import { readFile } from 'node:fs/promises';
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import type { Logger } from 'pino';
-import { encodeFrame, FEED_PATH, FrameDecoder, OperatorFrameSchema, type ConfigFrame } from '../../../operator/src/api/feed.js';
-import type { AgentReport } from '../../../operator/src/api/agent.js';
-import { formatIssues } from '../../../operator/src/api/streampath.js';
+import { encodeFrame, FEED_PATH, FrameDecoder, OperatorFrameSchema, type ConfigFrame } from '../../../api/src/feed.js';
+import type { AgentReport } from '../../../api/src/agent.js';
+import { formatIssues } from '../../../api/src/streampath.js';
 import { Backoff } from '../../../operator/src/kube/backoff.js';
 import type { FeedEvent } from './metrics.js';
 

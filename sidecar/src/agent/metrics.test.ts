@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { AgentStreamPathReport } from '../../../api/src/agent.js';
 import { createMetrics, type MetricsEntry } from './metrics.js';
 
 const report = (over: Partial<AgentStreamPathReport>): AgentStreamPathReport => ({

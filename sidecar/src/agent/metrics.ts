@@ -5,7 +5,7 @@
 // the agent's own workings kstreams_agent_*, and the process metrics carry no prefix; Prometheus adds the
 // pod and namespace labels when it scrapes.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AgentStreamPathReport } from '../../../operator/src/api/agent.js';
+import type { AgentStreamPathReport } from '../../../api/src/agent.js';
 import type { CaptureStats } from '../../../native/lib/types.js';
 import type { LocalStats } from './converge.js';
 import type { DrainOutcome } from './dataplane.js';

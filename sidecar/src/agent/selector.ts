@@ -1,7 +1,7 @@
 // Label selector matching with the semantics of Kubernetes' metav1.LabelSelector, except one deliberate
 // difference: an empty selector ({} or no requirements) selects NO pod. A StreamPath that taps every pod
 // of a namespace by accident would mirror traffic nobody asked for; the API documents this.
-import type { LabelSelector } from '../../../operator/src/api/streampath.js';
+import type { LabelSelector } from '../../../api/src/streampath.js';
 
 export type Labels = Readonly<Record<string, string>>;
 

@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentReportSchema, type AgentReport } from '../../../operator/src/api/agent.js';
+import { AgentReportSchema, type AgentReport } from '../../../api/src/agent.js';
 import { startAgentServer, type AgentHttpServer, type Readiness } from './server.js';
 
 describe('the agent HTTP server', () => {

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { AgentReport } from '../../../operator/src/api/agent.js';
+import type { AgentReport } from '../../../api/src/agent.js';
 
 export interface Readiness {
   ready: boolean;

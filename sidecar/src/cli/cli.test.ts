@@ -4,7 +4,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
+import { EXAMPLE_STREAMPATH_YAML } from '../../../api/src/streampath.js';
 import { nameUnknownField } from './load.js';
 import { privilegesFromStatus } from './privileges.js';
 import { formatSeconds, renderLive } from './live.js';

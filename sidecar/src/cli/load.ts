@@ -2,7 +2,7 @@
 // exactly what `kubectl apply` would, and names the field when it does not.
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
-import { parseStreamPath, type StreamPath } from '../../../operator/src/api/streampath.js';
+import { parseStreamPath, type StreamPath } from '../../../api/src/streampath.js';
 import { CliError, EXIT } from './errors.js';
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {

@@ -1,7 +1,7 @@
 // The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_AGENT_PORT } from '../../../operator/src/api/agent.js';
-import { EXAMPLE_STREAMPATH_YAML, mirrorTargets } from '../../../operator/src/api/streampath.js';
+import { DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
+import { EXAMPLE_STREAMPATH_YAML, mirrorTargets } from '../../../api/src/streampath.js';
 import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
 import { loadStreamPath } from './load.js';

@@ -1,6 +1,6 @@
 // `kstreams run`: attach one StreamPath to a port until SIGINT/SIGTERM, then detach (the interception at
 // once, live connections drained up to the drain timeout, then reset) and print a summary.
-import { mirrorTargets, targetName } from '../../../operator/src/api/streampath.js';
+import { mirrorTargets, targetName } from '../../../api/src/streampath.js';
 import { attachStreamPath, type Attachment, type AttachmentCounters, type DetachResult } from '../dataplane/attach.js';
 import { CliError, EXIT, oneLine, toCliError } from './errors.js';
 import { formatSeconds, LiveBlock, renderLive, type Summary } from './live.js';

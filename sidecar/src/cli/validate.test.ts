@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import YAML from 'yaml';
-import { INVALID_CASES, VALID_CASES, validSpec } from '../../../operator/src/api/invalid-streampaths.js';
+import { INVALID_CASES, VALID_CASES, validSpec } from '../../../api/src/invalid-streampaths.js';
 import { main } from './program.js';
 
 const MAIN = new URL('./main.ts', import.meta.url).pathname;

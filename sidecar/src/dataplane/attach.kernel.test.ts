@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { EXAMPLE_STREAMPATH_YAML, parseStreamPath, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
+import { EXAMPLE_STREAMPATH_YAML, parseStreamPath, type StreamPathSpec } from '../../../api/src/streampath.js';
 import { HttpServer, startScene, waitFor, type Scene } from '../demo/scenario.js';
 import { attachStreamPath, nativeDataPlane, type Attachment, type DataPlane } from './attach.js';
 import { KeepAlive } from './keep-alive-client.js';

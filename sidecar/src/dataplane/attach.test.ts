@@ -5,7 +5,7 @@ import {
   parseStreamPath,
   TransformSchema,
   type StreamPathSpec,
-} from '../../../operator/src/api/streampath.js';
+} from '../../../api/src/streampath.js';
 import type { DrainResult, EngineConfig, EngineSettings, EngineStats, InterceptionConfig, MirrorConfig } from '../../../native/lib/types.js';
 import { attachStreamPath, TargetLedger, toCounters, type DataPlane, type EngineHandle } from './attach.js';
 import { AttachError, classifyNativeError } from './errors.js';

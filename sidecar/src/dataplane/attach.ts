@@ -3,7 +3,7 @@
 // `kstreams` CLI and the in-pod agent, so both attach, update and detach the same way.
 import { existsSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
-import { mirrorSettings, type StreamPathSpec, type TargetCounters } from '../../../operator/src/api/streampath.js';
+import { mirrorSettings, type StreamPathSpec, type TargetCounters } from '../../../api/src/streampath.js';
 import type {
   CaptureStats,
   DrainResult,

@@ -2,7 +2,7 @@
 // resolves names: a name that resolves differently later is picked up by the next update().
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { mirrorSettings, targetName, type MirrorTarget, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
+import { mirrorSettings, targetName, type MirrorTarget, type StreamPathSpec } from '../../../api/src/streampath.js';
 import type { CaptureConfig, Endpoint, MirrorConfig } from '../../../native/lib/types.js';
 import { AttachError } from './errors.js';
 

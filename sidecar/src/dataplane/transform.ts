@@ -3,7 +3,7 @@
 // ConfigMap for the agent). Everything that can be refused without the kernel is refused here, before an
 // engine or an interception exists; what only the kernel can refuse (the verifier) comes back from the
 // engine's start or update as ProgramRejected, with the verifier's output.
-import { encodeOps, type EncodedOp, type StreamPathSpec } from '../../../operator/src/api/streampath.js';
+import { encodeOps, type EncodedOp, type StreamPathSpec } from '../../../api/src/streampath.js';
 import type { EngineTransform, EngineTransformOp } from '../../../native/lib/types.js';
 import { AttachError } from './errors.js';
 

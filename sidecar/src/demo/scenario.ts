@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
-import { EXAMPLE_STREAMPATH_YAML } from '../../../operator/src/api/streampath.js';
+import { EXAMPLE_STREAMPATH_YAML } from '../../../api/src/streampath.js';
 import { cleanupAll, link, Netns } from '../netns.js';
 
 const here = dirname(fileURLToPath(import.meta.url));

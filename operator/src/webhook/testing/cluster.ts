@@ -3,7 +3,7 @@
 // that mount no token (no token controller either).
 import { randomBytes } from 'node:crypto';
 import type { CoreV1Api, V1Pod } from '@kubernetes/client-node';
-import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, SIDECAR_CONTAINER_NAME } from '../../api/agent.js';
+import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, SIDECAR_CONTAINER_NAME } from '../../../../api/src/agent.js';
 
 export const freshName = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
 

@@ -3,6 +3,6 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { renderCrdYaml } from './crd-yaml.js';
 
-const target = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
+const target = fileURLToPath(new URL('../../crds/streampath.yaml', import.meta.url));
 writeFileSync(target, renderCrdYaml());
 console.log(`wrote ${target}`);

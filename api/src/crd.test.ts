@@ -5,7 +5,7 @@ import YAML from 'yaml';
 import { buildCrd } from './crd.js';
 import { renderCrdYaml } from './crd-yaml.js';
 
-const committed = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
+const committed = fileURLToPath(new URL('../../crds/streampath.yaml', import.meta.url));
 
 describe('the StreamPath CRD', () => {
   it('committed crds/streampath.yaml is what the zod schema generates (run npm run crd:generate)', () => {

@@ -8,8 +8,8 @@ import { parseConfig } from '../config.js';
 import { KubeRest } from '../kube/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { condition, createNamespace, createStreamPath, eventually, freshName, getStreamPath, installCrd } from '../testing/kube.js';
-import { INVALID_CASES, validSpec } from './invalid-streampaths.js';
-import type { StreamPathSpecInput } from './streampath.js';
+import { INVALID_CASES, validSpec } from '../../../api/src/invalid-streampaths.js';
+import type { StreamPathSpecInput } from '../../../api/src/streampath.js';
 
 const slug = (s: string) => s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 60).replace(/-$/, '');
 

@@ -7,11 +7,11 @@ import { fileURLToPath } from 'node:url';
 import { ApiException, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import YAML from 'yaml';
-import { DEFAULT_BIN_DIR } from '../../../e2e/cluster/local/controlplane.js';
+import { DEFAULT_BIN_DIR } from '../../e2e/cluster/local/controlplane.js';
 import { INVALID_CASES, VALID_CASES, validSpec } from './invalid-streampaths.js';
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, parseClusterSpec } from './streampath.js';
 
-const crdFile = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
+const crdFile = fileURLToPath(new URL('../../crds/streampath.yaml', import.meta.url));
 const kubectlBin = `${process.env['KSTREAMS_K8S_BIN'] ?? DEFAULT_BIN_DIR}/kubectl`;
 const namespace = `crd-validation-${process.pid}`;
 
