@@ -6,7 +6,7 @@
 //   parent -> {type:'start', agents, address, caPem, serverName, counterMs, startPerSecond}
 //   parent -> {type:'query', id, streamPath, generation, since}   child -> {type:'stats', id, ...Stats}
 //   parent -> {type:'stop'}                                        child exits once every client stopped
-import type { AgentStreamPathReport } from '../../operator/src/api/agent.js';
+import type { AgentStreamPathReport } from '../../api/src/agent.js';
 import { FeedAgent } from '../../operator/src/testing/feed-agent.js';
 
 export interface AgentSpec {
