@@ -104,8 +104,8 @@ describe('the engine forwards and mirrors byte-exact streams', () => {
     expect(c.sha).toBe(a!.sentSha);
     const s = await settled(e, 1);
     expect(s.targets).toEqual([
-      { name: 'm1', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0, transformFailures: 0 },
-      { name: 'm2', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0, transformFailures: 0 },
+      { name: 'm1', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0, transformFailures: 0, responsesCompared: 0, responsesDiverged: 0 },
+      { name: 'm2', connectionsMirrored: 1, connectionsCut: 0, connectFailures: 0, connectionsSkipped: 0, connectionsActive: 0, bytesMirrored: 300 * MB, bytesDropped: 0, turnWaitsExpired: 0, transformFailures: 0, responsesCompared: 0, responsesDiverged: 0 },
     ]);
     for (const m of [r1!, r2!]) expect({ bytes: m.bytes, sha: m.sha }).toEqual({ bytes: 300 * MB, sha: c.sentSha });
     expect(s).toMatchObject({ connectionsAccepted: 1, bytesClientToApp: 300 * MB, bytesAppToClient: 50 * MB });

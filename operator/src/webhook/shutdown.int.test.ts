@@ -94,7 +94,6 @@ describe('webhook graceful shutdown', () => {
         leaderElection: { enabled: false },
         server: { host: '127.0.0.1', port: HEALTH_PORT },
         shutdownTimeoutMs: 20_000,
-        sidecarRbac: { manageBindings: false },
         webhook: {
           port: WEBHOOK_PORT,
           host: '127.0.0.1',
