@@ -80,7 +80,12 @@ bool PipePool::Take(uint32_t want, Pipe* out) {
     return true;
   }
   int fds[2];
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    // Out of fds: idle pooled pipes (of other sizes) hold some; a connection with bytes to move comes first.
+    if ((errno != EMFILE && errno != ENFILE) || free_.empty()) return false;
+    DropPooled();
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  }
   Pipe p;
   p.rd = fds[0];
   p.wr = fds[1];
