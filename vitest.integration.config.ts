@@ -6,7 +6,7 @@ import { defineConfig } from 'vitest/config';
 // Kernel tests measure throughput and move hundreds of MB, so files run one at a time.
 export default defineConfig({
   test: {
-    include: ['{api,operator,sidecar,native,bench,e2e,charts,test}/**/*.{int,kernel}.test.ts'],
+    include: ['{api,runtime,operator,sidecar,native,bench,e2e,charts,test}/**/*.{int,kernel}.test.ts'],
     exclude: ['**/node_modules/**', '**/dist/**'],
     globalSetup: ['test/integration-setup.ts'],
     fileParallelism: false,

@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import { httpGet, startControlPlane, type ControlPlane } from '../../e2e/cluster/local/controlplane.js';
 import { freePort } from '../../e2e/cluster/local/processes.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
-import { KubeRest } from '../../operator/src/kube/rest.js';
+import { KubeRest } from '../../runtime/src/rest.js';
 import { podToken } from '../../operator/src/testing/feed-agent.js';
 import { createNamespace, createPod, createStreamPath, exampleSpec, installCrd, podManifest } from '../../operator/src/testing/kube.js';
 import { processTicks, USER_HZ } from '../src/procfs.js';

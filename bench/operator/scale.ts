@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { startControlPlane, type ControlPlane } from '../../e2e/cluster/local/controlplane.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
-import { KubeRest } from '../../operator/src/kube/rest.js';
+import { KubeRest } from '../../runtime/src/rest.js';
 import { createNamespace, createPod, createStreamPath, exampleSpec, getStreamPath, installCrd } from '../../operator/src/testing/kube.js';
 import { percentile } from '../webhook/stats.js';
 import { compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';

@@ -12,7 +12,7 @@ import { waitFor } from '../../e2e/cluster/local/processes.js';
 import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
 import { API_VERSION } from '../../api/src/streampath.js';
 import { programKey } from '../../api/src/feed.js';
-import { KubeRest } from '../../operator/src/kube/rest.js';
+import { KubeRest } from '../../runtime/src/rest.js';
 import { FeedAgent } from '../../operator/src/testing/feed-agent.js';
 import { createPod, createStreamPath, exampleSpec } from '../../operator/src/testing/kube.js';
 import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';

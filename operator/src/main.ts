@@ -1,8 +1,8 @@
 // Entry point of the operator (dist/operator/src/main.js): config, logger, one replica, signal handling.
 import { pino } from 'pino';
-import { systemClock } from './clock.js';
+import { systemClock } from '../../runtime/src/clock.js';
 import { ConfigError, loadConfig } from './config.js';
-import { errSerializer } from './kube/errors.js';
+import { errSerializer } from '../../runtime/src/errors.js';
 import { startOperator } from './operator.js';
 
 async function main(): Promise<void> {

@@ -2,9 +2,9 @@
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { FINALIZER } from '../../../api/src/agent.js';
-import { systemClock } from '../clock.js';
+import { systemClock } from '../../../runtime/src/clock.js';
 import { parseConfig } from '../config.js';
-import { KubeRest } from '../kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { streamPathPath } from './reconciler.js';
 import { FeedAgent } from '../testing/feed-agent.js';

@@ -4,18 +4,18 @@
 // configurations (feed/hub.ts), which follow every change of what they are computed from.
 import type { Logger } from 'pino';
 import { GROUP, PLURAL, VERSION } from '../../../api/src/streampath.js';
-import type { Clock } from '../clock.js';
+import type { Clock } from '../../../runtime/src/clock.js';
 import type { OperatorConfig } from '../config.js';
-import { Backoff } from '../kube/backoff.js';
-import { EventRecorder } from '../kube/events.js';
-import { Informer, InformerLifecycle } from '../kube/informer.js';
+import { Backoff } from '../../../runtime/src/backoff.js';
+import { EventRecorder } from '../../../runtime/src/events.js';
+import { Informer, InformerLifecycle } from '../../../runtime/src/informer.js';
 import { podKey, sameSlimNamespace, sameSlimPod, selectorMatches, slimNamespace, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
-import type { KubeTransport } from '../kube/rest.js';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 import type { OperatorMetrics } from '../observability/metrics.js';
 import { FeedHub } from '../feed/hub.js';
 import { ProgramCache } from '../feed/programs.js';
 import { sameJson, slimEndpoints, slimService, type SlimEndpoints, type SlimService } from '../feed/resolve.js';
-import { WorkQueue } from './queue.js';
+import { WorkQueue } from '../../../runtime/src/queue.js';
 import { Reconciler, type StreamPathObject } from './reconciler.js';
 import { sidecarContainer } from '../webhook/patch.js';
 

@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { AgentReport } from '../../../api/src/agent.js';
-import { KubeRest, isStatus } from '../kube/rest.js';
+import { KubeRest, isStatus } from '../../../runtime/src/rest.js';
 import { FeedAgent } from '../testing/feed-agent.js';
 import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freeLoopbackPort, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 import { StaticTls } from '../webhook/testing/static-tls.js';

@@ -3,9 +3,9 @@
 // status: condition Degraded, reason InvalidSpec, with a message naming the field; Ready is False.
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { systemClock } from '../clock.js';
+import { systemClock } from '../../../runtime/src/clock.js';
 import { parseConfig } from '../config.js';
-import { KubeRest } from '../kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { condition, createNamespace, createStreamPath, eventually, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 import { INVALID_CASES, validSpec } from '../../../api/src/invalid-streampaths.js';

@@ -5,11 +5,11 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { FINALIZER } from '../../../api/src/agent.js';
 import { API_VERSION, GROUP, KIND, PLURAL, VERSION, parseClusterSpec, type Condition, type LabelSelector, type StreamPathStatus } from '../../../api/src/streampath.js';
-import { AbortError, type Clock } from '../clock.js';
-import type { EventRecorder, EventType, InvolvedObject } from '../kube/events.js';
+import { AbortError, type Clock } from '../../../runtime/src/clock.js';
+import type { EventRecorder, EventType, InvolvedObject } from '../../../runtime/src/events.js';
 import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
-import { isStatus, type KubeTransport } from '../kube/rest.js';
-import type { ProcessResult } from './queue.js';
+import { isStatus, type KubeTransport } from '../../../runtime/src/rest.js';
+import type { ProcessResult } from '../../../runtime/src/queue.js';
 import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, holdCounters, sameStatus, stableStringify, type AgentObservation } from './status.js';
 
 /** A StreamPath as kept in the cache: the raw object (spec validated at reconcile time). */

@@ -4,6 +4,7 @@
 import type { AgentReport, AgentStreamPathReport } from '../../../api/src/agent.js';
 import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../../../api/src/agent.js';
 import type { Condition, LabelSelector, StreamPathStatus, TargetCounters } from '../../../api/src/streampath.js';
+import { formatTime } from '../../../runtime/src/clock.js';
 import { namespaceInjectionEnabled, selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { describeVerdict, sidecarPodSecurity } from '../webhook/pod-security.js';
 
@@ -95,9 +96,6 @@ interface Problem {
   soft?: boolean;
 }
 
-export function formatTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
 
 function listNames(names: string[], max = 3): string {
   const shown = names.slice(0, max).join(', ');

@@ -2,8 +2,8 @@
 // FEED_AUDIENCE, bound to the pod) it presents, as the apiserver says through a TokenReview. The pod comes
 // from the token's own claims (the apiserver puts them in status.user.extra), never from what the agent says.
 import { FEED_AUDIENCE } from '../../../api/src/feed.js';
-import { formatApiError } from '../kube/errors.js';
-import type { KubeTransport } from '../kube/rest.js';
+import { formatApiError } from '../../../runtime/src/errors.js';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 
 export interface AgentIdentity {
   namespace: string;

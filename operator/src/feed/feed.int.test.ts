@@ -6,9 +6,9 @@
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { FEED_AUDIENCE, programKey, serviceKey } from '../../../api/src/feed.js';
-import { systemClock } from '../clock.js';
+import { systemClock } from '../../../runtime/src/clock.js';
 import { parseConfig, type OperatorConfigInput } from '../config.js';
-import { KubeRest } from '../kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { startOperator, type RunningOperator } from '../operator.js';
 import { streamPathPath } from '../controller/reconciler.js';
 import { FeedAgent, podToken } from '../testing/feed-agent.js';

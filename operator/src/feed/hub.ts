@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import { programKey, serviceKey, type ConfigFrame, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../../../api/src/feed.js';
 import { LabelSelectorSchema, StreamPathSpecSchema } from '../../../api/src/streampath.js';
-import type { Clock } from '../clock.js';
+import type { Clock } from '../../../runtime/src/clock.js';
 import { podKey, selectorMatches, type SlimPod } from '../kube/objects.js';
 import type { StreamPathObject } from '../controller/reconciler.js';
 import { stableStringify, type AgentObservation } from '../controller/status.js';

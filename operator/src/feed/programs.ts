@@ -4,8 +4,8 @@
 // agent's configuration still names them (one timer for all); the others are dropped.
 import type { Logger } from 'pino';
 import type { DeliveredProgram } from '../../../api/src/feed.js';
-import { formatApiError } from '../kube/errors.js';
-import { isStatus, type KubeTransport } from '../kube/rest.js';
+import { formatApiError } from '../../../runtime/src/errors.js';
+import { isStatus, type KubeTransport } from '../../../runtime/src/rest.js';
 
 interface Entry {
   /** undefined while the first read is in flight. */

@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { streamPathPath } from '../controller/reconciler.js';
-import { KubeRest, isStatus } from '../kube/rest.js';
+import { KubeRest, isStatus } from '../../../runtime/src/rest.js';
 import { condition, createNamespace, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 
 const kubeconfig = inject('kubeconfig');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { InformerLifecycle } from '../kube/informer.js';
+import { InformerLifecycle } from '../../../runtime/src/informer.js';
 import { createMetrics } from './metrics.js';
 
 describe('operator metrics', () => {

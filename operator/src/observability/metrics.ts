@@ -1,7 +1,7 @@
 // The operator's Prometheus metrics, all in one registry that is passed in (the webhook registers its own
 // metrics in the same registry, so /metrics shows both).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { InformerLifecycle } from '../kube/informer.js';
+import { InformerLifecycle } from '../../../runtime/src/informer.js';
 
 export interface OperatorMetrics {
   registry: Registry;

@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { FeedClient } from '../../../sidecar/src/agent/feed-client.js';
 import type { AgentReport, AgentStreamPathReport } from '../../../api/src/agent.js';
 import { FEED_AUDIENCE, type ConfigFrame } from '../../../api/src/feed.js';
-import type { KubeTransport } from '../kube/rest.js';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 
 /** A token for the feed's audience bound to the pod, as the kubelet projects it into the sidecar. */
 export async function podToken(kube: KubeTransport, namespace: string, pod: string, opts: { serviceAccount?: string; audience?: string; uid?: string } = {}): Promise<string> {

@@ -8,7 +8,7 @@ import { parse as parseYaml } from 'yaml';
 import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION } from '../../../api/src/agent.js';
 import { API_VERSION, KIND, type StreamPathSpecInput } from '../../../api/src/streampath.js';
 import { streamPathPath, type StreamPathObject } from '../controller/reconciler.js';
-import { isStatus, type KubeTransport } from '../kube/rest.js';
+import { isStatus, type KubeTransport } from '../../../runtime/src/rest.js';
 
 export const CRD_FILE = fileURLToPath(new URL('../../../crds/streampath.yaml', import.meta.url));
 

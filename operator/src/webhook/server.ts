@@ -5,7 +5,7 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { CoreV1Api, VersionApi, type KubeConfig } from '@kubernetes/client-node';
-import { formatApiError } from '../kube/errors.js';
+import { formatApiError } from '../../../runtime/src/errors.js';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';

@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { waitFor } from '../../../e2e/cluster/local/processes.js';
-import { KubeRest } from '../kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { installCrd } from '../testing/kube.js';
 import { WebhookConfigSchema } from './config.js';
 import { startWebhook } from './server.js';

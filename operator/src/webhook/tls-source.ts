@@ -9,8 +9,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AdmissionregistrationV1Api, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { Backoff } from '../kube/backoff.js';
-import { formatApiError, kubeCall } from '../kube/errors.js';
+import { Backoff } from '../../../runtime/src/backoff.js';
+import { formatApiError, kubeCall } from '../../../runtime/src/errors.js';
 import {
   bundleFromSecretData,
   bundleToSecretData,

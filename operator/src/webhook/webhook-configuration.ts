@@ -3,7 +3,7 @@
 import type { AdmissionregistrationV1Api, V1MutatingWebhook, V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
 import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../../../api/src/agent.js';
 import type { WebhookConfig } from './config.js';
-import { kubeCall } from '../kube/errors.js';
+import { kubeCall } from '../../../runtime/src/errors.js';
 import { excludedNamespaces } from './patch.js';
 
 export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';

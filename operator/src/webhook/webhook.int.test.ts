@@ -21,11 +21,11 @@ import { computePodPatch, parseServerVersion, type ServerVersion } from './patch
 import { startWebhook, type RunningWebhook } from './server.js';
 import { bestEffort, createNamespace, freshName, isInjected, podBody, sidecarIndex } from './testing/cluster.js';
 import { SelfManagedTls, type Clock } from './tls-source.js';
-import { systemClock } from '../clock.js';
-import { Backoff } from '../kube/backoff.js';
-import { Informer } from '../kube/informer.js';
+import { systemClock } from '../../../runtime/src/clock.js';
+import { Backoff } from '../../../runtime/src/backoff.js';
+import { Informer } from '../../../runtime/src/informer.js';
 import { slimNamespace, type SlimNamespace } from '../kube/objects.js';
-import { KubeRest } from '../kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { podSecurityFixCommand } from './pod-security.js';
 
 const kubeconfig = inject('kubeconfig');

@@ -20,9 +20,9 @@ import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../../../api/src/stre
 import { HttpServer, nodeScript, repoRoot, startScene, waitFor, type Scene } from '../demo/scenario.js';
 import { KeepAlive } from '../dataplane/keep-alive-client.js';
 import { INJECTED_ANNOTATION } from '../../../api/src/agent.js';
-import { systemClock } from '../../../operator/src/clock.js';
+import { systemClock } from '../../../runtime/src/clock.js';
 import { parseConfig } from '../../../operator/src/config.js';
-import { KubeRest } from '../../../operator/src/kube/rest.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 import { startOperator, type RunningOperator } from '../../../operator/src/operator.js';
 import { podToken } from '../../../operator/src/testing/feed-agent.js';
 import { freeLoopbackPort } from '../../../operator/src/testing/kube.js';

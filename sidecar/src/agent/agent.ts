@@ -6,7 +6,7 @@ import { pino, type Logger } from 'pino';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { programKey, serviceKey, type ConfigFrame } from '../../../api/src/feed.js';
 import type { MirrorTarget } from '../../../api/src/streampath.js';
-import { errSerializer } from '../../../operator/src/kube/errors.js';
+import { errSerializer } from '../../../runtime/src/errors.js';
 import type { KernelFeatures } from '../../../native/lib/types.js';
 import type { AgentConfig } from './config.js';
 import { Reconciler, type World } from './converge.js';

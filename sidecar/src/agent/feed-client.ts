@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { encodeFrame, FEED_PATH, FrameDecoder, OperatorFrameSchema, type ConfigFrame } from '../../../api/src/feed.js';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { formatIssues } from '../../../api/src/streampath.js';
-import { Backoff } from '../../../operator/src/kube/backoff.js';
+import { Backoff } from '../../../runtime/src/backoff.js';
 import type { FeedEvent } from './metrics.js';
 
 export interface FeedClientOptions {

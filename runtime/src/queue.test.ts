@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FakeClock, flushMicrotasks } from '../clock.js';
+import { FakeClock, flushMicrotasks } from './clock.js';
 import { WorkQueue } from './queue.js';
 
 function deferred() {

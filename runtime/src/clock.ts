@@ -91,3 +91,8 @@ export class FakeClock implements Clock {
 export async function flushMicrotasks(rounds = 20): Promise<void> {
   for (let i = 0; i < rounds; i++) await Promise.resolve();
 }
+
+/** A Kubernetes timestamp (RFC 3339, whole seconds) for `ms` since the epoch. */
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}

@@ -1,7 +1,7 @@
 // Records the error objects @kubernetes/client-node 1.4 and the operator's own transport (KubeRest) throw,
 // against a real apiserver, into api-errors.recorded.json: the unit tests of the error formatter run on
 // these instead of hand-made look-alikes. Re-record after a client-node upgrade:
-//   npx tsx operator/src/kube/testing/record-api-errors.ts
+//   npx tsx runtime/src/testing/record-api-errors.ts
 // It starts its own local control plane (e2e/cluster/local) and, for ENETUNREACH, runs one request inside a
 // network namespace of its own that has only loopback (ksh3-rec-<pid>), so no packet leaves the machine.
 import { execFileSync } from 'node:child_process';
@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { startControlPlane } from '../../../../e2e/cluster/local/controlplane.js';
+import { startControlPlane } from '../../../e2e/cluster/local/controlplane.js';
 import { KubeRest } from '../rest.js';
 
 const OUT = fileURLToPath(new URL('./api-errors.recorded.json', import.meta.url));

@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { FakeClock, flushMicrotasks, type Clock } from '../clock.js';
-import { ApiError, type KubeTransport } from '../kube/rest.js';
+import { FakeClock, flushMicrotasks, type Clock } from './clock.js';
+import { ApiError, type KubeTransport } from './rest.js';
 import { LeaderElector } from './election.js';
 
 /** One Lease object with resourceVersion checks, like the apiserver; `down` makes every request fail. */

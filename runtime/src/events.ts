@@ -1,8 +1,7 @@
 // Kubernetes Events (core/v1) on the objects the operator manages, deduplicated: the same message for the
 // same object is not repeated within a window, so a flapping reconcile cannot flood `kubectl describe`.
 import { randomBytes } from 'node:crypto';
-import type { Clock } from '../clock.js';
-import { formatTime } from '../controller/status.js';
+import { formatTime, type Clock } from './clock.js';
 import type { KubeTransport } from './rest.js';
 
 export interface InvolvedObject {

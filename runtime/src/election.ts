@@ -10,8 +10,8 @@
 //  - on shutdown the leader releases the Lease (empty holder), so a follower takes over without waiting.
 import type { V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { isAbortError, type Clock } from '../clock.js';
-import { isStatus, type KubeTransport } from '../kube/rest.js';
+import { isAbortError, type Clock } from './clock.js';
+import { isStatus, type KubeTransport } from './rest.js';
 
 export interface LeaderElectionOptions {
   transport: KubeTransport;

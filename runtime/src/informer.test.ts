@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FakeClock, flushMicrotasks } from '../clock.js';
+import { FakeClock, flushMicrotasks } from './clock.js';
 import { Backoff } from './backoff.js';
 import { Informer, InformerLifecycle } from './informer.js';
 import { ApiError, type KubeTransport, type WatchEvent } from './rest.js';

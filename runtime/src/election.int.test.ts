@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { systemClock } from '../clock.js';
-import { KubeRest } from '../kube/rest.js';
-import { createNamespace, eventually, freshName } from '../testing/kube.js';
+import { systemClock } from './clock.js';
+import { KubeRest } from './rest.js';
+import { createNamespace, eventually, freshName } from '../../operator/src/testing/kube.js';
 import { LeaderElector } from './election.js';
 
 const kubeconfig = inject('kubeconfig');

@@ -4,8 +4,8 @@
 //    and it runs once more after the current run ends (so no change is lost);
 //  - failures are retried with per-key exponential backoff (rate limited), successes forget the backoff;
 //  - at most `concurrency` keys are processed at a time.
-import { isAbortError, type Clock } from '../clock.js';
-import { Backoff } from '../kube/backoff.js';
+import { isAbortError, type Clock } from './clock.js';
+import { Backoff } from './backoff.js';
 
 export interface ProcessResult {
   /** Reconcile this key again after this delay (e.g. waiting for agents to detach). */

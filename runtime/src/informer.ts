@@ -9,7 +9,7 @@
 //    one bad object or consumer bug never freezes the cache.
 // Objects are passed through transform() before they are kept: the operator keeps only the fields it
 // reads (a slim pod is a few hundred bytes instead of several KiB), which bounds memory at 10k pods.
-import { isAbortError, type Clock } from '../clock.js';
+import { isAbortError, type Clock } from './clock.js';
 import type { Backoff } from './backoff.js';
 import { ApiError, type KubeTransport, type WatchEvent } from './rest.js';
 
