@@ -32,6 +32,12 @@ export interface ReplayConnection {
   responses: boolean;
   /** From the capture's first open, nanoseconds. */
   startNs: number;
+  /**
+   * When the recorded connection ended, on the same timeline as startNs; absent when unknown (the capture
+   * cut it while it went on, or has no end record). A connection whose startNs is after another's endNs
+   * starts only once that other has finished in the replay, at every speed.
+   */
+  endNs?: number;
   /** [c2s, s2c, atNs] per turn; atNs from the connection's open. */
   turns: Float64Array;
   endC2s: number;

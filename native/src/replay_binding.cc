@@ -3,12 +3,14 @@
 //   replayStats(handle) -> ReplayStats
 //   replayCancel(handle)                        (resets what is open; the wait then resolves)
 //   replayWait(handle) -> Promise<ReplayResult> (joins off the JS thread)
-// conns[i]: {c2sPath, s2cPath?, responses, startNs, turns: Float64Array [c2s, s2c, atNs]*, endC2s, endS2c,
-// how: 'fin'|'rst'|'cut'}. If the handle is collected (or the environment ends) while running, the replay
+// conns[i]: {c2sPath, s2cPath?, responses, startNs, endNs?, turns: Float64Array [c2s, s2c, atNs]*, endC2s,
+// endS2c, how: 'fin'|'rst'|'cut'}. If the handle is collected (or the environment ends) while running, the replay
 // is cancelled and joined there.
 #include <napi.h>
 
 #include <string.h>
+
+#include <algorithm>
 
 #include <cmath>
 #include <memory>
@@ -110,6 +112,10 @@ bool ReadConns(Napi::Env env, Napi::Value v, std::vector<replay::ConnSpec>* out)
     if (!ReadNumber(env, o, name, "endC2s", true, 0, 9007199254740991.0, true, &endC2s)) return false;
     if (!ReadNumber(env, o, name, "endS2c", true, 0, 9007199254740991.0, true, &endS2c)) return false;
     c.startNs = uint64_t(start);
+    double endNs = -1;
+    if (!ReadNumber(env, o, name, "endNs", false, 0, 9007199254740991.0, true, &endNs)) return false;
+    // Never before its own open (clocks of two sessions): a connection cannot wait for itself.
+    if (endNs >= 0) c.endNs = std::max(c.startNs, uint64_t(endNs));
     c.endC2s = uint64_t(endC2s);
     c.endS2c = uint64_t(endS2c);
     std::string how;

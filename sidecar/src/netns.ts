@@ -22,9 +22,14 @@ export class Netns {
     this.path = `/run/netns/${name}`;
   }
 
-  /** Creates a namespace named `ks-<label>-<pid>-<n>` (at most 15 chars of label kept) with lo up. */
+  /**
+   * Creates a namespace named `<prefix>-<label>-<pid>-<n>` (at most 15 chars of label kept) with lo up. The
+   * prefix is `ks`, or KSTREAMS_NETNS_PREFIX (letters, digits, dashes) to tell apart the namespaces of
+   * suites that run side by side on one machine.
+   */
   static create(label: string): Netns {
-    const name = `ks-${label.slice(0, 15)}-${process.pid}-${counter++}`;
+    const prefix = /^[a-z0-9-]{1,16}$/i.test(process.env.KSTREAMS_NETNS_PREFIX ?? '') ? process.env.KSTREAMS_NETNS_PREFIX! : 'ks';
+    const name = `${prefix}-${label.slice(0, 15)}-${process.pid}-${counter++}`;
     ip('netns', 'add', name);
     const ns = new Netns(name);
     live.add(ns);

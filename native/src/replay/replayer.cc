@@ -191,6 +191,22 @@ void Replayer::Run() {
   std::vector<uint32_t> order(conns_.size());
   for (uint32_t i = 0; i < order.size(); i++) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return conns_[a].startNs < conns_[b].startNs; });
+  // Happens-before across connections: one that opened after another had ended in the recording starts
+  // only once that other has finished in the replay, at every speed (a target slower than recorded, or
+  // --speed max, would otherwise reorder them). byEnd sorts the connections by their recorded end;
+  // completed counts the prefix of byEnd that has finished in this pass. Since connections start in
+  // open order and the set a connection waits for only grows with its open time, checking the next one
+  // to start is enough: O(n log n) per capture, O(1) amortized per start. Overlapping connections do not
+  // wait for each other.
+  std::vector<uint32_t> byEnd(conns_.size());
+  for (uint32_t i = 0; i < byEnd.size(); i++) byEnd[i] = i;
+  std::stable_sort(byEnd.begin(), byEnd.end(), [&](uint32_t a, uint32_t b) { return conns_[a].endNs < conns_[b].endNs; });
+  std::vector<char> finished(conns_.size(), 0);
+  size_t completed = 0;
+  auto predecessorsDone = [&](uint32_t index) {
+    while (completed < byEnd.size() && finished[byEnd[completed]]) completed++;
+    return completed >= byEnd.size() || conns_[byEnd[completed]].endNs >= conns_[index].startNs;
+  };
 
   std::unordered_set<Live*> active;
   std::set<std::pair<uint64_t, Live*>> timers;
@@ -247,6 +263,7 @@ void Replayer::Run() {
     if (cfg.compare && c->spec->responses && failure < 0) (o.differs ? k.differ : k.same).fetch_add(1, std::memory_order_relaxed);
     if (failure >= 0 || o.differs) result_.outcomes.push_back(std::move(o));
     if (c->queued) ready.erase(std::find(ready.begin(), ready.end(), c));
+    finished[c->index] = 1;
     active.erase(c);
     k.active.store(active.size(), std::memory_order_relaxed);
     delete c;
@@ -561,7 +578,9 @@ void Replayer::Run() {
       resetAll();
       break;
     }
-    // Start what is due, up to the concurrency.
+    // Start what is due and no longer waits for a connection that ended before it opened, up to the
+    // concurrency. A connection held back is started from here again once one has finished (its finish
+    // is an epoll event or a timer, both of which come back to this loop).
     uint64_t nextStart = 0;
     while (next < order.size() && active.size() < cfg.concurrency) {
       uint64_t due = loopStart + scaled(conns_[order[next]].startNs);
@@ -569,6 +588,7 @@ void Replayer::Run() {
         nextStart = due;
         break;
       }
+      if (!predecessorsDone(order[next])) break;
       start(order[next++], now);
       if (result_.aborted) break;
     }
@@ -577,6 +597,8 @@ void Replayer::Run() {
       if (loop + 1 >= cfg.loops) break;
       loop++;
       k.loop.store(loop, std::memory_order_relaxed);
+      std::fill(finished.begin(), finished.end(), 0);
+      completed = 0;
       next = 0;
       loopStart = now;
       continue;

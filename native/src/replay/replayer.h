@@ -32,6 +32,10 @@ struct ConnSpec {
   std::string s2cPath;  // empty: no response bytes recorded
   bool responses = false;
   uint64_t startNs = 0;  // from the capture's first open
+  // When the recorded connection ended, on the same timeline; kNoEnd when that is not known (cut by the
+  // capture while it went on, or no end record): then no connection is held back for it.
+  static constexpr uint64_t kNoEnd = UINT64_MAX;
+  uint64_t endNs = kNoEnd;
   std::vector<TurnSpec> turns;
   uint64_t endC2s = 0;
   uint64_t endS2c = 0;

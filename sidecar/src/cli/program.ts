@@ -109,7 +109,8 @@ docs/capture.md) as a new connection to HOST:PORT. The client's bytes go from th
 socket with sendfile(), turn by turn: before each turn the replayer waits for the target's answer to the
 previous one (as many bytes as the recorded answer, or --answer-timeout), and for the recorded gap
 between the turns' starts divided by --speed. Connections start at their recorded offsets, also divided
-by --speed. A connection recorded as ended by FIN ends with FIN; one recorded as reset, or cut short by
+by --speed, and never before the connections that had ended before they opened in the recording have
+ended in the replay (at any speed); overlapping connections still overlap. A connection recorded as ended by FIN ends with FIN; one recorded as reset, or cut short by
 the capture, ends with RST.
 
 --compare reads the target's answers and compares them with the recorded ones, byte by byte: per

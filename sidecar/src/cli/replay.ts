@@ -69,6 +69,8 @@ export function toReplayConnection(c: CaptureConnection): ReplayConnection {
     ...(c.s2cPath !== undefined ? { s2cPath: c.s2cPath } : {}),
     responses: c.responses,
     startNs: Number(c.startOffsetNs),
+    // A cut connection went on after the capture stopped recording it: its end is not known.
+    ...(c.end.recorded && c.end.how !== 'cut' ? { endNs: Number(c.startOffsetNs + (c.end.ns - c.openNs)) } : {}),
     turns: flat,
     endC2s: c.end.c2s,
     endS2c: c.end.s2c,
