@@ -33,6 +33,9 @@ export class WorkQueue {
   /** Earliest pending delayed add per key, so repeated addAfter calls do not pile up timers. */
   private readonly delayed = new Map<string, number>();
   private readonly abort = new AbortController();
+  /** The one pending sleep for the earliest delayed key, and when it ends. */
+  private timer: AbortController | undefined;
+  private timerDue = Infinity;
   private running = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private stopped = false;
@@ -69,11 +72,34 @@ export class WorkQueue {
     const pending = this.delayed.get(key);
     if (pending !== undefined && pending <= due) return;
     this.delayed.set(key, due);
-    this.opts.clock.sleep(delayMs, this.abort.signal).then(
+    this.schedule();
+  }
+
+  /**
+   * One timer for all delayed keys, set for the earliest: a sleep (and an abort listener) per key would put
+   * as many listeners on one signal as there are StreamPaths waiting for their write interval.
+   */
+  private schedule(): void {
+    let next = Infinity;
+    for (const due of this.delayed.values()) if (due < next) next = due;
+    if (next === Infinity || this.stopped) return;
+    if (this.timer && this.timerDue <= next) return;
+    this.timer?.abort();
+    const timer = new AbortController();
+    this.timer = timer;
+    this.timerDue = next;
+    this.opts.clock.sleep(Math.max(0, next - this.opts.clock.now()), timer.signal).then(
       () => {
-        if (this.delayed.get(key) !== due) return;
-        this.delayed.delete(key);
-        this.add(key);
+        if (this.timer !== timer) return;
+        this.timer = undefined;
+        this.timerDue = Infinity;
+        const now = this.opts.clock.now();
+        for (const [key, due] of [...this.delayed]) {
+          if (due > now) continue;
+          this.delayed.delete(key);
+          this.add(key);
+        }
+        this.schedule();
       },
       () => {},
     );
@@ -93,6 +119,9 @@ export class WorkQueue {
   async stop(): Promise<void> {
     this.stopped = true;
     this.abort.abort();
+    this.timer?.abort();
+    this.timer = undefined;
+    this.delayed.clear();
     this.queue.length = 0;
     this.queued.clear();
     await Promise.allSettled([...this.inFlight]);
