@@ -50,6 +50,17 @@ export const FeedConfigSchema = z.strictObject({
    * on the feed yet, for at most this long (the agents reconnect to the new leader meanwhile).
    */
   warmupMs: ms.default(30_000),
+  /**
+   * After becoming leader, a pod whose agent has not reconnected yet keeps the part it had in its StreamPaths'
+   * stored status (attached, its counters) for at most this long, counted from the caches' sync, unless it is
+   * gone: a restart's reconnect storm (10k agents with jittered backoff, a TLS handshake and maybe a TokenReview
+   * each) moves no Ready condition and resets no counter. Past it, a pod still unheard is waited for (Attaching).
+   */
+  reconnectGraceMs: ms.default(180_000),
+  /** An agent's token, once reviewed, is trusted again for this long (never past its exp) when it reconnects. */
+  tokenReviewCacheMs: ms.default(300_000),
+  /** At most this many TokenReviews in flight; more agents wait their turn. */
+  tokenReviewConcurrency: z.number().int().min(1).max(256).default(16),
   /** Transform program ConfigMaps that agents use are read again this often. */
   programRefreshMs: ms.default(30_000),
   /** PEM files of the feed's certificate when the webhook is off (out of cluster, tests); else the webhook's. */

@@ -28,6 +28,24 @@ export interface ControllerDeps {
   random?: () => number;
 }
 
+/** Reports that arrive within this window are taken into one reconcile of their StreamPath. */
+const REPORT_WINDOW_MS = 1_000;
+
+type RawSelector = Parameters<typeof selectorMatches>[0];
+
+function rawSelector(sp: StreamPathObject): RawSelector {
+  return (sp.spec as { selector?: RawSelector } | undefined)?.selector;
+}
+
+/** A selector that is not even a selector (the spec is invalid: the reconcile says so) selects nothing. */
+function matches(selector: RawSelector, labels: Record<string, string>): boolean {
+  try {
+    return selectorMatches(selector, labels);
+  } catch {
+    return false;
+  }
+}
+
 function spKey(sp: { metadata: { namespace: string; name: string } }): string {
   return `${sp.metadata.namespace}/${sp.metadata.name}`;
 }
@@ -54,6 +72,15 @@ export class Controller {
   private readonly podsByNamespace = new Map<string, Map<string, SlimPod>>();
   /** namespace -> StreamPath keys, to map pod events to StreamPaths. */
   private readonly spByNamespace = new Map<string, Set<string>>();
+  /**
+   * StreamPath key -> the pods its selector matches (pod name -> pod), and pod key -> those StreamPath keys:
+   * a status is computed from its own pods and a report reaches its own StreamPaths without looking at
+   * every pod or StreamPath of the namespace. Kept by the pod and StreamPath events.
+   */
+  private readonly podsBySp = new Map<string, Map<string, SlimPod>>();
+  private readonly spsByPod = new Map<string, Set<string>>();
+  /** StreamPaths being deleted: they wait on the agents of any pod of their namespace. */
+  private readonly deleting = new Set<string>();
   private readonly abort = new AbortController();
   private timers: NodeJS.Timeout[] = [];
   private started = false;
@@ -152,7 +179,7 @@ export class Controller {
       getService: (ns, name) => this.services.get(`${ns}/${name}`),
       getEndpoints: (ns, name) => this.endpoints.get(`${ns}/${name}`),
       programs: this.programs,
-      onObservation: (pod) => this.enqueueForPod(pod),
+      onObservation: (pod) => this.enqueueReported(pod),
       disconnectGraceMs: config.feed.disconnectGraceMs,
       onConfigSent: () => metrics.feedFrames.inc({ frame: 'config' }),
       onReport: () => metrics.feedFrames.inc({ frame: 'report' }),
@@ -175,6 +202,7 @@ export class Controller {
       getStreamPath: (key) => this.streamPaths.get(key),
       storeStreamPath: (obj) => this.storeWritten(obj),
       podsInNamespace: (ns) => this.podsByNamespace.get(ns)?.values() ?? [],
+      podsSelectedBy: (key) => this.podsBySp.get(key)?.values() ?? [],
       getNamespace: (name) => this.namespaces.get(name),
       observe: (pod) => this.feed.observe(pod),
       detachTimeoutMs: config.detachTimeoutMs,
@@ -186,6 +214,7 @@ export class Controller {
       statusWriteIntervalMs: config.statusWriteIntervalMs,
       // A new leader (or a restarted one) first hears every selected agent once, for at most feed.warmupMs.
       warmingUp: () => this.reconcilingSince === undefined || clock.now() - this.reconcilingSince < config.feed.warmupMs,
+      presumeUnheard: () => (this.reconcilingSince === undefined ? config.feed.reconnectGraceMs : Math.max(0, this.reconcilingSince + config.feed.reconnectGraceMs - clock.now())),
     });
 
     this.queue = new WorkQueue({
@@ -227,10 +256,12 @@ export class Controller {
     this.streamPaths.on({
       add: (sp) => {
         this.indexStreamPath(sp, true);
+        this.selectPods(sp);
         this.enqueue(spKey(sp));
         this.feed.streamPathsChanged(sp.metadata.namespace);
       },
       update: (old, sp) => {
+        this.selectPods(sp, old);
         this.enqueue(spKey(sp));
         // Status writes come back as updates too: only a spec, generation or deletion is news for the agents.
         if (old.metadata.generation !== sp.metadata.generation || old.metadata.deletionTimestamp !== sp.metadata.deletionTimestamp || old.metadata.uid !== sp.metadata.uid) {
@@ -239,6 +270,7 @@ export class Controller {
       },
       delete: (sp) => {
         this.indexStreamPath(sp, false);
+        this.unselectPods(spKey(sp));
         this.reconciler.forget(spKey(sp));
         this.feed.streamPathsChanged(sp.metadata.namespace);
       },
@@ -292,7 +324,70 @@ export class Controller {
     }
   }
 
+  /** (Re)computes which pods a StreamPath selects: when it appears and when its selector changes. */
+  private selectPods(sp: StreamPathObject, old?: StreamPathObject): void {
+    const key = spKey(sp);
+    if (sp.metadata.deletionTimestamp) this.deleting.add(key);
+    else this.deleting.delete(key);
+    const selector = rawSelector(sp);
+    if (old && this.podsBySp.has(key) && JSON.stringify(rawSelector(old)) === JSON.stringify(selector)) return;
+    this.unselectPods(key, false);
+    const selected = new Map<string, SlimPod>();
+    this.podsBySp.set(key, selected);
+    for (const pod of this.podsByNamespace.get(sp.metadata.namespace)?.values() ?? []) {
+      if (matches(selector, pod.labels)) this.link(key, pod, selected);
+    }
+  }
+
+  private unselectPods(key: string, forget = true): void {
+    const selected = this.podsBySp.get(key);
+    if (forget) this.deleting.delete(key);
+    if (!selected) return;
+    this.podsBySp.delete(key);
+    for (const pod of selected.values()) {
+      const pk = podKey(pod);
+      const sps = this.spsByPod.get(pk);
+      sps?.delete(key);
+      if (sps?.size === 0) this.spsByPod.delete(pk);
+    }
+  }
+
+  private link(key: string, pod: SlimPod, selected: Map<string, SlimPod>): void {
+    selected.set(pod.name, pod);
+    const pk = podKey(pod);
+    let sps = this.spsByPod.get(pk);
+    if (!sps) this.spsByPod.set(pk, (sps = new Set()));
+    sps.add(key);
+  }
+
+  /** A pod appeared, changed or went: its place in every StreamPath's selection of its namespace. */
+  private reselectPod(pod: SlimPod, present: boolean): void {
+    const pk = podKey(pod);
+    for (const key of present ? (this.spByNamespace.get(pod.namespace) ?? []) : [...(this.spsByPod.get(pk) ?? [])]) {
+      const sp = this.streamPaths.get(key);
+      const selected = this.podsBySp.get(key);
+      if (!sp || !selected) continue;
+      if (present && matches(rawSelector(sp), pod.labels)) this.link(key, pod, selected);
+      else if (selected.delete(pod.name)) {
+        const sps = this.spsByPod.get(pk);
+        sps?.delete(key);
+        if (sps?.size === 0) this.spsByPod.delete(pk);
+      }
+    }
+  }
+
+  /**
+   * An agent's report changed: its StreamPaths are reconciled after the report window, not at once, so a
+   * StreamPath of 1000 pods whose counters move every second is computed about once a second (and once per
+   * status write interval when its status keeps changing), not 1000 times.
+   */
+  private enqueueReported(pod: SlimPod): void {
+    for (const key of this.spsByPod.get(podKey(pod)) ?? []) this.queue.addAfter(key, this.reconciler.nextWriteInMs(key, REPORT_WINDOW_MS));
+    for (const key of this.deleting) if (key.startsWith(`${pod.namespace}/`)) this.queue.addAfter(key, REPORT_WINDOW_MS);
+  }
+
   private indexPod(pod: SlimPod, present: boolean): void {
+    this.reselectPod(pod, present);
     let byName = this.podsByNamespace.get(pod.namespace);
     if (present) {
       if (!byName) this.podsByNamespace.set(pod.namespace, (byName = new Map()));

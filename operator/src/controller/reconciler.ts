@@ -44,6 +44,8 @@ export interface ReconcilerDeps {
   /** Replaces the cached object by a newer one the operator just wrote (write-through cache). */
   storeStreamPath(obj: StreamPathObject): void;
   podsInNamespace(namespace: string): Iterable<SlimPod>;
+  /** The pods the StreamPath's selector matches (an index kept by the caller; filtered again here). */
+  podsSelectedBy(key: string): Iterable<SlimPod>;
   getNamespace(name: string): SlimNamespace | undefined;
   observe(pod: SlimPod): AgentObservation | undefined;
   detachTimeoutMs: number;
@@ -65,6 +67,12 @@ export interface ReconcilerDeps {
    * leader is not replaced by one computed without the agents' reports. Bounded by the caller.
    */
   warmingUp?: () => boolean;
+  /**
+   * True for the reconnect grace after becoming leader: selected pods whose agent has not reconnected yet keep
+   * their part of the stored status (attached, counters) instead of being waited for (computeStatus).
+   * Returns how many ms of it are left (0: over).
+   */
+  presumeUnheard?: () => number;
 }
 
 export class Reconciler {
@@ -85,6 +93,14 @@ export class Reconciler {
     this.lastWrite.delete(key);
   }
 
+  /** How long until the status of `key` may be written again (at least `min`): when a reconcile is worth running. */
+  nextWriteInMs(key: string, min: number): number {
+    const interval = this.d.statusWriteIntervalMs ?? 0;
+    const last = this.lastWrite.get(key);
+    if (interval <= 0 || last === undefined) return min;
+    return Math.max(min, last + interval - this.d.clock.now());
+  }
+
   async reconcile(key: string, signal: AbortSignal): Promise<ProcessResult | void> {
     const sp = this.d.getStreamPath(key);
     if (!sp) {
@@ -99,11 +115,20 @@ export class Reconciler {
     // order, UTF-8 byte lengths) and the cluster's own (no program path): a spec that fails is InvalidSpec.
     const parsed = parseClusterSpec(sp.spec);
     const selector: LabelSelector | undefined = parsed.ok ? parsed.value.selector : undefined;
-    const pods = [...this.d.podsInNamespace(namespace)];
+    const hasFinalizer = sp.metadata.finalizers?.includes(FINALIZER) ?? false;
+    const interval = this.d.statusWriteIntervalMs ?? 0;
+    const last = this.lastWrite.get(key);
+    if (interval > 0 && last !== undefined && hasFinalizer && this.d.clock.now() - last < interval) {
+      // Written less than an interval ago: whatever changed goes out when it has passed, computed then (a
+      // StreamPath whose counters move is computed once per interval, not once per report).
+      this.d.onResult?.('deferred');
+      return { requeueAfterMs: last + interval - this.d.clock.now() };
+    }
+    const pods = [...this.d.podsSelectedBy(key)].filter((p) => selectorMatches(selector, p.labels));
     const ns = this.d.getNamespace(namespace);
 
-    const fingerprint = this.fingerprint(sp, pods.filter((p) => selectorMatches(selector, p.labels)), ns);
-    const hasFinalizer = sp.metadata.finalizers?.includes(FINALIZER) ?? false;
+    const graceLeft = this.d.presumeUnheard?.() ?? 0;
+    const fingerprint = this.fingerprint(sp, pods, ns, graceLeft > 0);
     if (hasFinalizer && sp.status?.observedGeneration === generation && this.memo.get(key) === fingerprint) {
       this.d.onResult?.('skipped');
       return;
@@ -128,22 +153,24 @@ export class Reconciler {
       previous: current.status,
       now: this.d.clock.now(),
       sidecar: this.d.sidecar,
+      presumeUnheardAttached: graceLeft > 0,
     });
     if (result.unheard.length > 0 && this.d.warmingUp?.()) {
       // Not heard every agent yet since becoming leader: the stored status stands (no write, no Event).
       this.d.onResult?.('waiting');
       this.d.log.debug({ streamPath: key, unheard: result.unheard.length }, 'waiting for the first agent reports before writing status');
-      return { requeueAfterMs: 250 };
+      return { requeueAfterMs: 1_000 };
     }
     const status = result.unheard.length + result.unreported.length > 0 ? holdCounters(result.status, current.status) : result.status;
 
+    // Pods counted as attached on the stored status' word: look again when the grace ends, in case their
+    // agents never come back.
+    const recheck: ProcessResult | undefined = result.presumed > 0 ? { requeueAfterMs: graceLeft + 1 } : undefined;
     if (sameStatus(current.status, status)) {
       this.memo.set(key, fingerprint);
       this.d.onResult?.('unchanged');
-      return;
+      return recheck;
     }
-    const interval = this.d.statusWriteIntervalMs ?? 0;
-    const last = this.lastWrite.get(key);
     const now = this.d.clock.now();
     if (interval > 0 && last !== undefined && now - last < interval) {
       // Written less than an interval ago: this change (and any that follows) goes out when it has passed.
@@ -169,12 +196,13 @@ export class Reconciler {
     this.memo.set(key, fingerprint);
     this.d.onResult?.('changed');
     await this.emitTransitions(sp, current.status?.conditions ?? [], status.conditions ?? []);
+    return recheck;
   }
 
   /** Everything a status depends on, hashed: the object's generation and finalizers, the selected pods, their reports. */
-  private fingerprint(sp: StreamPathObject, pods: SlimPod[], ns: SlimNamespace | undefined): string {
+  private fingerprint(sp: StreamPathObject, pods: SlimPod[], ns: SlimNamespace | undefined, presuming: boolean): string {
     const h = createHash('sha1');
-    h.update(stableStringify({ uid: sp.metadata.uid, g: sp.metadata.generation, f: sp.metadata.finalizers ?? [], nsl: ns?.labels ?? null }));
+    h.update(stableStringify({ uid: sp.metadata.uid, g: sp.metadata.generation, f: sp.metadata.finalizers ?? [], nsl: ns?.labels ?? null, p: presuming }));
     const sorted = [...pods].sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const p of sorted) {
       h.update(stableStringify(p));

@@ -76,6 +76,12 @@ export interface StatusInput {
    * namespace's Pod Security labels. Without it, no Pod Security check.
    */
   sidecar?: Record<string, unknown>;
+  /**
+   * Just after a leader change or restart, while agents reconnect: selected pods not heard from yet are
+   * counted as attached, up to the number the stored status (`previous`, at this generation) had attached
+   * beyond those heard, instead of being waited for. So the reconnect storm moves no condition.
+   */
+  presumeUnheardAttached?: boolean;
 }
 
 export interface StatusResult {
@@ -86,6 +92,8 @@ export interface StatusResult {
   unheard: string[];
   /** Selected pods whose agent was polled but never answered with a report: their counters are unknown. */
   unreported: string[];
+  /** How many of `unheard` were counted as attached (presumeUnheardAttached). */
+  presumed: number;
 }
 
 interface Problem {
@@ -242,6 +250,13 @@ export function computeStatus(input: StatusInput): StatusResult {
     }
   }
 
+  let presumed = 0;
+  if (input.presumeUnheardAttached && previous?.observedGeneration === generation && unheard.length > 0) {
+    presumed = Math.min(unheard.length, Math.max(0, (previous.podsAttached ?? 0) - attached));
+    attached += presumed;
+    waiting -= presumed;
+  }
+
   const ordered = [...problems.values()].sort((a, b) => {
     const ia = REASON_ORDER.indexOf(a.reason);
     const ib = REASON_ORDER.indexOf(b.reason);
@@ -297,6 +312,7 @@ export function computeStatus(input: StatusInput): StatusResult {
     attachedAnyGeneration,
     unheard,
     unreported,
+    presumed,
   };
 }
 
