@@ -11,7 +11,7 @@ import { Backoff } from '../../runtime/src/backoff.js';
 import { Informer, InformerLifecycle } from '../../runtime/src/informer.js';
 import { sameSlimNamespace, slimNamespace, type SlimNamespace } from './kube/objects.js';
 import { FEED_ADDRESS_ANNOTATION } from '../../api/src/feed.js';
-import { FeedAuthError, reviewAgentToken } from './feed/auth.js';
+import { FeedAuthError, reviewAgentToken, TokenReviewCache } from './feed/auth.js';
 import { startFeedServer, type RunningFeedServer } from './feed/server.js';
 import type { TlsSource } from './webhook/tls-source.js';
 import { CountingTransport, KubeRest, type KubeTransport } from '../../runtime/src/rest.js';
@@ -138,6 +138,13 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
         }
       : undefined;
   const feedTls = webhook?.tls ?? d.feedTls ?? fileTls;
+  const tokenReviews = new TokenReviewCache({
+    review: (token) => reviewAgentToken(transport, token),
+    now: () => clock.now(),
+    ttlMs: config.feed.tokenReviewCacheMs,
+    maxEntries: 50_000,
+    concurrency: config.feed.tokenReviewConcurrency,
+  });
   if (feedTls) {
     const pem = webhook ? webhook.servingPem() : await feedTls.start();
     feed = await startFeedServer({
@@ -153,7 +160,10 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
           const seen = elector?.observedLeader();
           return seen?.identity ? (seen.annotations[FEED_ADDRESS_ANNOTATION] ?? null) : null;
         },
-        authenticate: (token) => reviewAgentToken(transport, token),
+        // Reconnects of agents this process reviewed already cost no TokenReview (a remembered identity is
+        // used only while its pod is in the leader's cache with that uid).
+        authenticate: (token) =>
+          tokenReviews.authenticate(token, (id) => controller?.pods.get(`${id.namespace}/${id.pod}`)?.uid === id.podUid),
         attach: (identity, conn) => {
           const c = controller;
           if (!c) throw new FeedAuthError(503, 'this replica stopped leading; reconnect');
