@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { FakeClock, flushMicrotasks } from './clock.js';
 import { WorkQueue } from './queue.js';
@@ -123,5 +124,26 @@ describe('WorkQueue', () => {
     await q.stop();
     await clock.advance(1000);
     expect(runs).toBe(2);
+  });
+
+  it('keeps one timer for many delayed keys, and no listener per key on the signal it hands out', async () => {
+    const clock = new FakeClock();
+    const runs: string[] = [];
+    let signal: AbortSignal | undefined;
+    const q = new WorkQueue({ concurrency: 2, clock, retryInitialMs: 100, retryMaxMs: 1000, process: async (k, s) => void (runs.push(k), (signal = s)) });
+    q.add('ns/first');
+    await q.idle();
+    for (let i = 0; i < 50; i++) q.addAfter(`ns/k${i}`, 1000 + i * 10);
+    q.addAfter('ns/early', 500);
+    expect(clock.pending()).toEqual([500]);
+    expect(getEventListeners(signal!, 'abort')).toHaveLength(0);
+    await clock.advance(500);
+    expect(runs).toEqual(['ns/first', 'ns/early']);
+    expect(clock.pending()).toEqual([500]);
+    await clock.advance(1000);
+    await q.idle();
+    expect(runs).toHaveLength(52);
+    expect(clock.pending()).toEqual([]);
+    await q.stop();
   });
 });

@@ -282,4 +282,35 @@ describe('computeStatus with the namespace\'s Pod Security labels', () => {
     expect(cond(r, 'Ready').message).toMatch(/^1 of 1 selected pod\(s\) attached; namespace shop's Pod Security warn level "baseline:latest" warns/);
     expect(cond(r, 'Ready').message).toContain('pod-security.kubernetes.io/audit=privileged');
   });
+
+  describe('after a restart, pods not heard yet (presumeUnheardAttached)', () => {
+    const pods = [pod('a'), pod('bb'), pod('ccc')];
+    const before = computeStatus(input(pods, Object.fromEntries(pods.map((p) => [p.name, { report: report(p), at: NOW - 60_000 }]))));
+
+    it('keep the part they had in the stored status: Ready and its transition time do not move', () => {
+      const heardOne = { a: { report: report(pods[0]!), at: NOW } };
+      const r = computeStatus(input(pods, heardOne, { previous: before.status, now: NOW + 5_000, presumeUnheardAttached: true }));
+      expect(r.unheard).toEqual(['bb', 'ccc']);
+      expect(r.presumed).toBe(2);
+      expect(r.status.podsAttached).toBe(3);
+      expect(cond(r, 'Ready')).toEqual(cond(before, 'Ready'));
+      expect(holdCounters(r.status, before.status).bytesPrimary).toBe(before.status.bytesPrimary);
+    });
+
+    it('without it, or at a new generation, they are waited for', () => {
+      const r = computeStatus(input(pods, {}, { previous: before.status, now: NOW + 5_000 }));
+      expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.Attaching });
+      const edited = computeStatus(input(pods, {}, { previous: before.status, now: NOW + 5_000, generation: 4, presumeUnheardAttached: true }));
+      expect(edited.presumed).toBe(0);
+      expect(cond(edited, 'Ready')).toMatchObject({ status: 'False', reason: Reason.Attaching });
+    });
+
+    it('never beyond what the stored status had attached (a pod added meanwhile is waited for)', () => {
+      const more = [...pods, pod('dddd')];
+      const r = computeStatus(input(more, {}, { previous: before.status, now: NOW + 5_000, presumeUnheardAttached: true }));
+      expect(r.presumed).toBe(3);
+      expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.Attaching });
+    });
+  });
 });
+
