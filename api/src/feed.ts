@@ -25,8 +25,17 @@ export const ResolvedServiceSchema = z.union([
   z.object({ host: z.string(), port: z.number().int() }),
   z.object({ error: z.string() }),
 ]);
-/** A transform program's bytes (base64) from its ConfigMap, or why not. */
-export const DeliveredProgramSchema = z.union([z.object({ data: z.string() }), z.object({ error: z.string() })]);
+/**
+ * A transform program's bytes (base64) from its ConfigMap, or why not. Bytes travel once per stream: with
+ * their SHA-256 (hex) the first time, then as the SHA-256 alone while they stay the same (a config frame of
+ * an unrelated change does not carry up to 1 MiB per program again). The feed client puts the bytes back
+ * before the agent sees the frame; a hash it was never sent ends the stream (the next one starts afresh).
+ */
+export const DeliveredProgramSchema = z.union([
+  z.object({ data: z.string(), sha256: z.string().optional() }),
+  z.object({ sha256: z.string() }),
+  z.object({ error: z.string() }),
+]);
 
 export const FeedStreamPathSchema = z.object({
   apiVersion: z.string(),

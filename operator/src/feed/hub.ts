@@ -40,6 +40,8 @@ interface Session {
   configMaps: Set<string>;
   /** Last config version the agent said it applied. */
   applied: number;
+  /** SHA-256 of the program bytes this stream has been sent: later frames carry the hash only. */
+  programsSent: Set<string>;
 }
 
 interface Observed {
@@ -104,7 +106,7 @@ export class FeedHub {
       old.conn.close('replaced by a newer stream of the same pod');
       this.unindex(key, old);
     }
-    const s: Session = { id, conn, version: 0, sentFingerprint: undefined, services: new Set(), configMaps: new Set(), applied: 0 };
+    const s: Session = { id, conn, version: 0, sentFingerprint: undefined, services: new Set(), configMaps: new Set(), applied: 0, programsSent: new Set() };
     this.sessions.set(key, s);
     this.index(this.byNamespace, id.namespace, key, true);
     const o = this.observed.get(key);
@@ -232,11 +234,20 @@ export class FeedHub {
     for (const id of s.configMaps) this.index(this.byConfigMap, id, key, true);
     this.index(this.byNamespace, s.id.namespace, key, true);
     if (built.pending) return; // a ConfigMap read is in flight: configMapChanged follows
-    const fingerprint = stableStringify(built.body);
+    // Programs by hash: the fingerprint does not stringify their bytes, and bytes the stream has are not resent.
+    const programs: Record<string, DeliveredProgram> = {};
+    for (const [k, p] of Object.entries(built.body.programs)) programs[k] = 'sha256' in p && p.sha256 ? { sha256: p.sha256 } : p;
+    const fingerprint = stableStringify({ ...built.body, programs });
     if (fingerprint === s.sentFingerprint) return;
     s.sentFingerprint = fingerprint;
     s.version++;
-    const frame: ConfigFrame = { type: 'config', version: s.version, ...built.body };
+    for (const [k, p] of Object.entries(built.body.programs)) {
+      if (!('data' in p) || !p.sha256) continue;
+      if (s.programsSent.has(p.sha256)) continue;
+      programs[k] = p;
+      s.programsSent.add(p.sha256);
+    }
+    const frame: ConfigFrame = { type: 'config', version: s.version, ...built.body, programs };
     if (s.conn.send(frame)) this.d.onConfigSent?.();
   }
 

@@ -2,6 +2,7 @@
 // (binaryData[key], in the StreamPath's namespace) and sends their bytes to the agents, so that no app
 // pod's ServiceAccount needs to read ConfigMaps. Read on first use, then again every refreshMs while some
 // agent's configuration still names them (one timer for all); the others are dropped.
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { DeliveredProgram } from '../../../api/src/feed.js';
 import { formatApiError } from '../../../runtime/src/errors.js';
@@ -15,6 +16,8 @@ interface Entry {
   /** The ConfigMap does not exist (the message names the key asked for). */
   missing?: boolean;
   fingerprint?: string;
+  /** SHA-256 of each key's bytes, computed once per read. */
+  hashes?: Map<string, string>;
   loading?: Promise<void>;
 }
 
@@ -52,7 +55,10 @@ export class ProgramCache {
           (inData ? ' (it is under data, as text: a BPF object must be binaryData; create it with --from-file)' : ''),
       };
     }
-    return { data: b64 };
+    e.hashes ??= new Map();
+    let sha256 = e.hashes.get(key);
+    if (sha256 === undefined) e.hashes.set(key, (sha256 = createHash('sha256').update(b64).digest('hex')));
+    return { data: b64, sha256 };
   }
 
   private load(namespace: string, configMap: string, e: Entry): Promise<void> {
@@ -81,6 +87,7 @@ export class ProgramCache {
       e.error = next.error;
       e.missing = next.missing;
       e.fingerprint = fingerprint;
+      if (changed) e.hashes = undefined;
       if (changed) this.o.onChange(namespace, configMap);
     })().catch((err: unknown) => this.o.log.warn({ err }, 'reading a program ConfigMap failed'));
     return e.loading;

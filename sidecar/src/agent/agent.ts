@@ -112,6 +112,7 @@ export class Agent {
     const got = this.config_?.programs[programKey(source.configMap, source.key)];
     if (!got) throw new Error(`the operator sent no program for ConfigMap ${this.config_ ? `${this.config.podNamespace}/${source.configMap}` : source.configMap} key ${source.key}`);
     if ('error' in got) throw new Error(got.error);
+    if (!('data' in got)) throw new Error(`the operator sent program ${source.configMap}/${source.key} by hash only, and the feed client did not have it`);
     return new Uint8Array(Buffer.from(got.data, 'base64'));
   }
 

@@ -200,6 +200,8 @@ export class FeedClient {
         );
         for (const t of timers) t.unref();
         const decoder = new FrameDecoder();
+        // Program bytes this stream was sent, by SHA-256: later frames name them by hash only.
+        const programs = new Map<string, string>();
         req.on('data', (chunk: Buffer) => {
           let frames: unknown[];
           try {
@@ -216,6 +218,15 @@ export class FeedClient {
             const f = r.data;
             if (f.type === 'redirect') {
               return finish(new FeedError(`${address} does not lead`, f.address));
+            }
+            for (const [k, p] of Object.entries(f.programs)) {
+              if ('data' in p) {
+                if (p.sha256) programs.set(p.sha256, p.data);
+              } else if ('sha256' in p) {
+                const data = programs.get(p.sha256);
+                if (data === undefined) return finish(new Error(`${address}: program ${k} sent by a hash this stream never carried`));
+                f.programs[k] = { data, sha256: p.sha256 };
+              }
             }
             worked = true;
             this.configured = true;
