@@ -702,13 +702,17 @@ static __always_inline __u64 table_byte(struct pass *p, __u64 b)
 	return (*t >> (8 * (b & 7))) & 0xff;
 }
 
-/* byteMap over one block, or over one byte at the end of the region. */
+/* The ASCII case presets take this many bytes per step (one pull, word arithmetic): a pull is a helper call
+ * of a few ns, as much as the words' work of a 64-byte block; the table takes XF_BLOCK bytes per step. */
+#define XF_WIDE_BLOCK 512
+
+/* byteMap over one block (XF_WIDE_BLOCK or XF_BLOCK bytes), or over one byte at the end of the region. */
 static int map_block(__u32 i, void *ctx)
 {
 	struct pass *p = ctx;
 	struct xf_op *op = p->op;
 	struct xf_walk *w = p->w;
-	__u32 from = w->pos, n;
+	__u32 from = w->pos, left, n;
 	__u64 first = op->with == XF_ASCII_UPPER ? 'a' : 'A';
 	__u64 ge = 0x0101010101010101ULL * (0x80 - first);
 	__u64 gt = 0x0101010101010101ULL * (0x80 - (first + 25) - 1);
@@ -716,11 +720,26 @@ static int map_block(__u32 i, void *ctx)
 
 	if (from >= w->end)
 		return 1;
-	n = w->end - from >= XF_BLOCK ? XF_BLOCK : 1;
+	left = w->end - from;
+	n = left >= XF_BLOCK ? XF_BLOCK : 1;
+	if (op->with != XF_TABLE && left >= XF_WIDE_BLOCK)
+		n = XF_WIDE_BLOCK;
 	if (pull(p, from, n))
 		return 1;
 	d = DATA(p);
-	if (n == XF_BLOCK) {
+	if (n == XF_WIDE_BLOCK) {
+		__u64 *wd = (__u64 *)d;
+
+		if (d + XF_WIDE_BLOCK > DATA_END(p)) {
+			w->err = XF_PULL;
+			return 1;
+		}
+#pragma unroll
+		for (int j = 0; j < XF_WIDE_BLOCK / 8; j++) {
+			wd[j] = ascii_case(wd[j], ge, gt);
+			WORD_BARRIER(ge);
+		}
+	} else if (n == XF_BLOCK) {
 		__u64 *wd = (__u64 *)d;
 
 		if (d + XF_BLOCK > DATA_END(p)) {
