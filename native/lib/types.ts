@@ -255,6 +255,11 @@ export interface CaptureStats {
   cutsSlow: number;
   /** Captures cut because a write failed (ENOSPC, EDQUOT, EIO). */
   cutsDisk: number;
+  /**
+   * A recorder's (`kstreams record`, no app to protect): times a connection's client was held back (not
+   * read) until the writer had drained its capture pipe, where an engine with an app would cut (cutsSlow).
+   */
+  holds: number;
 }
 
 export interface EngineStats {

@@ -400,6 +400,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
       c.Set("cutsFull", double(t.capturesCutFull));
       c.Set("cutsSlow", double(t.capturesCutSlow));
       c.Set("cutsDisk", double(t.capturesCutDisk));
+      c.Set("holds", double(t.captureHolds));
       to.Set("capture", c);
     }
     targets.Set(uint32_t(i), to);

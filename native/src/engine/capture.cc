@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -180,6 +181,8 @@ void CaptureSession::Begin(const std::string& listen, const char* writer) {
   }
   CloseFd(fd);
   thread_ = std::thread([this] { Run(); });
+  // Named for top -H / ps -L (and for the tests that starve it on purpose).
+  pthread_setname_np(thread_.native_handle(), "ks-capture");
 }
 
 void CaptureSession::Close() {

@@ -69,6 +69,9 @@ struct alignas(64) TargetSlot {
   Counter connectionsNotRecorded{0};
   Counter capturesCutFull{0};
   Counter capturesCutSlow{0};
+  // A recorder's (upstream none): times a connection's client was held back (not read) until the writer
+  // had drained its capture pipe, instead of a cut.
+  Counter captureHolds{0};
 };
 
 // What a capture's writer thread counts (one writer per session; fetch_add: an old session of the same
@@ -102,6 +105,7 @@ struct TargetStats {
   bool file = false;
   std::string captureSession;  // the session directory being written
   uint64_t responseBytes = 0, connectionsNotRecorded = 0, capturesCutFull = 0, capturesCutSlow = 0, capturesCutDisk = 0;
+  uint64_t captureHolds = 0;
 };
 
 struct Stats {

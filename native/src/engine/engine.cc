@@ -258,6 +258,7 @@ Stats Engine::Snapshot() const {
       ts.connectionsNotRecorded += Read(k.connectionsNotRecorded);
       ts.capturesCutFull += Read(k.capturesCutFull);
       ts.capturesCutSlow += Read(k.capturesCutSlow);
+      ts.captureHolds += Read(k.captureHolds);
     }
     ts.file = t.file.load(std::memory_order_relaxed);
     if (ts.file) {

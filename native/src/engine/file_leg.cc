@@ -116,7 +116,8 @@ void FileLeg::Open(const SockAddr& client, const SockAddr& server) {
   session_->Post(std::move(op));
 }
 
-bool FileLeg::Copy(const Pipe& from, size_t n, bool c2s) {
+bool FileLeg::Copy(const Pipe& from, size_t n, bool c2s, size_t* taken) {
+  if (taken) *taken = n;
   if (conn_->failed.load(std::memory_order_relaxed)) {
     Cut(Why::kDisk, c2s ? n : 0);
     return false;
@@ -138,8 +139,26 @@ bool FileLeg::Copy(const Pipe& from, size_t n, bool c2s) {
   }
   if (copied == n) return true;
   if (copied < want) session_->Unreserve(want - copied);
+  if (taken && copied < want) {
+    // The writer is behind: the rest stays in P, the client unread, until the pipe has room.
+    *taken = copied;
+    host_->SetTimer(this, NowMs() + kHoldRetryMs);
+    return true;
+  }
   Cut(copied < want ? Why::kSlow : Why::kFull, c2s ? n - copied : 0);
   return false;
+}
+
+void FileLeg::StartTurn(uint32_t turn) {
+  if (started_ && turn == lastTurn_) return;
+  started_ = true;
+  lastTurn_ = turn;
+  CaptureOp op(CaptureOp::kTurn, conn_);
+  op.ns = MonotonicNs();
+  op.turn = ++turns_;
+  op.c2s = c2s_;
+  op.s2c = s2c_;
+  session_->Post(std::move(op));
 }
 
 void FileLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
@@ -147,17 +166,22 @@ void FileLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
     if (dropping_) Add(slot_.bytesDropped, n);
     return;
   }
-  if (!started_ || turn != lastTurn_) {
-    started_ = true;
-    lastTurn_ = turn;
-    CaptureOp op(CaptureOp::kTurn, conn_);
-    op.ns = MonotonicNs();
-    op.turn = ++turns_;
-    op.c2s = c2s_;
-    op.s2c = s2c_;
-    session_->Post(std::move(op));
-  }
+  StartTurn(turn);
   Copy(p, n, true);
+}
+
+size_t FileLeg::OfferHeld(const Pipe& p, size_t n, uint32_t turn) {
+  if (closed_) {
+    if (dropping_) Add(slot_.bytesDropped, n);
+    return n;
+  }
+  StartTurn(turn);
+  size_t taken = n;
+  Copy(p, n, true, &taken);
+  // Counted once per hold, not per retry.
+  if (taken < n && !holding_) Add(slot_.captureHolds);
+  holding_ = taken < n;
+  return taken;
 }
 
 void FileLeg::OfferResponse(const Pipe& r, size_t n) {
@@ -197,6 +221,8 @@ void FileLeg::End(const char* how) {
 
 void FileLeg::Close() {
   closed_ = true;
+  holding_ = false;
+  host_->SetTimer(this, 0);  // a hold's retry: the connection may be freed before it is due
   // What the pipes still hold is the writer's now; the budget is for what the worker may add.
   if (granted_) host_->ReleaseMirrorBuffer(granted_);
   granted_ = 0;

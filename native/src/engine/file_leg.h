@@ -27,6 +27,9 @@ class FileLeg final : public Leg {
 
   void Offer(const Pipe& p, size_t n, uint32_t turn) override;
   void OfferResponse(const Pipe& r, size_t n) override;
+  // A recorder's: a capture pipe too full for the batch holds the client back (a timer retries in
+  // kHoldRetryMs) instead of cutting; the capture's bounds and a failed write still cut.
+  size_t OfferHeld(const Pipe& p, size_t n, uint32_t turn) override;
   void OnEvent(uint32_t) override {}
   bool Pump() override;
   void OnClientEnd() override {}
@@ -37,8 +40,11 @@ class FileLeg final : public Leg {
 
  private:
   enum class Why { kFull, kSlow, kDisk };
-  // Copies n bytes at the head of `from` into the capture pipe; false when the capture was cut.
-  bool Copy(const Pipe& from, size_t n, bool c2s);
+  static constexpr uint64_t kHoldRetryMs = 1;
+  // Copies n bytes at the head of `from` into the capture pipe; false when the capture was cut. With
+  // `taken` (a recorder's hold), a pipe too full for all of it is not a cut: *taken says how much went.
+  bool Copy(const Pipe& from, size_t n, bool c2s, size_t* taken = nullptr);
+  void StartTurn(uint32_t turn);
   void Cut(Why why, size_t alsoLost);
   void End(const char* how);
   void Close();
@@ -54,6 +60,7 @@ class FileLeg final : public Leg {
   uint32_t lastTurn_ = 0, turns_ = 0;
   bool started_ = false;  // a turn record was written for the first client bytes
   bool closed_ = false, dropping_ = false;
+  bool holding_ = false;  // a recorder's: the client is held back until the capture pipe has room
 };
 
 }  // namespace engine

@@ -63,6 +63,15 @@ class Leg : public Timed {
   // A batch at the head of the response pipe R: `n` bytes the app sent. Only a leg that records
   // responses (a capture) copies it, the same way; it must not consume R.
   virtual void OfferResponse(const Pipe& r, size_t n) {}
+  // A recorder's batch (its app is a sink and this is the connection's only leg): there is no primary to
+  // protect, so a leg whose sink is behind may take the batch in part and hold the client back instead of
+  // cutting. Returns the bytes at the head of P it is done with (copied, or given up for good); the rest
+  // stays in P, unread from the client, and is offered again when the connection is pumped next (the
+  // leg sets its timer for that). Default: Offer() all of it.
+  virtual size_t OfferHeld(const Pipe& p, size_t n, uint32_t turn) {
+    Offer(p, n, turn);
+    return n;
+  }
   // Epoll readiness of the leg's own fd.
   virtual void OnEvent(uint32_t events) = 0;
   // Moves what it can; true when something moved.

@@ -217,7 +217,59 @@ bool Worker::Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered
   return true;
 }
 
+bool Worker::PumpRecorder(Conn* c) {
+  bool progress = false;
+  size_t n = 0;
+  Leg& leg = *c->legs.front();
+  if (c->p.bytes == 0) {
+    if (!Fill(c, c->client, c->p, c->pWant, &n, &progress)) return false;
+    if (n > 0) {
+      // A burst after a silence of the turn gap starts a new turn (a recorder has no answers). A hold
+      // just released is no silence: lastReadMs was set when it ended.
+      uint64_t now = NowMs();
+      if (c->lastReadMs && now - c->lastReadMs > engine_->config().recorderTurnGapMs) c->turn++;
+      c->lastReadMs = now;
+    } else if (c->client.eof && !c->clientEndOffered) {
+      c->clientEndOffered = true;
+      leg.OnClientEnd();
+    }
+  }
+  if (c->p.bytes > 0) {
+    // What the leg took leaves P for /dev/null; the rest waits in P, and the client is not read meanwhile
+    // (Fill reads only into an empty P), so its sender is held back by TCP.
+    size_t took = leg.OfferHeld(c->p, c->p.bytes, c->turn);
+    while (took > 0) {
+      ssize_t m = splice(c->p.rd, nullptr, c->app.fd, nullptr, took, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (m < 0 && errno == EINTR) continue;
+      if (m <= 0) {
+        AbortPrimary(c);
+        return false;
+      }
+      c->p.bytes -= size_t(m);
+      took -= size_t(m);
+      Add(k_.bytesClientToApp, uint64_t(m));
+      progress = true;
+    }
+    if (c->p.bytes == 0) {
+      pool_.Give(&c->p);
+      if (n == 0) c->lastReadMs = NowMs();  // a held batch went: the wait was ours, not the client's silence
+    }
+  }
+  if (c->client.eof && c->p.bytes == 0 && !c->app.shut) {
+    c->app.shut = true;
+    c->app.eof = true;
+    progress = true;
+  }
+  if (!Flush(c, c->app, c->r, c->client, k_.bytesAppToClient, nullptr, &progress)) return false;
+  if (c->app.shut && c->client.shut) {
+    ClosePrimary(c);
+    progress = true;
+  }
+  return progress;
+}
+
 bool Worker::PumpPrimary(Conn* c) {
+  if (c->appIsSink && c->legs.size() == 1) return PumpRecorder(c);
   bool progress = false;
   size_t n;
   // client -> P, then offer the batch to every leg; P -> app follows at once.

@@ -64,6 +64,8 @@ class Worker final : public LegHost {
 
   // The primary path (primary.cc).
   bool PumpPrimary(Conn* c);
+  // A recorder's connection with its one leg: the leg may hold the client back (Leg::OfferHeld).
+  bool PumpRecorder(Conn* c);
   bool Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, bool* progress);
   bool Flush(Conn* c, Side& from, Pipe& pipe, Side& to, Counter& delivered, TransformedSocket* xf, bool* progress);
   bool TakePipe(Conn* c, Pipe* p, uint32_t want);

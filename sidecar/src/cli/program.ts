@@ -28,11 +28,12 @@ file target, has the app's answers and the real turns).
 
 --max-bytes bounds the capture (default 1Gi): once full, live connections are cut at exactly that many
 bytes and new ones are not recorded (the sender is not slowed: its mirror connection stays open). A full
-disk does the same.
+disk does the same. A disk slower than the sender cuts nothing: the recorder stops reading that
+connection until its writer caught up (counted in holds), and TCP holds the sender back.
 
 On SIGINT/SIGTERM it stops accepting, lets live connections end for up to --drain-timeout, resets the
 rest (their records end with rst), prints {"type":"record", listen, session, connections,
-connectionsRecorded, bytesRecorded, bytesDropped, connectionsNotRecorded, cutsFull, cutsSlow, cutsDisk,
+connectionsRecorded, bytesRecorded, bytesDropped, connectionsNotRecorded, cutsFull, cutsSlow, cutsDisk, holds,
 connectionsReset, seconds} on stdout and exits 0.
 
 Examples:

@@ -55,6 +55,8 @@ export interface RecordSummary {
   cutsFull: number;
   cutsSlow: number;
   cutsDisk: number;
+  /** Times a connection's sender was held back (not read) until the writer caught up, instead of a cut. */
+  holds: number;
   connectionsReset: number;
   seconds: number;
 }
@@ -73,6 +75,7 @@ function summarize(s: EngineStats, listen: string, seconds: number, reset: numbe
     cutsFull: t?.capture?.cutsFull ?? 0,
     cutsSlow: t?.capture?.cutsSlow ?? 0,
     cutsDisk: t?.capture?.cutsDisk ?? 0,
+    holds: t?.capture?.holds ?? 0,
     connectionsReset: reset,
     seconds,
   };
