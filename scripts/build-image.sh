@@ -55,7 +55,9 @@ mkdir -p "$cache"
 
 # Shared objects (resolved paths) that node and the addon need, the dynamic loader included.
 libs_of() { ldd "$1" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'; }
-mapfile -t libs < <( { libs_of /usr/bin/node; libs_of "$addon"; } | sort -u)
+# tar: `kubectl cp` runs it in the container to fetch a capture from the sidecar (docs/capture.md).
+tar_bin=$(readlink -f "$(command -v tar)")
+mapfile -t libs < <( { libs_of /usr/bin/node; libs_of "$addon"; libs_of "$tar_bin"; } | sort -u)
 # Production packages (paths relative to the repo), from the lockfile-resolved tree in node_modules.
 mapfile -t pkgs < <(npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | sed "s|^$repo/||" | grep '^node_modules/' | sort -u)
 [ "${#pkgs[@]}" -gt 0 ] || { echo "build-image.sh: npm ls found no production packages (run npm ci)" >&2; exit 3; }
@@ -66,7 +68,7 @@ rsync_excludes=(--exclude=/node_modules --exclude='*.d.ts' --exclude='*.d.mts' -
 key=$( {
   echo "kstreams-image v1 $tag"
   sha256sum "$0" images/kstreams.mjs package.json package-lock.json "$addon"
-  stat -L -c '%n %s %Y' /usr/bin/node "${libs[@]}"
+  stat -L -c '%n %s %Y' /usr/bin/node "$tar_bin" "${libs[@]}"
   find dist -type f -not -path 'dist/e2e/*' -not -path 'dist/bench/*' -print0 | sort -z | xargs -0 sha256sum
   printf '%s\n' "${pkgs[@]}"
   for p in "${pkgs[@]}"; do find "$p" -path "$p/node_modules" -prune -o -type f -printf '%p %s %T@\n'; done | sort
@@ -82,6 +84,7 @@ else
   mkdir -p "$root"/{usr/bin,usr/local/bin,opt/kstreams/bin,opt/kstreams/native/build/Release,etc,tmp}
   chmod 1777 "$root/tmp"
   cp -L /usr/bin/node "$root/usr/bin/node"
+  cp -L "$tar_bin" "$root/usr/bin/tar"
   for l in "${libs[@]}"; do
     mkdir -p "$root$(dirname "$l")"
     cp -L "$l" "$root$l"
@@ -104,6 +107,8 @@ else
     echo "build-image.sh: the rootfs does not run: $(env -i PATH=/usr/local/bin:/usr/bin /usr/sbin/chroot "$root" /usr/local/bin/kstreams --version 2>&1 | tail -3)" >&2; exit 4; }
   env -i PATH=/usr/local/bin:/usr/bin /usr/sbin/chroot "$root" /usr/bin/node -e 'require("/opt/kstreams/native/build/Release/kstreams.node")' || {
     echo "build-image.sh: the addon does not load in the rootfs" >&2; exit 4; }
+  env -i PATH=/usr/bin /usr/sbin/chroot "$root" /usr/bin/tar --version >/dev/null || {
+    echo "build-image.sh: tar does not run in the rootfs (kubectl cp needs it)" >&2; exit 4; }
 
   img="$work/image"
   mkdir -p "$img"

@@ -13,6 +13,15 @@ export const INJECTED_ANNOTATION = 'kstreams.io/injected';
 export const AGENT_PORT_ANNOTATION = 'kstreams.io/agent-port';
 export const DEFAULT_AGENT_PORT = 15090;
 export const SIDECAR_CONTAINER_NAME = 'kstreams-sidecar';
+/**
+ * Where the webhook mounts the capture volume in the sidecar (docs/capture.md "In a cluster"). A file
+ * target's path is resolved under it: `path: /shop` writes into /var/lib/kstreams/capture/shop.
+ */
+export const CAPTURE_MOUNT_PATH = '/var/lib/kstreams/capture';
+/** The pod volume the webhook adds for it. */
+export const CAPTURE_VOLUME_NAME = 'kstreams-capture';
+/** Tells the agent where the capture volume is mounted; unset: file target paths are taken as written. */
+export const CAPTURE_DIR_ENV = 'KSTREAMS_CAPTURE_DIR';
 /** Finalizer the operator puts on StreamPaths so that delete detaches everything first. */
 export const FINALIZER = 'kstreams.io/detach';
 /** Namespaces the webhook never touches, whatever their labels say (plus the operator's own). */

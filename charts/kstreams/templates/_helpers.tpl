@@ -181,7 +181,8 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "privileged" $v.sidecar.privileged
   "holdApplicationUntilAttached" $v.sidecar.holdApplicationUntilAttached
   "attachTimeoutSeconds" $v.sidecar.attachTimeoutSeconds
-  "nativeSidecar" $v.sidecar.nativeSidecar }}
+  "nativeSidecar" $v.sidecar.nativeSidecar
+  "capture" (ternary (dict "enabled" $v.sidecar.capture.enabled "sizeLimit" $v.sidecar.capture.sizeLimit "claimName" $v.sidecar.capture.claimName) (dict "enabled" $v.sidecar.capture.enabled "sizeLimit" $v.sidecar.capture.sizeLimit) (ne $v.sidecar.capture.claimName "")) }}
 {{- $webhook := dict
   "enabled" true
   "port" $v.webhook.port

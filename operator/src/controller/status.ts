@@ -30,6 +30,8 @@ export const Reason = {
   /** A valid transform could not be put in place (kernel memory, too many live versions). */
   TransformFailed: 'TransformFailed',
   TargetUnreachable: 'TargetUnreachable',
+  /** A file target's path leaves the sidecar's capture volume ('..' above its root): that pod records nothing. */
+  CapturePathOutsideVolume: 'CapturePathOutsideVolume',
   AgentNotReady: 'AgentNotReady',
   /** Ready=False without a problem: agents have not attached the current generation yet. */
   Attaching: 'Attaching',
@@ -47,6 +49,7 @@ const REASON_ORDER: string[] = [
   Reason.TransformUnsupported,
   Reason.TransformFailed,
   Reason.TargetUnreachable,
+  Reason.CapturePathOutsideVolume,
   Reason.AgentNotReady,
 ];
 
@@ -271,6 +274,7 @@ export function computeStatus(input: StatusInput): StatusResult {
       [Reason.ProgramRejected]: `the data plane of ${who} rejected a program`,
       [Reason.TransformUnsupported]: `the kernel of ${who} cannot run spec.transform`,
       [Reason.TransformFailed]: `the data plane of ${who} could not put spec.transform in place`,
+      [Reason.CapturePathOutsideVolume]: `a file target of ${who} leaves the sidecar's capture volume`,
     };
     const head = what[p.reason] ?? (who ? `${who}: ${p.reason}` : '');
     return [head, listNames(p.detail, 2)].filter(Boolean).join(': ');

@@ -34,7 +34,7 @@ describe('handleAdmissionReview', () => {
     expect(body.response.allowed).toBe(true);
     expect(body.response.patchType).toBe('JSONPatch');
     const patch = JSON.parse(Buffer.from(body.response.patch, 'base64').toString());
-    expect(patch[0]).toMatchObject({ op: 'add', path: '/spec/containers/0' });
+    expect(patch).toContainEqual(expect.objectContaining({ op: 'add', path: '/spec/containers/0' }));
     expect(out.result).toEqual({ kind: 'patched', reason: 'injected' });
   });
 

@@ -26,6 +26,20 @@ export const SidecarConfigSchema = z.object({
    * container that never exits would block the pod forever.
    */
   nativeSidecar: z.enum(['auto', 'always', 'never']).default('auto'),
+  /**
+   * The capture volume mounted in every injected sidecar at CAPTURE_MOUNT_PATH, where file targets write
+   * (their paths are resolved under it): an emptyDir bounded by sizeLimit (the kubelet evicts a pod whose
+   * volume outgrows it), or an existing PersistentVolumeClaim (ReadWriteMany when the pods of a workload
+   * share it: every writer has its own session directory). enabled: false mounts nothing (file targets
+   * then fail on the read-only root filesystem).
+   */
+  capture: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      sizeLimit: QuantitySchema.default('1Gi'),
+      claimName: z.string().min(1).optional(),
+    })
+    .prefault({}),
 });
 
 export const SelfManagedTlsSchema = z.object({

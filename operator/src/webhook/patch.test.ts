@@ -92,6 +92,7 @@ describe('computePodPatch', () => {
       POD_UID: 'metadata.uid',
       POD_IP: 'status.podIP',
       KSTREAMS_AGENT_PORT: '15090',
+      KSTREAMS_CAPTURE_DIR: '/var/lib/kstreams/capture',
     });
     expect(s.readinessProbe.httpGet.path).toBe('/readyz');
     expect(s.livenessProbe.httpGet.path).toBe('/healthz');
@@ -278,10 +279,14 @@ describe('computePodPatch with the agent feed', () => {
       KSTREAMS_OPERATOR_CA: feed.caPem,
       KSTREAMS_FEED_TOKEN_FILE: '/var/run/secrets/kstreams.io/feed/token',
     });
-    expect(sidecar.volumeMounts).toEqual([{ name: 'kstreams-feed-token', mountPath: '/var/run/secrets/kstreams.io/feed', readOnly: true }]);
+    expect(sidecar.volumeMounts).toEqual([
+      { name: 'kstreams-feed-token', mountPath: '/var/run/secrets/kstreams.io/feed', readOnly: true },
+      { name: 'kstreams-capture', mountPath: '/var/lib/kstreams/capture' },
+    ]);
     expect(patched.spec.volumes).toEqual([
       { name: 'data', emptyDir: {} },
       { name: 'kstreams-feed-token', projected: { sources: [{ serviceAccountToken: { audience: 'kstreams.io/agent-feed', expirationSeconds: 3600, path: 'token' } }] } },
+      { name: 'kstreams-capture', emptyDir: { sizeLimit: '1Gi' } },
     ]);
     // Level-triggered: the injected pod gets nothing more, not a second volume.
     expect(computePodPatch(patched, shop, config, V120, feed)).toEqual({ patch: [], reason: 'already-injected' });
@@ -289,9 +294,55 @@ describe('computePodPatch with the agent feed', () => {
 
   it('creates the volumes list when the pod has none; leaves feed settings out when the feed is not serving yet', () => {
     const withFeed = applyJsonPatch(appPod(), computePodPatch(appPod(), shop, config, V120, feed).patch) as { spec: { volumes?: unknown[] } };
-    expect(withFeed.spec.volumes).toHaveLength(1);
-    const without = applyJsonPatch(appPod(), computePodPatch(appPod(), shop, config, V120).patch) as { spec: { volumes?: unknown[]; containers: Array<Record<string, any>> } };
+    expect(withFeed.spec.volumes).toHaveLength(2);
+    const noCapture = WebhookConfigSchema.parse({ sidecar: { capture: { enabled: false } } });
+    const without = applyJsonPatch(appPod(), computePodPatch(appPod(), shop, noCapture, V120).patch) as { spec: { volumes?: unknown[]; containers: Array<Record<string, any>> } };
     expect(without.spec.volumes).toBeUndefined();
     expect(without.spec.containers[0]!.volumeMounts).toBeUndefined();
+    expect((without.spec.containers[0]!.env as Array<{ name: string }>).map((e) => e.name)).not.toContain('KSTREAMS_CAPTURE_DIR');
+  });
+});
+
+describe('computePodPatch: the capture volume', () => {
+  type Patched = Pod & { spec: { volumes?: Array<Record<string, any>>; containers: Array<Record<string, any>>; initContainers?: Array<Record<string, any>> } };
+  const sidecarOf = (p: Patched) => [...(p.spec.initContainers ?? []), ...p.spec.containers].find((c) => c.name === SIDECAR_CONTAINER_NAME)!;
+
+  it('by default: an emptyDir of 1Gi mounted at /var/lib/kstreams/capture, which the agent is told; the app containers get nothing', () => {
+    for (const version of [V120, V130]) {
+      const { first, patched, second } = injectAndReinject(appPod(), version);
+      const p = patched as Patched;
+      expect(first.reason).toBe('injected');
+      expect(p.spec.volumes).toEqual([{ name: 'kstreams-capture', emptyDir: { sizeLimit: '1Gi' } }]);
+      const s = sidecarOf(p);
+      expect(s.volumeMounts).toEqual([{ name: 'kstreams-capture', mountPath: '/var/lib/kstreams/capture' }]);
+      expect(s.env).toContainEqual({ name: 'KSTREAMS_CAPTURE_DIR', value: '/var/lib/kstreams/capture' });
+      // The root filesystem stays read-only: the volume is where a file target can write.
+      expect(s.securityContext.readOnlyRootFilesystem).toBe(true);
+      expect(p.spec.containers.find((c) => c.name === 'app')!.volumeMounts).toBeUndefined();
+      expect(second).toEqual({ patch: [], reason: 'already-injected' });
+    }
+  });
+
+  it('sizeLimit as configured, or an existing PersistentVolumeClaim by claimName', () => {
+    const sized = WebhookConfigSchema.parse({ sidecar: { capture: { sizeLimit: '20Gi' } } });
+    expect((injectAndReinject(appPod(), V120, sized).patched as Patched).spec.volumes).toEqual([{ name: 'kstreams-capture', emptyDir: { sizeLimit: '20Gi' } }]);
+    const claim = WebhookConfigSchema.parse({ sidecar: { capture: { claimName: 'captures' } } });
+    const p = injectAndReinject(appPod(), V130, claim).patched as Patched;
+    expect(p.spec.volumes).toEqual([{ name: 'kstreams-capture', persistentVolumeClaim: { claimName: 'captures' } }]);
+    expect(sidecarOf(p).volumeMounts).toEqual([{ name: 'kstreams-capture', mountPath: '/var/lib/kstreams/capture' }]);
+  });
+
+  it('a pod that brings its own kstreams-capture volume keeps it (mounted in the sidecar, not added twice)', () => {
+    const pod = { ...appPod(), spec: { ...appPod().spec, volumes: [{ name: 'kstreams-capture', persistentVolumeClaim: { claimName: 'mine' } }] } };
+    const { patched, second } = injectAndReinject(pod, V120);
+    const p = patched as Patched;
+    expect(p.spec.volumes).toEqual([{ name: 'kstreams-capture', persistentVolumeClaim: { claimName: 'mine' } }]);
+    expect(sidecarOf(p).volumeMounts).toEqual([{ name: 'kstreams-capture', mountPath: '/var/lib/kstreams/capture' }]);
+    expect(second.patch).toEqual([]);
+  });
+
+  it('refuses unknown keys and an empty claimName in the config', () => {
+    expect(WebhookConfigSchema.safeParse({ sidecar: { capture: { claim: 'x' } } }).success).toBe(false);
+    expect(WebhookConfigSchema.safeParse({ sidecar: { capture: { claimName: '' } } }).success).toBe(false);
   });
 });

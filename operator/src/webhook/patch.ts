@@ -4,6 +4,9 @@
 import {
   AGENT_PORT_ANNOTATION,
   ALWAYS_EXCLUDED_NAMESPACES,
+  CAPTURE_DIR_ENV,
+  CAPTURE_MOUNT_PATH,
+  CAPTURE_VOLUME_NAME,
   INJECT_NAMESPACE_LABEL,
   INJECT_NAMESPACE_VALUE,
   INJECT_POD_LABEL,
@@ -75,6 +78,14 @@ export function escapeJsonPointer(key: string): string {
   return key.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 
+/** The capture volume of the pod (sidecar.capture), or undefined when disabled. */
+export function captureVolume(capture: SidecarConfig['capture']): Obj | undefined {
+  if (!capture.enabled) return undefined;
+  return capture.claimName !== undefined
+    ? { name: CAPTURE_VOLUME_NAME, persistentVolumeClaim: { claimName: capture.claimName } }
+    : { name: CAPTURE_VOLUME_NAME, emptyDir: { sizeLimit: capture.sizeLimit } };
+}
+
 function hasContainerNamed(list: unknown, name: string): boolean {
   return Array.isArray(list) && list.some((c) => isObj(c) && c.name === name);
 }
@@ -118,8 +129,16 @@ export function sidecarContainer(sidecar: SidecarConfig, native: boolean, feed?:
       fieldEnv('POD_IP', 'status.podIP'),
       { name: 'KSTREAMS_AGENT_PORT', value: String(port) },
       ...(feed ? feedEnv(feed) : []),
+      ...(sidecar.capture.enabled ? [{ name: CAPTURE_DIR_ENV, value: CAPTURE_MOUNT_PATH }] : []),
     ],
-    ...(feed ? { volumeMounts: [feedVolumeMount] } : {}),
+    ...(feed || sidecar.capture.enabled
+      ? {
+          volumeMounts: [
+            ...(feed ? [feedVolumeMount] : []),
+            ...(sidecar.capture.enabled ? [{ name: CAPTURE_VOLUME_NAME, mountPath: CAPTURE_MOUNT_PATH }] : []),
+          ],
+        }
+      : {}),
     resources: structuredClone(sidecar.resources),
     securityContext,
     readinessProbe: { httpGet: httpGet('/readyz'), periodSeconds: 2, failureThreshold: 3, timeoutSeconds: 1 },
@@ -184,8 +203,17 @@ export function computePodPatch(
     hasContainerNamed(spec.containers, SIDECAR_CONTAINER_NAME) || hasContainerNamed(spec.initContainers, SIDECAR_CONTAINER_NAME);
   if (!present) {
     const sidecar = sidecarContainer(config.sidecar, native, feed);
-    if (feed && spec.volumes !== undefined && !Array.isArray(spec.volumes)) return none('invalid-pod');
-    if (feed) patch.push(spec.volumes === undefined ? { op: 'add', path: '/spec/volumes', value: [feedVolume] } : { op: 'add', path: '/spec/volumes/-', value: feedVolume });
+    const capture = captureVolume(config.sidecar.capture);
+    const volumes: Obj[] = [...(feed ? [feedVolume] : []), ...(capture ? [capture] : [])];
+    if (volumes.length && spec.volumes !== undefined && !Array.isArray(spec.volumes)) return none('invalid-pod');
+    // A pod that already has a volume of our name (its own capture volume, given by hand) keeps it.
+    const own = new Set(Array.isArray(spec.volumes) ? spec.volumes.filter(isObj).map((v) => v.name) : []);
+    const added = volumes.filter((v) => !own.has(v.name));
+    if (spec.volumes === undefined) {
+      if (added.length) patch.push({ op: 'add', path: '/spec/volumes', value: added });
+    } else {
+      for (const v of added) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
+    }
     if (native) {
       // First, so that later init containers and the app start after the data plane is attached.
       if (spec.initContainers === undefined) patch.push({ op: 'add', path: '/spec/initContainers', value: [sidecar] });

@@ -73,6 +73,7 @@ export class Agent {
       resolve: (target) => this.resolveService(target),
       readProgram: (source) => this.readProgram(source),
       ...(config.mirrorBufferBudgetBytes !== undefined ? { mirrorBufferBudget: config.mirrorBufferBudgetBytes } : {}),
+      ...(config.captureDir !== undefined ? { captureRoot: config.captureDir } : {}),
       onDrained: (_name, outcome) => this.metrics.drainDone(outcome),
       logger: this.logger,
     });

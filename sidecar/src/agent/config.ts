@@ -1,7 +1,7 @@
 // The agent's whole configuration, parsed once at start-up from the environment the webhook (or a test)
 // gives it, then passed in. Nothing else in the agent reads process.env.
 import { z } from 'zod';
-import { DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
+import { CAPTURE_DIR_ENV, DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
 
 const intFromEnv = (def: number, min: number, max: number) =>
   z
@@ -33,6 +33,7 @@ export const AGENT_ENV = {
   operatorServerName: 'KSTREAMS_OPERATOR_SERVER_NAME',
   operatorCa: 'KSTREAMS_OPERATOR_CA',
   feedTokenFile: 'KSTREAMS_FEED_TOKEN_FILE',
+  captureDir: CAPTURE_DIR_ENV,
 } as const;
 
 export const AgentConfigSchema = z.strictObject({
@@ -79,6 +80,11 @@ export const AgentConfigSchema = z.strictObject({
   operatorCa: z.string().includes('BEGIN CERTIFICATE', { message: 'must hold PEM certificates' }).optional(),
   /** The projected ServiceAccount token (audience kstreams.io/agent-feed) the agent presents; re-read on every connect. */
   feedTokenFile: z.string().startsWith('/').optional().transform((v) => v ?? '/var/run/secrets/kstreams.io/feed/token'),
+  /**
+   * The capture volume's mount (the webhook sets it when it mounts one): file targets' paths are resolved
+   * under it, and a path that would leave it is refused. Unset: paths are taken as written.
+   */
+  captureDir: z.string().startsWith('/', 'must be an absolute path').optional(),
 });
 
 export type AgentConfig = z.output<typeof AgentConfigSchema>;

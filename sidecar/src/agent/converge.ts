@@ -132,6 +132,8 @@ export class Reconciler {
       readProgram?: ProgramReader;
       /** Engine-wide cap on mirror send-buffer growth, per attachment. */
       mirrorBufferBudget?: number;
+      /** The capture volume's mount: file targets' paths are resolved under it. */
+      captureRoot?: string;
       /** A detach's drain ended: how many connections ended by themselves, how many were reset. */
       onDrained?: (name: string, outcome: DrainOutcome) => void;
       logger: Logger;
@@ -273,6 +275,7 @@ export class Reconciler {
           ...(this.opts.resolve ? { resolve: this.opts.resolve } : {}),
           ...(this.opts.readProgram ? { readProgram: this.opts.readProgram } : {}),
           ...(this.opts.mirrorBufferBudget !== undefined ? { mirrorBufferBudget: this.opts.mirrorBufferBudget } : {}),
+          ...(this.opts.captureRoot !== undefined ? { captureRoot: this.opts.captureRoot } : {}),
         });
         entry.attachment = attachment;
         entry.liveSpecKey = key;

@@ -62,6 +62,8 @@ export interface AttachRequest {
   resolve?: ServiceResolver;
   /** Engine-wide cap on mirror send-buffer growth, bytes (default 64 MiB). */
   mirrorBufferBudget?: number;
+  /** The capture volume's mount: file targets' paths are resolved under it (CapturePathOutsideVolume when one leaves it). */
+  captureRoot?: string;
   /** Reads a transform program op's BPF object (the agent: from a ConfigMap). */
   readProgram?: ProgramReader;
 }

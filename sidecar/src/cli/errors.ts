@@ -44,6 +44,7 @@ const EXIT_BY_REASON: Record<AttachReason, ExitCode> = {
   ProgramRejected: EXIT.usage,
   TransformFailed: EXIT.runtime,
   TargetUnresolvable: EXIT.usage,
+  CapturePathOutsideVolume: EXIT.usage,
   NetnsNotFound: EXIT.netns,
   InsufficientPrivileges: EXIT.privileges,
   KernelFeatureMissing: EXIT.privileges,

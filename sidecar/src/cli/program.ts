@@ -1,6 +1,8 @@
 // The `kstreams` command line: parsing, help and the mapping of every failure to one line and an exit code.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
+import { CAPTURE_MOUNT_PATH, DEFAULT_AGENT_PORT } from '../../../api/src/agent.js';
+import { AttachError } from '../dataplane/errors.js';
+import { resolveCapturePath } from '../dataplane/targets.js';
 import { EXAMPLE_STREAMPATH_YAML, mirrorTargets } from '../../../api/src/streampath.js';
 import { checkCommand } from './check.js';
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, toCliError } from './errors.js';
@@ -256,6 +258,18 @@ export function buildProgram(version: string): Command {
       }
       const targets = mirrorTargets(sp.spec);
       if (targets.some((t) => t.service)) notes.push('service targets need a cluster (`kstreams run` refuses them)');
+      // In a cluster a file target's path is resolved under the sidecar's capture volume: refuse now
+      // what every sidecar would refuse (CapturePathOutsideVolume) rather than at attach.
+      targets.forEach((t, i) => {
+        if (t.file === undefined) return;
+        try {
+          resolveCapturePath(t.file.path, CAPTURE_MOUNT_PATH, `spec.mirror.targets[${i}].file.path`);
+        } catch (err) {
+          if (err instanceof AttachError) throw new CliError(EXIT.usage, `${o.file === '-' ? '<stdin>' : o.file}: invalid StreamPath: ${err.message}`);
+          throw err;
+        }
+      });
+      if (targets.some((t) => t.file)) notes.push(`in a cluster a file target's path is under the sidecar's capture volume (${CAPTURE_MOUNT_PATH})`);
       const mirror = sp.spec.mirror ? `${targets.length} mirror target(s)` : 'no mirror: transforms the primary stream only';
       process.stdout.write(
         `${o.file === '-' ? '<stdin>' : o.file}: valid StreamPath ${sp.metadata.name ?? '(no name)'} (port ${sp.spec.port}, ${mirror})${notes.length ? `; note: ${notes.join('; ')}` : ''}\n`,

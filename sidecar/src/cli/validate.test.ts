@@ -96,6 +96,19 @@ describe('kstreams validate', () => {
     expect(r.stdout.trimEnd().split('\n')).toHaveLength(1);
   });
 
+  it('refuses a file target whose path leaves the capture volume of a sidecar (`..` above its root), naming the field; notes where a file target writes in a cluster', async () => {
+    const out = streamPathFile('file-escapes', (s) => {
+      s['mirror'] = { targets: [{ address: '10.0.0.5:8080' }, { file: { path: '/captures/../../etc' } }] };
+    });
+    expectOneLineRefusal(await validateInProcess(out), /spec\.mirror\.targets\[1\]\.file\.path: \/captures\/\.\.\/\.\.\/etc leaves the capture volume/);
+    const inside = streamPathFile('file-inside', (s) => {
+      s['mirror'] = { targets: [{ file: { path: '/shop/../checkout' } }] };
+    });
+    const r = await validateInProcess(inside);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("note: in a cluster a file target's path is under the sidecar's capture volume (/var/lib/kstreams/capture)");
+  });
+
   // Each spawn starts node + tsx (1-2 s).
   it('refuses transform errors through the real binary with exit code 2', { timeout: 60_000 }, async () => {
     const rows = ['mirror missing with a transform of the mirror (applyTo defaults to mirror)', 'mask until over 256 bytes in UTF-8 but under 256 characters', 'two program ops'];

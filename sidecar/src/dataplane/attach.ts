@@ -158,6 +158,12 @@ export interface AttachOptions {
    * Without it a program op is refused.
    */
   readProgram?: ProgramReader;
+  /**
+   * A file target's path is resolved under this directory (an injected sidecar's capture volume): `/shop`
+   * is `<captureRoot>/shop`, and a path that would leave it (`/../etc`) is refused as
+   * CapturePathOutsideVolume. Undefined: paths as written (`kstreams run`).
+   */
+  captureRoot?: string;
 }
 
 export const DEFAULT_MIRROR_CONNECT_TIMEOUT_MS = 2000;
@@ -367,6 +373,7 @@ export async function attachStreamPath(opts: AttachOptions): Promise<Attachment>
   const resolveOpts = {
     ...(opts.lookup ? { lookup: opts.lookup } : {}),
     ...(opts.resolve ? { resolveService: opts.resolve } : {}),
+    ...(opts.captureRoot !== undefined ? { captureRoot: opts.captureRoot } : {}),
   };
   let spec = opts.spec;
   let mirrors = await resolveMirrors(spec, resolveOpts);

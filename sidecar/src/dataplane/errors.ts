@@ -15,6 +15,8 @@ export type AttachReason =
   | 'TransformFailed'
   /** A mirror target's name or Service could not be turned into an address. */
   | 'TargetUnresolvable'
+  /** A file target's path would leave the sidecar's capture volume (`..` above its root). */
+  | 'CapturePathOutsideVolume'
   /** The network namespace to attach in does not exist. */
   | 'NetnsNotFound'
   /** The process lacks CAP_BPF / CAP_NET_ADMIN (or the equivalent root). */

@@ -2,6 +2,7 @@
 // resolves names: a name that resolves differently later is picked up by the next update().
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { posix } from 'node:path';
 import { mirrorSettings, targetName, type MirrorTarget, type StreamPathSpec } from '../../../api/src/streampath.js';
 import type { CaptureConfig, Endpoint, MirrorConfig } from '../../../native/lib/types.js';
 import { AttachError } from './errors.js';
@@ -23,12 +24,30 @@ export function splitHostPort(address: string): Endpoint {
 export interface ResolveOptions {
   lookup?: HostLookup;
   resolveService?: ServiceResolver;
+  /** File targets' paths are resolved under this directory (the sidecar's capture volume). */
+  captureRoot?: string;
+}
+
+/**
+ * A file target's directory: under `root` when given (`/shop` -> `<root>/shop`), refused when `..`
+ * segments would take it out of `root`; as written otherwise.
+ */
+export function resolveCapturePath(path: string, root: string | undefined, field = 'file.path'): string {
+  if (root === undefined) return path;
+  const base = posix.normalize(root).replace(/\/+$/, '') || '/';
+  const resolved = posix.join(base, path);
+  if (resolved === base || resolved.startsWith(base === '/' ? '/' : `${base}/`)) return resolved.replace(/\/+$/, '') || '/';
+  throw new AttachError(
+    'CapturePathOutsideVolume',
+    `${field}: ${path} leaves the capture volume: in a cluster a file target's path is resolved under the sidecar's capture volume ${base} (${path} would be ${resolved}); give a path without '..' above its root, such as /${posix.basename(resolved) || 'capture'}`,
+    field,
+  );
 }
 
 async function resolveOne(t: MirrorTarget, field: string, opts: ResolveOptions): Promise<Endpoint | CaptureConfig> {
   if (t.file !== undefined) {
     return {
-      path: t.file.path,
+      path: resolveCapturePath(t.file.path, opts.captureRoot, `${field}.file.path`),
       responses: t.file.responses,
       maxBytes: t.file.maxBytes,
       ...(t.file.maxConnectionBytes !== undefined ? { maxConnectionBytes: t.file.maxConnectionBytes } : {}),
