@@ -5,7 +5,9 @@
 //   (CRD, operator x2 with one leader, self-managed webhook TLS)
 //   -> label namespace shop -> staging recorder behind a headless Service -> StreamPath
 //   -> a new app pod is injected, the sidecar attaches before the app starts -> requests are answered by the
-//   app and their bytes arrive at staging; `kubectl get sp` shows it -> a live edit adds a mask transform:
+//   app and their bytes arrive at staging; `kubectl get sp` shows it -> a live edit adds a target comparing
+//   answers (staging's copy of the app: none diverges) and a file target, whose capture is fetched with
+//   kubectl cp and replayed against that copy with the same answers -> a live edit adds a mask transform:
 //   the app gets the Authorization header, staging gets it masked -> an edit whose program op names a missing
 //   ConfigMap is refused (Degraded ProgramRejected) while the previous spec keeps running
 //   -> an opted-out pod is left alone
@@ -15,10 +17,13 @@
 // Traffic goes from a client pod to the app's pod IP and from the sidecar to the staging pod (found through
 // the API: headless Service). Agent and operator endpoints are read through the apiserver's pod proxy, so
 // nothing here needs the host to reach pod IPs. See docs/e2e.md.
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { readCapture } from '../sidecar/src/capture/reader.js';
 import { helmBinary, kubectlBinary, poll, repoRoot, run, Timings } from './lib/tools.js';
 
 const RELEASE = 'kstreams';
@@ -44,8 +49,11 @@ net.createServer((s) => {
 }).listen(8080, () => console.log('recorder listening on 8080'));
 `;
 
-/** The StreamPath of the journey; `transform` lines (YAML, indented under spec) are a live edit. */
-function streamPathYaml(transform: string[] = []): string {
+/**
+ * The StreamPath of the journey; `transform` lines (YAML, indented under spec) are a live edit, and so
+ * are `targets` lines (YAML list items under spec.mirror.targets) after the staging recorder.
+ */
+function streamPathYaml(transform: string[] = [], targets: string[] = []): string {
   return [
     'apiVersion: kstreams.io/v1alpha1',
     'kind: StreamPath',
@@ -56,6 +64,7 @@ function streamPathYaml(transform: string[] = []): string {
     '  mirror:',
     '    targets:',
     `      - service: {name: checkout, namespace: ${STAGING}, port: 8080}`,
+    ...targets,
     '    sampling: {percent: 100}',
     '    onOverflow: cut',
     ...transform,
@@ -63,6 +72,15 @@ function streamPathYaml(transform: string[] = []): string {
   ].join('\n');
 }
 
+/**
+ * Live comparison and a capture: staging's copy of the app itself (same command, answers compared with
+ * the app's as they happen), and a file target in the sidecar's capture volume with the app's answers.
+ */
+const COMPARE_AND_CAPTURE = [
+  `      - {name: live, service: {name: checkout-live, namespace: ${STAGING}, port: 8080}, compareResponses: true}`,
+  '      - {name: capture, file: {path: /journey, responses: true, maxBytes: 16777216}}',
+];
+const CAPTURE_DIR = '/var/lib/kstreams/capture/journey';
 const MASK_TRANSFORM = ['  transform:', '    applyTo: mirror', '    ops:', '      - mask: {after: "Authorization: ", until: "\\r\\n", with: "*"}'];
 const MISSING_CONFIGMAP = 'xf-filter-missing';
 
@@ -103,7 +121,7 @@ interface Condition {
 
 interface StreamPathJson {
   metadata: { generation: number; finalizers?: string[] };
-  status?: { observedGeneration?: number; conditions?: Condition[]; bytesMirrored?: number };
+  status?: { observedGeneration?: number; conditions?: Condition[]; bytesMirrored?: number; targets?: Array<{ name: string; connectionsMirrored: number; responsesCompared?: number; responsesDiverged?: number }> };
 }
 
 interface AgentReport {
@@ -201,8 +219,8 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   const conditionOf = (sp: StreamPathJson, type: string) => sp.status?.conditions?.find((c) => c.type === type);
 
   /** Applies the StreamPath; returns its new generation. */
-  const applyStreamPath = async (transform: string[]) => {
-    await k(['apply', '-f', '-'], streamPathYaml(transform));
+  const applyStreamPath = async (transform: string[], targets: string[] = []) => {
+    await k(['apply', '-f', '-'], streamPathYaml(transform, targets));
     return (await streamPath()).metadata.generation;
   };
 
@@ -377,6 +395,20 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
             },
           },
           {
+            apiVersion: 'v1', kind: 'Service',
+            metadata: { name: 'checkout-live', namespace: STAGING },
+            spec: { clusterIP: 'None', selector: { app: 'checkout-live' }, ports: [{ name: 'http', port: 8080, targetPort: 8080 }] },
+          },
+          {
+            // The same app as checkout (same command, same image): a live comparison target.
+            apiVersion: 'v1', kind: 'Pod',
+            metadata: { name: 'checkout-live', namespace: STAGING, labels: { app: 'checkout-live' } },
+            spec: {
+              terminationGracePeriodSeconds: 0,
+              containers: [{ name: 'app', image: busybox, imagePullPolicy: pullPolicy, command: ['sh', '-c', APP_COMMAND], ports: [{ containerPort: 8080 }], readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 } }],
+            },
+          },
+          {
             apiVersion: 'v1', kind: 'Pod',
             metadata: { name: 'client', namespace: STAGING },
             spec: {
@@ -386,7 +418,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
           },
         ],
       });
-      await k(['-n', STAGING, 'wait', '--for=condition=Ready', 'pod/recorder', 'pod/client', '--timeout=120s'], undefined, 150_000);
+      await k(['-n', STAGING, 'wait', '--for=condition=Ready', 'pod/recorder', 'pod/client', 'pod/checkout-live', '--timeout=120s'], undefined, 150_000);
       // The agent resolves the headless Service through its Endpoints: wait until they hold the recorder.
       await poll('Endpoints of staging/checkout', async () => {
         const ep = await k(['-n', STAGING, 'get', 'endpoints', 'checkout', '-o', 'jsonpath={.subsets[0].addresses[0].ip}']);
@@ -498,6 +530,65 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
       }, { timeoutMs: 60_000 }));
     expect(row).toMatchObject({ name: SP, port: '8080', selected: '1', attached: '1', dropped: '0', ready: 'True', degraded: 'AsExpected' });
     console.log(`[journey] kubectl get sp:\n${await k(['-n', SHOP, 'get', 'sp'])}`);
+  });
+
+  it('a live edit adds a comparing target and a file target: staging answers as the app does; the capture, fetched with kubectl cp, replays against staging with the same answers', async () => {
+    const generation = await timings.time('apply compare + capture targets (live edit)', () => applyStreamPath([], COMPARE_AND_CAPTURE));
+    await timings.time('agent attached the compare + capture generation', () =>
+      poll(`generation ${generation} attached`, async () => {
+        const s = (await report('checkout')).streamPaths.find((x) => x.name === SP);
+        if (s?.problem) throw Object.assign(new Error(`agent: ${s.problem.reason}: ${s.problem.message}`), { fatal: true });
+        return s?.attached && s.generation === generation ? s : undefined;
+      }, { timeoutMs: 30_000 }));
+    // The CGI's answer has no date or file stamp (a static file's ETag differs between two pods).
+    const N = 5;
+    for (let i = 0; i < N; i++) expect((await authorized(`Bearer compare-${i}`)).trim()).toBe(`authorization=Bearer compare-${i}`);
+
+    const sp = await timings.time('status: responsesCompared > 0, none diverged', () =>
+      poll('status.targets[live] with compared answers', async () => {
+        const x = await streamPath();
+        const t = x.status?.targets?.find((y) => y.name === 'live');
+        return x.status?.observedGeneration === generation && t && (t.responsesCompared ?? 0) >= N ? x : undefined;
+      }, { timeoutMs: 60_000 }));
+    const live = sp.status!.targets!.find((y) => y.name === 'live')!;
+    console.log(`[journey] live comparison: ${JSON.stringify(live)}`);
+    expect(live.responsesDiverged).toBe(0);
+    expect(conditionOf(sp, 'Degraded')).toMatchObject({ status: 'False', reason: 'AsExpected' });
+
+    // The capture, from the sidecar's capture volume, as a user fetches it.
+    const local = mkdtempSync(join(tmpdir(), 'kstreams-e2e-capture-'));
+    try {
+      await timings.time('kubectl cp the capture from the sidecar', () => k(['-n', SHOP, 'cp', '-c', 'kstreams-sidecar', `checkout:${CAPTURE_DIR}`, join(local, 'capture')]));
+      const cap = await readCapture(join(local, 'capture'));
+      const requests = cap.connections.filter((c) => c.end.c2s > 0);
+      expect(requests.length, JSON.stringify(cap.notes)).toBeGreaterThanOrEqual(N);
+      expect(cap.sessions[0]?.meta).toMatchObject({ writer: 'engine', responses: true });
+      // Replayed against staging's copy of the app: the host reaches pod IPs on the local cluster's bridge;
+      // elsewhere through kubectl port-forward.
+      const stagingIP = (await k(['-n', STAGING, 'get', 'pod', 'checkout-live', '-o', 'jsonpath={.status.podIP}'])).trim();
+      let to = `${stagingIP}:8080`;
+      let forward: ReturnType<typeof spawn> | undefined;
+      if (provider !== 'local') {
+        forward = spawn(kubectl, ['-n', STAGING, 'port-forward', 'pod/checkout-live', '46480:8080'], { env: { ...process.env, KUBECONFIG: kubeconfig }, stdio: ['ignore', 'pipe', 'pipe'] });
+        await new Promise<void>((resolve, reject) => {
+          forward!.stdout!.on('data', (d: Buffer) => d.toString().includes('Forwarding from') && resolve());
+          forward!.once('exit', (code) => reject(new Error(`kubectl port-forward exited ${code}`)));
+        });
+        to = '127.0.0.1:46480';
+      }
+      try {
+        const out = await timings.time('kstreams replay of the capture against staging', () =>
+          run(process.execPath, [join(repoRoot, 'dist/sidecar/src/cli/main.js'), 'replay', join(local, 'capture'), '--to', to, '--speed', 'max', '--compare']));
+        const summary = JSON.parse(out) as { connectionsReplayed: number; connectionsFailed: number; compare: { same: number; differ: number } };
+        console.log(`[journey] replay of the sidecar's capture: ${out.trim()}`);
+        expect(summary).toMatchObject({ connectionsReplayed: cap.connections.length, connectionsFailed: 0, compare: { differ: 0 } });
+        expect(summary.compare.same).toBeGreaterThanOrEqual(N);
+      } finally {
+        forward?.kill();
+      }
+    } finally {
+      rmSync(local, { recursive: true, force: true });
+    }
   });
 
   it('a live edit adds a mask transform: the app gets the Authorization header, staging gets it masked, Ready stays True', async () => {
