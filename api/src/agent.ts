@@ -9,6 +9,9 @@ export const INJECT_NAMESPACE_VALUE = 'enabled';
 export const INJECT_POD_LABEL = 'kstreams.io/inject';
 /** Set by the webhook on pods it injected; its value is the injector's version. */
 export const INJECTED_ANNOTATION = 'kstreams.io/injected';
+/** Set by the webhook on pods it injected, so that monitoring can select them (the chart's PodMonitor). */
+export const INJECTED_POD_LABEL = 'kstreams.io/injected';
+export const INJECTED_POD_LABEL_VALUE = 'true';
 /** Port of the agent's HTTP server (/healthz, /readyz, /metrics, /v1/report), set by the webhook. */
 export const AGENT_PORT_ANNOTATION = 'kstreams.io/agent-port';
 export const DEFAULT_AGENT_PORT = 15090;

@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { WebhookConfigSchema } from '../../operator/src/webhook/config.js';
-import { sidecarContainer } from '../../operator/src/webhook/patch.js';
+import { computePodPatch, sidecarContainer } from '../../operator/src/webhook/patch.js';
+import { applyJsonPatch } from '../../operator/src/webhook/testing/json-patch.js';
+import { INJECTED_POD_LABEL } from '../../api/src/agent.js';
 import { CHART_DIR, findObject, helmBinary, renderChart, run, type K8sObject } from './testing/helm.js';
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -49,12 +51,18 @@ describe('the chart monitoring objects', () => {
     expect(container.ports.find((p: Obj) => p.name === target)?.containerPort).toBe(9100);
   });
 
-  it('metrics.podMonitor: a PodMonitor over every namespace that scrapes the port the webhook gives the sidecar', async () => {
+  it('metrics.podMonitor: a PodMonitor over every namespace that selects the pods the webhook labels and scrapes the port it gives the sidecar', async () => {
     const objects = await render({ 'metrics.podMonitor': { enabled: true, interval: '1m', labels: { team: 'net' } } });
     const pm = findObject(objects, 'PodMonitor') as Obj;
     expect(pm.metadata).toMatchObject({ name: 'kstreams-agents', namespace: 'obs', labels: { team: 'net' } });
     expect(pm.spec.namespaceSelector).toEqual({ any: true });
-    expect(pm.spec.selector).toEqual({});
+    // The label the webhook puts on every pod it injects: the PodMonitor selects those pods and no other.
+    const injected = applyJsonPatch(
+      { metadata: { name: 'p', labels: { app: 'a' } }, spec: { containers: [{ name: 'app', image: 'app:1' }] } },
+      computePodPatch({ metadata: { name: 'p', labels: { app: 'a' } }, spec: { containers: [{ name: 'app', image: 'app:1' }] } }, { name: 'shop' }, WebhookConfigSchema.parse({ namespace: 'obs' })).patch,
+    ) as Obj;
+    expect(pm.spec.selector).toEqual({ matchLabels: { [INJECTED_POD_LABEL]: 'true' } });
+    expect(injected.metadata.labels).toMatchObject(pm.spec.selector.matchLabels);
     const sidecar = sidecarContainer(WebhookConfigSchema.parse({}).sidecar, false) as Obj;
     expect(pm.spec.podMetricsEndpoints).toEqual([{ port: sidecar.ports[0].name, path: '/metrics', scheme: 'http', interval: '1m' }]);
     expect(objects.filter((o) => o.kind === 'ServiceMonitor')).toEqual([]);

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
+import { AGENT_PORT_ANNOTATION, INJECTED_ANNOTATION, INJECTED_POD_LABEL, SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
 import { WebhookConfigSchema, type WebhookConfig } from './config.js';
 import { computePodPatch, parseServerVersion, sidecarContainer, useNativeSidecar, INJECTOR_VERSION, type ServerVersion } from './patch.js';
 import { applyJsonPatch } from './testing/json-patch.js';
@@ -124,6 +124,23 @@ describe('computePodPatch', () => {
     const { first, patched } = injectAndReinject(pod, V120);
     expect(first.patch.map((p) => p.path)).toContain('/metadata/annotations/kstreams.io~1injected');
     expect(patched.metadata?.annotations).toMatchObject({ 'example.com/owner': 'team-a', [INJECTED_ANNOTATION]: INJECTOR_VERSION });
+  });
+
+  it('labels the pods it injects (kstreams.io/injected: "true", what the chart PodMonitor selects), keeping their labels', () => {
+    const labelled = appPod();
+    labelled.metadata!.labels = { app: 'checkout' };
+    const { first, patched } = injectAndReinject(labelled, V120);
+    expect(first.patch.map((p) => p.path)).toContain('/metadata/labels/kstreams.io~1injected');
+    expect(patched.metadata?.labels).toEqual({ app: 'checkout', [INJECTED_POD_LABEL]: 'true' });
+    const bare = injectAndReinject({ spec: { containers: [{ name: 'app', image: 'app:1' }] } }, V120).patched as Pod;
+    expect(bare.metadata?.labels).toEqual({ [INJECTED_POD_LABEL]: 'true' });
+    expect(bare.metadata?.annotations?.[INJECTED_ANNOTATION]).toBe(INJECTOR_VERSION);
+  });
+
+  it('refuses a pod whose labels are not an object', () => {
+    const pod = appPod() as unknown as { metadata: { labels: unknown } };
+    pod.metadata.labels = ['a'];
+    expect(computePodPatch(pod, shop, config, V120).reason).toBe('invalid-pod');
   });
 
   it('is idempotent: its own output yields no patch', () => {

@@ -11,6 +11,8 @@ import {
   INJECT_NAMESPACE_VALUE,
   INJECT_POD_LABEL,
   INJECTED_ANNOTATION,
+  INJECTED_POD_LABEL,
+  INJECTED_POD_LABEL_VALUE,
   SIDECAR_CONTAINER_NAME,
 } from '../../../api/src/agent.js';
 import type { SidecarConfig, WebhookConfig } from './config.js';
@@ -74,6 +76,13 @@ const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !
 const stringMap = (v: unknown): Record<string, unknown> => (isObj(v) ? v : {});
 
 /** RFC 6901: '~' and '/' inside a key. */
+/** JSON patch ops that set `members` in the object at `path` (created whole when `missing`). */
+function addMembers(patch: JsonPatchOp[], path: string, missing: boolean, members: Record<string, string>): void {
+  if (Object.keys(members).length === 0) return;
+  if (missing) patch.push({ op: 'add', path, value: members });
+  else for (const [k, v] of Object.entries(members)) patch.push({ op: 'add', path: `${path}/${escapeJsonPointer(k)}`, value: v });
+}
+
 export function escapeJsonPointer(key: string): string {
   return key.replace(/~/g, '~0').replace(/\//g, '~1');
 }
@@ -194,6 +203,7 @@ export function computePodPatch(
   // With hostNetwork the agent would attach to the node's network namespace: never.
   if (spec.hostNetwork === true) return none('host-network');
   if (metadata.annotations !== undefined && !isObj(metadata.annotations)) return none('invalid-pod');
+  if (metadata.labels !== undefined && !isObj(metadata.labels)) return none('invalid-pod');
   if (spec.containers !== undefined && !Array.isArray(spec.containers)) return none('invalid-pod');
   if (spec.initContainers !== undefined && !Array.isArray(spec.initContainers)) return none('invalid-pod');
 
@@ -240,12 +250,17 @@ export function computePodPatch(
     const app = spec.containers.find((c): c is Obj => isObj(c) && typeof c.name === 'string' && c.name !== '');
     if (app && typeof annotations[DEFAULT_CONTAINER_ANNOTATION] !== 'string') wanted[DEFAULT_CONTAINER_ANNOTATION] = app.name as string;
   }
-  if (Object.keys(wanted).length > 0) {
-    if (pod.metadata === undefined) patch.push({ op: 'add', path: '/metadata', value: { annotations: wanted } });
-    else if (metadata.annotations === undefined) patch.push({ op: 'add', path: '/metadata/annotations', value: wanted });
-    else
-      for (const [k, v] of Object.entries(wanted))
-        patch.push({ op: 'add', path: `/metadata/annotations/${escapeJsonPointer(k)}`, value: v });
+  // The label that lets monitoring select injected pods (a PodMonitor's selector), set where missing.
+  const wantedLabels: Record<string, string> = {};
+  if (stringMap(metadata.labels)[INJECTED_POD_LABEL] !== INJECTED_POD_LABEL_VALUE) wantedLabels[INJECTED_POD_LABEL] = INJECTED_POD_LABEL_VALUE;
+  if (pod.metadata === undefined) {
+    const value: Record<string, Record<string, string>> = {};
+    if (Object.keys(wanted).length > 0) value.annotations = wanted;
+    if (Object.keys(wantedLabels).length > 0) value.labels = wantedLabels;
+    if (Object.keys(value).length > 0) patch.push({ op: 'add', path: '/metadata', value });
+  } else {
+    addMembers(patch, '/metadata/annotations', metadata.annotations === undefined, wanted);
+    addMembers(patch, '/metadata/labels', metadata.labels === undefined, wantedLabels);
   }
   if (patch.length === 0) return none('already-injected');
   return { patch, reason: present ? 'already-injected' : 'injected' };
