@@ -134,6 +134,8 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_FEED_PORT', path: ['feed', 'port'], type: 'int' },
   { env: 'KSTREAMS_FEED_CERT_FILE', path: ['feed', 'certFile'], type: 'string' },
   { env: 'KSTREAMS_FEED_KEY_FILE', path: ['feed', 'keyFile'], type: 'string' },
+  { env: 'KSTREAMS_FEED_WARMUP_MS', path: ['feed', 'warmupMs'], type: 'int' },
+  { env: 'KSTREAMS_FEED_RECONNECT_GRACE_MS', path: ['feed', 'reconnectGraceMs'], type: 'int' },
   { env: 'KSTREAMS_STATUS_WRITE_INTERVAL_MS', path: ['statusWriteIntervalMs'], type: 'int' },
   { env: 'KSTREAMS_DETACH_TIMEOUT_MS', path: ['detachTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_SHUTDOWN_TIMEOUT_MS', path: ['shutdownTimeoutMs'], type: 'int' },

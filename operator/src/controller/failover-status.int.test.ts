@@ -4,7 +4,8 @@
 // they lose their stream and find the new leader themselves, which hears nothing from them meanwhile.
 // Killing the leader (SIGKILL, no release) must cause no Ready transition, no counter going backwards and
 // no second Attached Event; a StreamPath deleted across a leader change keeps its finalizer until the
-// agents report it detached.
+// agents report it detached. A restart whose agents come back late (past the warm-up) must not move Ready
+// either: a pod not heard yet keeps its part of the stored status until its agent reports.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -60,7 +61,7 @@ interface Replica {
 
 let certDir: string;
 
-function startReplica(identity: string, namespace: string, feedPort: number): Replica {
+function startReplica(identity: string, namespace: string, feedPort: number, extraEnv: Record<string, string> = {}): Replica {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
     cwd: REPO,
     env: {
@@ -79,6 +80,7 @@ function startReplica(identity: string, namespace: string, feedPort: number): Re
       KSTREAMS_STATUS_WRITE_INTERVAL_MS: '500',
       KSTREAMS_DETACH_TIMEOUT_MS: '60000',
       KSTREAMS_LOG_LEVEL: 'info',
+      ...extraEnv,
     },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -216,5 +218,77 @@ describe('status across leader changes', () => {
     attached = false;
     await eventually('the StreamPath to go once the agents detached', async () => (await getStreamPath(kube, ns, 'shadow')) === undefined, 15_000);
     console.log(`[failover-status] deleted across a leader change: finalizer removed ${Date.now() - syncedAt} ms after the new leader synced, once the agents reported detached`);
+  });
+
+  it('a restart with an agent that reconnects only after the warm-up: no Ready transition, no counter reset, no second Event', async () => {
+    const opNs = freshName('ksh4-op');
+    const ns = freshName('ksh4-sp');
+    await createNamespace(kube, opNs);
+    await createNamespace(kube, ns);
+    const ports = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const addresses = ports.map((p) => `127.0.0.1:${p}`);
+    const mine: FeedAgent[] = [];
+    const newAgent = (name: string) => {
+      const agent = new FeedAgent(ns, name);
+      agent.onReport = growing(ns, name, () => true);
+      agents.push(agent);
+      mine.push(agent);
+      return agent;
+    };
+    for (const name of ['p1', 'p2']) await createPod(kube, ns, name, { labels: { app: 'checkout' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await createStreamPath(kube, ns, 'shadow', exampleSpec('checkout'));
+    // A short warm-up, so that the late agent comes back well after it.
+    const env = { KSTREAMS_FEED_WARMUP_MS: '1500', KSTREAMS_FEED_RECONNECT_GRACE_MS: '120000' };
+    const first = startReplica('ksh4-a', opNs, ports[0]!, env);
+    replicas.push(first);
+    for (const name of ['p1', 'p2']) await newAgent(name).connect(kube, addresses, tls.caPem);
+    await eventually('Ready with both pods attached', async () => {
+      const sp = await getStreamPath(kube, ns, 'shadow');
+      return condition(sp, 'Ready')?.status === 'True' && sp?.status?.podsAttached === 2;
+    }, 40_000);
+    const before = await getStreamPath(kube, ns, 'shadow');
+    const readySince = condition(before, 'Ready')?.lastTransitionTime;
+    const events = async () => (await kube.request<{ items: { involvedObject: { name: string }; reason: string; type: string }[] }>('GET', `/api/v1/namespaces/${ns}/events`)).items.filter((e) => e.involvedObject.name === 'shadow');
+    expect((await events()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
+
+    const samples: { ready?: string; since?: string; attached?: number; connections?: number; bytesMirrored?: number }[] = [];
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const sp = await getStreamPath(kube, ns, 'shadow');
+        const ready = condition(sp, 'Ready');
+        samples.push({ ready: ready?.status, since: ready?.lastTransitionTime, attached: sp?.status?.podsAttached, connections: sp?.status?.connections, bytesMirrored: sp?.status?.bytesMirrored });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+
+    // The operator dies; p2's agent is away (its stream gone with it) and comes back only later.
+    first.child.kill('SIGKILL');
+    await first.exit;
+    await mine[1]!.stop();
+    const second = startReplica('ksh4-b', opNs, ports[1]!, env);
+    replicas.push(second);
+    await eventually('the restarted operator to reconcile', async () => second.lines.some((l) => l.msg === 'caches synced, reconciling'), LEASE_MS + 15_000);
+    // Past the warm-up, with p1 heard (it reconnects by itself) and p2 not.
+    await eventually('p1 to be served by the new operator', async () => (mine[0]!.configs.length ?? 0) >= 2 && mine[0]!.connected, 20_000);
+    await new Promise((r) => setTimeout(r, 3_000));
+    const peak = Math.max(...samples.map((x) => x.connections ?? 0));
+    await newAgent('p2').connect(kube, addresses, tls.caPem);
+    await eventually('the counters to grow again once p2 reported', async () => ((await getStreamPath(kube, ns, 'shadow'))?.status?.connections ?? 0) > peak, 30_000);
+    watching = false;
+    await watcher;
+
+    console.log(`[failover-status] restart with a late agent: ${samples.length} samples, connections ${samples[0]?.connections} -> ${samples.at(-1)?.connections}`);
+    expect(samples.length).toBeGreaterThan(20);
+    expect(samples.filter((x) => x.ready !== 'True' || x.since !== readySince || x.attached !== 2)).toEqual([]);
+    for (let i = 1; i < samples.length; i++) {
+      expect(samples[i]!.connections!).toBeGreaterThanOrEqual(samples[i - 1]!.connections!);
+      expect(samples[i]!.bytesMirrored!).toBeGreaterThanOrEqual(samples[i - 1]!.bytesMirrored!);
+    }
+    const after = await events();
+    expect(after.filter((e) => e.reason === 'Attached')).toHaveLength(1);
+    expect(after.filter((e) => e.type === 'Warning')).toEqual([]);
+    second.child.kill('SIGKILL');
+    await second.exit;
   });
 });

@@ -14,6 +14,9 @@ import type { ProgramCache } from './programs.js';
 import { resolveService, type SlimEndpoints, type SlimService } from './resolve.js';
 import type { FeedConnection, FeedSessionHandlers } from './server.js';
 
+/** Work on agents' configurations per event-loop turn before yielding (flush). */
+const FLUSH_SLICE_MS = 10;
+
 export interface FeedHubDeps {
   clock: Clock;
   log: Logger;
@@ -211,14 +214,24 @@ export class FeedHub {
     setImmediate(() => this.flush());
   }
 
+  /**
+   * Recomputes the dirty pods' configurations, for at most FLUSH_SLICE_MS per event-loop turn: an edit of a
+   * StreamPath selecting 10k pods (or the first pass after the caches synced) does not hold the loop for the
+   * whole batch, so the webhook's admission reviews and the agents' reports are served in between.
+   */
   private flush(): void {
     this.flushing = false;
     if (!this.synced || this.stopped) return;
-    const keys = [...this.dirty];
-    this.dirty.clear();
-    for (const key of keys) {
+    const until = performance.now() + FLUSH_SLICE_MS;
+    for (const key of this.dirty) {
+      this.dirty.delete(key);
       const s = this.sessions.get(key);
       if (s) this.sendConfig(key, s);
+      if (this.dirty.size > 0 && performance.now() >= until) {
+        this.flushing = true;
+        setImmediate(() => this.flush());
+        return;
+      }
     }
   }
 

@@ -2,7 +2,7 @@
 // carries the Service's DNS names and is signed by the operator's CA, which the webhook gives the agents).
 // One POST /v1/agents/stream per agent: a replica that does not lead answers with a redirect frame naming
 // the leader; the leader checks the agent's token and hands the stream to the controller's hub.
-import { constants, createSecureServer, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
+import { constants, createSecureServer, type SecureServerOptions, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame, type OperatorFrame } from '../../../api/src/feed.js';
@@ -38,6 +38,12 @@ export interface FeedServerOptions {
   /** A stream with no frame from its agent for this long is taken for dead (agents report at least every keepalive). */
   idleTimeoutMs: number;
   onStream?: (outcome: 'served' | 'redirected' | 'refused') => void;
+  /**
+   * HTTP/2 session options (settings, maxSessionMemory, ...); default Node's. bench/operator/feed-memory.ts
+   * measured smaller tables, windows and stream limits: they change nothing of the ~55 KiB of native memory a
+   * TLS + HTTP/2 session costs (docs/bench.md).
+   */
+  http2?: Pick<SecureServerOptions, 'settings' | 'maxSessionMemory' | 'maxHeaderListPairs' | 'peerMaxConcurrentStreams' | 'maxOutstandingPings' | 'maxSettings'>;
 }
 
 export interface RunningFeedServer {
@@ -56,7 +62,7 @@ function refuse(stream: ServerHttp2Stream, status: number, message: string): voi
 
 export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeedServer> {
   const log = o.log;
-  const server = createSecureServer({ key: o.tls.keyPem, cert: o.tls.certPem, minVersion: 'TLSv1.2', allowHTTP1: false });
+  const server = createSecureServer({ key: o.tls.keyPem, cert: o.tls.certPem, minVersion: 'TLSv1.2', allowHTTP1: false, ...o.http2 });
   server.on('sessionError', (err) => log.debug({ err: err.message }, 'feed: session error'));
   server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'feed: TLS handshake failed'));
   // Dead connections (a node gone without a RST) are found by the agents' keepalive reports going quiet.
