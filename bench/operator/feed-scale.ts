@@ -339,7 +339,16 @@ async function main(): Promise<void> {
     log(`all ${N} agents connected and configured in ${f1(connectS)} s (${initialReviews} TokenReviews)`);
 
     // Every StreamPath Ready from the agents' reports.
-    const list = () => kube!.request<{ items: { metadata: { namespace: string; name: string }; status?: { conditions?: { type: string; status: string; lastTransitionTime?: string }[] } }[] }>('GET', '/apis/kstreams.io/v1alpha1/streampaths');
+    const list = () =>
+      kube!.request<{ items: { metadata: { namespace: string; name: string }; status?: { connections?: number; bytesPrimary?: number; conditions?: { type: string; status: string; lastTransitionTime?: string }[] } }[] }>(
+        'GET',
+        '/apis/kstreams.io/v1alpha1/streampaths',
+      );
+    // Events about StreamPaths, counting repeats (the recorder bumps count on an identical one).
+    const streamPathEvents = async () => {
+      const l = await kube!.request<{ items: { involvedObject: { kind?: string }; count?: number }[] }>('GET', '/api/v1/events');
+      return l.items.filter((e) => e.involvedObject.kind === 'StreamPath').reduce((n, e) => n + (e.count ?? 1), 0);
+    };
     const readyOf = (i: Awaited<ReturnType<typeof list>>['items'][number]) => i.status?.conditions?.find((c) => c.type === 'Ready');
     await until('every StreamPath Ready', PHASE_MS, async () => {
       const l = await list();
@@ -379,7 +388,11 @@ async function main(): Promise<void> {
 
     // 4. Reconnect storm: SIGKILL, start again, until every agent has a config from the new process.
     await sleep(STATUS_INTERVAL_MS); // the edit's status writes are done
-    const readyBefore = new Map((await list()).items.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, readyOf(i)?.lastTransitionTime]));
+    const beforeStorm = (await list()).items;
+    const readyBefore = new Map(beforeStorm.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, readyOf(i)?.lastTransitionTime]));
+    const countersBefore = new Map(beforeStorm.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, [i.status?.connections ?? 0, i.status?.bytesPrimary ?? 0] as const]));
+    const eventsBefore = await streamPathEvents();
+    let countersBack = 0;
     const reviews0 = counterSum(await apiMetrics(), 'apiserver_request_total', { resource: 'tokenreviews' });
     const storm0 = Date.now();
     const killed = first.p;
@@ -401,13 +414,22 @@ async function main(): Promise<void> {
     // Ready transitions: watched through the warm-up and one write interval after it.
     const watchEnd = killedAt + second.readyMs + WARMUP_MS + STATUS_INTERVAL_MS + 2000;
     while (Date.now() < watchEnd) {
-      notReadySeen = Math.max(notReadySeen, (await list()).items.filter((i) => readyOf(i)?.status !== 'True').length);
+      const now = (await list()).items;
+      notReadySeen = Math.max(notReadySeen, now.filter((i) => readyOf(i)?.status !== 'True').length);
+      countersBack = Math.max(
+        countersBack,
+        now.filter((i) => {
+          const b = countersBefore.get(`${i.metadata.namespace}/${i.metadata.name}`);
+          return b !== undefined && ((i.status?.connections ?? 0) < b[0] || (i.status?.bytesPrimary ?? 0) < b[1]);
+        }).length,
+      );
       await sleep(1000);
     }
     const after = (await list()).items;
     const flapped = after.filter((i) => readyOf(i)?.lastTransitionTime !== readyBefore.get(`${i.metadata.namespace}/${i.metadata.name}`)).length;
     const rssEnd = rssMiB(pid());
-    log(`storm: ${flapped} StreamPaths whose Ready lastTransitionTime moved, at most ${notReadySeen} seen not Ready at once`);
+    const stormEvents = (await streamPathEvents()) - eventsBefore;
+    log(`storm: ${flapped} StreamPaths whose Ready lastTransitionTime moved, at most ${notReadySeen} seen not Ready at once, at most ${countersBack} with counters below the stored ones, ${stormEvents} StreamPath Events`);
 
     const operatorLog = operatorLogs.map((f, i) => ({ process: i + 1, messages: logSummary(f) }));
     for (const l of operatorLog) for (const [msg, n] of Object.entries(l.messages)) log(`operator ${l.process} logged ${n} x ${msg}`);
@@ -440,7 +462,7 @@ async function main(): Promise<void> {
       },
       generatorsRssMiB: genIdle.rssMiB,
       statusWrites: { count: idleWrites, seconds: idleS, perSecond: idleWrites / idleS, perStreamPathPer10s: idleWrites / streamPathCount / (idleS / 10) },
-      storm: { allConfiguredS: stormS, operatorReadyS: second.readyMs / 1000, tokenReviews: stormReviews, readyTransitions: flapped, maxNotReady: notReadySeen },
+      storm: { allConfiguredS: stormS, operatorReadyS: second.readyMs / 1000, tokenReviews: stormReviews, readyTransitions: flapped, maxNotReady: notReadySeen, maxCountersBack: countersBack, events: stormEvents },
       webhook: {
         reviews: REVIEWS,
         noAgents: { p50Ms: q(hookIdle.ms, 0.5), p99Ms: q(hookIdle.ms, 0.99) },
@@ -460,6 +482,8 @@ async function main(): Promise<void> {
       // A moved lastTransitionTime with Ready never seen otherwise than True (polled every second, writes 10 s
       // apart) is a condition rewritten with a new time, not a False in between.
       ['reconnect storm: Ready lastTransitionTime moved', `${flapped} of ${streamPathCount} StreamPaths (seen not Ready at once, 1 s polls: at most ${notReadySeen})`, '0', mark(flapped === 0 && notReadySeen === 0)],
+      ['reconnect storm: counters below the stored ones', `${countersBack} StreamPaths at most (1 s polls)`, '0', mark(countersBack === 0)],
+      ['reconnect storm: StreamPath Events', `${stormEvents}`, '0', mark(stormEvents === 0)],
     ];
     const table = [
       '| figure | measured | target | |',
