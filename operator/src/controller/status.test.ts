@@ -150,6 +150,16 @@ describe('computeStatus', () => {
     expect(r.attachedAnyGeneration).toEqual(['a']);
   });
 
+  it('a file target leaving the capture volume: Degraded CapturePathOutsideVolume with the agent\'s message', () => {
+    const a = pod('a');
+    const message = "attach failed: spec.mirror.targets[1].file.path: /../etc leaves the capture volume: in a cluster a file target's path is resolved under the sidecar's capture volume /var/lib/kstreams/capture";
+    const r = computeStatus(input([a], { a: { report: report(a, { attached: false, problem: { reason: 'CapturePathOutsideVolume', message } }), at: NOW } }));
+    const d = cond(r, 'Degraded');
+    expect(d).toMatchObject({ status: 'True', reason: Reason.CapturePathOutsideVolume });
+    expect(d.message).toBe(`a file target of 1 pod(s) (a) leaves the sidecar's capture volume: ${message}`);
+    expect(cond(r, 'Ready')).toMatchObject({ status: 'False', reason: Reason.CapturePathOutsideVolume });
+  });
+
   it('names TransformUnsupported and TransformFailed, ranked after ProgramRejected and before unreachable targets', () => {
     const a = pod('a');
     const b = pod('bb');

@@ -35,6 +35,7 @@ describe('loadAgentConfig', () => {
       KSTREAMS_RESYNC_SECONDS: '5',
       KSTREAMS_SHUTDOWN_TIMEOUT_SECONDS: '45',
       KSTREAMS_MIRROR_BUFFER_BUDGET_BYTES: '268435456',
+      KSTREAMS_CAPTURE_DIR: '/var/lib/kstreams/capture',
     });
     expect(c).toMatchObject({
       podUid: 'u-1',
@@ -45,6 +46,7 @@ describe('loadAgentConfig', () => {
       resyncSeconds: 5,
       shutdownTimeoutSeconds: 45,
       mirrorBufferBudgetBytes: 268435456,
+      captureDir: '/var/lib/kstreams/capture',
     });
   });
 

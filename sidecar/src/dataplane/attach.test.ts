@@ -187,6 +187,24 @@ describe('attachStreamPath', () => {
     expect(dp.engines[0]).toMatchObject({ turnTimeoutMs: 0, mirrorBufferSize: 64 * 1024 * 1024, mirrorBufferBudget: 256 * 1024 * 1024 });
   });
 
+  it('resolves a file target under captureRoot, and refuses one that leaves it before starting anything', async () => {
+    const dp = new FakeDataPlane();
+    const s = spec((x) => {
+      x.mirror.targets = [{ file: { path: '/shop' } }];
+    });
+    await attachStreamPath({ name: 'sp', spec: s, dataPlane: dp, captureRoot: '/var/lib/kstreams/capture' });
+    expect(dp.engines[0]!.mirrors[0]!.file).toMatchObject({ path: '/var/lib/kstreams/capture/shop' });
+    const escaping = spec((x) => {
+      x.mirror.targets = [{ file: { path: '/shop/../../etc' } }];
+    });
+    const other = new FakeDataPlane();
+    await expect(attachStreamPath({ name: 'sp', spec: escaping, dataPlane: other, captureRoot: '/var/lib/kstreams/capture' })).rejects.toMatchObject({
+      reason: 'CapturePathOutsideVolume',
+      field: 'spec.mirror.targets[0].file.path',
+    });
+    expect(other.log).toEqual([]);
+  });
+
   it('maps engine counters to the status shape and keeps them after detach', async () => {
     const dp = new FakeDataPlane();
     const a = await attachStreamPath({ name: 'sp', spec: spec(), dataPlane: dp });
