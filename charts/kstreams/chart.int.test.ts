@@ -274,10 +274,10 @@ describe('values that change the rendered chart', () => {
     expect(defaults.webhook.sidecar).toMatchObject({ privileged: false, image: 'kstreams/kstreams:1.2.3', imagePullPolicy: 'Always' });
   });
 
-  it('sidecar.capture reaches the operator config: an emptyDir of 1Gi by default, a sizeLimit, a claimName, or none; bad values are refused by the schema', async () => {
-    expect(operatorConfig(await render()).webhook.sidecar.capture).toEqual({ enabled: true, sizeLimit: '1Gi' });
+  it('sidecar.capture reaches the operator config: an emptyDir of 2Gi by default, a sizeLimit, a claimName, or none; bad values are refused by the schema', async () => {
+    expect(operatorConfig(await render()).webhook.sidecar.capture).toEqual({ enabled: true, sizeLimit: '2Gi' });
     expect(operatorConfig(await render({ 'sidecar.capture.sizeLimit': '20Gi' })).webhook.sidecar.capture).toEqual({ enabled: true, sizeLimit: '20Gi' });
-    expect(operatorConfig(await render({ 'sidecar.capture.claimName': 'captures' })).webhook.sidecar.capture).toEqual({ enabled: true, sizeLimit: '1Gi', claimName: 'captures' });
+    expect(operatorConfig(await render({ 'sidecar.capture.claimName': 'captures' })).webhook.sidecar.capture).toEqual({ enabled: true, sizeLimit: '2Gi', claimName: 'captures' });
     expect(operatorConfig(await render({ 'sidecar.capture.enabled': false })).webhook.sidecar.capture).toMatchObject({ enabled: false });
     for (const bad of [{ 'sidecar.capture.sizeLimit': 'lots' }, { 'sidecar.capture.claimName': 'Not_A_Name' }, { 'sidecar.capture.path': '/x' }]) {
       await expect(render(bad)).rejects.toThrow(/values don't meet the specifications of the schema|schema/);

@@ -36,7 +36,7 @@ export const SidecarConfigSchema = z.object({
   capture: z
     .strictObject({
       enabled: z.boolean().default(true),
-      sizeLimit: QuantitySchema.default('1Gi'),
+      sizeLimit: QuantitySchema.default('2Gi'),
       claimName: z.string().min(1).optional(),
     })
     .prefault({}),

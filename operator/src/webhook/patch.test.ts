@@ -303,7 +303,7 @@ describe('computePodPatch with the agent feed', () => {
     expect(patched.spec.volumes).toEqual([
       { name: 'data', emptyDir: {} },
       { name: 'kstreams-feed-token', projected: { sources: [{ serviceAccountToken: { audience: 'kstreams.io/agent-feed', expirationSeconds: 3600, path: 'token' } }] } },
-      { name: 'kstreams-capture', emptyDir: { sizeLimit: '1Gi' } },
+      { name: 'kstreams-capture', emptyDir: { sizeLimit: '2Gi' } },
     ]);
     // Level-triggered: the injected pod gets nothing more, not a second volume.
     expect(computePodPatch(patched, shop, config, V120, feed)).toEqual({ patch: [], reason: 'already-injected' });
@@ -324,12 +324,12 @@ describe('computePodPatch: the capture volume', () => {
   type Patched = Pod & { spec: { volumes?: Array<Record<string, any>>; containers: Array<Record<string, any>>; initContainers?: Array<Record<string, any>> } };
   const sidecarOf = (p: Patched) => [...(p.spec.initContainers ?? []), ...p.spec.containers].find((c) => c.name === SIDECAR_CONTAINER_NAME)!;
 
-  it('by default: an emptyDir of 1Gi mounted at /var/lib/kstreams/capture, which the agent is told; the app containers get nothing', () => {
+  it('by default: an emptyDir of 2Gi mounted at /var/lib/kstreams/capture, which the agent is told; the app containers get nothing', () => {
     for (const version of [V120, V130]) {
       const { first, patched, second } = injectAndReinject(appPod(), version);
       const p = patched as Patched;
       expect(first.reason).toBe('injected');
-      expect(p.spec.volumes).toEqual([{ name: 'kstreams-capture', emptyDir: { sizeLimit: '1Gi' } }]);
+      expect(p.spec.volumes).toEqual([{ name: 'kstreams-capture', emptyDir: { sizeLimit: '2Gi' } }]);
       const s = sidecarOf(p);
       expect(s.volumeMounts).toEqual([{ name: 'kstreams-capture', mountPath: '/var/lib/kstreams/capture' }]);
       expect(s.env).toContainEqual({ name: 'KSTREAMS_CAPTURE_DIR', value: '/var/lib/kstreams/capture' });
