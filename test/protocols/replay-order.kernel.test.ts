@@ -2,7 +2,6 @@
 // recording starts only once that other has finished in the replay, at every speed; connections that
 // overlapped in the recording still overlap. Checked with a real redis-server, whose dataset depends on
 // that order (APPEND from separate connections) and on the overlap (a BLPOP answered by a later RPUSH).
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTestSession, type TestConnection } from '../../sidecar/src/capture/testing.js';
 import type { ReplaySummary } from '../../sidecar/src/cli/replay.js';
 import { cleanupAll, Netns } from '../../sidecar/src/netns.js';
-import { cliCommand, Proc } from './fixtures/harness.js';
+import { Proc, replayCli, type Replayed } from './fixtures/harness.js';
 import { Redis } from './fixtures/redis.js';
 
 const PORT = 46379;
@@ -36,26 +35,8 @@ function resp(...args: string[]): string {
   return `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
 }
 
-function replay(capture: string, ...args: string[]): Promise<{ code: number | null; stderr: string; summary: ReplaySummary }> {
-  const [cmd, ...pre] = cliCommand();
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, [...pre, 'replay', capture, '--to', `${HOST}:${PORT}`, '--netns', ns.path, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    ns.track(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 100_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      try {
-        resolve({ code, stderr, summary: JSON.parse(stdout) as ReplaySummary });
-      } catch {
-        reject(new Error(`kstreams replay exited ${code} without a summary: ${stderr}`));
-      }
-    });
-  });
+function replay(capture: string, ...args: string[]): Promise<Replayed<ReplaySummary>> {
+  return replayCli<ReplaySummary>(ns, capture, `${HOST}:${PORT}`, args, 100_000);
 }
 
 describe('kstreams replay keeps the recorded order of connections', () => {

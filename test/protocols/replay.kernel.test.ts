@@ -3,7 +3,6 @@
 // PostgreSQL, recorded through the real `kstreams run` with a `file` target (responses: true), then
 // replayed with the real `kstreams replay` into fresh servers. The replays must rebuild the recorded
 // data: Redis's DEBUG DIGEST, PostgreSQL's balances and history.
-import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readCapture } from '../../sidecar/src/capture/reader.js';
 import type { ReplaySummary } from '../../sidecar/src/cli/replay.js';
 import { cleanupAll, link, Netns } from '../../sidecar/src/netns.js';
-import { cliCommand, KstreamsRun, Proc, runIn, writeCaptureStreamPath } from './fixtures/harness.js';
+import { KstreamsRun, Proc, replayCli, runIn, writeCaptureStreamPath, type Replayed } from './fixtures/harness.js';
 import { libpqEnv, PG_BIN, PGBENCH_STATE_SQL, Postgres } from './fixtures/postgres.js';
 import { Redis, REDIS_PORT } from './fixtures/redis.js';
 
@@ -50,33 +49,9 @@ async function record(name: string, port: number, drive: () => Promise<void>): P
   return capture;
 }
 
-interface Replayed {
-  code: number | null;
-  stderr: string;
-  summary: ReplaySummary;
-}
-
 /** `kstreams replay` from the client namespace. */
-function replay(capture: string, to: string, ...args: string[]): Promise<Replayed> {
-  const [cmd, ...pre] = cliCommand();
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, [...pre, 'replay', capture, '--to', to, '--netns', client.path, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    client.track(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      try {
-        resolve({ code, stderr, summary: JSON.parse(stdout) as ReplaySummary });
-      } catch {
-        reject(new Error(`kstreams replay exited ${code} without a summary: ${stderr}`));
-      }
-    });
-  });
+function replay(capture: string, to: string, ...args: string[]): Promise<Replayed<ReplaySummary>> {
+  return replayCli<ReplaySummary>(client, capture, to, args);
 }
 
 const TESTS = 'set,incr,lpush,sadd,hset';
