@@ -10,7 +10,7 @@
 // A row's time runs from the clients' start until every byte is recorded (for the mirror: sent to the
 // sink), so a capture that lags behind the primary is measured as slow, and one that is cut is counted
 // short (its recorded bytes are reported). CPU is the engine's process and the recorder's, all threads.
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -38,6 +38,34 @@ export interface CaptureBenchOptions {
   conns: number;
   runs: number;
   quick: boolean;
+  /** Bytes written to and deleted from tmpfs before the runs (0: none): see warmMemory(). */
+  warmBytes?: number;
+}
+
+/** What the warm-up measured: the rate at which it wrote pages the machine may never have touched. */
+export interface WarmUp {
+  bytes: number;
+  gbps: number;
+}
+
+/**
+ * Writes `bytes` into a tmpfs file and deletes it. A VM whose guest memory the host backs lazily (a
+ * Firecracker guest, as these machines are) takes a host fault on the first touch of each guest page: a
+ * page cache that grows into such memory is written at a fraction of the speed of one that reuses freed
+ * pages, which no file target or recorder can help. tmpfs, not the captures' disk: nothing to write back.
+ */
+export function warmMemory(bytes: number, dir = '/dev/shm'): WarmUp {
+  const file = join(dir, `kstreams-bench-warm-${process.pid}`);
+  const chunk = Buffer.alloc(8 << 20, 0x5a);
+  const t0 = process.hrtime.bigint();
+  const fd = openSync(file, 'w');
+  try {
+    for (let done = 0; done < bytes; done += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, bytes - done));
+  } finally {
+    closeSync(fd);
+    rmSync(file, { force: true });
+  }
+  return { bytes, gbps: bytes / 1e9 / (Number(process.hrtime.bigint() - t0) / 1e9) };
 }
 
 export interface CaptureSample {
@@ -57,6 +85,7 @@ export interface CaptureBenchRun {
   options: CaptureBenchOptions;
   samples: CaptureSample[];
   errors: string[];
+  warm?: WarmUp;
 }
 
 const PORTS = { app: 47390, sink: 47391, recorder: 47392, engine: 47393 };
@@ -91,6 +120,11 @@ export class CaptureBench {
       this.procs.push(p);
       await p.waitLine((l) => l.startsWith('listening '), 10_000);
     }
+    let warm: WarmUp | undefined;
+    if (this.o.warmBytes) {
+      warm = warmMemory(this.o.warmBytes);
+      this.log(`warm-up: ${(warm.bytes / 2 ** 20).toFixed(0)} MiB written to tmpfs and deleted at ${warm.gbps.toFixed(2)} GB/s`);
+    }
     for (let run = 1; run <= this.o.runs; run++) {
       for (const row of ROWS) {
         try {
@@ -103,7 +137,7 @@ export class CaptureBench {
         }
       }
     }
-    return { startedAt, options: this.o, samples, errors };
+    return { startedAt, options: this.o, samples, errors, ...(warm ? { warm } : {}) };
   }
 
   private async once(row: CaptureRowId): Promise<Omit<CaptureSample, 'run'>> {
@@ -238,6 +272,9 @@ export function captureReport(run: CaptureBenchRun, facts: MachineFacts): string
     '',
     `${facts.cpuModel}, ${facts.cores} cores, kernel ${facts.kernel}, Node ${facts.node}, commit ${facts.gitCommit}; load ${facts.loadBefore.toFixed(2)} before, ${f(facts.loadAfter)} after.`,
     `${o.conns} ks-bulk connections x ${(o.bytes / o.conns / 2 ** 20).toFixed(0)} MiB through the engine to a sink app; the copy goes where the row says. Time from the clients' start until every byte is recorded; CPU of the engine's and the recorder's processes. Captures written to ${tmpdir()} (the machine's disk, page cache). Medians of ${o.runs} interleaved runs.`,
+    run.warm
+      ? `Before the runs ${(run.warm.bytes / 2 ** 20).toFixed(0)} MiB were written to tmpfs and deleted (at ${run.warm.gbps.toFixed(2)} GB/s), so that the page cache grows into memory the machine has touched (docs/bench.md, "The capture bench").`
+      : 'No memory warm-up (--warm-memory 0): the captures may grow into guest memory never touched before.',
     '',
     table(
       ['row', 'recorded GB/s', 'CPU s/GB', 'recorded', 'runs'],

@@ -69,7 +69,12 @@ const program = new Command('bench')
   .option(
     '--capture',
     'run the capture bench instead (a file target against an unrecorded mirror, kstreams record and a Node recorder): ' +
-      'uses --bytes (default 1G, --quick 256M), --runs (default 3), --out',
+      'uses --bytes (default 1G, --quick 256M), --runs (default 3), --warm-memory, --out',
+  )
+  .option(
+    '--warm-memory <size>',
+    'capture bench: write and delete this much in tmpfs first, so that the page cache the captures grow into is memory the machine has touched (a VM that backs guest memory lazily pays a host fault per page touched first); 0: no warm-up (default: 4G, --quick 1G)',
+    size,
   )
   .option('--no-write', 'print only, write no results file')
   .option('-q, --silent', 'no progress lines');
@@ -102,13 +107,19 @@ const cli = program.opts<{
   transform?: string | boolean;
   replay?: boolean;
   capture?: boolean;
+  warmMemory?: number;
 }>();
 
 if (cli.capture || cli.replay) {
   // A separate section: its own rows and report (bench/src/capture.ts, bench/src/replay.ts).
   const common = { runs: cli.runs ?? (cli.quick ? 1 : 3), quick: cli.quick ?? false, out: cli.out, write: cli.write, silent: cli.silent ?? false };
   const code = cli.capture
-    ? await (await import('./capture.js')).captureMain({ ...common, bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30), conns: 4 })
+    ? await (await import('./capture.js')).captureMain({
+        ...common,
+        bytes: cli.bytes ?? (cli.quick ? 256 * 2 ** 20 : 2 ** 30),
+        conns: 4,
+        warmBytes: cli.warmMemory ?? (cli.quick ? 2 ** 30 : 4 * 2 ** 30),
+      })
     : await (await import('./replay.js')).replayMain({
         ...common,
         bytes: cli.bytes ?? (cli.quick ? 64 * 2 ** 20 : 2 ** 30),
