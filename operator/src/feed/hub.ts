@@ -4,7 +4,7 @@
 // instead of polling. Changes are batched: a burst of events recomputes each affected pod once.
 import type { Logger } from 'pino';
 import { programKey, serviceKey, type ConfigFrame, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../../../api/src/feed.js';
-import { LabelSelectorSchema, StreamPathSpecSchema } from '../../../api/src/streampath.js';
+import { LabelSelectorSchema, StreamPathSpecSchema, type LabelSelector } from '../../../api/src/streampath.js';
 import type { Clock } from '../../../runtime/src/clock.js';
 import { podKey, selectorMatches, type SlimPod } from '../kube/objects.js';
 import type { StreamPathObject } from '../controller/reconciler.js';
@@ -13,6 +13,22 @@ import { FeedAuthError, type AgentIdentity } from './auth.js';
 import type { ProgramCache } from './programs.js';
 import { resolveService, type SlimEndpoints, type SlimService } from './resolve.js';
 import type { FeedConnection, FeedSessionHandlers } from './server.js';
+
+/**
+ * A StreamPath's selector and spec, parsed once per cached object (the informer replaces the object on every
+ * change): an edit of a StreamPath of 10k pods builds 10k configurations, each looking at every StreamPath of
+ * the namespace, and parsing each spec anew there cost seconds.
+ */
+const parsedSpecs = new WeakMap<StreamPathObject, { selector: LabelSelector | undefined; spec: ReturnType<typeof StreamPathSpecSchema.safeParse> }>();
+function parsedOf(sp: StreamPathObject) {
+  let p = parsedSpecs.get(sp);
+  if (!p) {
+    const sel = LabelSelectorSchema.safeParse((sp.spec as { selector?: unknown } | undefined)?.selector);
+    p = { selector: sel.success ? sel.data : undefined, spec: StreamPathSpecSchema.safeParse(sp.spec) };
+    parsedSpecs.set(sp, p);
+  }
+  return p;
+}
 
 /** Work on agents' configurations per event-loop turn before yielding (flush). */
 const FLUSH_SLICE_MS = 10;
@@ -276,8 +292,8 @@ export class FeedHub {
       if (sp.metadata.deletionTimestamp) continue;
       // Selection by the selector alone, as the agent did: an invalid spec elsewhere is reported by exactly
       // the pods it was meant for.
-      const sel = LabelSelectorSchema.safeParse((sp.spec as { selector?: unknown } | undefined)?.selector);
-      if (!sel.success || !selectorMatches(sel.data, pod.labels)) continue;
+      const parsed = parsedOf(sp);
+      if (!parsed.selector || !selectorMatches(parsed.selector, pod.labels)) continue;
       const { name, uid, generation } = sp.metadata;
       const created = (sp.metadata as { creationTimestamp?: string }).creationTimestamp;
       streamPaths.push({
@@ -286,7 +302,7 @@ export class FeedHub {
         metadata: { name, uid, ...(generation !== undefined ? { generation } : {}), ...(created ? { creationTimestamp: created } : {}) },
         spec: sp.spec,
       });
-      const spec = StreamPathSpecSchema.safeParse(sp.spec);
+      const spec = parsed.spec;
       if (!spec.success) continue;
       for (const t of spec.data.mirror?.targets ?? []) {
         if (!t.service) continue;
