@@ -26,8 +26,8 @@ struct Side {
 
 struct Conn;
 
-// The primary path's timer: retries of a transformed send refused for lack of send-buffer room, and the
-// release of bytes the transform holds back (transform.h).
+// The primary path's timer: retries of a transformed send refused for lack of send-buffer room, of a read
+// that found no pipe, and the release of bytes the transform holds back (transform.h).
 struct PrimaryTimer final : Timed {
   Conn* conn = nullptr;
   void OnTimer(uint64_t now) override;
@@ -57,6 +57,9 @@ struct Conn {
   std::shared_ptr<const TransformProfile> xfProfile;
   std::unique_ptr<TransformedSocket> appXf;
   uint64_t xfRetryAt = 0, xfHoldAt = 0;
+  // Bytes arrived but no pipe could be made (the process is out of fds for a moment): the bytes wait in
+  // the socket and the read is tried again at pipeRetryAt; pipeWaitSince bounds how long (then reset).
+  uint64_t pipeRetryAt = 0, pipeWaitSince = 0;
   bool holdDue = false;
   PrimaryTimer timer;
   Conn() { timer.conn = this; }

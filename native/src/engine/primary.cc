@@ -19,6 +19,7 @@
 
 #include <algorithm>
 
+#include "accept_policy.h"
 #include "mirror_leg.h"
 #include "sockets.h"
 #include "worker.h"
@@ -38,6 +39,10 @@ Moved SpliceResult(ssize_t n) {
   return Moved::kError;
 }
 
+// A read that found no pipe (out of fds) is tried again this soon, for at most kPipeWaitMs in a row.
+constexpr uint64_t kPipeRetryMs = 5;
+constexpr uint64_t kPipeWaitMs = 10000;
+
 }  // namespace
 
 bool Worker::TakePipe(Conn* c, Pipe* p, uint32_t want) {
@@ -56,12 +61,23 @@ bool Worker::Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, boo
   *n = 0;
   if (pipe.bytes != 0 || from.eof || !from.readable) return true;
   if (!TakePipe(c, &pipe, want)) {
-    // No pipe (fds or the hard pipe limit): the connection cannot be proxied without copying its bytes
-    // through user space, which the engine does not do: reset, counted.
+    // Out of fds for a moment (other connections hold them; the accept reserve covers a connection's
+    // setup, not the pipes its bytes take later): the bytes wait in the socket, unread, and the read is
+    // tried again shortly, as pipes go back to the pool. Past kPipeWaitMs, or for any other refusal, the
+    // connection cannot be proxied without copying its bytes through user space, which the engine does
+    // not do: reset, counted.
+    uint64_t now = NowMs();
+    if (IsResourceShortage(errno) && (!c->pipeWaitSince || now - c->pipeWaitSince < kPipeWaitMs)) {
+      if (!c->pipeWaitSince) c->pipeWaitSince = now;
+      c->pipeRetryAt = now + kPipeRetryMs;
+      RearmPrimary(c);
+      return true;
+    }
     Add(k_.setupFailures);
     AbortPrimary(c);
     return false;
   }
+  c->pipeWaitSince = 0;
   ssize_t got = splice(from.fd, nullptr, pipe.wr, nullptr, pipe.capacity, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
   // Urgent data was signalled (EPOLLPRI is part of hup): a splice that stops at the urgent mark must not
   // be taken for "drained" or for the end of the stream.
@@ -101,6 +117,7 @@ bool Worker::Fill(Conn* c, Side& from, Pipe& pipe, uint32_t want, size_t* n, boo
 constexpr uint64_t kXfRetryMs = 1;
 
 void PrimaryTimer::OnTimer(uint64_t now) {
+  if (conn->pipeRetryAt && now >= conn->pipeRetryAt) conn->pipeRetryAt = 0;  // Pump reads again
   if (conn->xfRetryAt && now >= conn->xfRetryAt) {
     conn->xfRetryAt = 0;
     conn->app.writable = true;
@@ -113,7 +130,7 @@ void PrimaryTimer::OnTimer(uint64_t now) {
 
 void Worker::RearmPrimary(Conn* c) {
   uint64_t at = 0;
-  for (uint64_t d : {c->xfRetryAt, c->xfHoldAt})
+  for (uint64_t d : {c->xfRetryAt, c->xfHoldAt, c->pipeRetryAt})
     if (d && (!at || d < at)) at = d;
   SetTimerOf(&c->timer, at);
 }
@@ -326,7 +343,7 @@ void Worker::ClosePrimary(Conn* c) {
   CloseFd(c->client.fd);
   CloseFd(c->app.fd);
   if (c->appXf) c->appXf->Release();
-  c->xfRetryAt = c->xfHoldAt = 0;
+  c->xfRetryAt = c->xfHoldAt = c->pipeRetryAt = 0;
   SetTimerOf(&c->timer, 0);
   pool_.Give(&c->p);  // closed instead when it still holds bytes
   pool_.Give(&c->r);
