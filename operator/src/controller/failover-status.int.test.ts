@@ -6,23 +6,19 @@
 // no second Attached Event; a StreamPath deleted across a leader change keeps its finalizer until the
 // agents report it detached. A restart whose agents come back late (past the warm-up) must not move Ready
 // either: a pod not heard yet keeps its part of the stored status until its agent reports.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { KubeRest, isStatus } from '../../../runtime/src/rest.js';
 import { FeedAgent } from '../testing/feed-agent.js';
 import { condition, createNamespace, createPod, createStreamPath, eventually, exampleSpec, freeLoopbackPort, freshName, getStreamPath, installCrd } from '../testing/kube.js';
+import { startOperator, type OperatorProcess } from '../testing/operator-process.js';
 import { StaticTls } from '../webhook/testing/static-tls.js';
 import { streamPathPath } from './reconciler.js';
 
 const kubeconfig = inject('kubeconfig');
-const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const LEASE_MS = 3_000;
 
 
@@ -52,52 +48,29 @@ function growing(namespace: string, pod: string, attached: () => boolean): (r: A
   };
 }
 
-interface Replica {
-  identity: string;
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  exit: Promise<unknown>;
-}
-
 let certDir: string;
 
-function startReplica(identity: string, namespace: string, feedPort: number, extraEnv: Record<string, string> = {}): Replica {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-    cwd: REPO,
-    env: {
-      ...process.env,
-      KUBECONFIG: kubeconfig,
-      KSTREAMS_IDENTITY: identity,
-      KSTREAMS_NAMESPACE: namespace,
-      KSTREAMS_LEASE_DURATION_MS: String(LEASE_MS),
-      KSTREAMS_RENEW_DEADLINE_MS: '2000',
-      KSTREAMS_RETRY_PERIOD_MS: '300',
-      KSTREAMS_WEBHOOK_ENABLED: 'false',
-      KSTREAMS_METRICS_PORT: '0',
-      KSTREAMS_FEED_PORT: String(feedPort),
-      KSTREAMS_FEED_CERT_FILE: join(certDir, 'tls.crt'),
-      KSTREAMS_FEED_KEY_FILE: join(certDir, 'tls.key'),
-      KSTREAMS_STATUS_WRITE_INTERVAL_MS: '500',
-      KSTREAMS_DETACH_TIMEOUT_MS: '60000',
-      KSTREAMS_LOG_LEVEL: 'info',
-      ...extraEnv,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
+function startReplica(identity: string, namespace: string, feedPort: number, extraEnv: Record<string, string> = {}): OperatorProcess {
+  return startOperator(identity, {
+    KUBECONFIG: kubeconfig,
+    KSTREAMS_NAMESPACE: namespace,
+    KSTREAMS_LEASE_DURATION_MS: String(LEASE_MS),
+    KSTREAMS_RENEW_DEADLINE_MS: '2000',
+    KSTREAMS_RETRY_PERIOD_MS: '300',
+    KSTREAMS_WEBHOOK_ENABLED: 'false',
+    KSTREAMS_METRICS_PORT: '0',
+    KSTREAMS_FEED_PORT: String(feedPort),
+    KSTREAMS_FEED_CERT_FILE: join(certDir, 'tls.crt'),
+    KSTREAMS_FEED_KEY_FILE: join(certDir, 'tls.key'),
+    KSTREAMS_STATUS_WRITE_INTERVAL_MS: '500',
+    KSTREAMS_DETACH_TIMEOUT_MS: '60000',
+    ...extraEnv,
   });
-  const lines: Record<string, unknown>[] = [];
-  createInterface({ input: child.stdout! }).on('line', (l) => {
-    try {
-      lines.push(JSON.parse(l) as Record<string, unknown>);
-    } catch {
-      lines.push({ msg: l });
-    }
-  });
-  return { identity, child, lines, exit: new Promise((r) => child.once('exit', r)) };
 }
 
 describe('status across leader changes', () => {
   let kube: KubeRest;
-  const replicas: Replica[] = [];
+  const replicas: OperatorProcess[] = [];
   const agents: FeedAgent[] = [];
   let tls: StaticTls;
 
@@ -111,10 +84,7 @@ describe('status across leader changes', () => {
   });
 
   afterAll(async () => {
-    for (const r of replicas) {
-      if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
-      await r.exit;
-    }
+    for (const r of replicas) await r.kill();
     await Promise.all(agents.map((a) => a.stop()));
     kube?.close();
     if (certDir) rmSync(certDir, { recursive: true, force: true });
@@ -161,6 +131,8 @@ describe('status across leader changes', () => {
       for (const a of agents) console.log(`[failover-status] agent ${a.pod}: connected ${a.connected}, ${a.configs.length} configs\n${a.logs.slice(-10).join('\n')}`);
       throw err;
     });
+    // The Event follows the status write that made Ready true: wait for it rather than race it.
+    await eventually('the Attached Event', async () => (await attachedEvents()).some((e) => e.reason === 'Attached'), 10_000);
     expect((await attachedEvents()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
 
     // Watch the status the whole time, as a user's dashboard would.
@@ -228,9 +200,13 @@ describe('status across leader changes', () => {
     const ports = [await freeLoopbackPort(), await freeLoopbackPort()];
     const addresses = ports.map((p) => `127.0.0.1:${p}`);
     const mine: FeedAgent[] = [];
+    // One report source per pod, kept across its agent's reconnect: the same sidecar comes back, with the
+    // counters it had (a fresh source would be a sidecar restart, whose counters start again).
+    const reporters = new Map<string, (r: AgentReport) => AgentReport>();
     const newAgent = (name: string) => {
       const agent = new FeedAgent(ns, name);
-      agent.onReport = growing(ns, name, () => true);
+      if (!reporters.has(name)) reporters.set(name, growing(ns, name, () => true));
+      agent.onReport = reporters.get(name)!;
       agents.push(agent);
       mine.push(agent);
       return agent;
@@ -249,6 +225,7 @@ describe('status across leader changes', () => {
     const before = await getStreamPath(kube, ns, 'shadow');
     const readySince = condition(before, 'Ready')?.lastTransitionTime;
     const events = async () => (await kube.request<{ items: { involvedObject: { name: string }; reason: string; type: string }[] }>('GET', `/api/v1/namespaces/${ns}/events`)).items.filter((e) => e.involvedObject.name === 'shadow');
+    await eventually('the Attached Event', async () => (await events()).some((e) => e.reason === 'Attached'), 10_000);
     expect((await events()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
 
     const samples: { ready?: string; since?: string; attached?: number; connections?: number; bytesMirrored?: number }[] = [];

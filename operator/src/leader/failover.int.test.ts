@@ -1,70 +1,34 @@
 // Two real operator processes against the real apiserver: one leads, the other stands by; killing the
 // leader hands over within the lease duration; SIGTERM releases the Lease and exits cleanly.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { streamPathPath } from '../controller/reconciler.js';
 import { KubeRest, isStatus } from '../../../runtime/src/rest.js';
+import { startOperator, type OperatorProcess } from '../testing/operator-process.js';
 import { condition, createNamespace, createStreamPath, eventually, exampleSpec, freshName, getStreamPath, installCrd } from '../testing/kube.js';
 
 const kubeconfig = inject('kubeconfig');
-const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const LEASE_MS = 4_000;
 const RETRY_MS = 500;
 
-interface Replica {
-  identity: string;
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+function startReplica(identity: string, namespace: string, leaseName: string): OperatorProcess {
+  return startOperator(identity, {
+    KUBECONFIG: kubeconfig,
+    KSTREAMS_NAMESPACE: namespace,
+    KSTREAMS_LEASE_NAME: leaseName,
+    KSTREAMS_LEASE_DURATION_MS: String(LEASE_MS),
+    KSTREAMS_RENEW_DEADLINE_MS: '3000',
+    KSTREAMS_RETRY_PERIOD_MS: String(RETRY_MS),
+    KSTREAMS_WEBHOOK_ENABLED: 'false',
+    KSTREAMS_METRICS_PORT: '0',
+    KSTREAMS_SHUTDOWN_TIMEOUT_MS: '5000',
+  });
 }
 
-function startReplica(identity: string, namespace: string, leaseName: string): Replica {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-    cwd: REPO,
-    env: {
-      ...process.env,
-      KUBECONFIG: kubeconfig,
-      KSTREAMS_IDENTITY: identity,
-      KSTREAMS_NAMESPACE: namespace,
-      KSTREAMS_LEASE_NAME: leaseName,
-      KSTREAMS_LEASE_DURATION_MS: String(LEASE_MS),
-      KSTREAMS_RENEW_DEADLINE_MS: '3000',
-      KSTREAMS_RETRY_PERIOD_MS: String(RETRY_MS),
-      KSTREAMS_WEBHOOK_ENABLED: 'false',
-      KSTREAMS_METRICS_PORT: '0',
-      KSTREAMS_AGENT_POLL_INTERVAL_MS: '1000',
-      KSTREAMS_SHUTDOWN_TIMEOUT_MS: '5000',
-      KSTREAMS_LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: Record<string, unknown>[] = [];
-  createInterface({ input: child.stdout! }).on('line', (l) => {
-    try {
-      lines.push(JSON.parse(l) as Record<string, unknown>);
-    } catch {
-      lines.push({ msg: l });
-    }
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      if (code !== 0 && signal === null && stderr) lines.push({ msg: `stderr: ${stderr}` });
-      resolve({ code, signal });
-    }),
-  );
-  return { identity, child, lines, exit };
-}
-
-const wrote = (r: Replica, key: string) => r.lines.filter((l) => l.msg === 'status written' && l.streamPath === key);
+const wrote = (r: OperatorProcess, key: string) => r.lines.filter((l) => l.msg === 'status written' && l.streamPath === key);
 
 describe('leader election between two operator processes', () => {
   let kube: KubeRest;
-  const replicas: Replica[] = [];
+  const replicas: OperatorProcess[] = [];
 
   beforeAll(async () => {
     kube = await KubeRest.create(kubeconfig);
@@ -72,10 +36,7 @@ describe('leader election between two operator processes', () => {
   });
 
   afterAll(async () => {
-    for (const r of replicas) {
-      if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
-      await r.exit;
-    }
+    for (const r of replicas) await r.kill();
     kube?.close();
   });
 

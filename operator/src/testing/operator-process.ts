@@ -1,0 +1,53 @@
+// A real operator process (operator/src/main.ts under tsx) for tests that need several: its JSON log lines
+// collected as they come, its exit awaited, stderr kept for whoever reads a failure.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+
+export interface OperatorProcess {
+  identity: string;
+  child: ChildProcess;
+  /** Each stdout line, parsed as JSON (pino), or `{msg: line}` when it is not. */
+  lines: Record<string, unknown>[];
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Kills it (SIGKILL) unless it has exited, and waits for the exit. */
+  kill(): Promise<void>;
+}
+
+/** Starts the operator with `env` on top of this process's environment; KSTREAMS_IDENTITY is `identity`. */
+export function startOperator(identity: string, env: Record<string, string>): OperatorProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
+    cwd: REPO,
+    env: { ...process.env, KSTREAMS_IDENTITY: identity, KSTREAMS_LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: Record<string, unknown>[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => {
+    try {
+      lines.push(JSON.parse(l) as Record<string, unknown>);
+    } catch {
+      lines.push({ msg: l });
+    }
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      if (code !== 0 && signal === null && stderr) lines.push({ msg: `stderr: ${stderr}` });
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    identity,
+    child,
+    lines,
+    exit,
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exit;
+    },
+  };
+}
