@@ -202,8 +202,10 @@ describe('the agent feed', () => {
     agent.onReport = undefined;
     console.log(`[feed] ${n} changing reports in 3 s -> ${writes.length} status writes, gaps ${writes.slice(1).map((t, i) => t - writes[i]!).join(', ')} ms`);
     expect(n).toBeGreaterThan(15);
-    // 300 ms bound: at most 3 s / 300 ms + 1 writes, and never two closer than the bound (less the polling slack).
-    expect(writes.length).toBeGreaterThanOrEqual(3);
+    // The status keeps following the counters (a report is folded in after the controller's 1 s report window,
+    // so about three writes in 3 s; two leave room for a loaded machine), at most 3 s / 300 ms + 1 writes, and
+    // never two closer than the 300 ms bound (less the polling slack).
+    expect(writes.length).toBeGreaterThanOrEqual(2);
     expect(writes.length).toBeLessThanOrEqual(11);
     for (let i = 1; i < writes.length; i++) expect(writes[i]! - writes[i - 1]!).toBeGreaterThanOrEqual(300 - 60);
   });
