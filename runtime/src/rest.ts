@@ -57,6 +57,11 @@ export interface KubeRequestOptions {
   timeoutMs?: number;
   /** Aborts the request in flight (the socket is destroyed; the promise rejects with an AbortError). */
   signal?: AbortSignal;
+  /**
+   * The Accept header (default application/json). Some endpoints refuse that one: the apiserver answers 406 to
+   * it on /openid/v1/jwks, which it serves as application/jwk-set+json. The answer is parsed as JSON either way.
+   */
+  accept?: string;
 }
 
 /** What the operator needs from the apiserver; wrapped in tests to count writes. */
@@ -119,8 +124,8 @@ export class KubeRest implements KubeTransport {
     return this.headers;
   }
 
-  private async open(method: string, path: string, body: string | undefined, contentType: string | undefined, signal?: AbortSignal): Promise<{ res: IncomingMessage; req: ClientRequest }> {
-    const headers: Record<string, string> = { ...(await this.authHeaders()), Accept: 'application/json' };
+  private async open(method: string, path: string, body: string | undefined, contentType: string | undefined, signal?: AbortSignal, accept = 'application/json'): Promise<{ res: IncomingMessage; req: ClientRequest }> {
+    const headers: Record<string, string> = { ...(await this.authHeaders()), Accept: accept };
     if (body !== undefined) {
       headers['Content-Type'] = contentType ?? 'application/json';
       headers['Content-Length'] = String(Buffer.byteLength(body));
@@ -143,7 +148,7 @@ export class KubeRest implements KubeTransport {
     const timer = setTimeout(() => deadline.abort(new TimeoutError(method, path, timeoutMs)), timeoutMs);
     const signal = opts.signal ? AbortSignal.any([opts.signal, deadline.signal]) : deadline.signal;
     try {
-      const { res } = await this.open(method, path, body, opts.patch ? PATCH_CONTENT_TYPE[opts.patch] : undefined, signal);
+      const { res } = await this.open(method, path, body, opts.patch ? PATCH_CONTENT_TYPE[opts.patch] : undefined, signal, opts.accept);
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);
       const text = Buffer.concat(chunks).toString('utf8');
