@@ -58,6 +58,13 @@ export const FeedConfigSchema = z.strictObject({
    * still unheard is waited for (Attaching).
    */
   reconnectGraceMs: ms.default(600_000),
+  /**
+   * How agents' tokens are checked. local: the signature with the issuer's published keys (OIDC discovery,
+   * /openid/v1/jwks), the claims, the bound pod against the pod cache and the ServiceAccount's uid; a token the
+   * operator cannot decide on (keys unavailable, not pod-bound, an unknown issuer or key) goes to a TokenReview.
+   * tokenreview: a TokenReview for every token not remembered.
+   */
+  tokenVerification: z.enum(['local', 'tokenreview']).default('local'),
   /** An agent's token, once reviewed, is trusted again for this long (never past its exp) when it reconnects. */
   tokenReviewCacheMs: ms.default(300_000),
   /** At most this many TokenReviews in flight; more agents wait their turn. */
@@ -137,6 +144,7 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_FEED_KEY_FILE', path: ['feed', 'keyFile'], type: 'string' },
   { env: 'KSTREAMS_FEED_WARMUP_MS', path: ['feed', 'warmupMs'], type: 'int' },
   { env: 'KSTREAMS_FEED_RECONNECT_GRACE_MS', path: ['feed', 'reconnectGraceMs'], type: 'int' },
+  { env: 'KSTREAMS_FEED_TOKEN_VERIFICATION', path: ['feed', 'tokenVerification'], type: 'string' },
   { env: 'KSTREAMS_STATUS_WRITE_INTERVAL_MS', path: ['statusWriteIntervalMs'], type: 'int' },
   { env: 'KSTREAMS_DETACH_TIMEOUT_MS', path: ['detachTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_SHUTDOWN_TIMEOUT_MS', path: ['shutdownTimeoutMs'], type: 'int' },

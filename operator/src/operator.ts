@@ -12,6 +12,7 @@ import { Informer, InformerLifecycle } from '../../runtime/src/informer.js';
 import { sameSlimNamespace, slimNamespace, type SlimNamespace } from './kube/objects.js';
 import { FEED_ADDRESS_ANNOTATION } from '../../api/src/feed.js';
 import { FeedAuthError, reviewAgentToken, TokenReviewCache } from './feed/auth.js';
+import { agentAuthenticator, LocalTokenVerifier, recordedReview, type TokenCheckRecorder } from './feed/local-auth.js';
 import { startFeedServer, type RunningFeedServer } from './feed/server.js';
 import type { TlsSource } from './webhook/tls-source.js';
 import { CountingTransport, KubeRest, type KubeTransport } from '../../runtime/src/rest.js';
@@ -60,6 +61,8 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   let shuttingDown = false;
   const startController = (leaderSignal?: AbortSignal) => {
     const c = new Controller({ config, transport: transport as KubeTransport, clock, log, metrics });
+    // Tokens of pods this leader saw deleted are refused without a TokenReview.
+    c.pods.on({ delete: (pod) => localTokens.podDeleted(pod.uid) });
     controller = c;
     metrics.leader.set(1);
     metrics.leaderTransitions.inc({ event: 'started' });
@@ -138,12 +141,29 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
         }
       : undefined;
   const feedTls = webhook?.tls ?? d.feedTls ?? fileTls;
+  const recordCheck: TokenCheckRecorder = (method, result, reason) => metrics.feedTokenChecks.inc({ method, result, reason });
   const tokenReviews = new TokenReviewCache({
-    review: (token) => reviewAgentToken(transport, token),
+    review: recordedReview((token) => reviewAgentToken(transport, token), recordCheck),
     now: () => clock.now(),
     ttlMs: config.feed.tokenReviewCacheMs,
     maxEntries: 50_000,
     concurrency: config.feed.tokenReviewConcurrency,
+  });
+  const localTokens = new LocalTokenVerifier({
+    transport,
+    now: () => clock.now(),
+    log: log.child({ component: 'feed' }),
+    pods: () => {
+      const c = controller;
+      return c && { syncedAt: c.syncedAt, get: (key: string) => c.pods.get(key) };
+    },
+  });
+  const authenticate = agentAuthenticator({
+    mode: config.feed.tokenVerification,
+    local: localTokens,
+    tokenReviews,
+    usable: (id) => controller?.pods.get(`${id.namespace}/${id.pod}`)?.uid === id.podUid,
+    record: recordCheck,
   });
   if (feedTls) {
     const pem = webhook ? webhook.servingPem() : await feedTls.start();
@@ -160,10 +180,10 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
           const seen = elector?.observedLeader();
           return seen?.identity ? (seen.annotations[FEED_ADDRESS_ANNOTATION] ?? null) : null;
         },
-        // Reconnects of agents this process reviewed already cost no TokenReview (a remembered identity is
-        // used only while its pod is in the leader's cache with that uid).
-        authenticate: (token) =>
-          tokenReviews.authenticate(token, (id) => controller?.pods.get(`${id.namespace}/${id.pod}`)?.uid === id.podUid),
+        // Verified locally (feed.tokenVerification local), else by TokenReview; reconnects of agents this
+        // process reviewed already cost no TokenReview (a remembered identity is used only while its pod is in
+        // the leader's cache with that uid).
+        authenticate,
         attach: (identity, conn) => {
           const c = controller;
           if (!c) throw new FeedAuthError(503, 'this replica stopped leading; reconnect');

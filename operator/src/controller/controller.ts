@@ -444,6 +444,11 @@ export class Controller {
     this.queue.resume();
   }
 
+  /** When every cache had synced (undefined before): a pod that existed from then on is in the pod cache. */
+  get syncedAt(): number | undefined {
+    return this.reconcilingSince;
+  }
+
   get synced(): boolean {
     return this.streamPaths.synced && this.pods.synced && this.namespaces.synced && this.services.synced && this.endpoints.synced;
   }

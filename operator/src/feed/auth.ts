@@ -118,7 +118,8 @@ export class TokenReviewCache {
     return this.entries.size;
   }
 
-  async authenticate(token: string, usable: (id: AgentIdentity) => boolean = () => true): Promise<AgentIdentity> {
+  /** `onMiss` is called when no remembered identity is used (the token is reviewed, or joins a review in flight). */
+  async authenticate(token: string, usable: (id: AgentIdentity) => boolean = () => true, onMiss?: () => void): Promise<AgentIdentity> {
     const key = createHash('sha256').update(token).digest('base64');
     const now = this.o.now();
     const hit = this.entries.get(key);
@@ -126,6 +127,7 @@ export class TokenReviewCache {
       this.hits++;
       return hit.identity;
     }
+    onMiss?.();
     if (hit) this.entries.delete(key);
     let p = this.inFlight.get(key);
     if (!p) {

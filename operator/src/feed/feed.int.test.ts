@@ -81,6 +81,40 @@ describe('the agent feed', () => {
     expect(FEED_AUDIENCE).toBe('kstreams.io/agent-feed');
   });
 
+  it("verifies a real TokenRequest token locally (no TokenReview), and refuses a deleted pod's and a recreated pod's", async () => {
+    const ns = freshName('feed-local');
+    await createNamespace(kube, ns);
+    await createPod(kube, ns, 'p', { labels: { app: 'l' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await createPod(kube, ns, 'gone', { labels: { app: 'l' }, agentPort: 15090, podIP: '127.0.0.1' });
+    const goneToken = await podToken(kube, ns, 'gone');
+    const reviews = () => op!.transport.counts.get('POST /apis/authentication.k8s.io/v1/tokenreviews') ?? 0;
+    const checks = async (result: string, reason: string) =>
+      (await op!.metrics.feedTokenChecks.get()).values.find((v) => v.labels.method === 'local' && v.labels.result === result && v.labels.reason === reason)?.value ?? 0;
+    const reviewsBefore = reviews();
+    const acceptedBefore = await checks('accepted', 'ok');
+
+    const agent = await agentFor(ns, 'p');
+    await eventually('configured', async () => agent.lastConfig);
+    expect(await checks('accepted', 'ok')).toBe(acceptedBefore + 1);
+    expect(reviews()).toBe(reviewsBefore);
+    // The keys came from the apiserver's discovery and JWKS through the operator's transport.
+    expect(op!.transport.counts.get('GET /openid/v1/jwks')).toBeGreaterThanOrEqual(1);
+
+    // The pod is deleted (no kubelet: at once); once the operator's cache saw it go, its token is refused.
+    await eventually('the pod in the cache', async () => op!.controller()?.pods.get(`${ns}/gone`));
+    await kube.request('DELETE', `/api/v1/namespaces/${ns}/pods/gone`, { body: { apiVersion: 'v1', kind: 'DeleteOptions', gracePeriodSeconds: 0 } });
+    await eventually('the pod gone from the cache', async () => !op!.controller()?.pods.get(`${ns}/gone`));
+    const goneBefore = await checks('refused', 'pod_gone');
+    const deleted = await agentFor(ns, 'gone', { token: goneToken });
+    await eventually("the deleted pod's token refused", async () => (await checks('refused', 'pod_gone')) > goneBefore);
+    // A new pod under the same name: the old token is for the old uid.
+    await createPod(kube, ns, 'gone', { labels: { app: 'l' }, agentPort: 15090, podIP: '127.0.0.1' });
+    await eventually('the new pod in the cache', async () => op!.controller()?.pods.get(`${ns}/gone`));
+    await eventually("the old pod's token refused for its uid", async () => (await checks('refused', 'pod_uid')) > 0, 20_000);
+    expect(deleted.configs).toEqual([]);
+    expect(reviews()).toBe(reviewsBefore);
+  });
+
   it('an agent gets its StreamPaths with a Service of another namespace resolved, and follows a headless one as its endpoints move', async () => {
     const shop = freshName('feed-shop');
     const staging = freshName('feed-staging');

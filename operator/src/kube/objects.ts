@@ -20,6 +20,8 @@ export interface SlimPod {
   terminated?: boolean;
   /** What bounds its agent's drain at shutdown (sent to the agent on the feed). */
   termination?: PodTermination;
+  /** spec.serviceAccountName: an agent's token must be of this ServiceAccount (immutable in a pod). */
+  serviceAccount?: string;
 }
 
 export interface PodTermination {
@@ -62,7 +64,9 @@ export function slimPod(raw: Record<string, unknown>): SlimPod {
     deleting: meta.deletionTimestamp !== undefined,
   };
   if (status.podIP) pod.podIP = status.podIP;
-  const grace = ((raw.spec ?? {}) as { terminationGracePeriodSeconds?: unknown }).terminationGracePeriodSeconds;
+  const spec = (raw.spec ?? {}) as { terminationGracePeriodSeconds?: unknown; serviceAccountName?: unknown };
+  if (typeof spec.serviceAccountName === 'string' && spec.serviceAccountName) pod.serviceAccount = spec.serviceAccountName;
+  const grace = spec.terminationGracePeriodSeconds;
   const termination: PodTermination = {
     ...(meta.deletionTimestamp !== undefined ? { deletionTimestamp: meta.deletionTimestamp } : {}),
     ...(typeof meta.deletionGracePeriodSeconds === 'number' ? { deletionGracePeriodSeconds: meta.deletionGracePeriodSeconds } : {}),
@@ -92,6 +96,7 @@ export function sameSlimPod(a: SlimPod, b: SlimPod): boolean {
     a.agentPort === b.agentPort &&
     a.optedOut === b.optedOut &&
     a.deleting === b.deleting &&
+    a.serviceAccount === b.serviceAccount &&
     Boolean(a.terminated) === Boolean(b.terminated) &&
     sameLabels(a.labels, b.labels)
   );

@@ -20,6 +20,7 @@ export interface OperatorMetrics {
   feedStreams: Counter<'outcome'>;
   feedFrames: Counter<'frame'>;
   feedConnected: Gauge;
+  feedTokenChecks: Counter<'method' | 'result' | 'reason'>;
   recordLifecycle(resource: string, event: InformerLifecycle): void;
 }
 
@@ -73,6 +74,12 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     }),
     feedFrames: new Counter({ name: 'kstreams_operator_feed_frames_total', help: 'Feed frames: configs sent to agents, reports received', labelNames: ['frame'] as const, registers }),
     feedConnected: new Gauge({ name: 'kstreams_operator_feed_agents', help: 'Agents connected to this replica on the feed (the leader)', registers }),
+    feedTokenChecks: new Counter({
+      name: 'kstreams_operator_feed_token_checks_total',
+      help: "Checks of agents' feed tokens: method local (signature and claims in the operator) or tokenreview; result accepted, refused, fallback (local could not decide, a TokenReview did) or error; reason says why",
+      labelNames: ['method', 'result', 'reason'] as const,
+      registers,
+    }),
     recordLifecycle(resource, event) {
       informerEvents.inc({ resource, event });
       // A list's reason is what ended the watch before it; a list after nothing else is a retry of one
