@@ -294,6 +294,16 @@ describe('values that change the rendered chart', () => {
     }
   });
 
+  it('operator.feed.tokenVerification reaches the operator config; only local gives the operator get on serviceaccounts', async () => {
+    const hasServiceAccounts = (objects: K8sObject[]) => rulesOf(objects, 'ClusterRole', 'kstreams-operator').some((r) => r.resources.includes('serviceaccounts'));
+    const defaults = await render();
+    expect(hasServiceAccounts(defaults)).toBe(true);
+    expect(operatorConfig(defaults).feed.tokenVerification).toBe('local');
+    const reviews = await render({ 'operator.feed.tokenVerification': 'tokenreview' });
+    expect(hasServiceAccounts(reviews)).toBe(false);
+    expect(operatorConfig(reviews).feed.tokenVerification).toBe('tokenreview');
+  });
+
   it('webhook.excludedNamespaces joins the always-excluded ones, in the selector and in the operator config', async () => {
     const objects = await render({ 'webhook.excludedNamespaces': ['legacy', 'aaa-batch'], 'webhook.failurePolicy': 'Fail', 'webhook.timeoutSeconds': 3 });
     const entry = webhookEntry(objects);
@@ -355,6 +365,7 @@ describe('values.schema.json', () => {
     // The sidecar RBAC settings of earlier releases are gone: an old values file says so instead of being ignored.
     [['--set', 'sidecar.rbac.manageBindings=true'], "additional properties 'rbac' not allowed"],
     [['--set', 'operator.feed.port=0'], '/operator/feed/port'],
+    [['--set', 'operator.feed.tokenVerification=jwks'], '/operator/feed/tokenVerification'],
   ])('refuses %j naming the value (%s)', async (args, message) => {
     const r = await template(...args);
     expect(r.code).not.toBe(0);
@@ -469,6 +480,9 @@ describe('helm install into the real apiserver', () => {
       ['update', `mutatingwebhookconfigurations/${fullname}-sidecar-injector`],
       ['create', 'tokenreviews.authentication.k8s.io'],
       ['get', 'configmaps', '-n', appNamespace],
+      ['get', 'serviceaccounts', '-n', appNamespace],
+      ['get', '/openid/v1/jwks'],
+      ['get', '/.well-known/openid-configuration'],
       ['watch', 'services', '--all-namespaces'],
       ['list', 'endpoints', '--all-namespaces'],
     ];
@@ -496,6 +510,8 @@ describe('helm install into the real apiserver', () => {
       ['bind', `clusterroles/${fullname}-sidecar`],
       ['list', 'configmaps', '--all-namespaces'],
       ['create', 'tokenrequests', '-n', appNamespace],
+      ['list', 'serviceaccounts', '--all-namespaces'],
+      ['create', 'serviceaccounts/token', '-n', appNamespace],
     ];
     const answers = async (list: string[][]) => Promise.all(list.map(async (a) => `${a.join(' ')}: ${await canI(a, asOperator)}`));
     expect(await answers(yes)).toEqual(yes.map((a) => `${a.join(' ')}: yes`));
@@ -578,8 +594,8 @@ describe('helm install into the real apiserver', () => {
     expect(lease.metadata.annotations['kstreams.io/feed-address']).toMatch(/^127\.0\.0\.1:\d+$/);
     const feedPort = lines.find((l) => l.msg === 'agent feed listening')!.port as number;
     expect((await kubectl('get', 'rolebindings', '-n', shopNamespace, '-o', 'name')).stdout.trim()).toBe('');
-    // An agent on the feed, as the chart's operator sees one: its token reviewed (TokenReview), its
-    // StreamPath's program read from the ConfigMap for it (get configmaps).
+    // An agent on the feed, as the chart's operator sees one: its token verified locally (the issuer's keys,
+    // get serviceaccounts), its StreamPath's program read from the ConfigMap for it (get configmaps).
     const admin = await KubeRest.create(kubeconfig);
     try {
       await admin.request('POST', `/api/v1/namespaces/${shopNamespace}/serviceaccounts`, { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } }).catch(() => undefined);
@@ -637,10 +653,14 @@ describe('helm install into the real apiserver', () => {
     const resourceRequests = requests.filter((r) => r.resource !== '');
     expect(resourceRequests.filter((r) => !grants.some((g) => allows(g, r, namespace))).map(requestKey)).toEqual([]);
     expect(requests.filter((r) => r.code === 403).map(requestKey)).toEqual([]);
-    // Outside the chart's rules: discovery, which every authenticated user may read.
-    expect([...new Set(requests.filter((r) => r.resource === '').map((r) => r.uri.split('?')[0]))]).toEqual(['/version']);
+    // Outside the chart's rules: discovery, which every authenticated user may read, and the ServiceAccount
+    // issuer's discovery document and keys, which the default system:service-account-issuer-discovery binding
+    // grants every ServiceAccount (the feed verifies agents' tokens with them).
+    expect([...new Set(requests.filter((r) => r.resource === '').map((r) => r.uri.split('?')[0]))].sort()).toEqual(['/.well-known/openid-configuration', '/openid/v1/jwks', '/version']);
     // Granted and used by the code, but not in this run, each for a stated reason (and each must still be granted).
-    const notInThisRun = new Map<string, string>([]);
+    const notInThisRun = new Map<string, string>([
+      ['cluster authentication.k8s.io/tokenreviews create', "the agent's token was verified locally; TokenReviews are the fallback (feed.int.test.ts and local-auth.test.ts use them)"],
+    ]);
     expect([...notInThisRun.keys()].filter((k) => !grants.some((g) => grantKey(g) === k))).toEqual([]);
     const unused = grants.filter((g) => !notInThisRun.has(grantKey(g)) && !resourceRequests.some((r) => allows(g, r, namespace)));
     expect(unused.map(grantKey)).toEqual([]);

@@ -206,7 +206,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "resyncPeriodMs" $v.operator.resyncPeriodMs
   "reconcileConcurrency" $v.operator.reconcileConcurrency
   "statusWriteIntervalMs" $v.operator.statusWriteIntervalMs
-  "feed" (dict "port" $v.operator.feed.port "disconnectGraceMs" $v.operator.feed.disconnectGraceMs "warmupMs" $v.operator.feed.warmupMs)
+  "feed" (dict "port" $v.operator.feed.port "disconnectGraceMs" $v.operator.feed.disconnectGraceMs "warmupMs" $v.operator.feed.warmupMs "tokenVerification" $v.operator.feed.tokenVerification)
   "detachTimeoutMs" $v.operator.detachTimeoutMs
   "shutdownTimeoutMs" $v.operator.shutdownTimeoutMs
   "server" (dict "host" "0.0.0.0" "port" $v.operator.metricsPort)
