@@ -155,7 +155,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     log: log.child({ component: 'feed' }),
     pods: () => {
       const c = controller;
-      return c && { syncedAt: c.syncedAt, get: (key: string) => c.pods.get(key) };
+      return c && { syncedAt: c.syncedAt, get: (key: string) => c.pods.get(key), whenSynced: c.whenSynced };
     },
   });
   const authenticate = agentAuthenticator({

@@ -86,6 +86,9 @@ export class Controller {
   private started = false;
   /** When the caches synced and reconciles began (the warm-up for the first agent reports counts from here). */
   private reconcilingSince: number | undefined;
+  private markSynced!: () => void;
+  /** Resolves when every cache has synced (never, when stopped before). */
+  readonly whenSynced = new Promise<void>((resolve) => (this.markSynced = resolve));
 
   constructor(private readonly d: ControllerDeps) {
     const { config, transport, clock, log, metrics } = d;
@@ -440,6 +443,7 @@ export class Controller {
       'caches synced, reconciling',
     );
     this.reconcilingSince = this.d.clock.now();
+    this.markSynced();
     this.feed.setSynced();
     this.queue.resume();
   }

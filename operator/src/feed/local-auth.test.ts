@@ -82,12 +82,19 @@ class FakeApi implements KubeTransport {
   }
 }
 
-function setup(o: { mode?: 'local' | 'tokenreview' } = {}) {
+function setup(o: { mode?: 'local' | 'tokenreview'; syncWaitMs?: number } = {}) {
   let now = T0;
   const api = new FakeApi();
   const pods = new Map<string, { uid: string; serviceAccount?: string }>([['shop/p', { uid: 'pod-uid', serviceAccount: 'default' }]]);
   let syncedAt: number | undefined = T0 - 60_000;
-  const verifier = new LocalTokenVerifier({ transport: api, now: () => now, pods: () => ({ syncedAt, get: (k) => pods.get(k) }) });
+  let markSynced = () => {};
+  let whenSynced = Promise.resolve();
+  const verifier = new LocalTokenVerifier({
+    transport: api,
+    now: () => now,
+    pods: () => ({ syncedAt, get: (k) => pods.get(k), whenSynced }),
+    ...(o.syncWaitMs !== undefined ? { syncWaitMs: o.syncWaitMs } : {}),
+  });
   const reviews: string[] = [];
   const checks: string[] = [];
   const record = (method: string, result: string, reason: string) => checks.push(`${method} ${result} ${reason}`);
@@ -112,7 +119,14 @@ function setup(o: { mode?: 'local' | 'tokenreview' } = {}) {
     authenticate,
     now: () => now,
     advance: (ms: number) => (now += ms),
-    unsync: () => (syncedAt = undefined),
+    unsync: () => {
+      syncedAt = undefined;
+      whenSynced = new Promise<void>((r) => (markSynced = r));
+    },
+    sync: () => {
+      syncedAt = now;
+      markSynced();
+    },
   };
 }
 
@@ -250,12 +264,23 @@ describe('LocalTokenVerifier', () => {
     t.api.published = [k1.jwk];
     await expect(t.verifier.verify('not-a-jwt')).rejects.toMatchObject({ reason: 'not_jwt' });
     await expect(t.verifier.verify(await token(t.now(), { signer: k1, bound: false }))).rejects.toMatchObject({ reason: 'not_pod_bound' });
-    t.unsync();
-    await expect(t.verifier.verify(await token(t.now(), { signer: k1 }))).rejects.toMatchObject({ reason: 'pods_not_synced' });
+    await expect(t.verifier.verify('not-a-jwt')).rejects.toMatchObject({ reason: 'not_jwt' });
     // The apiserver's refusal is the answer then.
     await expect(t.authenticate('refused-by-apiserver')).rejects.toMatchObject({ status: 401 });
     expect(t.checks.slice(-2)).toEqual(['local fallback not_jwt', 'tokenreview refused unauthenticated']);
     expect(t.api.count(JWKS_PATH)).toBe(0);
+  });
+
+  it('a token that arrives before the pod cache synced waits for the sync, for at most syncWaitMs', async () => {
+    const t = setup({ syncWaitMs: 50 });
+    t.api.published = [k1.jwk];
+    const tok = await token(t.now(), { signer: k1 });
+    t.unsync();
+    await expect(t.verifier.verify(tok)).rejects.toMatchObject({ reason: 'pods_not_synced' });
+    const waiting = t.verifier.verify(tok);
+    t.sync();
+    expect(await waiting).toEqual(identity);
+    expect(t.reviews).toEqual([]);
   });
 
   it('tokenVerification tokenreview never verifies locally', async () => {

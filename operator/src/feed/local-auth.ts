@@ -60,6 +60,8 @@ export interface PodCacheView {
   /** When the caches had synced; undefined before (the cache may lack pods that exist). */
   syncedAt: number | undefined;
   get(key: string): { uid: string; serviceAccount?: string } | undefined;
+  /** Resolves when the caches have synced. */
+  whenSynced?: Promise<void>;
 }
 
 export interface LocalTokenVerifierOptions {
@@ -79,6 +81,11 @@ export interface LocalTokenVerifierOptions {
   /** At most this many uids of deleted pods remembered (a token of one is refused without a TokenReview). */
   maxDeletedPods?: number;
   timeoutMs?: number;
+  /**
+   * A token that arrives before the pod cache synced (a new leader's reconnect storm) waits this long for the
+   * sync before it goes to a TokenReview.
+   */
+  syncWaitMs?: number;
 }
 
 interface IssuerKeys {
@@ -141,7 +148,15 @@ export class LocalTokenVerifier {
     const serviceAccount = str(k8s?.serviceaccount?.name);
     const saUid = str(k8s?.serviceaccount?.uid);
     if (!namespace || !pod || !podUid || !serviceAccount || !saUid) throw new LocalVerificationUnavailable('not_pod_bound', 'the token is not a pod-bound ServiceAccount token');
-    const pods = this.o.pods();
+    let pods = this.o.pods();
+    if (pods && pods.syncedAt === undefined && pods.whenSynced) {
+      // A new leader's caches list for a few seconds while every agent reconnects: waiting costs less than
+      // sending them all to TokenReviews.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([pods.whenSynced, new Promise<void>((r) => (timer = setTimeout(r, this.o.syncWaitMs ?? 15_000).unref()))]);
+      clearTimeout(timer);
+      pods = this.o.pods();
+    }
     if (pods?.syncedAt === undefined) throw new LocalVerificationUnavailable('pods_not_synced', 'the pod cache has not synced yet');
 
     let keys = await this.issuerKeys(false);
