@@ -55,6 +55,7 @@ async function token(nowMs: number, o: TokenOptions): Promise<string> {
 class FakeApi implements KubeTransport {
   published: JWK[] = [];
   jwksFails = false;
+  serviceAccountsForbidden = false;
   serviceAccounts = new Map<string, string>([['shop/default', 'sa-uid']]);
   readonly calls: string[] = [];
 
@@ -68,6 +69,7 @@ class FakeApi implements KubeTransport {
     }
     const m = /^\/api\/v1\/namespaces\/([^/]+)\/serviceaccounts\/([^/]+)$/.exec(path);
     if (m) {
+      if (this.serviceAccountsForbidden) throw new ApiError(403, method, path, '{"kind":"Status","reason":"Forbidden"}');
       const uid = this.serviceAccounts.get(`${m[1]}/${m[2]}`);
       if (!uid) throw new ApiError(404, method, path, '{"kind":"Status","reason":"NotFound"}');
       return { metadata: { name: m[2], namespace: m[1], uid } } as T;
@@ -241,6 +243,20 @@ describe('LocalTokenVerifier', () => {
     t.api.serviceAccounts.delete('shop/default');
     t.advance(2_000);
     await expect(t.verifier.verify(tok)).rejects.toMatchObject({ status: 401, reason: 'service_account_gone' });
+  });
+
+  it('falls back to the TokenReview when the ServiceAccount cannot be read (no RBAC), and reads it again only after 30 s', async () => {
+    const t = setup();
+    t.api.published = [k1.jwk];
+    t.api.serviceAccountsForbidden = true;
+    const tok = await token(t.now(), { signer: k1 });
+    for (let i = 0; i < 3; i++) expect(await t.authenticate(tok)).toEqual(identity);
+    expect(t.checks.filter((c) => c.startsWith('local'))).toEqual(Array(3).fill('local fallback service_account_unavailable'));
+    expect(t.api.count('/serviceaccounts/default')).toBe(1);
+    t.api.serviceAccountsForbidden = false;
+    t.advance(30_000);
+    expect(await t.verifier.verify(tok)).toEqual(identity);
+    expect(t.api.count('/serviceaccounts/default')).toBe(2);
   });
 
   it('falls back to the TokenReview when the JWKS cannot be read, and tries again only after 30 s', async () => {

@@ -119,6 +119,9 @@ export class LocalTokenVerifier {
   private fetching: Promise<void> | undefined;
   private readonly serviceAccounts = new Map<string, { uid: string | null; at: number }>();
   private readonly saInFlight = new Map<string, Promise<string | null>>();
+  /** ServiceAccounts that could not be read (no RBAC, apiserver trouble): when, and why; retried after keyRefetchMinMs. */
+  private readonly saFailures = new Map<string, { at: number; error: string }>();
+  private saWarnedAt = -Infinity;
   private readonly deletedPods = new Set<string>();
   keyFetches = 0;
 
@@ -255,6 +258,9 @@ export class LocalTokenVerifier {
   private async checkServiceAccount(namespace: string, name: string, tokenUid: string): Promise<void> {
     const key = `${namespace}/${name}`;
     const ttl = this.o.serviceAccountTtlMs ?? 60_000;
+    // A read that failed is not tried again for every agent of that ServiceAccount.
+    const failed = this.saFailures.get(key);
+    if (failed && this.o.now() - failed.at < (this.o.keyRefetchMinMs ?? 30_000)) throw new LocalVerificationUnavailable('service_account_unavailable', failed.error);
     let entry = this.serviceAccounts.get(key);
     let fresh = false;
     if (!entry || this.o.now() - entry.at >= ttl) {
@@ -278,10 +284,18 @@ export class LocalTokenVerifier {
           (sa) => sa.metadata?.uid ?? null,
           (err: unknown) => {
             if (isStatus(err, 404)) return null;
-            throw new LocalVerificationUnavailable('service_account_unavailable', `ServiceAccount ${key} could not be read: ${(err as Error).message}`);
+            const error = `ServiceAccount ${key} could not be read: ${(err as Error).message}`;
+            this.saFailures.set(key, { at: this.o.now(), error });
+            if (this.saFailures.size > 20_000) this.saFailures.clear();
+            if (this.o.now() - this.saWarnedAt >= (this.o.keyRefetchMinMs ?? 30_000)) {
+              this.saWarnedAt = this.o.now();
+              this.o.log?.warn({ err: error }, 'feed: a ServiceAccount could not be read; its agents go to TokenReview (the operator needs get on serviceaccounts)');
+            }
+            throw new LocalVerificationUnavailable('service_account_unavailable', error);
           },
         )
         .then((uid) => {
+          this.saFailures.delete(key);
           this.serviceAccounts.set(key, { uid, at: this.o.now() });
           if (this.serviceAccounts.size > 20_000) this.pruneServiceAccounts();
           return uid;
