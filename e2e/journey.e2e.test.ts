@@ -175,6 +175,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
   const report = async (pod: string) => JSON.parse(await raw(`/api/v1/namespaces/${SHOP}/pods/${pod}:${AGENT_PORT}/proxy/v1/report`)) as AgentReport;
   const exec = (ns: string, pod: string, container: string, cmd: string[]) => k(['-n', ns, 'exec', pod, '-c', container, '--', ...cmd]);
   let appIP = '';
+  let leaderPod = '';
   let netnsIno = 0;
   let imageTar = '';
 
@@ -355,6 +356,7 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
         return leaders.length === 1 && leaders[0] === holder && gauges.every((g) => g === 0 || g === 1) ? holder : undefined;
       }, { timeoutMs: 60_000 }));
     console.log(`[journey] leader ${leader}`);
+    leaderPod = leader;
 
     await timings.time('webhook caBundle', () =>
       poll('caBundle of kstreams-sidecar-injector', async () => {
@@ -491,6 +493,10 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
         return r.streamPaths.find((s) => s.name === SP && s.attached) ? r : undefined;
       }));
     expect(rep.ready).toBe(true);
+    // The operator verified the kubelet-projected token itself (the issuer's keys, the pod cache), no TokenReview.
+    const checks = (await raw(`/api/v1/namespaces/${SYSTEM_NS}/pods/${leaderPod}:8080/proxy/metrics`)).split('\n').filter((l) => l.startsWith('kstreams_operator_feed_token_checks_total{'));
+    console.log(`[journey] feed token checks on the leader:\n  ${checks.join('\n  ')}`);
+    expect(checks.some((l) => /method="local"/.test(l) && /result="accepted"/.test(l) && Number(l.split(' ').at(-1)) >= 1)).toBe(true);
     netnsIno = Number(/\[(\d+)\]/.exec(await exec(SHOP, 'checkout', 'app', ['readlink', '/proc/self/ns/net']))?.[1]);
     expect(netnsIno).toBeGreaterThan(0);
     const links = await skLookupLinks();
