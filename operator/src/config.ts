@@ -152,6 +152,7 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_WEBHOOK_ENABLED', path: ['webhook', 'enabled'], type: 'bool' },
   { env: 'KSTREAMS_WEBHOOK_PORT', path: ['webhook', 'port'], type: 'int' },
   { env: 'KSTREAMS_WEBHOOK_URL', path: ['webhook', 'url'], type: 'string' },
+  { env: 'KSTREAMS_WEBHOOK_THREAD', path: ['webhook', 'thread'], type: 'string' },
   { env: 'POD_IP', path: ['webhook', 'shutdown', 'podIP'], type: 'string' },
 ];
 

@@ -119,9 +119,6 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
           registry,
           namespaces: webhookNamespaces,
           nodes: webhookNodes,
-          // Where injected agents find the operator: this replica first (no DNS or kube-proxy needed), then
-          // the Service; the TLS name to check is the Service's, which the serving cert carries.
-          feed: () => (feed && feedAddress ? { addresses: [feedAddress, `${feedServiceName}:${feed.port}`], serverName: feedServiceName } : undefined),
         })
       : undefined;
   } catch (err) {
@@ -201,6 +198,9 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     });
     feedTls.onChange((next) => feed?.setTls(next));
     feedAddress = config.feed.advertiseAddress ?? `${config.webhook.shutdown.podIP ?? '127.0.0.1'}:${feed.port}`;
+    // Where injected agents find the operator: this replica first (no DNS or kube-proxy needed), then the
+    // Service; the TLS name to check is the Service's, which the serving cert carries.
+    webhook?.setFeed({ addresses: [feedAddress, `${feedServiceName}:${feed.port}`], serverName: feedServiceName });
   }
 
   const electionAbort = new AbortController();
@@ -234,9 +234,16 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       port: config.server.port,
       registry,
       healthy: () => true,
-      // A follower is ready (it serves the webhook); a leader once its caches are synced; nobody once shutting
-      // down (the Endpoints drop this pod while its webhook still serves).
-      notReady: () => (shuttingDown ? ['shutting down'] : controller && !controller.synced ? ['caches not synced yet'] : []),
+      // A follower is ready (it serves the webhook); a leader once its caches are synced; nobody while the
+      // webhook's worker is being started again, or once shutting down (the Endpoints drop this pod while its
+      // webhook still serves).
+      notReady: () => {
+        if (shuttingDown) return ['shutting down'];
+        const reasons: string[] = [];
+        if (webhook && !webhook.ready()) reasons.push('webhook worker not listening (restarting)');
+        if (controller && !controller.synced) reasons.push('caches not synced yet');
+        return reasons;
+      },
     });
   } catch (err) {
     electionAbort.abort();

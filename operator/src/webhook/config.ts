@@ -76,6 +76,12 @@ export const WebhookTlsSchema = z.discriminatedUnion('mode', [SelfManagedTlsSche
 
 export const WebhookConfigSchema = z.object({
   enabled: z.boolean().default(true),
+  /**
+   * Where the HTTPS server and the admission decisions run: 'worker', a worker thread with its own event loop
+   * and its own copy of what admission reads (posted by the main thread), so that the agent feed and the
+   * controllers cannot delay admissions; 'main', the operator's own event loop (tests, fallback).
+   */
+  thread: z.enum(['worker', 'main']).default('worker'),
   port: z.number().int().min(0).max(65535).default(9443),
   host: z.string().min(1).default('0.0.0.0'),
   /** The operator's own namespace: holds the TLS Secret and is never injected. */

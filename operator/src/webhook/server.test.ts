@@ -1,5 +1,8 @@
 // The HTTPS server on loopback with an in-memory cert: no cluster needed (serverVersion is passed in).
+import { spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
+import { createInterface } from 'node:readline';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -12,8 +15,10 @@ import { WebhookConfigSchema } from './config.js';
 import { SIDECAR_CONTAINER_NAME } from '../../../api/src/agent.js';
 import { startWebhook, type RunningWebhook } from './server.js';
 import type { SlimNode } from './sidecar-mode.js';
+import { MemoryCache } from './testing/memory-cache.js';
 import { StaticTls } from './testing/static-tls.js';
 import { slim, VERSION } from './testing/versions.js';
+import { waitFor } from '../../../e2e/cluster/local/processes.js';
 
 interface Reply {
   status: number;
@@ -61,11 +66,13 @@ const review = (object: unknown = { spec: { containers: [{ name: 'app', image: '
     },
   });
 
-describe('webhook HTTPS server', () => {
+const THREADS = ['worker', 'main'] as const;
+
+describe.each(THREADS)('webhook HTTPS server (thread: %s)', (thread) => {
   let tls: StaticTls;
   let hook: RunningWebhook;
   const registry = new Registry();
-  const config = WebhookConfigSchema.parse({ port: 0, host: '127.0.0.1', maxBodyBytes: 64 * 1024, headersTimeoutMs: 1000, requestTimeoutMs: 1500 });
+  const config = WebhookConfigSchema.parse({ thread, port: 0, host: '127.0.0.1', maxBodyBytes: 64 * 1024, headersTimeoutMs: 1000, requestTimeoutMs: 1500 });
 
   beforeAll(async () => {
     tls = await StaticTls.create();
@@ -198,42 +205,73 @@ describe('webhook HTTPS server', () => {
     await expect(second).rejects.toThrow(new RegExp(`cannot listen on 127.0.0.1:${hook.port}: .*EADDRINUSE`));
   });
 
+  it('hands injected agents the feed set with setFeed and the CA the TLS source trusts now', async () => {
+    const env = async () => {
+      const r = await post(hook.port, tls.caPem, review());
+      const ops = JSON.parse(Buffer.from(JSON.parse(r.body).response.patch, 'base64').toString()) as { path: string; value: unknown }[];
+      const sidecar = ops.map((o) => (Array.isArray(o.value) ? o.value[0] : o.value) as { name?: string; env?: { name: string; value?: string }[] }).find((c) => c?.name === SIDECAR_CONTAINER_NAME);
+      return Object.fromEntries((sidecar?.env ?? []).map((e) => [e.name, e.value]));
+    };
+    expect((await env()).KSTREAMS_OPERATOR_ADDRESSES).toBeUndefined();
+    hook.setFeed({ addresses: ['10.0.0.1:9444'], serverName: 'kstreams-webhook.kstreams-system.svc' });
+    await hook.flush();
+    const first = await env();
+    expect(first.KSTREAMS_OPERATOR_ADDRESSES).toBe('10.0.0.1:9444');
+    expect(first.KSTREAMS_OPERATOR_CA).toBe(tls.caPem);
+    // A staged CA: the trust changes before any cert it signs is served.
+    const next = await createCA({ commonName: 'staged-ca', nowMs: Date.now(), validitySeconds: 3600 });
+    tls.rotateTrust(`${tls.caPem.trimEnd()}\n${next.certPem}`);
+    await hook.flush();
+    expect((await env()).KSTREAMS_OPERATOR_CA).toBe(tls.caPem);
+    expect(tls.caPem).toContain(next.certPem);
+  });
+
   it('hot-reloads a new certificate for new connections', async () => {
     const before = await servedFingerprint(hook.port, tls.caPem);
     expect(before).toBe(fingerprint(tls.pem.certPem));
     const ca = await createCA({ commonName: 'next-ca', nowMs: Date.now(), validitySeconds: 3600 });
     const next = await issueServingCert({ ca, sans: ['127.0.0.1', 'localhost'], nowMs: Date.now(), validitySeconds: 3600 });
     tls.rotate(next);
+    await hook.flush();
     expect(await servedFingerprint(hook.port, ca.certPem)).toBe(fingerprint(next.certPem));
     expect((await post(hook.port, ca.certPem, review())).status).toBe(200);
+    expect(await registry.getSingleMetricAsString('kstreams_webhook_certificate_expiry_timestamp_seconds')).toContain(
+      ` ${Date.parse(new X509Certificate(next.certPem).validTo) / 1000}`,
+    );
   });
+
 });
 
-describe('the webhook server decides native or classic sidecars per pod from its node cache', () => {
+describe.each(THREADS)('the webhook server decides native or classic sidecars per pod from its node cache (thread: %s)', (thread) => {
   let tls: StaticTls;
   let hook: RunningWebhook;
-  const nodes: { synced: boolean; items: SlimNode[]; list(): SlimNode[] } = { synced: true, items: slim('1.31', '1.28'), list: () => nodes.items };
+  let unsynced: RunningWebhook;
+  const nodes = new MemoryCache<SlimNode>(slim('1.31', '1.28'), true);
 
   beforeAll(async () => {
     tls = await StaticTls.create();
-    hook = await startWebhook({
-      config: WebhookConfigSchema.parse({ port: 0, host: '127.0.0.1' }),
-      kube: new KubeConfig(),
-      logger: pino({ level: 'silent' }),
-      registry: new Registry(),
-      serverVersion: VERSION['1.31'],
-      tlsSource: tls,
-      nodes,
-    });
+    const start = (cache: MemoryCache<SlimNode>) =>
+      startWebhook({
+        config: WebhookConfigSchema.parse({ thread, port: 0, host: '127.0.0.1' }),
+        kube: new KubeConfig(),
+        logger: pino({ level: 'silent' }),
+        registry: new Registry(),
+        serverVersion: VERSION['1.31'],
+        tlsSource: tls,
+        nodes: cache,
+      });
+    hook = await start(nodes);
+    unsynced = await start(new MemoryCache<SlimNode>(slim('1.28')));
   });
   afterAll(async () => {
     await hook?.close();
+    await unsynced?.close();
   });
 
   type Container = { name?: string; restartPolicy?: string };
   /** The op of the patch that adds the sidecar (to containers or initContainers; the app has no init containers). */
-  const sidecarOp = async (spec: Record<string, unknown>) => {
-    const r = await post(hook.port, tls.caPem, review({ spec: { containers: [{ name: 'app', image: 'x' }], ...spec } }));
+  const sidecarOp = async (spec: Record<string, unknown>, to = hook) => {
+    const r = await post(to.port, tls.caPem, review({ spec: { containers: [{ name: 'app', image: 'x' }], ...spec } }));
     const ops = JSON.parse(Buffer.from(JSON.parse(r.body).response.patch, 'base64').toString()) as { path: string; value: Container | Container[] }[];
     const op = ops.find((o) => o.path.startsWith('/spec/containers') || o.path.startsWith('/spec/initContainers'));
     expect((Array.isArray(op?.value) ? op.value[0] : op?.value)?.name).toBe(SIDECAR_CONTAINER_NAME);
@@ -245,11 +283,119 @@ describe('the webhook server decides native or classic sidecars per pod from its
     const bound = await sidecarOp({ nodeName: 'n131' });
     expect(bound.path).toBe('/spec/initContainers');
     expect((bound.value as Container[])[0]!.restartPolicy).toBe('Always');
-    nodes.items = slim('1.31');
+    nodes.replace(slim('1.31'));
+    await hook.flush();
     expect((await sidecarOp({})).path).toBe('/spec/initContainers');
-    // Not synced yet: the apiserver's 1.31 decides.
-    nodes.items = slim('1.28');
-    nodes.synced = false;
-    expect((await sidecarOp({})).path).toBe('/spec/initContainers');
+    nodes.replace(slim('1.31', '1.28'));
+    await hook.flush();
+    expect((await sidecarOp({})).path).toBe('/spec/containers/0');
+    // Not synced yet: the apiserver's 1.31 decides, whatever the cache holds so far.
+    expect((await sidecarOp({}, unsynced)).path).toBe('/spec/initContainers');
+  });
+});
+
+/**
+ * A client in a process of its own (the apiserver's part): an AdmissionReview every 20 ms over keep-alive
+ * connections for `ms`, after a first answer it reports with "ready"; then one JSON line of
+ * [sentAtMs, answeredAtMs] per review (wall clock, the same on both sides).
+ */
+const CLIENT = `
+const https = require('node:https');
+const { port, ca, body, ms } = JSON.parse(process.env.KSWW_CLIENT);
+const agent = new https.Agent({ keepAlive: true, maxSockets: 4, ca });
+const one = () => new Promise((resolve, reject) => {
+  const sent = Date.now();
+  const req = https.request({ host: '127.0.0.1', port, path: '/mutate-pods', method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (res) => {
+    res.resume();
+    res.on('end', () => (res.statusCode === 200 ? resolve([sent, Date.now()]) : reject(new Error('status ' + res.statusCode))));
+  });
+  req.on('error', reject);
+  req.end(body);
+});
+(async () => {
+  await one();
+  console.log('ready');
+  const until = Date.now() + ms;
+  const pending = [];
+  while (Date.now() < until) {
+    pending.push(one());
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  console.log(JSON.stringify(await Promise.all(pending)));
+  agent.destroy();
+})().catch((e) => { console.error(e); process.exit(1); });
+`;
+
+describe.each(THREADS)('with the main event loop blocked for 2 s (thread: %s)', (thread) => {
+  it(thread === 'worker' ? 'admissions are still answered within 500 ms' : 'no admission is answered until it is free again', async () => {
+    const tls = await StaticTls.create();
+    const hook = await startWebhook({
+      config: WebhookConfigSchema.parse({ thread, port: 0, host: '127.0.0.1' }),
+      kube: new KubeConfig(),
+      logger: pino({ level: 'silent' }),
+      registry: new Registry(),
+      serverVersion: { major: 1, minor: 20 },
+      tlsSource: tls,
+    });
+    try {
+      const child = spawn(process.execPath, ['-e', CLIENT], {
+        env: { ...process.env, KSWW_CLIENT: JSON.stringify({ port: hook.port, ca: tls.caPem, body: review(), ms: 3000 }) },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      expect((await lines.next()).value).toBe('ready');
+      const blockedFrom = Date.now();
+      while (Date.now() - blockedFrom < 2000) {
+        // The main thread busy, as under a storm of feed reports: no timer, no socket of this loop runs.
+      }
+      const blockedUntil = Date.now();
+      const answers = JSON.parse((await lines.next()).value as string) as [number, number][];
+      // Sent while the loop was blocked (well inside, so that the edges do not count).
+      const during = answers.filter(([sent]) => sent > blockedFrom + 100 && sent < blockedUntil - 600);
+      expect(during.length).toBeGreaterThan(20);
+      const answeredDuring = during.filter(([, answered]) => answered < blockedUntil - 100);
+      if (thread === 'worker') {
+        expect(answeredDuring.length).toBe(during.length);
+        expect(Math.max(...during.map(([sent, answered]) => answered - sent))).toBeLessThan(500);
+      } else {
+        expect(answeredDuring.length).toBe(0);
+      }
+    } finally {
+      await hook.close();
+    }
+  });
+});
+
+describe('the webhook worker, when it dies', () => {
+  it('is started again with backoff on the same port: not ready meanwhile, the restart counted, admissions answered again', async () => {
+    const tls = await StaticTls.create();
+    const registry = new Registry();
+    const hook = await startWebhook({
+      config: WebhookConfigSchema.parse({ thread: 'worker', port: 0, host: '127.0.0.1' }),
+      kube: new KubeConfig(),
+      logger: pino({ level: 'silent' }),
+      registry,
+      serverVersion: { major: 1, minor: 20 },
+      tlsSource: tls,
+    });
+    try {
+      expect(hook.ready()).toBe(true);
+      expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
+      // Counts not yet posted when a worker dies are lost (at most metricsFlushMs of them): post them first.
+      await hook.flush();
+      await hook.killWorker();
+      expect(hook.ready()).toBe(false);
+      const t0 = performance.now();
+      await waitFor('the worker to listen again', async () => hook.ready(), { timeoutMs: 5_000, intervalMs: 10 });
+      // The first restart waits 100-200 ms (200 ms with half of it jittered).
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(90);
+      expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
+      expect(await registry.getSingleMetricAsString('kstreams_webhook_worker_restarts_total')).toMatch(/_total 1$/m);
+      // The counts of the new worker reach the same series.
+      expect(await registry.getSingleMetricAsString('kstreams_webhook_admission_requests_total')).toMatch(/result="patched",reason="injected"} 2$/m);
+    } finally {
+      await hook.close();
+    }
+    expect(hook.ready()).toBe(false);
   });
 });

@@ -1,20 +1,35 @@
-// The HTTPS server every operator replica runs (not only the leader): POST <path> for AdmissionReviews,
-// GET /healthz. Bodies are capped, header and request times bounded, TLS hot-reloaded.
-import { createServer, type Server } from 'node:https';
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, type Socket } from 'node:net';
+// The webhook every operator replica runs (not only the leader): POST <path> for AdmissionReviews, GET
+// /healthz, GET /prestop, on one port. The server and the admission decisions (serving.ts) run in a worker
+// thread by default (config.thread), fed by this thread with what admission reads; the TLS source, the drain
+// and the metrics registry stay here. Bodies are capped, header and request times bounded, TLS hot-reloaded.
 import { X509Certificate } from 'node:crypto';
 import { CoreV1Api, VersionApi, type KubeConfig } from '@kubernetes/client-node';
 import { formatApiError } from '../../../runtime/src/errors.js';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { handleAdmissionReview, type AdmissionOutcome } from './admission.js';
 import type { CertKeyPem } from './certs.js';
 import type { WebhookConfig } from './config.js';
-import { computePodPatch, parseServerVersion, sidecarContainer, type ServerVersion } from './patch.js';
-import { chooseSidecarMode, type SlimNode } from './sidecar-mode.js';
-import { describeVerdict, sidecarPodSecurity } from './pod-security.js';
+import type { FeedInjection } from './feed-injection.js';
+import { parseServerVersion, type ServerVersion } from './patch.js';
+import { serveWebhook, type AdmissionInputs, type Serving, type ServingObserver } from './serving.js';
+import type { SlimNode } from './sidecar-mode.js';
 import { MountedTls, SelfManagedTls, type TlsSource } from './tls-source.js';
+import { WebhookWorkerHost } from './worker-host.js';
+import type { StateDelta } from './worker-protocol.js';
+
+export { PRESTOP_PATH } from './serving.js';
+
+/**
+ * A cache the caller keeps (an Informer satisfies it): read directly with thread 'main', followed through
+ * its handlers and copied into the worker with thread 'worker'.
+ */
+export interface WatchedCache<T> {
+  get(name: string): T | undefined;
+  list(): Iterable<T>;
+  readonly synced: boolean;
+  whenSynced(): Promise<void>;
+  on(handlers: { add?(obj: T): void; update?(old: T, obj: T): void; delete?(obj: T): void }): void;
+}
 
 export interface StartWebhookOptions {
   config: WebhookConfig;
@@ -26,18 +41,18 @@ export interface StartWebhookOptions {
   /** Where the serving cert comes from; by default chosen by config.tls.mode. */
   tlsSource?: TlsSource;
   /**
-   * The namespaces' labels (a cache the caller keeps): a pod injected where a Pod Security level forbids the
-   * sidecar gets an AdmissionReview warning with the fix. Without it, no such warnings.
+   * The namespaces' labels: a pod injected where a Pod Security level forbids the sidecar gets an
+   * AdmissionReview warning with the fix. Without it, no such warnings.
    */
-  namespaces?: { get(name: string): { labels: Readonly<Record<string, string>> } | undefined };
+  namespaces?: WatchedCache<{ name: string; labels: Readonly<Record<string, string>> }>;
   /**
-   * The nodes' kubelet versions (a cache the caller keeps, used once synced): with sidecar.nativeSidecar=auto a
-   * pod gets a native sidecar only where its kubelet will run one (sidecar-mode.ts). Without it, the
-   * apiserver's version decides alone.
+   * The nodes' kubelet versions (used once synced): with sidecar.nativeSidecar=auto a pod gets a native
+   * sidecar only where its kubelet will run one (sidecar-mode.ts). Without it, the apiserver's version
+   * decides alone.
    */
-  nodes?: { list(): Iterable<SlimNode>; readonly synced: boolean };
-  /** Where injected agents reach the operator's feed (undefined: not serving yet; pods get no feed settings). */
-  feed?: () => { addresses: string[]; serverName: string } | undefined;
+  nodes?: WatchedCache<SlimNode>;
+  /** How often a worker posts its counts unasked (ms); a scrape of the registry asks anyway. */
+  metricsFlushMs?: number;
 }
 
 export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborted';
@@ -45,8 +60,21 @@ export type DrainOutcome = 'endpoints-gone' | 'timeout' | 'not-routed' | 'aborte
 export interface RunningWebhook {
   port: number;
   tls: TlsSource;
+  /** Where the server runs (config.thread). */
+  thread: 'worker' | 'main';
   /** The certificate served now (the agent feed serves the same one). */
   servingPem(): CertKeyPem;
+  /** Where injected agents reach the operator's feed (undefined: not serving; pods get no feed settings). */
+  setFeed(feed: { addresses: string[]; serverName: string } | undefined): void;
+  /** False while the worker is not listening (starting again after it exited), and once closing. */
+  ready(): boolean;
+  /**
+   * Resolves once the server sees every change made so far (setFeed, the caches, the TLS source) and its
+   * counts are in the registry: at once with thread 'main'; a round trip to the worker otherwise.
+   */
+  flush(): Promise<void>;
+  /** Ends the worker thread as a crash would; it is started again (tests). No-op with thread 'main'. */
+  killWorker(): Promise<void>;
   /**
    * Keeps serving until the webhook Service's Endpoints no longer list this pod (plus a grace for the
    * apiserver to notice), bounded by shutdown.drainTimeoutMs. Call it once the replica reports not ready.
@@ -60,9 +88,24 @@ const METRIC = {
   duration: 'kstreams_webhook_admission_duration_seconds',
   certExpiry: 'kstreams_webhook_certificate_expiry_timestamp_seconds',
   handshakes: 'kstreams_webhook_tls_handshakes_total',
+  workerRestarts: 'kstreams_webhook_worker_restarts_total',
 } as const;
 
-export type Metrics = { requests: Counter<'result' | 'reason'>; duration: Histogram<'result'>; certExpiry: Gauge; handshakes: Counter };
+export type Metrics = {
+  requests: Counter<'result' | 'reason'>;
+  duration: Histogram<'result'>;
+  certExpiry: Gauge;
+  handshakes: Counter;
+  workerRestarts: Counter;
+};
+
+/** Per registry, the worker hosts whose counts a scrape first fetches (a worker posts them in batches). */
+const flushers = new WeakMap<Registry, Set<() => Promise<void>>>();
+function flushersOf(registry: Registry): Set<() => Promise<void>> {
+  let set = flushers.get(registry);
+  if (!set) flushers.set(registry, (set = new Set()));
+  return set;
+}
 
 /**
  * Registers once per registry: a second server in the same process (tests, restarts) reuses them.
@@ -76,14 +119,18 @@ export function metricsIn(registry: Registry): Metrics {
       duration: registry.getSingleMetric(METRIC.duration) as Histogram<'result'>,
       certExpiry: registry.getSingleMetric(METRIC.certExpiry) as Gauge,
       handshakes: registry.getSingleMetric(METRIC.handshakes) as Counter,
+      workerRestarts: registry.getSingleMetric(METRIC.workerRestarts) as Counter,
     };
   }
+  // A scrape reads what the workers counted up to now, not up to their last batch (bounded: worker-host.ts).
+  const collect = async () => void (await Promise.all([...flushersOf(registry)].map((f) => f())));
   return {
     requests: new Counter({
       name: METRIC.requests,
       help: 'AdmissionReviews answered by the webhook, by result (patched, allowed, invalid) and reason',
       labelNames: ['result', 'reason'],
       registers: [registry],
+      collect,
     }),
     duration: new Histogram({
       name: METRIC.duration,
@@ -91,6 +138,7 @@ export function metricsIn(registry: Registry): Metrics {
       labelNames: ['result'],
       buckets: [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: [registry],
+      collect,
     }),
     certExpiry: new Gauge({
       name: METRIC.certExpiry,
@@ -100,6 +148,12 @@ export function metricsIn(registry: Registry): Metrics {
     handshakes: new Counter({
       name: METRIC.handshakes,
       help: 'TLS connections accepted; far fewer than admissions when the apiserver reuses connections',
+      registers: [registry],
+      collect,
+    }),
+    workerRestarts: new Counter({
+      name: METRIC.workerRestarts,
+      help: 'Times the webhook worker thread exited unasked and was started again (thread: worker)',
       registers: [registry],
     }),
   };
@@ -118,33 +172,11 @@ async function resolveServerVersion(opts: StartWebhookOptions): Promise<ServerVe
   }
 }
 
-/** GET <PRESTOP_PATH>?ms=N answers after N ms (at most PRESTOP_MAX_MS): the chart's preStop hook. */
-export const PRESTOP_PATH = '/prestop';
-const PRESTOP_MAX_MS = 60_000;
-const PRESTOP_CONCURRENCY = 4;
-
-function sendJson(res: ServerResponse, status: number, body: unknown, close = false): void {
-  const payload = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(payload),
-    ...(close ? { connection: 'close' } : {}),
-  });
-  res.end(payload);
-}
-
-function statusBody(code: number, reason: string, message: string) {
-  return { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason, code, message };
-}
-
 export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWebhook> {
   const { config, logger } = opts;
   const log = logger.child({ component: 'webhook' });
   const metrics = metricsIn(opts.registry);
   const version = await resolveServerVersion(opts);
-  const modeFor = (nodeName?: string) =>
-    chooseSidecarMode(config.sidecar.nativeSidecar, version, opts.nodes?.synced ? opts.nodes.list() : undefined, nodeName);
-  const initialMode = modeFor();
   const tls: TlsSource =
     opts.tlsSource ??
     (config.tls.mode === 'self-managed'
@@ -159,200 +191,142 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     }
   };
   setExpiry(pem);
-
+  /** What the TLS source serves now; `serving` once the server took it. */
+  let latest = pem;
   let serving = pem;
-  const feedSettings = () => {
-    const f = opts.feed?.();
-    const caPem = tls.trustPem?.();
-    return f && caPem ? { ...f, caPem } : undefined;
-  };
-  // The pod is injected even where Pod Security forbids the sidecar: the apiserver then rejects it with an
-  // error that names the kstreams-sidecar container, which the user sees (or the ReplicaSet's FailedCreate
-  // Event shows), instead of a pod that runs unmirrored without a word (docs/webhook.md, Pod Security).
-  const sidecarShape = sidecarContainer(config.sidecar, false);
-  // The mode is decided here, per pod, and handed to computePodPatch as a forced one.
-  const forced = { never: { ...config, sidecar: { ...config.sidecar, nativeSidecar: 'never' as const } }, always: { ...config, sidecar: { ...config.sidecar, nativeSidecar: 'always' as const } } };
-  let lastNative = initialMode.native;
-  const mutate = (pod: unknown, namespace: string) => {
-    const spec = (pod as { spec?: { nodeName?: unknown } } | null)?.spec;
-    const mode = modeFor(typeof spec?.nodeName === 'string' && spec.nodeName !== '' ? spec.nodeName : undefined);
-    if (mode.native !== lastNative && spec?.nodeName === undefined) {
-      lastNative = mode.native;
-      log.info({ nativeSidecar: mode.native, why: mode.why }, 'sidecar mode for new pods changed');
-    }
-    const result = computePodPatch(pod, { name: namespace }, mode.native ? forced.always : forced.never, version, feedSettings());
-    const ns = result.reason === 'injected' ? opts.namespaces?.get(namespace) : undefined;
-    if (!ns) return result;
-    const warnings = sidecarPodSecurity(ns.labels, sidecarShape).map((v) => describeVerdict(namespace, v, true));
-    return warnings.length > 0 ? { ...result, warnings } : result;
-  };
-
-  const observe = (started: bigint, result: AdmissionOutcome['result'] | { kind: 'invalid'; reason: string }) => {
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    metrics.requests.inc({ result: result.kind, reason: result.reason });
-    metrics.duration.observe({ result: result.kind }, seconds);
-  };
-
-  const handleMutate = (req: IncomingMessage, res: ServerResponse) => {
-    const started = process.hrtime.bigint();
-    const reject = (status: number, reason: string, message: string) => {
-      observe(started, { kind: 'invalid', reason });
-      log.warn({ status, reason, remote: req.socket.remoteAddress }, message);
-      sendJson(res, status, statusBody(status, reason, message), true);
-    };
-    const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-    if (contentType !== 'application/json') {
-      req.resume();
-      return reject(415, 'UnsupportedMediaType', `content-type must be application/json, got ${JSON.stringify(contentType ?? '')}`);
-    }
-    const declared = Number(req.headers['content-length'] ?? '0');
-    const tooLarge = `request body exceeds the webhook's limit of ${config.maxBodyBytes} bytes`;
-    if (declared > config.maxBodyBytes) {
-      // Drain instead of resetting, so the client reads the 413; requestTimeout bounds the drain.
-      req.resume();
-      return reject(413, 'RequestEntityTooLarge', tooLarge);
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let over = false;
-    req.on('data', (chunk: Buffer) => {
-      if (over) return;
-      size += chunk.length;
-      if (size > config.maxBodyBytes) {
-        over = true;
-        chunks.length = 0;
-        reject(413, 'RequestEntityTooLarge', tooLarge);
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('error', () => {
-      // Client went away or the request timed out: nothing to answer.
-    });
-    req.on('end', () => {
-      if (over || res.headersSent) return;
-      const outcome = handleAdmissionReview(Buffer.concat(chunks, size).toString('utf8'), mutate);
-      observe(started, outcome.result);
-      if (outcome.result.kind === 'invalid') log.warn({ status: outcome.status, reason: outcome.result.reason }, 'malformed AdmissionReview');
-      else log.debug({ ...outcome.request, result: outcome.result }, 'admission');
-      sendJson(res, outcome.status, outcome.body, outcome.status >= 400);
-    });
-  };
-
-  // The kubelet's preStop hook (an httpGet, so nothing is exec'd in the container): answers after the
-  // requested wait, while the terminating pod is dropped from the Service's Endpoints and still serves.
-  // It changes nothing, so whoever else calls it gains nothing; a few at a time, the rest get 429.
-  let preStopWaiting = 0;
-  const preStopWait = (req: IncomingMessage, res: ServerResponse) => {
-    const asked = Number(new URL(req.url ?? '/', 'https://webhook').searchParams.get('ms') ?? '0');
-    const ms = Number.isFinite(asked) ? Math.min(PRESTOP_MAX_MS, Math.max(0, asked)) : 0;
-    if (preStopWaiting >= PRESTOP_CONCURRENCY) return sendJson(res, 429, statusBody(429, 'TooManyRequests', 'preStop waits already running'), true);
-    preStopWaiting++;
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      preStopWaiting--;
-      clearTimeout(timer);
-    };
-    const timer = setTimeout(() => {
-      finish();
-      res.writeHead(200, { 'content-type': 'text/plain', connection: 'close' });
-      res.end(`waited ${ms} ms`);
-    }, ms);
-    res.on('close', finish);
-    log.info({ ms }, 'preStop: waiting while the Endpoints drop this pod');
-  };
-
-  const server: Server = createServer(
-    {
-      key: pem.keyPem,
-      cert: pem.certPem,
-      minVersion: 'TLSv1.2',
-      requestTimeout: config.requestTimeoutMs,
-      headersTimeout: config.headersTimeoutMs,
-      keepAliveTimeout: config.keepAliveTimeoutMs,
-      // Node enforces requestTimeout/headersTimeout only at this interval (30 s by default).
-      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 2))),
+  let feed: { addresses: string[]; serverName: string } | undefined;
+  const observer: ServingObserver = {
+    admission: (kind, reason, seconds) => {
+      metrics.requests.inc({ result: kind, reason });
+      metrics.duration.observe({ result: kind }, seconds);
     },
-    (req, res) => {
-      try {
-        const path = (req.url ?? '/').split('?')[0];
-        if (path === config.path) {
-          if (req.method !== 'POST') {
-            req.resume();
-            return sendJson(res, 405, statusBody(405, 'MethodNotAllowed', `use POST on ${config.path}`));
-          }
-          return handleMutate(req, res);
-        }
-        req.resume();
-        if (path === '/healthz' && (req.method === 'GET' || req.method === 'HEAD')) {
-          res.writeHead(200, { 'content-type': 'text/plain' });
-          return res.end('ok');
-        }
-        if (path === PRESTOP_PATH && req.method === 'GET') return preStopWait(req, res);
-        sendJson(res, 404, statusBody(404, 'NotFound', `no such path; the webhook serves POST ${config.path}, GET /healthz and GET ${PRESTOP_PATH}`));
-      } catch (e) {
-        log.error({ err: (e as Error).message }, 'webhook request handler failed');
-        if (!res.headersSent) sendJson(res, 500, statusBody(500, 'InternalError', 'internal error'), true);
-      }
-    },
-  );
-  // One port, two protocols: TLS for admissions (the first byte of a ClientHello is 0x16), plain HTTP for
-  // the kubelet's preStop httpGet only (kubelets before 1.23 ignore the hook's scheme and always speak HTTP).
-  const plain = createHttpServer(
-    { requestTimeout: config.requestTimeoutMs, headersTimeout: config.headersTimeoutMs, keepAliveTimeout: 1000 },
-    (req, res) => {
-      req.resume();
-      const path = (req.url ?? '/').split('?')[0];
-      if (path === PRESTOP_PATH && req.method === 'GET') return preStopWait(req, res);
-      sendJson(res, 400, statusBody(400, 'BadRequest', `plain HTTP serves only GET ${PRESTOP_PATH}; admissions need TLS`), true);
-    },
-  );
-  const front = createNetServer((socket: Socket) => {
-    socket.on('error', () => {});
-    socket.once('data', (first: Buffer) => {
-      socket.pause();
-      socket.unshift(first);
-      (first[0] === 0x16 ? server : plain).emit('connection', socket);
-      process.nextTick(() => socket.resume());
-    });
-  });
-  server.on('secureConnection', () => metrics.handshakes.inc());
-  server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
+    handshake: () => metrics.handshakes.inc(),
+  };
 
-  tls.onChange((next) => {
+  const stopTls = async <T>(p: Promise<T>): Promise<T> => {
     try {
-      server.setSecureContext({ key: next.keyPem, cert: next.certPem, minVersion: 'TLSv1.2' });
+      return await p;
+    } catch (e) {
+      // Do not leave the Secret watch and timers of the TLS source running behind a server that never was.
+      await tls.stop();
+      throw e;
+    }
+  };
+
+  let port: number;
+  let ready: () => boolean;
+  let killWorker: () => Promise<void> = async () => {};
+  let flush: () => Promise<void> = async () => {};
+  let setFeed: (f: typeof feed) => void;
+  let closeServer: () => Promise<void>;
+  if (config.thread === 'main') {
+    const inputs: AdmissionInputs = {
+      namespaceLabels: (name) => opts.namespaces?.get(name)?.labels,
+      nodes: () => (opts.nodes?.synced ? opts.nodes.list() : undefined),
+      feed: (): FeedInjection | undefined => {
+        const caPem = tls.trustPem?.();
+        return feed && caPem ? { ...feed, caPem } : undefined;
+      },
+    };
+    const server: Serving = await stopTls(serveWebhook({ config, version, log, inputs, observer, pem }));
+    tls.onChange((next) => {
+      if (!server.setTls(next)) return;
       serving = next;
       setExpiry(next);
-      log.info('webhook TLS context reloaded');
-    } catch (e) {
-      log.error({ err: (e as Error).message }, 'new webhook certificate rejected; still serving the previous one');
-    }
-  });
-
-  try {
-    await new Promise<void>((resolve, reject) => {
-      front.once('error', reject);
-      front.listen(config.port, config.host, () => {
-        front.off('error', reject);
-        resolve();
-      });
     });
-  } catch (e) {
-    // Do not leave the Secret watch and timers of the TLS source running behind a server that never was.
-    await tls.stop();
-    throw new Error(`webhook cannot listen on ${config.host}:${config.port}: ${(e as Error).message}`);
+    port = server.port;
+    ready = () => true;
+    setFeed = (f) => void (feed = f);
+    closeServer = () => server.close();
+  } else {
+    // Deltas are coalesced per object and posted once per turn of this loop (a relist of 10,000 namespaces
+    // is one message); TLS changes go at once, after the deltas before them.
+    let pending: { namespaces: Map<string, Record<string, string> | null>; nodes: Map<string, SlimNode | null>; rest: StateDelta } | undefined;
+    let host: WebhookWorkerHost | undefined;
+    const postPending = () => {
+      const p = pending;
+      pending = undefined;
+      if (!p || !host) return;
+      const delta: StateDelta = { ...p.rest };
+      if (p.namespaces.size > 0) delta.namespaces = [...p.namespaces];
+      if (p.nodes.size > 0) delta.nodes = [...p.nodes];
+      host.post({ type: 'state', delta });
+    };
+    const change = (f: (p: NonNullable<typeof pending>) => void) => {
+      if (!pending) {
+        pending = { namespaces: new Map(), nodes: new Map(), rest: {} };
+        setImmediate(postPending);
+      }
+      f(pending);
+    };
+    const trust = () => tls.trustPem?.() ?? null;
+    const nodesSynced = () => opts.nodes?.synced ?? false;
+    const snapshot = (): StateDelta => {
+      pending = undefined; // the snapshot holds every change not posted yet
+      return {
+        namespaces: [...(opts.namespaces?.list() ?? [])].map((n) => [n.name, { ...n.labels }]),
+        nodes: [...(opts.nodes?.list() ?? [])].map((n) => [n.name, n]),
+        nodesSynced: nodesSynced(),
+        feed: feed ?? null,
+        trustPem: trust(),
+      };
+    };
+    opts.namespaces?.on({
+      add: (n) => change((p) => p.namespaces.set(n.name, { ...n.labels })),
+      update: (_old, n) => change((p) => p.namespaces.set(n.name, { ...n.labels })),
+      delete: (n) => change((p) => p.namespaces.set(n.name, null)),
+    });
+    opts.nodes?.on({
+      add: (n) => change((p) => p.nodes.set(n.name, n)),
+      update: (_old, n) => change((p) => p.nodes.set(n.name, n)),
+      delete: (n) => change((p) => p.nodes.set(n.name, null)),
+    });
+    void opts.nodes?.whenSynced().then(() => change((p) => (p.rest.nodesSynced = true)));
+    // The CA agents trust changes with a CA rotation, before a cert of the new CA is served (tls-source.ts).
+    tls.onTrustChange?.((pemText) => change((p) => (p.rest.trustPem = pemText)));
+    host = new WebhookWorkerHost({
+      start: {
+        config,
+        version: version ?? null,
+        log: { level: log.level, bindings: log.bindings() },
+        metricsFlushMs: opts.metricsFlushMs ?? 1000,
+      },
+      port: config.port,
+      log,
+      pem: () => latest,
+      snapshot,
+      observer,
+      onTlsApplied: (next, applied) => {
+        if (!applied || next !== latest) return;
+        serving = next;
+        setExpiry(next);
+      },
+      onRestart: () => metrics.workerRestarts.inc(),
+    });
+    tls.onChange((next) => {
+      latest = next;
+      postPending();
+      host!.tls(next);
+    });
+    port = await stopTls(host.start());
+    const flusher = () => host!.flush();
+    flushersOf(opts.registry).add(flusher);
+    ready = () => host!.ready();
+    killWorker = () => host!.kill();
+    flush = () => {
+      postPending();
+      return host!.flush();
+    };
+    setFeed = (f) => {
+      feed = f;
+      change((p) => (p.rest.feed = f ?? null));
+    };
+    closeServer = async () => {
+      postPending();
+      await host!.close();
+      flushersOf(opts.registry).delete(flusher);
+    };
   }
-  // The two servers get their connections from `front` and never listen themselves: start their
-  // header/request timeout checks (Node starts them on 'listening') by hand.
-  server.emit('listening');
-  plain.emit('listening');
-  const address = front.address();
-  const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ port, host: config.host, path: config.path, nativeSidecar: initialMode.native, why: initialMode.why, version }, 'webhook listening');
-
   let closing: Promise<void> | undefined;
   let draining: Promise<DrainOutcome> | undefined;
   const sleep = (ms: number, signal?: AbortSignal) =>
@@ -400,32 +374,25 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     }
     return 'aborted';
   };
+  let stopped = false;
   return {
     port,
     tls,
+    thread: config.thread,
     servingPem: () => serving,
+    setFeed: (f) => setFeed(f),
+    ready: () => !stopped && ready(),
+    killWorker: () => killWorker(),
+    flush: () => flush(),
     drain(signal) {
       draining ??= drainOnce(signal);
       return draining;
     },
     close() {
+      stopped = true;
       closing ??= (async () => {
         await tls.stop();
-        await new Promise<void>((resolve) => {
-          front.close(() => resolve());
-          // Stops their timeout checks (they were never listening: the callbacks get ERR_SERVER_NOT_RUNNING).
-          server.close(() => undefined);
-          plain.close(() => undefined);
-          // Keep-alive connections from the apiserver would hold close() open.
-          server.closeIdleConnections();
-          plain.closeIdleConnections();
-          const t = setTimeout(() => {
-            server.closeAllConnections();
-            plain.closeAllConnections();
-          }, 2000);
-          t.unref();
-          front.once('close', () => clearTimeout(t));
-        });
+        await closeServer();
       })();
       return closing;
     },

@@ -54,6 +54,11 @@ export interface TlsSource {
   stop(): Promise<void>;
   /** The CA certificates (PEM) a client of the served cert should trust; undefined when not known here. */
   trustPem?(): string | undefined;
+  /**
+   * Called with trustPem() each time it changes after start(). A CA rotation changes it before a cert of the
+   * new CA is passed to onChange's listeners (a staged CA changes it alone).
+   */
+  onTrustChange?(listener: (caPem: string) => void): void;
 }
 
 /** setTimeout takes at most 2^31-1 ms; longer waits are re-checked at the resync anyway. */
@@ -89,6 +94,7 @@ export class SelfManagedTls implements TlsSource {
   private readonly tls: SelfManagedTlsConfig;
   private readonly sans: string[];
   private listeners: Array<(pem: CertKeyPem) => void> = [];
+  private trustListeners: Array<(caPem: string) => void> = [];
   private served: CertKeyPem | undefined;
   private trust: string | undefined;
   private timer: unknown;
@@ -127,6 +133,10 @@ export class SelfManagedTls implements TlsSource {
 
   onChange(listener: (pem: CertKeyPem) => void): void {
     this.listeners.push(listener);
+  }
+
+  onTrustChange(listener: (caPem: string) => void): void {
+    this.trustListeners.push(listener);
   }
 
   async start(): Promise<CertKeyPem> {
@@ -303,7 +313,11 @@ export class SelfManagedTls implements TlsSource {
   }
 
   private serve(bundle: TlsBundle): void {
-    this.trust = caBundlePem(bundle);
+    const trust = caBundlePem(bundle);
+    const trustChanged = this.served !== undefined && this.trust !== trust;
+    this.trust = trust;
+    // The trust first: whoever hands it out (the webhook, to injected agents) has it before the new cert.
+    if (trustChanged) for (const l of this.trustListeners) l(trust);
     if (this.served && this.served.certPem === bundle.serving.certPem && this.served.keyPem === bundle.serving.keyPem) return;
     const first = this.served === undefined;
     this.served = { ...bundle.serving };
@@ -406,6 +420,7 @@ export class SelfManagedTls implements TlsSource {
 /** cert-manager (or any tool) writes tls.crt/tls.key into a mounted Secret; re-read it periodically. */
 export class MountedTls implements TlsSource {
   private listeners: Array<(pem: CertKeyPem) => void> = [];
+  private trustListeners: Array<(caPem: string) => void> = [];
   private current: CertKeyPem | undefined;
   private ca: string | undefined;
   private timer: unknown;
@@ -423,10 +438,17 @@ export class MountedTls implements TlsSource {
     return this.ca;
   }
 
+  onTrustChange(listener: (caPem: string) => void): void {
+    this.trustListeners.push(listener);
+  }
+
   private async read(): Promise<CertKeyPem> {
     const { certDir, certFile, keyFile } = this.opts.tls;
     // cert-manager writes the issuing CA as ca.crt into the same Secret; agents of the feed trust it.
-    this.ca = await readFile(join(certDir, 'ca.crt'), 'utf8').catch(() => this.ca);
+    const ca = await readFile(join(certDir, 'ca.crt'), 'utf8').catch(() => this.ca);
+    const changed = this.current !== undefined && ca !== undefined && ca !== this.ca;
+    this.ca = ca;
+    if (changed) for (const l of this.trustListeners) l(ca);
     const [certPem, keyPem] = await Promise.all([readFile(join(certDir, certFile), 'utf8'), readFile(join(certDir, keyFile), 'utf8')]);
     return { certPem, keyPem };
   }

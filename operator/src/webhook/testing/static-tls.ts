@@ -4,9 +4,10 @@ import type { TlsSource } from '../tls-source.js';
 
 export class StaticTls implements TlsSource {
   private listeners: Array<(pem: CertKeyPem) => void> = [];
+  private trustListeners: Array<(caPem: string) => void> = [];
   constructor(
     public pem: CertKeyPem,
-    public readonly caPem: string,
+    public caPem: string,
   ) {}
 
   static async create(sans: string[] = ['127.0.0.1', 'localhost']): Promise<StaticTls> {
@@ -28,6 +29,14 @@ export class StaticTls implements TlsSource {
   }
   trustPem(): string {
     return this.caPem;
+  }
+  onTrustChange(listener: (caPem: string) => void): void {
+    this.trustListeners.push(listener);
+  }
+  /** Changes the CA clients should trust, as a staged CA rotation would. */
+  rotateTrust(caPem: string): void {
+    this.caPem = caPem;
+    for (const l of this.trustListeners) l(caPem);
   }
   async stop(): Promise<void> {}
 }
