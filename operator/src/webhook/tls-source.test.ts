@@ -57,6 +57,33 @@ describe('MountedTls (cert-manager mode)', () => {
     expect(pending.size).toBe(0);
   });
 
+  it('reports a changed ca.crt to onTrustChange before the cert it signs reaches onChange', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kstreams-webhook-tls-'));
+    dirs.push(dir);
+    const write = async (commonName: string) => {
+      const ca = await createCA({ commonName, nowMs: Date.now(), validitySeconds: 3600 });
+      const serving = await issueServingCert({ ca, sans: ['127.0.0.1'], nowMs: Date.now(), validitySeconds: 3600 });
+      writeFileSync(join(dir, 'ca.crt'), ca.certPem);
+      writeFileSync(join(dir, 'tls.crt'), serving.certPem);
+      writeFileSync(join(dir, 'tls.key'), serving.keyPem);
+      return ca.certPem;
+    };
+    const firstCa = await write('first');
+    const src = new MountedTls({ tls: CertManagerTlsSchema.parse({ mode: 'cert-manager', certDir: dir }), logger: pino({ level: 'silent' }), timers: manualTimers().timers });
+    const order: string[] = [];
+    src.onTrustChange((ca) => order.push(`trust ${ca === firstCa ? 'first' : 'second'}`));
+    src.onChange(() => order.push('cert'));
+    await src.start();
+    expect(src.trustPem()).toBe(firstCa);
+    expect(await src.reload()).toBe(false);
+    expect(order).toEqual([]);
+    const secondCa = await write('second');
+    expect(await src.reload()).toBe(true);
+    expect(src.trustPem()).toBe(secondCa);
+    expect(order).toEqual(['trust second', 'cert']);
+    await src.stop();
+  });
+
   it('says where it looked when the files are missing', async () => {
     const src = new MountedTls({
       tls: CertManagerTlsSchema.parse({ mode: 'cert-manager', certDir: '/nonexistent/kstreams' }),
