@@ -30,9 +30,9 @@ export interface WorkerHostOptions {
 }
 
 /** How the worker's module is loaded: the compiled .js beside this file, or the .ts source through tsx. */
-function workerEntry(): { url: URL; execArgv: string[] | undefined } {
+function workerEntry(): { url: URL } {
   const here = import.meta.url;
-  if (!here.endsWith('.ts')) return { url: new URL('./worker.js', here), execArgv: undefined };
+  if (!here.endsWith('.ts')) return { url: new URL('./worker.js', here) };
   // Under tsx or vitest: a worker thread does not inherit the loader, so its first module registers tsx.
   const require = createRequire(here);
   const pkgFile = require.resolve('tsx/package.json');
@@ -40,13 +40,7 @@ function workerEntry(): { url: URL; execArgv: string[] | undefined } {
   const api = pathToFileURL(join(dirname(pkgFile), pkg.exports['./esm/api']!.import.default)).href;
   const target = new URL('./worker.ts', here).href;
   const code = `import { register } from ${JSON.stringify(api)}; register(); await import(${JSON.stringify(target)});`;
-  const execArgv: string[] = [];
-  for (let i = 0; i < process.execArgv.length; i++) {
-    const a = process.execArgv[i]!;
-    if ((a === '--import' || a === '--loader') && /tsx/.test(process.execArgv[i + 1] ?? '')) i++;
-    else if (!/^--(import|loader)=.*tsx/.test(a)) execArgv.push(a);
-  }
-  return { url: new URL(`data:text/javascript,${encodeURIComponent(code)}`), execArgv };
+  return { url: new URL(`data:text/javascript,${encodeURIComponent(code)}`) };
 }
 
 export class WebhookWorkerHost {
@@ -134,9 +128,20 @@ export class WebhookWorkerHost {
   private spawn(first?: { resolve: (port: number) => void; reject: (e: Error) => void }): void {
     this.timer = undefined;
     if (this.closing) return;
-    const { url, execArgv } = workerEntry();
-    const start: WorkerStart = { ...this.o.start, port: this.port, pem: this.o.pem(), state: this.o.snapshot() };
-    const w = new Worker(url, { workerData: start, ...(execArgv ? { execArgv } : {}) });
+    let w: Worker;
+    try {
+      const start: WorkerStart = { ...this.o.start, port: this.port, pem: this.o.pem(), state: this.o.snapshot() };
+      // The thread inherits this process's node flags (execArgv).
+      w = new Worker(workerEntry().url, { workerData: start });
+    } catch (e) {
+      // Not even started (bad flags, out of memory): as if it had exited at once.
+      if (first) return first.reject(new Error(`webhook worker cannot start: ${(e as Error).message}`));
+      const delayMs = this.backoff.next();
+      this.o.log.error({ err: (e as Error).message, delayMs }, 'webhook worker cannot start; trying again');
+      this.o.onRestart();
+      this.timer = setTimeout(() => this.spawn(), delayMs);
+      return;
+    }
     this.worker = w;
     let failed: string | undefined;
     let resolveExit!: () => void;
