@@ -213,6 +213,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     }
   };
 
+  let stopped = false;
   let port: number;
   let ready: () => boolean;
   let killWorker: () => Promise<void> = async () => {};
@@ -253,6 +254,7 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       host.post({ type: 'state', delta });
     };
     const change = (f: (p: NonNullable<typeof pending>) => void) => {
+      if (stopped) return; // the caches outlive a closed webhook
       if (!pending) {
         pending = { namespaces: new Map(), nodes: new Map(), rest: {} };
         setImmediate(postPending);
@@ -374,7 +376,6 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
     }
     return 'aborted';
   };
-  let stopped = false;
   return {
     port,
     tls,

@@ -129,8 +129,9 @@ export class WebhookWorkerHost {
     this.timer = undefined;
     if (this.closing) return;
     let w: Worker;
+    const pem = this.o.pem();
     try {
-      const start: WorkerStart = { ...this.o.start, port: this.port, pem: this.o.pem(), state: this.o.snapshot() };
+      const start: WorkerStart = { ...this.o.start, port: this.port, pem, state: this.o.snapshot() };
       // The thread inherits this process's node flags (execArgv).
       w = new Worker(workerEntry().url, { workerData: start });
     } catch (e) {
@@ -156,6 +157,8 @@ export class WebhookWorkerHost {
         if (m.type === 'listening') {
           this.port = m.port;
           this.listening = true;
+          // A restarted worker serves what the TLS source served when it started.
+          this.o.onTlsApplied(pem, true);
           this.backoff.reset();
           first?.resolve(m.port);
           first = undefined;
