@@ -185,6 +185,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "capture" (ternary (dict "enabled" $v.sidecar.capture.enabled "sizeLimit" $v.sidecar.capture.sizeLimit "claimName" $v.sidecar.capture.claimName) (dict "enabled" $v.sidecar.capture.enabled "sizeLimit" $v.sidecar.capture.sizeLimit) (ne $v.sidecar.capture.claimName "")) }}
 {{- $webhook := dict
   "enabled" true
+  "thread" $v.webhook.thread
   "port" $v.webhook.port
   "namespace" .Release.Namespace
   "serviceName" (include "kstreams.webhookServiceName" .)
