@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
@@ -387,8 +388,8 @@ describe('the webhook worker, when it dies', () => {
       expect(hook.ready()).toBe(false);
       const t0 = performance.now();
       await waitFor('the worker to listen again', async () => hook.ready(), { timeoutMs: 5_000, intervalMs: 10 });
-      // The first restart waits 100-200 ms (200 ms with half of it jittered).
-      expect(performance.now() - t0).toBeGreaterThanOrEqual(90);
+      // The first restart waits 200 ms (then 400, 800, ... up to 10 s while they keep dying).
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(190);
       expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
       expect(await registry.getSingleMetricAsString('kstreams_webhook_worker_restarts_total')).toMatch(/_total 1$/m);
       // The counts of the new worker reach the same series.
@@ -397,5 +398,37 @@ describe('the webhook worker, when it dies', () => {
       await hook.close();
     }
     expect(hook.ready()).toBe(false);
+  });
+
+  it('backs off 200, 400, 800 ms ... while a new one cannot listen (its port taken meanwhile), not ready all that time', async () => {
+    const tls = await StaticTls.create();
+    const registry = new Registry();
+    const hook = await startWebhook({
+      config: WebhookConfigSchema.parse({ thread: 'worker', port: 0, host: '127.0.0.1' }),
+      kube: new KubeConfig(),
+      logger: pino({ level: 'silent' }),
+      registry,
+      serverVersion: { major: 1, minor: 20 },
+      tlsSource: tls,
+    });
+    const blocker = createNetServer();
+    try {
+      await hook.killWorker();
+      const t0 = performance.now();
+      // Within the first 200 ms: the port is free once the thread is gone.
+      await new Promise<void>((resolve, reject) => blocker.once('error', reject).listen(hook.port, '127.0.0.1', () => resolve()));
+      const restarts = async () => Number(/_total (\d+)$/m.exec(await registry.getSingleMetricAsString('kstreams_webhook_worker_restarts_total'))?.[1]);
+      const readiness: boolean[] = [];
+      await waitFor('three failed starts', async () => (readiness.push(hook.ready()), (await restarts()) >= 4), { timeoutMs: 10_000, intervalMs: 20 });
+      // The kill, then starts at 200, 600 and 1400 ms that found the port taken.
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(1350);
+      expect(readiness.every((r) => !r)).toBe(true);
+      await new Promise<void>((resolve) => blocker.close(() => resolve()));
+      await waitFor('the worker to listen again', async () => hook.ready(), { timeoutMs: 5_000, intervalMs: 20 });
+      expect((await post(hook.port, tls.caPem, review())).status).toBe(200);
+    } finally {
+      if (blocker.listening) blocker.close();
+      await hook.close();
+    }
   });
 });

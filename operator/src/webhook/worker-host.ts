@@ -57,7 +57,8 @@ export class WebhookWorkerHost {
 
   constructor(private readonly o: WorkerHostOptions) {
     this.port = o.port;
-    this.backoff = o.backoff ?? new Backoff({ initialMs: 200, maxMs: 10_000 });
+    // No jitter: a worker talks to nobody but this thread, so there is no herd of restarts to spread out.
+    this.backoff = o.backoff ?? new Backoff({ initialMs: 200, maxMs: 10_000, jitter: 0 });
   }
 
   /** The first worker: resolves with its port once it listens, rejects with why it could not. */
