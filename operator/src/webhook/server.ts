@@ -153,7 +153,7 @@ export function metricsIn(registry: Registry): Metrics {
     }),
     workerRestarts: new Counter({
       name: METRIC.workerRestarts,
-      help: 'Times the webhook worker thread exited unasked and was started again (thread: worker)',
+      help: 'Times the webhook worker thread exited unasked (or a restarted one failed to listen) and was started again (thread: worker)',
       registers: [registry],
     }),
   };
