@@ -253,7 +253,10 @@ std::shared_ptr<const TransformProfile> TransformRuntime::AddProfile(const Trans
   // Every send must stay within the program's message bound with all holds pushed back and every
   // replacement grown: a send of maxSend bytes cannot exceed it.
   double room = double(XF_MAX_MSG) - double(holders) * XF_MAX_PATTERN - 1;
-  double maxSend = std::floor(room / growth / 2);  // growth compounds on held bytes too: keep half
+  // Growth compounds on held bytes too: keep half. Without growth the bound is exact: sends of
+  // XF_MAX_SEND (32 KiB, the size of the page fragments tcp_bpf_sendmsg copies a send into) then fill
+  // one fragment each, and the program's first pull finds the message in one piece instead of copying it.
+  double maxSend = growth > 1 ? std::floor(room / growth / 2) : room;
   if (maxSend < 64) {
     SetError(error, "TransformInvalid",
              "spec.transform.ops: the replacements grow the stream too much (x" + std::to_string(int(growth)) +
