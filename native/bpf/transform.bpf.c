@@ -322,8 +322,10 @@ static __always_inline __u32 lowest_bit(__u64 m)
 	return (x * 0x0101010101010101ULL) >> 56;
 }
 
-/* Enter `phase`: the walk's copy of the pattern it looks for (struct xf_walk.plen .. p1). */
-static __noinline int set_phase(struct pass *p, __u32 phase)
+/* Enter `phase`: the walk's copy of the pattern it looks for (struct xf_walk.plen .. p1). Inlined: a mask
+ * changes phase twice per match, and a subprogram call and its return cost more than this body on a CPU
+ * whose kernel returns through a Safe RET thunk (ADR 0007 point 7). */
+static __always_inline int set_phase(struct pass *p, __u32 phase)
 {
 	struct xf_op *op = p->op;
 	struct xf_walk *w = p->w;
