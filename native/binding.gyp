@@ -10,6 +10,7 @@
         "src/engine/capture.cc",
         "src/engine/engine.cc",
         "src/engine/file_leg.cc",
+        "src/engine/flusher.cc",
         "src/engine/mirror_leg.cc",
         "src/engine/pipes.cc",
         "src/engine/primary.cc",

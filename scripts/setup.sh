@@ -23,9 +23,10 @@ fi
 
 # Debian packages: the BPF toolchain, the network tools the demo and tests drive, the real servers and clients
 # the protocol tests mirror (PostgreSQL 15 with pgbench, Redis 7 with redis-benchmark), and the bench's peers.
+# util-linux-extra: fincore, which the capture tests read the page cache of a file with.
 packages=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev pkg-config make g++ python3
-  iproute2 iptables socat curl jq procps util-linux
+  iproute2 iptables socat curl jq procps util-linux util-linux-extra
   haproxy iperf3
   postgresql-15 postgresql-client-15 redis-server redis-tools
   etcd-server

@@ -260,6 +260,12 @@ export interface CaptureStats {
    * read) until the writer had drained its capture pipe, where an engine with an app would cut (cutsSlow).
    */
   holds: number;
+  /**
+   * Data bytes (both directions) written back to disk and dropped from the page cache by the engine's
+   * flusher (docs/capture.md, "How the writer keeps the page cache bounded"): a file's bytes up to 32 MiB
+   * behind its write offset while it grows, all of them after its end.
+   */
+  bytesWrittenBack: number;
 }
 
 export interface EngineStats {

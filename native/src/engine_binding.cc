@@ -401,6 +401,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
       c.Set("cutsSlow", double(t.capturesCutSlow));
       c.Set("cutsDisk", double(t.capturesCutDisk));
       c.Set("holds", double(t.captureHolds));
+      c.Set("bytesWrittenBack", double(t.bytesWrittenBack));
       to.Set("capture", c);
     }
     targets.Set(uint32_t(i), to);

@@ -347,7 +347,54 @@ describe('a recorder (upstream none)', () => {
   });
 });
 
+/** Bytes of `file` in the page cache (fincore, util-linux: mincore(2) over the file). */
+function cached(file: string): number {
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES', file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`fincore ${file}: ${r.stderr}`);
+  return Number(r.stdout.trim());
+}
+
 describe('a capture is bounded', () => {
+  it('keeps a capture\'s page cache bounded: at most 36 MiB of a growing file cached, none of it after its end; the file is exact', async () => {
+    // The flusher (docs/capture.md, "How the writer keeps the page cache bounded") writes back and drops
+    // a data file's pages more than 32 MiB behind its write offset, and the rest at its end. Without it
+    // the kernel keeps every page recorded cached (a clean page stays until memory runs short). A
+    // recorder (upstream none), so that a writer starved of CPU on a shared machine holds the client
+    // back instead of being cut: this test is about the page cache, not about the writer's speed.
+    const dir = newDir();
+    const e = startLocalEngine(engines, { upstream: 'none', mirrors: [{ name: 'rec', file: { path: dir }, samplingPercent: 100 }] });
+    const data = randomBytes(64 * MB);
+    const sock = net.connect(e.listenAddress.port, '127.0.0.1');
+    sock.on('error', () => undefined); // a failed test stops the engine under it
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.resume();
+    await new Promise<void>((r) => sock.write(data.subarray(0, 48 * MB), () => r()));
+    const c2sPath = join(target(e.stats()).capture!.session, 'conns', '000000001.c2s');
+    // 48 MiB written: everything up to 16 MiB must be written back and dropped.
+    const mid = await until('48 MiB written, 16 MiB of it written back', () => {
+      const t = target(e.stats());
+      return t.bytesMirrored === 48 * MB && t.capture!.bytesWrittenBack >= 16 * MB && t;
+    }, 60_000);
+    const midway = cached(c2sPath);
+    expect(midway).toBeLessThanOrEqual(36 * MB);
+    sock.end(data.subarray(48 * MB));
+    await closed;
+    // The file complete: every byte written back and dropped.
+    await until('the file written back', () => {
+      const t = target(e.stats());
+      return t.connectionsActive === 0 && t.capture!.bytesWrittenBack === 64 * MB && t;
+    }, 60_000);
+    const after = cached(c2sPath);
+    console.log(`page cache of a 64 MiB capture: ${(midway / MB).toFixed(1)} MiB at 48 MiB written (${(mid.capture!.bytesWrittenBack / MB).toFixed(0)} MiB written back), ${after} bytes after its end`);
+    expect(after).toBe(0);
+    const s = await stopped(e);
+    expect(target(s)).toMatchObject({ bytesMirrored: 64 * MB, bytesDropped: 0, connectionsCut: 0 });
+    const c = (await readOnlySession(dir)).conns[0]!;
+    expect(c.end).toMatchObject({ how: 'fin', c2s: 64 * MB });
+    expect(fileBytes(c.c2sPath).equals(data)).toBe(true);
+  });
+
   it('maxBytes: the capture holds exactly maxBytes; the live connection is cut there, later ones are not recorded; the primary is exact', async () => {
     const app = await startApp();
     const dir = newDir();

@@ -7,6 +7,9 @@
 //    with splice() from the capture pipes: the file offset advances, stream bytes never reach user space.
 //  - The index is appended with write(), one whole line per call; a line the disk could not take whole
 //    is cut off again (ftruncate to the last whole line), so the index is always whole lines.
+//  - Every splice tells the engine's flusher (flusher.h) how long the file is now, and a connection's end
+//    tells it the file is complete; the flusher writes back and drops the pages behind. That is all the
+//    writer does for it: it never waits on the flusher.
 //  - A failed write (ENOSPC, EDQUOT, EIO) marks the connection failed: the worker cuts it at its next
 //    batch; its end record says `cut` with the bytes really in the files. A full disk also makes the
 //    capture full: new connections are not recorded.
@@ -105,15 +108,17 @@ uint64_t MonotonicNs() {
 }
 
 CaptureConn::~CaptureConn() {
-  for (int* fd : {&c2sRd, &c2sWr, &s2cRd, &s2cWr, &c2sFd, &s2cFd, &idxFd}) CloseFd(*fd);
+  for (int* fd : {&c2sRd, &c2sWr, &s2cRd, &s2cWr, &idxFd}) CloseFd(*fd);
 }
 
-CaptureSession::CaptureSession(const CaptureSpec& spec, std::string target, std::shared_ptr<TargetCounters> counters)
-    : spec_(spec), target_(std::move(target)), counters_(std::move(counters)) {}
+CaptureSession::CaptureSession(const CaptureSpec& spec, std::string target, std::shared_ptr<TargetCounters> counters,
+                               std::shared_ptr<CaptureFlusher> flusher)
+    : spec_(spec), target_(std::move(target)), counters_(std::move(counters)), flusher_(std::move(flusher)) {}
 
 std::shared_ptr<CaptureSession> CaptureSession::Create(const CaptureSpec& spec, const std::string& target,
-                                                       std::shared_ptr<TargetCounters> counters, StartError* error) {
-  std::shared_ptr<CaptureSession> s(new CaptureSession(spec, target, std::move(counters)));
+                                                       std::shared_ptr<TargetCounters> counters,
+                                                       std::shared_ptr<CaptureFlusher> flusher, StartError* error) {
+  std::shared_ptr<CaptureSession> s(new CaptureSession(spec, target, std::move(counters), std::move(flusher)));
   if (spec.dir.empty() || spec.dir[0] != '/') {
     *error = {EINVAL, "mkdir", "capture directory '" + spec.dir + "' (an absolute path is needed)"};
     return nullptr;
@@ -264,10 +269,14 @@ bool CaptureSession::OpenFiles(CaptureConn& c) {
   snprintf(id, sizeof id, "%09llu", static_cast<unsigned long long>(c.id));
   std::string base = conns_ + "/" + id;
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+  auto data = [&](const char* ext) {
+    int fd = open((base + ext).c_str(), flags, 0640);
+    return fd >= 0 ? std::make_shared<CaptureFile>(fd, counters_) : nullptr;
+  };
   c.idxFd = open((base + ".idx").c_str(), flags, 0640);
-  c.c2sFd = c.idxFd >= 0 ? open((base + ".c2s").c_str(), flags, 0640) : -1;
-  if (spec_.responses && c.c2sFd >= 0) c.s2cFd = open((base + ".s2c").c_str(), flags, 0640);
-  if (c.idxFd < 0 || c.c2sFd < 0 || (spec_.responses && c.s2cFd < 0)) {
+  if (c.idxFd >= 0) c.c2sFile = data(".c2s");
+  if (spec_.responses && c.c2sFile) c.s2cFile = data(".s2c");
+  if (c.idxFd < 0 || !c.c2sFile || (spec_.responses && !c.s2cFile)) {
     Fail(c, errno);
     return false;
   }
@@ -291,10 +300,10 @@ bool CaptureSession::AppendIndex(CaptureConn& c, const std::string& line) {
 
 void CaptureSession::Write(CaptureConn& c, bool c2s, uint64_t bytes) {
   int rd = c2s ? c.c2sRd : c.s2cRd;
-  int fd = c2s ? c.c2sFd : c.s2cFd;
+  const std::shared_ptr<CaptureFile>& file = c2s ? c.c2sFile : c.s2cFile;
   uint64_t& written = c2s ? c.c2sWritten : c.s2cWritten;
-  while (bytes > 0 && !c.failed.load(std::memory_order_relaxed) && fd >= 0) {
-    ssize_t n = splice(rd, nullptr, fd, nullptr, size_t(bytes), SPLICE_F_MOVE);
+  while (bytes > 0 && !c.failed.load(std::memory_order_relaxed) && file) {
+    ssize_t n = splice(rd, nullptr, file->fd, nullptr, size_t(bytes), SPLICE_F_MOVE);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       Fail(c, n < 0 ? errno : EIO);
@@ -303,6 +312,7 @@ void CaptureSession::Write(CaptureConn& c, bool c2s, uint64_t bytes) {
     bytes -= uint64_t(n);
     written += uint64_t(n);
     (c2s ? counters_->capture.bytesWritten : counters_->capture.responseBytes).fetch_add(uint64_t(n), std::memory_order_relaxed);
+    flusher_->Wrote(file, written);
   }
   // Bytes tee'd but not written stay in the pipe until it is closed at the end: lost, counted.
   if (bytes > 0 && c2s) counters_->capture.bytesLost.fetch_add(bytes, std::memory_order_relaxed);
@@ -333,8 +343,13 @@ void CaptureSession::Handle(CaptureOp& op) {
       AppendIndex(c, "{\"r\":\"end\",\"ns\":" + Ns(op.ns) + ",\"how\":\"" + how + "\",\"c2s\":" +
                          std::to_string(c.c2sWritten) + ",\"s2c\":" + std::to_string(c.s2cWritten) + "}\n");
       counters_->capture.connectionsWritten.fetch_add(1, std::memory_order_relaxed);
-      // Closes the pipes (and whatever a failed write left in them) and the files.
-      for (int* fd : {&c.c2sRd, &c.c2sWr, &c.s2cRd, &c.s2cWr, &c.c2sFd, &c.s2cFd, &c.idxFd}) CloseFd(*fd);
+      // Closes the pipes (and whatever a failed write left in them) and the index; the data files go to
+      // the flusher, to write back and drop, and are closed by whichever lets go of them last.
+      for (int* fd : {&c.c2sRd, &c.c2sWr, &c.s2cRd, &c.s2cWr, &c.idxFd}) CloseFd(*fd);
+      for (std::shared_ptr<CaptureFile>* f : {&c.c2sFile, &c.s2cFile}) {
+        if (*f) flusher_->Ended(*f);
+        f->reset();
+      }
       break;
     }
   }

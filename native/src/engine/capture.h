@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "counters.h"
+#include "flusher.h"
 
 namespace kstreams {
 namespace engine {
@@ -35,14 +36,16 @@ struct CaptureSpec {
 };
 
 // One recorded connection, shared by its leg (worker side) and the writer. The worker owns `id`, the
-// pipes' write ends until it posts the end; the writer owns the files and closes everything at the end.
+// pipes' write ends until it posts the end; the writer owns the files and closes everything at the end
+// (a data file once the engine's flusher is done with it too: CaptureFile).
 struct CaptureConn {
   uint64_t id = 0;
   int c2sRd = -1, c2sWr = -1, s2cRd = -1, s2cWr = -1;
   // Set by the writer when a write failed (disk full, I/O error): the worker cuts the capture.
   std::atomic<bool> failed{false};
   // Writer side.
-  int c2sFd = -1, s2cFd = -1, idxFd = -1;
+  std::shared_ptr<CaptureFile> c2sFile, s2cFile;
+  int idxFd = -1;
   uint64_t c2sWritten = 0, s2cWritten = 0;
   uint64_t idxLength = 0;
   ~CaptureConn();
@@ -66,8 +69,10 @@ uint64_t MonotonicNs();
 class CaptureSession {
  public:
   // Creates DIR (if missing), the session directory and conns/: *error (naming the path) when it cannot.
+  // `flusher`: the engine's, which keeps the data files' page cache bounded.
   static std::shared_ptr<CaptureSession> Create(const CaptureSpec& spec, const std::string& target,
-                                                std::shared_ptr<TargetCounters> counters, StartError* error);
+                                                std::shared_ptr<TargetCounters> counters,
+                                                std::shared_ptr<CaptureFlusher> flusher, StartError* error);
   ~CaptureSession();
   // Writes session.json and starts the writer; ops posted before wait for it. Idempotent.
   // `writer`: engine, or recorder (docs/capture.md).
@@ -92,7 +97,8 @@ class CaptureSession {
   void Post(CaptureOp&& op);
 
  private:
-  CaptureSession(const CaptureSpec& spec, std::string target, std::shared_ptr<TargetCounters> counters);
+  CaptureSession(const CaptureSpec& spec, std::string target, std::shared_ptr<TargetCounters> counters,
+                 std::shared_ptr<CaptureFlusher> flusher);
   void Run();
   void Handle(CaptureOp& op);
   bool OpenFiles(CaptureConn& c);
@@ -105,6 +111,7 @@ class CaptureSession {
   CaptureSpec spec_;
   std::string target_, path_, conns_;
   std::shared_ptr<TargetCounters> counters_;
+  std::shared_ptr<CaptureFlusher> flusher_;
   std::atomic<uint64_t> nextId_{0};
   std::atomic<uint64_t> reserved_{0};
   std::atomic<bool> full_{false};

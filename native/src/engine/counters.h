@@ -82,6 +82,8 @@ struct CaptureTotals {
   std::atomic<uint64_t> bytesLost{0};      // client bytes tee'd but never written (a failed write)
   std::atomic<uint64_t> cutsDisk{0};       // captures cut because a write failed (ENOSPC, EDQUOT, EIO)
   std::atomic<uint64_t> connectionsWritten{0};  // connections whose end record was written
+  // Data bytes (both directions) the engine's flusher (flusher.h) wrote back and dropped from the page cache.
+  std::atomic<uint64_t> bytesWrittenBack{0};
 };
 
 // One mirror target's counters, one slot per worker; kept per target name for the engine's lifetime.
@@ -106,6 +108,7 @@ struct TargetStats {
   std::string captureSession;  // the session directory being written
   uint64_t responseBytes = 0, connectionsNotRecorded = 0, capturesCutFull = 0, capturesCutSlow = 0, capturesCutDisk = 0;
   uint64_t captureHolds = 0;
+  uint64_t bytesWrittenBack = 0;
 };
 
 struct Stats {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <set>
 
+#include "flusher.h"
 #include "pipes.h"
 #include "sockets.h"
 #include "worker.h"
@@ -15,7 +16,7 @@
 namespace kstreams {
 namespace engine {
 
-Engine::Engine(const Config& config) : config_(config) {}
+Engine::Engine(const Config& config) : config_(config), flusher_(std::make_shared<CaptureFlusher>()) {}
 
 Engine::~Engine() { Stop(); }
 
@@ -97,7 +98,7 @@ bool Engine::Apply(const Settings& settings, StartError* error) {
       captures[m.name] = it->second;
       continue;
     }
-    auto s = CaptureSession::Create(*m.file, m.name, CountersFor(m.name), error);
+    auto s = CaptureSession::Create(*m.file, m.name, CountersFor(m.name), flusher_, error);
     if (!s) {
       for (auto& o : opened) o.second->Discard();
       return false;
@@ -189,8 +190,10 @@ DrainResult Engine::End(Mode mode, uint32_t timeoutMs) {
   // Outside the lock, so that Stop() can cut a drain short meanwhile.
   for (auto& w : workers_) w->Join();
   CloseFd(listener_);
-  // The workers posted every connection's end; the writers write them and stop.
+  // The workers posted every connection's end; the writers write them and stop. Then the flusher, which
+  // leaves what it had not got to (the last 32 MiB or so of each file) to the kernel's own writeback.
   for (auto& c : allCaptures_) c->Close();
+  flusher_->Stop();
   DrainResult r;
   for (uint32_t i = 0; i < config_.threads && workerCounters_; i++) {
     r.drained += Read(workerCounters_[i].connectionsDrained);
@@ -267,6 +270,7 @@ Stats Engine::Snapshot() const {
       ts.bytesDropped += t.capture.bytesLost.load(std::memory_order_relaxed);
       ts.responseBytes = t.capture.responseBytes.load(std::memory_order_relaxed);
       ts.capturesCutDisk = t.capture.cutsDisk.load(std::memory_order_relaxed);
+      ts.bytesWrittenBack = t.capture.bytesWrittenBack.load(std::memory_order_relaxed);
       ts.connectionsCut += ts.capturesCutDisk;
       auto c = captures_.find(name);
       if (c != captures_.end()) ts.captureSession = c->second->path();

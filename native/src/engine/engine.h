@@ -39,6 +39,7 @@ struct StartError {
 };
 
 class Worker;
+class CaptureFlusher;
 
 class Engine {
  public:
@@ -97,6 +98,9 @@ class Engine {
   // the workers, so that their last records are written).
   std::map<std::string, std::shared_ptr<CaptureSession>> captures_;
   std::vector<std::shared_ptr<CaptureSession>> allCaptures_;
+  // Keeps the captures' page cache bounded (flusher.h): one thread for all of them, started with the
+  // first data file, stopped after the captures' writers.
+  std::shared_ptr<CaptureFlusher> flusher_;
   std::string ListenText() const;
 
   std::atomic<int64_t> mirrorBufferInUse_{0};
