@@ -185,6 +185,7 @@ void CaptureSession::Begin(const std::string& listen, const char* writer) {
     full_.store(true, std::memory_order_relaxed);
   }
   CloseFd(fd);
+  flusher_->Start();
   thread_ = std::thread([this] { Run(); });
   // Named for top -H / ps -L (and for the tests that starve it on purpose).
   pthread_setname_np(thread_.native_handle(), "ks-capture");

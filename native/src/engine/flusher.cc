@@ -52,13 +52,16 @@ void CaptureFlusher::Enqueue(const std::shared_ptr<CaptureFile>& f, bool always)
       return;
     }
     queue_.push_back(f);
-    if (!thread_.joinable()) {
-      thread_ = std::thread([this] { Run(); });
-      // Named for top -H / ps -L and perf.
-      pthread_setname_np(thread_.native_handle(), "ks-cap-flush");
-    }
   }
   cv_.notify_one();
+}
+
+void CaptureFlusher::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_ || thread_.joinable()) return;
+  thread_ = std::thread([this] { Run(); });
+  // Named for top -H / ps -L and perf.
+  pthread_setname_np(thread_.native_handle(), "ks-cap-flush");
 }
 
 void CaptureFlusher::Stop() {

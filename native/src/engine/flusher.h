@@ -42,8 +42,9 @@ struct CaptureFile {
   std::atomic<bool> ended{false};
   // In the flusher's queue (at most one entry per file).
   std::atomic<bool> queued{false};
-  // The writer's only: the length at which it queues the file next.
-  uint64_t nextKick = 0;
+  // The writer's only: the length at which it queues the file next (a file shorter than one chunk is
+  // queued only at its end: no wake-up of the flusher for each new connection).
+  uint64_t nextKick = 4ull << 20;
   // The flusher's only: writeback started up to `started`; written back and dropped up to `dropped`.
   uint64_t started = 0, dropped = 0;
 };
@@ -62,6 +63,9 @@ class CaptureFlusher {
   CaptureFlusher(const CaptureFlusher&) = delete;
   CaptureFlusher& operator=(const CaptureFlusher&) = delete;
 
+  // Starts the thread (idempotent): by the capture sessions as they begin, so that the writers never
+  // pay for it.
+  void Start();
   // Writer side; never waits on the flusher's work. The file is now `written` bytes long.
   void Wrote(const std::shared_ptr<CaptureFile>& f, uint64_t written);
   // The file is complete: the flusher writes back and drops the rest of it.
@@ -79,7 +83,7 @@ class CaptureFlusher {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<CaptureFile>> queue_;
   bool stopping_ = false;
-  std::thread thread_;  // started with the first file queued: an engine without file targets has none
+  std::thread thread_;  // started by the first capture session: an engine without file targets has none
 };
 
 }  // namespace engine
