@@ -12,7 +12,10 @@ export interface OperatorProcess {
   child: ChildProcess;
   /** Each stdout line, parsed as JSON (pino), or `{msg: line}` when it is not. */
   lines: Record<string, unknown>[];
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves at its exit; `at` is `performance.now()` when the exit was seen. */
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+  /** What it wrote to stderr so far. */
+  stderr(): string;
   /** Kills it (SIGKILL) unless it has exited, and waits for the exit. */
   kill(): Promise<void>;
 }
@@ -34,10 +37,11 @@ export function startOperator(identity: string, env: Record<string, string>): Op
   });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
     child.once('exit', (code, signal) => {
+      const at = performance.now();
       if (code !== 0 && signal === null && stderr) lines.push({ msg: `stderr: ${stderr}` });
-      resolve({ code, signal });
+      resolve({ code, signal, at });
     }),
   );
   return {
@@ -45,6 +49,7 @@ export function startOperator(identity: string, env: Record<string, string>): Op
     child,
     lines,
     exit,
+    stderr: () => stderr,
     async kill() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exit;

@@ -1,13 +1,10 @@
 // Graceful shutdown of the webhook against the real apiserver: on SIGTERM a real operator process stops
 // being ready at once, keeps answering admissions while the webhook Service's Endpoints still list it, and
 // exits once they no longer do; the drain is bounded when they never change.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
@@ -15,14 +12,13 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { waitFor } from '../../../e2e/cluster/local/processes.js';
 import { KubeRest } from '../../../runtime/src/rest.js';
 import { installCrd } from '../testing/kube.js';
+import { startOperator, type OperatorProcess } from '../testing/operator-process.js';
 import { WebhookConfigSchema } from './config.js';
 import { startWebhook } from './server.js';
 import { StaticTls } from './testing/static-tls.js';
 import { bestEffort, createNamespace, freshName, isInjected, podBody } from './testing/cluster.js';
 
 const kubeconfig = inject('kubeconfig');
-const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
-const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const WEBHOOK_PORT = 47420;
 const HEALTH_PORT = 47421;
 const WEBHOOK_PORT_BOUNDED = 47422;
@@ -48,7 +44,7 @@ describe('webhook graceful shutdown', () => {
   const admission = kc.makeApiClient(AdmissionregistrationV1Api);
   const namespaces: string[] = [];
   const webhookConfigs: string[] = [];
-  let child: ChildProcess | undefined;
+  let operator: OperatorProcess | undefined;
   let dir: string;
 
   beforeAll(async () => {
@@ -59,10 +55,7 @@ describe('webhook graceful shutdown', () => {
   });
 
   afterAll(async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((r) => child!.once('exit', r));
-    }
+    await operator?.kill();
     for (const name of webhookConfigs) await bestEffort(() => admission.deleteMutatingWebhookConfiguration({ name }));
     for (const ns of namespaces) await bestEffort(() => core.deleteNamespace({ name: ns }));
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -104,22 +97,8 @@ describe('webhook graceful shutdown', () => {
         },
       }),
     );
-    const lines: Record<string, unknown>[] = [];
-    child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-      cwd: REPO,
-      env: { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: kubeconfig, KSTREAMS_LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      try {
-        lines.push(JSON.parse(l) as Record<string, unknown>);
-      } catch {
-        lines.push({ msg: l });
-      }
-    });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<{ code: number | null; at: number }>((resolve) => child!.once('exit', (code) => resolve({ code, at: performance.now() })));
+    operator = startOperator('ksh3-drain', { KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: kubeconfig });
+    const { child, lines } = operator;
 
     const admit = async () => isInjected(await core.createNamespacedPod({ namespace: shop, body: podBody(freshName('pod')), dryRun: 'All' }));
     await waitFor('the operator to be ready', async () => (await readyz(HEALTH_PORT)) === 200, { timeoutMs: 30_000, intervalMs: 100 });
@@ -138,9 +117,9 @@ describe('webhook graceful shutdown', () => {
     // The endpoints controller drops the terminating pod: now it may go.
     const removedAt = performance.now();
     await core.replaceNamespacedEndpoints({ name: 'kstreams-webhook', namespace: opNs, body: { metadata: { name: 'kstreams-webhook' }, subsets: [] } });
-    const { code, at } = await exited;
+    const { code, at } = await operator.exit;
     console.log(`[drain] ${during.length} admissions injected while draining; exit ${code} ${Math.round(at - removedAt)} ms after the Endpoints dropped the pod`);
-    expect(code, stderr).toBe(0);
+    expect(code, operator.stderr()).toBe(0);
     expect(at - removedAt).toBeLessThan(5_000);
     expect(at - removedAt).toBeGreaterThanOrEqual(300); // the grace for the apiserver's view of the Endpoints
     expect(lines.some((l) => l.msg === 'webhook drain: no longer in the Endpoints')).toBe(true);
