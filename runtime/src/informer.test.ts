@@ -107,6 +107,44 @@ describe('Informer', () => {
     await inf.stop();
   });
 
+  it('with a list function (one object by name, no list RBAC): lists through it, watches from its resourceVersion, relists through it after 410', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    server.steps.push(async (emit) => emit({ type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old resource version' } as never }));
+    let current: Obj | undefined = obj('tls', '7');
+    const reads: string[] = [];
+    const seen: string[] = [];
+    const inf = new Informer<Obj>({
+      name: 'one secret',
+      transport: server,
+      path: '/api/v1/namespaces/ns/secrets',
+      fieldSelector: 'metadata.name=tls',
+      list: async () => {
+        reads.push('get tls');
+        return current ? { items: [current as never], resourceVersion: current.metadata.resourceVersion } : { items: [] };
+      },
+      transform: (raw) => raw as unknown as Obj,
+      key: (o) => o.metadata.name,
+      clock,
+      backoff: new Backoff({ initialMs: 1000, maxMs: 8000, jitter: 0, random: () => 0 }),
+      resyncPeriodMs: 60_000,
+      watchTimeoutSeconds: () => 300,
+    });
+    inf.on({ add: (o) => seen.push(`add ${o.metadata.name}`), delete: (o) => seen.push(`delete ${o.metadata.name}`) });
+    inf.start();
+    await inf.whenSynced();
+    await flushMicrotasks();
+    expect(server.lists).toEqual([]); // never a list request
+    expect(reads).toEqual(['get tls']);
+    expect(server.watches[0]).toMatchObject({ resourceVersion: '7', fieldSelector: 'metadata.name=tls' });
+    current = undefined; // deleted while the watch was down
+    await clock.advance(1000);
+    expect(reads).toEqual(['get tls', 'get tls']);
+    expect(seen).toEqual(['add tls', 'delete tls']);
+    expect(server.lists).toEqual([]);
+    await inf.stop();
+  });
+
   it('backs off exponentially while the apiserver keeps failing, then recovers', async () => {
     const server = new FakeServer();
     const clock = new FakeClock();

@@ -59,6 +59,11 @@ export interface InformerOptions<T> {
   labelSelector?: string;
   /** e.g. `metadata.name=kstreams-sidecar`: RBAC can then limit list/watch to that name (resourceNames). */
   fieldSelector?: string;
+  /**
+   * Replaces the paged list of `path`: the objects (raw) and the resourceVersion to watch from. For one object
+   * read by name where RBAC grants get and watch on that name but not list (the webhook's TLS Secret).
+   */
+  list?: (signal: AbortSignal) => Promise<{ items: Record<string, unknown>[]; resourceVersion?: string }>;
   /** Keeps what the operator needs of a raw object. */
   transform: (raw: Record<string, unknown>) => T;
   key: (obj: T) => string;
@@ -217,7 +222,22 @@ export class Informer<T> {
     const fresh = new Map<string, T>();
     let cont: string | undefined;
     let listRv: string | undefined;
-    do {
+    const keep = (raw: Record<string, unknown>) => {
+      let obj: T;
+      try {
+        obj = transform(raw);
+      } catch (error) {
+        this.emit(InformerLifecycle.HandlerFailed, { error, handler: 'transform' });
+        return;
+      }
+      fresh.set(key(obj), obj);
+    };
+    if (this.opts.list) {
+      const got = await this.opts.list(signal);
+      if (signal.aborted) return;
+      listRv = got.resourceVersion;
+      for (const raw of got.items) keep(raw);
+    } else do {
       const q = new URLSearchParams({ limit: String(pageSize) });
       if (cont) q.set('continue', cont);
       if (this.opts.labelSelector) q.set('labelSelector', this.opts.labelSelector);
@@ -228,16 +248,7 @@ export class Informer<T> {
       );
       if (signal.aborted) return;
       listRv ??= page.metadata?.resourceVersion;
-      for (const raw of page.items ?? []) {
-        let obj: T;
-        try {
-          obj = transform(raw);
-        } catch (error) {
-          this.emit(InformerLifecycle.HandlerFailed, { error, handler: 'transform' });
-          continue;
-        }
-        fresh.set(key(obj), obj);
-      }
+      for (const raw of page.items ?? []) keep(raw);
       cont = page.metadata?.continue || undefined;
     } while (cont);
     // Deliver the difference between the old cache and the new list, so that consumers see deletes that
