@@ -54,6 +54,8 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   const registry = d.registry ?? new Registry();
   const metrics = createMetrics(registry);
   const rest = d.rest ?? (await KubeRest.create(config.kubeconfig));
+  log.info({ credentials: rest.source }, 'apiserver credentials loaded');
+  for (const warning of rest.warnings) log.warn({ credentials: rest.source }, warning);
   const transport = new CountingTransport(rest, (verb, _path, outcome) => metrics.apiRequests.inc({ verb, outcome }));
 
   let controller: Controller | undefined;
@@ -114,7 +116,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     webhook = config.webhook.enabled
       ? await startWebhook({
           config: config.webhook,
-          kube: rest.kubeConfig,
+          kube: rest,
           logger: log.child({ component: 'webhook' }),
           registry,
           namespaces: webhookNamespaces,

@@ -1,11 +1,19 @@
 // A small REST transport to the apiserver: one keep-alive HTTPS agent for every request (client-node 1.4
-// builds a fresh agent per call, which costs a TLS handshake each time at 10k-object scale), credentials
-// taken from a client-node KubeConfig, and streaming watches read line by line.
+// builds a fresh agent per call, which costs a TLS handshake each time at 10k-object scale), and streaming
+// watches read line by line. Credentials: in a pod, the ServiceAccount's own (in-cluster.ts), read here
+// without @kubernetes/client-node, whose generated API models cost the operator ~75 MiB of RSS once loaded;
+// a kubeconfig file is read by client-node, imported only then, for its full support (exec plugins, OIDC,
+// client certificates, impersonation).
+import { existsSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { KubeConfig } from '@kubernetes/client-node';
 import { formatApiError } from './errors.js';
+import { inClusterCredentials, SERVICEACCOUNT_DIR, type KubeCredentials } from './in-cluster.js';
+
+export { NotInClusterError, SERVICEACCOUNT_DIR, type KubeCredentials } from './in-cluster.js';
 
 export class ApiError extends Error {
   constructor(
@@ -71,54 +79,65 @@ export interface KubeTransport {
   watch(path: string, query: Record<string, string>, onEvent: (e: WatchEvent) => void, signal: AbortSignal): Promise<void>;
 }
 
+/** Where KubeRest.create looks for credentials besides an explicit kubeconfig path (tests inject them). */
+export interface CredentialSources {
+  /** Default process.env: KUBECONFIG, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, HOME. */
+  env?: Record<string, string | undefined>;
+  /** The ServiceAccount's token and ca.crt; default /var/run/secrets/kubernetes.io/serviceaccount. */
+  serviceAccountDir?: string;
+}
+
+/** How long the auth headers (and with them a rotating token) are reused; client-go re-reads its token file as often. */
+const HEADERS_TTL_MS = 60_000;
+
 export class KubeRest implements KubeTransport {
   private readonly agent: HttpAgent | HttpsAgent;
   private readonly base: URL;
-  private readonly tls: Pick<RequestOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>;
+  private readonly tls: KubeCredentials['tls'];
   private headers: Record<string, string> = {};
-  private headersAt = 0;
+  private headersAt = -Infinity;
 
   private constructor(
-    /** The credentials this transport was built from (the webhook's client-node APIs use them too). */
-    readonly kubeConfig: KubeConfig,
-    server: string,
-    tls: KubeRest['tls'],
+    private readonly credentials: KubeCredentials,
+    /** Where the credentials came from: "in-cluster" or "kubeconfig <path>". */
+    readonly source: string,
   ) {
-    this.base = new URL(server);
-    this.tls = tls;
-    const agentOpts = { keepAlive: true, maxSockets: 64, ...tls };
+    this.base = new URL(credentials.server);
+    this.tls = credentials.tls;
+    const agentOpts = { keepAlive: true, maxSockets: 64, ...this.tls };
     this.agent = this.base.protocol === 'https:' ? new HttpsAgent(agentOpts) : new HttpAgent({ keepAlive: true, maxSockets: 64 });
   }
 
-  /** From a kubeconfig path, or in-cluster credentials, or the default loading rules. */
-  static async create(kubeconfig?: string): Promise<KubeRest> {
-    const kc = new KubeConfig();
-    if (kubeconfig) kc.loadFromFile(kubeconfig);
-    else kc.loadFromDefault();
-    const cluster = kc.getCurrentCluster();
-    if (!cluster) throw new Error('kubeconfig has no current cluster: set KUBECONFIG or run in a pod with a service account');
-    const opts: RequestOptions = {};
-    await kc.applyToHTTPSOptions(opts);
-    const tls = {
-      ca: opts.ca,
-      cert: opts.cert,
-      key: opts.key,
-      rejectUnauthorized: cluster.skipTLSVerify ? false : undefined,
-      servername: cluster.tlsServerName,
-    };
-    const rest = new KubeRest(kc, cluster.server, tls);
+  /**
+   * The loading rules of client-go and client-node: an explicit kubeconfig path; else the files in KUBECONFIG;
+   * else ~/.kube/config when it exists; else the in-cluster ServiceAccount (KUBERNETES_SERVICE_HOST/PORT and
+   * its token); else NotInClusterError. Only the kubeconfig cases load @kubernetes/client-node.
+   */
+  static async create(kubeconfig?: string, sources: CredentialSources = {}): Promise<KubeRest> {
+    const env = sources.env ?? process.env;
+    const file = kubeconfig || env.KUBECONFIG || defaultKubeconfig(env);
+    const rest = file
+      ? new KubeRest(await kubeconfigCredentials(file), `kubeconfig ${file}`)
+      : new KubeRest(inClusterCredentials(env, sources.serviceAccountDir ?? SERVICEACCOUNT_DIR), 'in-cluster');
     await rest.authHeaders();
     return rest;
   }
 
-  // Tokens may rotate (projected service account tokens, exec plugins): refresh the headers every minute.
+  /** Problems with the credentials that did not stop them working (a ServiceAccount ca.crt not readable). */
+  get warnings(): readonly string[] {
+    return this.credentials.warnings ?? [];
+  }
+
+  /** From credentials at hand (tests: a server and a token without any file). */
+  static fromCredentials(credentials: KubeCredentials, source = 'given credentials'): KubeRest {
+    return new KubeRest(credentials, source);
+  }
+
+  // Tokens rotate (projected ServiceAccount tokens, exec plugins): the headers are rebuilt every minute, and
+  // at once after a 401 (client-go does the same for its token file).
   private async authHeaders(): Promise<Record<string, string>> {
-    if (Date.now() - this.headersAt > 60_000) {
-      const opts: { headers?: Record<string, string> } = { headers: {} };
-      await this.kubeConfig.applyToHTTPSOptions(opts as RequestOptions);
-      const headers: Record<string, string> = {};
-      for (const [k, v] of Object.entries(opts.headers ?? {})) headers[k] = String(v);
-      this.headers = headers;
+    if (Date.now() - this.headersAt > HEADERS_TTL_MS) {
+      this.headers = await this.credentials.headers();
       this.headersAt = Date.now();
     }
     return this.headers;
@@ -152,7 +171,10 @@ export class KubeRest implements KubeTransport {
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);
       const text = Buffer.concat(chunks).toString('utf8');
-      if ((res.statusCode ?? 0) >= 300) throw new ApiError(res.statusCode ?? 0, method, path, text);
+      if ((res.statusCode ?? 0) >= 300) {
+        if (res.statusCode === 401) this.headersAt = -Infinity;
+        throw new ApiError(res.statusCode ?? 0, method, path, text);
+      }
       return (text ? JSON.parse(text) : undefined) as T;
     } catch (err) {
       if (deadline.signal.aborted) throw deadline.signal.reason as Error;
@@ -167,6 +189,7 @@ export class KubeRest implements KubeTransport {
     const full = `${path}?${qs}`;
     const { res } = await this.open('GET', full, undefined, undefined, signal);
     if ((res.statusCode ?? 0) !== 200) {
+      if (res.statusCode === 401) this.headersAt = -Infinity;
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);
       throw new ApiError(res.statusCode ?? 0, 'GET', full, Buffer.concat(chunks).toString('utf8'));
@@ -196,6 +219,50 @@ export class KubeRest implements KubeTransport {
   close(): void {
     this.agent.destroy();
   }
+}
+
+/** ~/.kube/config when it exists (client-node's rule: $HOME, else the account's home directory). */
+function defaultKubeconfig(env: Record<string, string | undefined>): string | undefined {
+  const home = env.HOME || homedir();
+  const file = home ? join(home, '.kube', 'config') : undefined;
+  return file && existsSync(file) ? file : undefined;
+}
+
+/**
+ * Credentials from kubeconfig files (several joined by ':' as in KUBECONFIG, merged), through client-node,
+ * imported here and only here: every auth method it knows, refreshed on each headers() call.
+ */
+async function kubeconfigCredentials(files: string): Promise<KubeCredentials> {
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const paths = files.split(':').filter(Boolean);
+  const kc = new KubeConfig();
+  kc.loadFromFile(paths[0]!);
+  for (const more of paths.slice(1)) {
+    const next = new KubeConfig();
+    next.loadFromFile(more);
+    kc.mergeConfig(next);
+  }
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error(`kubeconfig ${files} has no current cluster (current-context ${JSON.stringify(kc.getCurrentContext())})`);
+  const opts: RequestOptions = {};
+  await kc.applyToHTTPSOptions(opts);
+  return {
+    server: cluster.server,
+    tls: {
+      ca: opts.ca,
+      cert: opts.cert,
+      key: opts.key,
+      rejectUnauthorized: cluster.skipTLSVerify ? false : undefined,
+      servername: cluster.tlsServerName,
+    },
+    headers: async () => {
+      const h: { headers?: Record<string, string> } = { headers: {} };
+      await kc.applyToHTTPSOptions(h as RequestOptions);
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(h.headers ?? {})) headers[k] = String(v);
+      return headers;
+    },
+  };
 }
 
 /** Wraps a transport and counts what goes through it: the "zero writes when nothing changed" test and metrics use it. */

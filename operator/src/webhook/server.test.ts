@@ -6,7 +6,7 @@ import { createServer as createNetServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 import fc from 'fast-check';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
@@ -20,6 +20,12 @@ import { MemoryCache } from './testing/memory-cache.js';
 import { StaticTls } from './testing/static-tls.js';
 import { slim, VERSION } from './testing/versions.js';
 import { waitFor } from '../../../e2e/cluster/local/processes.js';
+
+/** These tests give the server its version and TLS: it never calls the apiserver. */
+const noApiserver: KubeTransport = {
+  request: () => Promise.reject(new Error('no apiserver in this test')),
+  watch: () => Promise.reject(new Error('no apiserver in this test')),
+};
 
 interface Reply {
   status: number;
@@ -79,7 +85,7 @@ describe.each(THREADS)('webhook HTTPS server (thread: %s)', (thread) => {
     tls = await StaticTls.create();
     hook = await startWebhook({
       config,
-      kube: new KubeConfig(),
+      kube: noApiserver,
       logger: pino({ level: 'silent' }),
       registry,
       serverVersion: { major: 1, minor: 20 },
@@ -197,7 +203,7 @@ describe.each(THREADS)('webhook HTTPS server (thread: %s)', (thread) => {
   it('refuses to start on a port in use, saying which', async () => {
     const second = startWebhook({
       config: { ...config, port: hook.port },
-      kube: new KubeConfig(),
+      kube: noApiserver,
       logger: pino({ level: 'silent' }),
       registry,
       serverVersion: { major: 1, minor: 20 },
@@ -254,7 +260,7 @@ describe.each(THREADS)('the webhook server decides native or classic sidecars pe
     const start = (cache: MemoryCache<SlimNode>) =>
       startWebhook({
         config: WebhookConfigSchema.parse({ thread, port: 0, host: '127.0.0.1' }),
-        kube: new KubeConfig(),
+        kube: noApiserver,
         logger: pino({ level: 'silent' }),
         registry: new Registry(),
         serverVersion: VERSION['1.31'],
@@ -332,7 +338,7 @@ describe.each(THREADS)('with the main event loop blocked for 2 s (thread: %s)', 
     const tls = await StaticTls.create();
     const hook = await startWebhook({
       config: WebhookConfigSchema.parse({ thread, port: 0, host: '127.0.0.1' }),
-      kube: new KubeConfig(),
+      kube: noApiserver,
       logger: pino({ level: 'silent' }),
       registry: new Registry(),
       serverVersion: { major: 1, minor: 20 },
@@ -373,7 +379,7 @@ describe('the webhook worker, when it dies', () => {
     const registry = new Registry();
     const hook = await startWebhook({
       config: WebhookConfigSchema.parse({ thread: 'worker', port: 0, host: '127.0.0.1' }),
-      kube: new KubeConfig(),
+      kube: noApiserver,
       logger: pino({ level: 'silent' }),
       registry,
       serverVersion: { major: 1, minor: 20 },

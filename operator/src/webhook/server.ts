@@ -3,8 +3,9 @@
 // thread by default (config.thread), fed by this thread with what admission reads; the TLS source, the drain
 // and the metrics registry stay here. Bodies are capped, header and request times bounded, TLS hot-reloaded.
 import { X509Certificate } from 'node:crypto';
-import { CoreV1Api, VersionApi, type KubeConfig } from '@kubernetes/client-node';
+import type { V1Endpoints, VersionInfo } from '@kubernetes/client-node';
 import { formatApiError } from '../../../runtime/src/errors.js';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { CertKeyPem } from './certs.js';
@@ -33,7 +34,8 @@ export interface WatchedCache<T> {
 
 export interface StartWebhookOptions {
   config: WebhookConfig;
-  kube: KubeConfig;
+  /** The operator's transport (KubeRest): /version, the TLS Secret and webhook configuration, the drain's Endpoints. */
+  kube: KubeTransport;
   logger: Logger;
   registry: Registry;
   /** The apiserver's version; read from /version when absent. Picks native sidecars or the postStart wait. */
@@ -165,7 +167,7 @@ async function resolveServerVersion(opts: StartWebhookOptions): Promise<ServerVe
     return typeof v.major === 'number' ? (v as ServerVersion) : parseServerVersion(v);
   }
   try {
-    return parseServerVersion(await opts.kube.makeApiClient(VersionApi).getCode());
+    return parseServerVersion(await opts.kube.request<VersionInfo>('GET', '/version', { timeoutMs: 10_000 }));
   } catch (e) {
     opts.logger.warn({ err: (e as Error).message }, 'cannot read the apiserver version; injecting classic sidecars');
     return undefined;
@@ -342,7 +344,6 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       log.info('webhook drain: no pod IP known (out of cluster), nothing routes here through Endpoints');
       return 'not-routed';
     }
-    const core = opts.kube.makeApiClient(CoreV1Api);
     const started = performance.now();
     const object = `Endpoints ${config.namespace}/${config.serviceName}`;
     log.info({ podIP, endpoints: object, drainTimeoutMs }, 'webhook drain: serving until the Endpoints no longer list this pod');
@@ -355,10 +356,13 @@ export async function startWebhook(opts: StartWebhookOptions): Promise<RunningWe
       }
       let listed = true;
       try {
-        const ep = await core.readNamespacedEndpoints({ name: config.serviceName, namespace: config.namespace });
+        const ep = await opts.kube.request<V1Endpoints>('GET', `/api/v1/namespaces/${encodeURIComponent(config.namespace)}/endpoints/${encodeURIComponent(config.serviceName)}`, {
+          // A read that hangs counts as one that failed once blindDrainMs passed (below).
+          timeoutMs: Math.max(1_000, Math.min(left, blindDrainMs)),
+        });
         listed = (ep.subsets ?? []).some((sub) => (sub.addresses ?? []).some((a) => a.ip === podIP));
       } catch (e) {
-        if ((e as { code?: unknown }).code === 404) listed = false;
+        if ((e as { statusCode?: unknown }).statusCode === 404) listed = false;
         else {
           // Blind: the endpoints controller drops a terminating pod within a moment; serve that long.
           if (!warned) log.warn({ err: formatApiError(e, { verb: 'get', object }), blindDrainMs }, 'webhook drain: cannot read the Endpoints; serving on for blindDrainMs');

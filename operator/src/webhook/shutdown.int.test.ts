@@ -1,7 +1,7 @@
 // Graceful shutdown of the webhook against the real apiserver: on SIGTERM a real operator process stops
 // being ready at once, keeps answering admissions while the webhook Service's Endpoints still list it, and
 // exits once they no longer do; the drain is bounded when they never change.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,9 @@ import { StaticTls } from './testing/static-tls.js';
 import { bestEffort, createNamespace, freshName, isInjected, podBody } from './testing/cluster.js';
 
 const kubeconfig = inject('kubeconfig');
+const apiServer = inject('apiServer');
+const adminToken = inject('adminToken');
+const apiServerCaFile = inject('apiServerCaFile');
 const WEBHOOK_PORT = 47420;
 const HEALTH_PORT = 47421;
 const WEBHOOK_PORT_BOUNDED = 47422;
@@ -46,16 +49,17 @@ describe('webhook graceful shutdown', () => {
   const webhookConfigs: string[] = [];
   let operator: OperatorProcess | undefined;
   let dir: string;
+  let rest: KubeRest;
 
   beforeAll(async () => {
-    const rest = await KubeRest.create(kubeconfig);
+    rest = await KubeRest.create(kubeconfig);
     await installCrd(rest);
-    rest.close();
     dir = mkdtempSync(join(tmpdir(), 'ksh3-drain-'));
   });
 
   afterAll(async () => {
     await operator?.kill();
+    rest?.close();
     for (const name of webhookConfigs) await bestEffort(() => admission.deleteMutatingWebhookConfiguration({ name }));
     for (const ns of namespaces) await bestEffort(() => core.deleteNamespace({ name: ns }));
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -140,7 +144,7 @@ describe('webhook graceful shutdown', () => {
       tls: { mode: 'self-managed', extraSANs: ['127.0.0.1'] },
       shutdown: { podIP: POD_IP, drainTimeoutMs: 1_000, pollMs: 100 },
     });
-    const hook = await startWebhook({ config, kube: kc, logger: pino({ level: 'silent' }), registry: new Registry(), serverVersion: { major: 1, minor: 20 } });
+    const hook = await startWebhook({ config, kube: rest, logger: pino({ level: 'silent' }), registry: new Registry(), serverVersion: { major: 1, minor: 20 } });
     try {
       const t0 = performance.now();
       expect(await hook.drain()).toBe('timeout');
@@ -157,8 +161,11 @@ describe('webhook graceful shutdown', () => {
     namespaces.push(opNs);
     await serviceWithEndpoints(opNs, WEBHOOK_PORT_BOUNDED);
     // The same credentials impersonating a user without any rights: every read is a real 403.
-    const nobody = new KubeConfig();
-    nobody.loadFromOptions({ clusters: kc.clusters, users: kc.users.map((u) => ({ ...u, impersonateUser: 'ksh3-nobody' })), contexts: kc.contexts, currentContext: kc.currentContext });
+    const nobody = KubeRest.fromCredentials({
+      server: apiServer,
+      tls: { ca: readFileSync(apiServerCaFile) },
+      headers: async () => ({ Authorization: `Bearer ${adminToken}`, 'Impersonate-User': 'ksh3-nobody' }),
+    });
     const config = WebhookConfigSchema.parse({
       port: WEBHOOK_PORT_BOUNDED,
       host: '127.0.0.1',
@@ -176,6 +183,7 @@ describe('webhook graceful shutdown', () => {
       expect(took).toBeLessThan(2_000);
     } finally {
       await hook.close();
+      nobody.close();
     }
   });
 });

@@ -1,6 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { KubeConfig } from '@kubernetes/client-node';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -8,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createCA, issueServingCert, type CertKeyPem } from './certs.js';
 import { CertManagerTlsSchema, WebhookConfigSchema } from './config.js';
 import { MountedTls, SelfManagedTls, type Timers } from './tls-source.js';
+import { KubeRest } from '../../../runtime/src/rest.js';
 
 /** Timers that fire only when the test says so. */
 function manualTimers() {
@@ -95,7 +95,7 @@ describe('MountedTls (cert-manager mode)', () => {
 
 describe('SelfManagedTls start-up errors', () => {
   it('an apiserver that refuses connections is named as unreachable, not as missing RBAC on secrets', async () => {
-    // A loopback port nobody listens on: a real ECONNREFUSED from client-node.
+    // A loopback port nobody listens on: a real ECONNREFUSED from the operator's transport.
     const port = await new Promise<number>((resolve) => {
       const s = createServer();
       s.listen(0, '127.0.0.1', () => {
@@ -103,17 +103,12 @@ describe('SelfManagedTls start-up errors', () => {
         s.close(() => resolve(p));
       });
     });
-    const kube = new KubeConfig();
-    kube.loadFromOptions({
-      clusters: [{ name: 'c', server: `https://127.0.0.1:${port}`, skipTLSVerify: true }],
-      users: [{ name: 'u', token: 't' }],
-      contexts: [{ name: 'c', cluster: 'c', user: 'u' }],
-      currentContext: 'c',
-    });
+    const kube = KubeRest.fromCredentials({ server: `https://127.0.0.1:${port}`, tls: { rejectUnauthorized: false }, headers: async () => ({ Authorization: 'Bearer t' }) });
     const config = WebhookConfigSchema.parse({ namespace: 'kstreams-system' });
     const tls = new SelfManagedTls({ config, kube, logger: pino({ level: 'silent' }) });
     const err = (await tls.start().catch((e: Error) => e)) as Error;
     await tls.stop();
+    kube.close();
     expect(err.message).toMatch(/^webhook TLS: get Secret kstreams-system\/kstreams-webhook-tls: apiserver unreachable \(ECONNREFUSED\): connect ECONNREFUSED 127\.0\.0\.1:\d+; fix: the apiserver cannot be reached/);
     expect(err.message).not.toMatch(/needs|secrets in|RoleBinding|Role /);
   });

@@ -7,9 +7,12 @@
 //    cert-manager's CA injector's business.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AdmissionregistrationV1Api, CoreV1Api, Watch, type KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import type { V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Backoff } from '../../../runtime/src/backoff.js';
+import { systemClock as runtimeClock } from '../../../runtime/src/clock.js';
+import { Informer, InformerLifecycle } from '../../../runtime/src/informer.js';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 import { formatApiError, kubeCall } from '../../../runtime/src/errors.js';
 import {
   bundleFromSecretData,
@@ -68,6 +71,9 @@ function isStatus(e: unknown, code: number): boolean {
   return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code;
 }
 
+const secretPath = (namespace: string, name?: string) =>
+  `/api/v1/namespaces/${encodeURIComponent(namespace)}/secrets${name === undefined ? '' : `/${encodeURIComponent(name)}`}`;
+
 function errMessage(e: unknown): string {
   return formatApiError(e);
 }
@@ -89,8 +95,6 @@ export interface ReconcileResult {
 }
 
 export class SelfManagedTls implements TlsSource {
-  private readonly core: CoreV1Api;
-  private readonly admission: AdmissionregistrationV1Api;
   private readonly tls: SelfManagedTlsConfig;
   private readonly sans: string[];
   private listeners: Array<(pem: CertKeyPem) => void> = [];
@@ -98,7 +102,9 @@ export class SelfManagedTls implements TlsSource {
   private served: CertKeyPem | undefined;
   private trust: string | undefined;
   private timer: unknown;
-  private watchAbort: AbortController | undefined;
+  private informer: Informer<{ name: string; resourceVersion: string | undefined }> | undefined;
+  /** The Secret's resourceVersion as the last reconcile read or wrote it: its own watch events need no reconcile. */
+  private seenRv: string | undefined;
   private stopped = false;
   private chain: Promise<unknown> = Promise.resolve();
   /** A reconcile queued on the chain that has not started yet. */
@@ -108,7 +114,8 @@ export class SelfManagedTls implements TlsSource {
   constructor(
     private readonly opts: {
       config: WebhookConfig;
-      kube: KubeConfig;
+      /** The operator's transport (KubeRest): the Secret, the MutatingWebhookConfiguration, the watch. */
+      kube: KubeTransport;
       logger: Logger;
       clock?: Clock;
       timers?: Timers;
@@ -116,8 +123,6 @@ export class SelfManagedTls implements TlsSource {
   ) {
     if (opts.config.tls.mode !== 'self-managed') throw new Error('SelfManagedTls needs tls.mode self-managed');
     this.tls = opts.config.tls;
-    this.core = opts.kube.makeApiClient(CoreV1Api);
-    this.admission = opts.kube.makeApiClient(AdmissionregistrationV1Api);
     this.sans = servingSANs(opts.config.serviceName, opts.config.namespace, this.tls.extraSANs);
   }
 
@@ -140,14 +145,13 @@ export class SelfManagedTls implements TlsSource {
   }
 
   async start(): Promise<CertKeyPem> {
-    let rv: string | undefined;
     try {
-      rv = (await this.reconcile()).resourceVersion;
+      await this.reconcile();
     } catch (e) {
       // The hint follows the cause: RBAC for a 403, the network when the apiserver cannot be reached.
       throw new Error(`webhook TLS: ${errMessage(e)}`, { cause: e });
     }
-    void this.watch(rv);
+    this.watch();
     if (!this.served) throw new Error('webhook TLS: no serving cert after reconcile');
     return this.served;
   }
@@ -162,9 +166,11 @@ export class SelfManagedTls implements TlsSource {
    */
   reconcile(): Promise<ReconcileResult & { resourceVersion?: string }> {
     if (this.queued) return this.queued;
-    const run = this.chain.then(() => {
+    const run = this.chain.then(async () => {
       this.queued = undefined;
-      return this.reconcileOnce();
+      const r = await this.reconcileOnce();
+      this.seenRv = r.resourceVersion;
+      return r;
     });
     this.queued = run;
     this.chain = run.catch(() => undefined);
@@ -195,8 +201,8 @@ export class SelfManagedTls implements TlsSource {
         data: bundleToSecretData(next),
       };
       try {
-        if (secret) secret = await kubeCall(ctx('update'), () => this.core.replaceNamespacedSecret({ name, namespace, body }));
-        else secret = await kubeCall(ctx('create'), () => this.core.createNamespacedSecret({ namespace, body }));
+        if (secret) secret = await kubeCall(ctx('update'), () => this.opts.kube.request<V1Secret>('PUT', secretPath(namespace, name), { body }));
+        else secret = await kubeCall(ctx('create'), () => this.opts.kube.request<V1Secret>('POST', secretPath(namespace), { body }));
         return true;
       } catch (e) {
         // Another replica created or rotated it first: adopt theirs on the next pass.
@@ -212,7 +218,7 @@ export class SelfManagedTls implements TlsSource {
       if (attempt >= 5) throw new Error(`Secret ${namespace}/${name}: still conflicting after 5 attempts`);
       secret = undefined;
       try {
-        secret = await kubeCall(ctx('get'), () => this.core.readNamespacedSecret({ name, namespace }));
+        secret = await kubeCall(ctx('get'), () => this.opts.kube.request<V1Secret>('GET', secretPath(namespace, name)));
       } catch (e) {
         if (!isStatus(e, 404)) throw e;
       }
@@ -298,7 +304,7 @@ export class SelfManagedTls implements TlsSource {
     const body: V1Secret = { ...secret, metadata: { ...secret.metadata, annotations: { ...(secret.metadata.annotations ?? {}), [NEXT_CA_PUBLISHED_ANNOTATION]: value } } };
     try {
       const written = await kubeCall({ verb: 'update', object: `Secret ${namespace}/${name}`, forbiddenHint: secretsHint(namespace) }, () =>
-        this.core.replaceNamespacedSecret({ name, namespace, body }),
+        this.opts.kube.request<V1Secret>('PUT', secretPath(namespace, name), { body }),
       );
       this.lastSecretRv = written.metadata?.resourceVersion;
       this.log.info({ secret: `${namespace}/${name}`, at: value }, 'webhook TLS: next CA published in the caBundle');
@@ -330,7 +336,7 @@ export class SelfManagedTls implements TlsSource {
     if (!this.opts.config.manageWebhookConfiguration) return 'unmanaged';
     const pem = caBundlePem(bundle);
     try {
-      const r = await ensureWebhookConfiguration(this.admission, this.opts.config, pem);
+      const r = await ensureWebhookConfiguration(this.opts.kube, this.opts.config, pem);
       if (r !== 'unchanged') this.log.info({ name: this.opts.config.webhookConfigurationName, result: r }, 'webhook configuration written');
       return r;
     } catch (e) {
@@ -358,61 +364,63 @@ export class SelfManagedTls implements TlsSource {
     }, delay);
   }
 
-  /** Watches the one Secret by name; every event triggers a reconcile (serve, repair); reconnect with backoff. */
-  private async watch(resourceVersion: string | undefined): Promise<void> {
+  /**
+   * Watches the one Secret by name through the operator's watch layer (runtime/src/informer.ts: reconnects,
+   * 410 Gone, bookmarks, idle timeout), its list being a get by name, which the Role grants. Every change the
+   * last reconcile did not see itself (a peer's rotation, a deletion, an edit) triggers a reconcile, which
+   * re-reads the Secret, serves it, repairs it when deleted, damaged or due, and syncs the caBundle, in turn.
+   */
+  private watch(): void {
     if (this.stopped) return;
     const { namespace } = this.opts.config;
     const name = this.tls.secretName;
-    const w = new Watch(this.opts.kube);
-    const query: Record<string, string | boolean> = { fieldSelector: `metadata.name=${name}`, allowWatchBookmarks: true };
-    if (resourceVersion) query.resourceVersion = resourceVersion;
-    let reconnecting = false;
-    const reconnect = (why: string) => {
-      if (this.stopped || reconnecting) return;
-      reconnecting = true;
-      const backoff = this.watchBackoff.next();
-      this.log.debug({ why, backoffMs: backoff }, 'webhook TLS: secret watch ended; re-reading and re-watching');
-      this.timers.setTimeout(() => {
-        // Relist semantics: a fresh read (and repair) gives the resourceVersion to watch from.
-        this.reconcile().then(
-          (r) => void this.watch(r.resourceVersion),
-          (e) => {
-            this.log.warn({ err: errMessage(e) }, 'webhook TLS: re-read of the Secret failed');
-            reconnecting = false;
-            reconnect('re-read failed');
-          },
-        );
-      }, backoff);
+    const object = `Secret ${namespace}/${name}`;
+    const informer = new Informer<{ name: string; resourceVersion: string | undefined }>({
+      name: `webhook TLS ${object}`,
+      transport: this.opts.kube,
+      path: secretPath(namespace),
+      fieldSelector: `metadata.name=${name}`,
+      list: async () => {
+        try {
+          const s = await kubeCall({ verb: 'get', object, forbiddenHint: secretsHint(namespace) }, () => this.opts.kube.request<V1Secret>('GET', secretPath(namespace, name)));
+          return { items: [s as Record<string, unknown>], resourceVersion: s.metadata?.resourceVersion };
+        } catch (e) {
+          if (isStatus(e, 404)) return { items: [] };
+          throw e;
+        }
+      },
+      transform: (raw) => {
+        const meta = (raw as V1Secret).metadata;
+        return { name: meta?.name ?? name, resourceVersion: meta?.resourceVersion };
+      },
+      key: (s) => s.name,
+      equal: (a, b) => a.resourceVersion === b.resourceVersion,
+      clock: runtimeClock,
+      backoff: this.watchBackoff,
+      resyncPeriodMs: this.tls.resyncSeconds * 1000,
+      onLifecycle: (event, detail) => {
+        if (event === InformerLifecycle.Listed || event === InformerLifecycle.WatchStarted || event === InformerLifecycle.ListStarted || event === InformerLifecycle.Resync) return;
+        const err = detail.error === undefined ? undefined : errMessage(detail.error);
+        if (event === InformerLifecycle.HandlerFailed) this.log.error({ err, handler: detail.handler }, 'webhook TLS: secret watch handler failed');
+        else this.log.debug({ event, err, backoffMs: detail.delayMs }, 'webhook TLS: secret watch ended; re-reading and re-watching');
+      },
+    });
+    const changed = (s: { resourceVersion: string | undefined } | undefined) => {
+      if (this.stopped || (s?.resourceVersion !== undefined && s.resourceVersion === this.seenRv)) return;
+      // Not applied here: the event for our own write can arrive while the reconcile that made it is still
+      // running, and serving it or writing its caBundle from here raced that reconcile (two writers of the
+      // MutatingWebhookConfiguration; an older bundle could land last). The reconcile reads it afresh, in turn.
+      this.reconcile().catch((e) => this.log.error({ err: errMessage(e) }, 'webhook TLS: reconcile after a Secret event failed'));
     };
-    try {
-      this.watchAbort = await w.watch(
-        `/api/v1/namespaces/${namespace}/secrets`,
-        query,
-        (phase, obj: V1Secret) => {
-          if (this.stopped) return;
-          if (phase === 'ERROR') {
-            reconnect(`watch error ${JSON.stringify(obj)}`);
-            return;
-          }
-          this.watchBackoff.reset();
-          if (phase === 'BOOKMARK') return;
-          // Not applied here: the event for our own write can arrive while the reconcile that made it is still
-          // running, and serving it or writing its caBundle from here raced that reconcile (two writers of the
-          // MutatingWebhookConfiguration; an older bundle could land last). The reconcile re-reads the Secret
-          // and serves it, repairs it when deleted, damaged or due, and syncs the caBundle, in turn.
-          this.reconcile().catch((e) => this.log.error({ err: errMessage(e) }, 'webhook TLS: reconcile after a Secret event failed'));
-        },
-        (err) => reconnect(err ? errMessage(err) : 'closed by server'),
-      );
-    } catch (e) {
-      reconnect(errMessage(e));
-    }
+    informer.on({ add: changed, update: (_old, s) => changed(s), delete: () => changed(undefined) });
+    this.informer = informer;
+    informer.start();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== undefined) this.timers.clearTimeout(this.timer);
-    this.watchAbort?.abort();
+    await this.informer?.stop();
     await this.chain;
   }
 }

@@ -1,6 +1,7 @@
 // The MutatingWebhookConfiguration the operator owns: desired state computed purely from the config and
 // the CA bundle, written only when it differs (every replica runs this; a second run makes no write).
-import type { AdmissionregistrationV1Api, V1MutatingWebhook, V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
+import type { V1MutatingWebhook, V1MutatingWebhookConfiguration } from '@kubernetes/client-node';
+import type { KubeTransport } from '../../../runtime/src/rest.js';
 import { INJECT_NAMESPACE_LABEL, INJECT_NAMESPACE_VALUE, INJECT_POD_LABEL } from '../../../api/src/agent.js';
 import type { WebhookConfig } from './config.js';
 import { kubeCall } from '../../../runtime/src/errors.js';
@@ -38,7 +39,7 @@ export function desiredWebhook(config: WebhookConfig, caBundlePem: string | unde
   };
 }
 
-/** JSON with sorted keys: the client's deserializer orders fields its own way. */
+/** JSON with sorted keys: the apiserver orders fields its own way. */
 function canonical(v: unknown): string {
   return JSON.stringify(v, (_k, val: unknown) =>
     val && typeof val === 'object' && !Array.isArray(val)
@@ -78,11 +79,13 @@ function isStatus(e: unknown, code: number): boolean {
  * Conflicts (another replica wrote first) are retried from a fresh read.
  */
 export async function ensureWebhookConfiguration(
-  api: AdmissionregistrationV1Api,
+  kube: KubeTransport,
   config: WebhookConfig,
   caBundlePem: string | undefined,
 ): Promise<'created' | 'updated' | 'unchanged'> {
   const name = config.webhookConfigurationName;
+  const collection = '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations';
+  const path = `${collection}/${encodeURIComponent(name)}`;
   const want = desiredWebhook(config, caBundlePem);
   const ctx = (verb: string) => ({
     verb,
@@ -95,20 +98,19 @@ export async function ensureWebhookConfiguration(
   for (let attempt = 0; attempt < 5; attempt++) {
     let current: V1MutatingWebhookConfiguration | undefined;
     try {
-      current = await kubeCall(ctx('get'), () => api.readMutatingWebhookConfiguration({ name }));
+      current = await kubeCall(ctx('get'), () => kube.request<V1MutatingWebhookConfiguration>('GET', path));
     } catch (e) {
       if (!isStatus(e, 404)) throw e;
     }
     if (!current) {
       try {
-        await kubeCall(ctx('create'), () => api.createMutatingWebhookConfiguration({
-          body: {
-            apiVersion: 'admissionregistration.k8s.io/v1',
-            kind: 'MutatingWebhookConfiguration',
-            metadata: { name, labels: { [MANAGED_BY_LABEL]: MANAGED_BY_VALUE } },
-            webhooks: [want],
-          },
-        }));
+        const body: V1MutatingWebhookConfiguration = {
+          apiVersion: 'admissionregistration.k8s.io/v1',
+          kind: 'MutatingWebhookConfiguration',
+          metadata: { name, labels: { [MANAGED_BY_LABEL]: MANAGED_BY_VALUE } },
+          webhooks: [want],
+        };
+        await kubeCall(ctx('create'), () => kube.request('POST', collection, { body }));
         return 'created';
       } catch (e) {
         if (isStatus(e, 409)) continue;
@@ -122,7 +124,7 @@ export async function ensureWebhookConfiguration(
     if (sameWebhook(existing, want)) return 'unchanged';
     const others = webhooks.filter((w) => w.name !== want.name);
     try {
-      await kubeCall(ctx('update'), () => api.replaceMutatingWebhookConfiguration({ name, body: { ...current, webhooks: [...others, want] } }));
+      await kubeCall(ctx('update'), () => kube.request('PUT', path, { body: { ...current, webhooks: [...others, want] } }));
       return 'updated';
     } catch (e) {
       if (isStatus(e, 409)) continue;

@@ -120,7 +120,7 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
     });
     nsCache.start();
     await nsCache.whenSynced();
-    hook = await startWebhook({ config, kube: kc, logger, registry, namespaces: nsCache });
+    hook = await startWebhook({ config, kube: rest, logger, registry, namespaces: nsCache });
   });
 
   afterAll(async () => {
@@ -146,7 +146,7 @@ describe.skipIf(!kubeconfig)('sidecar injection webhook on a real apiserver', ()
   });
 
   it('a second start is a no-op on the API: same Secret, configuration unchanged', async () => {
-    const tls = new SelfManagedTls({ config, kube: kc, logger });
+    const tls = new SelfManagedTls({ config, kube: rest, logger });
     const r = await tls.reconcile();
     await tls.stop();
     expect(r.secret).toBe('unchanged');
@@ -287,6 +287,7 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
   let tlsA: SelfManagedTls;
   let ownNs: string;
   let shop: string;
+  let rest: KubeRest;
 
   const tlsSettings = {
     mode: 'self-managed',
@@ -305,20 +306,22 @@ describe.skipIf(!kubeconfig)('webhook TLS rotation shared by two replicas', () =
     configA = await webhookConfig({ namespace: ownNs, tls: tlsSettings, failurePolicy: 'Fail' });
     // Replica B shares the Secret; it leaves the webhook configuration to A since its URL differs.
     const configB = await webhookConfig({ namespace: ownNs, tls: tlsSettings, manageWebhookConfiguration: false });
-    tlsA = new SelfManagedTls({ config: configA, kube: kc, logger, clock });
-    a = await startWebhook({ config: configA, kube: kc, logger, registry: new Registry(), tlsSource: tlsA });
+    rest = await KubeRest.create(kubeconfig);
+    tlsA = new SelfManagedTls({ config: configA, kube: rest, logger, clock });
+    a = await startWebhook({ config: configA, kube: rest, logger, registry: new Registry(), tlsSource: tlsA });
     b = await startWebhook({
       config: configB,
-      kube: kc,
+      kube: rest,
       logger,
       registry: new Registry(),
-      tlsSource: new SelfManagedTls({ config: configB, kube: kc, logger, clock }),
+      tlsSource: new SelfManagedTls({ config: configB, kube: rest, logger, clock }),
     });
   });
 
   afterAll(async () => {
     await a?.close();
     await b?.close();
+    rest?.close();
     if (configA) await bestEffort(() => admission.deleteMutatingWebhookConfiguration({ name: configA.webhookConfigurationName }));
     for (const ns of [ownNs, shop]) if (ns) await bestEffort(() => core.deleteNamespace({ name: ns }));
   });
