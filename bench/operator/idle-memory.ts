@@ -182,7 +182,7 @@ async function main(): Promise<void> {
     rmSync(tmp, { recursive: true, force: true });
     for (const b of builds) rmSync(b.dir.endsWith('/out') ? join(b.dir, '..') : b.dir, { recursive: true, force: true });
   }
-  const range = (xs: number[]) => (Math.min(...xs) === Math.max(...xs) ? `${Math.min(...xs).toFixed(0)}` : `${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}`);
+  const range = (xs: number[]) => (Math.min(...xs).toFixed(0) === Math.max(...xs).toFixed(0) ? `${Math.min(...xs).toFixed(0)}` : `${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}`);
   const rows: string[] = [];
   for (const mode of MODES)
     for (const b of builds) {
