@@ -13,6 +13,7 @@ import { parseConfig, type OperatorConfig } from '../../operator/src/config.js';
 import { API_VERSION } from '../../api/src/streampath.js';
 import { programKey } from '../../api/src/feed.js';
 import { KubeRest } from '../../runtime/src/rest.js';
+import { podCommand } from '../../runtime/src/testing/in-cluster-pod.js';
 import { FeedAgent } from '../../operator/src/testing/feed-agent.js';
 import { createPod, createStreamPath, exampleSpec } from '../../operator/src/testing/kube.js';
 import { desiredWebhook } from '../../operator/src/webhook/webhook-configuration.js';
@@ -394,6 +395,7 @@ describe('helm install into the real apiserver', () => {
   };
   let installed = false;
   let operator: ChildProcess | undefined;
+  const podDirs: string[] = [];
 
   beforeAll(async () => {
     if (!kubeconfig) throw new Error('no kubeconfig injected: the integration globalSetup did not start a control plane');
@@ -414,6 +416,7 @@ describe('helm install into the real apiserver', () => {
       operator.kill('SIGKILL');
       await gone;
     }
+    for (const d of podDirs) rmSync(d, { recursive: true, force: true });
     if (installed) await helm(['uninstall', release, '--namespace', namespace, '--kubeconfig', kubeconfig]);
     // Without a controller-manager namespaces stay Terminating; their names are fresh per run.
     await kubectl('delete', 'namespace', namespace, appNamespace, shopNamespace, '--wait=false', '--ignore-not-found');
@@ -525,25 +528,13 @@ describe('helm install into the real apiserver', () => {
     }
   });
 
-  it("runs the real operator as the chart's ServiceAccount with the chart's config: it leads, syncs, writes its Secret and caBundle, serves the feed, binds nothing", async () => {
+  it("runs the real operator as in its pod, with the chart's ServiceAccount and config: it leads, syncs, writes its Secret and caBundle, serves the feed, binds nothing", async () => {
     await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'create', 'namespace', shopNamespace]);
     await mustRun(KUBECTL, ['--kubeconfig', kubeconfig, 'label', 'namespace', shopNamespace, appNamespace, 'kstreams.io/inject=enabled']);
 
     // A real token of the ServiceAccount (TokenRequest), so the apiserver authorizes exactly the chart's RBAC.
     const newerKubectl = join(dirname(helmBinary()), 'kubectl');
     const token = (await mustRun(newerKubectl, ['--kubeconfig', kubeconfig, 'create', 'token', fullname, '-n', namespace, '--duration', '600s'])).trim();
-    const saKubeconfig = join(helmHome, 'operator.kubeconfig');
-    writeFileSync(
-      saKubeconfig,
-      toYaml({
-        apiVersion: 'v1',
-        kind: 'Config',
-        clusters: [{ name: 'c', cluster: { server: inject('apiServer'), 'certificate-authority': inject('apiServerCaFile') } }],
-        users: [{ name: 'operator', user: { token } }],
-        contexts: [{ name: 'c', context: { cluster: 'c', user: 'operator' } }],
-        'current-context': 'c',
-      }),
-    );
     // The installed ConfigMap as the pod would mount it; only the listen addresses change for a run
     // outside a pod on a shared machine (loopback, free ports).
     const cm = await getJson('configmap', `${fullname}-config`, '-n', namespace);
@@ -556,11 +547,16 @@ describe('helm install into the real apiserver', () => {
 
     const lines: Obj[] = [];
     let stderr = '';
-    operator = spawn(process.execPath, ['--import', 'tsx', 'operator/src/main.ts'], {
-      cwd: REPO_ROOT,
-      env: { PATH: process.env.PATH, KSTREAMS_OPERATOR_CONFIG: configFile, KUBECONFIG: saKubeconfig, POD_NAME: 'chart-test-operator', POD_NAMESPACE: namespace, POD_IP: '127.0.0.1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    // As in its pod: the token and the CA at the ServiceAccount's paths, KUBERNETES_SERVICE_HOST/PORT, no kubeconfig.
+    const pod = podCommand({
+      server: inject('apiServer'),
+      token,
+      caPem: readFileSync(inject('apiServerCaFile'), 'utf8'),
+      argv: [process.execPath, '--import', 'tsx', 'operator/src/main.ts'],
+      env: { PATH: process.env.PATH, KSTREAMS_OPERATOR_CONFIG: configFile, POD_NAME: 'chart-test-operator', POD_NAMESPACE: namespace, POD_IP: '127.0.0.1' },
     });
+    podDirs.push(pod.dir);
+    operator = spawn(pod.command, pod.args, { cwd: REPO_ROOT, env: pod.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((resolve) => operator!.once('exit', (code) => resolve(code)));
     let buffered = '';
     operator.stdout!.on('data', (chunk: Buffer) => {
@@ -576,6 +572,7 @@ describe('helm install into the real apiserver', () => {
     };
 
     await waitFor('the operator to start', async () => (await alive()) && lines.some((l) => l.msg === 'kstreams operator running'), { timeoutMs: 60_000 });
+    expect(lines.find((l) => l.msg === 'apiserver credentials loaded')?.credentials).toBe('in-cluster');
     const healthPort = lines.find((l) => l.msg === 'kstreams operator running')!.healthPort as number;
     // Ready means: leader, and its informers on streampaths, pods and namespaces listed and watching.
     await waitFor('/readyz', async () => (await alive()) && (await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status === 200, { timeoutMs: 60_000 });
