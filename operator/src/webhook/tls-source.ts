@@ -380,9 +380,9 @@ export class SelfManagedTls implements TlsSource {
       transport: this.opts.kube,
       path: secretPath(namespace),
       fieldSelector: `metadata.name=${name}`,
-      list: async () => {
+      list: async (signal) => {
         try {
-          const s = await kubeCall({ verb: 'get', object, forbiddenHint: secretsHint(namespace) }, () => this.opts.kube.request<V1Secret>('GET', secretPath(namespace, name)));
+          const s = await kubeCall({ verb: 'get', object, forbiddenHint: secretsHint(namespace) }, () => this.opts.kube.request<V1Secret>('GET', secretPath(namespace, name), { signal }));
           return { items: [s as Record<string, unknown>], resourceVersion: s.metadata?.resourceVersion };
         } catch (e) {
           if (isStatus(e, 404)) return { items: [] };
