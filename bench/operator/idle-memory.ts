@@ -107,6 +107,7 @@ async function main(): Promise<void> {
   let kube: KubeRest | undefined;
   let operator: ChildProcess | undefined;
   const samples: Sample[] = [];
+  const podDirs: string[] = [];
   try {
     cp = await startControlPlane({});
     kube = await KubeRest.create(cp.kubeconfigPath);
@@ -143,6 +144,7 @@ async function main(): Promise<void> {
           const argv = [process.execPath, operatorMain(build.dir)];
           const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile };
           const pod = mode === 'in-cluster' ? podCommand({ server: cp.server, token: cp.token, caPem, argv, env }) : undefined;
+          if (pod) podDirs.push(pod.dir);
           // Its log (warnings up) to a file, shown when it does not get ready.
           const logFile = join(tmp, 'operator.log');
           const fd = openSync(logFile, 'w');
@@ -171,7 +173,6 @@ async function main(): Promise<void> {
           p.kill('SIGTERM');
           await new Promise((r) => (p.exitCode !== null ? r(undefined) : p.once('exit', r)));
           operator = undefined;
-          if (pod) rmSync(pod.dir, { recursive: true, force: true });
         }
       }
     }
@@ -180,6 +181,7 @@ async function main(): Promise<void> {
     kube?.close();
     await cp?.stop();
     rmSync(tmp, { recursive: true, force: true });
+    for (const d of podDirs) rmSync(d, { recursive: true, force: true });
     for (const b of builds) rmSync(b.dir.endsWith('/out') ? join(b.dir, '..') : b.dir, { recursive: true, force: true });
   }
   const range = (xs: number[]) => (Math.min(...xs).toFixed(0) === Math.max(...xs).toFixed(0) ? `${Math.min(...xs).toFixed(0)}` : `${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}`);
