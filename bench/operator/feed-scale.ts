@@ -15,7 +15,7 @@
 // bench/results/<date>-feed-scale-<N>.md and .json. Not a timed test.
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { cpus, loadavg, release, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +43,10 @@ const { values: args } = parseArgs({
     'start-per-second': { type: 'string', default: '100' },
     'phase-timeout': { type: 'string', default: '300' },
     'generator-nice': { type: 'string', default: '10' },
+    /** Write a V8 CPU profile of the operator's main thread over the edit window into this directory (cpu-profile.cjs). */
+    'profile-edit': { type: 'string' },
+    /** Also `perf record` the operator (all its threads, no call graphs) over the edit window into this file. */
+    'perf-edit': { type: 'string' },
   },
 });
 const N = Number(args.agents);
@@ -61,6 +65,8 @@ const PHASE_MS = Number(args['phase-timeout']) * 1000;
  * the figures are the control plane's; the agents' own time still delays when they see a config.
  */
 const GENERATOR_NICE = Number(args['generator-nice']);
+const PROFILE_DIR = args['profile-edit'];
+const PERF_FILE = args['perf-edit'];
 const CONCURRENCY = 32;
 /** Pods per narrow StreamPath (app label). */
 const APP_PODS = 10;
@@ -288,9 +294,10 @@ async function main(): Promise<void> {
       const logFile = join(tmp, `operator-${operatorLogs.length + 1}.log`);
       operatorLogs.push(logFile);
       const fd = openSync(logFile, 'w');
-      const p = spawn(process.execPath, [operatorMain(outDir)], {
+      const profiling = PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : [];
+      const p = spawn(process.execPath, [...profiling, operatorMain(outDir)], {
         cwd: REPO,
-        env: { ...process.env, KUBECONFIG: cp!.kubeconfigPath, KSTREAMS_OPERATOR_CONFIG: configFile },
+        env: { ...process.env, KUBECONFIG: cp!.kubeconfigPath, KSTREAMS_OPERATOR_CONFIG: configFile, ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) },
         stdio: ['ignore', fd, fd],
       });
       closeSync(fd);
@@ -404,6 +411,25 @@ async function main(): Promise<void> {
     log(`webhook, ${N} agents: p50 ${f2(q(hookBusy.ms, 0.5))} ms, p99 ${f2(q(hookBusy.ms, 0.99))} ms`);
 
     // 1. The edit: every namespace's `all` StreamPath gets a new port at once (generation 2).
+    if (PROFILE_DIR) {
+      mkdirSync(PROFILE_DIR, { recursive: true });
+      operator!.kill('SIGUSR2');
+      await sleep(500); // the profiler is started asynchronously in the operator
+    }
+    // What the edit made the operator do: config frames sent, reports received, reconciles (by result).
+    const opCounters = async () => {
+      const m = (await httpGet(`http://127.0.0.1:${metricsPort}/metrics`, { timeoutMs: 60_000 })).body;
+      const out: Record<string, number> = {
+        configFrames: counterSum(m, 'kstreams_operator_feed_frames_total', { frame: 'config' }),
+        reports: counterSum(m, 'kstreams_operator_feed_frames_total', { frame: 'report' }),
+      };
+      for (const r of ['changed', 'unchanged', 'skipped', 'waiting', 'deferred', 'error']) out[`reconcile_${r}`] = counterSum(m, 'kstreams_operator_reconcile_total', { result: r });
+      return out;
+    };
+    const diff = (a: Record<string, number>, b: Record<string, number>) => Object.fromEntries(Object.entries(b).map(([k, v]) => [k, v - (a[k] ?? 0)]));
+    const counters0 = await opCounters();
+    const perf = PERF_FILE ? spawn('perf', ['record', '-q', '-F', '999', '-p', String(pid()), '-o', PERF_FILE], { stdio: 'ignore' }) : undefined;
+    if (perf) await sleep(500);
     const e0cpu = cpuSeconds(pid());
     // From just before the PATCHes are sent: the figure includes the apiserver's write and watch delivery.
     const t0 = Date.now();
@@ -411,13 +437,29 @@ async function main(): Promise<void> {
     const edited = { streamPath: 'all', generation: 2, since: 0 };
     await until(`all ${N} agents at generation 2`, PHASE_MS, async () => ((await allStats(gens, edited)).reached === N ? true : undefined), 50);
     const editCpu = cpuSeconds(pid()) - e0cpu;
+    if (perf) {
+      perf.kill('SIGINT');
+      await once(perf, 'exit');
+      log(`perf record of the edit: ${PERF_FILE}`);
+    }
+    if (PROFILE_DIR) {
+      operator!.kill('SIGUSR2');
+      const file = join(PROFILE_DIR, `${pid()}-1.cpuprofile`);
+      await until('the operator to write its CPU profile', 60_000, async () => (existsSync(`${file}.done`) ? true : undefined));
+      log(`CPU profile of the edit: ${file}`);
+    }
     const rssEdit = rssMiB(pid());
+    const editWork = diff(counters0, await opCounters());
     const reached = await allStats(gens, { ...edited, times: true });
     const prop = reached.reachedAt!.map((at) => at - t0);
-    log(`edit -> all ${N} agents: p50 ${f0(q(prop, 0.5))} ms, p99 ${f0(q(prop, 0.99))} ms, max ${f0(Math.max(...prop))} ms; CPU ${f2(editCpu)} s`);
+    log(`edit -> all ${N} agents: p50 ${f0(q(prop, 0.5))} ms, p99 ${f0(q(prop, 0.99))} ms, max ${f0(Math.max(...prop))} ms; CPU ${f2(editCpu)} s; ${JSON.stringify(editWork)}`);
 
     // 4. Reconnect storm: SIGKILL, start again, until every agent has a config from the new process.
+    const c10 = cpuSeconds(pid());
     await sleep(STATUS_INTERVAL_MS); // the edit's status writes are done
+    const afterEditCpu = cpuSeconds(pid()) - c10;
+    const afterEditWork = diff(counters0, await opCounters());
+    log(`edit + ${STATUS_INTERVAL_MS / 1000} s: CPU ${f2(afterEditCpu)} s in the ${STATUS_INTERVAL_MS / 1000} s after all agents had it; ${JSON.stringify(afterEditWork)}`);
     const beforeStorm = (await list()).items;
     const readyBefore = new Map(beforeStorm.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, readyOf(i)?.lastTransitionTime]));
     const countersBefore = new Map(beforeStorm.map((i) => [`${i.metadata.namespace}/${i.metadata.name}`, [i.status?.connections ?? 0, i.status?.bytesPrimary ?? 0] as const]));
@@ -488,6 +530,9 @@ async function main(): Promise<void> {
         idleCpuS: idleCpu,
         idleS,
         editCpuS: editCpu,
+        afterEditCpuS: afterEditCpu,
+        editWork,
+        editWorkThroughInterval: afterEditWork,
         stormCpuS: stormCpu,
       },
       generatorsRssMiB: genIdle.rssMiB,
