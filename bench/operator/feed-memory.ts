@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { createCA, issueServingCert } from '../../operator/src/webhook/certs.js';
 import type { StartMessage, Stats } from './feed-agents.js';
+import { encodeFrame } from '../../api/src/feed.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name: string, def: string) => {
@@ -46,7 +47,7 @@ async function serverChild(): Promise<void> {
       attach: (id, conn) => {
         const key = Number(id.podUid.slice(1));
         state.set(key, {});
-        setImmediate(() => conn.send({ type: 'config', version: 1, pod: { labels: { app: `a${key % 100}` } }, streamPaths: [], services: {}, programs: {} }));
+        setImmediate(() => conn.send(encodeFrame({ type: 'config', version: 1, pod: { labels: { app: `a${key % 100}` } }, streamPaths: [], services: {}, programs: {} })));
         return {
           frame: (f) => state.set(key, { report: f.report, fingerprint: stableStringify(f.report) }),
           closed: () => state.delete(key),

@@ -179,10 +179,11 @@ export class Controller {
       log: log.child({ component: 'feed' }),
       getPod: (key) => this.pods.get(key),
       streamPathsIn: (ns) => this.streamPathsIn(ns),
+      streamPathsSelecting: (pod) => this.streamPathsSelecting(pod),
       getService: (ns, name) => this.services.get(`${ns}/${name}`),
       getEndpoints: (ns, name) => this.endpoints.get(`${ns}/${name}`),
       programs: this.programs,
-      onObservation: (pod) => this.enqueueReported(pod),
+      onObservation: (pod, changed) => this.enqueueReported(pod, changed),
       disconnectGraceMs: config.feed.disconnectGraceMs,
       onConfigSent: () => metrics.feedFrames.inc({ frame: 'config' }),
       onReport: () => metrics.feedFrames.inc({ frame: 'report' }),
@@ -250,6 +251,13 @@ export class Controller {
 
   private *streamPathsIn(namespace: string): Iterable<StreamPathObject> {
     for (const key of this.spByNamespace.get(namespace) ?? []) {
+      const sp = this.streamPaths.get(key);
+      if (sp) yield sp;
+    }
+  }
+
+  private *streamPathsSelecting(pod: SlimPod): Iterable<StreamPathObject> {
+    for (const key of this.spsByPod.get(podKey(pod)) ?? []) {
       const sp = this.streamPaths.get(key);
       if (sp) yield sp;
     }
@@ -382,10 +390,15 @@ export class Controller {
   /**
    * An agent's report changed: its StreamPaths are reconciled after the report window, not at once, so a
    * StreamPath of 1000 pods whose counters move every second is computed about once a second (and once per
-   * status write interval when its status keeps changing), not 1000 times.
+   * status write interval when its status keeps changing), not 1000 times. Only the StreamPaths whose part
+   * of the report changed (`changed`, by name; all when undefined): an agent acknowledging an edit of one
+   * StreamPath does not make the others of its pod computed again.
    */
-  private enqueueReported(pod: SlimPod): void {
-    for (const key of this.spsByPod.get(podKey(pod)) ?? []) this.queue.addAfter(key, this.reconciler.nextWriteInMs(key, REPORT_WINDOW_MS));
+  private enqueueReported(pod: SlimPod, changed?: ReadonlySet<string>): void {
+    for (const key of this.spsByPod.get(podKey(pod)) ?? []) {
+      if (changed && !changed.has(key.slice(pod.namespace.length + 1))) continue;
+      this.queue.addAfter(key, this.reconciler.nextWriteInMs(key, REPORT_WINDOW_MS));
+    }
     for (const key of this.deleting) if (key.startsWith(`${pod.namespace}/`)) this.queue.addAfter(key, REPORT_WINDOW_MS);
   }
 

@@ -222,7 +222,7 @@ export class Reconciler {
     for (const p of sorted) {
       h.update(cachedString(podStrings, p, () => stableStringify(p)));
       const obs = this.d.observe(p);
-      if (obs) h.update(cachedString(observationStrings, obs, () => stableStringify({ r: obs.report ?? null, e: obs.error ?? null })));
+      if (obs) h.update(obs.key ?? cachedString(observationStrings, obs, () => stableStringify({ r: obs.report ?? null, e: obs.error ?? null })));
     }
     return h.digest('hex');
   }

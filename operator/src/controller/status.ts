@@ -60,6 +60,11 @@ export interface AgentObservation {
   error?: string;
   /** Clock time of the last poll. */
   at: number;
+  /**
+   * A canonical string of `report` and `error`, when whoever made the observation has one (the feed: the
+   * report's JSON as received); the reconciler's input fingerprint uses it instead of stringifying anew.
+   */
+  key?: string;
 }
 
 export interface StatusInput {

@@ -3,12 +3,12 @@
 // when it differs from the last one sent), and the last report each agent sent, which the reconciler reads
 // instead of polling. Changes are batched: a burst of events recomputes each affected pod once.
 import type { Logger } from 'pino';
-import { programKey, serviceKey, type ConfigFrame, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../../../api/src/feed.js';
+import { programKey, serviceKey, type DeliveredProgram, type FeedStreamPath, type ReportFrame, type ResolvedService } from '../../../api/src/feed.js';
 import { LabelSelectorSchema, StreamPathSpecSchema, type LabelSelector } from '../../../api/src/streampath.js';
 import type { Clock } from '../../../runtime/src/clock.js';
 import { podKey, selectorMatches, type SlimPod } from '../kube/objects.js';
 import type { StreamPathObject } from '../controller/reconciler.js';
-import { stableStringify, type AgentObservation } from '../controller/status.js';
+import type { AgentObservation } from '../controller/status.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
 import type { ProgramCache } from './programs.js';
 import { resolveService, type SlimEndpoints, type SlimService } from './resolve.js';
@@ -30,6 +30,50 @@ function parsedOf(sp: StreamPathObject) {
   return p;
 }
 
+/**
+ * The JSON of a StreamPath as a config frame carries it, per cached object (never modified, replaced on every
+ * change): an edit of a StreamPath of 1000 pods encodes it once, not 1000 times, and the frames and their
+ * fingerprints are put together from these strings.
+ */
+const entryJson = new WeakMap<StreamPathObject, string>();
+function entryOf(sp: StreamPathObject): string {
+  let j = entryJson.get(sp);
+  if (j === undefined) {
+    const { name, uid, generation } = sp.metadata;
+    const created = (sp.metadata as { creationTimestamp?: string }).creationTimestamp;
+    const entry: FeedStreamPath = {
+      apiVersion: sp.apiVersion,
+      kind: sp.kind,
+      metadata: { name, uid, ...(generation !== undefined ? { generation } : {}), ...(created ? { creationTimestamp: created } : {}) },
+      spec: sp.spec,
+    };
+    entryJson.set(sp, (j = JSON.stringify(entry)));
+  }
+  return j;
+}
+
+/** The `pod` part of a config frame, per cached pod object. */
+const podJson = new WeakMap<SlimPod, string>();
+function podPartOf(pod: SlimPod): string {
+  let j = podJson.get(pod);
+  if (j === undefined) podJson.set(pod, (j = JSON.stringify({ labels: pod.labels, ...(pod.termination ? { termination: pod.termination } : {}) })));
+  return j;
+}
+
+/** An object's JSON with its keys in sorted order (services and programs: a few keys each). */
+function sortedJson<T>(o: Record<string, T>): string {
+  const keys = Object.keys(o).sort();
+  const out: Record<string, T> = {};
+  for (const k of keys) out[k] = o[k]!;
+  return JSON.stringify(out);
+}
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** Work on agents' configurations per event-loop turn before yielding (flush). */
 const FLUSH_SLICE_MS = 10;
 
@@ -38,11 +82,20 @@ export interface FeedHubDeps {
   log: Logger;
   getPod(key: string): SlimPod | undefined;
   streamPathsIn(namespace: string): Iterable<StreamPathObject>;
+  /**
+   * The StreamPaths whose selector may match the pod (an index kept by the caller, a superset: each is
+   * checked again here). Without it every StreamPath of the pod's namespace is looked at.
+   */
+  streamPathsSelecting?(pod: SlimPod): Iterable<StreamPathObject>;
   getService(namespace: string, name: string): SlimService | undefined;
   getEndpoints(namespace: string, name: string): SlimEndpoints | undefined;
   programs: ProgramCache;
-  /** An agent's observation changed (a new report, it went away): its pod's StreamPaths need a reconcile. */
-  onObservation(pod: SlimPod): void;
+  /**
+   * An agent's observation changed (a new report, it went away): its pod's StreamPaths need a reconcile.
+   * `changed` names the StreamPaths whose part of the report changed (their entry); undefined: all of them
+   * (first report, readiness, an error).
+   */
+  onObservation(pod: SlimPod, changed?: ReadonlySet<string>): void;
   /** An agent whose stream closed counts as unreachable only after this long (it reconnects meanwhile). */
   disconnectGraceMs: number;
   onConfigSent?: () => void;
@@ -53,7 +106,11 @@ interface Session {
   id: AgentIdentity;
   conn: FeedConnection;
   version: number;
-  sentFingerprint: string | undefined;
+  /**
+   * The parts of the last config sent (programs by hash): a config is sent when one differs. The strings of
+   * unchanged StreamPaths and pods are the same cached instances, so comparing them is mostly by identity.
+   */
+  sent: { pod: string; streamPaths: string[]; services: string; programs: string } | undefined;
   /** "ns/name" of the Services and ConfigMaps the last computed config used. */
   services: Set<string>;
   configMaps: Set<string>;
@@ -66,7 +123,10 @@ interface Session {
 interface Observed {
   uid: string;
   obs: AgentObservation;
-  fingerprint: string;
+  /** The report's JSON without its StreamPath entries ('' after an error): a change there concerns all. */
+  head: string;
+  /** Each StreamPath entry's JSON, by name: a change there concerns that StreamPath only. */
+  entries: Map<string, string>;
   /** Clock time the stream closed; undefined while connected. */
   disconnectedAt?: number;
 }
@@ -125,7 +185,7 @@ export class FeedHub {
       old.conn.close('replaced by a newer stream of the same pod');
       this.unindex(key, old);
     }
-    const s: Session = { id, conn, version: 0, sentFingerprint: undefined, services: new Set(), configMaps: new Set(), applied: 0, programsSent: new Set() };
+    const s: Session = { id, conn, version: 0, sent: undefined, services: new Set(), configMaps: new Set(), applied: 0, programsSent: new Set() };
     this.sessions.set(key, s);
     this.index(this.byNamespace, id.namespace, key, true);
     const o = this.observed.get(key);
@@ -142,13 +202,25 @@ export class FeedHub {
     s.applied = f.applied;
     this.d.onReport?.();
     // The pod is the one the token names, whatever the report says.
-    const report = { ...f.report, pod: { namespace: s.id.namespace, name: s.id.pod, uid: s.id.podUid } };
-    const fingerprint = stableStringify(report);
+    const pod = { namespace: s.id.namespace, name: s.id.pod, uid: s.id.podUid };
+    const report = { ...f.report, pod };
+    // The parsed report's keys are in the schema's order, so its JSON is a fingerprint (a different order
+    // of an unchanged report would only cost a reconcile).
+    const head = JSON.stringify({ pod, ready: report.ready });
+    const entries = new Map<string, string>();
+    for (const e of report.streamPaths) entries.set(e.name, JSON.stringify(e));
     const prev = this.observed.get(key);
-    if (prev && prev.uid === s.id.podUid && prev.fingerprint === fingerprint && !prev.obs.error) return;
-    this.observed.set(key, { uid: s.id.podUid, obs: { report, at: this.d.clock.now() }, fingerprint });
-    const pod = this.d.getPod(key);
-    if (pod) this.d.onObservation(pod);
+    let changed: Set<string> | undefined;
+    if (prev && prev.uid === s.id.podUid && prev.head === head && !prev.obs.error) {
+      changed = new Set();
+      for (const [name, j] of entries) if (prev.entries.get(name) !== j) changed.add(name);
+      for (const name of prev.entries.keys()) if (!entries.has(name)) changed.add(name);
+      if (changed.size === 0) return;
+    }
+    const obs: AgentObservation = { report, at: this.d.clock.now(), key: `${head}${[...entries.values()].join(',')}` };
+    this.observed.set(key, { uid: s.id.podUid, obs, head, entries });
+    const p = this.d.getPod(key);
+    if (p) this.d.onObservation(p, changed);
   }
 
   private onClosed(key: string, s: Session): void {
@@ -174,7 +246,7 @@ export class FeedHub {
       if (o.disconnectedAt === undefined || o.obs.error || now - o.disconnectedAt < this.d.disconnectGraceMs) continue;
       const seconds = Math.round((now - o.disconnectedAt) / 1000);
       o.obs = { report: o.obs.report, error: `its stream to the operator closed ${seconds} s ago and it has not reconnected`, at: now };
-      o.fingerprint = '';
+      o.head = '';
       this.d.onObservation(pod);
     }
   }
@@ -263,52 +335,52 @@ export class FeedHub {
     for (const id of s.configMaps) this.index(this.byConfigMap, id, key, true);
     this.index(this.byNamespace, s.id.namespace, key, true);
     if (built.pending) return; // a ConfigMap read is in flight: configMapChanged follows
-    // Programs by hash: the fingerprint does not stringify their bytes, and bytes the stream has are not resent.
+    // Programs by hash: the fingerprint does not carry their bytes, and bytes the stream has are not resent.
     const programs: Record<string, DeliveredProgram> = {};
-    for (const [k, p] of Object.entries(built.body.programs)) programs[k] = 'sha256' in p && p.sha256 ? { sha256: p.sha256 } : p;
-    const fingerprint = stableStringify({ ...built.body, programs });
-    if (fingerprint === s.sentFingerprint) return;
-    s.sentFingerprint = fingerprint;
+    for (const [k, p] of Object.entries(built.programs)) programs[k] = 'sha256' in p && p.sha256 ? { sha256: p.sha256 } : p;
+    const parts = { pod: podPartOf(pod), streamPaths: built.entries, services: sortedJson(built.resolved), programs: sortedJson(programs) };
+    const last = s.sent;
+    if (last && last.pod === parts.pod && last.services === parts.services && last.programs === parts.programs && sameStrings(last.streamPaths, parts.streamPaths)) return;
+    s.sent = parts;
     s.version++;
-    for (const [k, p] of Object.entries(built.body.programs)) {
+    for (const [k, p] of Object.entries(built.programs)) {
       if (!('data' in p) || !p.sha256) continue;
       if (s.programsSent.has(p.sha256)) continue;
       programs[k] = p;
       s.programsSent.add(p.sha256);
     }
-    const frame: ConfigFrame = { type: 'config', version: s.version, ...built.body, programs };
-    if (s.conn.send(frame)) this.d.onConfigSent?.();
+    // The frame is put together from the parts' JSON: what encodeFrame makes of the same ConfigFrame
+    // (hub.test.ts), without encoding each StreamPath again for every pod it selects.
+    const line = `{"type":"config","version":${s.version},"pod":${parts.pod},"streamPaths":[${parts.streamPaths.join(',')}],"services":${parts.services},"programs":${sortedJson(programs)}}\n`;
+    if (s.conn.send(line)) this.d.onConfigSent?.();
   }
 
-  /** The configuration of one pod: the StreamPaths that select it, with what their targets and programs resolve to. */
-  private build(pod: SlimPod): { body: Omit<ConfigFrame, 'type' | 'version'>; services: Set<string>; configMaps: Set<string>; pending: boolean } {
-    const streamPaths: FeedStreamPath[] = [];
-    const services: Record<string, ResolvedService> = {};
+  /**
+   * The configuration of one pod: the StreamPaths that select it (their JSON, by name), what their targets and
+   * programs resolve to, and the Services and ConfigMaps it depends on.
+   */
+  private build(pod: SlimPod): { entries: string[]; resolved: Record<string, ResolvedService>; programs: Record<string, DeliveredProgram>; services: Set<string>; configMaps: Set<string>; pending: boolean } {
+    const selecting: { name: string; json: string }[] = [];
+    const resolved: Record<string, ResolvedService> = {};
     const programs: Record<string, DeliveredProgram> = {};
     const serviceIds = new Set<string>();
     const configMapIds = new Set<string>();
     let pending = false;
-    for (const sp of this.d.streamPathsIn(pod.namespace)) {
-      if (sp.metadata.deletionTimestamp) continue;
+    const candidates = this.d.streamPathsSelecting ? this.d.streamPathsSelecting(pod) : this.d.streamPathsIn(pod.namespace);
+    for (const sp of candidates) {
+      if (sp.metadata.deletionTimestamp || sp.metadata.namespace !== pod.namespace) continue;
       // Selection by the selector alone, as the agent did: an invalid spec elsewhere is reported by exactly
       // the pods it was meant for.
       const parsed = parsedOf(sp);
       if (!parsed.selector || !selectorMatches(parsed.selector, pod.labels)) continue;
-      const { name, uid, generation } = sp.metadata;
-      const created = (sp.metadata as { creationTimestamp?: string }).creationTimestamp;
-      streamPaths.push({
-        apiVersion: sp.apiVersion,
-        kind: sp.kind,
-        metadata: { name, uid, ...(generation !== undefined ? { generation } : {}), ...(created ? { creationTimestamp: created } : {}) },
-        spec: sp.spec,
-      });
+      selecting.push({ name: sp.metadata.name, json: entryOf(sp) });
       const spec = parsed.spec;
       if (!spec.success) continue;
       for (const t of spec.data.mirror?.targets ?? []) {
         if (!t.service) continue;
         const ns = t.service.namespace ?? pod.namespace;
         serviceIds.add(`${ns}/${t.service.name}`);
-        services[serviceKey(ns, t.service.name, t.service.port)] = resolveService(
+        resolved[serviceKey(ns, t.service.name, t.service.port)] = resolveService(
           { namespace: ns, name: t.service.name, port: t.service.port },
           this.d.getService(ns, t.service.name),
           this.d.getEndpoints(ns, t.service.name),
@@ -323,8 +395,8 @@ export class FeedHub {
         else programs[programKey(p.configMap, p.key)] = got;
       }
     }
-    streamPaths.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
-    return { body: { pod: { labels: { ...pod.labels }, ...(pod.termination ? { termination: pod.termination } : {}) }, streamPaths, services, programs }, services: serviceIds, configMaps: configMapIds, pending };
+    selecting.sort((a, b) => a.name.localeCompare(b.name));
+    return { entries: selecting.map((e) => e.json), resolved, programs, services: serviceIds, configMaps: configMapIds, pending };
   }
 
   private index(map: Map<string, Set<string>>, id: string, key: string, add: boolean): void {

@@ -5,14 +5,14 @@
 import { constants, createSecureServer, type SecureServerOptions, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame, type OperatorFrame } from '../../../api/src/feed.js';
+import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame } from '../../../api/src/feed.js';
 import { formatIssues } from '../../../api/src/streampath.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
 
 /** What the hub sees of one agent's stream. */
 export interface FeedConnection {
-  /** Writes one frame; false when the stream is gone. */
-  send(frame: OperatorFrame): boolean;
+  /** Writes one encoded frame (a line of JSON, as encodeFrame makes it); false when the stream is gone. */
+  send(line: string): boolean;
   close(reason: string): void;
 }
 
@@ -107,9 +107,9 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
     if (stream.destroyed) return;
     let handlers: FeedSessionHandlers;
     const conn: FeedConnection = {
-      send: (frame) => {
+      send: (line) => {
         if (stream.destroyed || stream.closed) return false;
-        stream.write(encodeFrame(frame));
+        stream.write(line);
         return true;
       },
       close: (reason) => {

@@ -1,0 +1,193 @@
+// The feed hub with connections that record what they are sent (no TLS, no apiserver): the frames it puts
+// together from cached parts are the ConfigFrames the agent parses, one per change and none without one;
+// program bytes go once per stream; a report names the StreamPaths whose part of it changed.
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { ConfigFrameSchema, encodeFrame, type ConfigFrame, type DeliveredProgram, type ReportFrame } from '../../../api/src/feed.js';
+import { FakeClock } from '../../../runtime/src/clock.js';
+import type { StreamPathObject } from '../controller/reconciler.js';
+import type { SlimPod } from '../kube/objects.js';
+import { FeedHub } from './hub.js';
+import type { ProgramCache } from './programs.js';
+import type { FeedSessionHandlers } from './server.js';
+
+const NS = 'shop';
+
+function pod(name: string, labels: Record<string, string>, extra: Partial<SlimPod> = {}): SlimPod {
+  return { namespace: NS, name, uid: `uid-${name}`, labels, podIP: '10.0.0.1', injected: true, agentPort: 15090, optedOut: false, deleting: false, ...extra };
+}
+
+function streamPath(name: string, generation: number, spec: Record<string, unknown>): StreamPathObject {
+  return {
+    apiVersion: 'kstreams.io/v1alpha1',
+    kind: 'StreamPath',
+    metadata: { name, namespace: NS, uid: `uid-${name}`, generation, resourceVersion: String(generation), creationTimestamp: '2026-12-02T00:00:00Z' } as StreamPathObject['metadata'],
+    spec,
+  };
+}
+
+const mirror = (app: string, port: number, extra: Record<string, unknown> = {}) => ({ selector: { matchLabels: { app } }, port, mirror: { targets: [{ address: '127.0.0.1:9' }] }, ...extra });
+
+class Fixture {
+  readonly clock = new FakeClock();
+  readonly pods = new Map<string, SlimPod>();
+  sps: StreamPathObject[] = [];
+  readonly sent = new Map<string, string[]>();
+  readonly observations: { pod: string; changed: string[] | undefined }[] = [];
+  programs: Record<string, DeliveredProgram> = {};
+  readonly hub: FeedHub;
+
+  constructor(useIndex: boolean) {
+    this.hub = new FeedHub({
+      clock: this.clock,
+      log: pino({ level: 'silent' }),
+      getPod: (key) => this.pods.get(key),
+      streamPathsIn: (ns) => this.sps.filter((sp) => sp.metadata.namespace === ns),
+      // The caller's index is a superset: here every StreamPath, the hub checks each selector itself.
+      ...(useIndex ? { streamPathsSelecting: () => this.sps } : {}),
+      getService: () => undefined,
+      getEndpoints: () => undefined,
+      programs: { get: (_ns: string, cm: string, key: string) => this.programs[`${cm}/${key}`] } as unknown as ProgramCache,
+      onObservation: (p, changed) => this.observations.push({ pod: p.name, changed: changed && [...changed].sort() }),
+      disconnectGraceMs: 10_000,
+    });
+  }
+
+  addPod(p: SlimPod): void {
+    this.pods.set(`${p.namespace}/${p.name}`, p);
+  }
+
+  connect(p: SlimPod): FeedSessionHandlers {
+    const lines: string[] = [];
+    this.sent.set(p.name, lines);
+    return this.hub.attach({ namespace: p.namespace, pod: p.name, podUid: p.uid, serviceAccount: 'default' }, { send: (l) => (lines.push(l), true), close: () => {} });
+  }
+
+  frames(name: string): ConfigFrame[] {
+    return (this.sent.get(name) ?? []).map((l) => {
+      expect(l.endsWith('\n')).toBe(true);
+      return ConfigFrameSchema.parse(JSON.parse(l));
+    });
+  }
+
+  /** The hub's pass over dirty agents runs in immediates: let it finish. */
+  async settle(): Promise<void> {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  }
+}
+
+function report(applied: number, entries: { name: string; generation: number; connections?: number }[], ready = true): ReportFrame {
+  return {
+    type: 'report',
+    applied,
+    report: {
+      pod: { namespace: NS, name: 'whatever' },
+      ready,
+      streamPaths: entries.map((e) => ({ name: e.name, generation: e.generation, attached: true, connections: e.connections ?? 1, bytesPrimary: 10, bytesMirrored: 10, bytesDropped: 0, targets: [] })),
+    },
+  };
+}
+
+describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) => {
+  it('sends each agent one frame per change, equal to the ConfigFrame encodeFrame would make, and none without a change', async () => {
+    const f = new Fixture(useIndex);
+    const web = pod('web-0', { app: 'web', tier: 'front' }, { termination: { terminationGracePeriodSeconds: 30 } });
+    const db = pod('db-0', { app: 'db', tier: 'back' });
+    f.addPod(web);
+    f.addPod(db);
+    f.sps = [streamPath('web', 1, mirror('web', 8080)), streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } }), streamPath('db', 1, mirror('db', 5432))];
+    f.hub.setSynced();
+    f.connect(web);
+    f.connect(db);
+    await f.settle();
+
+    const [first] = f.frames('web-0');
+    const expected: ConfigFrame = {
+      type: 'config',
+      version: 1,
+      pod: { labels: { app: 'web', tier: 'front' }, termination: { terminationGracePeriodSeconds: 30 } },
+      streamPaths: ['all', 'web'].map((name) => {
+        const sp = f.sps.find((s) => s.metadata.name === name)!;
+        return { apiVersion: sp.apiVersion, kind: sp.kind, metadata: { name, uid: `uid-${name}`, generation: 1, creationTimestamp: '2026-12-02T00:00:00Z' }, spec: sp.spec };
+      }),
+      services: {},
+      programs: {},
+    };
+    expect(first).toEqual(expected);
+    expect(f.sent.get('web-0')![0]).toBe(encodeFrame(expected));
+    expect(f.frames('db-0').map((c) => c.streamPaths.map((s) => s.metadata.name))).toEqual([['db']]);
+
+    // Nothing changed for the agents: a status write comes back as a new object of the same generation.
+    f.sps = f.sps.map((sp) => ({ ...sp, metadata: { ...sp.metadata, resourceVersion: `${sp.metadata.resourceVersion}-status` } }));
+    f.hub.streamPathsChanged(NS);
+    f.hub.streamPathsChanged(NS);
+    await f.settle();
+    expect(f.sent.get('web-0')).toHaveLength(1);
+    expect(f.sent.get('db-0')).toHaveLength(1);
+
+    // An edit of `all`: one frame to the pod it selects, with the new generation, none to the other.
+    f.sps = f.sps.map((sp) => (sp.metadata.name === 'all' ? streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } }) : sp));
+    f.hub.streamPathsChanged(NS);
+    await f.settle();
+    const frames = f.frames('web-0');
+    expect(frames).toHaveLength(2);
+    expect(frames[1]!.version).toBe(2);
+    expect(frames[1]!.streamPaths.map((s) => [s.metadata.name, s.metadata.generation, (s.spec as { port: number }).port])).toEqual([['all', 2, 8082], ['web', 1, 8080]]);
+    expect(f.sent.get('db-0')).toHaveLength(1);
+  });
+
+  it('sends program bytes once per stream, then their hash; services and programs are keyed in sorted order', async () => {
+    const f = new Fixture(useIndex);
+    const p = pod('p-0', { app: 'p' });
+    f.addPod(p);
+    const ops = (cm: string) => ({ transform: { applyTo: 'mirror', ops: [{ program: { configMap: cm, key: 'prog.o' } }] } });
+    f.programs = { 'zeta/prog.o': { data: 'AAAA', sha256: 'aa' }, 'alpha/prog.o': { data: 'BBBB', sha256: 'bb' } };
+    f.sps = [streamPath('z', 1, mirror('p', 8080, ops('zeta'))), streamPath('a', 1, mirror('p', 8081, ops('alpha')))];
+    f.hub.setSynced();
+    f.connect(p);
+    await f.settle();
+    const line = f.sent.get('p-0')![0]!;
+    const first = f.frames('p-0')[0]!;
+    expect(Object.keys(first.programs)).toEqual(['alpha/prog.o', 'zeta/prog.o']);
+    expect(line.indexOf('alpha/prog.o')).toBeLessThan(line.indexOf('zeta/prog.o'));
+    expect(first.programs['alpha/prog.o']).toEqual({ data: 'BBBB', sha256: 'bb' });
+    f.sps = [f.sps[0]!, streamPath('a', 2, mirror('p', 8083, ops('alpha')))];
+    f.hub.streamPathsChanged(NS);
+    await f.settle();
+    const second = f.frames('p-0')[1]!;
+    expect(second.programs).toEqual({ 'alpha/prog.o': { sha256: 'bb' }, 'zeta/prog.o': { sha256: 'aa' } });
+  });
+
+  it('names the StreamPaths whose entry of a report changed; all of them for a first report or a readiness change', async () => {
+    const f = new Fixture(useIndex);
+    const p = pod('p-0', { app: 'p' });
+    f.addPod(p);
+    f.sps = [streamPath('a', 1, mirror('p', 8080)), streamPath('b', 1, mirror('p', 8081))];
+    f.hub.setSynced();
+    const h = f.connect(p);
+    await f.settle();
+
+    h.frame(report(1, [{ name: 'a', generation: 1 }, { name: 'b', generation: 1 }]));
+    expect(f.observations).toEqual([{ pod: 'p-0', changed: undefined }]);
+    expect(f.hub.observe(p)?.report?.pod).toEqual({ namespace: NS, name: 'p-0', uid: 'uid-p-0' });
+    // The same report again (a keepalive, or only `applied` moved): nothing to reconcile.
+    h.frame(report(2, [{ name: 'a', generation: 1 }, { name: 'b', generation: 1 }]));
+    expect(f.observations).toHaveLength(1);
+    expect(f.hub.applied('default/p-0')).toBeUndefined();
+    expect(f.hub.applied(`${NS}/p-0`)).toBe(2);
+    // `b` acknowledged at a new generation: only `b`.
+    h.frame(report(3, [{ name: 'a', generation: 1 }, { name: 'b', generation: 2 }]));
+    expect(f.observations.at(-1)).toEqual({ pod: 'p-0', changed: ['b'] });
+    // `a` gone from the report and `b`'s counters moved.
+    h.frame(report(3, [{ name: 'b', generation: 2, connections: 5 }]));
+    expect(f.observations.at(-1)).toEqual({ pod: 'p-0', changed: ['a', 'b'] });
+    // Readiness concerns every StreamPath.
+    h.frame(report(3, [{ name: 'b', generation: 2, connections: 5 }], false));
+    expect(f.observations.at(-1)).toEqual({ pod: 'p-0', changed: undefined });
+    // Each new observation carries its own key; an unchanged report keeps the stored one.
+    const key = f.hub.observe(p)?.key;
+    expect(key).toBeDefined();
+    h.frame(report(4, [{ name: 'b', generation: 2, connections: 5 }], false));
+    expect(f.hub.observe(p)?.key).toBe(key);
+  });
+});
