@@ -30,6 +30,8 @@ export interface ControllerDeps {
 
 /** Reports that arrive within this window are taken into one reconcile of their StreamPath. */
 const REPORT_WINDOW_MS = 1_000;
+/** A reconcile waits at most this long for the feed's pending configurations to be sent. */
+const FEED_FIRST_MS = 1_000;
 
 type RawSelector = Parameters<typeof selectorMatches>[0];
 
@@ -185,6 +187,8 @@ export class Controller {
       programs: this.programs,
       onObservation: (pod, changed) => this.enqueueReported(pod, changed),
       disconnectGraceMs: config.feed.disconnectGraceMs,
+      // Admission reviews wait for a slice only when the webhook shares this event loop.
+      flushSliceMs: config.webhook.enabled && config.webhook.thread === 'main' ? 10 : 50,
       onConfigSent: () => metrics.feedFrames.inc({ frame: 'config' }),
       onReport: () => metrics.feedFrames.inc({ frame: 'report' }),
     });
@@ -228,6 +232,9 @@ export class Controller {
       retryMaxMs: config.retryMaxMs,
       random: d.random,
       process: async (key, signal) => {
+        // Agents' configurations first (an edit of a StreamPath of 10,000 pods): a status can wait a moment,
+        // within its write bound, while each reconcile's write would delay the frames still to be sent.
+        if (this.feed.backlog) await this.feed.whenIdle(FEED_FIRST_MS);
         const end = metrics.reconcileDuration.startTimer();
         try {
           const r = await this.reconciler.reconcile(key, signal);

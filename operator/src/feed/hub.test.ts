@@ -37,8 +37,9 @@ class Fixture {
   programs: Record<string, DeliveredProgram> = {};
   readonly hub: FeedHub;
 
-  constructor(useIndex: boolean) {
+  constructor(useIndex: boolean, flushSliceMs?: number) {
     this.hub = new FeedHub({
+      ...(flushSliceMs !== undefined ? { flushSliceMs } : {}),
       clock: this.clock,
       log: pino({ level: 'silent' }),
       getPod: (key) => this.pods.get(key),
@@ -189,5 +190,30 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     expect(key).toBeDefined();
     h.frame(report(4, [{ name: 'b', generation: 2, connections: 5 }], false));
     expect(f.hub.observe(p)?.key).toBe(key);
+  });
+
+  it('has a backlog while configurations wait, and whenIdle resolves once every one of them went out', async () => {
+    // A slice of 0 ms: one configuration per event-loop turn, so the pass spans many turns.
+    const f = new Fixture(useIndex, 0);
+    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
+    const pods = Array.from({ length: 20 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
+    for (const p of pods) f.addPod(p);
+    expect(f.hub.backlog).toBe(false);
+    await f.hub.whenIdle(10_000); // nothing waits: at once
+    for (const p of pods) f.connect(p);
+    // Not synced: nothing is sent, and nothing counts as waiting for the feed.
+    expect(f.hub.backlog).toBe(false);
+    f.hub.setSynced();
+    expect(f.hub.backlog).toBe(true);
+    // Longer than the test's own timeout: only the end of the pass can resolve it in time.
+    await f.hub.whenIdle(60_000);
+    expect(f.hub.backlog).toBe(false);
+    expect(pods.map((p) => f.sent.get(p.name)?.length)).toEqual(pods.map(() => 1));
+    // Stopping ends the wait too.
+    f.sps = [streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } })];
+    f.hub.streamPathsChanged(NS);
+    const waiting = f.hub.whenIdle(60_000);
+    f.hub.stop();
+    await waiting;
   });
 });

@@ -74,7 +74,10 @@ function sameStrings(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
-/** Work on agents' configurations per event-loop turn before yielding (flush). */
+/**
+ * Work on agents' configurations per event-loop turn before yielding (flush), by default: with the webhook
+ * on the same event loop its admission reviews wait for at most this long.
+ */
 const FLUSH_SLICE_MS = 10;
 
 export interface FeedHubDeps {
@@ -98,6 +101,12 @@ export interface FeedHubDeps {
   onObservation(pod: SlimPod, changed?: ReadonlySet<string>): void;
   /** An agent whose stream closed counts as unreachable only after this long (it reconnects meanwhile). */
   disconnectGraceMs: number;
+  /**
+   * Work on configurations per event-loop turn (default FLUSH_SLICE_MS). Between slices the loop reads the
+   * sockets (reports, PINGs, watches) and runs reconciles; with the webhook on its own thread a longer slice
+   * sends an edit's frames sooner, before the acknowledgements of its first frames take the loop's turns.
+   */
+  flushSliceMs?: number;
   onConfigSent?: () => void;
   onReport?: () => void;
 }
@@ -139,6 +148,8 @@ export class FeedHub {
   private readonly byConfigMap = new Map<string, Set<string>>();
   private readonly dirty = new Set<string>();
   private flushing = false;
+  /** Waiting for the dirty agents to be done (whenIdle). */
+  private idleWaiters: (() => void)[] = [];
   private synced = false;
   private stopped = false;
 
@@ -166,6 +177,27 @@ export class FeedHub {
   observe(pod: SlimPod): AgentObservation | undefined {
     const o = this.observed.get(podKey(pod));
     return o && o.uid === pod.uid ? o.obs : undefined;
+  }
+
+  /** Configurations are waiting to be computed and sent (an edit, a reconnect storm). */
+  get backlog(): boolean {
+    return this.synced && !this.stopped && this.dirty.size > 0;
+  }
+
+  /**
+   * Resolves once no configuration waits (or after `maxMs`): work that can wait, such as reconciles, lets an
+   * edit's frames go out first, so that the acknowledgements of the first agents do not delay the last.
+   */
+  whenIdle(maxMs: number): Promise<void> {
+    if (!this.backlog) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, maxMs);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.idleWaiters.push(done);
+    });
   }
 
   /** The caches are complete: configs can be computed (nothing is sent from a partial cache). */
@@ -289,6 +321,7 @@ export class FeedHub {
   /** Every agent stream ends (leadership lost, shutdown): agents keep their configuration and reconnect. */
   stop(): void {
     this.stopped = true;
+    this.wakeIdle();
     for (const [key, s] of [...this.sessions]) {
       s.conn.close('the operator stopped leading');
       this.sessions.delete(key);
@@ -309,8 +342,8 @@ export class FeedHub {
    */
   private flush(): void {
     this.flushing = false;
-    if (!this.synced || this.stopped) return;
-    const until = performance.now() + FLUSH_SLICE_MS;
+    if (!this.synced || this.stopped) return this.wakeIdle();
+    const until = performance.now() + (this.d.flushSliceMs ?? FLUSH_SLICE_MS);
     for (const key of this.dirty) {
       this.dirty.delete(key);
       const s = this.sessions.get(key);
@@ -321,6 +354,14 @@ export class FeedHub {
         return;
       }
     }
+    this.wakeIdle();
+  }
+
+  private wakeIdle(): void {
+    if (this.idleWaiters.length === 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
   }
 
   private sendConfig(key: string, s: Session): void {
