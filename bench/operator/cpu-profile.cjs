@@ -8,7 +8,7 @@ const { writeFileSync } = require('node:fs');
 const { join } = require('node:path');
 
 const dir = process.env.KSTREAMS_CPU_PROFILE_DIR;
-const intervalUs = Number(process.env.KSTREAMS_CPU_PROFILE_INTERVAL_US || 500);
+const intervalUs = Number(process.env.KSTREAMS_CPU_PROFILE_INTERVAL_US || 1000);
 if (dir) {
   const session = new inspector.Session();
   session.connect();

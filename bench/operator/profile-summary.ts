@@ -1,7 +1,9 @@
 // Summarises a V8 .cpuprofile (bench/operator/feed-scale.ts --profile-edit): sampled time, the functions with
 // the most self time, and the inclusive time of the frames that name a part of the operator (its own source
 // files and the Node internals that carry the feed), so that a profile says where an edit's CPU went.
-// `npx tsx bench/operator/profile-summary.ts FILE.cpuprofile [--top 40] [--match REGEX]`
+// With --when NAME: when (from the profile's start) the samples inside that function had reached 1%, 50%, 99%
+// and 100% of its time: for sendConfig, when the operator had computed and written the edit's frames.
+// `npx tsx bench/operator/profile-summary.ts FILE.cpuprofile [--top 40] [--match REGEX] [--when NAME]`
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
@@ -23,7 +25,7 @@ interface Profile {
   timeDeltas: number[];
 }
 
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '40' }, match: { type: 'string' } } });
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '40' }, match: { type: 'string' }, when: { type: 'string' } } });
 const file = positionals[0];
 if (!file) throw new Error('usage: profile-summary.ts FILE.cpuprofile [--top N] [--match REGEX]');
 const prof = JSON.parse(readFileSync(file, 'utf8')) as Profile;
@@ -68,3 +70,30 @@ for (const [k, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top)) conso
 console.log('\ninclusive time:');
 const re = values.match ? new RegExp(values.match) : undefined;
 for (const [k, us] of [...incl].sort((a, b) => b[1] - a[1]).filter(([k]) => !re || re.test(k)).slice(0, top)) console.log(`${ms(us)} ms ${pct(us)}  ${k}`);
+
+if (values.when) {
+  const inside = (id: number) => {
+    for (let n: number | undefined = id; n !== undefined; n = parent.get(n)) if (byId.get(n)!.callFrame.functionName === values.when) return true;
+    return false;
+  };
+  const memo = new Map<number, boolean>();
+  let t = 0;
+  const at: { t: number; us: number }[] = [];
+  for (let i = 0; i < prof.samples.length; i++) {
+    t += prof.timeDeltas[i] ?? 0;
+    const id = prof.samples[i]!;
+    let yes = memo.get(id);
+    if (yes === undefined) memo.set(id, (yes = inside(id)));
+    if (yes) at.push({ t, us: prof.timeDeltas[i + 1] ?? 0 });
+  }
+  const total = at.reduce((a, b) => a + b.us, 0);
+  const marks = [0.01, 0.5, 0.99, 1];
+  const out: string[] = [];
+  let acc = 0;
+  let m = 0;
+  for (const x of at) {
+    acc += x.us;
+    while (m < marks.length && acc >= marks[m]! * total) out.push(`${marks[m]! * 100}% at ${(x.t / 1000).toFixed(0)} ms`), m++;
+  }
+  console.log(`\n${values.when}: ${(total / 1000).toFixed(0)} ms in all; ${out.join(', ')} (from the profile's start)`);
+}
