@@ -190,6 +190,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
           metrics.feedConnected.set(c.feed.connected);
           return {
             frame: handlers.frame,
+            ...(handlers.later ? { later: handlers.later } : {}),
             closed: () => {
               handlers.closed();
               metrics.feedConnected.set(c.feed.connected);

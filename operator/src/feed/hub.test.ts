@@ -216,4 +216,29 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     f.hub.stop();
     await waiting;
   });
+
+  it('holds reading reports (handlers.later) while configurations wait: run after the last frame, in order', async () => {
+    const f = new Fixture(useIndex, 0);
+    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
+    const pods = Array.from({ length: 10 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
+    for (const p of pods) f.addPod(p);
+    const handlers = pods.map((p) => f.connect(p));
+    const ran: string[] = [];
+    // Nothing waits yet (not synced): at once.
+    handlers[0]!.later!(() => ran.push('now'));
+    expect(ran).toEqual(['now']);
+    f.hub.setSynced();
+    const framesWhenRun: number[] = [];
+    handlers.forEach((h, i) =>
+      h.later!(() => {
+        ran.push(`p-${i}`);
+        framesWhenRun.push([...f.sent.values()].reduce((n, l) => n + l.length, 0));
+      }),
+    );
+    expect(ran).toEqual(['now']);
+    await f.hub.whenIdle(60_000);
+    await f.settle();
+    expect(ran).toEqual(['now', ...pods.map((p) => p.name)]);
+    expect(framesWhenRun).toEqual(pods.map(() => pods.length));
+  });
 });

@@ -79,6 +79,8 @@ function sameStrings(a: readonly string[], b: readonly string[]): boolean {
  * on the same event loop its admission reviews wait for at most this long.
  */
 const FLUSH_SLICE_MS = 10;
+/** An agent's report waits at most this long for the pending configurations to be sent (afterBacklog). */
+const HOLD_MS = 1_000;
 
 export interface FeedHubDeps {
   clock: Clock;
@@ -148,8 +150,11 @@ export class FeedHub {
   private readonly byConfigMap = new Map<string, Set<string>>();
   private readonly dirty = new Set<string>();
   private flushing = false;
-  /** Waiting for the dirty agents to be done (whenIdle). */
-  private idleWaiters: (() => void)[] = [];
+  /** Work waiting for the pending configurations to be sent (afterBacklog), oldest first from idleHead. */
+  private idleWaiters: { cb: () => void; due: number }[] = [];
+  private idleHead = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private idleRunning = false;
   private synced = false;
   private stopped = false;
 
@@ -185,19 +190,60 @@ export class FeedHub {
   }
 
   /**
-   * Resolves once no configuration waits (or after `maxMs`): work that can wait, such as reconciles, lets an
-   * edit's frames go out first, so that the acknowledgements of the first agents do not delay the last.
+   * Runs `cb` once no configuration waits, or after `maxMs` (at once when none waits). Work that can wait a
+   * moment (an agent's report, a reconcile) lets an edit's frames go out first, so that the acknowledgements
+   * of the first agents do not delay the frames of the last. Callbacks run oldest first, in slices of the
+   * same length as the configurations', so that 10,000 held reports do not hold the loop either.
    */
+  afterBacklog(cb: () => void, maxMs: number): void {
+    if (!this.backlog && this.idleHead === this.idleWaiters.length) return cb();
+    this.idleWaiters.push({ cb, due: performance.now() + maxMs });
+    this.armIdleTimer();
+  }
+
   whenIdle(maxMs: number): Promise<void> {
-    if (!this.backlog) return Promise.resolve();
-    return new Promise((resolve) => {
-      const t = setTimeout(done, maxMs);
-      function done() {
-        clearTimeout(t);
-        resolve();
+    return new Promise((resolve) => this.afterBacklog(resolve, maxMs));
+  }
+
+  /** One timer, for the oldest waiter's deadline (all wait equally long, so it is the earliest). */
+  private armIdleTimer(): void {
+    if (this.idleTimer || this.idleRunning) return;
+    const head = this.idleWaiters[this.idleHead];
+    if (!head) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      this.runIdle(true);
+    }, Math.max(0, head.due - performance.now()));
+    this.idleTimer.unref?.();
+  }
+
+  /** Runs the waiters (only those past their deadline while configurations still wait), a slice per turn. */
+  private runIdle(dueOnly: boolean): void {
+    this.idleRunning = false;
+    const until = performance.now() + (this.d.flushSliceMs ?? FLUSH_SLICE_MS);
+    while (this.idleHead < this.idleWaiters.length) {
+      const w = this.idleWaiters[this.idleHead]!;
+      if (dueOnly && this.backlog && w.due > performance.now()) break;
+      this.idleHead++;
+      try {
+        w.cb();
+      } catch (err) {
+        this.d.log.error({ err }, 'feed: deferred work failed');
       }
-      this.idleWaiters.push(done);
-    });
+      if (this.idleHead < this.idleWaiters.length && performance.now() >= until) {
+        this.idleRunning = true;
+        setImmediate(() => this.runIdle(dueOnly));
+        return;
+      }
+    }
+    if (this.idleHead === this.idleWaiters.length) {
+      this.idleWaiters = [];
+      this.idleHead = 0;
+    } else if (this.idleHead > 1024 && this.idleHead * 2 > this.idleWaiters.length) {
+      this.idleWaiters = this.idleWaiters.slice(this.idleHead);
+      this.idleHead = 0;
+    }
+    this.armIdleTimer();
   }
 
   /** The caches are complete: configs can be computed (nothing is sent from a partial cache). */
@@ -226,6 +272,7 @@ export class FeedHub {
     return {
       frame: (f) => this.onReport(key, s, f),
       closed: () => this.onClosed(key, s),
+      later: (work) => this.afterBacklog(work, HOLD_MS),
     };
   }
 
@@ -358,10 +405,10 @@ export class FeedHub {
   }
 
   private wakeIdle(): void {
-    if (this.idleWaiters.length === 0) return;
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+    if (this.idleHead === this.idleWaiters.length || this.idleRunning) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.runIdle(false);
   }
 
   private sendConfig(key: string, s: Session): void {

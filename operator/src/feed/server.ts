@@ -19,6 +19,11 @@ export interface FeedConnection {
 export interface FeedSessionHandlers {
   frame(frame: AgentFrame): void;
   closed(): void;
+  /**
+   * Runs `work` (reading what the agent sent) now or a little later: the leader reads reports after the
+   * configurations it still has to send. Without it, at once.
+   */
+  later?(work: () => void): void;
 }
 
 export interface FeedBackend {
@@ -129,12 +134,9 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
     stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
     const decoder = new FrameDecoder();
     let closed = false;
-    const done = () => {
-      if (closed) return;
-      closed = true;
-      handlers.closed();
-    };
-    stream.on('data', (chunk: Buffer) => {
+    /** Chunks read while an earlier one waits for its turn (handlers.later), in order. */
+    let held: Buffer[] | undefined;
+    const take = (chunk: Buffer) => {
       let frames: unknown[];
       try {
         frames = decoder.push(chunk);
@@ -151,6 +153,26 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
         }
         handlers.frame(r.data);
       }
+    };
+    const release = () => {
+      const chunks = held;
+      held = undefined;
+      for (const c of chunks ?? []) take(c);
+    };
+    const done = () => {
+      if (closed) return;
+      // What the agent said last (its final report, all detached) counts, even if it was still held.
+      release();
+      closed = true;
+      handlers.closed();
+    };
+    stream.on('data', (chunk: Buffer) => {
+      if (held) return void held.push(chunk);
+      if (!handlers.later) return take(chunk);
+      held = [chunk];
+      handlers.later(() => {
+        if (!closed) release();
+      });
     });
     stream.on('close', done);
     stream.on('end', () => {
