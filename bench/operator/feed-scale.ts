@@ -433,12 +433,23 @@ async function main(): Promise<void> {
     const perf = PERF_FILE ? spawn('perf', ['record', '-q', '-F', '999', '-p', String(pid()), '-o', PERF_FILE], { stdio: 'ignore' }) : undefined;
     if (perf) await sleep(500);
     const e0cpu = cpuSeconds(pid());
+    // The others' CPU over the same window: the agents' processes and the control plane's (same 2 cores).
+    const others = () => ({
+      generators: gens.reduce((n, g) => n + cpuSeconds(g.child.pid!), 0),
+      controlPlane: Object.fromEntries(cp!.processes.map((p) => [p.name, cpuSeconds(p.pid)])),
+    });
+    const others0 = others();
     // From just before the PATCHes are sent: the figure includes the apiserver's write and watch delivery.
     const t0 = Date.now();
     await Promise.all(namespaces.map((ns) => kube!.request('PATCH', streamPathPath(ns, 'all'), { body: { spec: { port: 8082 } }, patch: 'merge' })));
     const edited = { streamPath: 'all', generation: 2, since: 0 };
     await until(`all ${N} agents at generation 2`, PHASE_MS, async () => ((await allStats(gens, edited)).reached === N ? true : undefined), 50);
     const editCpu = cpuSeconds(pid()) - e0cpu;
+    const others1 = others();
+    const editOthersCpu = {
+      generators: others1.generators - others0.generators,
+      ...Object.fromEntries(Object.entries(others1.controlPlane).map(([k, v]) => [k, v - (others0.controlPlane[k] ?? 0)])),
+    };
     if (perf) {
       perf.kill('SIGINT');
       await once(perf, 'exit');
@@ -454,7 +465,7 @@ async function main(): Promise<void> {
     const editWork = diff(counters0, await opCounters());
     const reached = await allStats(gens, { ...edited, times: true });
     const prop = reached.reachedAt!.map((at) => at - t0);
-    log(`edit -> all ${N} agents: p50 ${f0(q(prop, 0.5))} ms, p99 ${f0(q(prop, 0.99))} ms, max ${f0(Math.max(...prop))} ms; CPU ${f2(editCpu)} s; ${JSON.stringify(editWork)}`);
+    log(`edit -> all ${N} agents: p50 ${f0(q(prop, 0.5))} ms, p99 ${f0(q(prop, 0.99))} ms, max ${f0(Math.max(...prop))} ms; CPU ${f2(editCpu)} s (others: ${Object.entries(editOthersCpu).map(([k, v]) => `${k} ${f2(v)} s`).join(', ')}); ${JSON.stringify(editWork)}`);
 
     // 4. Reconnect storm: SIGKILL, start again, until every agent has a config from the new process.
     const c10 = cpuSeconds(pid());
@@ -533,6 +544,8 @@ async function main(): Promise<void> {
         idleS,
         editCpuS: editCpu,
         afterEditCpuS: afterEditCpu,
+        /** CPU seconds of the generator processes and of each control-plane process over the edit window. */
+        editOthersCpuS: editOthersCpu,
         editWork,
         editWorkThroughInterval: afterEditWork,
         stormCpuS: stormCpu,
@@ -566,7 +579,7 @@ async function main(): Promise<void> {
       ['operator peak RSS (VmHWM)', `${f0(peak)} MiB (idle ${f0(rssIdle.rss)}, 0 agents ${f0(rssNoAgents.rss)})`, `<= ${TARGETS.rssMiB} MiB`, mark(peak <= TARGETS.rssMiB)],
       ['webhook p99, N agents / 0 agents', `${f2(ratio)}x (${f2(result.webhook.withAgents.p99Ms)} / ${f2(result.webhook.noAgents.p99Ms)} ms)`, `<= ${TARGETS.webhookP99Ratio}x`, mark(ratio <= TARGETS.webhookP99Ratio)],
       ['operator CPU idle with N streams', `${f2(idleCpu / idleS)} cores (${f2(idleCpu)} s in ${f0(idleS)} s)`, '-', '-'],
-      ['operator CPU for the edit', `${f2(editCpu)} s (and ${f2(afterEditCpu)} s in the ${STATUS_INTERVAL_MS / 1000} s after)`, '-', '-'],
+      ['operator CPU for the edit', `${f2(editCpu)} s (and ${f2(afterEditCpu)} s in the ${STATUS_INTERVAL_MS / 1000} s after; meanwhile ${Object.entries(editOthersCpu).map(([k, v]) => `${k} ${f2(v)} s`).join(', ')})`, '-', '-'],
       ['reconnect storm: all configured again', `${f1(stormS)} s after SIGKILL (operator ready ${f1(second.readyMs / 1000)} s, ${stormReviews} TokenReviews, CPU ${f2(stormCpu)} s)`, '-', '-'],
       // A moved lastTransitionTime with Ready never seen otherwise than True (polled every second, writes 10 s
       // apart) is a condition rewritten with a new time, not a False in between.
