@@ -2,9 +2,9 @@
 // with splice while it proxies them. Most tests run the engine in this process on 127.0.0.1 with Node
 // clients and apps whose bytes the test knows, so that files can be compared byte for byte; the bulk
 // ones (1 GiB, SIGKILL) run the engine in a child process in a namespace, driven by engine-peer.mjs.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -466,6 +466,54 @@ describe('a capture is bounded', () => {
       capture: { cutsDisk: 1, connectionsNotRecorded: 1 },
     });
     expect(s.bytesClientToApp).toBe(4 * MB + 100_000);
+  });
+});
+
+describe('a writer that falls behind', () => {
+  /** The capture writer threads of this process (the in-process engines'), by thread id. */
+  const writers = () => readdirSync('/proc/self/task').filter((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'ks-capture');
+
+  it('a writer stopped for good never holds up the primary: the capture is cut (cutsSlow) at an exact prefix, and records again once it runs', async () => {
+    const app = await startApp();
+    const dir = newDir();
+    const before = new Set(writers());
+    const e = captureEngine(app.port, { path: dir }, { pipeSize: MB, mirrorBufferSize: 4 * MB });
+    const tid = writers().find((t) => !before.has(t));
+    expect(tid).toBeDefined();
+    // Only the writer thread stops (ptrace), while it waits for work: the engine's worker runs on.
+    const stopper = new Peer(spawn('python3', [fileURLToPath(new URL('./fixtures/thread-stop.py', import.meta.url)), tid!], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    peers.push(stopper);
+    await stopper.waitFor('stopped', 1, 10_000);
+    // Far more than a lane's slack (its pipe and its socket's 2 x 4 MiB of send buffer) at full speed:
+    // the primary completes with the writer stopped, which it could not if the worker waited on it.
+    const big = randomBytes(64 * MB);
+    const r = await talk(e.listenAddress.port, [big]);
+    expect(r.error).toBeUndefined();
+    await until('the primary to be done', () => app.conns[0] && Buffer.concat(app.conns[0].received).length === big.length);
+    expect(Buffer.concat(app.conns[0]!.received).equals(big)).toBe(true);
+    expect(target(e.stats()).capture?.cutsSlow).toBe(1);
+    stopper.child.stdin!.end();
+    await stopper.waitFor('resumed', 1, 10_000);
+    const after = randomBytes(3 * MB);
+    expect((await talk(e.listenAddress.port, [after])).error).toBeUndefined();
+    await app.closed();
+    const s = await stopped(e);
+    const cap = await readOnlySession(dir);
+    expect(cap.conns).toHaveLength(2);
+    const [cut, whole] = cap.conns;
+    expect(cut!.end).toMatchObject({ how: 'cut', c2s: cut!.c2sBytes });
+    expect(cut!.c2sBytes).toBeGreaterThan(0);
+    expect(cut!.c2sBytes).toBeLessThan(32 * MB);
+    expect(fileBytes(cut!.c2sPath).equals(big.subarray(0, cut!.c2sBytes))).toBe(true);
+    expect(whole!.end).toMatchObject({ how: 'fin', c2s: after.length });
+    expect(fileBytes(whole!.c2sPath).equals(after)).toBe(true);
+    expect(target(s)).toMatchObject({
+      connectionsMirrored: 2, connectionsCut: 1, bytesMirrored: cut!.c2sBytes + after.length,
+      bytesDropped: big.length - cut!.c2sBytes, capture: { cutsSlow: 1, cutsDisk: 0, cutsFull: 0 },
+    });
+    expect(s.bytesClientToApp).toBe(big.length + after.length);
+    // The lanes' send buffers went back to the engine's budget.
+    expect(s.mirrorBufferInUse).toBe(0);
   });
 });
 

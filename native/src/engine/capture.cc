@@ -26,6 +26,7 @@
 #include <cstdio>
 
 #include "engine.h"
+#include "pipes.h"
 #include "sockets.h"
 
 namespace kstreams {
@@ -108,7 +109,7 @@ uint64_t MonotonicNs() {
 }
 
 CaptureConn::~CaptureConn() {
-  for (int* fd : {&c2sRd, &c2sWr, &s2cRd, &s2cWr, &idxFd}) CloseFd(*fd);
+  for (int* fd : {&c2sRd, &c2sWr, &s2cRd, &s2cWr, &c2sSock, &s2cSock, &idxFd}) CloseFd(*fd);
 }
 
 CaptureSession::CaptureSession(const CaptureSpec& spec, std::string target, std::shared_ptr<TargetCounters> counters,
@@ -202,6 +203,8 @@ void CaptureSession::Close() {
   if (thread_.joinable()) thread_.join();
   // Never begun (the engine failed to start): nothing was posted but open ops, which only hold fds.
   ops_.clear();
+  CloseFd(passRd_);
+  CloseFd(passWr_);
 }
 
 void CaptureSession::Discard() {
@@ -236,7 +239,19 @@ void CaptureSession::Post(CaptureOp&& op) {
   if (wake) cv_.notify_one();
 }
 
+bool CaptureSession::MakePass() {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return false;
+  // As large as the kernel lets it be: the bytes of one splice from a lane's socket (the engine's pipe
+  // size; a smaller pipe only means more splices).
+  ResizePipe(fds[0], kPassPipe);
+  passRd_ = fds[0];
+  passWr_ = fds[1];
+  return true;
+}
+
 void CaptureSession::Run() {
+  MakePass();
   std::deque<CaptureOp> batch;
   for (;;) {
     {
@@ -251,7 +266,9 @@ void CaptureSession::Run() {
     for (size_t i = 0; i < batch.size(); i++) {
       CaptureOp& op = batch[i];
       if (op.kind == CaptureOp::kC2s || op.kind == CaptureOp::kS2c) {
-        while (i + 1 < batch.size() && batch[i + 1].kind == op.kind && batch[i + 1].conn == op.conn) op.bytes += batch[++i].bytes;
+        while (i + 1 < batch.size() && batch[i + 1].kind == op.kind && batch[i + 1].conn == op.conn &&
+               batch[i + 1].fromPipe == op.fromPipe)
+          op.bytes += batch[++i].bytes;
       }
       Handle(op);
     }
@@ -299,23 +316,68 @@ bool CaptureSession::AppendIndex(CaptureConn& c, const std::string& line) {
   return false;
 }
 
-void CaptureSession::Write(CaptureConn& c, bool c2s, uint64_t bytes) {
-  int rd = c2s ? c.c2sRd : c.s2cRd;
+int64_t CaptureSession::SpliceToFile(CaptureConn& c, int from, const std::shared_ptr<CaptureFile>& file, uint64_t& written,
+                                     uint64_t bytes) {
+  uint64_t done = 0;
+  while (done < bytes) {
+    ssize_t n = splice(from, nullptr, file->fd, nullptr, size_t(bytes - done), SPLICE_F_MOVE);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
+      return -1;
+    }
+    done += uint64_t(n);
+    written += uint64_t(n);
+    flusher_->Wrote(file, written);
+  }
+  return int64_t(done);
+}
+
+void CaptureSession::Write(CaptureConn& c, bool c2s, uint64_t bytes, bool fromPipe) {
+  int from = fromPipe ? (c2s ? c.c2sRd : c.s2cRd) : (c2s ? c.c2sSock : c.s2cSock);
   const std::shared_ptr<CaptureFile>& file = c2s ? c.c2sFile : c.s2cFile;
   uint64_t& written = c2s ? c.c2sWritten : c.s2cWritten;
   while (bytes > 0 && !c.failed.load(std::memory_order_relaxed) && file) {
-    ssize_t n = splice(rd, nullptr, file->fd, nullptr, size_t(bytes), SPLICE_F_MOVE);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      Fail(c, n < 0 ? errno : EIO);
-      break;
+    uint64_t moved;
+    if (fromPipe) {
+      int64_t n = SpliceToFile(c, from, file, written, bytes);
+      if (n < 0) {
+        Fail(c, errno);
+        break;
+      }
+      moved = uint64_t(n);
+    } else {
+      // The worker posted these bytes once they were in the socket: they are there, so a read that finds
+      // none is a fault of ours, not a wait (counted lost like a failed write, never waited for).
+      if (passRd_ < 0 && !MakePass()) {
+        Fail(c, errno);
+        break;
+      }
+      ssize_t got = splice(from, nullptr, passWr_, nullptr, size_t(std::min<uint64_t>(bytes, 1ull << 30)), SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        Fail(c, got < 0 ? errno : EIO);
+        break;
+      }
+      uint64_t before = written;
+      if (SpliceToFile(c, passRd_, file, written, uint64_t(got)) < 0) {
+        int err = errno;
+        // What the file did not take is dropped with the writer's pipe: it is empty for the next write.
+        CloseFd(passRd_);
+        CloseFd(passWr_);
+        Fail(c, err);
+        uint64_t kept = written - before;
+        (c2s ? counters_->capture.bytesWritten : counters_->capture.responseBytes).fetch_add(kept, std::memory_order_relaxed);
+        bytes -= kept;
+        break;
+      }
+      moved = uint64_t(got);
     }
-    bytes -= uint64_t(n);
-    written += uint64_t(n);
-    (c2s ? counters_->capture.bytesWritten : counters_->capture.responseBytes).fetch_add(uint64_t(n), std::memory_order_relaxed);
-    flusher_->Wrote(file, written);
+    bytes -= moved;
+    (c2s ? counters_->capture.bytesWritten : counters_->capture.responseBytes).fetch_add(moved, std::memory_order_relaxed);
   }
-  // Bytes tee'd but not written stay in the pipe until it is closed at the end: lost, counted.
+  // Bytes posted but not written stay in the socket or the pipe until they are closed at the end: lost,
+  // counted.
   if (bytes > 0 && c2s) counters_->capture.bytesLost.fetch_add(bytes, std::memory_order_relaxed);
 }
 
@@ -327,7 +389,7 @@ void CaptureSession::Handle(CaptureOp& op) {
       break;
     case CaptureOp::kC2s:
     case CaptureOp::kS2c:
-      Write(c, op.kind == CaptureOp::kC2s, op.bytes);
+      Write(c, op.kind == CaptureOp::kC2s, op.bytes, op.fromPipe);
       break;
     case CaptureOp::kTurn:
       if (!c.failed.load(std::memory_order_relaxed))
@@ -346,7 +408,7 @@ void CaptureSession::Handle(CaptureOp& op) {
       counters_->capture.connectionsWritten.fetch_add(1, std::memory_order_relaxed);
       // Closes the pipes (and whatever a failed write left in them) and the index; the data files go to
       // the flusher, to write back and drop, and are closed by whichever lets go of them last.
-      for (int* fd : {&c.c2sRd, &c.c2sWr, &c.s2cRd, &c.s2cWr, &c.idxFd}) CloseFd(*fd);
+      for (int* fd : {&c.c2sRd, &c.c2sWr, &c.s2cRd, &c.s2cWr, &c.c2sSock, &c.s2cSock, &c.idxFd}) CloseFd(*fd);
       for (std::shared_ptr<CaptureFile>* f : {&c.c2sFile, &c.s2cFile}) {
         if (*f) flusher_->Ended(*f);
         f->reset();

@@ -35,12 +35,16 @@ struct CaptureSpec {
   }
 };
 
-// One recorded connection, shared by its leg (worker side) and the writer. The worker owns `id`, the
-// pipes' write ends until it posts the end; the writer owns the files and closes everything at the end
-// (a data file once the engine's flusher is done with it too: CaptureFile).
+// One recorded connection, shared by its leg (worker side) and the writer. Each direction has a lane: a
+// capture pipe the worker tee()s into and a socket pair the worker moves the pipe's bytes into (the
+// lane's slack, like a mirror's send buffer: file_leg.h). The worker owns the pipes and its socket ends
+// until it posts the end; the writer reads only its socket ends (c2sSock, s2cSock) until then, and the
+// pipes only after the end (what the sockets could not take); it owns the files and closes everything at
+// the end (a data file once the engine's flusher is done with it too: CaptureFile).
 struct CaptureConn {
   uint64_t id = 0;
   int c2sRd = -1, c2sWr = -1, s2cRd = -1, s2cWr = -1;
+  int c2sSock = -1, s2cSock = -1;  // the writer's ends of the lanes' socket pairs
   // Set by the writer when a write failed (disk full, I/O error): the worker cuts the capture.
   std::atomic<bool> failed{false};
   // Writer side.
@@ -58,7 +62,8 @@ struct CaptureOp {
   Kind kind;
   std::shared_ptr<CaptureConn> conn;
   uint64_t ns = 0;    // CLOCK_MONOTONIC
-  uint64_t bytes = 0; // kC2s / kS2c: bytes tee'd into that pipe
+  uint64_t bytes = 0; // kC2s / kS2c: bytes of that lane, in its socket (or, fromPipe, in its pipe)
+  bool fromPipe = false;  // posted at the leg's end only: bytes the socket could not take, still in the pipe
   uint32_t turn = 0;
   uint64_t c2s = 0, s2c = 0;  // kTurn: offsets
   std::string text;   // kOpen: the record's fields; kEnd: how (fin, rst, cut; disk: cut for a failed write)
@@ -102,10 +107,15 @@ class CaptureSession {
   void Run();
   void Handle(CaptureOp& op);
   bool OpenFiles(CaptureConn& c);
+  static constexpr uint32_t kPassPipe = 1u << 20;
+  bool MakePass();
   // Appends one index line; false (and the index cut back to its last whole line) when it failed.
   bool AppendIndex(CaptureConn& c, const std::string& line);
-  // Splices `bytes` from a capture pipe into its data file; on failure the rest is lost (counted).
-  void Write(CaptureConn& c, bool c2s, uint64_t bytes);
+  // Splices `bytes` of a lane (from its socket through the writer's pipe, or fromPipe from its capture
+  // pipe) into its data file; on failure the rest is lost (counted).
+  void Write(CaptureConn& c, bool c2s, uint64_t bytes, bool fromPipe);
+  // Moves up to `bytes` from `from` into `file`; the bytes written, or -1 (errno set) when a write failed.
+  int64_t SpliceToFile(CaptureConn& c, int from, const std::shared_ptr<CaptureFile>& file, uint64_t& written, uint64_t bytes);
   void Fail(CaptureConn& c, int err);
 
   CaptureSpec spec_;
@@ -121,6 +131,9 @@ class CaptureSession {
   std::deque<CaptureOp> ops_;
   bool stopping_ = false, begun_ = false, closed_ = false;
   std::thread thread_;
+  // The writer's own pipe, between a lane's socket and its data file (splice needs a pipe on one side);
+  // empty between two writes.
+  int passRd_ = -1, passWr_ = -1;
   uint64_t startedNs_ = 0;
   std::string startedAt_;
 };
