@@ -237,7 +237,7 @@ export interface TargetStats {
    * File targets only. For them connectionsMirrored counts the connections recorded, connectionsCut the
    * captures cut (any reason below), bytesMirrored the client bytes written to the data files,
    * bytesDropped the client bytes of sampled connections not written (after a cut, or lost by a failed
-   * write), connectionsSkipped the connections whose capture pipes the kernel refused.
+   * write), connectionsSkipped the connections whose capture pipes or sockets the kernel refused.
    */
   capture?: CaptureStats;
 }
@@ -251,13 +251,13 @@ export interface CaptureStats {
   connectionsNotRecorded: number;
   /** Captures cut because maxBytes or maxConnectionBytes was reached. */
   cutsFull: number;
-  /** Captures cut because the writer fell behind (the capture pipe was full: the disk too slow). */
+  /** Captures cut because the writer fell behind (the capture lane, its pipe and its socket, was full: the disk too slow). */
   cutsSlow: number;
   /** Captures cut because a write failed (ENOSPC, EDQUOT, EIO). */
   cutsDisk: number;
   /**
    * A recorder's (`kstreams record`, no app to protect): times a connection's client was held back (not
-   * read) until the writer had drained its capture pipe, where an engine with an app would cut (cutsSlow).
+   * read) until the writer had made room in its capture lane, where an engine with an app would cut (cutsSlow).
    */
   holds: number;
   /**
