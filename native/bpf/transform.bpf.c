@@ -299,10 +299,12 @@ static __noinline int release_hold(struct pass *p, __u32 n)
 /* Bytes equal to c in the 8 bytes of v: the high bit of each matching byte set (exact, no false hits). */
 static __always_inline __u64 hits(__u64 v, __u64 c8)
 {
-	__u64 x = v ^ c8;
-	__u64 t = (x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL;
+	__u64 x = v ^ c8, k7 = 0x7f7f7f7f7f7f7f7fULL;
+	__u64 t;
 
-	return ~(t | x | 0x7f7f7f7f7f7f7f7fULL);
+	WORD_BARRIER(k7);
+	t = (x & k7) + k7;
+	return ~(t | x | k7);
 }
 
 /* The high bits of the 8 bytes of h (bit 7 of each) as 8 bits. */
@@ -430,7 +432,8 @@ static __always_inline int quick_match(struct pass *p, __u32 x)
 
 	if (len == 0 || len > XF_QUICK || x + len > p->w->end)
 		return QUICK_NONE;
-	if (pull(p, x, 16))
+	/* a whole window when there is one: a mask's value is then masked with this same pull */
+	if (pull(p, x, XF_BLOCK + 8))
 		return QUICK_NONE;
 	d = (__u64 *)DATA(p);
 	if ((__u8 *)d + 16 > DATA_END(p))
@@ -516,6 +519,188 @@ static __noinline int fill(struct pass *p, __u32 from, __u32 to, __u32 with)
 	return 0;
 }
 
+/* The fast paths of a step read a window of XF_WINDOW bytes at msg->data after one pull: the candidate map
+ * of its first XF_BLOCK bytes (each position's second byte is at most the 65th) and, at a candidate, the
+ * two words of a pattern of up to XF_QUICK bytes. */
+#define XF_WINDOW (XF_BLOCK + 8)
+
+/* The candidate map of the XF_BLOCK bytes at d (XF_WINDOW readable, all in the region): bit i set when byte
+ * i is the walk's pattern's first byte and, when the pattern is longer, byte i + 1 its second. Inlined into
+ * the step that uses it: on this kernel every subprogram return goes through the Safe RET thunk. */
+static __always_inline __u64 window_map(__u64 *d, __u32 pc, __u32 len)
+{
+	__u64 c8 = 0x0101010101010101ULL * (pc & 0xff);
+	__u64 s8 = 0x0101010101010101ULL * ((pc >> 8) & 0xff);
+	__u64 m = 0;
+
+	if (len == 1) {
+#pragma unroll
+		for (int k = 0; k < XF_BLOCK / 8; k++) {
+			__u64 mul = 0x0102040810204080ULL;
+
+			WORD_BARRIER(mul);
+			m |= ((hits(d[k], c8) >> 7) * mul >> 56) << (8 * k);
+			WORD_BARRIER(m);
+		}
+		return m;
+	}
+#pragma unroll
+	for (int k = 0; k < XF_BLOCK / 8; k++) {
+		__u64 a = d[k], next = (a >> 8) | (d[k + 1] << 56), h, mul = 0x0102040810204080ULL;
+
+		/* the constants are made again per word (WORD_BARRIER), not kept in registers: fewer live
+		 * values, no spills (each spill costs an lfence without CAP_PERFMON) */
+		h = hits(a, c8) & hits(next, s8);
+		WORD_BARRIER(mul);
+		m |= ((h >> 7) * mul >> 56) << (8 * k);
+		WORD_BARRIER(m);
+	}
+	return m;
+}
+
+/* The n lowest bits set (n <= 64). */
+static __always_inline __u64 low_bits(__u32 n)
+{
+	return ((1ULL << (n >> 1)) << (n - (n >> 1))) - 1;
+}
+
+/* The low 8 bits of b as 8 byte masks (bit i set: byte i is 0xff). */
+static __always_inline __u64 byte_mask(__u64 b)
+{
+	__u64 rep = 0x0101010101010101ULL, pick = 0x8040201008040201ULL, k7 = 0x7f7f7f7f7f7f7f7fULL, t;
+
+	WORD_BARRIER(rep);
+	WORD_BARRIER(pick);
+	WORD_BARRIER(k7);
+	t = ((b & 0xff) * rep) & pick; /* byte i: bit i of b, in place */
+	return (((t + k7) >> 7) & rep) * 0xff;
+}
+
+/* Inside a masked value whose `until` has one or two bytes, so that the window's map is exact (no candidate
+ * to confirm): the first `until` at or after byte off of the window at msg->data (== base, XF_WINDOW bytes
+ * readable and in the region) ends the value; the bytes from off up to it, or to the window's XF_BLOCK
+ * bytes when it is not there, are masked in place with the same pull. No helper call, no subprogram. */
+static __always_inline void mask_window(struct pass *p, __u64 *d, __u32 base, __u32 off)
+{
+	struct xf_walk *w = p->w;
+	__u64 m = window_map(d, w->pc, w->plen);
+	__u64 v = 0x0101010101010101ULL * p->op->with;
+	__u32 j, ulen = w->plen;
+
+	off &= XF_BLOCK - 1;
+	m &= ~((1ULL << off) - 1);
+	j = lowest_bit(m); /* 64 when m == 0 */
+	/* the bytes to mask, one bit each, spread to byte masks a word at a time */
+	m = low_bits(j) & ~low_bits(off);
+#pragma unroll
+	for (int k = 0; k < XF_BLOCK / 8; k++) {
+		__u64 fm = byte_mask(m >> (8 * k));
+
+		d[k] = (d[k] & ~fm) | (v & fm);
+		WORD_BARRIER(m);
+	}
+	if (j < XF_BLOCK) {
+		w->pos = base + j + ulen;
+		set_phase(p, XF_SEARCH);
+	} else {
+		w->pos = base + XF_BLOCK;
+	}
+}
+
+#define XF_WIDE (2 * XF_BLOCK)
+#define XF_WIDE_WINDOW (XF_WIDE + 8)
+#define XF_WIDE_VALID 4
+
+/* The search pattern's candidate map of the XF_WIDE bytes at d (== base, XF_WIDE_WINDOW readable and in
+ * the region), kept in the walk for the next steps. */
+static __always_inline void wide_map(struct pass *p, __u64 *d, __u32 base)
+{
+	struct xf_walk *w = p->w;
+
+	w->wmap0 = window_map(d, w->pc, w->plen);
+	w->wmap1 = window_map(d + XF_BLOCK / 8, w->pc, w->plen);
+	w->wbase = base;
+	w->mvalid |= XF_WIDE_VALID;
+}
+
+/* The search's fast path (a pattern of at most XF_QUICK bytes, XF_WIDE_WINDOW bytes of the region at
+ * from): the next candidate from the walk's wide map (mapped here with one pull when the map does not
+ * cover from), then one pull at the candidate for everything else: its two-word comparison, an
+ * equal-length replace or the start of a mask (whose value, with an `until` of up to two bytes, is masked
+ * from the same window), and the wide map of that window for the candidates after it. So a match costs one
+ * pull and one step, and no subprogram call. */
+static __always_inline int search_wide(struct pass *p, __u32 from)
+{
+	struct xf_walk *w = p->w;
+	struct xf_op *op = p->op;
+	__u32 off, c, x, len;
+	__u64 m0, m1, diff;
+	__u64 *d;
+
+	if (!(w->mvalid & XF_WIDE_VALID) || from < w->wbase || from - w->wbase >= XF_WIDE) {
+		if (pull(p, from, XF_WIDE_WINDOW))
+			return 1;
+		d = (__u64 *)DATA(p);
+		if ((__u8 *)d + XF_WIDE_WINDOW > DATA_END(p)) {
+			w->err = XF_PULL;
+			return 1;
+		}
+		wide_map(p, d, from);
+	}
+	off = (from - w->wbase) & (XF_WIDE - 1);
+	m0 = w->wmap0 & ~low_bits(off < XF_BLOCK ? off : XF_BLOCK);
+	m1 = w->wmap1 & ~low_bits(off > XF_BLOCK ? off - XF_BLOCK : 0);
+	c = m0 ? lowest_bit(m0) : XF_BLOCK + lowest_bit(m1); /* XF_WIDE: none */
+	if (c >= XF_WIDE) {
+		w->pos = w->wbase + XF_WIDE;
+		return 0;
+	}
+	x = w->wbase + c;
+	if (x >= w->end || w->end - x < XF_WIDE_WINDOW) {
+		/* near the end of the region: the general path decides from x */
+		w->pos = x;
+		return 0;
+	}
+	if (pull(p, x, XF_WIDE_WINDOW))
+		return 1;
+	d = (__u64 *)DATA(p);
+	if ((__u8 *)d + XF_WIDE_WINDOW > DATA_END(p)) {
+		w->err = XF_PULL;
+		return 1;
+	}
+	len = w->plen;
+	diff = ((d[0] ^ w->p0) & word_mask(len, 0)) | ((d[1] ^ w->p1) & word_mask(len, 1));
+	if (diff) {
+		w->pos = x + 1; /* the wide map still covers what follows */
+		return 0;
+	}
+	if (op->kind == XF_MASK) {
+		set_phase(p, XF_IN_MASK);
+		w->pos = x + len;
+		if (w->plen <= 2) {
+			mask_window(p, d, x, len);
+			if (w->phase == XF_SEARCH)
+				wide_map(p, d, x);
+		}
+		return 0;
+	}
+	if (op->b_len == len) {
+		/* an equal-length replace, in place */
+		__u64 m0 = word_mask(len, 0), m1 = word_mask(len, 1);
+
+		d[0] = (d[0] & ~m0) | (*(__u64 *)op->b & m0);
+		d[1] = (d[1] & ~m1) | (*(__u64 *)(op->b + 8) & m1);
+		w->pos = x + len;
+		wide_map(p, d, x);
+		return 0;
+	}
+	/* a replace that changes the length: pop or push, the general path */
+	w->cand = x;
+	w->match = FULL;
+	w->action = ACT_APPLY;
+	return 0;
+}
+
 /* One step of a mask or replace op. */
 static int step(__u32 i, void *ctx)
 {
@@ -528,7 +713,7 @@ static int step(__u32 i, void *ctx)
 		return 1;
 
 	if (w->action == ACT_SCAN) {
-		__u32 base, block_end, off, in_mask, len;
+		__u32 base, block_end, off, in_mask, len, fast;
 		__u64 m;
 		int q;
 
@@ -539,6 +724,37 @@ static int step(__u32 i, void *ctx)
 			return 1;
 		}
 		in_mask = w->phase == XF_IN_MASK;
+		/* a whole window of the region at from, and a short pattern: the fast paths */
+		fast = w->plen <= XF_QUICK && w->end - from >= XF_WINDOW;
+		if (fast && in_mask && w->plen <= 2) {
+			__u8 *d;
+
+			if (w->end - from >= XF_WIDE_WINDOW) {
+				/* wide enough to map the search's next candidates if the value ends here */
+				if (pull(p, from, XF_WIDE_WINDOW))
+					return 1;
+				d = DATA(p);
+				if (d + XF_WIDE_WINDOW > DATA_END(p)) {
+					w->err = XF_PULL;
+					return 1;
+				}
+				mask_window(p, (__u64 *)d, from, 0);
+				if (w->phase == XF_SEARCH)
+					wide_map(p, (__u64 *)d, from);
+				return 0;
+			}
+			if (pull(p, from, XF_WINDOW))
+				return 1;
+			d = DATA(p);
+			if (d + XF_WINDOW > DATA_END(p)) {
+				w->err = XF_PULL;
+				return 1;
+			}
+			mask_window(p, (__u64 *)d, from, 0);
+			return 0;
+		}
+		if (!in_mask && w->plen <= XF_QUICK && w->end - from >= XF_WIDE_WINDOW)
+			return search_wide(p, from);
 		base = w->mbase;
 		if (!(w->mvalid & (1 << in_mask)) || from < base || from - base >= XF_BLOCK) {
 			if (base != from)
@@ -585,6 +801,13 @@ static int step(__u32 i, void *ctx)
 			if (op->kind == XF_MASK) {
 				set_phase(p, XF_IN_MASK);
 				w->pos = x + len;
+				/* the value starts in the window quick_match pulled at x: mask it in this step */
+				if (w->plen <= 2 && w->end - x >= XF_WINDOW) {
+					__u8 *d = DATA(p);
+
+					if (d + XF_WINDOW <= DATA_END(p))
+						mask_window(p, (__u64 *)d, x, len);
+				}
 				return 0;
 			}
 			if (op->b_len == len) {

@@ -100,9 +100,16 @@ struct xf_walk {
 	 * mvalid) and its second (bit 1): computed once per block, so that the candidates of a dense block
 	 * are taken one by one without scanning it again. */
 	__u32 mbase;
-	__u32 mvalid;
+	__u32 mvalid; /* bits 0 and 1: map0 and map1 at mbase; bit 2 (XF_WIDE_VALID): wmap0/wmap1 at wbase */
 	__u64 map0;
 	__u64 map1;
+	/* The search pattern's candidate map of the XF_WIDE (128) bytes at wbase, in two words: computed by a
+	 * step's fast path from the window it pulled at a match (or at the start of a scan), so that the next
+	 * candidate is found without another pull. */
+	__u32 wbase;
+	__u32 wpad;
+	__u64 wmap0;
+	__u64 wmap1;
 };
 
 /* Per-socket state (BPF_MAP_TYPE_SK_STORAGE): created by the loader before the socket's first byte. */

@@ -245,6 +245,84 @@ describe('data', () => {
   });
 });
 
+// The program's fast paths work on windows of 72 and 136 bytes of one pull (a mask's value and an `until` of
+// one or two bytes decided in the window, the search's next candidate from a 128-byte map); the general
+// path takes what is near the end of a message, longer patterns and length changes. A stream with values
+// of every length from 0 to past two windows, near misses, matches back to back and lone first bytes
+// crosses every window edge, in sends cut at random places.
+describe('window edges of the fast paths', () => {
+  function rng(seed: number): () => number {
+    let x = seed >>> 0 || 1;
+    return () => {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      return x;
+    };
+  }
+  function stream(seed: number, after: string, until: string, bytes: number): Buffer {
+    const next = rng(seed);
+    const filler = 'abcdefghij klmnopqrstuvwxyz0123456789-=;:<>/@\r';
+    const misses = [after.slice(0, 1), after.slice(0, 2), after.slice(0, after.length - 1), until.slice(0, 1), '\r', 'A', 'Au', 'prod-db-', 'p'];
+    let s = '';
+    let len = 0;
+    while (s.length < bytes) {
+      const r = next() % 10;
+      if (r < 3) for (let i = next() % 150; i > 0; i--) s += filler[next() % filler.length];
+      else if (r < 5) s += misses[next() % misses.length]!;
+      else {
+        // a value of every length in turn, 0 to 300, of bytes that are not the until's first byte
+        let v = '';
+        for (let i = len; i > 0; i--) {
+          const ch = filler[next() % filler.length]!;
+          v += ch === until[0] ? 'x' : ch;
+        }
+        len = (len + 1) % 301;
+        s += `${after}${v}${until}`;
+        if (next() % 4 === 0) s += `${after}${until}`; // back to back, an empty value
+      }
+    }
+    return Buffer.from(s, 'latin1');
+  }
+  const cases: Record<string, XformOp[]> = {
+    'mask, two-byte until': [MASK],
+    'mask, one-byte until': [{ mask: { after: 'key=', until: ';', with: '#' } }],
+    'mask, one-byte after and until': [{ mask: { after: '@', until: ' ', with: '_' } }],
+    'mask, four-byte until (general path)': [{ mask: { after: '<s>', until: '</s>', with: '.' } }],
+    'replace, same length': [REPLACE],
+    'replace, growing and shrinking': [GROW, SHRINK],
+    'chain: mask, replace, uppercase': [MASK, REPLACE, UPPER],
+  };
+  for (const [name, ops] of Object.entries(cases)) {
+    it(name, async () => {
+      const s = await setup(await plan('both', ops, 10_000));
+      const first = ops[0]!;
+      const [after, until] = 'mask' in first ? [first.mask.after, first.mask.until] : ['prod-db-1', '\r\n'];
+      const text = Buffer.concat([stream(0x5eed + name.length, after, until, 200_000), stream(7, 'Authorization: ', '\r\n', 50_000)]);
+      const next = rng(name.length * 7919);
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < text.length; ) {
+        const n = Math.min(text.length - at, 1 + (next() % 70_000));
+        chunks.push(text.subarray(at, at + n));
+        at += n;
+      }
+      const { app, mirror } = await converse(s, chunks);
+      const want = applyOps(ops, text);
+      for (const [who, got] of [['app', app], ['mirror', mirror]] as const) {
+        if (!got.equals(want)) {
+          let i = 0;
+          while (i < want.length && want[i] === got[i]) i++;
+          throw new Error(`${who} differs at byte ${i} of ${want.length} (got ${got.length}): got ${JSON.stringify(got.subarray(Math.max(0, i - 60), i + 40).toString('latin1'))} want ${JSON.stringify(want.subarray(Math.max(0, i - 60), i + 40).toString('latin1'))}`);
+        }
+      }
+      expect(s.engine.stats().transformFailures).toBe(0);
+      expect(s.engine.stats().targets[0]!.transformFailures).toBe(0);
+    }, 60_000);
+  }
+});
+
 describe('the primary with a mirror-only transform', () => {
   it('stays byte-exact over hundreds of MB full of the patterns (tee shares its pages with the mirror)', async () => {
     // holdMs: the test's pacing pauses the client, which must not release a held pattern start early.
