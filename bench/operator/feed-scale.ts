@@ -16,7 +16,6 @@
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { Agent, request } from 'node:https';
 import { cpus, loadavg, release, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -25,12 +24,12 @@ import { freePort } from '../../e2e/cluster/local/processes.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
 import { KubeRest } from '../../runtime/src/rest.js';
 import { podToken } from '../../operator/src/testing/feed-agent.js';
-import { createNamespace, createPod, createStreamPath, exampleSpec, installCrd, podManifest } from '../../operator/src/testing/kube.js';
+import { createNamespace, createPod, createStreamPath, exampleSpec, installCrd } from '../../operator/src/testing/kube.js';
 import { processTicks, USER_HZ } from '../src/procfs.js';
 import { counterSum, percentile } from '../webhook/stats.js';
 import { writeSpacing } from './write-spacing.js';
 import type { AgentSpec, QueryMessage, Stats } from './feed-agents.js';
-import { compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';
+import { admissionLatencies, compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -134,48 +133,6 @@ async function until<T>(what: string, timeoutMs: number, check: () => Promise<T 
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(intervalMs);
   }
-}
-
-/** AdmissionReviews straight to the webhook's HTTPS port over keep-alive connections, 4 at a time: latencies in ms. */
-async function admissionLatencies(port: number, ca: string, namespace: string, n: number): Promise<{ ms: number[]; mutated: number }> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 4, ca });
-  const body = (i: number) =>
-    JSON.stringify({
-      apiVersion: 'admission.k8s.io/v1',
-      kind: 'AdmissionReview',
-      request: {
-        uid: `bench-${i}`,
-        kind: { group: '', version: 'v1', kind: 'Pod' },
-        resource: { group: '', version: 'v1', resource: 'pods' },
-        operation: 'CREATE',
-        namespace,
-        object: podManifest(`review-${i}`, { labels: { app: 'review' } }),
-      },
-    });
-  const ms: number[] = [];
-  let mutated = 0;
-  const one = (i: number) =>
-    new Promise<void>((resolve, reject) => {
-      const b = body(i);
-      const t0 = performance.now();
-      const req = request({ host: '127.0.0.1', port, path: '/mutate-pods', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b) } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          ms.push(performance.now() - t0);
-          const r = JSON.parse(Buffer.concat(chunks).toString()) as { response?: { allowed?: boolean; patch?: string } };
-          if (res.statusCode !== 200 || !r.response?.allowed) return reject(new Error(`webhook answered ${res.statusCode}: ${Buffer.concat(chunks).toString().slice(0, 200)}`));
-          if (r.response.patch) mutated++;
-          resolve();
-        });
-        res.on('error', reject);
-      });
-      req.on('error', reject);
-      req.end(b);
-    });
-  await pool(Array.from({ length: n }, (_, i) => i), 4, one);
-  agent.destroy();
-  return { ms, mutated };
 }
 
 /** The operator's log lines counted by level and message (errors shortened to their first 120 characters). */

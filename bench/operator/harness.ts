@@ -1,9 +1,11 @@
-// What the operator benches (scale.ts, feed-scale.ts) share: bounded concurrency, the operator compiled as in
-// production, its memory from /proc.
+// What the operator benches (scale.ts, feed-scale.ts, idle-memory.ts) share: bounded concurrency, the operator
+// compiled as in production, its memory from /proc, AdmissionReviews sent straight to its webhook.
 import { execFileSync } from 'node:child_process';
+import { Agent, request } from 'node:https';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { podManifest } from '../../operator/src/testing/kube.js';
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -39,3 +41,45 @@ export function compileOperator(): string {
 }
 
 export const operatorMain = (outDir: string) => join(outDir, 'operator/src/main.js');
+
+export /** AdmissionReviews straight to the webhook's HTTPS port over keep-alive connections, 4 at a time: latencies in ms. */
+async function admissionLatencies(port: number, ca: string, namespace: string, n: number): Promise<{ ms: number[]; mutated: number }> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 4, ca });
+  const body = (i: number) =>
+    JSON.stringify({
+      apiVersion: 'admission.k8s.io/v1',
+      kind: 'AdmissionReview',
+      request: {
+        uid: `bench-${i}`,
+        kind: { group: '', version: 'v1', kind: 'Pod' },
+        resource: { group: '', version: 'v1', resource: 'pods' },
+        operation: 'CREATE',
+        namespace,
+        object: podManifest(`review-${i}`, { labels: { app: 'review' } }),
+      },
+    });
+  const ms: number[] = [];
+  let mutated = 0;
+  const one = (i: number) =>
+    new Promise<void>((resolve, reject) => {
+      const b = body(i);
+      const t0 = performance.now();
+      const req = request({ host: '127.0.0.1', port, path: '/mutate-pods', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b) } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          ms.push(performance.now() - t0);
+          const r = JSON.parse(Buffer.concat(chunks).toString()) as { response?: { allowed?: boolean; patch?: string } };
+          if (res.statusCode !== 200 || !r.response?.allowed) return reject(new Error(`webhook answered ${res.statusCode}: ${Buffer.concat(chunks).toString().slice(0, 200)}`));
+          if (r.response.patch) mutated++;
+          resolve();
+        });
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end(b);
+    });
+  await pool(Array.from({ length: n }, (_, i) => i), 4, one);
+  agent.destroy();
+  return { ms, mutated };
+}

@@ -5,11 +5,10 @@
 // namespace: runtime/src/testing/in-cluster-pod.ts; root only) or from a kubeconfig. VmRSS once ready, and
 // after REVIEWS AdmissionReviews sent to its webhook (feed-scale's "0 agents" point). With --compare REV the
 // same for the tree at REV, compiled the same way; starts interleaved (REV and this tree, each mode, in turn).
-// Run by hand: `flock /work/bench.lock npx tsx bench/operator/idle-memory.ts [--starts 3] [--compare main]`;
+// Run by hand: `npx tsx bench/operator/idle-memory.ts [--starts 3] [--compare main]`;
 // writes bench/results/<date>-operator-idle-memory.md and .json.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { Agent, request } from 'node:https';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,8 +16,8 @@ import { httpGet, startControlPlane, type ControlPlane } from '../../e2e/cluster
 import { freePort } from '../../e2e/cluster/local/processes.js';
 import { KubeRest } from '../../runtime/src/rest.js';
 import { podCommand } from '../../runtime/src/testing/in-cluster-pod.js';
-import { createNamespace, installCrd, podManifest } from '../../operator/src/testing/kube.js';
-import { compileOperator, operatorMain, pool, REPO, rssMiB } from './harness.js';
+import { createNamespace, installCrd } from '../../operator/src/testing/kube.js';
+import { admissionLatencies, compileOperator, operatorMain, REPO, rssMiB } from './harness.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -51,40 +50,6 @@ function compileRev(rev: string): string {
     }
   }
   return out;
-}
-
-async function reviews(port: number, ca: string, namespace: string, n: number): Promise<number> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 4, ca });
-  let mutated = 0;
-  await pool(Array.from({ length: n }, (_, i) => i), 4, (i) => new Promise<void>((resolve, reject) => {
-    const body = JSON.stringify({
-      apiVersion: 'admission.k8s.io/v1',
-      kind: 'AdmissionReview',
-      request: {
-        uid: `bench-${i}`,
-        kind: { group: '', version: 'v1', kind: 'Pod' },
-        resource: { group: '', version: 'v1', resource: 'pods' },
-        operation: 'CREATE',
-        namespace,
-        object: podManifest(`review-${i}`, { labels: { app: 'review' } }),
-      },
-    });
-    const req = request({ host: '127.0.0.1', port, path: '/mutate-pods', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const r = JSON.parse(Buffer.concat(chunks).toString()) as { response?: { allowed?: boolean; patch?: string } };
-        if (res.statusCode !== 200 || !r.response?.allowed) return reject(new Error(`webhook answered ${res.statusCode}`));
-        if (r.response.patch) mutated++;
-        resolve();
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  }));
-  agent.destroy();
-  return mutated;
 }
 
 interface Sample {
@@ -165,7 +130,7 @@ async function main(): Promise<void> {
           await sleep(2000);
           const ready = rssMiB(p.pid!);
           const secret = await kube.request<{ data: Record<string, string> }>('GET', `/api/v1/namespaces/${opNs}/secrets/kstreams-webhook-tls`);
-          const mutated = await reviews(webhookPort, Buffer.from(secret.data['ca.crt']!, 'base64').toString(), shop, REVIEWS);
+          const { mutated } = await admissionLatencies(webhookPort, Buffer.from(secret.data['ca.crt']!, 'base64').toString(), shop, REVIEWS);
           if (mutated !== REVIEWS) throw new Error(`the webhook injected ${mutated}/${REVIEWS}`);
           const after = rssMiB(p.pid!);
           samples.push({ build: build.name, mode, start, readyMs, rssReadyMiB: ready.rss, rssAfterReviewsMiB: after.rss, hwmMiB: after.hwm });

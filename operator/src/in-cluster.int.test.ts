@@ -4,16 +4,15 @@
 // its webhook worker, and it never loads @kubernetes/client-node (~75 MiB of RSS). Every module the process
 // and its worker thread load is recorded by a loader hook (test/module-log); with a kubeconfig the same hook
 // sees client-node load, which shows it would see it. Root only (the mount namespace).
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { KubeRest, isStatus } from '../../runtime/src/rest.js';
 import { podCommand } from '../../runtime/src/testing/in-cluster-pod.js';
+import { operatorArgv, spawnOperator, type OperatorProcess } from './testing/operator-process.js';
 import { createNamespace, eventually, freeLoopbackPort, freshName, installCrd, podManifest } from './testing/kube.js';
 
 const kubeconfig = inject('kubeconfig');
@@ -21,7 +20,6 @@ const apiServer = inject('apiServer');
 const adminToken = inject('adminToken');
 const apiServerCaFile = inject('apiServerCaFile');
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const MAIN = join(REPO, 'operator/src/main.ts');
 const MODULE_LOG_HOOK = join(REPO, 'test/module-log/register.mjs');
 const CLIENT_NODE = '/node_modules/@kubernetes/client-node/';
 
@@ -36,15 +34,15 @@ function readyz(port: number): Promise<number> {
   });
 }
 
-interface Run {
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  stderr: () => string;
-  exit: Promise<number | null>;
+interface Run extends OperatorProcess {
   modules: () => string[];
+  opNs: string;
+  healthPort: number;
+  mwc: string;
+  webhookPort: number;
 }
 
-describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod (in-cluster credentials)', () => {
+describe('the operator in a pod (in-cluster credentials)', () => {
   let kube: KubeRest;
   const runs: Run[] = [];
   const cleanup: (() => void)[] = [];
@@ -57,10 +55,7 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
   });
 
   afterAll(async () => {
-    for (const r of runs) {
-      if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
-      await r.exit;
-    }
+    for (const r of runs) await r.kill();
     for (const c of cleanup) c();
     for (const name of webhookConfigs) await kube.request('DELETE', `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${name}`).catch(() => undefined);
     for (const ns of namespaces) await kube.request('DELETE', `/api/v1/namespaces/${ns}`).catch(() => undefined);
@@ -68,7 +63,7 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
   });
 
   /** Starts main.ts (under tsx, with the module log), in a pod or with the kubeconfig. */
-  async function start(mode: 'in-cluster' | 'kubeconfig'): Promise<Run & { opNs: string; healthPort: number; mwc: string; webhookPort: number }> {
+  async function start(mode: 'in-cluster' | 'kubeconfig'): Promise<Run> {
     const opNs = freshName('ksic-op');
     await createNamespace(kube, opNs);
     namespaces.push(opNs);
@@ -97,7 +92,7 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
       }),
     );
     const moduleLog = join(tmp, 'modules.txt');
-    const argv = [process.execPath, '--import', 'tsx', '--import', MODULE_LOG_HOOK, MAIN];
+    const argv = operatorArgv(['--import', MODULE_LOG_HOOK]);
     const base = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KSTREAMS_MODULE_LOG: moduleLog };
     let command: string;
     let args: string[];
@@ -109,23 +104,8 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
     } else {
       [command, args, env] = [argv[0]!, argv.slice(1), { ...base, KUBECONFIG: kubeconfig }];
     }
-    const child = spawn(command, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const lines: Record<string, unknown>[] = [];
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      try {
-        lines.push(JSON.parse(l) as Record<string, unknown>);
-      } catch {
-        lines.push({ msg: l });
-      }
-    });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    const run = {
-      child,
-      lines,
-      stderr: () => stderr,
-      exit,
+    const run: Run = {
+      ...spawnOperator(`ksic-${mode}`, command, args, env),
       modules: () => (existsSync(moduleLog) ? readFileSync(moduleLog, 'utf8').split('\n').filter(Boolean) : []),
       opNs,
       healthPort,
@@ -136,8 +116,8 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
     return run;
   }
 
-  it('leads, manages its webhook TLS and configuration, is called by the apiserver, and never loads @kubernetes/client-node', async () => {
-    const op = await start('in-cluster');
+  /** Until its /readyz answers 200; an exit on the way fails with its stderr. */
+  async function ready(op: Run): Promise<void> {
     await eventually(
       'the operator ready',
       async () => {
@@ -146,6 +126,11 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
       },
       60_000,
     );
+  }
+
+  it('leads, manages its webhook TLS and configuration, is called by the apiserver, and never loads @kubernetes/client-node', async () => {
+    const op = await start('in-cluster');
+    await ready(op);
     expect(op.lines.find((l) => l.msg === 'apiserver credentials loaded')?.credentials).toBe('in-cluster');
     // The Lease, through its in-cluster credentials.
     await eventually('the Lease held', async () => {
@@ -181,22 +166,15 @@ describe.skipIf(!kubeconfig || process.getuid?.() !== 0)('the operator in a pod 
     expect(modules.filter((m) => m.includes(CLIENT_NODE))).toEqual([]);
 
     op.child.kill('SIGTERM');
-    expect(await op.exit, op.stderr()).toBe(0);
+    expect((await op.exit).code, op.stderr()).toBe(0);
   });
 
   it('with a kubeconfig the same hook sees @kubernetes/client-node load (it reads the kubeconfig)', async () => {
     const op = await start('kubeconfig');
-    await eventually(
-      'the operator ready',
-      async () => {
-        if (op.child.exitCode !== null) throw new Error(`the operator exited ${op.child.exitCode}: ${op.stderr()}`);
-        return (await readyz(op.healthPort)) === 200;
-      },
-      60_000,
-    );
+    await ready(op);
     expect(op.lines.find((l) => l.msg === 'apiserver credentials loaded')?.credentials).toBe(`kubeconfig ${kubeconfig}`);
     expect(op.modules().filter((m) => m.includes(CLIENT_NODE)).length).toBeGreaterThan(10);
     op.child.kill('SIGTERM');
-    expect(await op.exit, op.stderr()).toBe(0);
+    expect((await op.exit).code, op.stderr()).toBe(0);
   });
 });

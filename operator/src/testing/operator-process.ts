@@ -20,13 +20,23 @@ export interface OperatorProcess {
   kill(): Promise<void>;
 }
 
+/** The operator's command line: Node with tsx on main.ts, `execArgv` (e.g. loader hooks) before the entry. */
+export function operatorArgv(execArgv: string[] = []): string[] {
+  return [process.execPath, '--import', 'tsx', ...execArgv, MAIN];
+}
+
 /** Starts the operator with `env` on top of this process's environment; KSTREAMS_IDENTITY is `identity`. */
 export function startOperator(identity: string, env: Record<string, string>): OperatorProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-    cwd: REPO,
-    env: { ...process.env, KSTREAMS_IDENTITY: identity, KSTREAMS_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const [command, ...args] = operatorArgv();
+  return spawnOperator(identity, command!, args, { ...process.env, KSTREAMS_IDENTITY: identity, KSTREAMS_LOG_LEVEL: 'info', ...env });
+}
+
+/**
+ * Runs an operator command line as given (`operatorArgv`, or a wrapper around it, such as a pod's mount
+ * namespace) with exactly `env`; `identity` only names it here.
+ */
+export function spawnOperator(identity: string, command: string, args: string[], env: NodeJS.ProcessEnv): OperatorProcess {
+  const child = spawn(command, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: Record<string, unknown>[] = [];
   createInterface({ input: child.stdout! }).on('line', (l) => {
     try {
