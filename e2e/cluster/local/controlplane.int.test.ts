@@ -13,7 +13,7 @@ import { cleanupStale, procStartTime } from './processes.js';
 
 const kubeconfig = inject('kubeconfig');
 
-describe.skipIf(!kubeconfig)('local control plane', () => {
+describe('local control plane', () => {
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfig);
 
@@ -122,7 +122,7 @@ describe.skipIf(!kubeconfig)('local control plane', () => {
   });
 });
 
-describe.skipIf(!kubeconfig)('local control plane lifecycle', () => {
+describe('local control plane lifecycle', () => {
   it('dies with a SIGKILLed parent, and a later run removes what was left', async () => {
     const here = dirname(fileURLToPath(import.meta.url));
     const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'cli.ts')], {
