@@ -23,6 +23,7 @@ import { httpGet, startControlPlane, type ControlPlane } from '../../e2e/cluster
 import { freePort } from '../../e2e/cluster/local/processes.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
 import { KubeRest } from '../../runtime/src/rest.js';
+import { podCommand } from '../../runtime/src/testing/in-cluster-pod.js';
 import { podToken } from '../../operator/src/testing/feed-agent.js';
 import { createNamespace, createPod, createStreamPath, exampleSpec, installCrd } from '../../operator/src/testing/kube.js';
 import { processTicks, USER_HZ } from '../src/procfs.js';
@@ -42,6 +43,9 @@ const { values: args } = parseArgs({
     'start-per-second': { type: 'string', default: '100' },
     'phase-timeout': { type: 'string', default: '300' },
     'generator-nice': { type: 'string', default: '10' },
+    // in-cluster: the operator reads a ServiceAccount token and CA at the pod's paths (a private mount
+    // namespace), as in production, where it loads no client-node; kubeconfig: as the runs before 2026-12-02 17:00.
+    credentials: { type: 'string', default: 'in-cluster' },
     /** Write a V8 CPU profile of the operator's main thread over the edit window into this directory (cpu-profile.cjs). */
     'profile-edit': { type: 'string' },
     /** Also `perf record` the operator (all its threads, no call graphs) over the edit window into this file. */
@@ -64,6 +68,8 @@ const PHASE_MS = Number(args['phase-timeout']) * 1000;
  * the figures are the control plane's; the agents' own time still delays when they see a config.
  */
 const GENERATOR_NICE = Number(args['generator-nice']);
+const CREDENTIALS = args.credentials;
+if (CREDENTIALS !== 'in-cluster' && CREDENTIALS !== 'kubeconfig') throw new Error(`--credentials: in-cluster or kubeconfig, not ${CREDENTIALS}`);
 const PROFILE_DIR = args['profile-edit'];
 const PERF_FILE = args['perf-edit'];
 const CONCURRENCY = 32;
@@ -168,6 +174,8 @@ async function main(): Promise<void> {
   let cp: ControlPlane | undefined;
   let kube: KubeRest | undefined;
   let operator: ChildProcess | undefined;
+  /** The pods' token directories (in-cluster credentials), removed at the end. */
+  const podDirs: string[] = [];
   const gens: Generator[] = [];
   const lines: string[] = [];
   const log = (s: string) => {
@@ -252,11 +260,16 @@ async function main(): Promise<void> {
       operatorLogs.push(logFile);
       const fd = openSync(logFile, 'w');
       const profiling = PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : [];
-      const p = spawn(process.execPath, [...profiling, operatorMain(outDir)], {
-        cwd: REPO,
-        env: { ...process.env, KUBECONFIG: cp!.kubeconfigPath, KSTREAMS_OPERATOR_CONFIG: configFile, ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) },
-        stdio: ['ignore', fd, fd],
-      });
+      const argv = [process.execPath, ...profiling, operatorMain(outDir)];
+      const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) };
+      let p: ChildProcess;
+      if (CREDENTIALS === 'in-cluster') {
+        const pod = podCommand({ server: cp!.server, token: cp!.token, caPem: ca.toString(), argv, env });
+        podDirs.push(pod.dir);
+        p = spawn(pod.command, pod.args, { cwd: REPO, env: pod.env, stdio: ['ignore', fd, fd] });
+      } else {
+        p = spawn(argv[0]!, argv.slice(1), { cwd: REPO, env: { ...env, KUBECONFIG: cp!.kubeconfigPath }, stdio: ['ignore', fd, fd] });
+      }
       closeSync(fd);
       operator = p;
       const t0 = Date.now();
@@ -559,7 +572,7 @@ async function main(): Promise<void> {
         '',
         `${result.startedAt} .. ${result.finishedAt}; ${result.machine.model}, ${result.machine.cpus} cores, kernel ${result.machine.kernel}, node ${result.machine.node}, commit ${result.commit}  `,
         `load average ${f2(loadBefore)} before, ${f2(result.machine.loadAfter)} after; kube-apiserver ${cp.binDir} + etcd on the same machine  `,
-        `${N} agents = ${N} HTTP/2 + TLS connections of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
+        `${N} agents = ${N} HTTP/2 + TLS connections of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
         `setup: ${f0(N / tokensS)} TokenRequests/s; first connect of all agents ${f1(connectS)} s (${initialReviews} TokenReviews)`,
         '',
         table,
@@ -609,6 +622,7 @@ async function main(): Promise<void> {
     await cp?.stop();
     rmSync(tmp, { recursive: true, force: true });
     rmSync(outDir, { recursive: true, force: true });
+    for (const d of podDirs) rmSync(d, { recursive: true, force: true });
   }
 }
 
