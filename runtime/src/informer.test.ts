@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { FakeClock, flushMicrotasks } from './clock.js';
 import { Backoff } from './backoff.js';
 import { Informer, InformerLifecycle } from './informer.js';
-import { ApiError, type KubeTransport, type WatchEvent } from './rest.js';
+import { ApiError, type KubeRequestOptions, type KubeTransport, type WatchEvent } from './rest.js';
 
 type Obj = { metadata: { name: string; resourceVersion: string }; v?: number };
 
@@ -14,8 +14,19 @@ class FakeServer implements KubeTransport {
   watches: Record<string, string>[] = [];
   steps: ((emit: (e: WatchEvent) => void, signal: AbortSignal) => Promise<void>)[] = [];
 
-  async request<T>(method: string, path: string): Promise<T> {
+  /** While set, a list hangs until its signal aborts (an apiserver slow to answer). */
+  hangLists = false;
+
+  async request<T>(method: string, path: string, opts?: KubeRequestOptions): Promise<T> {
     this.lists.push(`${method} ${path}`);
+    if (this.hangLists) {
+      const signal = opts?.signal;
+      await new Promise<never>((_resolve, reject) => {
+        const abort = () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' }));
+        if (signal?.aborted) abort();
+        signal?.addEventListener('abort', abort, { once: true });
+      });
+    }
     return { metadata: { resourceVersion: this.listRv }, items: this.items } as T;
   }
 
@@ -78,6 +89,22 @@ describe('Informer', () => {
     expect(server.lists).toHaveLength(1);
     expect(events).toContain(InformerLifecycle.WatchClosed);
     await inf.stop();
+  });
+
+  it('stop() ends a list in flight: a slow apiserver does not hold the shutdown (the list is aborted)', async () => {
+    const server = new FakeServer();
+    const clock = new FakeClock();
+    server.hangLists = true;
+    const inf = makeInformer(server, clock, [], []);
+    inf.start();
+    await flushMicrotasks();
+    expect(server.lists).toHaveLength(1);
+    let stopped = false;
+    const stopping = inf.stop().then(() => (stopped = true));
+    await flushMicrotasks();
+    expect(stopped).toBe(true);
+    await stopping;
+    expect(inf.synced).toBe(false);
   });
 
   it('on 410 Gone relists after a jittered backoff, and delivers deletes missed meanwhile', async () => {

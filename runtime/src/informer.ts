@@ -245,6 +245,7 @@ export class Informer<T> {
       const page = await transport.request<{ metadata?: { resourceVersion?: string; continue?: string }; items?: Record<string, unknown>[] }>(
         'GET',
         `${path}?${q.toString()}`,
+        { signal },
       );
       if (signal.aborted) return;
       listRv ??= page.metadata?.resourceVersion;
