@@ -28,7 +28,7 @@ async function main(): Promise<void> {
     shuttingDown = true;
     log.info({ signal }, 'shutting down');
     const deadline = setTimeout(() => {
-      log.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown did not finish in time, exiting anyway');
+      log.error({ timeoutMs: config.shutdownTimeoutMs, step: op.shutdownStep() }, 'shutdown did not finish in time, exiting anyway');
       process.exit(1);
     }, config.shutdownTimeoutMs);
     deadline.unref();

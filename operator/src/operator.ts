@@ -47,6 +47,8 @@ export interface RunningOperator {
   controller(): Controller | undefined;
   /** Stops reconciling, releases the Lease, closes the servers. */
   shutdown(): Promise<void>;
+  /** The shutdown step under way ('' before shutdown()): named in the log when shutdown overruns its deadline. */
+  shutdownStep(): string;
 }
 
 export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
@@ -61,6 +63,8 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
   let controller: Controller | undefined;
   let stopping: Promise<void> | undefined;
   let shuttingDown = false;
+  let step = '';
+  let stopDetail: (() => string) | undefined;
   const startController = (leaderSignal?: AbortSignal) => {
     const c = new Controller({ config, transport: transport as KubeTransport, clock, log, metrics });
     // Tokens of pods this leader saw deleted are refused without a TokenReview.
@@ -77,6 +81,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
     if (!c) return stopping ?? Promise.resolve();
     metrics.leader.set(0);
     metrics.leaderTransitions.inc({ event: 'stopped' });
+    stopDetail = () => c.stopStage();
     stopping = c.stop().then(() => log.info('controller stopped'));
     return stopping;
   };
@@ -273,16 +278,25 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       const drained = webhook?.drain();
       // Meanwhile: stop reconciling and wait for in-flight reconciles, then give the Lease up: a successor
       // never overlaps with this replica's last writes, and takes over without waiting for the drain.
+      step = 'stopping the controller';
       await stopController();
+      step = 'releasing the Lease';
       electionAbort.abort();
       await election;
+      step = 'closing the agent feed';
       await feed?.close();
+      step = 'draining the webhook';
       const outcome = await drained;
       if (outcome) log.info({ outcome }, 'webhook drained');
+      step = 'closing the webhook';
       await webhook?.close();
+      step = 'stopping the webhook caches';
       await stopCaches();
+      step = 'closing the health server';
       await health.close();
       rest.close();
+      step = 'done';
     },
+    shutdownStep: () => (step === 'stopping the controller' && stopDetail ? `${step} (${stopDetail()})` : step),
   };
 }

@@ -482,7 +482,19 @@ export class Controller {
     this.abort.abort();
     for (const t of this.timers) clearInterval(t);
     this.feed.stop();
+    this.stopping = 'waiting for in-flight reconciles';
     await this.queue.stop();
-    await Promise.all([this.streamPaths.stop(), this.pods.stop(), this.namespaces.stop(), this.services.stop(), this.endpoints.stop()]);
+    const informers = { streampaths: this.streamPaths, pods: this.pods, namespaces: this.namespaces, services: this.services, endpoints: this.endpoints };
+    const pending = new Set(Object.keys(informers));
+    this.stopping = () => `stopping the ${[...pending].join(', ')} informers`;
+    await Promise.all(Object.entries(informers).map(([name, i]) => i.stop().then(() => pending.delete(name))));
+    this.stopping = 'stopped';
   }
+
+  /** Where stop() is (the operator names it when its shutdown overruns). */
+  stopStage(): string {
+    return typeof this.stopping === 'function' ? this.stopping() : this.stopping;
+  }
+
+  private stopping: string | (() => string) = 'not stopping';
 }
