@@ -6,7 +6,7 @@ import { applyOp, type XformOp } from './transform-reference.js';
 const WORDS = ['order', 'status', 'shipped', 'payment', 'cart', 'checkout', 'invoice', 'customer', 'region', 'queue'];
 
 /** A small deterministic generator (xorshift32), so that the data does not depend on Math.random. */
-function rng(seed: number): () => number {
+export function xorshift32(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
     x ^= x << 13;
@@ -37,7 +37,7 @@ function bodyLine(next: () => number, i: number): string {
  * "\r\n", outside any masked region, so requests can follow each other without a pattern across them.
  */
 export function benchRequest(size: number, seq = 0): Buffer {
-  const next = rng(0x9e3779b9 ^ (seq * 2654435761));
+  const next = xorshift32(0x9e3779b9 ^ (seq * 2654435761));
   const lines: string[] = [];
   let bodyBytes = 0;
   const head = (len: number) =>

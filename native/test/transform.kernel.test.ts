@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TransformSchema } from '../../api/src/streampath.js';
+import { xorshift32 } from '../../bench/src/transform-data.js';
 import { applyOps, type XformOp } from '../../bench/src/transform-reference.js';
 import { planTransform } from '../../sidecar/src/dataplane/transform.js';
 import { Engine } from '../lib/engine.js';
@@ -251,19 +252,8 @@ describe('data', () => {
 // of every length from 0 to past two windows, near misses, matches back to back and lone first bytes
 // crosses every window edge, in sends cut at random places.
 describe('window edges of the fast paths', () => {
-  function rng(seed: number): () => number {
-    let x = seed >>> 0 || 1;
-    return () => {
-      x ^= x << 13;
-      x >>>= 0;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      x >>>= 0;
-      return x;
-    };
-  }
   function stream(seed: number, after: string, until: string, bytes: number): Buffer {
-    const next = rng(seed);
+    const next = xorshift32(seed);
     const filler = 'abcdefghij klmnopqrstuvwxyz0123456789-=;:<>/@\r';
     const misses = [after.slice(0, 1), after.slice(0, 2), after.slice(0, after.length - 1), until.slice(0, 1), '\r', 'A', 'Au', 'prod-db-', 'p'];
     let s = '';
@@ -301,7 +291,7 @@ describe('window edges of the fast paths', () => {
       const first = ops[0]!;
       const [after, until] = 'mask' in first ? [first.mask.after, first.mask.until] : ['prod-db-1', '\r\n'];
       const text = Buffer.concat([stream(0x5eed + name.length, after, until, 200_000), stream(7, 'Authorization: ', '\r\n', 50_000)]);
-      const next = rng(name.length * 7919);
+      const next = xorshift32(name.length * 7919);
       const chunks: Buffer[] = [];
       for (let at = 0; at < text.length; ) {
         const n = Math.min(text.length - at, 1 + (next() % 70_000));

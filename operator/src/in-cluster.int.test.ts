@@ -6,13 +6,12 @@
 // sees client-node load, which shows it would see it. Root only (the mount namespace).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { KubeRest, isStatus } from '../../runtime/src/rest.js';
 import { podCommand } from '../../runtime/src/testing/in-cluster-pod.js';
-import { operatorArgv, spawnOperator, type OperatorProcess } from './testing/operator-process.js';
+import { operatorArgv, readyzStatus, spawnOperator, type OperatorProcess } from './testing/operator-process.js';
 import { createNamespace, eventually, freeLoopbackPort, freshName, installCrd, podManifest } from './testing/kube.js';
 
 const kubeconfig = inject('kubeconfig');
@@ -22,17 +21,6 @@ const apiServerCaFile = inject('apiServerCaFile');
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const MODULE_LOG_HOOK = join(REPO, 'test/module-log/register.mjs');
 const CLIENT_NODE = '/node_modules/@kubernetes/client-node/';
-
-function readyz(port: number): Promise<number> {
-  return new Promise((resolve) => {
-    const req = request({ host: '127.0.0.1', port, path: '/readyz', timeout: 1000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', () => resolve(0));
-    req.end();
-  });
-}
 
 interface Run extends OperatorProcess {
   modules: () => string[];
@@ -116,13 +104,20 @@ describe('the operator in a pod (in-cluster credentials)', () => {
     return run;
   }
 
+  /** What to show when it exits non-zero: its warnings and errors, every line from 'shutting down' on, stderr. */
+  function exitReport(op: Run): string {
+    const from = op.lines.findIndex((l) => l.msg === 'shutting down');
+    const shown = op.lines.filter((l, i) => typeof l.level !== 'number' || l.level >= 40 || (from >= 0 && i >= from));
+    return `${shown.map((l) => JSON.stringify(l)).join('\n')}\n${op.stderr()}`;
+  }
+
   /** Until its /readyz answers 200; an exit on the way fails with its stderr. */
   async function ready(op: Run): Promise<void> {
     await eventually(
       'the operator ready',
       async () => {
         if (op.child.exitCode !== null) throw new Error(`the operator exited ${op.child.exitCode}: ${op.stderr()}`);
-        return (await readyz(op.healthPort)) === 200;
+        return (await readyzStatus(op.healthPort)) === 200;
       },
       60_000,
     );
@@ -166,7 +161,7 @@ describe('the operator in a pod (in-cluster credentials)', () => {
     expect(modules.filter((m) => m.includes(CLIENT_NODE))).toEqual([]);
 
     op.child.kill('SIGTERM');
-    expect((await op.exit).code, op.stderr()).toBe(0);
+    expect((await op.exit).code, exitReport(op)).toBe(0);
   });
 
   it('with a kubeconfig the same hook sees @kubernetes/client-node load (it reads the kubeconfig)', async () => {
@@ -175,6 +170,6 @@ describe('the operator in a pod (in-cluster credentials)', () => {
     expect(op.lines.find((l) => l.msg === 'apiserver credentials loaded')?.credentials).toBe(`kubeconfig ${kubeconfig}`);
     expect(op.modules().filter((m) => m.includes(CLIENT_NODE)).length).toBeGreaterThan(10);
     op.child.kill('SIGTERM');
-    expect((await op.exit).code, op.stderr()).toBe(0);
+    expect((await op.exit).code, exitReport(op)).toBe(0);
   });
 });

@@ -1,6 +1,7 @@
 // A real operator process (operator/src/main.ts under tsx) for tests that need several: its JSON log lines
 // collected as they come, its exit awaited, stderr kept for whoever reads a failure.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -65,4 +66,20 @@ export function spawnOperator(identity: string, command: string, args: string[],
       await exit;
     },
   };
+}
+
+/**
+ * The status code of the operator's /readyz on loopback `port`, or 0 when nothing answers (not listening
+ * yet, or gone): callers wait for 200 or 503 and treat anything else as not there yet.
+ */
+export function readyzStatus(port: number): Promise<number> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path: '/readyz', timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(0));
+    req.end();
+  });
 }

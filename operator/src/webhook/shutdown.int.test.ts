@@ -2,7 +2,6 @@
 // being ready at once, keeps answering admissions while the webhook Service's Endpoints still list it, and
 // exits once they no longer do; the drain is bounded when they never change.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
@@ -12,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { waitFor } from '../../../e2e/cluster/local/processes.js';
 import { KubeRest } from '../../../runtime/src/rest.js';
 import { installCrd } from '../testing/kube.js';
-import { startOperator, type OperatorProcess } from '../testing/operator-process.js';
+import { readyzStatus, startOperator, type OperatorProcess } from '../testing/operator-process.js';
 import { WebhookConfigSchema } from './config.js';
 import { startWebhook } from './server.js';
 import { StaticTls } from './testing/static-tls.js';
@@ -28,17 +27,6 @@ const WEBHOOK_PORT_BOUNDED = 47422;
 // The pod IP as the Endpoints list it (they refuse loopback). Only a name here: the apiserver reaches the
 // webhook by its URL on 127.0.0.1, nothing is ever sent to this address.
 const POD_IP = '10.247.40.20';
-
-function readyz(port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/readyz', timeout: 1000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 describe('webhook graceful shutdown', () => {
   const kc = new KubeConfig();
@@ -105,11 +93,11 @@ describe('webhook graceful shutdown', () => {
     const { child, lines } = operator;
 
     const admit = async () => isInjected(await core.createNamespacedPod({ namespace: shop, body: podBody(freshName('pod')), dryRun: 'All' }));
-    await waitFor('the operator to be ready', async () => (await readyz(HEALTH_PORT)) === 200, { timeoutMs: 30_000, intervalMs: 100 });
+    await waitFor('the operator to be ready', async () => (await readyzStatus(HEALTH_PORT)) === 200, { timeoutMs: 30_000, intervalMs: 100 });
     await waitFor('the apiserver to call the webhook', admit, { timeoutMs: 15_000, intervalMs: 100 });
 
     child.kill('SIGTERM');
-    await waitFor('readyz to fail once shutting down', async () => (await readyz(HEALTH_PORT)) === 503, { timeoutMs: 2_000, intervalMs: 20 });
+    await waitFor('readyz to fail once shutting down', async () => (await readyzStatus(HEALTH_PORT)) === 503, { timeoutMs: 2_000, intervalMs: 20 });
     // The Endpoints still list the pod: it goes on serving, and every pod is injected.
     const during: boolean[] = [];
     const until = performance.now() + 1_500;
