@@ -190,7 +190,7 @@ describe('the per-user pipe budget', () => {
     child.child.stdin!.end();
   });
 
-  it('starts when other processes of its uid (other sidecars) hold the whole budget, and proxies every connection unmirrored', async () => {
+  it('starts when other processes of its uid (other sidecars) hold the whole budget, proxies every connection and still mirrors them with 2-slot pipes', async () => {
     // Another process of the same uid takes the budget: 1 MiB pipes until the kernel refuses.
     const ballast = new Peer(
       pod.spawn('setpriv', ['--reuid', UID, '--regid', UID, '--clear-groups', '--inh-caps=-all', '/usr/bin/python3', '-c', BALLAST], { stdio: ['pipe', 'pipe', 'pipe'] }),
@@ -225,7 +225,17 @@ describe('the per-user pipe budget', () => {
     });
     console.log(`budget held by another process (${full!.pipes} pipes): ${JSON.stringify(end)}`);
     expect(end).toMatchObject({ connectionsAccepted: conns, upstreamConnectFailures: 0, pipeResizeFailures: conns, bytesClientToApp: conns * bytes });
-    expect(end.targets[0]).toMatchObject({ connectionsMirrored: 0, connectionsSkipped: conns, bytesMirrored: 0, bytesDropped: conns * bytes });
+    // Every new pipe has 2 slots and none may grow: P's batches are 2 slots, and so is M, which holds
+    // one of them. The mirror spills to its memfd instead of growing M (before M was taken at one batch's
+    // size, the full-size M was refused and every mirror was skipped). A cut would be counted, never a gap.
+    const t = end.targets[0]!;
+    expect(t).toMatchObject({ connectionsMirrored: conns, connectionsSkipped: 0 });
+    expect(t.bytesMirrored + t.bytesDropped).toBe(conns * bytes);
+    const atMirror = await mirror.peer.waitFor<ConnReport>('conn', conns);
+    const sent = new Set(r!.conns.map((c) => c.sentSha));
+    const whole = atMirror.filter((c) => c.bytes === bytes);
+    expect(whole.filter((c) => !sent.has(c.sha))).toEqual([]);
+    expect(whole.length).toBe(conns - t.connectionsCut);
     child.child.stdin!.end();
     ballast.child.stdin!.end();
   });

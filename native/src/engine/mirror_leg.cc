@@ -15,8 +15,10 @@
 //    densely) and is sent from there with sendfile(); a mirror is cut only when the spill (bufferSize,
 //    granted from the engine's mirror budget) is full too. So a chatty session (a database's many small
 //    turns) can fall thousands of turns behind for a moment without being cut.
-//  - M is taken from the worker's pool at the first byte and given back when empty: an idle mirror holds
-//    no pipe. Its send buffer starts small and fixed, grows from the engine's budget when it lags, and
+//  - M is taken from the worker's pool at the first byte, at one batch's size (P's), grown to its full
+//    capacity when a second batch would not fit, and given back when empty: an idle mirror holds no
+//    pipe, and a request/response mirror holds a pipe no bigger than P's. Past the uid's pipe budget
+//    (new pipes get 2 slots, none may grow) an M that holds P's batch still mirrors, and spills sooner. Its send buffer starts small and fixed, grows from the engine's budget when it lags, and
 //    shrinks back once everything was acknowledged.
 #include "mirror_leg.h"
 
@@ -103,17 +105,20 @@ void MirrorLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
     return;
   }
   if (!pipe_.held()) {
-    bool ok = host_->pipes().Take(opt_.pipeCapacity, &pipe_) && pipe_.capacity >= opt_.pipeCapacity;
+    // One batch's size first (P's: the pool's P pipes serve); grown when batches queue up in it.
+    uint32_t first = std::min(opt_.pipeCapacity, p.wanted ? p.wanted : p.capacity);
+    bool ok = host_->pipes().Take(first, &pipe_) && pipe_.slots >= p.slots;
     if (!ok) {
-      // The per-user pipe budget (or fds) ran out. Before any byte was copied this mirror is simply not
-      // had (skipped); later it would have a gap (cut).
+      // The per-user pipe budget (or fds) ran out: M cannot take this batch whole. Before any byte was
+      // copied this mirror is simply not had (skipped); later it would have a gap (cut).
       host_->pipes().Discard(&pipe_);
       if (copied_) Cut(n);
       else Skip(n);
       return;
     }
+    growRefused_ = false;
   }
-  if (!RoomInPipe(p) && !Spill()) {
+  if (!RoomInPipe(p) && !GrowPipe(p) && !Spill()) {
     Cut(n);
     return;
   }
@@ -127,6 +132,13 @@ void MirrorLeg::Offer(const Pipe& p, size_t n, uint32_t turn) {
   copied_ = true;
   if (!queue_.empty() && queue_.back().turn == turn && !queue_.back().spilled) queue_.back().bytes += n;
   else queue_.push_back({turn, n, false});
+}
+
+bool MirrorLeg::GrowPipe(const Pipe& p) {
+  if (growRefused_ || pipe_.capacity >= opt_.pipeCapacity) return false;
+  // Refused once (the uid's pipe budget is used up), not asked again for this pipe: the spill takes it.
+  growRefused_ = !host_->pipes().Grow(&pipe_, opt_.pipeCapacity);
+  return RoomInPipe(p);
 }
 
 bool MirrorLeg::Spill() {

@@ -16,7 +16,7 @@ namespace engine {
 class MirrorLeg final : public Leg {
  public:
   struct Options {
-    uint32_t pipeCapacity;  // M: must take whole batches of P, with room for jitter
+    uint32_t pipeCapacity;  // M at its largest: whole batches of P, with room for jitter
     uint32_t turnTimeoutMs;
     uint32_t bufferSize;    // SO_SNDBUF it may grow to when it lags
     uint32_t connectTimeoutMs;
@@ -62,6 +62,8 @@ class MirrorLeg final : public Leg {
   bool Gated(const Segment& s) const;
   // Whether M can take one more batch of P for sure: every batch takes at most P's slots.
   bool RoomInPipe(const Pipe& p) const { return (batchesInPipe_ + 1) * p.slots <= pipe_.slots; }
+  // Grows M towards Options.pipeCapacity; whether it then has room for one more batch of P.
+  bool GrowPipe(const Pipe& p);
   // Moves everything in M to the spill file (created and granted from the engine's mirror budget on
   // first use); false when the spill is full or cannot be had.
   bool Spill();
@@ -114,6 +116,7 @@ class MirrorLeg final : public Leg {
   bool dropping_ = false;  // cut, skipped or failed: later primary bytes count as dropped
   bool copied_ = false;    // some bytes were tee'd already (a pipe refused later is a cut, not a skip)
   bool growTried_ = false;
+  bool growRefused_ = false;  // M's growth was refused by the pipe budget: not asked again for this pipe
   uint64_t granted_ = 0;   // send-buffer bytes granted from the engine's budget
   uint64_t connectDeadline_ = 0, gateDeadline_ = 0, drainDeadline_ = 0;
   TransformedSocket xf_;

@@ -117,6 +117,22 @@ void PipePool::Give(Pipe* p) {
   *p = Pipe{};
 }
 
+bool PipePool::Grow(Pipe* p, uint32_t want) {
+  uint32_t rounded = uint32_t(RoundPipeSize(want));
+  if (!p->held() || p->capacity >= rounded) return p->held();
+  uint32_t got = ResizePipe(p->rd, rounded);
+  if (got < rounded && !free_.empty()) {
+    DropPooled();  // as in Take: idle pipes count against the same budget
+    got = ResizePipe(p->rd, rounded);
+  }
+  if (got <= p->capacity) return false;
+  inUseBytes_ += got - p->capacity;
+  p->capacity = got;
+  p->slots = got / PageSize();
+  p->wanted = rounded;
+  return got >= rounded;
+}
+
 void PipePool::DropPooled() {
   for (Pipe& p : free_) CloseBoth(&p);
   free_.clear();

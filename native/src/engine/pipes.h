@@ -47,6 +47,9 @@ class PipePool {
   void Give(Pipe* p);
   // Closes a pipe whatever it holds.
   void Discard(Pipe* p);
+  // Grows a held pipe (bytes in it stay) to `want`; false when the kernel refused (the uid's budget is
+  // used up) and the pipe keeps its size. A grown pipe pools at its new size.
+  bool Grow(Pipe* p, uint32_t want);
 
   size_t inUse() const { return inUse_; }
   uint64_t inUseBytes() const { return inUseBytes_; }
