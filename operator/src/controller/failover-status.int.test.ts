@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { KubeRest, isStatus } from '../../../runtime/src/rest.js';
 import { FeedAgent } from '../testing/feed-agent.js';
@@ -74,6 +74,13 @@ describe('status across leader changes', () => {
   const agents: FeedAgent[] = [];
   let tls: StaticTls;
 
+  /** What the replicas and the agents did, for whoever reads a failure (any wait of these tests). */
+  afterEach((ctx) => {
+    if (ctx.task.result?.state !== 'fail') return;
+    for (const r of replicas) console.log(`[failover-status] ${r.identity} (exit ${r.child.exitCode ?? r.child.signalCode ?? 'running'}):\n${r.lines.slice(-25).map((l) => JSON.stringify(l)).join('\n')}`);
+    for (const a of agents) console.log(`[failover-status] agent ${a.pod}: connected ${a.connected}, ${a.configs.length} configs\n${a.logs.slice(-15).join('\n')}`);
+  });
+
   beforeAll(async () => {
     kube = await KubeRest.create(kubeconfig);
     await installCrd(kube);
@@ -125,12 +132,7 @@ describe('status across leader changes', () => {
     await eventually('Ready with both pods attached', async () => {
       const sp = await getStreamPath(kube, ns, 'shadow');
       return condition(sp, 'Ready')?.status === 'True' && sp?.status?.podsAttached === 2;
-    }, 40_000).catch((err: unknown) => {
-      // What the replicas and the agents did, for whoever reads the failure.
-      for (const r of replicas) console.log(`[failover-status] ${r.identity}: ${r.lines.slice(-12).map((l) => JSON.stringify(l)).join('\n')}`);
-      for (const a of agents) console.log(`[failover-status] agent ${a.pod}: connected ${a.connected}, ${a.configs.length} configs\n${a.logs.slice(-10).join('\n')}`);
-      throw err;
-    });
+    }, 40_000);
     // The Event follows the status write that made Ready true: wait for it rather than race it.
     await eventually('the Attached Event', async () => (await attachedEvents()).some((e) => e.reason === 'Attached'), 10_000);
     expect((await attachedEvents()).filter((e) => e.reason === 'Attached')).toHaveLength(1);
