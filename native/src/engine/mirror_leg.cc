@@ -18,8 +18,9 @@
 //  - M is taken from the worker's pool at the first byte, at one batch's size (P's), grown to its full
 //    capacity when a second batch would not fit, and given back when empty: an idle mirror holds no
 //    pipe, and a request/response mirror holds a pipe no bigger than P's. Past the uid's pipe budget
-//    (new pipes get 2 slots, none may grow) an M that holds P's batch still mirrors, and spills sooner. Its send buffer starts small and fixed, grows from the engine's budget when it lags, and
-//    shrinks back once everything was acknowledged.
+//    (new pipes get 2 slots, none may grow) an M that holds P's batch still mirrors, and spills sooner.
+//    Its send buffer starts small and fixed, grows from the engine's budget when it lags, and shrinks
+//    back once everything was acknowledged.
 #include "mirror_leg.h"
 
 #include <errno.h>

@@ -90,13 +90,7 @@ bool PipePool::Take(uint32_t want, Pipe* out) {
   p.rd = fds[0];
   p.wr = fds[1];
   p.wanted = rounded;
-  p.capacity = ResizePipe(p.rd, rounded);
-  if (p.capacity < rounded && !free_.empty()) {
-    // The uid's pipe budget is used up, and idle pipes of other sizes in the pool count against it: a
-    // connection with bytes to move needs the pages more than the pool does.
-    DropPooled();
-    p.capacity = ResizePipe(p.rd, rounded);
-  }
+  p.capacity = ResizeMakingRoom(p.rd, rounded);
   p.slots = p.capacity / PageSize();
   *out = p;
   inUse_++;
@@ -117,14 +111,21 @@ void PipePool::Give(Pipe* p) {
   *p = Pipe{};
 }
 
+uint32_t PipePool::ResizeMakingRoom(int fd, uint32_t rounded) {
+  uint32_t got = ResizePipe(fd, rounded);
+  if (got < rounded && !free_.empty()) {
+    // The uid's pipe budget is used up, and idle pipes in the pool count against it: a connection with
+    // bytes to move needs the pages more than the pool does.
+    DropPooled();
+    got = ResizePipe(fd, rounded);
+  }
+  return got;
+}
+
 bool PipePool::Grow(Pipe* p, uint32_t want) {
   uint32_t rounded = uint32_t(RoundPipeSize(want));
   if (!p->held() || p->capacity >= rounded) return p->held();
-  uint32_t got = ResizePipe(p->rd, rounded);
-  if (got < rounded && !free_.empty()) {
-    DropPooled();  // as in Take: idle pipes count against the same budget
-    got = ResizePipe(p->rd, rounded);
-  }
+  uint32_t got = ResizeMakingRoom(p->rd, rounded);
   if (got <= p->capacity) return false;
   inUseBytes_ += got - p->capacity;
   p->capacity = got;

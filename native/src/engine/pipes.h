@@ -61,6 +61,8 @@ class PipePool {
   // itself is a small share of the node's per-uid pipe budget.
   static constexpr size_t kMaxPooled = 16;
   void DropPooled();
+  // ResizePipe, once more after dropping the idle pipes when the budget refused.
+  uint32_t ResizeMakingRoom(int fd, uint32_t rounded);
   std::vector<Pipe> free_;
   size_t inUse_ = 0;
   uint64_t inUseBytes_ = 0, pooledBytes_ = 0;
