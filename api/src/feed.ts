@@ -1,12 +1,14 @@
-// The agent feed (docs/adr/0008-agents-get-their-configuration-from-the-operator.md): one long-lived
-// HTTP/2 stream per agent, POST /v1/agents/stream on the operator's feed port, newline-delimited JSON
-// frames both ways. The operator sends the agent its configuration (the StreamPaths that select its pod,
+// The agent feed (docs/adr/0008-agents-get-their-configuration-from-the-operator.md): one long-lived TLS
+// connection per agent to the operator's feed port, ALPN `kstreams-feed/1`, newline-delimited JSON frames
+// both ways. The agent's first frame is its hello (the pod's projected token); the operator answers with
+// configurations, or one redirect or refused frame before it closes. The operator sends the agent its configuration (the StreamPaths that select its pod,
 // their Service targets resolved, their transform programs' bytes) whenever it changes; the agent sends its
 // report whenever that changes, and at least every keepalive interval.
 import { z } from 'zod';
 import { AgentReportSchema } from './agent.js';
 
-export const FEED_PATH = '/v1/agents/stream';
+/** The feed's ALPN protocol: a TLS connection that does not offer it is closed after the handshake. */
+export const FEED_ALPN = 'kstreams-feed/1';
 /** Audience of the projected ServiceAccount token the agent presents: the apiserver and nothing else accept it there. */
 export const FEED_AUDIENCE = 'kstreams.io/agent-feed';
 export const DEFAULT_FEED_PORT = 9444;
@@ -75,7 +77,21 @@ export const ConfigFrameSchema = z.object({
 /** A replica that does not lead says where the leader is; the agent goes there. */
 export const RedirectFrameSchema = z.object({ type: z.literal('redirect'), address: z.string() });
 
-export const OperatorFrameSchema = z.discriminatedUnion('type', [ConfigFrameSchema, RedirectFrameSchema]);
+/** The operator will not serve this agent (HTTP-like status: 401 token, 403 pod, 503 no leader yet); it closes. */
+export const RefusedFrameSchema = z.object({ type: z.literal('refused'), status: z.number().int(), message: z.string() });
+/** The answer to a ping: the agent's liveness check of the operator (a half-open connection gets none). */
+export const PongFrameSchema = z.object({ type: z.literal('pong') });
+
+export const OperatorFrameSchema = z.discriminatedUnion('type', [ConfigFrameSchema, RedirectFrameSchema, RefusedFrameSchema, PongFrameSchema]);
+
+/** The agent's first frame on a connection. */
+export const HelloFrameSchema = z.object({ type: z.literal('hello'), token: z.string().min(1) });
+/**
+ * Sent by the agent every keepalive; the operator answers with a pong. Its exact bytes are fixed (PING_LINE)
+ * so that a transport may answer it without parsing JSON.
+ */
+export const PING_LINE = '{"type":"ping"}';
+export const PONG_LINE = '{"type":"pong"}';
 
 export const ReportFrameSchema = z.object({
   type: z.literal('report'),
@@ -85,6 +101,9 @@ export const ReportFrameSchema = z.object({
 });
 
 export const AgentFrameSchema = z.discriminatedUnion('type', [ReportFrameSchema]);
+
+export type HelloFrame = z.infer<typeof HelloFrameSchema>;
+export type RefusedFrame = z.infer<typeof RefusedFrameSchema>;
 
 export type ResolvedService = z.infer<typeof ResolvedServiceSchema>;
 export type DeliveredProgram = z.infer<typeof DeliveredProgramSchema>;
@@ -126,6 +145,6 @@ export class FrameDecoder {
   }
 }
 
-export function encodeFrame(frame: OperatorFrame | AgentFrame): string {
+export function encodeFrame(frame: OperatorFrame | AgentFrame | HelloFrame): string {
   return `${JSON.stringify(frame)}\n`;
 }

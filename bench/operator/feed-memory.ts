@@ -3,7 +3,7 @@
 // token and keeps per stream what the hub keeps (identity, last report and its fingerprint), and N real feed
 // clients in generator processes (bench/operator/feed-agents.ts). The server's RSS, heap and external memory
 // are read at 0 streams and after every step, once the streams are idle and after a GC.
-//   npx tsx bench/operator/feed-memory.ts --agents 4000 --steps 4 [--generators 4] [--http2 '{"settings":{"headerTableSize":0}}']
+//   npx tsx bench/operator/feed-memory.ts --agents 4000 --steps 4 [--generators 4] [--transport native|node]
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,7 +40,7 @@ async function serverChild(): Promise<void> {
     tls,
     log: pino({ level: 'silent' }),
     idleTimeoutMs: 45_000,
-    http2: JSON.parse(process.env.FEED_MEMORY_HTTP2 ?? '{}') as Record<string, never>,
+    transport: (process.env.FEED_MEMORY_TRANSPORT ?? 'auto') as 'native' | 'node' | 'auto',
     backend: {
       leaderAddress: () => undefined,
       authenticate: async () => ({ namespace: 'bench', serviceAccount: 'default', pod: `p${n}`, podUid: `u${n++}` }),
@@ -64,7 +64,7 @@ async function serverChild(): Promise<void> {
   process.on('message', (m: { type: string }) => {
     if (m.type === 'mem') process.send?.({ type: 'mem', ...mem() });
   });
-  process.send?.({ type: 'ready', port: running.port });
+  process.send?.({ type: 'ready', port: running.port, transport: running.transport });
 }
 
 function once<T>(child: ChildProcess, type: string): Promise<T> {
@@ -82,16 +82,16 @@ async function main(): Promise<void> {
   const agents = Number(arg('agents', '2000'));
   const steps = Number(arg('steps', '4'));
   const generators = Number(arg('generators', '4'));
-  const http2 = arg('http2', '{}');
+  const transport = arg('transport', 'auto');
   const now = Date.now();
   const ca = await createCA({ commonName: 'bench-ca', nowMs: now, validitySeconds: 86400 });
   const serving = await issueServingCert({ ca, sans: ['feed.bench.svc', '127.0.0.1'], nowMs: now, validitySeconds: 86400 });
   const server = fork(fileURLToPath(import.meta.url), ['--server'], {
     execArgv: ['--import', 'tsx', '--expose-gc'],
-    env: { ...process.env, FEED_MEMORY_TLS: JSON.stringify(serving), FEED_MEMORY_HTTP2: http2 },
+    env: { ...process.env, FEED_MEMORY_TLS: JSON.stringify(serving), FEED_MEMORY_TRANSPORT: transport },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const { port } = await once<{ port: number }>(server, 'ready');
+  const { port, transport: servedBy } = await once<{ port: number; transport: string }>(server, 'ready');
   const memOf = async () => {
     server.send({ type: 'mem' });
     return once<Mem>(server, 'mem');
@@ -147,7 +147,7 @@ async function main(): Promise<void> {
   const last = rows.at(-1)!;
   const per = (k: keyof Mem) => (((last[k] - first[k]) * 1024) / Math.max(1, last.streams)).toFixed(1);
   console.log(
-    `http2 options ${http2}: ${last.streams} idle streams: RSS ${first.rssMiB.toFixed(0)} -> ${last.rssMiB.toFixed(0)} MiB = ${per('rssMiB')} KiB per stream (heap ${per('heapUsedMiB')}, external ${per('externalMiB')}, arrayBuffers ${per('arrayBuffersMiB')} KiB)`,
+    `transport ${servedBy}: ${last.streams} idle streams: RSS ${first.rssMiB.toFixed(0)} -> ${last.rssMiB.toFixed(0)} MiB = ${per('rssMiB')} KiB per stream (heap ${per('heapUsedMiB')}, external ${per('externalMiB')}, arrayBuffers ${per('arrayBuffersMiB')} KiB)`,
   );
   for (const g of gens) g.send({ type: 'stop' });
   server.kill('SIGTERM');

@@ -51,7 +51,39 @@ export interface RawAddon {
   /** Resets the connections still open; replayWait then resolves with cancelled: true. */
   replayCancel(handle: RawReplayHandle): void;
   replayWait(handle: RawReplayHandle): Promise<ReplayResult>;
+  /** The agent feed's TLS transport (absent from an addon built before it). */
+  FeedWire?: new (options: RawFeedWireOptions, onEvents: (events: RawFeedEvent[]) => void) => RawFeedWire;
 }
 
 /** An opaque replay handle (a napi External); the replay is cancelled when it is collected. */
 export type RawReplayHandle = { readonly __brand: 'kstreams.ReplayHandle' };
+
+/**
+ * One event of the feed transport: [0, id, remote] a connection finished its handshake with the feed's ALPN;
+ * [1, id, line] one line it sent (not a ping: those are answered natively); [2, id, reason] it is gone (after
+ * its last line); [3, 0, ''] the server stopped, after every connection's close event.
+ */
+export type RawFeedEvent = [0 | 1 | 2 | 3, number, string];
+
+export interface RawFeedWireOptions {
+  host: string;
+  port: number;
+  keyPem: string;
+  certPem: string;
+  alpn: string;
+  pingLine: string;
+  pongLine: string;
+  idleTimeoutMs: number;
+  maxLineBytes: number;
+}
+
+export interface RawFeedWire {
+  readonly port: number;
+  /** Queues a line for connection `id`; false when it is gone (or its queue is over its bound: it is closed). */
+  send(id: number, line: string): boolean;
+  /** Sends what is queued for `id`, then closes it. */
+  end(id: number): void;
+  setTls(keyPem: string, certPem: string): void;
+  /** Closes every connection and stops the thread; the [3] event follows. */
+  close(): void;
+}

@@ -37,8 +37,13 @@ export const LeaderElectionConfigSchema = z
  */
 export const FeedConfigSchema = z.strictObject({
   host: z.string().default('0.0.0.0'),
-  /** HTTP/2 over TLS (the webhook's certificate). 0 picks a free port (tests). */
+  /** TLS (the webhook's certificate), ALPN kstreams-feed/1. 0 picks a free port (tests). */
   port: z.number().int().min(0).max(65535).default(DEFAULT_FEED_PORT),
+  /**
+   * native: the addon's TLS transport (one thread, a few KiB per idle agent); node: Node's tls (~27 KiB per
+   * agent); auto: native where the addon has it, else node with a warning.
+   */
+  transport: z.enum(['auto', 'native', 'node']).default('auto'),
   /** host:port agents are sent to while this replica leads; default POD_IP and port. */
   advertiseAddress: z.string().min(1).optional(),
   /** A stream with no frame from its agent for this long is closed (agents report at least every 15 s). */
@@ -140,6 +145,7 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_RESYNC_PERIOD_MS', path: ['resyncPeriodMs'], type: 'int' },
   { env: 'KSTREAMS_RECONCILE_CONCURRENCY', path: ['reconcileConcurrency'], type: 'int' },
   { env: 'KSTREAMS_FEED_PORT', path: ['feed', 'port'], type: 'int' },
+  { env: 'KSTREAMS_FEED_TRANSPORT', path: ['feed', 'transport'], type: 'string' },
   { env: 'KSTREAMS_FEED_CERT_FILE', path: ['feed', 'certFile'], type: 'string' },
   { env: 'KSTREAMS_FEED_KEY_FILE', path: ['feed', 'keyFile'], type: 'string' },
   { env: 'KSTREAMS_FEED_WARMUP_MS', path: ['feed', 'warmupMs'], type: 'int' },

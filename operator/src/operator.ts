@@ -177,6 +177,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       tls: pem,
       log: log.child({ component: 'feed' }),
       idleTimeoutMs: config.feed.idleTimeoutMs,
+      transport: config.feed.transport,
       onStream: (outcome) => metrics.feedStreams.inc({ outcome }),
       backend: {
         leaderAddress: () => {

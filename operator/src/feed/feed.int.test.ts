@@ -1,5 +1,5 @@
 // The agent feed against the real apiserver: tokens minted by its TokenRequest and checked by its
-// TokenReview, the operator's real feed server over HTTP/2 + TLS, the real feed client of the sidecar.
+// TokenReview, the operator's real feed server over TLS (ALPN kstreams-feed/1), the real feed client of the sidecar.
 // What an agent receives (its StreamPaths, cross-namespace Service targets resolved, headless endpoints
 // followed, program bytes), that it receives only its own, that its reports become status under the write
 // bound, and that it keeps its configuration while the operator is away and reconnects.

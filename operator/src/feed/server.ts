@@ -1,13 +1,15 @@
-// The feed's HTTP/2 server, on every replica (TLS from the webhook's certificate source, so the cert
-// carries the Service's DNS names and is signed by the operator's CA, which the webhook gives the agents).
-// One POST /v1/agents/stream per agent: a replica that does not lead answers with a redirect frame naming
-// the leader; the leader checks the agent's token and hands the stream to the controller's hub.
-import { constants, createSecureServer, type SecureServerOptions, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+// The feed's server, on every replica (TLS from the webhook's certificate source, so the cert carries the
+// Service's DNS names and is signed by the operator's CA, which the webhook gives the agents). One TLS
+// connection per agent (ALPN kstreams-feed/1, wire.ts): its first frame is the agent's hello with its token;
+// a replica that does not lead answers with a redirect frame naming the leader; the leader checks the
+// token and hands the connection to the controller's hub.
 import type { Logger } from 'pino';
-import { AgentFrameSchema, encodeFrame, FEED_PATH, FrameDecoder, type AgentFrame } from '../../../api/src/feed.js';
+import { AgentFrameSchema, encodeFrame, HelloFrameSchema, MAX_FRAME_BYTES, type AgentFrame } from '../../../api/src/feed.js';
 import { formatIssues } from '../../../api/src/streampath.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
+import type { WireServer, WireServerOptions } from './wire.js';
+import { startNodeWire } from './wire-node.js';
+import { loadNativeWire } from './wire-native.js';
 
 /** What the hub sees of one agent's stream. */
 export interface FeedConnection {
@@ -40,164 +42,176 @@ export interface FeedServerOptions {
   tls: { keyPem: string; certPem: string };
   backend: FeedBackend;
   log: Logger;
-  /** A stream with no frame from its agent for this long is taken for dead (agents report at least every keepalive). */
+  /** A stream with no frame from its agent for this long is taken for dead (agents ping and report at least every keepalive). */
   idleTimeoutMs: number;
   onStream?: (outcome: 'served' | 'redirected' | 'refused') => void;
-  /**
-   * HTTP/2 session options (settings, maxSessionMemory, ...); default Node's. bench/operator/feed-memory.ts
-   * measured smaller tables, windows and stream limits: they change nothing of the ~55 KiB of native memory a
-   * TLS + HTTP/2 session costs (docs/bench.md).
-   */
-  http2?: Pick<SecureServerOptions, 'settings' | 'maxSessionMemory' | 'maxHeaderListPairs' | 'peerMaxConcurrentStreams' | 'maxOutstandingPings' | 'maxSettings'>;
+  /** native: the addon's transport (the default where it loads); node: Node's tls. */
+  transport?: 'native' | 'node' | 'auto';
+  /** An agent that sends no hello within this long is closed. */
+  helloTimeoutMs?: number;
 }
 
 export interface RunningFeedServer {
   port: number;
-  server: Http2SecureServer;
+  transport: 'native' | 'node';
   setTls(tls: { keyPem: string; certPem: string }): void;
   /** Ends every stream (agents reconnect elsewhere) and stops listening. */
   close(): Promise<void>;
 }
 
-function refuse(stream: ServerHttp2Stream, status: number, message: string): void {
-  if (stream.destroyed) return;
-  stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' });
-  stream.end(`${message}\n`);
-}
+/** Lines an agent may send before its hello is answered (its first report follows the hello at once). */
+const MAX_EARLY_LINES = 16;
 
 export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeedServer> {
   const log = o.log;
-  const server = createSecureServer({ key: o.tls.keyPem, cert: o.tls.certPem, minVersion: 'TLSv1.2', allowHTTP1: false, ...o.http2 });
-  server.on('sessionError', (err) => log.debug({ err: err.message }, 'feed: session error'));
-  server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'feed: TLS handshake failed'));
-  // Dead connections (a node gone without a RST) are found by the agents' keepalive reports going quiet.
-  const sessions = new Set<ServerHttp2Session>();
-  server.on('session', (session) => {
-    sessions.add(session);
-    session.on('close', () => sessions.delete(session));
-    session.setTimeout(o.idleTimeoutMs, () => session.destroy());
-  });
+  const helloTimeoutMs = o.helloTimeoutMs ?? 10_000;
+  const wireOptions: WireServerOptions = {
+    host: o.host,
+    port: o.port,
+    tls: o.tls,
+    idleTimeoutMs: o.idleTimeoutMs,
+    maxLineBytes: MAX_FRAME_BYTES,
+    log,
+    onConnection: (conn) => {
+      let phase: 'hello' | 'checking' | 'serving' | 'done' = 'hello';
+      let handlers: FeedSessionHandlers | undefined;
+      let who = conn.remote;
+      let early: string[] = [];
+      /** Lines read while an earlier one waits for its turn (handlers.later), in order. */
+      let held: string[] | undefined;
+      let gone = false;
+      const refuse = (status: number, message: string) => {
+        phase = 'done';
+        conn.write(encodeFrame({ type: 'refused', status, message }));
+        conn.end();
+      };
+      const helloTimer = setTimeout(() => {
+        if (phase === 'hello') refuse(408, `no hello frame within ${helloTimeoutMs} ms`);
+      }, helloTimeoutMs);
+      helloTimer.unref();
 
-  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
-    stream.on('error', () => {});
-    if (headers[':path'] !== FEED_PATH || headers[':method'] !== 'POST') {
-      return refuse(stream, 404, `the operator's feed serves POST ${FEED_PATH} only`);
-    }
-    const leader = o.backend.leaderAddress();
-    if (leader !== undefined) {
-      o.onStream?.('redirected');
-      if (leader === null) return refuse(stream, 503, 'no leader elected yet; retry');
-      stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
-      stream.end(encodeFrame({ type: 'redirect', address: leader }));
-      return;
-    }
-    const auth = String(headers.authorization ?? '');
-    const token = /^Bearer (.+)$/.exec(auth)?.[1];
-    if (!token) {
-      o.onStream?.('refused');
-      return refuse(stream, 401, 'no bearer token: the agent presents its projected ServiceAccount token');
-    }
-    o.backend.authenticate(token).then(
-      (identity) => serve(stream, identity),
-      (err: unknown) => {
-        o.onStream?.('refused');
-        const status = err instanceof FeedAuthError ? err.status : 500;
-        log.warn({ status, err: (err as Error).message }, 'feed: agent refused');
-        refuse(stream, status, (err as Error).message);
-      },
-    );
-  });
-
-  const serve = (stream: ServerHttp2Stream, identity: AgentIdentity) => {
-    if (stream.destroyed) return;
-    let handlers: FeedSessionHandlers;
-    const conn: FeedConnection = {
-      send: (line) => {
-        if (stream.destroyed || stream.closed) return false;
-        stream.write(line);
-        return true;
-      },
-      close: (reason) => {
-        if (stream.destroyed) return;
-        log.debug({ pod: `${identity.namespace}/${identity.pod}`, reason }, 'feed: closing stream');
-        stream.close(constants.NGHTTP2_NO_ERROR);
-      },
-    };
-    try {
-      handlers = o.backend.attach(identity, conn);
-    } catch (err) {
-      o.onStream?.('refused');
-      const status = err instanceof FeedAuthError ? err.status : 500;
-      return refuse(stream, status, (err as Error).message);
-    }
-    o.onStream?.('served');
-    stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
-    const decoder = new FrameDecoder();
-    let closed = false;
-    /** Chunks read while an earlier one waits for its turn (handlers.later), in order. */
-    let held: Buffer[] | undefined;
-    const take = (chunk: Buffer) => {
-      let frames: unknown[];
-      try {
-        frames = decoder.push(chunk);
-      } catch (err) {
-        log.warn({ pod: `${identity.namespace}/${identity.pod}`, err: (err as Error).message }, 'feed: bad frame, closing the stream');
-        stream.close(constants.NGHTTP2_PROTOCOL_ERROR);
-        return;
-      }
-      for (const raw of frames) {
+      const take = (line: string) => {
+        let raw: unknown;
+        try {
+          raw = JSON.parse(line);
+        } catch (err) {
+          log.warn({ pod: who, err: (err as Error).message }, 'feed: a frame that is not JSON, closing the stream');
+          phase = 'done';
+          conn.end();
+          return;
+        }
         const r = AgentFrameSchema.safeParse(raw);
         if (!r.success) {
-          log.warn({ pod: `${identity.namespace}/${identity.pod}`, problems: formatIssues(r.error).slice(0, 3) }, 'feed: invalid frame ignored');
-          continue;
+          log.warn({ pod: who, problems: formatIssues(r.error).slice(0, 3) }, 'feed: invalid frame ignored');
+          return;
         }
-        handlers.frame(r.data);
-      }
-    };
-    const release = () => {
-      const chunks = held;
-      held = undefined;
-      for (const c of chunks ?? []) take(c);
-    };
-    const done = () => {
-      if (closed) return;
-      // What the agent said last (its final report, all detached) counts, even if it was still held.
-      release();
-      closed = true;
-      handlers.closed();
-    };
-    stream.on('data', (chunk: Buffer) => {
-      if (held) return void held.push(chunk);
-      if (!handlers.later) return take(chunk);
-      held = [chunk];
-      handlers.later(() => {
-        if (!closed) release();
-      });
-    });
-    stream.on('close', done);
-    stream.on('end', () => {
-      if (!stream.destroyed) stream.end();
-    });
+        handlers!.frame(r.data);
+      };
+      const release = () => {
+        const lines = held;
+        held = undefined;
+        for (const l of lines ?? []) if (phase === 'serving') take(l);
+      };
+      const deliver = (line: string) => {
+        if (held) return void held.push(line);
+        if (!handlers!.later) return take(line);
+        held = [line];
+        handlers!.later(() => {
+          if (!gone) release();
+        });
+      };
+
+      const serve = (identity: AgentIdentity) => {
+        if (gone || phase !== 'checking') return;
+        who = `${identity.namespace}/${identity.pod}`;
+        const fc: FeedConnection = {
+          send: (line) => (phase === 'serving' ? conn.write(line) : false),
+          close: (reason) => {
+            if (phase !== 'serving') return;
+            log.debug({ pod: who, reason }, 'feed: closing stream');
+            phase = 'done';
+            conn.end();
+          },
+        };
+        try {
+          handlers = o.backend.attach(identity, fc);
+        } catch (err) {
+          o.onStream?.('refused');
+          return refuse(err instanceof FeedAuthError ? err.status : 500, (err as Error).message);
+        }
+        o.onStream?.('served');
+        phase = 'serving';
+        const lines = early;
+        early = [];
+        for (const l of lines) if (phase === 'serving') deliver(l);
+      };
+
+      const hello = (line: string) => {
+        clearTimeout(helloTimer);
+        let parsed: ReturnType<typeof HelloFrameSchema.safeParse>;
+        try {
+          parsed = HelloFrameSchema.safeParse(JSON.parse(line));
+        } catch {
+          return refuse(400, 'the first frame must be a hello: {"type":"hello","token":"..."}');
+        }
+        if (!parsed.success) {
+          o.onStream?.('refused');
+          return refuse(401, 'the first frame must be a hello with the projected ServiceAccount token');
+        }
+        const leader = o.backend.leaderAddress();
+        if (leader !== undefined) {
+          o.onStream?.('redirected');
+          if (leader === null) return refuse(503, 'no leader elected yet; retry');
+          phase = 'done';
+          conn.write(encodeFrame({ type: 'redirect', address: leader }));
+          conn.end();
+          return;
+        }
+        phase = 'checking';
+        o.backend.authenticate(parsed.data.token).then(serve, (err: unknown) => {
+          if (gone || phase !== 'checking') return;
+          o.onStream?.('refused');
+          const status = err instanceof FeedAuthError ? err.status : 500;
+          log.warn({ status, remote: conn.remote, err: (err as Error).message }, 'feed: agent refused');
+          refuse(status, (err as Error).message);
+        });
+      };
+
+      return {
+        line: (line) => {
+          if (phase === 'serving') return deliver(line);
+          if (phase === 'hello') return hello(line);
+          if (phase === 'checking') {
+            early.push(line);
+            if (early.length > MAX_EARLY_LINES) refuse(400, `more than ${MAX_EARLY_LINES} frames before the hello was answered`);
+          }
+        },
+        closed: () => {
+          clearTimeout(helloTimer);
+          if (gone) return;
+          // What the agent said last (its final report, all detached) counts, even if it was still held.
+          if (phase === 'serving') release();
+          gone = true;
+          const wasServing = handlers !== undefined;
+          phase = 'done';
+          if (wasServing) handlers!.closed();
+        },
+      };
+    },
   };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
-  log.info({ port, host: o.host }, 'agent feed listening');
-  return {
-    port,
-    server,
-    setTls: (tls) => server.setSecureContext({ key: tls.keyPem, cert: tls.certPem, minVersion: 'TLSv1.2' }),
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        // Open sessions would keep close() waiting: end them; agents reconnect (to the next leader).
-        for (const s of sessions) s.destroy();
-      }),
-  };
+  const want = o.transport ?? 'auto';
+  let wire: WireServer;
+  if (want === 'node') wire = await startNodeWire(wireOptions);
+  else {
+    const native = loadNativeWire();
+    if (native.ok) wire = await native.start(wireOptions);
+    else if (want === 'native') throw new Error(`the feed's native transport is not available: ${native.error}`);
+    else {
+      log.warn({ err: native.error }, "feed: the native transport is not available, serving agents on Node's tls (about 4x the memory per agent)");
+      wire = await startNodeWire(wireOptions);
+    }
+  }
+  log.info({ port: wire.port, host: o.host, transport: wire.kind }, 'agent feed listening');
+  return { port: wire.port, transport: wire.kind, setTls: (tls) => wire.setTls(tls), close: () => wire.close() };
 }

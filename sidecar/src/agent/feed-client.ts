@@ -1,12 +1,14 @@
-// The agent's end of the operator feed (docs/adr/0008): one HTTP/2 stream to the operator, over TLS
-// checked against the operator's CA, authenticated by the pod's projected ServiceAccount token. It receives
+// The agent's end of the operator feed (docs/adr/0008): one TLS connection to the operator (ALPN
+// kstreams-feed/1, newline-delimited JSON frames), checked against the operator's CA, authenticated by the
+// pod's projected ServiceAccount token in its first frame. It receives
 // the agent's configuration and sends the agent's report when it changes (and at least every keepalive).
-// Fail-static: when the stream breaks, the last configuration stays applied; the client reconnects with
+// Fail-static: when the connection breaks, the last configuration stays applied; the client reconnects with
 // exponential backoff and full jitter, and follows a redirect to the leader.
 import { readFile } from 'node:fs/promises';
-import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { encodeFrame, FEED_PATH, FrameDecoder, OperatorFrameSchema, type ConfigFrame } from '../../../api/src/feed.js';
+import { encodeFrame, FEED_ALPN, FrameDecoder, OperatorFrameSchema, PING_LINE, type ConfigFrame } from '../../../api/src/feed.js';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { formatIssues } from '../../../api/src/streampath.js';
 import { Backoff } from '../../../runtime/src/backoff.js';
@@ -41,8 +43,9 @@ class FeedError extends Error {
 
 export class FeedClient {
   private stopped = false;
-  private session: ClientHttp2Session | undefined;
-  private stream: ClientHttp2Stream | undefined;
+  private socket: TLSSocket | undefined;
+  /** The socket's handshake is done and the hello written (reports may go). */
+  private open = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private next = 0;
@@ -53,7 +56,7 @@ export class FeedClient {
   private lastSentAt = 0;
   private sending = false;
   private readonly backoff: Backoff;
-  /** A configuration was received on some stream at least once. */
+  /** A configuration was received on some connection at least once. */
   configured = false;
 
   constructor(private readonly o: FeedClientOptions) {
@@ -62,7 +65,7 @@ export class FeedClient {
   }
 
   get connected(): boolean {
-    return this.stream !== undefined && !this.stream.closed;
+    return this.open && this.socket !== undefined && !this.socket.destroyed;
   }
 
   start(): void {
@@ -72,8 +75,7 @@ export class FeedClient {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.();
-    this.stream?.close(constants.NGHTTP2_NO_ERROR);
-    this.session?.destroy();
+    this.socket?.destroy();
     await this.loop;
   }
 
@@ -81,8 +83,8 @@ export class FeedClient {
   async flush(): Promise<void> {
     while (this.sending) await new Promise((r) => setImmediate(r));
     await this.sendReport(true);
-    const s = this.stream;
-    if (s && !s.closed && s.writableLength > 0) await new Promise<void>((r) => s.write('', () => r()));
+    const s = this.socket;
+    if (s && this.open && !s.destroyed && s.writableLength > 0) await new Promise<void>((r) => s.write('', () => r()));
   }
 
   /** Sends the report now if it changed (e.g. right after a converge). */
@@ -113,9 +115,9 @@ export class FeedClient {
           this.o.logger.warn({ operator: address, err: e.message, retryInMs: delay }, 'operator feed unavailable; keeping the last configuration');
         }
       }
-      this.session?.destroy();
-      this.session = undefined;
-      this.stream = undefined;
+      this.socket?.destroy();
+      this.socket = undefined;
+      this.open = false;
       if (this.stopped) break;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, delay);
@@ -135,122 +137,123 @@ export class FeedClient {
     return a;
   }
 
-  /** One stream, until it ends. Resolves when a stream that worked ends; rejects when it never worked. */
+  /** One connection, until it ends. Resolves when a connection that worked ends; rejects when it never worked. */
   private async connectOnce(address: string): Promise<void> {
     const token = (await readFile(this.o.tokenFile, 'utf8').catch((err: Error) => {
       throw new FeedError(`cannot read the feed token ${this.o.tokenFile}: ${err.message}`);
     })).trim();
     const keepaliveMs = this.o.keepaliveMs ?? 15_000;
+    const { host, port } = splitAddress(address);
     return new Promise<void>((resolve, reject) => {
       let worked = false;
       let settled = false;
       const timers: NodeJS.Timeout[] = [];
+      let pongTimer: NodeJS.Timeout | undefined;
       const finish = (err?: Error) => {
         if (settled) return;
         settled = true;
         for (const t of timers) clearInterval(t);
+        clearTimeout(pongTimer);
+        sock.destroy();
         if (worked && !(err instanceof FeedError && err.redirect)) {
           this.o.onEvent?.('closed');
           resolve();
         } else {
           if (!(err instanceof FeedError && err.redirect)) this.o.onEvent?.(err && !(err instanceof FeedError) ? 'error' : 'refused');
-          reject(err ?? new FeedError('stream ended before any configuration'));
+          reject(err ?? new FeedError('connection ended before any configuration'));
         }
       };
-      const session = connect(`https://${address}`, {
+      // The certificate names the Service's DNS names: an agent given an IP checks it against the IP SANs.
+      const sock = tlsConnect({
+        host,
+        port,
+        ALPNProtocols: [FEED_ALPN],
         ...(this.o.caPem ? { ca: this.o.caPem } : {}),
-        ...(this.o.serverName ? { servername: this.o.serverName } : {}),
+        ...(this.o.serverName ? { servername: this.o.serverName } : isIP(host) ? {} : { servername: host }),
       });
-      this.session = session;
-      session.on('error', (err) => finish(new Error(`${address}: ${err.message}`)));
-      session.on('close', () => finish(new Error(`${address}: connection closed`)));
+      this.socket = sock;
+      sock.on('error', (err) => finish(new Error(`${address}: ${err.message}`)));
+      sock.on('close', () => finish(new Error(`${address}: connection closed`)));
+      sock.on('end', () => finish(new Error(`${address}: the operator ended the connection`)));
       // A connect that hangs (blackholed address) gives way to the next address.
-      const connectTimer = setTimeout(() => session.destroy(new Error(`no TLS connection within ${keepaliveMs} ms`)), keepaliveMs);
-      session.once('connect', () => clearTimeout(connectTimer));
-      session.once('close', () => clearTimeout(connectTimer));
-
-      const req = session.request(
-        { ':method': 'POST', ':path': FEED_PATH, authorization: `Bearer ${token}`, 'content-type': 'application/x-ndjson' },
-        { endStream: false },
-      );
-      this.stream = req;
-      req.on('error', (err) => finish(new Error(`${address}: ${err.message}`)));
-      req.on('response', (headers) => {
-        const status = Number(headers[':status']);
-        if (status !== 200) {
-          let body = '';
-          req.setEncoding('utf8');
-          req.on('data', (c: string) => (body += c.length < 2048 ? c : ''));
-          req.on('end', () => finish(new FeedError(`${address}: HTTP ${status}: ${body.trim() || 'refused'}`)));
-          return;
+      const connectTimer = setTimeout(() => sock.destroy(new Error(`no TLS connection within ${keepaliveMs} ms`)), keepaliveMs);
+      sock.once('close', () => clearTimeout(connectTimer));
+      sock.once('secureConnect', () => {
+        clearTimeout(connectTimer);
+        if (sock.alpnProtocol !== FEED_ALPN) {
+          return finish(new FeedError(`${address}: not a KStreams feed (ALPN ${String(sock.alpnProtocol)}, wanted ${FEED_ALPN})`));
         }
+        sock.setNoDelay(true);
+        sock.setKeepAlive(true, keepaliveMs);
+        this.open = true;
+        sock.write(encodeFrame({ type: 'hello', token }));
         this.o.onEvent?.('connected');
         this.lastSent = undefined;
         void this.sendReport(true);
         timers.push(setInterval(() => void this.sendReport(false), this.o.reportCheckMs ?? 1_000));
-        // Liveness of the operator: a ping unanswered within a keepalive ends the stream.
+        // Liveness of the operator: a ping unanswered within a keepalive ends the connection.
         timers.push(
           setInterval(() => {
-            const t = setTimeout(() => session.destroy(new Error(`no PING answer within ${keepaliveMs} ms`)), keepaliveMs);
-            session.ping((err) => {
-              clearTimeout(t);
-              if (err) session.destroy(err);
-            });
+            if (pongTimer) return;
+            sock.write(`${PING_LINE}\n`);
+            pongTimer = setTimeout(() => sock.destroy(new Error(`no answer to a ping within ${keepaliveMs} ms`)), keepaliveMs);
           }, keepaliveMs),
         );
         for (const t of timers) t.unref();
-        const decoder = new FrameDecoder();
-        // Program bytes this stream was sent, by SHA-256: later frames name them by hash only.
-        const programs = new Map<string, string>();
-        req.on('data', (chunk: Buffer) => {
-          let frames: unknown[];
-          try {
-            frames = decoder.push(chunk);
-          } catch (err) {
-            return finish(new Error(`${address}: ${(err as Error).message}`));
-          }
-          for (const raw of frames) {
-            const r = OperatorFrameSchema.safeParse(raw);
-            if (!r.success) {
-              this.o.logger.warn({ problems: formatIssues(r.error).slice(0, 3) }, 'operator feed: invalid frame ignored');
-              continue;
-            }
-            const f = r.data;
-            if (f.type === 'redirect') {
-              return finish(new FeedError(`${address} does not lead`, f.address));
-            }
-            for (const [k, p] of Object.entries(f.programs)) {
-              if ('data' in p) {
-                if (p.sha256) programs.set(p.sha256, p.data);
-              } else if ('sha256' in p) {
-                const data = programs.get(p.sha256);
-                if (data === undefined) return finish(new Error(`${address}: program ${k} sent by a hash this stream never carried`));
-                f.programs[k] = { data, sha256: p.sha256 };
-              }
-            }
-            worked = true;
-            this.configured = true;
-            this.backoff.reset();
-            this.o.onEvent?.('config');
-            void this.o
-              .onConfig(f)
-              .then(() => {
-                this.applied = Math.max(this.applied, f.version);
-                return this.sendReport(false);
-              })
-              .catch((err: unknown) => this.o.logger.error({ err }, 'applying the operator configuration failed'));
-          }
-        });
-        req.on('end', () => finish(new Error(`${address}: the operator ended the stream`)));
       });
-      req.on('close', () => finish(new Error(`${address}: stream closed`)));
+      const decoder = new FrameDecoder();
+      // Program bytes this connection was sent, by SHA-256: later frames name them by hash only.
+      const programs = new Map<string, string>();
+      sock.on('data', (chunk: Buffer) => {
+        let frames: unknown[];
+        try {
+          frames = decoder.push(chunk);
+        } catch (err) {
+          return finish(new Error(`${address}: ${(err as Error).message}`));
+        }
+        for (const raw of frames) {
+          const r = OperatorFrameSchema.safeParse(raw);
+          if (!r.success) {
+            this.o.logger.warn({ problems: formatIssues(r.error).slice(0, 3) }, 'operator feed: invalid frame ignored');
+            continue;
+          }
+          const f = r.data;
+          if (f.type === 'pong') {
+            clearTimeout(pongTimer);
+            pongTimer = undefined;
+            continue;
+          }
+          if (f.type === 'redirect') return finish(new FeedError(`${address} does not lead`, f.address));
+          if (f.type === 'refused') return finish(new FeedError(`${address}: refused (${f.status}): ${f.message}`));
+          for (const [k, p] of Object.entries(f.programs)) {
+            if ('data' in p) {
+              if (p.sha256) programs.set(p.sha256, p.data);
+            } else if ('sha256' in p) {
+              const data = programs.get(p.sha256);
+              if (data === undefined) return finish(new Error(`${address}: program ${k} sent by a hash this connection never carried`));
+              f.programs[k] = { data, sha256: p.sha256 };
+            }
+          }
+          worked = true;
+          this.configured = true;
+          this.backoff.reset();
+          this.o.onEvent?.('config');
+          void this.o
+            .onConfig(f)
+            .then(() => {
+              this.applied = Math.max(this.applied, f.version);
+              return this.sendReport(false);
+            })
+            .catch((err: unknown) => this.o.logger.error({ err }, 'applying the operator configuration failed'));
+        }
+      });
     });
   }
 
   /** Sends the report when it differs from the last one sent, or when a keepalive is due. */
   private async sendReport(force: boolean): Promise<void> {
-    const stream = this.stream;
-    if (!stream || stream.closed || this.sending) return;
+    const sock = this.socket;
+    if (!sock || !this.open || sock.destroyed || this.sending) return;
     this.sending = true;
     try {
       const report = await this.o.report();
@@ -258,8 +261,8 @@ export class FeedClient {
       const due = Date.now() - this.lastSentAt >= (this.o.keepaliveMs ?? 15_000);
       const key = `${this.applied}|${body}`;
       if (!force && !due && key === this.lastSent) return;
-      if (stream !== this.stream || stream.closed) return;
-      stream.write(encodeFrame({ type: 'report', applied: this.applied, report }));
+      if (sock !== this.socket || sock.destroyed) return;
+      sock.write(encodeFrame({ type: 'report', applied: this.applied, report }));
       this.lastSent = key;
       this.lastSentAt = Date.now();
     } catch (err) {
@@ -268,4 +271,11 @@ export class FeedClient {
       this.sending = false;
     }
   }
+}
+
+/** host:port or [v6]:port. */
+function splitAddress(address: string): { host: string; port: number } {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(address) ?? /^([^:]+):(\d+)$/.exec(address);
+  if (!m) throw new FeedError(`operator feed address ${address} is not host:port`);
+  return { host: m[1]!, port: Number(m[2]) };
 }
