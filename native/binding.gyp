@@ -5,6 +5,8 @@
       "sources": [
         "src/addon.cc",
         "src/errors.cc",
+        "src/feed/feed_server.cc",
+        "src/feed_binding.cc",
         "src/engine/accept_policy.cc",
         "src/engine/address.cc",
         "src/engine/capture.cc",

@@ -1,6 +1,6 @@
 // A load generator for bench/operator/feed-scale.ts: thousands of simulated agents in one process, each the
 // sidecar's real feed client (sidecar/src/agent/feed-client.ts, through operator/src/testing/feed-agent.ts)
-// on its own HTTP/2 + TLS connection with its own pod-bound token. No data plane: an agent "attaches" every
+// on its own TLS connection with its own pod-bound token. No data plane: an agent "attaches" every
 // StreamPath its configuration names, at that generation, and its counters advance every `counterMs` as
 // under traffic (each change is a report the operator receives). Parent <-> child over the fork IPC channel:
 //   parent -> {type:'start', agents, address, caPem, serverName, counterMs, startPerSecond}

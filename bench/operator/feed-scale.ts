@@ -1,5 +1,5 @@
 // The control plane at scale (issue 9, item 2; docs/adr/0008): N simulated agents, each the sidecar's real
-// feed client on its own HTTP/2 + TLS connection with a token minted by the real apiserver's TokenRequest for
+// feed client on its own TLS connection (ALPN kstreams-feed/1) with a token minted by the real apiserver's TokenRequest for
 // its own pod, against the compiled operator run as a real process (webhook and feed on, one replica) on a
 // real kube-apiserver + etcd. Measures:
 //   1. edit-to-all-agents propagation: one wide StreamPath per namespace (1000 pods each) edited at once,
@@ -46,6 +46,8 @@ const { values: args } = parseArgs({
     // in-cluster: the operator reads a ServiceAccount token and CA at the pod's paths (a private mount
     // namespace), as in production, where it loads no client-node; kubeconfig: as the runs before 2026-12-02 17:00.
     credentials: { type: 'string', default: 'in-cluster' },
+    /** The operator's feed transport (feed.transport): native, node or auto. */
+    transport: { type: 'string', default: 'native' },
     /** Write a V8 CPU profile of the operator's main thread over the edit window into this directory (cpu-profile.cjs). */
     'profile-edit': { type: 'string' },
     /** Also `perf record` the operator (all its threads, no call graphs) over the edit window into this file. */
@@ -69,6 +71,8 @@ const PHASE_MS = Number(args['phase-timeout']) * 1000;
  */
 const GENERATOR_NICE = Number(args['generator-nice']);
 const CREDENTIALS = args.credentials;
+const TRANSPORT = args.transport as 'native' | 'node' | 'auto';
+if (!['native', 'node', 'auto'].includes(TRANSPORT)) throw new Error(`--transport: native, node or auto, not ${TRANSPORT}`);
 if (CREDENTIALS !== 'in-cluster' && CREDENTIALS !== 'kubeconfig') throw new Error(`--credentials: in-cluster or kubeconfig, not ${CREDENTIALS}`);
 const PROFILE_DIR = args['profile-edit'];
 const PERF_FILE = args['perf-edit'];
@@ -242,7 +246,7 @@ async function main(): Promise<void> {
         leaderElection: { enabled: false },
         statusWriteIntervalMs: STATUS_INTERVAL_MS,
         server: { host: '127.0.0.1', port: metricsPort },
-        feed: { host: '127.0.0.1', port: feedPort, advertiseAddress: `127.0.0.1:${feedPort}`, warmupMs: WARMUP_MS },
+        feed: { host: '127.0.0.1', port: feedPort, advertiseAddress: `127.0.0.1:${feedPort}`, warmupMs: WARMUP_MS, transport: TRANSPORT },
         webhook: {
           host: '127.0.0.1',
           port: webhookPort,
@@ -261,7 +265,8 @@ async function main(): Promise<void> {
       const fd = openSync(logFile, 'w');
       const profiling = PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : [];
       const argv = [process.execPath, ...profiling, operatorMain(outDir)];
-      const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) };
+      // The compiled operator lives outside dist/: it is told where the addon is (the native feed transport).
+      const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KSTREAMS_ADDON: join(REPO, 'native/build/Release/kstreams.node'), ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) };
       let p: ChildProcess;
       if (CREDENTIALS === 'in-cluster') {
         const pod = podCommand({ server: cp!.server, token: cp!.token, caPem: ca.toString(), argv, env });
@@ -572,7 +577,7 @@ async function main(): Promise<void> {
         '',
         `${result.startedAt} .. ${result.finishedAt}; ${result.machine.model}, ${result.machine.cpus} cores, kernel ${result.machine.kernel}, node ${result.machine.node}, commit ${result.commit}  `,
         `load average ${f2(loadBefore)} before, ${f2(result.machine.loadAfter)} after; kube-apiserver ${cp.binDir} + etcd on the same machine  `,
-        `${N} agents = ${N} HTTP/2 + TLS connections of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
+        `${N} agents = ${N} TLS connections (ALPN kstreams-feed/1, the operator's ${TRANSPORT} transport) of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
         `setup: ${f0(N / tokensS)} TokenRequests/s; first connect of all agents ${f1(connectS)} s (${initialReviews} TokenReviews)`,
         '',
         table,

@@ -5,12 +5,14 @@ namespace kstreams {
 Napi::Object InitEngine(Napi::Env env, Napi::Object exports);
 Napi::Object InitInterception(Napi::Env env, Napi::Object exports);
 Napi::Object InitReplay(Napi::Env env, Napi::Object exports);
+Napi::Object InitFeed(Napi::Env env, Napi::Object exports);
 }  // namespace kstreams
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kstreams::InitEngine(env, exports);
   kstreams::InitInterception(env, exports);
   kstreams::InitReplay(env, exports);
+  kstreams::InitFeed(env, exports);
   return exports;
 }
 
