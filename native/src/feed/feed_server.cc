@@ -31,6 +31,9 @@ constexpr int64_t kHandshakeTimeoutMs = 10000;
 // After this many handshakes (or closes) and none in progress, the freed heap goes back to the system: a
 // reconnect storm holds thousands of handshakes' state at once, which malloc would otherwise keep.
 constexpr uint32_t kTrimAfterChurn = 256;
+// At most this many handshakes at once (each holds tens of KiB until it ends): the rest wait in the listen
+// backlog, where they cost the operator nothing. Accepting resumes below half of it.
+constexpr size_t kMaxHandshakes = 256;
 constexpr int64_t kTrimEveryMs = 2000;
 
 int64_t NowMs() {
@@ -305,6 +308,8 @@ void Server::Run() {
     if (now - last_sweep_ms_ >= kSweepEveryMs) Sweep(now);
   }
   // Closing: every connection goes (a best-effort close_notify each), then the listener.
+  stopping_ = true;
+  PauseAccepting();
   std::vector<Conn*> all;
   for (auto& [id, c] : conns_) all.push_back(c);
   for (Conn* c : all) {
@@ -315,7 +320,6 @@ void Server::Run() {
     }
     Destroy(c, c->state == Conn::kEnding ? c->end_reason : "the operator's feed server closed");
   }
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
   close(listen_fd_);
   listen_fd_ = -1;
   Emit(EventKind::kStopped, 0, {});
@@ -323,15 +327,16 @@ void Server::Run() {
 
 void Server::Accept() {
   for (;;) {
+    if (handshakes_ >= kMaxHandshakes) {
+      PauseAccepting();
+      return;
+    }
     sockaddr_storage peer{};
     socklen_t len = sizeof peer;
     int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors: stop watching the listener until the next sweep instead of spinning on it.
-        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
-        listening_ = false;
-      }
+      // Out of descriptors: stop watching the listener until the next sweep instead of spinning on it.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) PauseAccepting();
       return;
     }
     int one = 1;
@@ -400,6 +405,7 @@ bool Server::Handshake(Conn* c) {
   }
   c->state = Conn::kOpen;
   handshakes_--;
+  ResumeAccepting();
   churn_++;
   c->want_write = false;
   c->opened = true;
@@ -512,6 +518,20 @@ void Server::BeginEnd(Conn* c) {
   shutdown(c->fd, SHUT_WR);
 }
 
+void Server::PauseAccepting() {
+  if (!listening_) return;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  listening_ = false;
+}
+
+void Server::ResumeAccepting() {
+  if (listening_ || stopping_ || handshakes_ >= kMaxHandshakes / 2) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  listening_ = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) == 0;
+}
+
 void Server::UpdateInterest(Conn* c) {
   uint32_t want = uint32_t(EPOLLIN | EPOLLRDHUP) | (c->want_write ? uint32_t(EPOLLOUT) : 0u);
   if (want == c->interest) return;
@@ -525,6 +545,7 @@ void Server::UpdateInterest(Conn* c) {
 void Server::Destroy(Conn* c, const std::string& reason) {
   if (c->state == Conn::kHandshake) handshakes_--;
   churn_++;
+  ResumeAccepting();
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
   SSL_free(c->ssl);
   ERR_clear_error();
@@ -571,12 +592,7 @@ void Server::RunCommands() {
 
 void Server::Sweep(int64_t now) {
   last_sweep_ms_ = now;
-  if (!listening_) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = 0;
-    listening_ = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) == 0;
-  }
+  ResumeAccepting();
   std::vector<std::pair<Conn*, std::string>> dead;
   for (auto& [id, c] : conns_) {
     if (c->state == Conn::kHandshake && now - c->since_ms > kHandshakeTimeoutMs)

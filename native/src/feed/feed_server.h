@@ -85,6 +85,8 @@ class Server {
   void BeginEnd(Conn* c);
   void Destroy(Conn* c, const std::string& reason);
   void UpdateInterest(Conn* c);
+  void PauseAccepting();
+  void ResumeAccepting();
   void RunCommands();
   void Sweep(int64_t now_ms);
   void Emit(EventKind kind, uint32_t id, std::string data);
@@ -94,7 +96,8 @@ class Server {
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
-  bool listening_ = true;
+  bool listening_ = true;   // the listener is in the epoll set
+  bool stopping_ = false;
   std::thread thread_;
   std::function<void()> deliver_;
   std::string alpn_wire_;  // the ALPN list as the TLS extension carries it (length-prefixed)

@@ -160,6 +160,21 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
     }
   });
 
+  it('serves a burst of 600 connections at once (the native transport holds at most 256 handshakes, the rest wait)', async () => {
+    const s = await echo();
+    const clients = Array.from({ length: 600 }, () => client(s.port, ca.certPem));
+    await Promise.all(
+      clients.map(async (c, i) => {
+        await c.secure;
+        c.sock.write(`n${i}\n`);
+        expect(await c.next()).toBe(`echo:n${i}`);
+      }),
+    );
+    expect(s.conns).toHaveLength(600);
+    for (const c of clients) c.sock.destroy();
+    await s.closedCount(600);
+  });
+
   it('serves a new certificate to new connections after setTls, and close() ends every connection', async () => {
     const s = await echo();
     const before = client(s.port, ca.certPem);
