@@ -75,6 +75,7 @@ export interface RawFeedWireOptions {
   pongLine: string;
   idleTimeoutMs: number;
   maxLineBytes: number;
+  maxQueueBytes: number;
 }
 
 export interface RawFeedWire {

@@ -71,6 +71,8 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
     tls: o.tls,
     idleTimeoutMs: o.idleTimeoutMs,
     maxLineBytes: MAX_FRAME_BYTES,
+    // A few full-size frames (a configuration with its programs); an agent that takes none of them is stuck.
+    maxQueueBytes: 4 * MAX_FRAME_BYTES,
     log,
     onConnection: (conn) => {
       let phase: 'hello' | 'checking' | 'serving' | 'done' = 'hello';

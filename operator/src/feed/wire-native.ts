@@ -60,6 +60,7 @@ function startNative(FeedWire: FeedWireCtor, o: WireServerOptions): WireServer {
       pongLine: PONG_LINE,
       idleTimeoutMs: o.idleTimeoutMs,
       maxLineBytes: o.maxLineBytes,
+      maxQueueBytes: o.maxQueueBytes,
     },
     onEvents,
   );

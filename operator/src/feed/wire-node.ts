@@ -29,6 +29,11 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
       remote,
       write: (line) => {
         if (sock.destroyed || !sock.writable) return false;
+        if (sock.writableLength + Buffer.byteLength(line) > o.maxQueueBytes) {
+          reason = `more than ${o.maxQueueBytes} bytes queued (the agent is not reading)`;
+          sock.destroy();
+          return false;
+        }
         sock.write(line);
         return true;
       },

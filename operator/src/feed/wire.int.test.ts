@@ -83,6 +83,7 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
       tls: serving,
       idleTimeoutMs: 30_000,
       maxLineBytes: 1024,
+      maxQueueBytes: 1 << 20,
       log: pino({ level: 'silent' }),
       onConnection: (conn) => {
         conns.push(conn);
@@ -158,6 +159,27 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
     } finally {
       clearInterval(pinger);
     }
+  });
+
+  it('closes an agent that does not read once its queue passes the bound, and refuses a taken port', async () => {
+    const s = await echo();
+    const c = client(s.port, ca.certPem);
+    await c.secure;
+    c.sock.pause();
+    c.sock.write('hello\n');
+    while (s.conns.length === 0 || s.got.length === 0) await new Promise((r) => setTimeout(r, 10));
+    const chunk = `${'y'.repeat(64 * 1024 - 1)}\n`;
+    // The kernel's socket buffers take some megabytes first; the queue bound then closes the connection.
+    let written = 0;
+    while (s.conns[0]!.write(chunk) && written < 512 << 20) {
+      written += chunk.length;
+      if (written % (4 << 20) === 0) await new Promise((r) => setTimeout(r, 5));
+    }
+    await s.closedCount(1);
+    expect(s.closes[0]).toMatch(/bytes queued \(the agent is not reading\)/);
+    expect(written).toBeLessThan(512 << 20);
+    c.sock.destroy();
+    await expect(start({ host: '127.0.0.1', port: s.port, tls: serving, idleTimeoutMs: 1000, maxLineBytes: 1024, maxQueueBytes: 1024, log: pino({ level: 'silent' }), onConnection: () => ({ line: () => undefined, closed: () => undefined }) })).rejects.toThrow(/in use/i);
   });
 
   it('serves a burst of 600 connections at once (the native transport holds at most 256 handshakes, the rest wait)', async () => {

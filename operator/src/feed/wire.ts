@@ -29,6 +29,8 @@ export interface WireServerOptions {
   idleTimeoutMs: number;
   /** A line longer than this closes its connection. */
   maxLineBytes: number;
+  /** More than this many bytes written and not yet taken by the agent closes its connection (it is not reading). */
+  maxQueueBytes: number;
   log: Logger;
   onConnection(conn: WireConnection): WireConnectionHandlers;
 }

@@ -51,6 +51,12 @@ export class FeedClient {
   private next = 0;
   /** Where the last redirect pointed (the leader), tried first. */
   private preferred: string | undefined;
+  /**
+   * The replica that sent the last redirect: it answered, so it is up. When the leader it named cannot be
+   * reached (killed, its Lease not expired yet), that replica is tried next, not the round of addresses: it is
+   * the likeliest next leader, and the others may be as dead as the old one.
+   */
+  private redirectedBy: string | undefined;
   private applied = 0;
   private lastSent: string | undefined;
   private lastSentAt = 0;
@@ -104,13 +110,17 @@ export class FeedClient {
         const e = err as FeedError;
         if (e.redirect) {
           this.preferred = e.redirect;
+          this.redirectedBy = address;
           this.o.onEvent?.('redirect');
           // Straight to the leader, unless redirects go round in circles.
           delay = this.backoff.attempts < 3 ? 0 : this.backoff.next();
           if (delay === 0) this.backoff.next();
           this.o.logger.info({ operator: address, leader: e.redirect }, 'operator feed: redirected to the leader');
         } else {
-          if (address === this.preferred) this.preferred = undefined;
+          if (address === this.preferred) {
+            this.preferred = this.redirectedBy !== address ? this.redirectedBy : undefined;
+            this.redirectedBy = undefined;
+          }
           delay = this.backoff.next();
           this.o.logger.warn({ operator: address, err: e.message, retryInMs: delay }, 'operator feed unavailable; keeping the last configuration');
         }

@@ -1,0 +1,94 @@
+// The agent's feed client against real feed servers on loopback (no apiserver needed): where it goes after a
+// redirect to a leader that cannot be reached. A replica that is not the leader names the Lease holder; when
+// that one was killed (its Lease not expired yet), the replica that answered is the one to try again, not
+// the round of injected addresses, which may be as dead as the old leader.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { encodeFrame } from '../../../api/src/feed.js';
+import { startFeedServer, type RunningFeedServer } from '../../../operator/src/feed/server.js';
+import { createCA, issueServingCert } from '../../../operator/src/webhook/certs.js';
+import { Backoff } from '../../../runtime/src/backoff.js';
+import { FeedClient } from './feed-client.js';
+
+let dir: string;
+let feed: RunningFeedServer | undefined;
+let client: FeedClient | undefined;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'kstreams-feed-client-'));
+});
+afterAll(async () => {
+  await client?.stop();
+  await feed?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A loopback port nothing listens on (bound, then closed). */
+async function deadAddress(): Promise<string> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return `127.0.0.1:${port}`;
+}
+
+it('after a redirect to an unreachable leader, tries the replica that redirected before the other addresses', async () => {
+  const now = Date.now();
+  const ca = await createCA({ commonName: 'feed-client-ca', nowMs: now, validitySeconds: 3600 });
+  const serving = await issueServingCert({ ca, sans: ['feed.test.svc', '127.0.0.1'], nowMs: now, validitySeconds: 3600 });
+  const [oldLeader, otherReplica] = [await deadAddress(), await deadAddress()];
+  let redirects = 0;
+  feed = await startFeedServer({
+    host: '127.0.0.1',
+    port: 0,
+    tls: serving,
+    log: pino({ level: 'silent' }),
+    idleTimeoutMs: 30_000,
+    backend: {
+      // Follows until it has redirected once (the old leader's Lease expiring meanwhile), then leads.
+      leaderAddress: () => (redirects++ === 0 ? oldLeader : undefined),
+      authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
+      attach: (_id, conn) => {
+        setImmediate(() => conn.send(encodeFrame({ type: 'config', version: 1, pod: { labels: {} }, streamPaths: [], services: {}, programs: {} })));
+        return { frame: () => undefined, closed: () => undefined };
+      },
+    },
+  });
+  const tokenFile = join(dir, 'token');
+  writeFileSync(tokenFile, 'h.e30.s');
+  const attempts: string[] = [];
+  const logger = pino(
+    { level: 'debug' },
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        const l = JSON.parse(chunk.toString()) as { operator?: string };
+        if (l.operator) attempts.push(l.operator);
+        done();
+      },
+    }),
+  );
+  const replica = `127.0.0.1:${feed.port}`;
+  let configured!: () => void;
+  const got = new Promise<void>((r) => (configured = r));
+  client = new FeedClient({
+    addresses: [replica, otherReplica],
+    caPem: ca.certPem,
+    serverName: 'feed.test.svc',
+    tokenFile,
+    logger,
+    backoff: new Backoff({ initialMs: 20, maxMs: 50, jitter: 0 }),
+    onConfig: async () => configured(),
+    report: async () => ({ pod: { namespace: 'ns', name: 'p', uid: 'u' }, ready: true, streamPaths: [] }) as never,
+  });
+  client.start();
+  await got;
+  // The replica redirects, the old leader refuses, and the replica (leading by then) is next: the other
+  // address is never tried.
+  expect(attempts.slice(0, 2)).toEqual([replica, oldLeader]);
+  expect(attempts).not.toContain(otherReplica);
+  expect(client.connected).toBe(true);
+});
