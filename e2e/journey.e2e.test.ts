@@ -277,6 +277,8 @@ describe('journey: helm install, inject, mirror, detach, uninstall', () => {
     await show('streampaths', ['get', 'sp', '-A', '-o', 'yaml']);
     await show('operator logs', ['-n', SYSTEM_NS, 'logs', '-l', 'app.kubernetes.io/component=operator', '--tail=40', '--prefix']);
     await show('agent logs', ['-n', SHOP, 'logs', 'checkout', '-c', 'kstreams-sidecar', '--tail=40']);
+    // A sidecar that restarted: what the container before said last (why it ended).
+    await show('agent logs, previous container', ['-n', SHOP, 'logs', 'checkout', '-c', 'kstreams-sidecar', '--previous', '--tail=60']);
   });
 
   afterAll(async () => {
