@@ -14,7 +14,8 @@ import { createNamespace, eventually, freshName } from '../../operator/src/testi
 import { LeaderElector } from './election.js';
 
 const kubeconfig = inject('kubeconfig');
-const PROXY_PORT = 47410;
+// Below the ephemeral range (32768-60999 here): no other process's client socket can hold it.
+const PROXY_PORT = 27410;
 const LEASE_MS = 4_000;
 const RENEW_DEADLINE_MS = 2_500;
 const RETRY_MS = 400;

@@ -21,9 +21,11 @@ const kubeconfig = inject('kubeconfig');
 const apiServer = inject('apiServer');
 const adminToken = inject('adminToken');
 const apiServerCaFile = inject('apiServerCaFile');
-const WEBHOOK_PORT = 47420;
-const HEALTH_PORT = 47421;
-const WEBHOOK_PORT_BOUNDED = 47422;
+// Fixed ports (the apiserver is told them) below the ephemeral range (32768-60999 here), so that no client
+// socket of another process can hold one when the webhook binds it.
+const WEBHOOK_PORT = 27420;
+const HEALTH_PORT = 27421;
+const WEBHOOK_PORT_BOUNDED = 27422;
 // The pod IP as the Endpoints list it (they refuse loopback). Only a name here: the apiserver reaches the
 // webhook by its URL on 127.0.0.1, nothing is ever sent to this address.
 const POD_IP = '10.247.40.20';
