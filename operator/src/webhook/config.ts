@@ -12,7 +12,7 @@ export const SidecarConfigSchema = z.object({
   imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).default('IfNotPresent'),
   resources: z
     .object({ requests: ResourceListSchema.optional(), limits: ResourceListSchema.optional() })
-    .default({ requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '1Gi' } }),
+    .default({ requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } }),
   agentPort: z.number().int().min(1).max(65535).default(DEFAULT_AGENT_PORT),
   /** Only for kernels/runtimes where CAP_BPF + CAP_NET_ADMIN are not enough; off by default. */
   privileged: z.boolean().default(false),
