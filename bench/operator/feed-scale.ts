@@ -52,6 +52,8 @@ const { values: args } = parseArgs({
     'profile-edit': { type: 'string' },
     /** Also `perf record` the operator (all its threads, no call graphs) over the edit window into this file. */
     'perf-edit': { type: 'string' },
+    /** Write V8 heap snapshots of the operator's main thread into this directory (heap-snapshot.cjs): with 0 agents and idle with N. */
+    'heap-snapshot': { type: 'string' },
   },
 });
 const N = Number(args.agents);
@@ -76,6 +78,7 @@ if (!['native', 'node', 'auto'].includes(TRANSPORT)) throw new Error(`--transpor
 if (CREDENTIALS !== 'in-cluster' && CREDENTIALS !== 'kubeconfig') throw new Error(`--credentials: in-cluster or kubeconfig, not ${CREDENTIALS}`);
 const PROFILE_DIR = args['profile-edit'];
 const PERF_FILE = args['perf-edit'];
+const HEAP_DIR = args['heap-snapshot'];
 const CONCURRENCY = 32;
 /** Pods per narrow StreamPath (app label). */
 const APP_PODS = 10;
@@ -87,6 +90,20 @@ const WATCH_JITTER_MS = 500;
 const TARGETS = { propagationP99Ms: 2000, writesPerStreamPathPer10s: 1, rssMiB: 300, webhookP99Ratio: 1.2 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** With --heap-snapshot: the operator's n-th heap snapshot (SIGWINCH), awaited until written. */
+async function heapSnapshot(pid: number, n: number): Promise<void> {
+  if (!HEAP_DIR) return;
+  mkdirSync(HEAP_DIR, { recursive: true });
+  process.kill(pid, 'SIGWINCH');
+  const done = join(HEAP_DIR, `${pid}-${n}.heapsnapshot.done`);
+  const t0 = Date.now();
+  while (!existsSync(done)) {
+    if (Date.now() - t0 > 300_000) throw new Error(`no heap snapshot ${done} within 300 s`);
+    await sleep(200);
+  }
+  console.log(`heap snapshot ${n} written in ${Date.now() - t0} ms`);
+}
 const cpuSeconds = (pid: number) => (processTicks(pid) ?? 0) / USER_HZ;
 const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
 
@@ -263,10 +280,13 @@ async function main(): Promise<void> {
       const logFile = join(tmp, `operator-${operatorLogs.length + 1}.log`);
       operatorLogs.push(logFile);
       const fd = openSync(logFile, 'w');
-      const profiling = PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : [];
+      const profiling = [
+        ...(PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : []),
+        ...(HEAP_DIR ? ['--require', join(REPO, 'bench/operator/heap-snapshot.cjs')] : []),
+      ];
       const argv = [process.execPath, ...profiling, operatorMain(outDir)];
       // The compiled operator lives outside dist/: it is told where the addon is (the native feed transport).
-      const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KSTREAMS_ADDON: join(REPO, 'native/build/Release/kstreams.node'), ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) };
+      const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KSTREAMS_ADDON: join(REPO, 'native/build/Release/kstreams.node'), ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}), ...(HEAP_DIR ? { KSTREAMS_HEAP_SNAPSHOT_DIR: HEAP_DIR } : {}) };
       let p: ChildProcess;
       if (CREDENTIALS === 'in-cluster') {
         const pod = podCommand({ server: cp!.server, token: cp!.token, caPem: ca.toString(), argv, env });
@@ -308,6 +328,24 @@ async function main(): Promise<void> {
     if (hookIdle.mutated !== REVIEWS) throw new Error(`the webhook injected ${hookIdle.mutated}/${REVIEWS} pods of an opted-in namespace`);
     log(`webhook, 0 agents: p50 ${f2(q(hookIdle.ms, 0.5))} ms, p99 ${f2(q(hookIdle.ms, 0.99))} ms`);
     const rssNoAgents = rssMiB(pid());
+    /** The operator's V8 heap by space (main thread; the webhook's worker has its own), from its /metrics. */
+    const heapSpaces = async () => {
+      const body = (await httpGet(`http://127.0.0.1:${metricsPort}/metrics`, { timeoutMs: 60_000 })).body;
+      const get = (metric: string) => {
+        const out: Record<string, number> = {};
+        for (const m of body.matchAll(new RegExp(`^${metric}\\{space="(\\w+)"\\} (\\S+)$`, 'gm'))) out[m[1]!] = Number(m[2]) / 2 ** 20;
+        return out;
+      };
+      const total = get('nodejs_heap_space_size_total_bytes');
+      const used = get('nodejs_heap_space_size_used_bytes');
+      const external = Number(/^nodejs_external_memory_bytes (\S+)$/m.exec(body)?.[1] ?? NaN) / 2 ** 20;
+      const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a + b, 0);
+      const text = `committed ${f0(sum(total))} MiB, used ${f0(sum(used))} (${Object.keys(total).filter((k) => total[k]! >= 1).map((k) => `${k} ${f0(used[k] ?? 0)}/${f0(total[k]!)}`).join(', ')}), external ${f0(external)}`;
+      return { total, used, external, text };
+    };
+    const heapNoAgents = await heapSpaces();
+    log(`heap, 0 agents: ${heapNoAgents.text}`);
+    await heapSnapshot(pid(), 1);
 
     // The agents: GENERATORS processes, the specs dealt round robin.
     for (let i = 0; i < GENERATORS; i++) gens.push(await startGenerator());
@@ -378,8 +416,11 @@ async function main(): Promise<void> {
     await watching;
     const spacing = writeSpacing(writeTimes, STATUS_INTERVAL_MS, WATCH_JITTER_MS);
     const rssIdle = rssMiB(pid());
+    const heapIdle = await heapSpaces();
+    log(`idle heap: ${heapIdle.text}`);
     const genIdle = await allStats(gens, everyone);
     log(`idle ${f0(idleS)} s: CPU ${f2(idleCpu)} s (${f0((idleCpu / idleS) * 100)}% of a core), RSS ${f0(rssIdle.rss)} MiB, ${idleWrites} status writes`);
+    await heapSnapshot(pid(), 2);
 
     // 5b. Webhook latency with N agents connected (their reports keep coming meanwhile).
     const hookBusy = await admissionLatencies(webhookPort, caPem, namespaces[0]!, REVIEWS);
@@ -513,6 +554,8 @@ async function main(): Promise<void> {
         rssAfterEditMiB: rssEdit.rss,
         rssAfterStormMiB: rssStorm.rss,
         rssEndMiB: rssEnd.rss,
+        heapNoAgentsMiB: { committed: heapNoAgents.total, used: heapNoAgents.used, external: heapNoAgents.external },
+        heapIdleMiB: { committed: heapIdle.total, used: heapIdle.used, external: heapIdle.external },
         hwmFirstProcessMiB: rssEdit.hwm,
         hwmSecondProcessMiB: rssEnd.hwm,
         idleCpuS: idleCpu,
