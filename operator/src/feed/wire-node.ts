@@ -5,10 +5,25 @@ import type { AddressInfo } from 'node:net';
 import { FEED_ALPN, PING_LINE, PONG_LINE } from '../../../api/src/feed.js';
 import type { WireServer, WireServerOptions } from './wire.js';
 
+interface Open {
+  /** performance.now() of the last read. */
+  lastRead: number;
+  /** Closes it as idle (with that reason). */
+  idle(): void;
+}
+
 export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
   const secure = (tls: { keyPem: string; certPem: string }) => ({ key: tls.keyPem, cert: tls.certPem, minVersion: 'TLSv1.2' as const });
   const server = createServer({ ...secure(o.tls), ALPNProtocols: [FEED_ALPN] });
-  const sockets = new Set<TLSSocket>();
+  const open = new Map<TLSSocket, Open>();
+  // Idle means nothing *read*, as on the native transport (a socket's own timeout counts writes too, which
+  // would keep the connection of an agent that died while the operator writes to it until TCP keepalive gave
+  // up). One sweep for all connections: a timer per connection would be re-armed on every read.
+  const sweep = setInterval(() => {
+    const now = performance.now();
+    for (const c of open.values()) if (now - c.lastRead >= o.idleTimeoutMs) c.idle();
+  }, Math.max(10, Math.min(250, o.idleTimeoutMs / 4)));
+  sweep.unref();
   server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'feed: TLS handshake failed'));
   server.on('secureConnection', (sock: TLSSocket) => {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
@@ -17,14 +32,18 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
       sock.destroy();
       return;
     }
-    sockets.add(sock);
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 30_000);
     let reason = 'closed by the agent';
-    sock.setTimeout(o.idleTimeoutMs, () => {
-      reason = `nothing read for ${o.idleTimeoutMs} ms`;
-      sock.destroy();
-    });
+    const state: Open = {
+      lastRead: performance.now(),
+      idle: () => {
+        reason = `nothing read for ${o.idleTimeoutMs} ms`;
+        open.delete(sock);
+        sock.destroy();
+      },
+    };
+    open.set(sock, state);
     const h = o.onConnection({
       remote,
       write: (line) => {
@@ -42,22 +61,29 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
         sock.end();
       },
     });
-    let buf = '';
-    sock.setEncoding('utf8');
-    sock.on('data', (chunk: string) => {
-      buf += chunk;
+    // The partial line as raw chunks and their byte count: bounded without measuring it again per chunk, and
+    // decoded once whole (a character split across chunks decodes right).
+    let partial: Buffer[] = [];
+    let partialBytes = 0;
+    sock.on('data', (chunk: Buffer) => {
+      state.lastRead = performance.now();
       let start = 0;
-      for (;;) {
-        const nl = buf.indexOf('\n', start);
-        if (nl < 0) break;
-        const line = buf.slice(start, nl);
+      for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
+        const piece = chunk.subarray(start, nl);
+        let line = partialBytes ? Buffer.concat([...partial, piece]).toString('utf8') : piece.toString('utf8');
+        partial = [];
+        partialBytes = 0;
         start = nl + 1;
+        if (line.endsWith('\r')) line = line.slice(0, -1);
         if (line === PING_LINE) sock.write(`${PONG_LINE}\n`);
         else if (line.trim() !== '') h.line(line);
         if (sock.destroyed) return;
       }
-      buf = buf.slice(start);
-      if (Buffer.byteLength(buf) > o.maxLineBytes) {
+      if (start < chunk.length) {
+        partial.push(chunk.subarray(start));
+        partialBytes += chunk.length - start;
+      }
+      if (partialBytes > o.maxLineBytes) {
         reason = `a frame larger than ${o.maxLineBytes} bytes`;
         sock.destroy();
       }
@@ -65,7 +91,7 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
     sock.on('error', (err) => (reason = err.message));
     sock.on('end', () => sock.end());
     sock.on('close', () => {
-      sockets.delete(sock);
+      open.delete(sock);
       h.closed(reason);
     });
   });
@@ -75,6 +101,9 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
       server.off('error', reject);
       resolve();
     });
+  }).catch((err: unknown) => {
+    clearInterval(sweep);
+    throw err;
   });
   return {
     port: (server.address() as AddressInfo).port,
@@ -82,8 +111,9 @@ export async function startNodeWire(o: WireServerOptions): Promise<WireServer> {
     setTls: (tls) => server.setSecureContext(secure(tls)),
     close: () =>
       new Promise<void>((resolve) => {
+        clearInterval(sweep);
         server.close(() => resolve());
-        for (const s of sockets) s.destroy();
+        for (const s of open.keys()) s.destroy();
       }),
   };
 }

@@ -118,6 +118,14 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
     c.sock.write('}\n');
     expect(await c.next()).toBe('echo:{"a":1}}');
     expect(s.got).toEqual(['{"type":"hello","token":"t"}', '{"a":1}}']);
+    // A \r before the newline is not part of the line; a character split across writes arrives whole.
+    c.sock.write('crlf\r\n');
+    expect(await c.next()).toBe('echo:crlf');
+    const e = Buffer.from('"é"\n');
+    c.sock.write(e.subarray(0, 2));
+    await new Promise((r) => setTimeout(r, 20));
+    c.sock.write(e.subarray(2));
+    expect(await c.next()).toBe('echo:"é"');
     s.conns[0]!.write('bye\n');
     s.conns[0]!.end();
     expect(await c.next()).toBe('bye');
@@ -140,13 +148,17 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
     expect(s.got).toEqual([]);
   });
 
-  it('closes a connection silent for the idle timeout; a pinging one stays', async () => {
+  it('closes a connection silent for the idle timeout, however much the operator writes to it; a pinging one stays', async () => {
     const s = await echo({ idleTimeoutMs: 600 });
     const quiet = client(s.port, ca.certPem);
+    await quiet.secure;
+    while (s.conns.length < 1) await new Promise((r) => setTimeout(r, 5));
     const busy = client(s.port, ca.certPem);
-    await Promise.all([quiet.secure, busy.secure]);
+    await busy.secure;
     const t0 = Date.now();
     const pinger = setInterval(() => busy.sock.write(`${PING_LINE}\n`), 150);
+    // Frames to the quiet agent (which it reads) do not make it alive: only what it sends does.
+    const talker = setInterval(() => s.conns[0]!.write('news\n'), 100);
     try {
       await quiet.closed;
       expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
@@ -158,8 +170,9 @@ describe.each(transports)('the feed transport on %s', (_kind, start) => {
       expect(busy.sock.destroyed).toBe(false);
     } finally {
       clearInterval(pinger);
+      clearInterval(talker);
     }
-  });
+  }, 15_000);
 
   it('closes an agent that does not read once its queue passes the bound, and refuses a taken port', async () => {
     const s = await echo();

@@ -15,7 +15,7 @@ export interface WireConnection {
 }
 
 export interface WireConnectionHandlers {
-  /** One frame's line, without its newline (never empty, never a ping). */
+  /** One frame's line, without its newline or a \r before it (never empty, never a ping). */
   line(line: string): void;
   /** The connection is gone; `reason` says why (for logs). Called once, after the last line. */
   closed(reason: string): void;
@@ -25,7 +25,10 @@ export interface WireServerOptions {
   host: string;
   port: number;
   tls: { keyPem: string; certPem: string };
-  /** A connection with nothing read for this long is closed (agents ping and report at least every keepalive). */
+  /**
+   * A connection with nothing read for this long is closed (agents ping and report at least every keepalive).
+   * Only reads count: writes to an agent that died do not keep its connection.
+   */
   idleTimeoutMs: number;
   /** A line longer than this closes its connection. */
   maxLineBytes: number;
