@@ -6,13 +6,28 @@
 // exponential backoff and full jitter, and follows a redirect to the leader.
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { encodeFrame, FEED_ALPN, FrameDecoder, OperatorFrameSchema, PING_LINE, type ConfigFrame } from '../../../api/src/feed.js';
 import type { AgentReport } from '../../../api/src/agent.js';
 import { formatIssues } from '../../../api/src/streampath.js';
 import { Backoff } from '../../../runtime/src/backoff.js';
 import type { FeedEvent } from './metrics.js';
+
+/**
+ * One TLS context per CA bundle, shared by every connect: building one parses the bundle's certificates,
+ * about 1 ms of CPU, which a context per connection paid again on every reconnect. A new bundle (a CA
+ * rotation) gets its own; the few kept are dropped together when there are more.
+ */
+const contexts = new Map<string, SecureContext>();
+function contextFor(caPem: string): SecureContext {
+  let c = contexts.get(caPem);
+  if (!c) {
+    if (contexts.size >= 4) contexts.clear();
+    contexts.set(caPem, (c = createSecureContext({ ca: caPem })));
+  }
+  return c;
+}
 
 export interface FeedClientOptions {
   addresses: string[];
@@ -178,7 +193,7 @@ export class FeedClient {
         host,
         port,
         ALPNProtocols: [FEED_ALPN],
-        ...(this.o.caPem ? { ca: this.o.caPem } : {}),
+        ...(this.o.caPem ? { secureContext: contextFor(this.o.caPem) } : {}),
         ...(this.o.serverName ? { servername: this.o.serverName } : isIP(host) ? {} : { servername: host }),
       });
       this.socket = sock;
