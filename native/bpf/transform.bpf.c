@@ -49,7 +49,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * once, on its own, from its arguments' BTF types (a pointer argument is memory of its type's size, never
  * NULL with the arg:nonnull tag), and its callers continue from an unknown return value. So the op loop's
  * body and the two walks are global (xf_op_run, xf_walk_map, xf_walk_steps): 92k instructions, 4.5k
- * states, 32 MiB (ADR 0007, point 8). The price is one call and return per op per message.
+ * states, 32 MiB (ADR 0007, point 9). The price is one call and return per op per message.
  */
 #define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
 
@@ -1070,28 +1070,27 @@ struct run {
 __noinline int xf_op_run(struct sk_msg_md *msg, struct xf_conn *conn __arg_nonnull, struct xf_profile *prof __arg_nonnull,
 			 __u32 profile_final, __u32 i)
 {
-	struct run run = { .msg = msg, .conn = conn, .prof = prof, .profile = profile_final & 0x7fffffff, .final = profile_final >> 31 };
-	struct run *r = &run;
+	__u32 profile = profile_final & 0x7fffffff, final = profile_final >> 31;
 	struct xf_walk *w = &conn->walk;
 	struct pass p = {};
 	struct xf_op *op;
 	__u32 size, key, hs;
 
-	if (i >= r->prof->nops || i >= XF_MAX_OPS)
+	if (i >= prof->nops || i >= XF_MAX_OPS)
 		return 1;
-	key = XF_OP_KEY(r->profile, i);
+	key = XF_OP_KEY(profile, i);
 	op = bpf_map_lookup_elem(&xf_ops, &key);
 	if (!op) {
 		w->run_err = XF_NO_PROFILE;
 		return 1;
 	}
-	p.msg = r->msg;
+	p.msg = msg;
 	p.op = op;
 	p.w = w;
 	p.key = XF_WORD_KEY(key, 0, 0);
-	p.final = r->final;
+	p.final = final;
 	hs = hold_get(conn, i);
-	size = r->msg->size;
+	size = msg->size;
 	w->pos = 0;
 	/* a masked value may go on across sends: the phase is the op's, kept with its hold */
 	set_phase(&p, hs & XF_HOLD_PHASE ? XF_IN_MASK : XF_SEARCH);
@@ -1100,7 +1099,7 @@ __noinline int xf_op_run(struct sk_msg_md *msg, struct xf_conn *conn __arg_nonnu
 	w->action = ACT_SCAN;
 	w->mvalid = 0;
 	/* a flush's trigger byte is the last one: the ops never see it */
-	w->end = r->final && size ? size - 1 : size;
+	w->end = final && size ? size - 1 : size;
 	if (op->kind == XF_MASK || op->kind == XF_REPLACE) {
 		if (release_hold(&p, hs & XF_HOLD_LEN)) {
 			w->run_err = w->err ? w->err : XF_PUSH;
