@@ -90,6 +90,8 @@ const WATCH_JITTER_MS = 500;
 const TARGETS = { propagationP99Ms: 2000, writesPerStreamPathPer10s: 1, rssMiB: 300, webhookP99Ratio: 1.2 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** V8's heap spaces as prom-client labels them (nodejs_heap_space_size_*_bytes{space=...}). */
+const V8_SPACES = ['new', 'old', 'code', 'large_object', 'new_large_object', 'code_large_object', 'read_only'];
 
 /** With --heap-snapshot: the operator's n-th heap snapshot (SIGWINCH), awaited until written. */
 async function heapSnapshot(pid: number, n: number): Promise<void> {
@@ -331,16 +333,12 @@ async function main(): Promise<void> {
     /** The operator's V8 heap by space (main thread; the webhook's worker has its own), from its /metrics. */
     const heapSpaces = async () => {
       const body = (await httpGet(`http://127.0.0.1:${metricsPort}/metrics`, { timeoutMs: 60_000 })).body;
-      const get = (metric: string) => {
-        const out: Record<string, number> = {};
-        for (const m of body.matchAll(new RegExp(`^${metric}\\{space="(\\w+)"\\} (\\S+)$`, 'gm'))) out[m[1]!] = Number(m[2]) / 2 ** 20;
-        return out;
-      };
-      const total = get('nodejs_heap_space_size_total_bytes');
-      const used = get('nodejs_heap_space_size_used_bytes');
-      const external = Number(/^nodejs_external_memory_bytes (\S+)$/m.exec(body)?.[1] ?? NaN) / 2 ** 20;
-      const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a + b, 0);
-      const text = `committed ${f0(sum(total))} MiB, used ${f0(sum(used))} (${Object.keys(total).filter((k) => total[k]! >= 1).map((k) => `${k} ${f0(used[k] ?? 0)}/${f0(total[k]!)}`).join(', ')}), external ${f0(external)}`;
+      const mib = (metric: string, match: Record<string, string> = {}) => counterSum(body, metric, match) / 2 ** 20;
+      const bySpace = (metric: string) => Object.fromEntries(V8_SPACES.map((space) => [space, mib(metric, { space })]));
+      const total = bySpace('nodejs_heap_space_size_total_bytes');
+      const used = bySpace('nodejs_heap_space_size_used_bytes');
+      const external = mib('nodejs_external_memory_bytes');
+      const text = `committed ${f0(mib('nodejs_heap_size_total_bytes'))} MiB, used ${f0(mib('nodejs_heap_size_used_bytes'))} (${V8_SPACES.filter((k) => total[k]! >= 1).map((k) => `${k} ${f0(used[k]!)}/${f0(total[k]!)}`).join(', ')}), external ${f0(external)}`;
       return { total, used, external, text };
     };
     const heapNoAgents = await heapSpaces();
