@@ -6,6 +6,7 @@
         "src/addon.cc",
         "src/errors.cc",
         "src/feed/feed_server.cc",
+        "src/feed/tls13_records.cc",
         "src/feed_binding.cc",
         "src/engine/accept_policy.cc",
         "src/engine/address.cc",

@@ -26,7 +26,7 @@ fi
 # util-linux-extra: fincore, which the capture tests read the page cache of a file with.
 packages=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev libzstd-dev pkg-config make g++ python3
-  iproute2 iptables socat curl jq procps util-linux util-linux-extra
+  iproute2 iptables socat curl jq procps util-linux util-linux-extra openssl
   haproxy iperf3
   postgresql-15 postgresql-client-15 redis-server redis-tools
   etcd-server

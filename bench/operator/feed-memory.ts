@@ -4,6 +4,7 @@
 // clients in generator processes (bench/operator/feed-agents.ts). The server's RSS, heap and external memory
 // are read at 0 streams and after every step, once the streams are idle and after a GC.
 //   npx tsx bench/operator/feed-memory.ts --agents 4000 --steps 4 [--generators 4] [--transport native|node]
+//     [--tls-records on|off]   (native: TLS 1.3 records sealed by the feed itself, or an SSL object per stream)
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,6 +42,7 @@ async function serverChild(): Promise<void> {
     log: pino({ level: 'silent' }),
     idleTimeoutMs: 45_000,
     transport: (process.env.FEED_MEMORY_TRANSPORT ?? 'auto') as 'native' | 'node' | 'auto',
+    tlsRecords: process.env.FEED_MEMORY_TLS_RECORDS !== 'off',
     backend: {
       leaderAddress: () => undefined,
       authenticate: async () => ({ namespace: 'bench', serviceAccount: 'default', pod: `p${n}`, podUid: `u${n++}` }),
@@ -83,12 +85,13 @@ async function main(): Promise<void> {
   const steps = Number(arg('steps', '4'));
   const generators = Number(arg('generators', '4'));
   const transport = arg('transport', 'auto');
+  const tlsRecords = arg('tls-records', 'on');
   const now = Date.now();
   const ca = await createCA({ commonName: 'bench-ca', nowMs: now, validitySeconds: 86400 });
   const serving = await issueServingCert({ ca, sans: ['feed.bench.svc', '127.0.0.1'], nowMs: now, validitySeconds: 86400 });
   const server = fork(fileURLToPath(import.meta.url), ['--server'], {
     execArgv: ['--import', 'tsx', '--expose-gc'],
-    env: { ...process.env, FEED_MEMORY_TLS: JSON.stringify(serving), FEED_MEMORY_TRANSPORT: transport },
+    env: { ...process.env, FEED_MEMORY_TLS: JSON.stringify(serving), FEED_MEMORY_TRANSPORT: transport, FEED_MEMORY_TLS_RECORDS: tlsRecords },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const { port, transport: servedBy } = await once<{ port: number; transport: string }>(server, 'ready');
@@ -147,7 +150,7 @@ async function main(): Promise<void> {
   const last = rows.at(-1)!;
   const per = (k: keyof Mem) => (((last[k] - first[k]) * 1024) / Math.max(1, last.streams)).toFixed(1);
   console.log(
-    `transport ${servedBy}: ${last.streams} idle streams: RSS ${first.rssMiB.toFixed(0)} -> ${last.rssMiB.toFixed(0)} MiB = ${per('rssMiB')} KiB per stream (heap ${per('heapUsedMiB')}, external ${per('externalMiB')}, arrayBuffers ${per('arrayBuffersMiB')} KiB)`,
+    `transport ${servedBy}${servedBy === 'native' ? `, TLS records ${tlsRecords === 'off' ? 'by OpenSSL' : 'by the feed'}` : ''}: ${last.streams} idle streams: RSS ${first.rssMiB.toFixed(0)} -> ${last.rssMiB.toFixed(0)} MiB = ${per('rssMiB')} KiB per stream (heap ${per('heapUsedMiB')}, external ${per('externalMiB')}, arrayBuffers ${per('arrayBuffersMiB')} KiB)`,
   );
   for (const g of gens) g.send({ type: 'stop' });
   server.kill('SIGTERM');

@@ -76,6 +76,15 @@ export interface RawFeedWireOptions {
   idleTimeoutMs: number;
   maxLineBytes: number;
   maxQueueBytes: number;
+  /** TLS 1.3 connections leave their SSL object after the handshake (default true; native/src/feed/tls13_records.h). */
+  tlsRecords?: boolean;
+}
+
+/** Connections in their handshake, and open ones by who seals their records (the feed itself, or OpenSSL). */
+export interface RawFeedStats {
+  handshakes: number;
+  records: number;
+  openssl: number;
 }
 
 export interface RawFeedWire {
@@ -85,6 +94,7 @@ export interface RawFeedWire {
   /** Sends what is queued for `id`, then closes it. */
   end(id: number): void;
   setTls(keyPem: string, certPem: string): void;
+  stats(): RawFeedStats;
   /** Closes every connection and stops the thread; the [3] event follows. */
   close(): void;
 }

@@ -44,7 +44,7 @@ class FeedWire : public Napi::ObjectWrap<FeedWire> {
     return DefineClass(env, "FeedWire",
                        {InstanceAccessor<&FeedWire::Port>("port"), InstanceMethod<&FeedWire::Send>("send"),
                         InstanceMethod<&FeedWire::End>("end"), InstanceMethod<&FeedWire::SetTls>("setTls"),
-                        InstanceMethod<&FeedWire::Close>("close")});
+                        InstanceMethod<&FeedWire::Stats>("stats"), InstanceMethod<&FeedWire::Close>("close")});
   }
 
   FeedWire(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FeedWire>(info) {
@@ -62,6 +62,12 @@ class FeedWire : public Napi::ObjectWrap<FeedWire> {
         !ReadString(env, o, "pongLine", &opts.pong_line) || !ReadInt(env, o, "idleTimeoutMs", true, 1, 86400000, &idle) ||
         !ReadInt(env, o, "maxLineBytes", true, 1, 1 << 30, &line) || !ReadInt(env, o, "maxQueueBytes", false, 1, 1 << 30, &queue))
       return;
+    Napi::Value records = o.Get("tlsRecords");
+    if (!records.IsUndefined() && !records.IsBoolean()) {
+      ArgumentError(env, "options.tlsRecords", "a boolean").ThrowAsJavaScriptException();
+      return;
+    }
+    if (records.IsBoolean()) opts.tls_records = records.As<Napi::Boolean>().Value();
     opts.port = int(port);
     opts.idle_timeout_ms = int64_t(idle);
     opts.max_line_bytes = size_t(line);
@@ -129,6 +135,17 @@ class FeedWire : public Napi::ObjectWrap<FeedWire> {
     std::string error;
     if (!server_ || !server_->SetTls(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), &error))
       CodedError(env, "EKSTREAMS_FEED", server_ ? error : "the feed server is closed").ThrowAsJavaScriptException();
+  }
+
+  // {handshakes, records, openssl}: connections in their handshake, and open ones by who does their records.
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    feed::Server::Stats st = server_ ? server_->stats() : feed::Server::Stats{0, 0, 0};
+    out.Set("handshakes", Napi::Number::New(env, st.handshakes));
+    out.Set("records", Napi::Number::New(env, st.records));
+    out.Set("openssl", Napi::Number::New(env, st.openssl));
+    return out;
   }
 
   void Close(const Napi::CallbackInfo&) {

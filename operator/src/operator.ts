@@ -178,6 +178,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       log: log.child({ component: 'feed' }),
       idleTimeoutMs: config.feed.idleTimeoutMs,
       transport: config.feed.transport,
+      tlsRecords: config.feed.tlsRecords,
       onStream: (outcome) => metrics.feedStreams.inc({ outcome }),
       backend: {
         leaderAddress: () => {

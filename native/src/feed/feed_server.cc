@@ -19,6 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
+
+#include "tls13_records.h"
+
 namespace kstreams::feed {
 
 namespace {
@@ -84,6 +88,8 @@ SSL_CTX* MakeContext(const std::string& key_pem, const std::string& cert_pem, st
                                SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, alpn_wire);
+  // The traffic secrets, for the connections that leave their SSL object after the handshake.
+  SSL_CTX_set_keylog_callback(ctx, Tls13Records::Keylog);
 
   BIO* bio = BIO_new_mem_buf(cert_pem.data(), int(cert_pem.size()));
   X509* leaf = bio ? PEM_read_bio_X509(bio, nullptr, nullptr, nullptr) : nullptr;
@@ -140,7 +146,9 @@ void Release(std::string& s) {
 struct Server::Conn {
   uint32_t id;
   int fd;
-  SSL* ssl;
+  SSL* ssl;                                  // until the handshake ends, and after it where records is unset
+  std::unique_ptr<HandshakeSecrets> secrets;  // while the handshake runs
+  std::unique_ptr<Tls13Records> records;      // TLS 1.3 after the handshake, without the SSL object
   std::string remote;
   enum State : uint8_t { kHandshake, kOpen, kEnding } state = kHandshake;
   bool opened = false;       // its opened event went out (so a closed event follows)
@@ -151,6 +159,9 @@ struct Server::Conn {
   std::string in;            // bytes of the line being read
   std::string out;           // bytes queued, from out_off
   size_t out_off = 0;
+  std::string wire_in;       // with records: bytes of the TLS record being read
+  std::string wire_out;      // with records: sealed records not yet written, from wire_off
+  size_t wire_off = 0;
   int64_t last_read_ms = 0;
   int64_t since_ms = 0;      // accepted, or ending
   std::string end_reason = "closed by the operator";
@@ -315,8 +326,7 @@ void Server::Run() {
   for (Conn* c : all) {
     if (c->state == Conn::kOpen) {
       if (!Flush(c)) continue;  // gone already, its closed event out
-      ERR_clear_error();
-      SSL_shutdown(c->ssl);
+      SendCloseNotify(c);
     }
     Destroy(c, c->state == Conn::kEnding ? c->end_reason : "the operator's feed server closed");
   }
@@ -356,12 +366,15 @@ void Server::Accept() {
       continue;
     }
     SSL_set_accept_state(ssl);
+    auto secrets = std::make_unique<HandshakeSecrets>();
+    SSL_set_app_data(ssl, secrets.get());
     uint32_t id = next_id_++;
     if (next_id_ == 0 || next_id_ == UINT32_MAX) next_id_ = 1;
     auto* c = new Conn{};
     c->id = id;
     c->fd = fd;
     c->ssl = ssl;
+    c->secrets = std::move(secrets);
     c->remote = PeerAddress(peer);
     c->last_read_ms = c->since_ms = NowMs();
     conns_[id] = c;
@@ -403,6 +416,18 @@ bool Server::Handshake(Conn* c) {
     Destroy(c, "a connection without ALPN " + o_.alpn);
     return false;
   }
+  // TLS 1.3 goes on without the SSL object (tls13_records.h); anything else keeps it.
+  SSL_set_app_data(c->ssl, nullptr);
+  if (o_.tls_records) {
+    std::string why;
+    c->records = Tls13Records::Take(c->ssl, c->secrets.get(), &why);
+    if (c->records) {
+      SSL_free(c->ssl);
+      c->ssl = nullptr;
+    }
+  }
+  c->secrets.reset();
+  (c->records ? on_records_ : on_openssl_)++;
   c->state = Conn::kOpen;
   handshakes_--;
   ResumeAccepting();
@@ -431,6 +456,7 @@ bool Server::ReadAll(Conn* c) {
       return false;
     }
   }
+  if (c->records) return ReadRecords(c);
   for (;;) {
     size_t got = 0;
     ERR_clear_error();
@@ -453,36 +479,76 @@ bool Server::ReadAll(Conn* c) {
       return false;
     }
     c->last_read_ms = NowMs();
-    size_t start = 0;
-    size_t scan_from = c->in.size();
-    c->in.append(buf, got);
-    for (;;) {
-      size_t nl = c->in.find('\n', scan_from);
-      if (nl == std::string::npos) break;
-      size_t len = nl - start;
-      if (len > 0 && c->in[nl - 1] == '\r') len--;
-      if (len == o_.ping_line.size() && c->in.compare(start, len, o_.ping_line) == 0) {
-        c->out.append(o_.pong_line).push_back('\n');
-      } else if (len > 0 && c->in.find_first_not_of(" \t", start) < start + len) {
-        Emit(EventKind::kLine, c->id, c->in.substr(start, len));
-      }
-      start = nl + 1;
-      scan_from = start;
-    }
-    if (start > 0) c->in.erase(0, start);
-    if (c->in.size() > o_.max_line_bytes) {
-      Destroy(c, "a frame larger than " + std::to_string(o_.max_line_bytes) + " bytes");
+    if (!Lines(c, buf, got)) return false;
+  }
+  return true;
+}
+
+// Reads and opens records until the socket has nothing more (a connection with records).
+bool Server::ReadRecords(Conn* c) {
+  char buf[16384];
+  for (;;) {
+    ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      Destroy(c, std::string("read: ") + strerror(errno));
       return false;
     }
-    Release(c->in);
+    if (r == 0) {
+      Destroy(c, "closed by the agent");
+      return false;
+    }
+    c->last_read_ms = NowMs();
+    c->wire_in.append(buf, size_t(r));
+    std::string plain, why;
+    Tls13Records::Opened opened = c->records->Open(&c->wire_in, &plain, &c->wire_out, &why);
+    if (opened == Tls13Records::Opened::kError) {
+      Destroy(c, "TLS error: " + why);
+      return false;
+    }
+    if (!plain.empty() && !Lines(c, plain.data(), plain.size())) return false;
+    if (opened == Tls13Records::Opened::kPeerClosed) {
+      Destroy(c, "closed by the agent");
+      return false;
+    }
+    Release(c->wire_in);
   }
+  return true;
+}
+
+// Delivers each complete line of what was read (a ping is answered here). False when the connection is gone.
+bool Server::Lines(Conn* c, const char* data, size_t n) {
+  size_t start = 0;
+  size_t scan_from = c->in.size();
+  c->in.append(data, n);
+  for (;;) {
+    size_t nl = c->in.find('\n', scan_from);
+    if (nl == std::string::npos) break;
+    size_t len = nl - start;
+    if (len > 0 && c->in[nl - 1] == '\r') len--;
+    if (len == o_.ping_line.size() && c->in.compare(start, len, o_.ping_line) == 0) {
+      c->out.append(o_.pong_line).push_back('\n');
+    } else if (len > 0 && c->in.find_first_not_of(" \t", start) < start + len) {
+      Emit(EventKind::kLine, c->id, c->in.substr(start, len));
+    }
+    start = nl + 1;
+    scan_from = start;
+  }
+  if (start > 0) c->in.erase(0, start);
+  if (c->in.size() > o_.max_line_bytes) {
+    Destroy(c, "a frame larger than " + std::to_string(o_.max_line_bytes) + " bytes");
+    return false;
+  }
+  Release(c->in);
   return true;
 }
 
 // Writes what is queued. False when the connection is gone.
 bool Server::Flush(Conn* c) {
   if (c->state == Conn::kHandshake) return true;
-  while (c->out_off < c->out.size()) {
+  if (c->records && !FlushRecords(c)) return false;
+  while (!c->records && c->out_off < c->out.size()) {
     size_t wrote = 0;
     ERR_clear_error();
     int r = SSL_write_ex(c->ssl, c->out.data() + c->out_off, c->out.size() - c->out_off, &wrote);
@@ -498,6 +564,7 @@ bool Server::Flush(Conn* c) {
     }
     c->out_off += wrote;
   }
+  if (c->want_write && c->records) return true;  // records still to write
   c->want_write = false;
   c->out.clear();
   c->out_off = 0;
@@ -506,15 +573,62 @@ bool Server::Flush(Conn* c) {
   return true;
 }
 
+// Seals what is queued into records (up to kSealAhead bytes of them at a time) and writes them. False when
+// the connection is gone; c->want_write when the socket took less.
+bool Server::FlushRecords(Conn* c) {
+  constexpr size_t kSealAhead = 4 * Tls13Records::kMaxPlain;
+  c->want_write = false;
+  for (;;) {
+    if (c->wire_off == c->wire_out.size()) {
+      c->wire_out.clear();
+      c->wire_off = 0;
+    }
+    while (c->out_off < c->out.size() && c->wire_out.size() - c->wire_off < kSealAhead) {
+      size_t n = std::min(Tls13Records::kMaxPlain, c->out.size() - c->out_off);
+      std::string why;
+      if (!c->records->Seal(c->out.data() + c->out_off, n, &c->wire_out, &why)) {
+        Destroy(c, "TLS error: " + why);
+        return false;
+      }
+      c->out_off += n;
+    }
+    if (c->wire_off == c->wire_out.size()) break;
+    ssize_t w = send(c->fd, c->wire_out.data() + c->wire_off, c->wire_out.size() - c->wire_off, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        c->want_write = true;
+        return true;
+      }
+      Destroy(c, std::string("write: ") + strerror(errno));
+      return false;
+    }
+    c->wire_off += size_t(w);
+  }
+  Release(c->wire_out);
+  return true;
+}
+
+// A best-effort close_notify (the socket is about to be shut or closed).
+void Server::SendCloseNotify(Conn* c) {
+  ERR_clear_error();
+  if (!c->records) {
+    SSL_shutdown(c->ssl);
+    ERR_clear_error();
+    return;
+  }
+  std::string record, why;
+  if (c->wire_off == c->wire_out.size() && c->records->SealCloseNotify(&record, &why))
+    (void)!send(c->fd, record.data(), record.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 // The queue is out: close_notify and FIN, then wait (a little) for the agent's end so that nothing it sent
 // turns our close into a reset that could destroy what we wrote.
 void Server::BeginEnd(Conn* c) {
   c->shut = true;
   c->state = Conn::kEnding;
   c->since_ms = NowMs();
-  ERR_clear_error();
-  SSL_shutdown(c->ssl);
-  ERR_clear_error();
+  SendCloseNotify(c);
   shutdown(c->fd, SHUT_WR);
 }
 
@@ -544,10 +658,11 @@ void Server::UpdateInterest(Conn* c) {
 
 void Server::Destroy(Conn* c, const std::string& reason) {
   if (c->state == Conn::kHandshake) handshakes_--;
+  else (c->records ? on_records_ : on_openssl_)--;
   churn_++;
   ResumeAccepting();
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd, nullptr);
-  SSL_free(c->ssl);
+  if (c->ssl) SSL_free(c->ssl);
   ERR_clear_error();
   close(c->fd);
   conns_.erase(c->id);

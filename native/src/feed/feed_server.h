@@ -2,9 +2,10 @@
 // the TLS handshakes, reads lines and writes queued ones for every agent connection. It answers the agents'
 // pings itself, closes connections idle for too long, and hands the JS thread batches of events.
 //
-// Memory is the point (docs/adr/0008): an idle agent connection holds an SSL object whose read and write
-// buffers are released while nothing is pending (SSL_MODE_RELEASE_BUFFERS), no session cache, no tickets,
-// and two empty strings; Node's tls keeps ~27 KiB per connection.
+// Memory is the point (docs/adr/0008): after a TLS 1.3 handshake a connection keeps no SSL object, only its
+// record state (tls13_records.h, about 200 bytes) and empty strings; one that negotiated TLS 1.2 keeps an SSL
+// object whose buffers are released while nothing is pending (SSL_MODE_RELEASE_BUFFERS), about 13.6 KiB. No
+// session cache, no tickets. Node's tls keeps ~27 KiB per connection.
 //
 // OpenSSL is the one inside the node binary (its symbols are exported; the addon links no libssl), so the
 // process has one OpenSSL; its error queue is per thread and the feed thread clears its own.
@@ -37,6 +38,7 @@ struct Options {
   int64_t idle_timeout_ms = 45000;
   size_t max_line_bytes = 8 << 20;
   size_t max_queue_bytes = 32 << 20;  // unsent bytes per connection before it is closed (an agent not reading)
+  bool tls_records = true;  // TLS 1.3 connections leave their SSL object after the handshake (tls13_records.h)
 };
 
 enum class EventKind : uint8_t { kOpened = 0, kLine = 1, kClosed = 2, kStopped = 3 };
@@ -67,6 +69,13 @@ class Server {
 
   std::vector<Event> TakeEvents();
 
+  struct Stats {
+    uint32_t handshakes;  // connections in their handshake
+    uint32_t records;     // open connections whose TLS records the feed seals and opens itself
+    uint32_t openssl;     // open connections that keep their SSL object
+  };
+  Stats stats() const { return {uint32_t(handshakes_.load()), on_records_.load(), on_openssl_.load()}; }
+
  private:
   struct Conn;
   struct Command {
@@ -81,7 +90,11 @@ class Server {
   void Service(Conn* c);
   bool Handshake(Conn* c);
   bool ReadAll(Conn* c);
+  bool ReadRecords(Conn* c);
+  bool Lines(Conn* c, const char* data, size_t n);
   bool Flush(Conn* c);
+  bool FlushRecords(Conn* c);
+  void SendCloseNotify(Conn* c);
   void BeginEnd(Conn* c);
   void Destroy(Conn* c, const std::string& reason);
   void UpdateInterest(Conn* c);
@@ -116,7 +129,8 @@ class Server {
   std::unordered_map<uint32_t, Conn*> conns_;
   uint32_t next_id_ = 1;
   int64_t last_sweep_ms_ = 0;
-  size_t handshakes_ = 0;  // connections in their handshake
+  std::atomic<size_t> handshakes_{0};  // connections in their handshake (read by stats())
+  std::atomic<uint32_t> on_records_{0}, on_openssl_{0};
   uint32_t churn_ = 0;     // handshakes done and connections closed since the last malloc_trim
   int64_t last_trim_ms_ = 0;
 };

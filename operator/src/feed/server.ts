@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { AgentFrameSchema, encodeFrame, HelloFrameSchema, MAX_FRAME_BYTES, type AgentFrame } from '../../../api/src/feed.js';
 import { formatIssues } from '../../../api/src/streampath.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
-import type { WireServer, WireServerOptions } from './wire.js';
+import type { WireServer, WireServerOptions, WireStats } from './wire.js';
 import { startNodeWire } from './wire-node.js';
 import { loadNativeWire } from './wire-native.js';
 
@@ -47,6 +47,8 @@ export interface FeedServerOptions {
   onStream?: (outcome: 'served' | 'redirected' | 'refused') => void;
   /** native: the addon's transport (the default where it loads); node: Node's tls. */
   transport?: 'native' | 'node' | 'auto';
+  /** The native transport's own TLS 1.3 records (WireServerOptions.tlsRecords; default true). */
+  tlsRecords?: boolean;
   /** An agent that sends no hello within this long is closed. */
   helloTimeoutMs?: number;
 }
@@ -55,6 +57,7 @@ export interface RunningFeedServer {
   port: number;
   transport: 'native' | 'node';
   setTls(tls: { keyPem: string; certPem: string }): void;
+  stats(): WireStats;
   /** Ends every stream (agents reconnect elsewhere) and stops listening. */
   close(): Promise<void>;
 }
@@ -70,6 +73,7 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
     port: o.port,
     tls: o.tls,
     idleTimeoutMs: o.idleTimeoutMs,
+    ...(o.tlsRecords === undefined ? {} : { tlsRecords: o.tlsRecords }),
     maxLineBytes: MAX_FRAME_BYTES,
     // A few full-size frames (a configuration with its programs); an agent that takes none of them is stuck.
     maxQueueBytes: 4 * MAX_FRAME_BYTES,
@@ -215,5 +219,5 @@ export async function startFeedServer(o: FeedServerOptions): Promise<RunningFeed
     }
   }
   log.info({ port: wire.port, host: o.host, transport: wire.kind }, 'agent feed listening');
-  return { port: wire.port, transport: wire.kind, setTls: (tls) => wire.setTls(tls), close: () => wire.close() };
+  return { port: wire.port, transport: wire.kind, setTls: (tls) => wire.setTls(tls), stats: () => wire.stats(), close: () => wire.close() };
 }

@@ -61,6 +61,7 @@ function startNative(FeedWire: FeedWireCtor, o: WireServerOptions): WireServer {
       idleTimeoutMs: o.idleTimeoutMs,
       maxLineBytes: o.maxLineBytes,
       maxQueueBytes: o.maxQueueBytes,
+      ...(o.tlsRecords === undefined ? {} : { tlsRecords: o.tlsRecords }),
     },
     onEvents,
   );
@@ -68,6 +69,7 @@ function startNative(FeedWire: FeedWireCtor, o: WireServerOptions): WireServer {
     port: wire.port,
     kind: 'native',
     setTls: (tls) => wire.setTls(tls.keyPem, tls.certPem),
+    stats: () => wire.stats(),
     close: () =>
       new Promise<void>((resolve) => {
         closing = resolve;

@@ -34,8 +34,19 @@ export interface WireServerOptions {
   maxLineBytes: number;
   /** More than this many bytes written and not yet taken by the agent closes its connection (it is not reading). */
   maxQueueBytes: number;
+  /**
+   * The native transport: TLS 1.3 connections leave OpenSSL's per-connection object after the handshake and
+   * the feed seals and opens their records itself (default true; ADR 0008, Costs). Node's tls ignores it.
+   */
+  tlsRecords?: boolean;
   log: Logger;
   onConnection(conn: WireConnection): WireConnectionHandlers;
+}
+
+export interface WireStats {
+  handshakes: number;
+  records: number;
+  openssl: number;
 }
 
 export interface WireServer {
@@ -44,6 +55,8 @@ export interface WireServer {
   readonly kind: 'native' | 'node';
   /** New connections use this certificate; open ones keep theirs. */
   setTls(tls: { keyPem: string; certPem: string }): void;
+  /** TLS connections: in their handshake, open with the feed's own TLS 1.3 records, open with an SSL object each. */
+  stats(): WireStats;
   /** Closes every connection (each gets its `closed`) and stops listening. */
   close(): Promise<void>;
 }
