@@ -20,18 +20,6 @@ constexpr uint8_t kKeyUpdate = 24;
 constexpr size_t kHeader = 5, kTag = 16, kIv = 12;
 constexpr size_t kMaxCipher = Tls13Records::kMaxPlain + 256;  // RFC 8446 5.2
 
-std::string SslErrors() {
-  std::string out;
-  unsigned long e;
-  char buf[256];
-  while ((e = ERR_get_error()) != 0) {
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no OpenSSL error" : out;
-}
-
 int Hex(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -76,6 +64,18 @@ ThreadCipher& Cipher() {
 }
 
 }  // namespace
+
+std::string SslErrors() {
+  std::string out;
+  unsigned long e;
+  char buf[256];
+  while ((e = ERR_get_error()) != 0) {
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out;
+}
 
 struct Tls13Records::Suite {
   uint32_t id;

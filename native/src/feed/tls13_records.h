@@ -25,6 +25,9 @@ typedef struct ssl_st SSL;
 
 namespace kstreams::feed {
 
+// This thread's OpenSSL error queue as one line (and empties it).
+std::string SslErrors();
+
 // Records the two application traffic secrets an SSL object logs while its handshake runs (SSL_CTX keylog
 // callback: InstallKeylog on the context, Attach on each SSL before its handshake).
 struct HandshakeSecrets {
