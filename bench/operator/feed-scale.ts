@@ -55,7 +55,8 @@ const { values: args } = parseArgs({
     /** Write V8 heap snapshots of the operator's main thread into this directory (heap-snapshot.cjs): with 0 agents and idle with N. */
     'heap-snapshot': { type: 'string' },
     /** Node flags for the operator process, space-separated, given with = (--operator-node-flags="--max-semi-space-size=8"). */
-    'operator-node-flags': { type: 'string', default: '' },
+    // The default is the chart's operator.command (charts/kstreams/values.yaml); "" runs V8's defaults.
+    'operator-node-flags': { type: 'string', default: '--heap-growing-percent=50 --max-semi-space-size=8' },
   },
 });
 const N = Number(args.agents);
