@@ -207,6 +207,8 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       },
     });
     feedTls.onChange((next) => feed?.setTls(next));
+    const running = feed;
+    metrics.setFeedConnectionSource(() => running.stats());
     feedAddress = config.feed.advertiseAddress ?? `${config.webhook.shutdown.podIP ?? '127.0.0.1'}:${feed.port}`;
     // Where injected agents find the operator: this replica first (no DNS or kube-proxy needed), then the
     // Service; the TLS name to check is the Service's, which the serving cert carries.
@@ -286,6 +288,7 @@ export async function startOperator(d: OperatorDeps): Promise<RunningOperator> {
       electionAbort.abort();
       await election;
       step = 'closing the agent feed';
+      metrics.setFeedConnectionSource(undefined);
       await feed?.close();
       step = 'draining the webhook';
       const outcome = await drained;

@@ -24,6 +24,21 @@ describe('operator metrics', () => {
     }
   });
 
+  it('reads the feed connections by TLS kind from the running feed at each scrape, and none without one', async () => {
+    const m = createMetrics(undefined, { defaultMetrics: false });
+    const text = () => m.registry.getSingleMetricAsString('kstreams_operator_feed_connections');
+    expect(await text()).not.toContain('kstreams_operator_feed_connections{');
+    let st = { handshakes: 2, records: 9998, openssl: 1 };
+    m.setFeedConnectionSource(() => st);
+    expect(await text()).toContain('kstreams_operator_feed_connections{tls="records"} 9998');
+    expect(await text()).toContain('kstreams_operator_feed_connections{tls="openssl"} 1');
+    st = { handshakes: 0, records: 10_001, openssl: 0 };
+    expect(await text()).toContain('kstreams_operator_feed_connections{tls="handshake"} 0');
+    expect(await text()).toContain('kstreams_operator_feed_connections{tls="records"} 10001');
+    m.setFeedConnectionSource(undefined);
+    expect(await text()).not.toContain('kstreams_operator_feed_connections{');
+  });
+
   it('counts each list of an informer once, under the reason that caused it', async () => {
     const m = createMetrics(undefined, { defaultMetrics: false });
     // The order in which an informer reports them: first list, a 410, a silent watch, a failed list retried.

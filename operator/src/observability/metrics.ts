@@ -20,6 +20,9 @@ export interface OperatorMetrics {
   feedStreams: Counter<'outcome'>;
   feedFrames: Counter<'frame'>;
   feedConnected: Gauge;
+  feedConnections: Gauge<'tls'>;
+  /** Where feedConnections reads its figures at each scrape (the running feed server's stats). */
+  setFeedConnectionSource(source: (() => { handshakes: number; records: number; openssl: number }) | undefined): void;
   feedTokenChecks: Counter<'method' | 'result' | 'reason'>;
   recordLifecycle(resource: string, event: InformerLifecycle): void;
 }
@@ -27,6 +30,21 @@ export interface OperatorMetrics {
 export function createMetrics(registry = new Registry(), opts: { defaultMetrics?: boolean } = {}): OperatorMetrics {
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
   const registers = [registry];
+  let feedConnectionSource: (() => { handshakes: number; records: number; openssl: number }) | undefined;
+  const feedConnections = new Gauge({
+    name: 'kstreams_operator_feed_connections',
+    help: "TLS connections on this replica's feed port: tls=handshake (in progress), records (TLS 1.3, records sealed by the feed itself, ~0.2 KiB each), openssl (an SSL object each, ~14 KiB: TLS 1.2, feed.tlsRecords false, or Node's tls)",
+    labelNames: ['tls'] as const,
+    registers,
+    collect() {
+      const st = feedConnectionSource?.();
+      this.reset();
+      if (!st) return;
+      this.set({ tls: 'handshake' }, st.handshakes);
+      this.set({ tls: 'records' }, st.records);
+      this.set({ tls: 'openssl' }, st.openssl);
+    },
+  });
   const informerEvents = new Counter({
     name: 'kstreams_operator_informer_events_total',
     help: 'Informer lifecycle events (list_started, listed, watch_started, watch_closed, expired, idle_timeout, failed, handler_failed, resync, stopped)',
@@ -74,6 +92,10 @@ export function createMetrics(registry = new Registry(), opts: { defaultMetrics?
     }),
     feedFrames: new Counter({ name: 'kstreams_operator_feed_frames_total', help: 'Feed frames: configs sent to agents, reports received', labelNames: ['frame'] as const, registers }),
     feedConnected: new Gauge({ name: 'kstreams_operator_feed_agents', help: 'Agents connected to this replica on the feed (the leader)', registers }),
+    feedConnections,
+    setFeedConnectionSource: (source) => {
+      feedConnectionSource = source;
+    },
     feedTokenChecks: new Counter({
       name: 'kstreams_operator_feed_token_checks_total',
       help: "Checks of agents' feed tokens: method local (signature and claims in the operator) or tokenreview; result accepted, refused, fallback (local could not decide, a TokenReview did) or error; reason says why",
