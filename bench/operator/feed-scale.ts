@@ -118,7 +118,13 @@ interface Generator {
 }
 
 function startGenerator(): Promise<Generator> {
-  const child = fork(join(REPO, 'bench/operator/feed-agents.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // With --profile-edit the simulated agents are profiled over the edit too (the same SIGUSR2s as the operator).
+  const profiling = PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : [];
+  const child = fork(join(REPO, 'bench/operator/feed-agents.ts'), [], {
+    execArgv: ['--import', 'tsx', ...profiling],
+    env: { ...process.env, ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   if (GENERATOR_NICE !== 0 && child.pid !== undefined) setPriority(child.pid, GENERATOR_NICE);
   let nextId = 0;
   const waiting = new Map<number, (s: Stats) => void>();
@@ -432,6 +438,7 @@ async function main(): Promise<void> {
     if (PROFILE_DIR) {
       mkdirSync(PROFILE_DIR, { recursive: true });
       operator!.kill('SIGUSR2');
+      for (const g of gens) g.child.kill('SIGUSR2');
       await sleep(500); // the profiler is started asynchronously in the operator
     }
     // What the edit made the operator do: config frames sent, reports received, reconciles (by result). Read
@@ -475,6 +482,7 @@ async function main(): Promise<void> {
     }
     if (PROFILE_DIR) {
       operator!.kill('SIGUSR2');
+      for (const g of gens) g.child.kill('SIGUSR2');
       const file = join(PROFILE_DIR, `${pid()}-1.cpuprofile`);
       await until('the operator to write its CPU profile', 60_000, async () => (existsSync(`${file}.done`) ? true : undefined));
       log(`CPU profile of the edit: ${file}`);
