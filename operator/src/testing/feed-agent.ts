@@ -90,7 +90,9 @@ export class FeedAgent {
       report: async () => {
         this.reportsBuilt++;
         if (this.onReport) this.report = this.onReport(this.report);
-        return structuredClone(this.report);
+        // No copy: the feed client encodes the report as soon as it has it (the sidecar's own report is a
+        // fresh snapshot each time; a structuredClone here cost the 10k-agent bench's agents ~0.4 s per s).
+        return this.report;
       },
     });
     this.client.start();

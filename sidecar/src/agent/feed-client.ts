@@ -282,13 +282,13 @@ export class FeedClient {
     this.sending = true;
     try {
       const report = await this.o.report();
-      const body = JSON.stringify(report);
+      // The frame is its own change key (it carries the applied version): one JSON encoding per check.
+      const frame = encodeFrame({ type: 'report', applied: this.applied, report });
       const due = Date.now() - this.lastSentAt >= (this.o.keepaliveMs ?? 15_000);
-      const key = `${this.applied}|${body}`;
-      if (!force && !due && key === this.lastSent) return;
+      if (!force && !due && frame === this.lastSent) return;
       if (sock !== this.socket || sock.destroyed) return;
-      sock.write(encodeFrame({ type: 'report', applied: this.applied, report }));
-      this.lastSent = key;
+      sock.write(frame);
+      this.lastSent = frame;
       this.lastSentAt = Date.now();
     } catch (err) {
       this.o.logger.warn({ err }, 'building the report failed');
