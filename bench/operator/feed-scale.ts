@@ -19,6 +19,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { cpus, loadavg, release, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { parse as parseYaml } from 'yaml';
 import { httpGet, startControlPlane, type ControlPlane } from '../../e2e/cluster/local/controlplane.js';
 import { freePort } from '../../e2e/cluster/local/processes.js';
 import { streamPathPath } from '../../operator/src/controller/reconciler.js';
@@ -55,8 +56,8 @@ const { values: args } = parseArgs({
     /** Write V8 heap snapshots of the operator's main thread into this directory (heap-snapshot.cjs): with 0 agents and idle with N. */
     'heap-snapshot': { type: 'string' },
     /** Node flags for the operator process, space-separated, given with = (--operator-node-flags="--max-semi-space-size=8"). */
-    // The default is the chart's operator.command (charts/kstreams/values.yaml); "" runs V8's defaults.
-    'operator-node-flags': { type: 'string', default: '--heap-growing-percent=50 --max-semi-space-size=8' },
+    // Default: the flags of the chart's operator.command (charts/kstreams/values.yaml); "" runs V8's defaults.
+    'operator-node-flags': { type: 'string' },
   },
 });
 const N = Number(args.agents);
@@ -80,6 +81,12 @@ const TRANSPORT = args.transport as 'native' | 'node' | 'auto';
 if (!['native', 'node', 'auto'].includes(TRANSPORT)) throw new Error(`--transport: native, node or auto, not ${TRANSPORT}`);
 if (CREDENTIALS !== 'in-cluster' && CREDENTIALS !== 'kubeconfig') throw new Error(`--credentials: in-cluster or kubeconfig, not ${CREDENTIALS}`);
 const PROFILE_DIR = args['profile-edit'];
+/** The node flags of the chart's operator.command: what the operator runs with in a cluster. */
+function chartNodeFlags(): string {
+  const values = parseYaml(readFileSync(join(REPO, 'charts/kstreams/values.yaml'), 'utf8')) as { operator: { command: string[] } };
+  return values.operator.command.filter((a) => a.startsWith('--')).join(' ');
+}
+const OPERATOR_NODE_FLAGS = args['operator-node-flags'] ?? chartNodeFlags();
 const PERF_FILE = args['perf-edit'];
 const HEAP_DIR = args['heap-snapshot'];
 const CONCURRENCY = 32;
@@ -295,7 +302,7 @@ async function main(): Promise<void> {
         ...(PROFILE_DIR ? ['--require', join(REPO, 'bench/operator/cpu-profile.cjs')] : []),
         ...(HEAP_DIR ? ['--require', join(REPO, 'bench/operator/heap-snapshot.cjs')] : []),
       ];
-      const nodeFlags = args['operator-node-flags'].split(/\s+/).filter(Boolean);
+      const nodeFlags = OPERATOR_NODE_FLAGS.split(/\s+/).filter(Boolean);
       const argv = [process.execPath, ...nodeFlags, ...profiling, operatorMain(outDir)];
       // The compiled operator lives outside dist/: it is told where the addon is (the native feed transport).
       const env = { ...process.env, KSTREAMS_OPERATOR_CONFIG: configFile, KSTREAMS_ADDON: join(REPO, 'native/build/Release/kstreams.node'), ...(PROFILE_DIR ? { KSTREAMS_CPU_PROFILE_DIR: PROFILE_DIR } : {}), ...(HEAP_DIR ? { KSTREAMS_HEAP_SNAPSHOT_DIR: HEAP_DIR } : {}) };
@@ -639,7 +646,7 @@ async function main(): Promise<void> {
         '',
         `${result.startedAt} .. ${result.finishedAt}; ${result.machine.model}, ${result.machine.cpus} cores, kernel ${result.machine.kernel}, node ${result.machine.node}, commit ${result.commit}  `,
         `load average ${f2(loadBefore)} before, ${f2(result.machine.loadAfter)} after; kube-apiserver ${cp.binDir} + etcd on the same machine  `,
-        `${N} agents = ${N} TLS connections (ALPN kstreams-feed/1, the operator's ${TRANSPORT} transport) of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}${args['operator-node-flags'] ? `, node flags \`${args['operator-node-flags']}\`` : ''}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
+        `${N} agents = ${N} TLS connections (ALPN kstreams-feed/1, the operator's ${TRANSPORT} transport) of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}${OPERATOR_NODE_FLAGS ? `, node flags \`${OPERATOR_NODE_FLAGS}\`` : ''}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
         `setup: ${f0(N / tokensS)} TokenRequests/s; first connect of all agents ${f1(connectS)} s (${initialReviews} TokenReviews)`,
         '',
         table,
