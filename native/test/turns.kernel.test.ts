@@ -26,6 +26,8 @@ interface Session {
   ended: boolean;
   /** For each line, whether the server had answered every earlier line when it arrived. */
   answeredBefore: boolean[];
+  /** What each read brought and what had been answered by then: a failing pacing assertion shows it. */
+  reads: string[];
 }
 
 interface LineServer {
@@ -46,7 +48,7 @@ async function lineServer(
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     sockets.push(sock);
     sock.on('error', () => undefined);
-    const s: Session = { lines: [], early: 0, rejected: false, ended: false, answeredBefore: [] };
+    const s: Session = { lines: [], early: 0, rejected: false, ended: false, answeredBefore: [], reads: [] };
     sessions.push(s);
     let buf = '';
     let pending = 0;
@@ -59,7 +61,9 @@ async function lineServer(
       }, opts.greetAfterMs);
     } else if (opts.greeting) sock.write(`${opts.greeting}\n`);
     sock.setEncoding('latin1');
+    let answered = 0;
     sock.on('data', (d: string) => {
+      s.reads.push(`${JSON.stringify(d)} (answered ${answered}, pending ${pending})`);
       buf += d;
       let i: number;
       while ((i = buf.indexOf('\n')) >= 0) {
@@ -79,6 +83,7 @@ async function lineServer(
         pending++;
         const answer = () => {
           pending--;
+          answered++;
           if (!sock.destroyed) sock.write(`ok ${line}\n`);
         };
         if (opts.delayMs) setTimeout(answer, opts.delayMs);
@@ -178,7 +183,7 @@ describe('a mirror keeps the turns of the conversation', () => {
     const s = staging.sessions[0]!;
     expect(s.lines).toEqual(['a', 'b', 'c', 'd']);
     // b and c arrived while a's answer was pending (as at the app); d only after all three answers.
-    expect(s.answeredBefore).toEqual([true, false, false, true]);
+    expect(s.answeredBefore, `staging's reads: ${s.reads.join(', ')}`).toEqual([true, false, false, true]);
     expect(target(e).turnWaitsExpired).toBe(0);
   });
 
