@@ -30,8 +30,11 @@ export interface ControllerDeps {
 
 /** Reports that arrive within this window are taken into one reconcile of their StreamPath. */
 const REPORT_WINDOW_MS = 1_000;
-/** A reconcile waits at most this long for the feed's pending configurations to be sent. */
-const FEED_FIRST_MS = 1_000;
+/**
+ * Reconciles wait at most this long (from the start of the propagation, not of each wait) for the feed's
+ * configurations to be sent and acknowledged.
+ */
+const FEED_FIRST_MS = 3_000;
 
 type RawSelector = Parameters<typeof selectorMatches>[0];
 
@@ -233,8 +236,10 @@ export class Controller {
       random: d.random,
       process: async (key, signal) => {
         // Agents' configurations first (an edit of a StreamPath of 10,000 pods): a status can wait a moment,
-        // within its write bound, while each reconcile's write would delay the frames still to be sent.
-        if (this.feed.backlog) await this.feed.whenIdle(FEED_FIRST_MS);
+        // within its write bound, until the edit's frames are sent and acknowledged. Each reconcile's write
+        // would take CPU from the frames still to be sent, and (where the apiserver or the agents share the
+        // operator's cores) from the agents still reading theirs.
+        if (this.feed.propagating) await this.feed.whenPropagated(FEED_FIRST_MS);
         const end = metrics.reconcileDuration.startTimer();
         try {
           const r = await this.reconciler.reconcile(key, signal);

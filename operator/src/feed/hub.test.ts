@@ -37,9 +37,10 @@ class Fixture {
   programs: Record<string, DeliveredProgram> = {};
   readonly hub: FeedHub;
 
-  constructor(useIndex: boolean, flushSliceMs?: number) {
+  constructor(useIndex: boolean, flushSliceMs?: number, ackWaitMs?: number) {
     this.hub = new FeedHub({
       ...(flushSliceMs !== undefined ? { flushSliceMs } : {}),
+      ...(ackWaitMs !== undefined ? { ackWaitMs } : {}),
       clock: this.clock,
       log: pino({ level: 'silent' }),
       getPod: (key) => this.pods.get(key),
@@ -215,6 +216,66 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     const waiting = f.hub.whenIdle(60_000);
     f.hub.stop();
     await waiting;
+  });
+
+  it('is propagating until each configuration sent is acknowledged; whenPropagated resolves at the last acknowledgement', async () => {
+    const f = new Fixture(useIndex, 0);
+    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
+    const pods = Array.from({ length: 5 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
+    for (const p of pods) f.addPod(p);
+    const handlers = pods.map((p) => f.connect(p));
+    expect(f.hub.propagating).toBe(false);
+    f.hub.setSynced();
+    expect(f.hub.propagating).toBe(true); // the backlog
+    await f.hub.whenIdle(60_000);
+    // Sent, not acknowledged: still on its way.
+    expect(f.hub.backlog).toBe(false);
+    expect(f.hub.propagating).toBe(true);
+    let done = false;
+    const propagated = f.hub.whenPropagated(60_000).then(() => (done = true));
+    // An acknowledgement of an older version, a report without one: nothing changes.
+    handlers[0]!.frame(report(0, []));
+    for (const h of handlers.slice(0, -1)) h.frame(report(1, [{ name: 'all', generation: 1 }]));
+    await f.settle();
+    expect(f.hub.propagating).toBe(true);
+    expect(done).toBe(false);
+    // The last one: at once, well before the wait's own 60 s.
+    handlers.at(-1)!.frame(report(1, [{ name: 'all', generation: 1 }]));
+    await propagated;
+    expect(f.hub.propagating).toBe(false);
+    // Nothing in flight: at once.
+    await f.hub.whenPropagated(60_000);
+    // A closed stream no longer counts.
+    f.sps = [streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } })];
+    f.hub.streamPathsChanged(NS);
+    await f.hub.whenIdle(60_000);
+    for (const h of handlers.slice(1)) h.frame(report(2, [{ name: 'all', generation: 2 }]));
+    expect(f.hub.propagating).toBe(true);
+    handlers[0]!.closed();
+    expect(f.hub.propagating).toBe(false);
+  });
+
+  it('counts a configuration as in flight for ackWaitMs at most: an agent that never answers holds nothing longer', async () => {
+    const f = new Fixture(useIndex, undefined, 1_000);
+    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
+    const p = pod('p-0', { tier: 'front' });
+    f.addPod(p);
+    f.connect(p);
+    f.hub.setSynced();
+    await f.hub.whenIdle(60_000);
+    const t0 = performance.now();
+    // A waiter's deadline ends its wait while the configuration is still in flight...
+    await f.hub.whenPropagated(50);
+    expect(f.hub.propagating).toBe(true);
+    // ...counted from the start of the propagation: a later wait in the same one is not held again.
+    const t1 = performance.now();
+    await f.hub.whenPropagated(50);
+    expect(performance.now() - t1).toBeLessThan(500);
+    expect(f.hub.propagating).toBe(true);
+    // ...and the expiry ends the in-flight state (seen at the waiter's next check: its deadline, past it).
+    await f.hub.whenPropagated(1_300);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(1_000);
+    expect(f.hub.propagating).toBe(false);
   });
 
   it('holds reading reports (handlers.later) while configurations wait: run after the last frame, in order', async () => {

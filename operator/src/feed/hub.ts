@@ -81,6 +81,88 @@ function sameStrings(a: readonly string[], b: readonly string[]): boolean {
 const FLUSH_SLICE_MS = 10;
 /** An agent's report waits at most this long for the pending configurations to be sent (afterBacklog). */
 const HOLD_MS = 1_000;
+/**
+ * A configuration sent and not acknowledged within this long no longer counts as in flight (propagating): an
+ * agent that is slow, stuck or gone does not hold status work back longer than this.
+ */
+const ACK_WAIT_MS = 3_000;
+
+/**
+ * Work that waits while something is busy, for at most its own deadline: callbacks run oldest first, in
+ * slices of `sliceMs` per event-loop turn (10,000 held reports do not hold the loop either), those past their
+ * deadline even while still busy. `run()` is called when the busy state may have ended.
+ */
+class Waiters {
+  private list: { cb: () => void; due: number }[] = [];
+  private head = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+
+  constructor(
+    private readonly busy: () => boolean,
+    private readonly sliceMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  get waiting(): boolean {
+    return this.head < this.list.length;
+  }
+
+  /** Runs `cb` at once when nothing is busy or waiting, else when not busy or at `due` (performance.now()). */
+  add(cb: () => void, due: number): void {
+    if (!this.busy() && !this.waiting) return cb();
+    this.list.push({ cb, due });
+    this.arm();
+  }
+
+  /** Runs what no longer has to wait (everything once not busy), a slice per turn. */
+  run(): void {
+    if (!this.waiting || this.running) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.slice();
+  }
+
+  /** One timer, for the oldest waiter's deadline (deadlines never decrease along the list: the earliest). */
+  private arm(): void {
+    if (this.timer || this.running) return;
+    const first = this.list[this.head];
+    if (!first) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.slice();
+    }, Math.max(0, first.due - performance.now()));
+    this.timer.unref?.();
+  }
+
+  private slice(): void {
+    this.running = false;
+    const until = performance.now() + this.sliceMs;
+    while (this.head < this.list.length) {
+      const w = this.list[this.head]!;
+      if (w.due > performance.now() && this.busy()) break;
+      this.head++;
+      try {
+        w.cb();
+      } catch (err) {
+        this.log.error({ err }, 'feed: deferred work failed');
+      }
+      if (this.head < this.list.length && performance.now() >= until) {
+        this.running = true;
+        setImmediate(() => this.slice());
+        return;
+      }
+    }
+    if (this.head === this.list.length) {
+      this.list = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.list.length) {
+      this.list = this.list.slice(this.head);
+      this.head = 0;
+    }
+    this.arm();
+  }
+}
 
 export interface FeedHubDeps {
   clock: Clock;
@@ -109,6 +191,8 @@ export interface FeedHubDeps {
    * sends an edit's frames sooner, before the acknowledgements of its first frames take the loop's turns.
    */
   flushSliceMs?: number;
+  /** How long a configuration sent counts as in flight without an acknowledgement (default ACK_WAIT_MS). */
+  ackWaitMs?: number;
   onConfigSent?: () => void;
   onReport?: () => void;
 }
@@ -150,15 +234,23 @@ export class FeedHub {
   private readonly byConfigMap = new Map<string, Set<string>>();
   private readonly dirty = new Set<string>();
   private flushing = false;
-  /** Work waiting for the pending configurations to be sent (afterBacklog), oldest first from idleHead. */
-  private idleWaiters: { cb: () => void; due: number }[] = [];
-  private idleHead = 0;
-  private idleTimer: NodeJS.Timeout | undefined;
-  private idleRunning = false;
+  /** Configurations sent and not yet acknowledged, oldest first from inflightHead (propagating). */
+  private inflight: { key: string; s: Session; version: number; at: number }[] = [];
+  private inflightHead = 0;
+  /** performance.now() when the hub last started propagating (nothing was pending or in flight before). */
+  private propagatingSince = 0;
+  /** Work waiting for the pending configurations to be sent (afterBacklog). */
+  private readonly afterConfigs: Waiters;
+  /** Work waiting for the configurations to be sent and acknowledged (whenPropagated). */
+  private readonly afterAcks: Waiters;
   private synced = false;
   private stopped = false;
 
-  constructor(private readonly d: FeedHubDeps) {}
+  constructor(private readonly d: FeedHubDeps) {
+    const slice = d.flushSliceMs ?? FLUSH_SLICE_MS;
+    this.afterConfigs = new Waiters(() => this.backlog, slice, d.log);
+    this.afterAcks = new Waiters(() => this.propagating, slice, d.log);
+  }
 
   get connected(): number {
     return this.sessions.size;
@@ -190,60 +282,56 @@ export class FeedHub {
   }
 
   /**
+   * Configurations are waiting to be computed and sent, or were sent less than ACK_WAIT_MS ago and their agents
+   * have not acknowledged them yet: an edit is still on its way to its agents.
+   */
+  get propagating(): boolean {
+    if (this.backlog) return true;
+    return !this.stopped && this.pruneInflight();
+  }
+
+  /** Drops the acknowledged, expired and closed from the front of `inflight`: true while one is left. */
+  private pruneInflight(): boolean {
+    const now = performance.now();
+    while (this.inflightHead < this.inflight.length) {
+      const f = this.inflight[this.inflightHead]!;
+      if (this.sessions.get(f.key) === f.s && f.s.applied < f.version && now - f.at < (this.d.ackWaitMs ?? ACK_WAIT_MS)) {
+        if (this.inflightHead > 1024 && this.inflightHead * 2 > this.inflight.length) {
+          this.inflight = this.inflight.slice(this.inflightHead);
+          this.inflightHead = 0;
+        }
+        return true;
+      }
+      this.inflightHead++;
+    }
+    this.inflight = [];
+    this.inflightHead = 0;
+    return false;
+  }
+
+  /**
    * Runs `cb` once no configuration waits, or after `maxMs` (at once when none waits). Work that can wait a
-   * moment (an agent's report, a reconcile) lets an edit's frames go out first, so that the acknowledgements
-   * of the first agents do not delay the frames of the last. Callbacks run oldest first, in slices of the
-   * same length as the configurations', so that 10,000 held reports do not hold the loop either.
+   * moment (an agent's report) lets an edit's frames go out first, so that the acknowledgements of the first
+   * agents do not delay the frames of the last.
    */
   afterBacklog(cb: () => void, maxMs: number): void {
-    if (!this.backlog && this.idleHead === this.idleWaiters.length) return cb();
-    this.idleWaiters.push({ cb, due: performance.now() + maxMs });
-    this.armIdleTimer();
+    this.afterConfigs.add(cb, performance.now() + maxMs);
   }
 
   whenIdle(maxMs: number): Promise<void> {
-    return new Promise((resolve) => this.afterBacklog(resolve, maxMs));
+    return new Promise((resolve) => this.afterConfigs.add(resolve, performance.now() + maxMs));
   }
 
-  /** One timer, for the oldest waiter's deadline (all wait equally long, so it is the earliest). */
-  private armIdleTimer(): void {
-    if (this.idleTimer || this.idleRunning) return;
-    const head = this.idleWaiters[this.idleHead];
-    if (!head) return;
-    this.idleTimer = setTimeout(() => {
-      this.idleTimer = undefined;
-      this.runIdle(true);
-    }, Math.max(0, head.due - performance.now()));
-    this.idleTimer.unref?.();
-  }
-
-  /** Runs the waiters (only those past their deadline while configurations still wait), a slice per turn. */
-  private runIdle(dueOnly: boolean): void {
-    this.idleRunning = false;
-    const until = performance.now() + (this.d.flushSliceMs ?? FLUSH_SLICE_MS);
-    while (this.idleHead < this.idleWaiters.length) {
-      const w = this.idleWaiters[this.idleHead]!;
-      if (dueOnly && this.backlog && w.due > performance.now()) break;
-      this.idleHead++;
-      try {
-        w.cb();
-      } catch (err) {
-        this.d.log.error({ err }, 'feed: deferred work failed');
-      }
-      if (this.idleHead < this.idleWaiters.length && performance.now() >= until) {
-        this.idleRunning = true;
-        setImmediate(() => this.runIdle(dueOnly));
-        return;
-      }
-    }
-    if (this.idleHead === this.idleWaiters.length) {
-      this.idleWaiters = [];
-      this.idleHead = 0;
-    } else if (this.idleHead > 1024 && this.idleHead * 2 > this.idleWaiters.length) {
-      this.idleWaiters = this.idleWaiters.slice(this.idleHead);
-      this.idleHead = 0;
-    }
-    this.armIdleTimer();
+  /**
+   * Resolves once every configuration was sent and acknowledged (or waited ACK_WAIT_MS), or `maxMs` after
+   * the propagation began.
+   * Status work (reconciles, their writes to the API) waits for this: on a machine that also runs the
+   * agents or the apiserver, that work would take the CPU the edit's last agents need.
+   */
+  whenPropagated(maxMs: number): Promise<void> {
+    // Counted from the start of the propagation, not of each wait: while configurations keep going out (pods
+    // created all the time, a reconnect storm), status work is held back once for maxMs, not maxMs each.
+    return new Promise((resolve) => this.afterAcks.add(resolve, this.propagatingSince + maxMs));
   }
 
   /** The caches are complete: configs can be computed (nothing is sent from a partial cache). */
@@ -278,8 +366,10 @@ export class FeedHub {
 
   private onReport(key: string, s: Session, f: ReportFrame): void {
     if (this.sessions.get(key) !== s) return;
+    const acked = f.applied > s.applied;
     s.applied = f.applied;
     this.d.onReport?.();
+    if (acked) this.maybePropagated();
     // The pod is the one the token names, whatever the report says.
     const pod = { namespace: s.id.namespace, name: s.id.pod, uid: s.id.podUid };
     const report = { ...f.report, pod };
@@ -302,10 +392,16 @@ export class FeedHub {
     if (p) this.d.onObservation(p, changed);
   }
 
+  /** An acknowledgement or a closed stream may have ended the propagation: what waited for it runs. */
+  private maybePropagated(): void {
+    if (this.afterAcks.waiting && !this.propagating) this.afterAcks.run();
+  }
+
   private onClosed(key: string, s: Session): void {
     if (this.sessions.get(key) !== s) return;
     this.sessions.delete(key);
     this.unindex(key, s);
+    this.maybePropagated();
     const o = this.observed.get(key);
     if (o) o.disconnectedAt = this.d.clock.now();
   }
@@ -376,6 +472,7 @@ export class FeedHub {
   }
 
   private markDirty(key: string): void {
+    if (!this.propagating) this.propagatingSince = performance.now();
     this.dirty.add(key);
     if (this.flushing) return;
     this.flushing = true;
@@ -404,11 +501,10 @@ export class FeedHub {
     this.wakeIdle();
   }
 
+  /** The backlog may have ended (or the hub stopped): what waited for it runs. */
   private wakeIdle(): void {
-    if (this.idleHead === this.idleWaiters.length || this.idleRunning) return;
-    clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
-    this.runIdle(false);
+    this.afterConfigs.run();
+    this.afterAcks.run();
   }
 
   private sendConfig(key: string, s: Session): void {
@@ -440,7 +536,11 @@ export class FeedHub {
     // The frame is put together from the parts' JSON: what encodeFrame makes of the same ConfigFrame
     // (hub.test.ts), without encoding each StreamPath again for every pod it selects.
     const line = `{"type":"config","version":${s.version},"pod":${parts.pod},"streamPaths":[${parts.streamPaths.join(',')}],"services":${parts.services},"programs":${sortedJson(programs)}}\n`;
-    if (s.conn.send(line)) this.d.onConfigSent?.();
+    if (s.conn.send(line)) {
+      this.pruneInflight();
+      this.inflight.push({ key, s, version: s.version, at: performance.now() });
+      this.d.onConfigSent?.();
+    }
   }
 
   /**
