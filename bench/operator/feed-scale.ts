@@ -51,6 +51,8 @@ const { values: args } = parseArgs({
     transport: { type: 'string', default: 'native' },
     /** Write a V8 CPU profile of the operator's main thread over the edit window into this directory (cpu-profile.cjs). */
     'profile-edit': { type: 'string' },
+    /** Also take the kube-apiserver's CPU profile (Go pprof, 3 s from the PATCHes) into this file. */
+    'profile-apiserver': { type: 'string' },
     /** Also `perf record` the operator (all its threads, no call graphs) over the edit window into this file. */
     'perf-edit': { type: 'string' },
     /** Write V8 heap snapshots of the operator's main thread into this directory (heap-snapshot.cjs): with 0 agents and idle with N. */
@@ -226,7 +228,7 @@ async function main(): Promise<void> {
   let diagnose: (() => Promise<string[]>) | undefined;
   const resultBase = join(REPO, 'bench/results', `${startedAt.toISOString().slice(0, 16).replace(':', '-')}-feed-scale-${N}`);
   try {
-    cp = await startControlPlane({});
+    cp = await startControlPlane({ profiling: args['profile-apiserver'] !== undefined });
     log(`control plane up in ${cp.timings.totalMs} ms`);
     const ca = readFileSync(cp.caFile);
     const apiMetrics = async () => (await httpGet(`${cp!.server}/metrics`, { ca, token: cp!.token, timeoutMs: 30_000 })).body;
@@ -420,12 +422,23 @@ async function main(): Promise<void> {
         else writeTimes.set(key, [Date.now()]);
       }, spWatch.signal)
       .catch((err: unknown) => (spWatch.signal.aborted ? undefined : log(`streampaths watch ended: ${String(err)}`)));
+    // The others' CPU over a window: the agents' processes and the control plane's (the same 2 cores).
+    const others = () => ({
+      generators: gens.reduce((n, g) => n + cpuSeconds(g.child.pid!), 0),
+      controlPlane: Object.fromEntries(cp!.processes.map((p) => [p.name, cpuSeconds(p.pid)])),
+    });
+    const othersSince = (a: ReturnType<typeof others>) => {
+      const b = others();
+      return { generators: b.generators - a.generators, ...Object.fromEntries(Object.entries(b.controlPlane).map(([k, v]) => [k, v - (a.controlPlane[k] ?? 0)])) };
+    };
     const w0 = await statusWrites();
+    const idleOthers0 = others();
     const c0 = cpuSeconds(pid());
     const i0 = Date.now();
     await sleep(IDLE_S * 1000);
     const idleS = (Date.now() - i0) / 1000;
     const idleCpu = cpuSeconds(pid()) - c0;
+    const idleOthersCpu = othersSince(idleOthers0);
     const idleWrites = (await statusWrites()) - w0;
     spWatch.abort();
     await watching;
@@ -434,7 +447,8 @@ async function main(): Promise<void> {
     const heapIdle = await heapSpaces();
     log(`idle heap: ${heapIdle.text}`);
     const genIdle = await allStats(gens, everyone);
-    log(`idle ${f0(idleS)} s: CPU ${f2(idleCpu)} s (${f0((idleCpu / idleS) * 100)}% of a core), RSS ${f0(rssIdle.rss)} MiB, ${idleWrites} status writes`);
+    const perCore = (o: Record<string, number>, s: number) => Object.entries(o).map(([k, v]) => `${k} ${f2(v / s)}`).join(', ');
+    log(`idle ${f0(idleS)} s: CPU ${f2(idleCpu)} s (${f0((idleCpu / idleS) * 100)}% of a core; meanwhile, cores: ${perCore(idleOthersCpu, idleS)}), RSS ${f0(rssIdle.rss)} MiB, ${idleWrites} status writes`);
     await heapSnapshot(pid(), 2);
 
     // 5b. Webhook latency with N agents connected (their reports keep coming meanwhile).
@@ -465,23 +479,22 @@ async function main(): Promise<void> {
     const perf = PERF_FILE ? spawn('perf', ['record', '-q', '-F', '999', '-p', String(pid()), '-o', PERF_FILE], { stdio: 'ignore' }) : undefined;
     if (perf) await sleep(500);
     const e0cpu = cpuSeconds(pid());
-    // The others' CPU over the same window: the agents' processes and the control plane's (same 2 cores).
-    const others = () => ({
-      generators: gens.reduce((n, g) => n + cpuSeconds(g.child.pid!), 0),
-      controlPlane: Object.fromEntries(cp!.processes.map((p) => [p.name, cpuSeconds(p.pid)])),
-    });
     const others0 = others();
     // From just before the PATCHes are sent: the figure includes the apiserver's write and watch delivery.
+    const apiProfile = args['profile-apiserver']
+      ? httpGet(`${cp!.server}/debug/pprof/profile?seconds=3`, { ca, token: cp!.token, timeoutMs: 30_000, encoding: 'latin1' })
+      : undefined;
     const t0 = Date.now();
     await Promise.all(namespaces.map((ns) => kube!.request('PATCH', streamPathPath(ns, 'all'), { body: { spec: { port: 8082 } }, patch: 'merge' })));
     const edited = { streamPath: 'all', generation: 2, since: 0 };
     await until(`all ${N} agents at generation 2`, PHASE_MS, async () => ((await allStats(gens, edited)).reached === N ? true : undefined), 50);
     const editCpu = cpuSeconds(pid()) - e0cpu;
-    const others1 = others();
-    const editOthersCpu = {
-      generators: others1.generators - others0.generators,
-      ...Object.fromEntries(Object.entries(others1.controlPlane).map(([k, v]) => [k, v - (others0.controlPlane[k] ?? 0)])),
-    };
+    const editOthersCpu = othersSince(others0);
+    if (apiProfile) {
+      const r = await apiProfile;
+      writeFileSync(args['profile-apiserver']!, Buffer.from(r.body, 'latin1'));
+      log(`kube-apiserver CPU profile of the edit (HTTP ${r.status}): ${args['profile-apiserver']} (go tool pprof -top)`);
+    }
     if (perf) {
       perf.kill('SIGINT');
       await once(perf, 'exit');
@@ -585,6 +598,8 @@ async function main(): Promise<void> {
         hwmFirstProcessMiB: rssEdit.hwm,
         hwmSecondProcessMiB: rssEnd.hwm,
         idleCpuS: idleCpu,
+        /** CPU seconds of the generator processes and of each control-plane process over the idle window. */
+        idleOthersCpuS: idleOthersCpu,
         idleS,
         editCpuS: editCpu,
         afterEditCpuS: afterEditCpu,
@@ -622,7 +637,7 @@ async function main(): Promise<void> {
       ['status writes per StreamPath per 10 s (apiserver count / window)', `${f2(result.statusWrites.perStreamPathPer10s)} (${f1(result.statusWrites.perSecond)}/s over ${streamPathCount} StreamPaths)`, '-', '-'],
       ['operator peak RSS (VmHWM)', `${f0(peak)} MiB (idle ${f0(rssIdle.rss)}, 0 agents ${f0(rssNoAgents.rss)})`, `<= ${TARGETS.rssMiB} MiB`, mark(peak <= TARGETS.rssMiB)],
       ['webhook p99, N agents / 0 agents', `${f2(ratio)}x (${f2(result.webhook.withAgents.p99Ms)} / ${f2(result.webhook.noAgents.p99Ms)} ms)`, `<= ${TARGETS.webhookP99Ratio}x`, mark(ratio <= TARGETS.webhookP99Ratio)],
-      ['operator CPU idle with N streams', `${f2(idleCpu / idleS)} cores (${f2(idleCpu)} s in ${f0(idleS)} s)`, '-', '-'],
+      ['operator CPU idle with N streams', `${f2(idleCpu / idleS)} cores (${f2(idleCpu)} s in ${f0(idleS)} s; meanwhile, cores: ${perCore(idleOthersCpu, idleS)})`, '-', '-'],
       ['operator CPU for the edit', `${f2(editCpu)} s (and ${f2(afterEditCpu)} s in the ${STATUS_INTERVAL_MS / 1000} s after; meanwhile ${Object.entries(editOthersCpu).map(([k, v]) => `${k} ${f2(v)} s`).join(', ')})`, '-', '-'],
       ['reconnect storm: all configured again', `${f1(stormS)} s after SIGKILL (operator ready ${f1(second.readyMs / 1000)} s, ${stormReviews} TokenReviews, CPU ${f2(stormCpu)} s)`, '-', '-'],
       // A moved lastTransitionTime with Ready never seen otherwise than True (polled every second, writes 10 s

@@ -32,6 +32,8 @@ export interface ControlPlaneOptions {
   tmpParent?: string;
   /** Address the apiserver binds to and advertises. Default 127.0.0.1. */
   bindAddress?: string;
+  /** Serve the apiserver's /debug/pprof (benchmarks' profiles). Default false. */
+  profiling?: boolean;
   /** Extra subjectAltNames for the serving certificate, e.g. ['IP:10.244.77.1']. */
   extraSANs?: string[];
   serviceClusterIPRange?: string;
@@ -229,7 +231,7 @@ export function kubeconfigYaml(server: string, caFile: string, token: string, us
 /** GET over http(s); resolves with status and body. */
 export function httpGet(
   url: string,
-  opts: { ca?: Buffer; token?: string; timeoutMs?: number } = {},
+  opts: { ca?: Buffer; token?: string; timeoutMs?: number; encoding?: BufferEncoding } = {},
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
@@ -240,7 +242,7 @@ export function httpGet(
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString(opts.encoding ?? 'utf8') }));
         res.on('error', reject);
       },
     );
@@ -394,7 +396,7 @@ async function startControlPlaneOnce(opts: ControlPlaneOptions): Promise<Control
       // Endpoints may not be loopback: with a 127.0.0.1 advertise address the reconciler would only log
       // errors every 10 s. (No kube-proxy here anyway: pods reach the apiserver by address, not Service.)
       ...(bind === '127.0.0.1' || bind === '0.0.0.0' ? ['--endpoint-reconciler-type=none'] : []),
-      '--profiling=false',
+      `--profiling=${opts.profiling === true}`,
       '--logtostderr=true',
       '--v=1',
       ...auditArgs,
