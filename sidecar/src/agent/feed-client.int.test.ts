@@ -10,7 +10,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { encodeFrame } from '../../../api/src/feed.js';
-import { startFeedServer, type RunningFeedServer } from '../../../operator/src/feed/server.js';
+import { startFeedServer, type FeedConnection, type RunningFeedServer } from '../../../operator/src/feed/server.js';
 import { createCA, issueServingCert } from '../../../operator/src/webhook/certs.js';
 import { Backoff } from '../../../runtime/src/backoff.js';
 import { FeedClient } from './feed-client.js';
@@ -91,4 +91,69 @@ it('after a redirect to an unreachable leader, tries the replica that redirected
   expect(attempts.slice(0, 2)).toEqual([replica, oldLeader]);
   expect(attempts).not.toContain(otherReplica);
   expect(client.connected).toBe(true);
+});
+
+it('numbers applied configurations per stream: after a reconnect it acknowledges nothing it was not sent there', async () => {
+  await client?.stop();
+  await feed?.close();
+  const now = Date.now();
+  const ca = await createCA({ commonName: 'feed-client-ca', nowMs: now, validitySeconds: 3600 });
+  const serving = await issueServingCert({ ca, sans: ['feed.test.svc', '127.0.0.1'], nowMs: now, validitySeconds: 3600 });
+  const config = (version: number) => encodeFrame({ type: 'config', version, pod: { labels: {} }, streamPaths: [], services: {}, programs: {} });
+  // Per stream, the `applied` of each report, in order.
+  const streams: number[][] = [];
+  const waiters: { stream: number; applied: number | undefined; resolve: () => void }[] = [];
+  // A report of `stream` acknowledging `applied` (undefined: any report of it).
+  const seen = (stream: number, applied?: number) =>
+    new Promise<void>((resolve) => {
+      if (streams[stream]?.some((a) => applied === undefined || a === applied)) return resolve();
+      waiters.push({ stream, applied, resolve });
+    });
+  const conns: FeedConnection[] = [];
+  feed = await startFeedServer({
+    host: '127.0.0.1',
+    port: 0,
+    tls: serving,
+    log: pino({ level: 'silent' }),
+    idleTimeoutMs: 30_000,
+    backend: {
+      leaderAddress: () => undefined,
+      authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
+      attach: (_id, conn) => {
+        const n = streams.push([]) - 1;
+        conns.push(conn);
+        // The first stream gets three configurations, a later one none until the test sends it one.
+        if (n === 0) setImmediate(() => [1, 2, 3].forEach((v) => conn.send(config(v))));
+        return {
+          frame: (f) => {
+            streams[n]!.push(f.applied);
+            for (const w of waiters.filter((w) => w.stream === n && (w.applied === undefined || w.applied === f.applied))) w.resolve();
+          },
+          closed: () => undefined,
+        };
+      },
+    },
+  });
+  const tokenFile = join(dir, 'token');
+  writeFileSync(tokenFile, 'h.e30.s');
+  client = new FeedClient({
+    addresses: [`127.0.0.1:${feed.port}`],
+    caPem: ca.certPem,
+    serverName: 'feed.test.svc',
+    tokenFile,
+    logger: pino({ level: 'silent' }),
+    backoff: new Backoff({ initialMs: 20, maxMs: 50, jitter: 0 }),
+    onConfig: async () => undefined,
+    report: async () => ({ pod: { namespace: 'ns', name: 'p', uid: 'u' }, ready: true, streamPaths: [] }) as never,
+  });
+  client.start();
+  await seen(0, 3);
+  conns[0]!.close('the test ends the first stream');
+  // The second stream's first report acknowledges nothing (its versions start again at 1)...
+  await seen(1);
+  expect(streams[1]![0]).toBe(0);
+  // ...and its own configuration 1 is acknowledged as 1.
+  conns[1]!.send(config(1));
+  await seen(1, 1);
+  expect(streams[1]).not.toContain(3);
 });

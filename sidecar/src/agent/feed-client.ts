@@ -72,7 +72,10 @@ export class FeedClient {
    * the likeliest next leader, and the others may be as dead as the old one.
    */
   private redirectedBy: string | undefined;
+  /** The last config version applied on the current stream (versions count per stream, from 1). */
   private applied = 0;
+  /** Counts streams: an apply that ends after its stream did is not reported on the next one. */
+  private stream = 0;
   private lastSent: string | undefined;
   private lastSentAt = 0;
   private sending = false;
@@ -172,6 +175,7 @@ export class FeedClient {
     return new Promise<void>((resolve, reject) => {
       let worked = false;
       let settled = false;
+      let stream = -1;
       const timers: NodeJS.Timeout[] = [];
       let pongTimer: NodeJS.Timeout | undefined;
       const finish = (err?: Error) => {
@@ -211,6 +215,9 @@ export class FeedClient {
         sock.setNoDelay(true);
         sock.setKeepAlive(true, keepaliveMs);
         this.open = true;
+        // A new stream numbers its configurations from 1: the last one's versions mean nothing to it.
+        this.applied = 0;
+        stream = ++this.stream;
         sock.write(encodeFrame({ type: 'hello', token }));
         this.o.onEvent?.('connected');
         this.lastSent = undefined;
@@ -266,6 +273,7 @@ export class FeedClient {
           void this.o
             .onConfig(f)
             .then(() => {
+              if (stream !== this.stream) return;
               this.applied = Math.max(this.applied, f.version);
               return this.sendReport(false);
             })
