@@ -36,26 +36,29 @@ async function deadAddress(): Promise<string> {
   return `127.0.0.1:${port}`;
 }
 
-it('after a redirect to an unreachable leader, tries the replica that redirected before the other addresses', async () => {
+type Backend = Parameters<typeof startFeedServer>[0]['backend'];
+
+/** A feed server on loopback with a fresh CA, serving `backend`, in `feed`: its address and the CA's PEM. */
+async function serve(backend: Backend): Promise<{ address: string; caPem: string }> {
+  await client?.stop();
+  await feed?.close();
   const now = Date.now();
   const ca = await createCA({ commonName: 'feed-client-ca', nowMs: now, validitySeconds: 3600 });
   const serving = await issueServingCert({ ca, sans: ['feed.test.svc', '127.0.0.1'], nowMs: now, validitySeconds: 3600 });
+  feed = await startFeedServer({ host: '127.0.0.1', port: 0, tls: serving, log: pino({ level: 'silent' }), idleTimeoutMs: 30_000, backend });
+  return { address: `127.0.0.1:${feed.port}`, caPem: ca.certPem };
+}
+
+it('after a redirect to an unreachable leader, tries the replica that redirected before the other addresses', async () => {
   const [oldLeader, otherReplica] = [await deadAddress(), await deadAddress()];
   let redirects = 0;
-  feed = await startFeedServer({
-    host: '127.0.0.1',
-    port: 0,
-    tls: serving,
-    log: pino({ level: 'silent' }),
-    idleTimeoutMs: 30_000,
-    backend: {
-      // Follows until it has redirected once (the old leader's Lease expiring meanwhile), then leads.
-      leaderAddress: () => (redirects++ === 0 ? oldLeader : undefined),
-      authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
-      attach: (_id, conn) => {
-        setImmediate(() => conn.send(encodeFrame({ type: 'config', version: 1, pod: { labels: {} }, streamPaths: [], services: {}, programs: {} })));
-        return { frame: () => undefined, closed: () => undefined };
-      },
+  const { address, caPem } = await serve({
+    // Follows until it has redirected once (the old leader's Lease expiring meanwhile), then leads.
+    leaderAddress: () => (redirects++ === 0 ? oldLeader : undefined),
+    authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
+    attach: (_id, conn) => {
+      setImmediate(() => conn.send(encodeFrame({ type: 'config', version: 1, pod: { labels: {} }, streamPaths: [], services: {}, programs: {} })));
+      return { frame: () => undefined, closed: () => undefined };
     },
   });
   const tokenFile = join(dir, 'token');
@@ -71,12 +74,12 @@ it('after a redirect to an unreachable leader, tries the replica that redirected
       },
     }),
   );
-  const replica = `127.0.0.1:${feed.port}`;
+  const replica = address;
   let configured!: () => void;
   const got = new Promise<void>((r) => (configured = r));
   client = new FeedClient({
     addresses: [replica, otherReplica],
-    caPem: ca.certPem,
+    caPem,
     serverName: 'feed.test.svc',
     tokenFile,
     logger,
@@ -94,11 +97,6 @@ it('after a redirect to an unreachable leader, tries the replica that redirected
 });
 
 it('numbers applied configurations per stream: after a reconnect it acknowledges nothing it was not sent there', async () => {
-  await client?.stop();
-  await feed?.close();
-  const now = Date.now();
-  const ca = await createCA({ commonName: 'feed-client-ca', nowMs: now, validitySeconds: 3600 });
-  const serving = await issueServingCert({ ca, sans: ['feed.test.svc', '127.0.0.1'], nowMs: now, validitySeconds: 3600 });
   const config = (version: number) => encodeFrame({ type: 'config', version, pod: { labels: {} }, streamPaths: [], services: {}, programs: {} });
   // Per stream, the `applied` of each report, in order.
   const streams: number[][] = [];
@@ -110,35 +108,28 @@ it('numbers applied configurations per stream: after a reconnect it acknowledges
       waiters.push({ stream, applied, resolve });
     });
   const conns: FeedConnection[] = [];
-  feed = await startFeedServer({
-    host: '127.0.0.1',
-    port: 0,
-    tls: serving,
-    log: pino({ level: 'silent' }),
-    idleTimeoutMs: 30_000,
-    backend: {
-      leaderAddress: () => undefined,
-      authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
-      attach: (_id, conn) => {
-        const n = streams.push([]) - 1;
-        conns.push(conn);
-        // The first stream gets three configurations, a later one none until the test sends it one.
-        if (n === 0) setImmediate(() => [1, 2, 3].forEach((v) => conn.send(config(v))));
-        return {
-          frame: (f) => {
-            streams[n]!.push(f.applied);
-            for (const w of waiters.filter((w) => w.stream === n && (w.applied === undefined || w.applied === f.applied))) w.resolve();
-          },
-          closed: () => undefined,
-        };
-      },
+  const { address, caPem } = await serve({
+    leaderAddress: () => undefined,
+    authenticate: async () => ({ namespace: 'ns', serviceAccount: 'default', pod: 'p', podUid: 'u' }),
+    attach: (_id, conn) => {
+      const n = streams.push([]) - 1;
+      conns.push(conn);
+      // The first stream gets three configurations, a later one none until the test sends it one.
+      if (n === 0) setImmediate(() => [1, 2, 3].forEach((v) => conn.send(config(v))));
+      return {
+        frame: (f) => {
+          streams[n]!.push(f.applied);
+          for (const w of waiters.filter((w) => w.stream === n && (w.applied === undefined || w.applied === f.applied))) w.resolve();
+        },
+        closed: () => undefined,
+      };
     },
   });
   const tokenFile = join(dir, 'token');
   writeFileSync(tokenFile, 'h.e30.s');
   client = new FeedClient({
-    addresses: [`127.0.0.1:${feed.port}`],
-    caPem: ca.certPem,
+    addresses: [address],
+    caPem,
     serverName: 'feed.test.svc',
     tokenFile,
     logger: pino({ level: 'silent' }),
