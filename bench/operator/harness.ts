@@ -42,9 +42,14 @@ export function compileOperator(): string {
 
 export const operatorMain = (outDir: string) => join(outDir, 'operator/src/main.js');
 
-export /** AdmissionReviews straight to the webhook's HTTPS port over keep-alive connections, 4 at a time: latencies in ms. */
-async function admissionLatencies(port: number, ca: string, namespace: string, n: number): Promise<{ ms: number[]; mutated: number }> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 4, ca });
+/**
+ * AdmissionReviews straight to the webhook's HTTPS port over keep-alive connections: latencies in ms. 4 at a
+ * time, or with `perSecond` one started every 1/perSecond s whatever is still in flight (as an apiserver
+ * sends them while pods are created at that rate), so that the figure spans n / perSecond seconds of the
+ * operator's life instead of the moment a burst of n happens to fall in.
+ */
+export async function admissionLatencies(port: number, ca: string, namespace: string, n: number, perSecond = 0): Promise<{ ms: number[]; mutated: number }> {
+  const agent = new Agent({ keepAlive: true, maxSockets: perSecond > 0 ? 64 : 4, ca });
   const body = (i: number) =>
     JSON.stringify({
       apiVersion: 'admission.k8s.io/v1',
@@ -79,7 +84,18 @@ async function admissionLatencies(port: number, ca: string, namespace: string, n
       req.on('error', reject);
       req.end(b);
     });
-  await pool(Array.from({ length: n }, (_, i) => i), 4, one);
+  if (perSecond > 0) {
+    const t0 = performance.now();
+    const all: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      const due = t0 + (i * 1000) / perSecond;
+      if (due > performance.now()) await new Promise((r) => setTimeout(r, due - performance.now()));
+      all.push(one(i));
+    }
+    await Promise.all(all);
+  } else {
+    await pool(Array.from({ length: n }, (_, i) => i), 4, one);
+  }
   agent.destroy();
   return { ms, mutated };
 }
