@@ -27,6 +27,7 @@ function streamPath(name: string, generation: number, spec: Record<string, unkno
 }
 
 const mirror = (app: string, port: number, extra: Record<string, unknown> = {}) => ({ selector: { matchLabels: { app } }, port, mirror: { targets: [{ address: '127.0.0.1:9' }] }, ...extra });
+const allFront = (generation: number) => streamPath('all', generation, { ...mirror('x', 8080 + generation), selector: { matchLabels: { tier: 'front' } } });
 
 class Fixture {
   readonly clock = new FakeClock();
@@ -57,6 +58,14 @@ class Fixture {
 
   addPod(p: SlimPod): void {
     this.pods.set(`${p.namespace}/${p.name}`, p);
+  }
+
+  /** One StreamPath `all` (at `generation`, its port 8080 + generation) selecting `n` pods p-0.. of tier front. */
+  front(n: number, generation = 1): SlimPod[] {
+    this.sps = [allFront(generation)];
+    const pods = Array.from({ length: n }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
+    for (const p of pods) this.addPod(p);
+    return pods;
   }
 
   connect(p: SlimPod): FeedSessionHandlers {
@@ -97,7 +106,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     const db = pod('db-0', { app: 'db', tier: 'back' });
     f.addPod(web);
     f.addPod(db);
-    f.sps = [streamPath('web', 1, mirror('web', 8080)), streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } }), streamPath('db', 1, mirror('db', 5432))];
+    f.sps = [streamPath('web', 1, mirror('web', 8080)), allFront(1), streamPath('db', 1, mirror('db', 5432))];
     f.hub.setSynced();
     f.connect(web);
     f.connect(db);
@@ -128,7 +137,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     expect(f.sent.get('db-0')).toHaveLength(1);
 
     // An edit of `all`: one frame to the pod it selects, with the new generation, none to the other.
-    f.sps = f.sps.map((sp) => (sp.metadata.name === 'all' ? streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } }) : sp));
+    f.sps = f.sps.map((sp) => (sp.metadata.name === 'all' ? allFront(2) : sp));
     f.hub.streamPathsChanged(NS);
     await f.settle();
     const frames = f.frames('web-0');
@@ -196,9 +205,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
   it('has a backlog while configurations wait, and whenIdle resolves once every one of them went out', async () => {
     // A slice of 0 ms: one configuration per event-loop turn, so the pass spans many turns.
     const f = new Fixture(useIndex, 0);
-    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
-    const pods = Array.from({ length: 20 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
-    for (const p of pods) f.addPod(p);
+    const pods = f.front(20);
     expect(f.hub.backlog).toBe(false);
     await f.hub.whenIdle(10_000); // nothing waits: at once
     for (const p of pods) f.connect(p);
@@ -211,7 +218,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     expect(f.hub.backlog).toBe(false);
     expect(pods.map((p) => f.sent.get(p.name)?.length)).toEqual(pods.map(() => 1));
     // Stopping ends the wait too.
-    f.sps = [streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } })];
+    f.sps = [allFront(2)];
     f.hub.streamPathsChanged(NS);
     const waiting = f.hub.whenIdle(60_000);
     f.hub.stop();
@@ -220,9 +227,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
 
   it('is propagating until each configuration sent is acknowledged; whenPropagated resolves at the last acknowledgement', async () => {
     const f = new Fixture(useIndex, 0);
-    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
-    const pods = Array.from({ length: 5 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
-    for (const p of pods) f.addPod(p);
+    const pods = f.front(5);
     const handlers = pods.map((p) => f.connect(p));
     expect(f.hub.propagating).toBe(false);
     f.hub.setSynced();
@@ -246,7 +251,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     // Nothing in flight: at once.
     await f.hub.whenPropagated(60_000);
     // A closed stream no longer counts.
-    f.sps = [streamPath('all', 2, { ...mirror('x', 8082), selector: { matchLabels: { tier: 'front' } } })];
+    f.sps = [allFront(2)];
     f.hub.streamPathsChanged(NS);
     await f.hub.whenIdle(60_000);
     for (const h of handlers.slice(1)) h.frame(report(2, [{ name: 'all', generation: 2 }]));
@@ -257,9 +262,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
 
   it('counts a configuration as in flight for ackWaitMs at most: an agent that never answers holds nothing longer', async () => {
     const f = new Fixture(useIndex, undefined, 1_000);
-    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
-    const p = pod('p-0', { tier: 'front' });
-    f.addPod(p);
+    const p = f.front(1)[0]!;
     f.connect(p);
     f.hub.setSynced();
     await f.hub.whenIdle(60_000);
@@ -280,9 +283,7 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
 
   it('holds reading reports (handlers.later) while configurations wait: run after the last frame, in order', async () => {
     const f = new Fixture(useIndex, 0);
-    f.sps = [streamPath('all', 1, { ...mirror('x', 8081), selector: { matchLabels: { tier: 'front' } } })];
-    const pods = Array.from({ length: 10 }, (_, i) => pod(`p-${i}`, { tier: 'front' }));
-    for (const p of pods) f.addPod(p);
+    const pods = f.front(10);
     const handlers = pods.map((p) => f.connect(p));
     const ran: string[] = [];
     // Nothing waits yet (not synced): at once.
