@@ -120,6 +120,7 @@ describe('the chart rendered with its default values', () => {
     // The agents' feed on its port, status writes bounded.
     expect(config.feed).toMatchObject({ port: 9444, disconnectGraceMs: 10_000, warmupMs: 30_000 });
     expect(config.statusWriteIntervalMs).toBe(10_000);
+    expect(config.statusWritesPerSecond).toBe(20);
     const service = findObject(objects, 'Service', 'kstreams-webhook') as Obj;
     expect(service.spec.ports).toContainEqual({ name: 'https-feed', port: 9444, targetPort: 'https-feed', protocol: 'TCP' });
     expect(operatorContainer(objects).ports).toContainEqual({ name: 'https-feed', containerPort: 9444, protocol: 'TCP' });

@@ -10,15 +10,17 @@ describe('loadConfig', () => {
     expect(c.resyncPeriodMs).toBe(1000);
     expect(c.feed).toMatchObject({ port: 9444, warmupMs: 5000, disconnectGraceMs: 10_000 });
     expect(c.statusWriteIntervalMs).toBe(10_000);
+    expect(c.statusWritesPerSecond).toBe(20);
     expect(c.leaderElection).toMatchObject({ enabled: true, leaseName: 'kstreams-operator', leaseDurationMs: 6000 });
     expect(c.webhook.namespace).toBe('from-env');
     expect(c.webhook.enabled).toBe(true);
   });
 
   it('sets the feed port and the status write bound from the environment', () => {
-    const c = loadConfig({ KSTREAMS_IDENTITY: 'x', KSTREAMS_FEED_PORT: '19444', KSTREAMS_STATUS_WRITE_INTERVAL_MS: '2500' });
+    const c = loadConfig({ KSTREAMS_IDENTITY: 'x', KSTREAMS_FEED_PORT: '19444', KSTREAMS_STATUS_WRITE_INTERVAL_MS: '2500', KSTREAMS_STATUS_WRITES_PER_SECOND: '0' });
     expect(c.feed.port).toBe(19444);
     expect(c.statusWriteIntervalMs).toBe(2500);
+    expect(c.statusWritesPerSecond).toBe(0);
     // The settings of the RoleBinding the operator no longer makes are refused, not silently ignored.
     expect(() => loadConfig({ KSTREAMS_OPERATOR_CONFIG: '/c.yaml', KSTREAMS_IDENTITY: 'x' }, () => 'sidecarRbac: {manageBindings: true}\n')).toThrow(/sidecarRbac/);
   });

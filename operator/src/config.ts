@@ -109,6 +109,13 @@ export const OperatorConfigSchema = z.strictObject({
    * every second): later changes are written together when it has passed.
    */
   statusWriteIntervalMs: ms.default(10_000),
+  /**
+   * Status writes per second that changes of counters alone may cost, all StreamPaths together (0: no such
+   * budget). With N StreamPaths, such a write of one waits max(statusWriteIntervalMs, N / this seconds);
+   * a change of a condition, the generation or the pod counts still goes out within statusWriteIntervalMs.
+   * Each write costs the apiserver CPU (and etcd a revision): this keeps a large fleet from crowding it.
+   */
+  statusWritesPerSecond: z.number().int().min(0).max(10_000).default(20),
   /** How long a deleted StreamPath waits for agents to report it detached before the finalizer goes anyway. */
   detachTimeoutMs: ms.default(60_000),
   /** Shutdown on SIGTERM must finish within this, then the process exits regardless. */
@@ -159,6 +166,7 @@ const ENV_FIELDS: { env: string; path: string[]; type: 'string' | 'int' | 'bool'
   { env: 'KSTREAMS_FEED_RECONNECT_GRACE_MS', path: ['feed', 'reconnectGraceMs'], type: 'int' },
   { env: 'KSTREAMS_FEED_TOKEN_VERIFICATION', path: ['feed', 'tokenVerification'], type: 'string' },
   { env: 'KSTREAMS_STATUS_WRITE_INTERVAL_MS', path: ['statusWriteIntervalMs'], type: 'int' },
+  { env: 'KSTREAMS_STATUS_WRITES_PER_SECOND', path: ['statusWritesPerSecond'], type: 'int' },
   { env: 'KSTREAMS_DETACH_TIMEOUT_MS', path: ['detachTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_SHUTDOWN_TIMEOUT_MS', path: ['shutdownTimeoutMs'], type: 'int' },
   { env: 'KSTREAMS_METRICS_PORT', path: ['server', 'port'], type: 'int' },

@@ -207,6 +207,7 @@ operator/src/config.ts, which refuses unknown keys. identity comes from POD_NAME
   "resyncPeriodMs" $v.operator.resyncPeriodMs
   "reconcileConcurrency" $v.operator.reconcileConcurrency
   "statusWriteIntervalMs" $v.operator.statusWriteIntervalMs
+  "statusWritesPerSecond" $v.operator.statusWritesPerSecond
   "feed" (dict "port" $v.operator.feed.port "disconnectGraceMs" $v.operator.feed.disconnectGraceMs "warmupMs" $v.operator.feed.warmupMs "tokenVerification" $v.operator.feed.tokenVerification)
   "detachTimeoutMs" $v.operator.detachTimeoutMs
   "shutdownTimeoutMs" $v.operator.shutdownTimeoutMs

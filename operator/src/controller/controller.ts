@@ -188,7 +188,7 @@ export class Controller {
       getService: (ns, name) => this.services.get(`${ns}/${name}`),
       getEndpoints: (ns, name) => this.endpoints.get(`${ns}/${name}`),
       programs: this.programs,
-      onObservation: (pod, changed) => this.enqueueReported(pod, changed),
+      onObservation: (pod, changed, countersOnly) => this.enqueueReported(pod, changed, countersOnly),
       disconnectGraceMs: config.feed.disconnectGraceMs,
       // Admission reviews wait for a slice only when the webhook shares this event loop.
       flushSliceMs: config.webhook.enabled && config.webhook.thread === 'main' ? 10 : 50,
@@ -223,6 +223,8 @@ export class Controller {
       onStatusWrite: () => metrics.statusWrites.inc(),
       onResult: (result) => metrics.reconcileTotal.inc({ result }),
       statusWriteIntervalMs: config.statusWriteIntervalMs,
+      statusWritesPerSecond: config.statusWritesPerSecond,
+      streamPathCount: () => this.streamPaths.size,
       // A new leader (or a restarted one) first hears every selected agent once, for at most feed.warmupMs.
       warmingUp: () => this.reconcilingSince === undefined || clock.now() - this.reconcilingSince < config.feed.warmupMs,
       presumeUnheard: () => (this.reconcilingSince === undefined ? config.feed.reconnectGraceMs : Math.max(0, this.reconcilingSince + config.feed.reconnectGraceMs - clock.now())),
@@ -404,12 +406,14 @@ export class Controller {
    * StreamPath of 1000 pods whose counters move every second is computed about once a second (and once per
    * status write interval when its status keeps changing), not 1000 times. Only the StreamPaths whose part
    * of the report changed (`changed`, by name; all when undefined): an agent acknowledging an edit of one
-   * StreamPath does not make the others of its pod computed again.
+   * StreamPath does not make the others of its pod computed again. A change of counters alone
+   * (`countersOnly`) is not worth a reconcile before the counter interval lets it be written.
    */
-  private enqueueReported(pod: SlimPod, changed?: ReadonlySet<string>): void {
+  private enqueueReported(pod: SlimPod, changed?: ReadonlySet<string>, countersOnly?: ReadonlySet<string>): void {
     for (const key of this.spsByPod.get(podKey(pod)) ?? []) {
-      if (changed && !changed.has(key.slice(pod.namespace.length + 1))) continue;
-      this.queue.addAfter(key, this.reconciler.nextWriteInMs(key, REPORT_WINDOW_MS));
+      const name = key.slice(pod.namespace.length + 1);
+      if (changed && !changed.has(name)) continue;
+      this.queue.addAfter(key, this.reconciler.nextWriteInMs(key, REPORT_WINDOW_MS, countersOnly?.has(name) ?? false));
     }
     for (const key of this.deleting) if (key.startsWith(`${pod.namespace}/`)) this.queue.addAfter(key, REPORT_WINDOW_MS);
   }

@@ -10,7 +10,7 @@ import type { EventRecorder, EventType, InvolvedObject } from '../../../runtime/
 import { selectorMatches, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { isStatus, type KubeTransport } from '../../../runtime/src/rest.js';
 import type { ProcessResult } from '../../../runtime/src/queue.js';
-import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, holdCounters, sameStatus, stableStringify, type AgentObservation } from './status.js';
+import { CONDITION_DEGRADED, CONDITION_READY, computeStatus, holdCounters, onlyCountersDiffer, sameStatus, stableStringify, type AgentObservation } from './status.js';
 
 /** A StreamPath as kept in the cache: the raw object (spec validated at reconcile time). */
 
@@ -77,6 +77,14 @@ export interface ReconcilerDeps {
    */
   statusWriteIntervalMs?: number;
   /**
+   * Writes per second that changes of counters alone may cost, all StreamPaths together (0 or unset: no such
+   * budget). Such a change of a StreamPath waits `max(statusWriteIntervalMs, count / budget s)` since its
+   * last write; a change of a condition, generation or pod count still goes out within statusWriteIntervalMs.
+   */
+  statusWritesPerSecond?: number;
+  /** How many StreamPaths share the budget (the cache's size). */
+  streamPathCount?: () => number;
+  /**
    * True while this operator has only just started leading: a StreamPath's status is then not written (nor
    * its Events emitted) until every pod it selects has been polled once, so the status stored by the previous
    * leader is not replaced by one computed without the agents' reports. Bounded by the caller.
@@ -108,12 +116,27 @@ export class Reconciler {
     this.lastWrite.delete(key);
   }
 
-  /** How long until the status of `key` may be written again (at least `min`): when a reconcile is worth running. */
-  nextWriteInMs(key: string, min: number): number {
-    const interval = this.d.statusWriteIntervalMs ?? 0;
+  /**
+   * How long until the status of `key` may be written again (at least `min`): when a reconcile is worth
+   * running. `countersOnly`: the news is a change of counters alone, which waits for the counter interval.
+   */
+  nextWriteInMs(key: string, min: number, countersOnly = false): number {
+    const interval = countersOnly ? this.counterIntervalMs() : (this.d.statusWriteIntervalMs ?? 0);
     const last = this.lastWrite.get(key);
     if (interval <= 0 || last === undefined) return min;
     return Math.max(min, last + interval - this.d.clock.now());
+  }
+
+  /**
+   * The least time between two writes of one StreamPath whose counters alone changed: the write interval,
+   * stretched so that all StreamPaths' counter writes together stay within statusWritesPerSecond.
+   */
+  counterIntervalMs(): number {
+    const interval = this.d.statusWriteIntervalMs ?? 0;
+    const budget = this.d.statusWritesPerSecond ?? 0;
+    const count = this.d.streamPathCount?.() ?? 0;
+    if (budget <= 0 || count <= 0) return interval;
+    return Math.max(interval, Math.ceil((1000 * count) / budget));
   }
 
   async reconcile(key: string, signal: AbortSignal): Promise<ProcessResult | void> {
@@ -187,10 +210,12 @@ export class Reconciler {
       return recheck;
     }
     const now = this.d.clock.now();
-    if (interval > 0 && last !== undefined && now - last < interval) {
-      // Written less than an interval ago: this change (and any that follows) goes out when it has passed.
+    // Counters alone wait for the counter interval (the budget all StreamPaths share); anything else for the
+    // write interval. Either way, whatever changed meanwhile goes out together when it has passed.
+    const bound = current.status !== undefined && onlyCountersDiffer(current.status, status) ? this.counterIntervalMs() : interval;
+    if (bound > 0 && last !== undefined && now - last < bound) {
       this.d.onResult?.('deferred');
-      return { requeueAfterMs: last + interval - now };
+      return { requeueAfterMs: last + bound - now };
     }
     if (signal.aborted) throw new AbortError('leadership lost: status not written');
     let written: StreamPathObject;

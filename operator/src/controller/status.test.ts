@@ -3,7 +3,7 @@ import { AgentReportSchema, type AgentReport } from '../../../api/src/agent.js';
 import { sameSlimPod, slimPod, type SlimNamespace, type SlimPod } from '../kube/objects.js';
 import { SidecarConfigSchema } from '../webhook/config.js';
 import { sidecarContainer } from '../webhook/patch.js';
-import { computeStatus, holdCounters, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
+import { computeStatus, holdCounters, onlyCountersDiffer, Reason, sameStatus, type AgentObservation, type StatusInput } from './status.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 const pod = (name: string, extra: Partial<SlimPod> = {}): SlimPod => ({
@@ -199,6 +199,21 @@ describe('computeStatus', () => {
     expect(sameStatus(first.status, second.status)).toBe(true);
     const third = computeStatus(input([a], {}, { previous: first.status, now: NOW + 60_000 }));
     expect(cond(third, 'Ready').lastTransitionTime).toBe('2026-01-01T00:01:00Z');
+  });
+
+  it('onlyCountersDiffer: sums and target counters are counters; conditions, pod counts and target names are not', () => {
+    const a = pod('a');
+    const first = computeStatus(input([a], { a: { report: report(a), at: NOW } })).status;
+    const busier = computeStatus(input([a], { a: { report: report(a, { connections: 9, bytesPrimary: 5000, targets: [{ name: 't1', connectionsMirrored: 9, connectionsCut: 1, connectFailures: 2, bytesMirrored: 4000, bytesDropped: 0 }] }), at: NOW } }, { previous: first })).status;
+    expect(sameStatus(first, busier)).toBe(false);
+    expect(onlyCountersDiffer(first, busier)).toBe(true);
+    const renamed = computeStatus(input([a], { a: { report: report(a, { targets: [{ name: 't2', connectionsMirrored: 2, connectionsCut: 0, connectFailures: 0, bytesMirrored: 900, bytesDropped: 100 }] }), at: NOW } }, { previous: first })).status;
+    expect(onlyCountersDiffer(first, renamed)).toBe(false);
+    const detached = computeStatus(input([a], { a: { report: report(a, { attached: false }), at: NOW } }, { previous: first })).status;
+    expect(onlyCountersDiffer(first, detached)).toBe(false);
+    const two = computeStatus(input([a, pod('bb')], { a: { report: report(a), at: NOW } }, { previous: first })).status;
+    expect(onlyCountersDiffer(first, two)).toBe(false);
+    expect(onlyCountersDiffer(undefined, first)).toBe(false);
   });
 
   it('ignores pods of other namespaces and deleting pods', () => {

@@ -359,6 +359,22 @@ export function holdCounters(next: StreamPathStatus, stored: StreamPathStatus | 
   return out;
 }
 
+/**
+ * True when two statuses differ at most in their counters (the sums and the targets' counters): the same
+ * conditions, generation, pod counts and target names. Such a change is news to a dashboard, not to anyone
+ * waiting on a condition, and is written at the slower counter pace (Reconciler).
+ */
+export function onlyCountersDiffer(a: StreamPathStatus | undefined, b: StreamPathStatus | undefined): boolean {
+  return stableStringify(withoutCounters(a)) === stableStringify(withoutCounters(b));
+}
+
+function withoutCounters(s: StreamPathStatus | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...(s ?? {}) };
+  for (const k of COUNTERS) delete out[k];
+  out.targets = (s?.targets ?? []).map((t) => t.name);
+  return out;
+}
+
 /** Deep equality that ignores key order (the apiserver returns objects with sorted keys). */
 export function stableStringify(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(stableStringify).join(',')}]`;

@@ -35,6 +35,8 @@ class Fixture {
   sps: StreamPathObject[] = [];
   readonly sent = new Map<string, string[]>();
   readonly observations: { pod: string; changed: string[] | undefined }[] = [];
+  /** Per observation, which of `changed` changed in their counters alone. */
+  readonly countersOnly: (string[] | undefined)[] = [];
   programs: Record<string, DeliveredProgram> = {};
   readonly hub: FeedHub;
 
@@ -51,7 +53,10 @@ class Fixture {
       getService: () => undefined,
       getEndpoints: () => undefined,
       programs: { get: (_ns: string, cm: string, key: string) => this.programs[`${cm}/${key}`] } as unknown as ProgramCache,
-      onObservation: (p, changed) => this.observations.push({ pod: p.name, changed: changed && [...changed].sort() }),
+      onObservation: (p, changed, countersOnly) => {
+        this.observations.push({ pod: p.name, changed: changed && [...changed].sort() });
+        this.countersOnly.push(countersOnly && [...countersOnly].sort());
+      },
       disconnectGraceMs: 10_000,
     });
   }
@@ -200,6 +205,40 @@ describe.each([true, false])('FeedHub (selection index given: %s)', (useIndex) =
     expect(key).toBeDefined();
     h.frame(report(4, [{ name: 'b', generation: 2, connections: 5 }], false));
     expect(f.hub.observe(p)?.key).toBe(key);
+  });
+
+  it('says which changed entries changed in their counters alone', async () => {
+    const f = new Fixture(useIndex);
+    const p = pod('p-0', { app: 'p' });
+    f.addPod(p);
+    f.sps = [streamPath('a', 1, mirror('p', 8080)), streamPath('b', 1, mirror('p', 8081))];
+    f.hub.setSynced();
+    const h = f.connect(p);
+    await f.settle();
+    type Entry = ReportFrame['report']['streamPaths'][number];
+    const target = (mirrored: number, failures: number) => ({ name: 't', connectionsMirrored: mirrored, connectionsCut: 0, connectFailures: failures, bytesMirrored: 0, bytesDropped: 0 });
+    const entry = (name: string, extra: Partial<Entry> = {}): Entry => ({ name, generation: 1, attached: true, connections: 1, bytesPrimary: 10, bytesMirrored: 10, bytesDropped: 0, targets: [target(1, 0)], ...extra });
+    const send = (applied: number, entries: Entry[]) => h.frame({ type: 'report', applied, report: { pod: { namespace: NS, name: 'p-0' }, ready: true, streamPaths: entries } });
+
+    send(1, [entry('a'), entry('b')]);
+    expect(f.countersOnly.at(-1)).toBeUndefined(); // a first report: everything is news
+    send(1, [entry('a', { connections: 4, bytesPrimary: 99 }), entry('b')]);
+    expect(f.observations.at(-1)?.changed).toEqual(['a']);
+    expect(f.countersOnly.at(-1)).toEqual(['a']);
+    // A target's connect failures while it mirrored connections: counters.
+    send(1, [entry('a', { connections: 4, bytesPrimary: 99 }), entry('b', { targets: [target(1, 3)] })]);
+    expect(f.countersOnly.at(-1)).toEqual(['b']);
+    // b detaching and a's target failing before any connection was mirrored (a TargetUnreachable condition): not counters.
+    send(1, [entry('a', { connections: 4, bytesPrimary: 99, targets: [target(0, 1)] }), entry('b', { attached: false, targets: [target(1, 3)] })]);
+    expect(f.observations.at(-1)?.changed).toEqual(['a', 'b']);
+    expect(f.countersOnly.at(-1)).toEqual([]);
+    // Its failures counting up while none is mirrored: the condition's message says how many, so not counters either.
+    send(1, [entry('a', { connections: 4, bytesPrimary: 99, targets: [target(0, 2)] }), entry('b', { attached: false, targets: [target(1, 3)] })]);
+    expect(f.countersOnly.at(-1)).toEqual([]);
+    // A new generation acknowledged along with counters: not counters alone.
+    send(2, [entry('a', { connections: 4, bytesPrimary: 99, targets: [target(0, 2)] }), entry('b', { attached: false, generation: 2, connections: 9, targets: [target(1, 3)] })]);
+    expect(f.observations.at(-1)?.changed).toEqual(['b']);
+    expect(f.countersOnly.at(-1)).toEqual([]);
   });
 
   it('has a backlog while configurations wait, and whenIdle resolves once every one of them went out', async () => {

@@ -9,6 +9,7 @@ import type { Clock } from '../../../runtime/src/clock.js';
 import { podKey, selectorMatches, type SlimPod } from '../kube/objects.js';
 import type { StreamPathObject } from '../controller/reconciler.js';
 import type { AgentObservation } from '../controller/status.js';
+import type { AgentStreamPathReport } from '../../../api/src/agent.js';
 import { FeedAuthError, type AgentIdentity } from './auth.js';
 import type { ProgramCache } from './programs.js';
 import { resolveService, type SlimEndpoints, type SlimService } from './resolve.js';
@@ -180,9 +181,10 @@ export interface FeedHubDeps {
   /**
    * An agent's observation changed (a new report, it went away): its pod's StreamPaths need a reconcile.
    * `changed` names the StreamPaths whose part of the report changed (their entry); undefined: all of them
-   * (first report, readiness, an error).
+   * (first report, readiness, an error). `countersOnly`: those of `changed` whose entry changed in its
+   * counters alone (same generation, attachment, problem and targets), news that may wait longer.
    */
-  onObservation(pod: SlimPod, changed?: ReadonlySet<string>): void;
+  onObservation(pod: SlimPod, changed?: ReadonlySet<string>, countersOnly?: ReadonlySet<string>): void;
   /** An agent whose stream closed counts as unreachable only after this long (it reconnects meanwhile). */
   disconnectGraceMs: number;
   /**
@@ -222,6 +224,8 @@ interface Observed {
   head: string;
   /** Each StreamPath entry's JSON, by name: a change there concerns that StreamPath only. */
   entries: Map<string, string>;
+  /** Each entry's JSON without its counters, by name: what a change of counters alone leaves equal. */
+  states: Map<string, string>;
   /** Clock time the stream closed; undefined while connected. */
   disconnectedAt?: number;
 }
@@ -380,16 +384,30 @@ export class FeedHub {
     for (const e of report.streamPaths) entries.set(e.name, JSON.stringify(e));
     const prev = this.observed.get(key);
     let changed: Set<string> | undefined;
+    let countersOnly: Set<string> | undefined;
+    const states = new Map<string, string>();
     if (prev && prev.uid === s.id.podUid && prev.head === head && !prev.obs.error) {
       changed = new Set();
-      for (const [name, j] of entries) if (prev.entries.get(name) !== j) changed.add(name);
+      countersOnly = new Set();
+      for (const e of report.streamPaths) {
+        if (prev.entries.get(e.name) === entries.get(e.name)) {
+          states.set(e.name, prev.states.get(e.name) ?? entryState(e));
+          continue;
+        }
+        changed.add(e.name);
+        const state = entryState(e);
+        states.set(e.name, state);
+        if (prev.states.get(e.name) === state) countersOnly.add(e.name);
+      }
       for (const name of prev.entries.keys()) if (!entries.has(name)) changed.add(name);
       if (changed.size === 0) return;
+    } else {
+      for (const e of report.streamPaths) states.set(e.name, entryState(e));
     }
     const obs: AgentObservation = { report, at: this.d.clock.now(), key: `${head}${[...entries.values()].join(',')}` };
-    this.observed.set(key, { uid: s.id.podUid, obs, head, entries });
+    this.observed.set(key, { uid: s.id.podUid, obs, head, entries, states });
     const p = this.d.getPod(key);
-    if (p) this.d.onObservation(p, changed);
+    if (p) this.d.onObservation(p, changed, countersOnly);
   }
 
   /** An acknowledgement or a closed stream may have ended the propagation: what waited for it runs. */
@@ -603,4 +621,13 @@ export class FeedHub {
     for (const id of s.configMaps) this.index(this.byConfigMap, id, key, false);
     if (this.sessions.get(key) !== s) this.index(this.byNamespace, s.id.namespace, key, false);
   }
+}
+
+/**
+ * A report entry without its counters: equal before and after a change of counters alone. A target's connect
+ * failures count while none of its connections was mirrored: the status then says it in a condition
+ * (TargetUnreachable, computeStatus).
+ */
+function entryState(e: AgentStreamPathReport): string {
+  return JSON.stringify([e.generation, e.attached, e.problem ?? null, e.targets.map((t) => [t.name, t.connectionsMirrored === 0 ? t.connectFailures : -1])]);
 }
