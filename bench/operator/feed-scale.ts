@@ -63,6 +63,8 @@ const { values: args } = parseArgs({
     /** Node flags for the operator process, space-separated, given with = (--operator-node-flags="--max-semi-space-size=8"). */
     // Default: the flags of the chart's operator.command (charts/kstreams/values.yaml); "" runs V8's defaults.
     'operator-node-flags': { type: 'string' },
+    /** The operator's statusWritesPerSecond (the budget of counter-only status writes); default: the operator's (20). 0: none. */
+    'status-writes-per-second': { type: 'string' },
   },
 });
 const N = Number(args.agents);
@@ -100,6 +102,7 @@ const CONCURRENCY = 32;
 const APP_PODS = 10;
 const WARMUP_MS = 30_000;
 const STATUS_INTERVAL_MS = 10_000;
+const WRITE_BUDGET = args['status-writes-per-second'] === undefined ? undefined : Number(args['status-writes-per-second']);
 /** Watch delivery jitter allowed between two writes of one StreamPath an interval apart. */
 const WATCH_JITTER_MS = 500;
 
@@ -286,6 +289,7 @@ async function main(): Promise<void> {
         logLevel: 'warn',
         leaderElection: { enabled: false },
         statusWriteIntervalMs: STATUS_INTERVAL_MS,
+        ...(WRITE_BUDGET !== undefined ? { statusWritesPerSecond: WRITE_BUDGET } : {}),
         server: { host: '127.0.0.1', port: metricsPort },
         feed: { host: '127.0.0.1', port: feedPort, advertiseAddress: `127.0.0.1:${feedPort}`, warmupMs: WARMUP_MS, transport: TRANSPORT },
         webhook: {
@@ -589,6 +593,7 @@ async function main(): Promise<void> {
       streamPaths: streamPathCount,
       counterMs: COUNTER_MS,
       statusWriteIntervalMs: STATUS_INTERVAL_MS,
+      statusWritesPerSecond: WRITE_BUDGET ?? 'default',
       setup: { tokensPerSecond: N / tokensS, initialConnectS: connectS, initialTokenReviews: initialReviews },
       propagationMs: { p50: q(prop, 0.5), p99: q(prop, 0.99), max: Math.max(...prop), n: prop.length },
       operator: {
@@ -666,7 +671,7 @@ async function main(): Promise<void> {
         '',
         `${result.startedAt} .. ${result.finishedAt}; ${result.machine.model}, ${result.machine.cpus} cores, kernel ${result.machine.kernel}, node ${result.machine.node}, commit ${result.commit}  `,
         `load average ${f2(loadBefore)} before, ${f2(result.machine.loadAfter)} after; kube-apiserver ${cp.binDir} + etcd on the same machine  `,
-        `${N} agents = ${N} TLS connections (ALPN kstreams-feed/1, the operator's ${TRANSPORT} transport) of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}${OPERATOR_NODE_FLAGS ? `, node flags \`${OPERATOR_NODE_FLAGS}\`` : ''}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, warmupMs ${WARMUP_MS}  `,
+        `${N} agents = ${N} TLS connections (ALPN kstreams-feed/1, the operator's ${TRANSPORT} transport) of the sidecar's feed client in ${GENERATORS} processes at nice ${GENERATOR_NICE} (${f0(genIdle.rssMiB)} MiB together), each with a TokenRequest token bound to its pod; ${nsCount} namespace(s) of ${PER_NS} pods, ${apps.length} StreamPaths of ${APP_PODS} pods and one of all pods per namespace; counters change every ${COUNTER_MS} ms; operator compiled, one replica, ${CREDENTIALS === 'in-cluster' ? 'in-cluster credentials (as in a pod)' : 'a kubeconfig'}${OPERATOR_NODE_FLAGS ? `, node flags \`${OPERATOR_NODE_FLAGS}\`` : ''}, statusWriteIntervalMs ${STATUS_INTERVAL_MS}, statusWritesPerSecond ${WRITE_BUDGET ?? 'default (20)'}, warmupMs ${WARMUP_MS}  `,
         `setup: ${f0(N / tokensS)} TokenRequests/s; first connect of all agents ${f1(connectS)} s (${initialReviews} TokenReviews)`,
         '',
         table,
